@@ -1,0 +1,297 @@
+"""Settings: defaults < TOML file < ``ENGRAM_*`` environment < command-line flags.
+
+Every setting is a field of :class:`Settings` (nested sections are their own models), so the
+configuration file, the environment and ``engram config show`` all speak about the same keys, and
+``schemas/config.json`` is generated from the same model. Nested keys use ``__`` in the
+environment: ``server.max_frame_bytes`` is ``ENGRAM_SERVER__MAX_FRAME_BYTES``.
+
+Where things live when nothing says otherwise (see the design brief):
+
+========================  ================================  ===================================
+run as                    state folder                      socket
+========================  ================================  ===================================
+systemd system service    ``$STATE_DIRECTORY``              ``$RUNTIME_DIRECTORY/engram.sock``
+                          (``/var/lib/engram``)             (``/run/engram/engram.sock``)
+user (service or shell)   ``$XDG_STATE_HOME/engram``        ``$XDG_RUNTIME_DIR/engram/engram.sock``
+a checkout (make run)     ``./var`` (``--state-dir``)        ``./var/engram.sock``
+========================  ================================  ===================================
+
+An explicitly chosen state folder keeps its socket inside it unless ``socket`` is set too.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    InitSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+from engram.errors import ConfigError
+
+__all__ = [
+    "Settings",
+    "ServerSettings",
+    "BusSettings",
+    "LogSettings",
+    "TracingSettings",
+    "StorageSettings",
+    "PluginSettings",
+    "load_settings",
+    "default_socket_candidates",
+    "MAX_UNIX_PATH",
+]
+
+# The parsed configuration file of the load_settings() call in progress; a source of its own so
+# that it ranks below the environment (pydantic-settings ranks init arguments above everything).
+_file_data: ContextVar[dict[str, Any]] = ContextVar("engram_config_file_data", default={})
+
+# sun_path is 108 bytes on Linux and 104 on macOS, including the terminating NUL.
+MAX_UNIX_PATH = 103
+
+PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class ServerSettings(_Section):
+    """The Unix-socket JSON-RPC server. Limits are reloadable with SIGHUP."""
+
+    socket_group: str | None = Field(
+        default=None,
+        description="Group that may connect; the socket becomes 0660 with this group instead of 0600.",
+    )
+    max_frame_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        le=1024 * 1024 * 1024,
+        description="Largest request line accepted; longer lines get -32600 (frame_too_large).",
+    )
+    max_connections: int = Field(
+        default=1024, ge=1, le=65_536, description="Connections served at once; more are refused with -32003."
+    )
+    max_inflight: int = Field(
+        default=512, ge=1, le=65_536, description="Requests executing at once across all connections."
+    )
+    max_inflight_per_connection: int = Field(
+        default=64, ge=1, le=65_536, description="Requests executing at once on one connection."
+    )
+    request_timeout: PositiveSeconds = Field(
+        default=60.0, description="Seconds a request may run before it is answered with -32004."
+    )
+    idle_timeout: PositiveSeconds = Field(
+        default=600.0,
+        description="Seconds a connection with no request in flight and no subscription may stay silent.",
+    )
+    read_timeout: PositiveSeconds = Field(
+        default=30.0, description="Seconds a client may take to finish a request line it has started."
+    )
+    write_timeout: PositiveSeconds = Field(
+        default=10.0, description="Seconds a client may take to read a response before it is dropped."
+    )
+    drain_timeout: PositiveSeconds = Field(
+        default=10.0, description="Grace period for in-flight requests on SIGTERM before they are cancelled."
+    )
+
+
+class BusSettings(_Section):
+    subscriber_queue: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Events buffered per subscriber before its overflow policy applies."
+    )
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    format: Literal["auto", "console", "json"] = Field(
+        default="auto",
+        description="auto: console on a terminal, JSON otherwise (and always JSON under systemd).",
+    )
+
+
+class TracingSettings(_Section):
+    exporter: Literal["none", "console", "file"] = Field(
+        default="none", description="Where OpenTelemetry spans go: nowhere, stderr, or a JSON-lines file."
+    )
+    file: Path | None = Field(
+        default=None, description="Span file for exporter = \"file\" (default: <state_dir>/traces.jsonl)."
+    )
+
+
+class StorageSettings(_Section):
+    busy_timeout: PositiveSeconds = Field(
+        default=5.0, description="Seconds SQLite waits for a lock held by another connection."
+    )
+
+
+class PluginSettings(_Section):
+    disabled: list[str] = Field(default_factory=list, description="Entry-point names of providers not to load.")
+    start_timeout: PositiveSeconds = Field(default=10.0, description="Seconds a provider may take to start.")
+    health_timeout: PositiveSeconds = Field(default=2.0, description="Seconds a provider may take to report health.")
+    providers: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="Per-provider configuration tables, keyed by entry-point name."
+    )
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="ENGRAM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        validate_default=True,
+    )
+
+    state_dir: Path = Field(default_factory=lambda: _default_state_dir(), description="Where state lives.")
+    socket: Path | None = Field(default=None, description="Socket path (default: see the table above).")
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    bus: BusSettings = Field(default_factory=BusSettings)
+    log: LogSettings = Field(default_factory=LogSettings)
+    tracing: TracingSettings = Field(default_factory=TracingSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    plugins: PluginSettings = Field(default_factory=PluginSettings)
+
+    @field_validator("state_dir", "socket", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        return None if value is None else Path(os.path.abspath(value.expanduser()))
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Flags, then environment, then the TOML file. No .env: a file in whatever folder the
+        # daemon happens to start from must not change its behaviour.
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_file_data.get()))
+
+    @property
+    def socket_path(self) -> Path:
+        if self.socket is not None:
+            return self.socket
+        return self.state_dir / "engram.sock"
+
+    @property
+    def database_path(self) -> Path:
+        return self.state_dir / "engram.db"
+
+    def public_dict(self) -> dict[str, Any]:
+        data = self.model_dump(mode="json")
+        data["socket"] = str(self.socket_path)
+        return data
+
+
+def _default_state_dir() -> Path:
+    if state := os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
+        return Path(state.split(":")[0])
+    if os.geteuid() == 0:
+        return Path("/var/lib/engram")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "engram"
+
+
+def _default_socket(state_dir_chosen: bool, state_dir: Path) -> Path:
+    if runtime := os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
+        return Path(runtime.split(":")[0]) / "engram.sock"
+    if state_dir_chosen:
+        return state_dir / "engram.sock"
+    if os.geteuid() == 0:
+        return Path("/run/engram/engram.sock")
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        return Path(xdg) / "engram" / "engram.sock"
+    return state_dir / "engram.sock"
+
+
+def default_socket_candidates() -> list[Path]:
+    """Sockets a client tries, in order, when neither ``--socket`` nor ``ENGRAM_SOCKET`` is given:
+    this user's daemon, the system daemon, then a checkout's ``./var``."""
+    candidates: list[Path] = []
+    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
+        candidates.append(Path(xdg) / "engram" / "engram.sock")
+    candidates.append(Path("/run/engram/engram.sock"))
+    candidates.append(_default_state_dir() / "engram.sock")
+    candidates.append(Path.cwd() / "var" / "engram.sock")
+    seen: list[Path] = []
+    for path in candidates:
+        if path not in seen:
+            seen.append(path)
+    return seen
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"configuration file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
+
+
+def _where(loc: tuple[Any, ...], file_data: dict[str, Any], config_file: Path | None) -> str:
+    """Say which source supplied the invalid key, so the user knows what to edit."""
+    env_name = "ENGRAM_" + "__".join(str(part).upper() for part in loc)
+    if env_name in os.environ:
+        return f" (from environment variable {env_name})"
+    node: Any = file_data
+    for part in loc:
+        if not isinstance(node, dict) or part not in node:
+            return ""
+        node = node[part]
+    return f" (from {config_file})" if config_file else ""
+
+
+def config_file_from_env() -> Path | None:
+    value = os.environ.get("ENGRAM_CONFIG")
+    return Path(value) if value else None
+
+
+def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings, or raise :class:`ConfigError` naming every bad key.
+
+    ``overrides`` are command-line flags (``None`` means "not given"); ``config_file`` falls back
+    to ``$ENGRAM_CONFIG``.
+    """
+    config_file = config_file or config_file_from_env()
+    file_data = _read_toml(config_file) if config_file else {}
+    flags = {key: value for key, value in overrides.items() if value is not None}
+    token = _file_data.set(file_data)
+    try:
+        settings = Settings(**flags)
+    except ValidationError as exc:
+        problems = []
+        for error in exc.errors():
+            loc = tuple(part for part in error["loc"] if part != "__root__")
+            key = ".".join(str(part) for part in loc) or "(top level)"
+            message = error["msg"]
+            if error["type"] == "extra_forbidden":
+                message = "unknown setting"
+            problems.append((key, message + _where(loc, file_data, config_file)))
+        raise ConfigError("invalid configuration:", problems) from None
+    finally:
+        _file_data.reset(token)
+    chosen = "state_dir" in flags or "state_dir" in file_data or "ENGRAM_STATE_DIR" in os.environ
+    if settings.socket is None:
+        settings.socket = _default_socket(chosen, settings.state_dir)
+    if len(os.fsencode(str(settings.socket))) > MAX_UNIX_PATH:
+        raise ConfigError(
+            "invalid configuration:",
+            [("socket", f"path {settings.socket} is longer than {MAX_UNIX_PATH} bytes, the limit of Unix sockets")],
+        )
+    return settings

@@ -1,0 +1,30 @@
+"""Who is asking: the identity of a client, as the kernel reports it for the socket's peer."""
+
+from __future__ import annotations
+
+import pwd
+
+from pydantic import BaseModel, ConfigDict
+
+
+class Principal(BaseModel):
+    """A connected client, from SO_PEERCRED (Linux) or getpeereid/LOCAL_PEERCRED (macOS).
+
+    These values come from the kernel, not from the client, so they can be trusted for access
+    decisions; ``user`` is looked up from ``uid`` for logs and policies that name users.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    uid: int
+    gid: int
+    pid: int | None = None
+    user: str | None = None
+
+    @classmethod
+    def from_ids(cls, uid: int, gid: int, pid: int | None) -> "Principal":
+        try:
+            user: str | None = pwd.getpwuid(uid).pw_name
+        except KeyError:
+            user = None
+        return cls(uid=uid, gid=gid, pid=pid, user=user)
