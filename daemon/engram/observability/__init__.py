@@ -1,0 +1,1 @@
+"""Logs (structlog), traces (OpenTelemetry) and metrics (Prometheus text format)."""

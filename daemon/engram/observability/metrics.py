@@ -1,0 +1,69 @@
+"""Metrics in the Prometheus text exposition format.
+
+``prometheus_client`` is the reference implementation of that format, so ``engram metrics`` and
+``system.metrics`` print exactly what a Prometheus scrape (or node_exporter's textfile collector)
+expects. The registry is the daemon's own, not the library's global one. Parts that keep their
+own counters register a collector that reads them at scrape time instead of pushing updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
+from prometheus_client.registry import Collector
+
+# Request latency buckets from 100 µs (a ping) to 60 s (the default request timeout).
+LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class _CallbackCollector(Collector):
+    def __init__(self, callback: Callable[[], Iterable[Metric]]) -> None:
+        self._callback = callback
+
+    def collect(self) -> Iterable[Metric]:
+        return self._callback()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("engram_requests", "RPC requests by method and outcome.", ["method", "outcome"], registry=r)
+        self.request_seconds = Histogram(
+            "engram_request_duration_seconds", "RPC request latency.", ["method"], buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.in_flight = Gauge("engram_requests_in_flight", "RPC requests executing now.", registry=r)
+        self.connections = Gauge("engram_connections", "Open client connections.", registry=r)
+        self.connections_accepted = Counter("engram_connections_accepted", "Connections accepted.", registry=r)
+        self.connections_refused = Counter(
+            "engram_connections_refused", "Connections refused (connection limit or stopping).", registry=r
+        )
+        self.frames_rejected = Counter(
+            "engram_frames_rejected", "Frames answered with a protocol error, by reason.", ["reason"], registry=r
+        )
+
+    def add_collector(self, callback: Callable[[], Iterable[Metric]]) -> None:
+        """Register a function that yields metric families at scrape time."""
+        self.registry.register(_CallbackCollector(callback))
+
+    def text(self) -> str:
+        return generate_latest(self.registry).decode()
+
+    def snapshot(self) -> list[dict[str, Any]]:
+        """The same metrics as structured data (for ``--json`` and programs)."""
+        families = []
+        for family in self.registry.collect():
+            families.append(
+                {
+                    "name": family.name,
+                    "type": family.type,
+                    "help": family.documentation,
+                    "samples": [
+                        {"name": s.name, "labels": dict(s.labels), "value": s.value} for s in family.samples
+                    ],
+                }
+            )
+        return families

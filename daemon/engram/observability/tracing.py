@@ -1,0 +1,67 @@
+"""OpenTelemetry tracing: one span per request, named after the RPC method.
+
+The tracer provider is the daemon's own (not the global one), so tests and embedders can run
+several daemons in one process. Spans leave through a BatchSpanProcessor, whose queue is bounded
+(it drops rather than grows when the exporter falls behind).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+
+from engram import __version__
+from engram.config import Settings
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """Append each finished span as one JSON object per line (mode 0600, like all state)."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(json.dumps(json.loads(span.to_json()), separators=(",", ":")) + "\n" for span in spans)
+        with self._lock:
+            with open(self._path, "a", encoding="utf-8", opener=_private_opener) as handle:
+                handle.write(lines)
+        return SpanExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _private_opener(path: str, flags: int) -> int:
+    return os.open(path, flags, 0o600)
+
+
+def build_tracer_provider(settings: Settings) -> TracerProvider:
+    provider = TracerProvider(resource=Resource.create({"service.name": "engramd", "service.version": __version__}))
+    exporter: SpanExporter | None = None
+    if settings.tracing.exporter == "console":
+        exporter = ConsoleSpanExporter(out=sys.stderr)
+    elif settings.tracing.exporter == "file":
+        exporter = JsonLinesSpanExporter(settings.tracing.file or settings.state_dir / "traces.jsonl")
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=2048, schedule_delay_millis=500))
+    return provider
+
+
+def tracer(provider: TracerProvider) -> trace.Tracer:
+    return provider.get_tracer("engram")
