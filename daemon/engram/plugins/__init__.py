@@ -1,0 +1,5 @@
+"""Model providers as plugins: the protocol they implement and their discovery via entry points."""
+
+from engram.plugins.protocol import CAPABILITIES, ENTRY_POINT_GROUP, Provider, ProviderHealth
+
+__all__ = ["CAPABILITIES", "ENTRY_POINT_GROUP", "Provider", "ProviderHealth"]

@@ -1,0 +1,204 @@
+"""Discovers, validates, starts and stops provider plugins.
+
+A plugin that fails at any stage (import, configuration, construction, start) is recorded with
+the stage and the error, reported in ``plugins.list``, logged and published as
+``plugin.failed``; the daemon carries on without it. Plugins run in-process, so this is fault
+*reporting*, not isolation: the calls into providers get their timeouts and breakers where they
+are made.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+import structlog
+from pydantic import BaseModel, Field, ValidationError
+
+from engram.bus import EventBus
+from engram.bus.events import PluginFailed, PluginLoaded
+from engram.config import PluginSettings
+from engram.plugins.protocol import CAPABILITIES, ENTRY_POINT_GROUP, Provider, ProviderHealth
+from engram.server.methods import NoParams, RequestContext, Result, rpc
+
+log = structlog.get_logger("engram.plugins")
+
+State = Literal["running", "failed", "disabled", "stopped"]
+
+
+class PluginInfo(BaseModel):
+    name: str = Field(description="Entry-point name; the provider's name in routes and policies.")
+    entry_point: str = Field(description="module:attribute the entry point refers to.")
+    distribution: str | None = None
+    version: str | None = None
+    state: State
+    locality: str | None = None
+    capabilities: list[str] = Field(default_factory=list)
+    health: ProviderHealth | None = None
+    error: str | None = Field(default=None, description="Why the plugin is not running (state failed).")
+    failed_stage: str | None = Field(default=None, description="import, config, construct, validate or start.")
+
+
+class PluginsListResult(Result):
+    plugins: list[PluginInfo]
+
+
+class PluginFailure(Exception):
+    def __init__(self, stage: str, message: str) -> None:
+        super().__init__(message)
+        self.stage = stage
+
+
+@dataclass
+class _Plugin:
+    entry_point: md.EntryPoint
+    provider: Provider | None = None
+    state: State = "stopped"
+    error: str | None = None
+    stage: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry_point.name
+
+    @property
+    def distribution(self) -> md.Distribution | None:
+        return getattr(self.entry_point, "dist", None)
+
+
+def _check_provider(obj: Any, name: str) -> Provider:
+    missing = [attr for attr in ("name", "locality", "capabilities", "start", "stop", "health") if not hasattr(obj, attr)]
+    if missing:
+        raise PluginFailure("validate", f"{type(obj).__name__} lacks {', '.join(missing)} of the provider protocol")
+    if obj.locality not in ("local", "remote"):
+        raise PluginFailure("validate", f"locality must be 'local' or 'remote', not {obj.locality!r}")
+    unknown = set(obj.capabilities) - CAPABILITIES
+    if unknown:
+        raise PluginFailure("validate", f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    return obj
+
+
+class PluginManager:
+    def __init__(self, settings: PluginSettings, bus: EventBus) -> None:
+        self._settings = settings
+        self._bus = bus
+        self._plugins: dict[str, _Plugin] = {}
+        self.state = "created"
+
+    async def __aenter__(self) -> "PluginManager":
+        for entry_point in md.entry_points(group=ENTRY_POINT_GROUP):
+            if entry_point.name in self._plugins:
+                log.error("duplicate provider name; second one ignored", name=entry_point.name, value=entry_point.value)
+                continue
+            plugin = _Plugin(entry_point)
+            self._plugins[plugin.name] = plugin
+            if plugin.name in self._settings.disabled:
+                plugin.state = "disabled"
+                continue
+            await self._start(plugin)
+        self.state = "running"
+        return self
+
+    async def _start(self, plugin: _Plugin) -> None:
+        try:
+            plugin.provider = self._construct(plugin)
+            with anyio.fail_after(self._settings.start_timeout):
+                await plugin.provider.start()
+        except TimeoutError:
+            self._fail(plugin, "start", f"start took longer than {self._settings.start_timeout:g} s")
+        except PluginFailure as exc:
+            self._fail(plugin, exc.stage, str(exc))
+        except Exception as exc:  # a third-party start() may raise anything
+            self._fail(plugin, "start", f"{type(exc).__name__}: {exc}")
+        else:
+            plugin.state = "running"
+            dist = plugin.distribution
+            self._bus.publish(PluginLoaded(name=plugin.name, version=dist.version if dist else None))
+            log.info("provider started", name=plugin.name, locality=plugin.provider.locality)
+
+    def _construct(self, plugin: _Plugin) -> Provider:
+        try:
+            factory = plugin.entry_point.load()
+        except Exception as exc:  # ImportError, SyntaxError, AttributeError, whatever the module does
+            raise PluginFailure("import", f"{type(exc).__name__}: {exc}") from exc
+        config: Any = self._settings.providers.get(plugin.name, {})
+        model = getattr(factory, "config_model", None)
+        if isinstance(model, type) and issubclass(model, BaseModel):
+            try:
+                config = model.model_validate(config)
+            except ValidationError as exc:
+                first = exc.errors()[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise PluginFailure(
+                    "config", f"plugins.providers.{plugin.name}.{where}: {first['msg']}"
+                ) from exc
+        try:
+            provider = factory(config)
+        except Exception as exc:
+            raise PluginFailure("construct", f"{type(exc).__name__}: {exc}") from exc
+        return _check_provider(provider, plugin.name)
+
+    def _fail(self, plugin: _Plugin, stage: str, error: str) -> None:
+        plugin.state, plugin.stage, plugin.error = "failed", stage, error
+        log.error("provider failed", name=plugin.name, stage=stage, error=error)
+        self._bus.publish(PluginFailed(name=plugin.name, stage=stage, error=error))
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.state == "stopped":
+            return
+        self.state = "stopped"
+        with anyio.CancelScope(shield=True):
+            for plugin in self._plugins.values():
+                if plugin.state != "running" or plugin.provider is None:
+                    continue
+                try:
+                    with anyio.fail_after(self._settings.start_timeout):
+                        await plugin.provider.stop()
+                except Exception as exc:
+                    log.error("provider stop failed", name=plugin.name, error=f"{type(exc).__name__}: {exc}")
+                plugin.state = "stopped"
+
+    def providers(self) -> dict[str, Provider]:
+        return {p.name: p.provider for p in self._plugins.values() if p.state == "running" and p.provider}
+
+    async def _health(self, plugin: _Plugin) -> ProviderHealth | None:
+        if plugin.state != "running" or plugin.provider is None:
+            return None
+        try:
+            with anyio.fail_after(self._settings.health_timeout):
+                health = await plugin.provider.health()
+            return health if isinstance(health, ProviderHealth) else ProviderHealth.model_validate(health)
+        except TimeoutError:
+            return ProviderHealth(ok=False, detail=f"no answer within {self._settings.health_timeout:g} s")
+        except Exception as exc:
+            return ProviderHealth(ok=False, detail=f"{type(exc).__name__}: {exc}")
+
+    async def infos(self) -> list[PluginInfo]:
+        infos = []
+        for plugin in self._plugins.values():
+            dist = plugin.distribution
+            provider = plugin.provider
+            infos.append(
+                PluginInfo(
+                    name=plugin.name,
+                    entry_point=plugin.entry_point.value,
+                    distribution=dist.metadata["Name"] if dist else None,
+                    version=dist.version if dist else None,
+                    state=plugin.state,
+                    locality=provider.locality if provider else None,
+                    capabilities=sorted(provider.capabilities) if provider else [],
+                    health=await self._health(plugin),
+                    error=plugin.error,
+                    failed_stage=plugin.stage,
+                )
+            )
+        return infos
+
+    @rpc("plugins.list", summary="Installed provider plugins: version, locality, capabilities, state, health.")
+    async def list_plugins(self, ctx: RequestContext, params: NoParams) -> PluginsListResult:
+        return PluginsListResult(plugins=await self.infos())

@@ -1,0 +1,280 @@
+"""The composition root: builds the parts, starts them in order, serves, and stops them.
+
+Start order (each part is an async context manager; each is up before the next starts)::
+
+    state lock -> database -> plugins -> RPC server (binds the socket) -> READY=1
+
+Nothing reaches across parts except through what is wired here. Shutdown runs the other way:
+SIGTERM/SIGINT stop the server from accepting, in-flight requests get ``server.drain_timeout``
+to finish, then the parts close, shielded from cancellation, and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import resource
+import signal
+import time
+from collections.abc import Iterable
+from contextlib import AsyncExitStack
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from engram import __version__, systemd
+from engram.bus import EventBus
+from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, DaemonStopping
+from engram.bus.methods import EventMethods
+from engram.config import Settings, load_settings
+from engram.errors import ConfigError, Conflict, StartupError
+from engram.observability.logging import configure_logging
+from engram.observability.metrics import Metrics
+from engram.observability.tracing import build_tracer_provider, tracer
+from engram.plugins.manager import PluginManager
+from engram.server.dispatch import Dispatcher
+from engram.server.methods import MethodTable, collect
+from engram.server.server import RPCServer
+from engram.storage import Database
+from engram.system import Check, SystemMethods
+
+log = structlog.get_logger("engram.daemon")
+
+# Settings that are read once at start; a reload reports them instead of applying them.
+RESTART_REQUIRED = ("state_dir", "socket", "server.socket_group", "storage", "plugins", "tracing")
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and value and key != "providers":
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+class StateLock:
+    """An exclusive flock on ``<state>/engramd.lock``: one daemon per state folder."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.path = state_dir / "engramd.lock"
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise StartupError(
+                f"state folder {self.path.parent} is in use by another engramd (pid {holder}); "
+                "stop it first or choose another --state-dir"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # the kernel drops the flock with the descriptor
+            self._fd = None
+
+
+class Daemon:
+    def __init__(self, settings: Settings, config_file: Path | None = None, overrides: dict[str, Any] | None = None):
+        self.settings = settings
+        self.config_file = config_file
+        self.overrides = overrides or {}
+        self.bus = EventBus(CORE_EVENTS, default_queue=settings.bus.subscriber_queue)
+        self.metrics = Metrics()
+        self.tracer_provider = build_tracer_provider(settings)
+        self.methods = MethodTable()
+        self.started_at = time.time()
+        self.started_monotonic = time.monotonic()
+        self.essential_parts = ("database", "server")
+        self.database = Database(settings.database_path, settings.storage.busy_timeout)
+        self.plugins = PluginManager(settings.plugins, self.bus)
+        self.dispatcher = Dispatcher(
+            self.methods, self.bus, self.metrics, tracer(self.tracer_provider), lambda: self.settings.server
+        )
+        self.server = RPCServer(
+            settings.socket_path,
+            lambda: self.settings.server,
+            self.dispatcher,
+            self.bus,
+            self.metrics,
+        )
+        self.methods.add(collect(SystemMethods(self)))
+        self.methods.add(collect(EventMethods(self.bus)))
+        self.methods.add(collect(self.plugins))
+        self.metrics.add_collector(self._collect_metrics)
+        self._stopping = False
+        self._server_done: anyio.Event | None = None  # created in run(): anyio needs the loop
+
+    # --- introspection ---------------------------------------------------------------------
+
+    def part_states(self) -> dict[str, str]:
+        return {
+            "database": self.database.state,
+            "plugins": self.plugins.state,
+            "server": self.server.state,
+            "bus": "running",
+        }
+
+    async def health_checks(self) -> dict[str, Check]:
+        db_ok, db_detail = await self.database.health()
+        checks = {
+            "database": Check(ok=db_ok, detail=db_detail),
+            "server": Check(ok=self.server.state == "serving", detail=self.server.state),
+        }
+        for info in await self.plugins.infos():
+            if info.state == "failed":
+                checks[f"plugin:{info.name}"] = Check(ok=False, detail=f"{info.failed_stage}: {info.error}")
+            elif info.health is not None:
+                checks[f"plugin:{info.name}"] = Check(ok=info.health.ok, detail=info.health.detail)
+        return checks
+
+    def _collect_metrics(self) -> Iterable[Metric]:
+        depth = GaugeMetricFamily("engram_bus_queue_depth", "Events waiting per subscriber.", labels=["subscription"])
+        dropped = CounterMetricFamily(
+            "engram_bus_events_dropped", "Events lost to overflow, per subscriber.", labels=["subscription"]
+        )
+        for sub in self.bus.subscriptions:
+            depth.add_metric([sub.id], sub.depth)
+            dropped.add_metric([sub.id], sub.dropped)
+        yield depth
+        yield dropped
+        yield CounterMetricFamily("engram_bus_events_published", "Events published on the bus.", value=self.bus.published)
+        up = GaugeMetricFamily("engram_part_up", "1 when the part is running.", labels=["part"])
+        for name, state in self.part_states().items():
+            up.add_metric([name], 1.0 if state in ("open", "running", "serving") else 0.0)
+        yield up
+        yield GaugeMetricFamily("engram_uptime_seconds", "Seconds since start.", value=time.monotonic() - self.started_monotonic)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._server_done = anyio.Event()
+        os.umask(0o077)  # everything the daemon creates is private unless made otherwise on purpose
+        _raise_fd_limit()
+        lock = StateLock(self.settings.state_dir)
+        lock.acquire()
+        try:
+            async with AsyncExitStack() as parts:
+                await parts.enter_async_context(self.database)
+                await parts.enter_async_context(self.plugins)
+                async with anyio.create_task_group() as tg:
+                    await tg.start(self._serve)
+                    tg.start_soon(self._handle_signals)
+                    if (interval := systemd.watchdog_interval()) is not None:
+                        tg.start_soon(self._watchdog, interval)
+                    self._announce_ready()
+                    await self._server_done.wait()
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.tracer_provider.shutdown)
+            lock.release()
+            log.info("stopped")
+
+    async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
+        try:
+            await self.server.serve(task_status=task_status)
+        finally:
+            self._server_done.set()
+
+    def _announce_ready(self) -> None:
+        socket_path = str(self.settings.socket_path)
+        self.bus.publish(DaemonStarted(version=__version__, pid=os.getpid(), socket=socket_path))
+        systemd.notify("READY=1", f"STATUS=serving on {socket_path}", f"MAINPID={os.getpid()}")
+        log.info(
+            "ready",
+            version=__version__,
+            socket=socket_path,
+            state_dir=str(self.settings.state_dir),
+            activated=self.server.activated,
+            methods=len(self.methods),
+        )
+
+    async def _watchdog(self, interval: float) -> None:
+        while True:
+            systemd.notify("WATCHDOG=1")
+            await anyio.sleep(interval)
+
+    async def _handle_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    try:
+                        await self.reload()
+                    except Conflict:
+                        pass  # already logged and published; the old configuration stays
+                    continue
+                if self._stopping:
+                    log.warning("second stop signal: cancelling in-flight requests now")
+                    self.server.cancel()
+                    continue
+                await self._begin_stop(signal.Signals(signum).name)
+
+    async def _begin_stop(self, reason: str) -> None:
+        self._stopping = True
+        log.info("stopping", reason=reason, in_flight=self.server.inflight)
+        systemd.notify("STOPPING=1", f"STATUS=stopping ({reason})")
+        self.bus.publish(DaemonStopping(reason=reason))
+        self.server.stop_accepting()
+        with anyio.move_on_after(self.settings.server.drain_timeout) as drain:
+            await self._server_done.wait()
+        if drain.cancelled_caught:
+            log.warning("drain timeout: cancelling in-flight requests", in_flight=self.server.inflight)
+            self.server.cancel()
+
+    async def reload(self) -> tuple[list[str], list[str]]:
+        """Re-read the configuration; apply what can change live, report what needs a restart."""
+        try:
+            new = load_settings(self.config_file, **self.overrides)
+        except ConfigError as exc:
+            log.error("reload refused: invalid configuration; previous configuration stays", error=str(exc))
+            self.bus.publish(ConfigReloaded(ok=False, error=str(exc)))
+            raise Conflict(
+                "configuration not reloaded; the previous configuration stays in force",
+                reason="invalid_config",
+                problems=[{"key": key, "problem": problem} for key, problem in exc.problems] or [str(exc)],
+            ) from None
+        old_flat, new_flat = _flatten(self.settings.model_dump(mode="json")), _flatten(new.model_dump(mode="json"))
+        changed = sorted(key for key in old_flat.keys() | new_flat.keys() if old_flat.get(key) != new_flat.get(key))
+        restart = [key for key in changed if any(key == p or key.startswith(p + ".") for p in RESTART_REQUIRED)]
+        live = [key for key in changed if key not in restart]
+        self.settings = self.settings.model_copy(
+            update={
+                "server": new.server.model_copy(update={"socket_group": self.settings.server.socket_group}),
+                "bus": new.bus,
+                "log": new.log,
+            }
+        )
+        self.bus.default_queue = self.settings.bus.subscriber_queue
+        configure_logging(self.settings.log)
+        log.info("configuration reloaded", changed=live, restart_required=restart)
+        self.bus.publish(ConfigReloaded(ok=True, changed=live, restart_required=restart))
+        return live, restart
+
+
+def _raise_fd_limit() -> None:
+    """Each client is a descriptor; the common soft limit of 1024 is too low for a server."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = hard if hard != resource.RLIM_INFINITY else 65536
+    if soft < wanted:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, 65536), hard))
+        except (ValueError, OSError):
+            pass
+
+
+async def serve(settings: Settings, config_file: Path | None = None, overrides: dict[str, Any] | None = None) -> None:
+    await Daemon(settings, config_file, overrides).run()

@@ -1,0 +1,225 @@
+"""One client connection: read frames, run requests concurrently, write responses in order of
+completion, push notifications, and enforce the per-connection limits and timeouts.
+
+Task structure (all under the server's connection task group)::
+
+    connection scope          cancelled to abort (slow reader, daemon gone)
+    └── pushes task group     notification pumps (event subscriptions); cancelled last
+        └── requests group    one task per accepted request (or batch); waited for on close
+            read loop         this task; stops at end of stream, idle timeout or drain
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import structlog
+from anyio.abc import SocketStream, TaskGroup
+
+from engram.bus.events import ConnectionClosed, ConnectionOpened
+from engram.errors import InvalidRequest, Overloaded, RPCError
+from engram.principal import Principal
+from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
+from engram.server.jsonrpc import Invalid, Message, Request, encode, error_response, parse_frame, result_response
+
+if TYPE_CHECKING:
+    from engram.server.server import RPCServer
+
+log = structlog.get_logger("engram.server")
+
+PUSH_FLUSH_TIMEOUT = 1.0
+
+
+class ClientConnection:
+    def __init__(self, conn_id: int, stream: SocketStream, principal: Principal, server: RPCServer) -> None:
+        self.id = conn_id
+        self.principal = principal
+        self._stream = stream
+        self._server = server
+        self._send_lock = anyio.Lock()
+        self._scope = anyio.CancelScope()
+        self._read_scope = anyio.CancelScope()
+        self._pushes: TaskGroup | None = None
+        self._close_callbacks: list[Callable[[], None]] = []
+        self._pending_pushes: list[Callable[[], int]] = []
+        self.inflight = 0
+        self.requests = 0
+        self.subscriptions = 0  # maintained by subscribers, keeps an idle connection open
+        self.close_reason = "client_closed"
+
+    # --- what handlers see (engram.server.methods.Connection) -----------------------------
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        await self._send({"jsonrpc": "2.0", "method": method, "params": params})
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        self._close_callbacks.append(callback)
+
+    def on_drain(self, pending: Callable[[], int]) -> None:
+        self._pending_pushes.append(pending)
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        assert self._pushes is not None
+        self._pushes.start_soon(func, name=name)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def stop_reading(self) -> None:
+        """Drain: take no new requests; the ones in flight finish and are answered."""
+        self.close_reason = "daemon_stopping"
+        self._read_scope.cancel()
+
+    def abort(self, reason: str) -> None:
+        self.close_reason = reason
+        self._scope.cancel()
+
+    async def run(self) -> None:
+        bus = self._server.bus
+        bus.publish(ConnectionOpened(connection=self.id, principal=self.principal))
+        log.debug("connection opened", connection=self.id, uid=self.principal.uid, pid=self.principal.pid)
+        try:
+            with self._scope:
+                async with anyio.create_task_group() as pushes:
+                    self._pushes = pushes
+                    async with anyio.create_task_group() as requests:
+                        with self._read_scope:
+                            await self._read_loop(requests)
+                    await self._flush_pushes()
+                    pushes.cancel_scope.cancel()
+        finally:
+            for callback in self._close_callbacks:
+                callback()
+            with anyio.CancelScope(shield=True):
+                await self._stream.aclose()
+            bus.publish(ConnectionClosed(connection=self.id, reason=self.close_reason, requests=self.requests))
+            log.debug("connection closed", connection=self.id, reason=self.close_reason, requests=self.requests)
+
+    async def _flush_pushes(self) -> None:
+        """Give queued notifications (e.g. daemon.stopping) a moment to reach the client."""
+        with anyio.move_on_after(PUSH_FLUSH_TIMEOUT):
+            while any(pending() for pending in self._pending_pushes):
+                await anyio.sleep(0.005)
+
+    async def _read_loop(self, requests: TaskGroup) -> None:
+        settings = self._server.settings
+        reader = LineReader(self._stream, settings().max_frame_bytes)
+        while True:
+            reader.max_bytes = settings().max_frame_bytes  # reloadable
+            try:
+                line = await reader.read_line(settings().idle_timeout, settings().read_timeout)
+            except FrameTooLarge as exc:
+                self._server.metrics.frames_rejected.labels("frame_too_large").inc()
+                log.warning("frame too large", connection=self.id, limit=exc.limit)
+                error = InvalidRequest(
+                    f"frame larger than the limit of {exc.limit} bytes", reason="frame_too_large", limit=exc.limit
+                )
+                await self._send(error_response(None, error))
+                continue
+            except IdleTimeout:
+                if self.inflight or self.subscriptions:
+                    continue
+                self.close_reason = "idle_timeout"
+                return
+            except SlowFrame:
+                log.warning("slow client dropped", connection=self.id, read_timeout=settings().read_timeout)
+                self.close_reason = "slow_client"
+                return
+            if line is None:
+                return
+            if line.strip():
+                await self._on_frame(line, requests)
+
+    # --- requests --------------------------------------------------------------------------
+
+    async def _on_frame(self, line: bytes, requests: TaskGroup) -> None:
+        try:
+            messages, is_batch = parse_frame(line)
+        except RPCError as error:
+            self._server.metrics.frames_rejected.labels(error.reason).inc()
+            log.info("bad frame", connection=self.id, reason=error.reason, error=error.message)
+            await self._send(error_response(None, error))
+            return
+        admitted = [self._admit(message) for message in messages]
+        if not any(admitted) and not is_batch:
+            # Refused outright: answer inline, which also slows down a client that floods us.
+            message = messages[0]
+            if isinstance(message, Invalid):
+                await self._send(error_response(message.id, message.error))
+            elif not message.is_notification:
+                await self._send(error_response(message.id, self._overloaded()))
+            return
+        requests.start_soon(self._run_frame, messages, admitted, is_batch, name=f"conn-{self.id}-frame")
+
+    def _admit(self, message: Message) -> bool:
+        if not isinstance(message, Request):
+            return False
+        limits = self._server.settings()
+        if self.inflight >= limits.max_inflight_per_connection or self._server.inflight >= limits.max_inflight:
+            log.info("request refused: overloaded", connection=self.id, method=message.method)
+            return False
+        self.inflight += 1
+        self._server.inflight += 1
+        self.requests += 1
+        return True
+
+    def _overloaded(self) -> Overloaded:
+        limits = self._server.settings()
+        return Overloaded(
+            "too many requests in flight; retry later",
+            per_connection_limit=limits.max_inflight_per_connection,
+            global_limit=limits.max_inflight,
+        )
+
+    async def _run_frame(self, messages: list[Message], admitted: list[bool], is_batch: bool) -> None:
+        responses: list[dict[str, Any] | None] = [None] * len(messages)
+
+        async def run_one(index: int) -> None:
+            message = messages[index]
+            if isinstance(message, Invalid):
+                responses[index] = error_response(message.id, message.error)
+                return
+            if not admitted[index]:
+                if not message.is_notification:
+                    responses[index] = error_response(message.id, self._overloaded())
+                return
+            try:
+                result = await self._server.dispatcher.dispatch(message, self.principal, self)
+                response = result_response(message.id, result)
+            except RPCError as error:
+                response = error_response(message.id, error)
+            finally:
+                self.inflight -= 1
+                self._server.inflight -= 1
+            if not message.is_notification:
+                responses[index] = response
+
+        if len(messages) == 1:
+            await run_one(0)
+        else:
+            async with anyio.create_task_group() as batch:
+                for index in range(len(messages)):
+                    batch.start_soon(run_one, index)
+        answered = [response for response in responses if response is not None]
+        if is_batch and answered:
+            await self._send(answered)
+        elif answered:
+            await self._send(answered[0])
+
+    async def _send(self, message: Any) -> None:
+        try:
+            data = encode(message)
+        except ValueError as exc:  # e.g. NaN in a result: a handler bug, but the client gets an answer
+            log.error("unencodable response", connection=self.id, error=str(exc))
+            request_id = message.get("id") if isinstance(message, dict) else None
+            data = encode(error_response(request_id, RPCError(f"response could not be encoded: {exc}")))
+        try:
+            async with self._send_lock:
+                with anyio.fail_after(self._server.settings().write_timeout):
+                    await self._stream.send(data)
+        except TimeoutError:
+            log.warning("slow reader dropped", connection=self.id)
+            self.abort("slow_reader")
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
+            self.abort("client_gone")

@@ -1,0 +1,184 @@
+"""From a validated JSON-RPC request to its response: access, params, handler, errors, telemetry.
+
+Every request, whatever its outcome, publishes ``request.received`` and ``request.completed`` on
+the bus, is counted and timed in the metrics, and runs inside an OpenTelemetry span named after
+its method. Exceptions are translated here, at the boundary: an :class:`RPCError` raised by a
+handler goes to the client as it is; anything else is a bug, logged with its traceback and
+answered with -32603 without internals.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import anyio
+import structlog
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from pydantic import BaseModel, ValidationError
+
+from engram.bus import EventBus
+from engram.bus.events import RequestCompleted, RequestReceived
+from engram.config import ServerSettings
+from engram.errors import (
+    InternalError,
+    InvalidParams,
+    MethodNotFound,
+    PolicyDenied,
+    RPCError,
+    Timeout,
+    Unavailable,
+)
+from engram.observability.metrics import Metrics
+from engram.server.jsonrpc import Request
+from engram.server.methods import Connection, Method, MethodTable, RequestContext
+from engram.principal import Principal
+
+log = structlog.get_logger("engram.server")
+
+# A guard decides whether a principal may call a method; it raises PolicyDenied to refuse.
+Guard = Callable[[Principal, Method], Awaitable[None]]
+
+
+def params_error(exc: ValidationError) -> InvalidParams:
+    """Name the first wrong field (dotted path) and keep every problem in ``data.errors``."""
+    errors = exc.errors(include_url=False, include_input=False)
+    first = errors[0]
+    field = ".".join(str(part) for part in first["loc"]) or None
+    message = f"{field}: {first['msg']}" if field else first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = f"{field}: unknown parameter"
+    problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    return InvalidParams(message, field=field, errors=problems)
+
+
+def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None) -> BaseModel:
+    if isinstance(raw, list):
+        names = list(method.params.model_fields)
+        if len(raw) > len(names):
+            raise InvalidParams(
+                f"{method.name} takes at most {len(names)} positional parameter(s), got {len(raw)}",
+                reason="too_many_params",
+                field=None,
+            )
+        raw = dict(zip(names, raw))
+    try:
+        return method.params.model_validate(raw or {})
+    except ValidationError as exc:
+        raise params_error(exc) from None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        methods: MethodTable,
+        bus: EventBus,
+        metrics: Metrics,
+        tracer: trace.Tracer,
+        settings: Callable[[], ServerSettings],
+        owner_uid: int | None = None,
+    ) -> None:
+        self.methods = methods
+        self._bus = bus
+        self._metrics = metrics
+        self._tracer = tracer
+        self._settings = settings
+        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
+        self.guards: list[Guard] = [self._owner_only]
+        self._serial = itertools.count(1)
+
+    async def _owner_only(self, principal: Principal, method: Method) -> None:
+        if method.owner_only and principal.uid not in (self.owner_uid, 0):
+            raise PolicyDenied(
+                f"{method.name} may only be called by the daemon's owner (uid {self.owner_uid})",
+                reason="owner_only",
+                method=method.name,
+                uid=principal.uid,
+            )
+
+    async def dispatch(self, request: Request, principal: Principal, connection: Connection) -> Any:
+        """Run one request; returns its result or raises the RPCError to send back."""
+        serial = next(self._serial)
+        self._bus.publish(
+            RequestReceived(connection=connection.id, request=serial, method=request.method, principal=principal)
+        )
+        started = time.perf_counter()
+        method = self.methods.get(request.method)
+        metric_method = method.name if method else "(unknown)"  # bounded label set
+        error: RPCError | None = None
+        trace_id = None
+        with self._tracer.start_as_current_span(
+            request.method if method else "(unknown method)",
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "jsonrpc",
+                "rpc.method": request.method,
+                "rpc.jsonrpc.version": "2.0",
+                "engram.request": serial,
+                "engram.connection": connection.id,
+                "engram.peer.uid": principal.uid,
+                "engram.peer.pid": principal.pid or 0,
+            },
+        ) as span:
+            ctx_span = span.get_span_context()
+            trace_id = format(ctx_span.trace_id, "032x") if ctx_span.is_valid else None
+            self._metrics.in_flight.inc()
+            try:
+                if method is None:
+                    raise MethodNotFound(f"no method named {request.method!r}", method=request.method)
+                for guard in self.guards:
+                    await guard(principal, method)
+                params = validate_params(method, request.params)
+                ctx = RequestContext(principal=principal, connection=connection, request=serial, trace_id=trace_id)
+                limit = method.timeout or self._settings().request_timeout
+                try:
+                    with anyio.fail_after(limit):
+                        result = await method.handler(ctx, params)
+                except TimeoutError:
+                    raise Timeout(f"{method.name} did not finish within {limit:g} s", limit_s=limit) from None
+                return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+            except RPCError as exc:
+                error = exc
+                raise
+            except anyio.get_cancelled_exc_class():
+                error = Unavailable("request cancelled: the daemon is stopping", reason="cancelled")
+                raise
+            except Exception as exc:
+                log.exception("handler failed", method=request.method, request=serial)
+                error = InternalError(f"{request.method} failed unexpectedly ({type(exc).__name__})")
+                raise error from exc
+            finally:
+                self._metrics.in_flight.dec()
+                elapsed = time.perf_counter() - started
+                outcome = "ok" if error is None else "error"
+                self._metrics.requests.labels(metric_method, outcome).inc()
+                self._metrics.request_seconds.labels(metric_method).observe(elapsed)
+                log.debug(
+                    "request",
+                    method=request.method,
+                    request=serial,
+                    uid=principal.uid,
+                    outcome=outcome,
+                    ms=round(elapsed * 1000, 3),
+                    reason=error.reason if error else None,
+                )
+                if error is not None:
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+                    span.set_attribute("rpc.jsonrpc.error_code", error.code)
+                    span.set_attribute("engram.error.reason", error.reason)
+                self._bus.publish(
+                    RequestCompleted(
+                        connection=connection.id,
+                        request=serial,
+                        method=request.method,
+                        outcome=outcome,
+                        error_code=error.code if error else None,
+                        error_reason=error.reason if error else None,
+                        duration_ms=round(elapsed * 1000, 3),
+                        trace_id=trace_id,
+                    )
+                )

@@ -1,0 +1,148 @@
+"""The method table: every RPC method, its params and result models, and its handler.
+
+Parts declare methods with :func:`rpc` on async methods whose signature carries the models::
+
+    class Pinger:
+        @rpc("system.ping", summary="Check that the daemon answers.")
+        async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult: ...
+
+The composition root collects them into one :class:`MethodTable`, which the dispatcher, the
+``schemas/`` generator and the documentation test all read: a method cannot exist without a
+schema, and cannot be documented without existing.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict
+
+from engram.principal import Principal
+
+
+class Params(BaseModel):
+    """Base of every params model: unknown fields are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Result(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NoParams(Params):
+    pass
+
+
+class Connection(Protocol):
+    """What a handler may do with the connection its request came on."""
+
+    id: int
+    subscriptions: int  # open event subscriptions; a connection with any is not idle
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None: ...
+
+    def on_close(self, callback: Callable[[], None]) -> None: ...
+
+    def on_drain(self, pending: Callable[[], int]) -> None:
+        """Register a count of messages still to push; closing waits (briefly) for it to be 0."""
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RequestContext:
+    principal: Principal
+    connection: Connection
+    request: int  # the daemon's serial number for this request (logs, events, audit)
+    trace_id: str | None = None
+
+
+Handler = Callable[[RequestContext, Any], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    handler: Handler
+    params: type[Params]
+    result: type[BaseModel]
+    summary: str
+    owner_only: bool = False  # only the daemon's own uid (and root) may call it
+    timeout: float | None = None  # overrides server.request_timeout (e.g. long-running work)
+
+
+@dataclass
+class _Declaration:
+    name: str
+    summary: str
+    owner_only: bool
+    timeout: float | None
+
+
+def rpc(name: str, *, summary: str, owner_only: bool = False, timeout: float | None = None) -> Callable:
+    """Mark an async method of a part as the handler of RPC method ``name``."""
+
+    def mark(func: Callable) -> Callable:
+        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout)  # type: ignore[attr-defined]
+        return func
+
+    return mark
+
+
+def collect(part: object) -> list[Method]:
+    """The RPC methods a part declares, bound to it."""
+    methods = []
+    for attr in dir(type(part)):
+        func = getattr(type(part), attr)
+        decl: _Declaration | None = getattr(func, "__engram_rpc__", None)
+        if decl is None:
+            continue
+        hints = typing.get_type_hints(func)
+        params_model = hints.get("params")
+        result_model = hints.get("return")
+        if not (isinstance(params_model, type) and issubclass(params_model, Params)):
+            raise TypeError(f"{decl.name}: the 'params' argument must be annotated with a Params model")
+        if not (isinstance(result_model, type) and issubclass(result_model, BaseModel)):
+            raise TypeError(f"{decl.name}: the return annotation must be a pydantic model")
+        methods.append(
+            Method(
+                name=decl.name,
+                handler=getattr(part, attr),
+                params=params_model,
+                result=result_model,
+                summary=decl.summary,
+                owner_only=decl.owner_only,
+                timeout=decl.timeout,
+            )
+        )
+    return methods
+
+
+@dataclass
+class MethodTable:
+    _methods: dict[str, Method] = field(default_factory=dict)
+
+    def add(self, methods: Iterable[Method]) -> None:
+        for method in methods:
+            if method.name in self._methods:
+                raise ValueError(f"RPC method {method.name} registered twice")
+            if method.name.startswith("rpc."):
+                raise ValueError("method names starting with 'rpc.' are reserved by JSON-RPC")
+            self._methods[method.name] = method
+
+    def get(self, name: str) -> Method | None:
+        return self._methods.get(name)
+
+    def __iter__(self):
+        return iter(sorted(self._methods.values(), key=lambda m: m.name))
+
+    def __len__(self) -> int:
+        return len(self._methods)
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self._methods)

@@ -1,0 +1,137 @@
+"""The RPC server part: accepts connections on the Unix socket and hands them to connections."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+import structlog
+from anyio.abc import SocketListener, SocketStream, TaskStatus
+
+from engram import systemd
+from engram.bus import EventBus
+from engram.config import ServerSettings
+from engram.errors import Overloaded
+from engram.observability.metrics import Metrics
+from engram.server.connection import ClientConnection
+from engram.server.dispatch import Dispatcher
+from engram.server.jsonrpc import encode, error_response
+from engram.server.listener import bind_private, remove_if_ours
+from engram.server.peercred import peer_principal
+
+log = structlog.get_logger("engram.server")
+
+
+class RPCServer:
+    def __init__(
+        self,
+        socket_path: Path,
+        settings: Callable[[], ServerSettings],
+        dispatcher: Dispatcher,
+        bus: EventBus,
+        metrics: Metrics,
+        socket_activation: bool = True,
+    ) -> None:
+        self.socket_path = socket_path
+        self.settings = settings
+        self.dispatcher = dispatcher
+        self.bus = bus
+        self.metrics = metrics
+        self.socket_activation = socket_activation
+        self.activated = False
+        self.connections: dict[int, ClientConnection] = {}
+        self.inflight = 0
+        self.accepted = 0
+        self.state = "created"
+        self._ids = itertools.count(1)
+        self._accept_scope: anyio.CancelScope | None = None  # anyio objects need the event loop
+        self._connections_scope: anyio.CancelScope | None = None
+
+    async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Listen, report readiness once the socket accepts, serve until drained."""
+        inode = None
+        inherited = systemd.inherited_socket() if self.socket_activation else None
+        if inherited is not None:
+            raw = inherited  # socket activation: systemd owns the file, never unlink it
+            self.activated = True
+        else:
+            raw = bind_private(self.socket_path, self.settings().socket_group)
+            inode = self.socket_path.lstat().st_ino
+        raw.setblocking(False)
+        listener = await SocketListener.from_socket(raw)
+        try:
+            async with anyio.create_task_group() as connections:
+                self._connections_scope = connections.cancel_scope
+                self.state = "serving"
+                self._accept_scope = anyio.CancelScope()
+                task_status.started()
+                with self._accept_scope:
+                    await self._accept_loop(listener, connections)
+        finally:
+            self.state = "stopped"
+            with anyio.CancelScope(shield=True):
+                await listener.aclose()
+            if inode is not None:
+                remove_if_ours(self.socket_path, inode)
+
+    async def _accept_loop(self, listener: SocketListener, connections: anyio.abc.TaskGroup) -> None:
+        while True:
+            try:
+                stream = await listener.accept()
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                log.error("accept failed", error=str(exc))
+                await anyio.sleep(0.1)
+                continue
+            if len(self.connections) >= self.settings().max_connections:
+                self.metrics.connections_refused.inc()
+                connections.start_soon(self._refuse, stream)
+                continue
+            connections.start_soon(self._serve_connection, stream)
+
+    async def _refuse(self, stream: SocketStream) -> None:
+        limit = self.settings().max_connections
+        log.warning("connection refused: limit reached", limit=limit)
+        error = Overloaded(f"too many connections (limit {limit}); retry later", reason="too_many_connections")
+        with anyio.move_on_after(1.0):
+            try:
+                await stream.send(encode(error_response(None, error)))
+            except (anyio.BrokenResourceError, OSError):
+                pass
+        await anyio.aclose_forcefully(stream)
+
+    async def _serve_connection(self, stream: SocketStream) -> None:
+        try:
+            principal = peer_principal(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+        except OSError as exc:
+            log.error("peer credentials unavailable; connection closed", error=str(exc))
+            await anyio.aclose_forcefully(stream)
+            return
+        conn = ClientConnection(next(self._ids), stream, principal, self)
+        if self.state == "draining":
+            conn.stop_reading()
+        self.connections[conn.id] = conn
+        self.accepted += 1
+        self.metrics.connections_accepted.inc()
+        self.metrics.connections.set(len(self.connections))
+        try:
+            await conn.run()
+        finally:
+            del self.connections[conn.id]
+            self.metrics.connections.set(len(self.connections))
+
+    def stop_accepting(self) -> None:
+        """Begin draining: close the door, let every connection finish what it has started."""
+        self.state = "draining"
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        for conn in list(self.connections.values()):
+            conn.stop_reading()
+
+    def cancel(self) -> None:
+        """The drain grace period is over: cancel whatever still runs."""
+        if self._accept_scope is not None:
+            self._accept_scope.cancel()
+        if self._connections_scope is not None:
+            self._connections_scope.cancel()

@@ -1,0 +1,141 @@
+"""The ``system.*`` methods: is the daemon there, how is it, what does it count, reload it."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field, JsonValue
+
+from engram import __version__
+from engram.server.methods import NoParams, Params, RequestContext, Result, rpc
+
+if TYPE_CHECKING:
+    from engram.runtime import Daemon
+
+
+class PingParams(Params):
+    echo: JsonValue = Field(default=None, description="Any JSON value, returned unchanged.")
+
+
+class PingResult(Result):
+    pong: bool = True
+    echo: JsonValue = None
+
+
+class PartStatus(Result):
+    name: str
+    state: str
+
+
+class SubscriptionStatus(Result):
+    id: str
+    topics: list[str]
+    depth: int
+    delivered: int
+    dropped: int
+    overflow: str
+
+
+class StatusResult(Result):
+    version: str
+    pid: int
+    uid: int
+    started_at: float
+    uptime_s: float
+    state_dir: str
+    socket: str
+    socket_activated: bool
+    parts: list[PartStatus]
+    connections: int
+    connections_accepted: int
+    requests_in_flight: int
+    events_published: int
+    subscriptions: list[SubscriptionStatus]
+
+
+class Check(Result):
+    ok: bool
+    detail: str = ""
+
+
+class HealthResult(Result):
+    status: Literal["ok", "degraded", "failing"]
+    checks: dict[str, Check]
+
+
+class MetricsResult(Result):
+    text: str = Field(description="Prometheus text exposition format.")
+    families: list[dict[str, Any]]
+
+
+class ReloadResult(Result):
+    changed: list[str] = Field(description="Settings whose new values are in force now.")
+    restart_required: list[str] = Field(description="Changed settings that take effect at the next start.")
+
+
+class SystemMethods:
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+
+    @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.")
+    async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult:
+        return PingResult(echo=params.echo)
+
+    @rpc("system.status", summary="Version, uptime, parts and their state, connections, queue depths.")
+    async def status(self, ctx: RequestContext, params: NoParams) -> StatusResult:
+        d = self._daemon
+        server = d.server
+        return StatusResult(
+            version=__version__,
+            pid=os.getpid(),
+            uid=os.geteuid(),
+            started_at=d.started_at,
+            uptime_s=round(time.monotonic() - d.started_monotonic, 3),
+            state_dir=str(d.settings.state_dir),
+            socket=str(d.settings.socket_path),
+            socket_activated=server.activated,
+            parts=[PartStatus(name=name, state=state) for name, state in d.part_states().items()],
+            connections=len(server.connections),
+            connections_accepted=server.accepted,
+            requests_in_flight=server.inflight,
+            events_published=d.bus.published,
+            subscriptions=[
+                SubscriptionStatus(
+                    id=s.id,
+                    topics=list(s.patterns),
+                    depth=s.depth,
+                    delivered=s.delivered,
+                    dropped=s.dropped,
+                    overflow=s.overflow.value,
+                )
+                for s in d.bus.subscriptions
+            ],
+        )
+
+    @rpc("system.health", summary="Whether each part works; 'degraded' names what does not.")
+    async def health(self, ctx: RequestContext, params: NoParams) -> HealthResult:
+        checks = await self._daemon.health_checks()
+        failing = [name for name, check in checks.items() if not check.ok]
+        if not failing:
+            status = "ok"
+        elif any(name in self._daemon.essential_parts for name in failing):
+            status = "failing"
+        else:
+            status = "degraded"
+        return HealthResult(status=status, checks=checks)
+
+    @rpc("system.metrics", summary="Counters, gauges and latency histograms, in Prometheus text format too.")
+    async def metrics(self, ctx: RequestContext, params: NoParams) -> MetricsResult:
+        metrics = self._daemon.metrics
+        return MetricsResult(text=metrics.text(), families=metrics.snapshot())
+
+    @rpc(
+        "system.reload",
+        summary="Re-read the configuration (as SIGHUP does); an invalid file leaves the old one in force.",
+        owner_only=True,
+    )
+    async def reload(self, ctx: RequestContext, params: NoParams) -> ReloadResult:
+        changed, restart_required = await self._daemon.reload()
+        return ReloadResult(changed=changed, restart_required=restart_required)
