@@ -1,0 +1,1 @@
+"""``engram bench``: each capability measured through engram and a baseline in one run."""

@@ -1,0 +1,64 @@
+"""Start and stop the processes a benchmark measures: a fresh engramd, a baseline server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from engram.errors import DaemonUnreachable
+
+
+def wait_for_socket(path: Path, proc: subprocess.Popen | None, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise DaemonUnreachable(f"process exited with {proc.returncode} before listening on {path}", str(path))
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                return
+            except OSError:
+                time.sleep(0.05)
+    raise DaemonUnreachable(f"nothing listened on {path} within {timeout:g} s", str(path))
+
+
+@contextmanager
+def _process(args: list[str], socket_path: Path, env: dict[str, str] | None = None) -> Iterator[Path]:
+    proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
+    try:
+        wait_for_socket(socket_path, proc)
+        yield socket_path
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@contextmanager
+def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
+    """A fresh engramd on a temporary state folder; yields its socket."""
+    with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
+        sock = Path(tmp) / "engram.sock"
+        env = {"ENGRAM_LOG__LEVEL": "warning", **(extra_env or {})}
+        args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", tmp, "--socket", str(sock)]
+        with _process(args, sock, env) as path:
+            yield path
+
+
+@contextmanager
+def echo_server() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="engram-echo-") as tmp:
+        sock = Path(tmp) / "echo.sock"
+        with _process([sys.executable, "-m", "engram.bench.echo_server", str(sock)], sock) as path:
+            yield path

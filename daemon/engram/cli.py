@@ -1,0 +1,418 @@
+"""The ``engram`` command (and ``engramd``, which is ``engram serve``).
+
+Exit codes, for every command: 0 ok, 1 the daemon answered with an error, 2 usage or
+configuration error, 3 the daemon could not be reached.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engram import __version__
+from engram.errors import ConfigError, DaemonUnreachable, RPCError, StartupError
+
+EXIT_OK, EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+
+
+class Output:
+    """Where a command's result goes: JSON for programs, text for people."""
+
+    def __init__(self, as_json: bool) -> None:
+        self.as_json = as_json
+
+    def emit(self, data: Any, human: Callable[[Any], None] | None = None) -> None:
+        if self.as_json or human is None:
+            click.echo(json.dumps(data, indent=None if self.as_json else 2, sort_keys=False))
+        else:
+            human(data)
+
+
+def _fail(code: int, message: str) -> None:
+    click.echo(f"engram: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    """Map engram's errors to the documented exit codes."""
+    try:
+        yield
+    except DaemonUnreachable as exc:
+        _fail(EXIT_UNREACHABLE, str(exc))
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    except RPCError as exc:
+        detail = {k: v for k, v in exc.data.items() if k != "reason"}
+        extra = f" {json.dumps(detail)}" if detail else ""
+        _fail(EXIT_REMOTE, f"error {exc.code} ({exc.reason}): {exc.message}{extra}")
+
+
+def _socket_option(func: Callable) -> Callable:
+    return click.option(
+        "--socket",
+        "socket_path",
+        type=click.Path(path_type=Path),
+        envvar="ENGRAM_SOCKET",
+        help="Daemon socket (default: $ENGRAM_SOCKET, then the usual places).",
+    )(func)
+
+
+def _json_option(func: Callable) -> Callable:
+    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(func)
+
+
+def _timeout_option(func: Callable) -> Callable:
+    return click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait.")(func)
+
+
+def client_command(func: Callable) -> Callable:
+    return _socket_option(_json_option(_timeout_option(func)))
+
+
+def _call(socket_path: Path | None, timeout: float, method: str, params: Any = None) -> Any:
+    from engram.client import Client
+
+    with _errors(), Client(socket_path, timeout=timeout) as client:
+        return client.call(method, params)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="engram")
+def main() -> None:
+    """engram: a local-first cognitive daemon, and the client to talk to it."""
+
+
+# --- serve --------------------------------------------------------------------------------
+
+
+def _serve_options(func: Callable) -> Callable:
+    func = click.option(
+        "--config", "config_file", type=click.Path(path_type=Path), envvar="ENGRAM_CONFIG", help="TOML configuration file."
+    )(func)
+    func = click.option(
+        "--socket", "socket_path", type=click.Path(path_type=Path), help="Socket path (env ENGRAM_SOCKET)."
+    )(func)
+    func = click.option(
+        "--state-dir", type=click.Path(path_type=Path), help="State folder (env ENGRAM_STATE_DIR)."
+    )(func)
+    return func
+
+
+def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: Path | None) -> None:
+    import anyio
+    import structlog
+
+    from engram.config import load_settings
+    from engram.observability.logging import configure_logging
+    from engram.runtime import serve
+
+    overrides = {"state_dir": state_dir, "socket": socket_path}
+    try:
+        settings = load_settings(config_file, **overrides)
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    configure_logging(settings.log)
+    log = structlog.get_logger("engram.daemon")
+    try:
+        anyio.run(serve, settings, config_file, overrides)
+    except KeyboardInterrupt:
+        pass
+    except BaseException as exc:  # noqa: BLE001 - the last line of defence: say why, exit non-zero
+        cause = _unwrap(exc)
+        if isinstance(cause, StartupError):
+            log.error("cannot start", error=str(cause))
+            _fail(EXIT_REMOTE, str(cause))
+        if isinstance(cause, (SystemExit, KeyboardInterrupt)):
+            raise
+        log.critical("daemon crashed", error=f"{type(cause).__name__}: {cause}", exc_info=cause)
+        _fail(EXIT_REMOTE, f"daemon crashed: {type(cause).__name__}: {cause}")
+
+
+def _unwrap(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) task-group exception groups, if there is just one."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@main.command()
+@_serve_options
+def serve(state_dir: Path | None, socket_path: Path | None, config_file: Path | None) -> None:
+    """Run the daemon in the foreground (what engramd does)."""
+    _run_daemon(state_dir, socket_path, config_file)
+
+
+@click.command()
+@click.version_option(__version__, prog_name="engramd")
+@_serve_options
+def engramd(state_dir: Path | None, socket_path: Path | None, config_file: Path | None) -> None:
+    """engramd: the engram daemon. Runs in the foreground; stop it with SIGTERM or Ctrl-C."""
+    _run_daemon(state_dir, socket_path, config_file)
+
+
+# --- daemon state ---------------------------------------------------------------------------
+
+
+def _print_status(status: dict[str, Any]) -> None:
+    parts = ", ".join(f"{p['name']} {p['state']}" for p in status["parts"])
+    lines = [
+        f"engramd {status['version']}  pid {status['pid']}  up {status['uptime_s']:.0f} s",
+        f"socket       {status['socket']}{'  (socket-activated)' if status['socket_activated'] else ''}",
+        f"state        {status['state_dir']}",
+        f"parts        {parts}",
+        f"connections  {status['connections']} open, {status['connections_accepted']} accepted",
+        f"requests     {status['requests_in_flight']} in flight",
+        f"events       {status['events_published']} published, {len(status['subscriptions'])} subscriptions",
+    ]
+    for sub in status["subscriptions"]:
+        lines.append(
+            f"  {sub['id']:<6} {','.join(sub['topics'])}  depth {sub['depth']}  dropped {sub['dropped']}"
+        )
+    click.echo("\n".join(lines))
+
+
+@main.command()
+@client_command
+def status(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Version, uptime, parts, connections and queue depths of the running daemon."""
+    Output(as_json).emit(_call(socket_path, timeout, "system.status"), _print_status)
+
+
+@main.command()
+@client_command
+def health(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Whether each part works (exit 1 unless the status is ok)."""
+    result = _call(socket_path, timeout, "system.health")
+
+    def human(data: dict[str, Any]) -> None:
+        click.echo(f"status: {data['status']}")
+        for name, check in data["checks"].items():
+            click.echo(f"  {'ok  ' if check['ok'] else 'FAIL'} {name}: {check['detail']}")
+
+    Output(as_json).emit(result, human)
+    if result["status"] != "ok":
+        sys.exit(EXIT_REMOTE)
+
+
+@main.command()
+@client_command
+def ping(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Check that the daemon answers, and how fast (one round trip on an open connection)."""
+    import time
+
+    from engram.client import Client
+
+    with _errors(), Client(socket_path, timeout=timeout) as client:
+        started = time.perf_counter()
+        result = client.call("system.ping")
+        elapsed_ms = (time.perf_counter() - started) * 1000
+    Output(as_json).emit({**result, "ms": round(elapsed_ms, 3)}, lambda d: click.echo(f"pong ({d['ms']:.2f} ms)"))
+
+
+@main.command()
+@client_command
+def metrics(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Metrics in Prometheus text format (--json: structured)."""
+    result = _call(socket_path, timeout, "system.metrics")
+    if as_json:
+        click.echo(json.dumps(result["families"]))
+    else:
+        click.echo(result["text"], nl=False)
+
+
+@main.command()
+@client_command
+def reload(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Re-read the configuration (like SIGHUP)."""
+
+    def human(data: dict[str, Any]) -> None:
+        click.echo(f"reloaded; changed: {', '.join(data['changed']) or 'nothing'}")
+        if data["restart_required"]:
+            click.echo(f"needs a restart to take effect: {', '.join(data['restart_required'])}")
+
+    Output(as_json).emit(_call(socket_path, timeout, "system.reload"), human)
+
+
+@main.command()
+@click.argument("patterns", nargs=-1)
+@click.option("--follow", "-f", is_flag=True, help="Stream events as they happen (Ctrl-C to stop).")
+@click.option("--count", "-n", type=click.IntRange(min=1), help="With --follow: stop after N events.")
+@click.option(
+    "--overflow",
+    type=click.Choice(["drop_oldest", "drop_newest", "disconnect"]),
+    default="drop_oldest",
+    show_default=True,
+    help="What the daemon does when this client falls behind.",
+)
+@client_command
+def events(
+    patterns: tuple[str, ...],
+    follow: bool,
+    count: int | None,
+    overflow: str,
+    socket_path: Path | None,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """List event topics, or with --follow stream the events matching PATTERNS (default '*')."""
+    from engram.client import Client
+
+    out = Output(as_json)
+    if not follow:
+        topics: list[str] = []
+        for pattern in patterns or ("*",):
+            topics += _call(socket_path, timeout, "events.topics", {"pattern": pattern})["topics"]
+        out.emit({"topics": sorted(set(topics))}, lambda d: click.echo("\n".join(d["topics"])))
+        return
+    seen = 0
+    with _errors(), Client(socket_path, timeout=timeout) as client:
+        stream = client.subscribe(list(patterns) or ["*"], overflow=overflow)
+        try:
+            for event in stream:
+                if as_json:
+                    click.echo(json.dumps(event))
+                else:
+                    lost = f"  (dropped {event['dropped']})" if event.get("dropped") else ""
+                    click.echo(f"{event['time']:.3f} {event['topic']:<24} {json.dumps(event['data'])}{lost}")
+                seen += 1
+                if count is not None and seen >= count:
+                    break
+        except KeyboardInterrupt:
+            pass
+    if count is not None and seen < count:
+        _fail(EXIT_UNREACHABLE, f"event stream ended after {seen} event(s): {stream._stream.closed_reason}")
+
+
+@main.command("call")
+@click.argument("method")
+@click.argument("params", required=False)
+@client_command
+def call_method(method: str, params: str | None, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Call any RPC METHOD with PARAMS given as JSON (object or array)."""
+    try:
+        parsed = json.loads(params) if params else None
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
+    Output(True).emit(_call(socket_path, timeout, method, parsed))
+
+
+# --- configuration ----------------------------------------------------------------------------
+
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+@_serve_options
+@_json_option
+def config_show(state_dir: Path | None, socket_path: Path | None, config_file: Path | None, as_json: bool) -> None:
+    """Print the effective configuration (file + ENGRAM_* environment + flags)."""
+    import tomli_w
+
+    from engram.config import load_settings
+
+    try:
+        settings = load_settings(config_file, state_dir=state_dir, socket=socket_path)
+    except ConfigError as exc:
+        _fail(EXIT_USAGE, str(exc))
+    data = settings.public_dict()
+    if as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(tomli_w.dumps(_drop_none(data)), nl=False)
+
+
+def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
+    """TOML has no null: an unset optional setting is simply absent."""
+    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+
+
+# --- plugins ------------------------------------------------------------------------------------
+
+
+@main.group()
+def plugins() -> None:
+    """Provider plugins."""
+
+
+@plugins.command("list")
+@client_command
+def plugins_list(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Installed providers: version, locality, capabilities, state, health."""
+
+    def human(data: dict[str, Any]) -> None:
+        if not data["plugins"]:
+            click.echo("no provider plugins installed")
+        for p in data["plugins"]:
+            caps = ",".join(p["capabilities"]) or "-"
+            health = p["health"]
+            state = p["state"] if not health else f"{p['state']} ({'healthy' if health['ok'] else 'unhealthy'})"
+            click.echo(f"{p['name']:<16} {p['version'] or '-':<10} {p['locality'] or '-':<7} {caps:<24} {state}")
+            if p["error"]:
+                click.echo(f"{'':<16} {p['failed_stage']}: {p['error']}")
+
+    Output(as_json).emit(_call(socket_path, timeout, "plugins.list"), human)
+
+
+# --- developer tools ------------------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"), show_default=True)
+@click.option("--check", is_flag=True, help="Exit 1 if the files in --out differ from what would be written.")
+def schemas(out: Path, check: bool) -> None:
+    """Write the JSON Schemas of every RPC method, event and the configuration."""
+    from engram.schemas import render_schemas
+
+    files = render_schemas()
+    if check:
+        stale = [name for name, text in files.items() if not (out / name).is_file() or (out / name).read_text() != text]
+        extra = sorted(
+            str(p.relative_to(out)) for p in out.rglob("*.json") if str(p.relative_to(out)) not in files
+        ) if out.is_dir() else []
+        if stale or extra:
+            _fail(EXIT_REMOTE, f"schemas in {out} are stale: {', '.join(stale + extra)}; run `engram schemas`")
+        click.echo(f"{len(files)} schema files up to date")
+        return
+    for name, text in files.items():
+        (out / name).parent.mkdir(parents=True, exist_ok=True)
+        (out / name).write_text(text)
+    click.echo(f"wrote {len(files)} schema files to {out}")
+
+
+@main.group()
+def bench() -> None:
+    """Benchmarks: engram against a baseline, in one run."""
+
+
+@bench.command("rpc")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=20000, show_default=True, help="Requests per level.")
+@click.option("--concurrency", "-c", default="1,8,64", show_default=True, help="Comma-separated client counts.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
+@_json_option
+def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json: bool) -> None:
+    """Ping throughput and latency through engramd vs a minimal asyncio echo server."""
+    from engram.bench.rpc import run_rpc_bench
+
+    try:
+        levels = [int(c) for c in concurrency.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers", param_hint="--concurrency") from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("a comma-separated list of positive integers", param_hint="--concurrency")
+    with _errors():
+        report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+if __name__ == "__main__":
+    main()
