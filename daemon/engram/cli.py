@@ -16,72 +16,18 @@ from typing import Any
 import click
 
 from engram import __version__
-from engram.errors import ConfigError, DaemonUnreachable, RPCError, StartupError
-
-EXIT_OK, EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
-
-
-class Output:
-    """Where a command's result goes: JSON for programs, text for people."""
-
-    def __init__(self, as_json: bool) -> None:
-        self.as_json = as_json
-
-    def emit(self, data: Any, human: Callable[[Any], None] | None = None) -> None:
-        if self.as_json or human is None:
-            click.echo(json.dumps(data, indent=None if self.as_json else 2, sort_keys=False))
-        else:
-            human(data)
-
-
-def _fail(code: int, message: str) -> None:
-    click.echo(f"engram: {message}", err=True)
-    sys.exit(code)
-
-
-@contextmanager
-def _errors() -> Iterator[None]:
-    """Map engram's errors to the documented exit codes."""
-    try:
-        yield
-    except DaemonUnreachable as exc:
-        _fail(EXIT_UNREACHABLE, str(exc))
-    except ConfigError as exc:
-        _fail(EXIT_USAGE, str(exc))
-    except RPCError as exc:
-        detail = {k: v for k, v in exc.data.items() if k != "reason"}
-        extra = f" {json.dumps(detail)}" if detail else ""
-        _fail(EXIT_REMOTE, f"error {exc.code} ({exc.reason}): {exc.message}{extra}")
-
-
-def _socket_option(func: Callable) -> Callable:
-    return click.option(
-        "--socket",
-        "socket_path",
-        type=click.Path(path_type=Path),
-        envvar="ENGRAM_SOCKET",
-        help="Daemon socket (default: $ENGRAM_SOCKET, then the usual places).",
-    )(func)
-
-
-def _json_option(func: Callable) -> Callable:
-    return click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")(func)
-
-
-def _timeout_option(func: Callable) -> Callable:
-    return click.option("--timeout", type=float, default=30.0, show_default=True, help="Seconds to wait.")(func)
-
-
-def client_command(func: Callable) -> Callable:
-    return _socket_option(_json_option(_timeout_option(func)))
-
-
-def _call(socket_path: Path | None, timeout: float, method: str, params: Any = None) -> Any:
-    from engram.client import Client
-
-    with _errors(), Client(socket_path, timeout=timeout) as client:
-        return client.call(method, params)
-
+from engram.clitools import (
+    EXIT_REMOTE,
+    EXIT_UNREACHABLE,
+    EXIT_USAGE,
+    Output,
+    call,
+    client_command,
+    errors,
+    fail,
+    json_option,
+)
+from engram.errors import ConfigError, StartupError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="engram")
@@ -117,7 +63,7 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
     try:
         settings = load_settings(config_file, **overrides)
     except ConfigError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, str(exc))
     configure_logging(settings.log)
     log = structlog.get_logger("engram.daemon")
     try:
@@ -128,11 +74,11 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
         cause = _unwrap(exc)
         if isinstance(cause, StartupError):
             log.error("cannot start", error=str(cause))
-            _fail(EXIT_REMOTE, str(cause))
+            fail(EXIT_REMOTE, str(cause))
         if isinstance(cause, (SystemExit, KeyboardInterrupt)):
             raise
         log.critical("daemon crashed", error=f"{type(cause).__name__}: {cause}", exc_info=cause)
-        _fail(EXIT_REMOTE, f"daemon crashed: {type(cause).__name__}: {cause}")
+        fail(EXIT_REMOTE, f"daemon crashed: {type(cause).__name__}: {cause}")
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -182,14 +128,14 @@ def _print_status(status: dict[str, Any]) -> None:
 @client_command
 def status(socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Version, uptime, parts, connections and queue depths of the running daemon."""
-    Output(as_json).emit(_call(socket_path, timeout, "system.status"), _print_status)
+    Output(as_json).emit(call(socket_path, timeout, "system.status"), _print_status)
 
 
 @main.command()
 @client_command
 def health(socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Whether each part works (exit 1 unless the status is ok)."""
-    result = _call(socket_path, timeout, "system.health")
+    result = call(socket_path, timeout, "system.health")
 
     def human(data: dict[str, Any]) -> None:
         click.echo(f"status: {data['status']}")
@@ -209,7 +155,7 @@ def ping(socket_path: Path | None, as_json: bool, timeout: float) -> None:
 
     from engram.client import Client
 
-    with _errors(), Client(socket_path, timeout=timeout) as client:
+    with errors(), Client(socket_path, timeout=timeout) as client:
         started = time.perf_counter()
         result = client.call("system.ping")
         elapsed_ms = (time.perf_counter() - started) * 1000
@@ -220,7 +166,7 @@ def ping(socket_path: Path | None, as_json: bool, timeout: float) -> None:
 @client_command
 def metrics(socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Metrics in Prometheus text format (--json: structured)."""
-    result = _call(socket_path, timeout, "system.metrics")
+    result = call(socket_path, timeout, "system.metrics")
     if as_json:
         click.echo(json.dumps(result["families"]))
     else:
@@ -237,7 +183,7 @@ def reload(socket_path: Path | None, as_json: bool, timeout: float) -> None:
         if data["restart_required"]:
             click.echo(f"needs a restart to take effect: {', '.join(data['restart_required'])}")
 
-    Output(as_json).emit(_call(socket_path, timeout, "system.reload"), human)
+    Output(as_json).emit(call(socket_path, timeout, "system.reload"), human)
 
 
 @main.command()
@@ -268,11 +214,11 @@ def events(
     if not follow:
         topics: list[str] = []
         for pattern in patterns or ("*",):
-            topics += _call(socket_path, timeout, "events.topics", {"pattern": pattern})["topics"]
+            topics += call(socket_path, timeout, "events.topics", {"pattern": pattern})["topics"]
         out.emit({"topics": sorted(set(topics))}, lambda d: click.echo("\n".join(d["topics"])))
         return
     seen = 0
-    with _errors(), Client(socket_path, timeout=timeout) as client:
+    with errors(), Client(socket_path, timeout=timeout) as client:
         stream = client.subscribe(list(patterns) or ["*"], overflow=overflow)
         try:
             for event in stream:
@@ -287,7 +233,7 @@ def events(
         except KeyboardInterrupt:
             pass
     if count is not None and seen < count:
-        _fail(EXIT_UNREACHABLE, f"event stream ended after {seen} event(s): {stream._stream.closed_reason}")
+        fail(EXIT_UNREACHABLE, f"event stream ended after {seen} event(s): {stream._stream.closed_reason}")
 
 
 @main.command("call")
@@ -300,7 +246,7 @@ def call_method(method: str, params: str | None, socket_path: Path | None, as_js
         parsed = json.loads(params) if params else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
-    Output(True).emit(_call(socket_path, timeout, method, parsed))
+    Output(True).emit(call(socket_path, timeout, method, parsed))
 
 
 # --- configuration ----------------------------------------------------------------------------
@@ -313,7 +259,7 @@ def config() -> None:
 
 @config.command("show")
 @_serve_options
-@_json_option
+@json_option
 def config_show(state_dir: Path | None, socket_path: Path | None, config_file: Path | None, as_json: bool) -> None:
     """Print the effective configuration (file + ENGRAM_* environment + flags)."""
     import tomli_w
@@ -323,7 +269,7 @@ def config_show(state_dir: Path | None, socket_path: Path | None, config_file: P
     try:
         settings = load_settings(config_file, state_dir=state_dir, socket=socket_path)
     except ConfigError as exc:
-        _fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, str(exc))
     data = settings.public_dict()
     if as_json:
         click.echo(json.dumps(data, indent=2))
@@ -360,7 +306,7 @@ def plugins_list(socket_path: Path | None, as_json: bool, timeout: float) -> Non
             if p["error"]:
                 click.echo(f"{'':<16} {p['failed_stage']}: {p['error']}")
 
-    Output(as_json).emit(_call(socket_path, timeout, "plugins.list"), human)
+    Output(as_json).emit(call(socket_path, timeout, "plugins.list"), human)
 
 
 # --- developer tools ------------------------------------------------------------------------------
@@ -380,7 +326,7 @@ def schemas(out: Path, check: bool) -> None:
             str(p.relative_to(out)) for p in out.rglob("*.json") if str(p.relative_to(out)) not in files
         ) if out.is_dir() else []
         if stale or extra:
-            _fail(EXIT_REMOTE, f"schemas in {out} are stale: {', '.join(stale + extra)}; run `engram schemas`")
+            fail(EXIT_REMOTE, f"schemas in {out} are stale: {', '.join(stale + extra)}; run `engram schemas`")
         click.echo(f"{len(files)} schema files up to date")
         return
     for name, text in files.items():
@@ -398,7 +344,7 @@ def bench() -> None:
 @click.option("--requests", "-n", type=click.IntRange(min=1), default=20000, show_default=True, help="Requests per level.")
 @click.option("--concurrency", "-c", default="1,8,64", show_default=True, help="Comma-separated client counts.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
-@_json_option
+@json_option
 def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json: bool) -> None:
     """Ping throughput and latency through engramd vs a minimal asyncio echo server."""
     from engram.bench.rpc import run_rpc_bench
@@ -409,7 +355,7 @@ def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json
         raise click.BadParameter("a comma-separated list of integers", param_hint="--concurrency") from None
     if not levels or min(levels) < 1:
         raise click.BadParameter("a comma-separated list of positive integers", param_hint="--concurrency")
-    with _errors():
+    with errors():
         report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -45,6 +45,16 @@ log = structlog.get_logger("engram.daemon")
 
 # Settings that are read once at start; a reload reports them instead of applying them.
 RESTART_REQUIRED = ("state_dir", "socket", "server.socket_group", "storage", "plugins", "tracing")
+
+
+class Part(Protocol):
+    """A long-lived part of the daemon: an async context manager with a visible state."""
+
+    state: str
+
+    async def __aenter__(self) -> Any: ...
+
+    async def __aexit__(self, *exc_info: Any) -> Any: ...
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -101,6 +111,11 @@ class Daemon:
         self.essential_parts = ("database", "server")
         self.database = Database(settings.database_path, settings.storage.busy_timeout)
         self.plugins = PluginManager(settings.plugins, self.bus)
+        # Started in this order, stopped in reverse; the server comes last, after all of them.
+        self.parts: dict[str, Part] = {
+            "database": self.database,
+            "plugins": self.plugins,
+        }
         self.dispatcher = Dispatcher(
             self.methods, self.bus, self.metrics, tracer(self.tracer_provider), lambda: self.settings.server
         )
@@ -121,19 +136,16 @@ class Daemon:
     # --- introspection ---------------------------------------------------------------------
 
     def part_states(self) -> dict[str, str]:
-        return {
-            "database": self.database.state,
-            "plugins": self.plugins.state,
-            "server": self.server.state,
-            "bus": "running",
-        }
+        states = {name: part.state for name, part in self.parts.items()}
+        return {**states, "server": self.server.state, "bus": "running"}
 
     async def health_checks(self) -> dict[str, Check]:
-        db_ok, db_detail = await self.database.health()
-        checks = {
-            "database": Check(ok=db_ok, detail=db_detail),
-            "server": Check(ok=self.server.state == "serving", detail=self.server.state),
-        }
+        checks: dict[str, Check] = {}
+        for name, part in self.parts.items():
+            if (health := getattr(part, "health", None)) is not None:
+                ok, detail = await health()
+                checks[name] = Check(ok=ok, detail=detail)
+        checks["server"] = Check(ok=self.server.state == "serving", detail=self.server.state)
         for info in await self.plugins.infos():
             if info.state == "failed":
                 checks[f"plugin:{info.name}"] = Check(ok=False, detail=f"{info.failed_stage}: {info.error}")
@@ -167,9 +179,9 @@ class Daemon:
         lock = StateLock(self.settings.state_dir)
         lock.acquire()
         try:
-            async with AsyncExitStack() as parts:
-                await parts.enter_async_context(self.database)
-                await parts.enter_async_context(self.plugins)
+            async with AsyncExitStack() as stack:
+                for part in self.parts.values():
+                    await stack.enter_async_context(part)
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._serve)
                     tg.start_soon(self._handle_signals)
