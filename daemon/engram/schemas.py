@@ -17,21 +17,20 @@ def _dump(data: Any) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def method_table():
-    """The daemon's method table, built without starting anything."""
+def unstarted_daemon():
+    """A daemon built but not started: its method table and declared events, no I/O."""
     from engram.config import load_settings
     from engram.runtime import Daemon
 
-    settings = load_settings(None, state_dir=Path("/nonexistent/engram-schemas"))
-    return Daemon(settings).methods
+    return Daemon(load_settings(None, state_dir=Path("/nonexistent/engram-schemas")))
 
 
 def render_schemas() -> dict[str, str]:
-    from engram.bus.events import CORE_EVENTS
     from engram.config import Settings
 
+    daemon = unstarted_daemon()
     files: dict[str, str] = {}
-    for method in method_table():
+    for method in daemon.methods:
         files[f"methods/{method.name}.json"] = _dump(
             {
                 "$schema": DIALECT,
@@ -47,7 +46,9 @@ def render_schemas() -> dict[str, str]:
             "$schema": DIALECT,
             "title": "engram bus events",
             "description": "Pushed to subscribers as the 'data' of an events.event notification.",
-            "topics": {event.topic: event.model_json_schema(mode="serialization") for event in CORE_EVENTS},
+            "topics": {
+                event.topic: event.model_json_schema(mode="serialization") for event in daemon.bus.event_types
+            },
         }
     )
     config_schema = Settings.model_json_schema()

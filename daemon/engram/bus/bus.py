@@ -136,6 +136,10 @@ class EventBus:
             self._types[event_type.topic] = event_type
 
     @property
+    def event_types(self) -> list[type[Event]]:
+        return [self._types[topic] for topic in sorted(self._types)]
+
+    @property
     def topics(self) -> list[str]:
         return sorted(self._types)
 

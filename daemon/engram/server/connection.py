@@ -44,6 +44,7 @@ class ClientConnection:
         self._pushes: TaskGroup | None = None
         self._close_callbacks: list[Callable[[], None]] = []
         self._pending_pushes: list[Callable[[], int]] = []
+        self._sending = 0  # writes under way; a flush waits for them too
         self.inflight = 0
         self.requests = 0
         self.subscriptions = 0  # maintained by subscribers, keeps an idle connection open
@@ -99,7 +100,7 @@ class ClientConnection:
     async def _flush_pushes(self) -> None:
         """Give queued notifications (e.g. daemon.stopping) a moment to reach the client."""
         with anyio.move_on_after(PUSH_FLUSH_TIMEOUT):
-            while any(pending() for pending in self._pending_pushes):
+            while self._sending or any(pending() for pending in self._pending_pushes):
                 await anyio.sleep(0.005)
 
     async def _read_loop(self, requests: TaskGroup) -> None:
@@ -214,6 +215,7 @@ class ClientConnection:
             log.error("unencodable response", connection=self.id, error=str(exc))
             request_id = message.get("id") if isinstance(message, dict) else None
             data = encode(error_response(request_id, RPCError(f"response could not be encoded: {exc}")))
+        self._sending += 1
         try:
             async with self._send_lock:
                 with anyio.fail_after(self._server.settings().write_timeout):
@@ -223,3 +225,5 @@ class ClientConnection:
             self.abort("slow_reader")
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             self.abort("client_gone")
+        finally:
+            self._sending -= 1

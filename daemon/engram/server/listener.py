@@ -43,7 +43,10 @@ def bind_private(path: Path, group: str | None) -> socket.socket:
             gid = grp.getgrnam(group).gr_gid
         except KeyError:
             raise StartupError(f"server.socket_group: no group named {group!r}") from None
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the socket's folder {path.parent}: {exc.strerror}") from None
     try:
         info = path.lstat()
     except FileNotFoundError:
