@@ -1,0 +1,107 @@
+"""The engram command as a person runs it: output, --json, and the documented exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+pytestmark = pytest.mark.e2e
+
+
+def engram(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
+    )
+
+
+def test_status_ping_health_plugins(daemon):
+    sock = ["--socket", str(daemon.socket)]
+    status = engram("status", *sock)
+    assert status.returncode == 0 and f"socket       {daemon.socket}" in status.stdout
+    as_json = json.loads(engram("status", "--json", *sock).stdout)
+    assert as_json["pid"] == daemon.proc.pid
+    ping = engram("ping", *sock)
+    assert ping.returncode == 0 and ping.stdout.startswith("pong (")
+    assert json.loads(engram("ping", "--json", *sock).stdout)["pong"] is True
+    health = engram("health", *sock)
+    assert health.returncode == 0 and "status: ok" in health.stdout
+    plugins = engram("plugins", "list", *sock)
+    assert plugins.returncode == 0 and "no provider plugins installed" in plugins.stdout
+    assert json.loads(engram("plugins", "list", "--json", *sock).stdout) == {"plugins": []}
+    topics = engram("events", *sock)
+    assert "request.completed" in topics.stdout.split()
+
+
+def test_metrics_are_prometheus_text(daemon):
+    daemon.call("system.ping")
+    out = engram("metrics", "--socket", str(daemon.socket))
+    assert out.returncode == 0
+    families = {f.name: f for f in text_string_to_metric_families(out.stdout)}
+    assert {"engram_requests", "engram_request_duration_seconds", "engram_connections", "engram_bus_queue_depth"} <= set(families)
+    pings = [s for s in families["engram_requests"].samples if s.labels.get("method") == "system.ping"]
+    assert pings and pings[0].value >= 1
+    structured = json.loads(engram("metrics", "--json", "--socket", str(daemon.socket)).stdout)
+    assert any(f["name"] == "engram_request_duration_seconds" for f in structured)
+
+
+def test_exit_codes(daemon, state_dir):
+    sock = ["--socket", str(daemon.socket)]
+    remote = engram("call", "no.such", *sock)
+    assert remote.returncode == 1 and "-32601" in remote.stderr
+    assert engram("call", "system.ping", "{not json", *sock).returncode == 2
+    assert engram("status", "--bogus-flag").returncode == 2
+    unreachable = engram("status", "--socket", str(state_dir.parent / "absent.sock"))
+    assert unreachable.returncode == 3 and "absent.sock" in unreachable.stderr
+    bad_config = engram("config", "show", env={"ENGRAM_LOG__LEVEL": "chatty", "PATH": "/usr/bin"})
+    assert bad_config.returncode == 2 and "log.level" in bad_config.stderr
+
+
+def test_call_prints_json(daemon):
+    out = engram("call", "system.ping", '{"echo": {"a": [1, 2]}}', "--socket", str(daemon.socket))
+    assert out.returncode == 0 and json.loads(out.stdout) == {"pong": True, "echo": {"a": [1, 2]}}
+
+
+def test_config_show_is_the_effective_configuration(tmp_path):
+    config = tmp_path / "engram.toml"
+    config.write_text('[server]\nmax_connections = 77\n\n[log]\nlevel = "warning"\n')
+    env = {"ENGRAM_SERVER__REQUEST_TIMEOUT": "12.5", "PATH": "/usr/bin", "HOME": str(tmp_path)}
+    out = engram("config", "show", "--config", str(config), "--state-dir", str(tmp_path / "s"), env=env)
+    assert out.returncode == 0, out.stderr
+    shown = tomllib.loads(out.stdout)
+    assert shown["server"]["max_connections"] == 77
+    assert shown["server"]["request_timeout"] == 12.5
+    assert shown["log"]["level"] == "warning"
+    assert shown["state_dir"] == str(tmp_path / "s") and shown["socket"] == str(tmp_path / "s" / "engram.sock")
+    as_json = json.loads(engram("config", "show", "--json", "--config", str(config), env=env).stdout)
+    assert as_json["server"]["max_connections"] == 77
+
+
+def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
+    env = {"PATH": "/usr/bin", "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
+           "XDG_STATE_HOME": str(tmp_path / "state")}
+    shown = json.loads(engram("config", "show", "--json", env=env).stdout)
+    import os
+
+    if os.geteuid() == 0:
+        assert shown["state_dir"] == "/var/lib/engram" and shown["socket"] == "/run/engram/engram.sock"
+    else:
+        assert shown["state_dir"] == str(tmp_path / "state" / "engram")
+        assert shown["socket"] == str(tmp_path / "run" / "engram" / "engram.sock")
+    systemd_env = {**env, "STATE_DIRECTORY": "/var/lib/engram", "RUNTIME_DIRECTORY": "/run/engram"}
+    shown = json.loads(engram("config", "show", "--json", env=systemd_env).stdout)
+    assert shown["state_dir"] == "/var/lib/engram" and shown["socket"] == "/run/engram/engram.sock"
+
+
+def test_bench_rpc_smoke():
+    out = engram("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json", timeout=120)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert [r["concurrency"] for r in report["ratios"]] == [1, 4]
+    assert all(r["throughput_ratio"] > 0 for r in report["ratios"])
+    assert {row["target"] for row in report["rows"]} == {"engramd", "baseline"}
+    assert all(row["errors"] == 0 and row["requests"] >= 40 for row in report["rows"])

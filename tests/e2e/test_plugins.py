@@ -1,0 +1,56 @@
+"""Provider plugins found through entry points: good ones run, broken ones are reported."""
+
+from __future__ import annotations
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_plugins_list_reports_good_and_broken(make_daemon, plugin_env):
+    daemon = make_daemon(env=plugin_env({"configured": {"retries": "many"}}))
+    plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
+    assert set(plugins) == {"good", "slow", "configured", "missing", "incomplete", "failing"}
+
+    good = plugins["good"]
+    assert good["state"] == "running" and good["locality"] == "local" and good["capabilities"] == ["embed"]
+    assert good["distribution"] == "engram-testplugins" and good["version"] == "1.0"
+    assert good["health"] == {"ok": True, "detail": "fine"}
+
+    assert plugins["missing"]["state"] == "failed" and plugins["missing"]["failed_stage"] == "import"
+    assert "ModuleNotFoundError" in plugins["missing"]["error"]
+    assert plugins["incomplete"]["failed_stage"] == "validate"
+    assert "capabilities" in plugins["incomplete"]["error"]
+    assert plugins["failing"]["failed_stage"] == "start"
+    assert "refused the connection" in plugins["failing"]["error"]
+    assert plugins["configured"]["failed_stage"] == "config"
+    assert "plugins.providers.configured" in plugins["configured"]["error"]
+
+    # The daemon is up and says which plugins are broken.
+    health = daemon.call("system.health")
+    assert health["status"] == "degraded"
+    assert not health["checks"]["plugin:failing"]["ok"] and health["checks"]["plugin:good"]["ok"]
+    failed_logs = {r["name"] for r in daemon.records() if r.get("event") == "provider failed"}
+    assert failed_logs == {"missing", "incomplete", "failing", "configured"}
+
+
+def test_disabled_plugins_are_not_loaded(make_daemon, plugin_env):
+    daemon = make_daemon(env=plugin_env({"configured": {"url": "http://127.0.0.1:1"}}, disabled=["failing", "missing", "incomplete"]))
+    plugins = {p["name"]: p["state"] for p in daemon.call("plugins.list")["plugins"]}
+    assert plugins == {
+        "good": "running",
+        "slow": "running",
+        "configured": "running",
+        "missing": "disabled",
+        "incomplete": "disabled",
+        "failing": "disabled",
+    }
+    assert daemon.call("system.health")["status"] == "ok"
+
+
+def test_slow_health_is_bounded(make_daemon, plugin_env):
+    daemon = make_daemon(
+        env={**plugin_env({"slow": {"health_delay": 30}}), "ENGRAM_PLUGINS__HEALTH_TIMEOUT": "0.2"}
+    )
+    plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
+    assert plugins["slow"]["health"] == {"ok": False, "detail": "no answer within 0.2 s"}

@@ -1,0 +1,67 @@
+"""The line reader: frame limit, discard-and-recover, idle and slow-frame timeouts."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
+
+
+class ChunkStream:
+    """A byte stream that yields the given chunks, with optional pauses, then ends."""
+
+    def __init__(self, *chunks: bytes | float) -> None:
+        self.chunks = list(chunks)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        while self.chunks:
+            chunk = self.chunks.pop(0)
+            if isinstance(chunk, float):
+                await anyio.sleep(chunk)
+                continue
+            return chunk
+        raise anyio.EndOfStream
+
+
+async def test_lines_split_across_and_within_chunks():
+    reader = LineReader(ChunkStream(b'{"a":', b'1}\n{"b":2}\n{"c"', b":3}\n"), 1024)
+    assert [await reader.read_line(None, 5) for _ in range(3)] == [b'{"a":1}', b'{"b":2}', b'{"c":3}']
+    assert await reader.read_line(None, 5) is None
+
+
+async def test_oversized_frame_is_discarded_and_the_next_one_read():
+    big = b"x" * 5000
+    reader = LineReader(ChunkStream(big[:3000], big[3000:] + b"\nok\n"), 1024)
+    with pytest.raises(FrameTooLarge):
+        await reader.read_line(None, 5)
+    assert await reader.read_line(None, 5) == b"ok"
+
+
+async def test_oversized_frame_within_one_chunk():
+    reader = LineReader(ChunkStream(b"y" * 2000 + b"\nnext\n"), 1024)
+    with pytest.raises(FrameTooLarge):
+        await reader.read_line(None, 5)
+    assert await reader.read_line(None, 5) == b"next"
+
+
+async def test_frame_of_exactly_the_limit_is_accepted():
+    reader = LineReader(ChunkStream(b"z" * 1024 + b"\n"), 1024)
+    assert await reader.read_line(None, 5) == b"z" * 1024
+
+
+async def test_partial_frame_at_end_of_stream_is_dropped():
+    reader = LineReader(ChunkStream(b'{"half":'), 1024)
+    assert await reader.read_line(None, 5) is None
+
+
+async def test_idle_timeout_before_any_byte():
+    reader = LineReader(ChunkStream(1.0, b"late\n"), 1024)
+    with pytest.raises(IdleTimeout):
+        await reader.read_line(0.05, 5)
+
+
+async def test_slow_frame_timeout_once_started():
+    reader = LineReader(ChunkStream(b"sta", 0.3, b"rted\n"), 1024)
+    with pytest.raises(SlowFrame):
+        await reader.read_line(None, 0.1)
