@@ -120,7 +120,7 @@ class Daemon:
             "plugins": self.plugins,
         }
         self.dispatcher = Dispatcher(
-            self.methods, self.bus, self.metrics, tracer(self.tracer_provider), lambda: self.settings.server
+            self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server
         )
         self.server = RPCServer(
             settings.socket_path,

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import TaskGroup
 
 from engram.bus.events import ConnectionClosed, ConnectionOpened
 from engram.errors import InvalidRequest, Overloaded, RPCError
 from engram.principal import Principal
 from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
 from engram.server.jsonrpc import Invalid, Message, Request, encode, error_response, parse_frame, result_response
+from engram.server.streams import TransportStream
 
 if TYPE_CHECKING:
     from engram.server.server import RPCServer
@@ -33,12 +34,11 @@ PUSH_FLUSH_TIMEOUT = 1.0
 
 
 class ClientConnection:
-    def __init__(self, conn_id: int, stream: SocketStream, principal: Principal, server: RPCServer) -> None:
+    def __init__(self, conn_id: int, stream: TransportStream, principal: Principal, server: RPCServer) -> None:
         self.id = conn_id
         self.principal = principal
         self._stream = stream
         self._server = server
-        self._send_lock = anyio.Lock()
         self._scope = anyio.CancelScope()
         self._read_scope = anyio.CancelScope()
         self._pushes: TaskGroup | None = None
@@ -217,9 +217,12 @@ class ClientConnection:
             data = encode(error_response(request_id, RPCError(f"response could not be encoded: {exc}")))
         self._sending += 1
         try:
-            async with self._send_lock:
+            # write() queues the whole frame at once, so concurrent responses never interleave
+            # and need no lock; only a client that stops reading makes us wait, and only then
+            # does the write timeout apply.
+            if self._stream.write(data):
                 with anyio.fail_after(self._server.settings().write_timeout):
-                    await self._stream.send(data)
+                    await self._stream.drain()
         except TimeoutError:
             log.warning("slow reader dropped", connection=self.id)
             self.abort("slow_reader")

@@ -10,9 +10,13 @@ from __future__ import annotations
 import math
 
 import anyio
-from anyio.abc import ByteReceiveStream
+from typing import Protocol
 
 CHUNK = 65536
+
+
+class ByteReceiver(Protocol):
+    async def receive(self, max_bytes: int = 65536) -> bytes: ...
 
 
 class FrameTooLarge(Exception):
@@ -30,7 +34,7 @@ class SlowFrame(TimeoutError):
 
 
 class LineReader:
-    def __init__(self, stream: ByteReceiveStream, max_bytes: int) -> None:
+    def __init__(self, stream: ByteReceiver, max_bytes: int) -> None:
         self._stream = stream
         self._buffer = bytearray()
         self.max_bytes = max_bytes
@@ -38,6 +42,8 @@ class LineReader:
 
     async def _receive(self, deadline: float) -> bytes:
         try:
+            if deadline == math.inf:
+                return await self._stream.receive(CHUNK)
             with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
                 return await self._stream.receive(CHUNK)
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import socket
 from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 import structlog
-from anyio.abc import SocketListener, SocketStream, TaskStatus
+from anyio.abc import TaskStatus
 
 from engram import systemd
 from engram.bus import EventBus
@@ -20,6 +22,7 @@ from engram.server.dispatch import Dispatcher
 from engram.server.jsonrpc import encode, error_response
 from engram.server.listener import bind_private, remove_if_ours
 from engram.server.peercred import peer_principal
+from engram.server.streams import TransportStream
 
 log = structlog.get_logger("engram.server")
 
@@ -60,7 +63,6 @@ class RPCServer:
             raw = bind_private(self.socket_path, self.settings().socket_group)
             inode = self.socket_path.lstat().st_ino
         raw.setblocking(False)
-        listener = await SocketListener.from_socket(raw)
         try:
             async with anyio.create_task_group() as connections:
                 self._connections_scope = connections.cancel_scope
@@ -68,29 +70,30 @@ class RPCServer:
                 self._accept_scope = anyio.CancelScope()
                 task_status.started()
                 with self._accept_scope:
-                    await self._accept_loop(listener, connections)
+                    await self._accept_loop(raw, connections)
         finally:
             self.state = "stopped"
-            with anyio.CancelScope(shield=True):
-                await listener.aclose()
+            raw.close()
             if inode is not None:
                 remove_if_ours(self.socket_path, inode)
 
-    async def _accept_loop(self, listener: SocketListener, connections: anyio.abc.TaskGroup) -> None:
+    async def _accept_loop(self, listener: socket.socket, connections: anyio.abc.TaskGroup) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                stream = await listener.accept()
+                sock, _ = await loop.sock_accept(listener)
             except OSError as exc:  # EMFILE and friends: back off instead of spinning
                 log.error("accept failed", error=str(exc))
                 await anyio.sleep(0.1)
                 continue
             if len(self.connections) >= self.settings().max_connections:
                 self.metrics.connections_refused.inc()
-                connections.start_soon(self._refuse, stream)
+                connections.start_soon(self._refuse, sock)
                 continue
-            connections.start_soon(self._serve_connection, stream)
+            connections.start_soon(self._serve_connection, sock)
 
-    async def _refuse(self, stream: SocketStream) -> None:
+    async def _refuse(self, sock: socket.socket) -> None:
+        stream = await TransportStream.wrap(sock)
         limit = self.settings().max_connections
         log.warning("connection refused: limit reached", limit=limit)
         error = Overloaded(f"too many connections (limit {limit}); retry later", reason="too_many_connections")
@@ -99,15 +102,16 @@ class RPCServer:
                 await stream.send(encode(error_response(None, error)))
             except (anyio.BrokenResourceError, OSError):
                 pass
-        await anyio.aclose_forcefully(stream)
+        await stream.aclose()
 
-    async def _serve_connection(self, stream: SocketStream) -> None:
+    async def _serve_connection(self, sock: socket.socket) -> None:
         try:
-            principal = peer_principal(stream.extra(anyio.abc.SocketAttribute.raw_socket))
+            principal = peer_principal(sock)
         except OSError as exc:
             log.error("peer credentials unavailable; connection closed", error=str(exc))
-            await anyio.aclose_forcefully(stream)
+            sock.close()
             return
+        stream = await TransportStream.wrap(sock)
         conn = ClientConnection(next(self._ids), stream, principal, self)
         if self.state == "draining":
             conn.stop_reading()
