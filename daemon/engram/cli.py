@@ -315,7 +315,8 @@ def plugins_list(socket_path: Path | None, as_json: bool, timeout: float) -> Non
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"), show_default=True)
 @click.option("--check", is_flag=True, help="Exit 1 if the files in --out differ from what would be written.")
-def schemas(out: Path, check: bool) -> None:
+@json_option
+def schemas(out: Path, check: bool, as_json: bool) -> None:
     """Write the JSON Schemas of every RPC method, event and the configuration."""
     from engram.schemas import render_schemas
 
@@ -327,12 +328,12 @@ def schemas(out: Path, check: bool) -> None:
         ) if out.is_dir() else []
         if stale or extra:
             fail(EXIT_REMOTE, f"schemas in {out} are stale: {', '.join(stale + extra)}; run `engram schemas`")
-        click.echo(f"{len(files)} schema files up to date")
+        Output(as_json).emit({"files": sorted(files), "stale": []}, lambda d: click.echo(f"{len(files)} schema files up to date"))
         return
     for name, text in files.items():
         (out / name).parent.mkdir(parents=True, exist_ok=True)
         (out / name).write_text(text)
-    click.echo(f"wrote {len(files)} schema files to {out}")
+    Output(as_json).emit({"files": sorted(files), "out": str(out)}, lambda d: click.echo(f"wrote {len(files)} schema files to {out}"))
 
 
 @main.group()
