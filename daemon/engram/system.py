@@ -79,11 +79,11 @@ class SystemMethods:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
 
-    @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.")
+    @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.", audit=False)
     async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult:
         return PingResult(echo=params.echo)
 
-    @rpc("system.status", summary="Version, uptime, parts and their state, connections, queue depths.")
+    @rpc("system.status", summary="Version, uptime, parts and their state, connections, queue depths.", audit=False)
     async def status(self, ctx: RequestContext, params: NoParams) -> StatusResult:
         d = self._daemon
         server = d.server
@@ -114,7 +114,7 @@ class SystemMethods:
             ],
         )
 
-    @rpc("system.health", summary="Whether each part works; 'degraded' names what does not.")
+    @rpc("system.health", summary="Whether each part works; 'degraded' names what does not.", audit=False)
     async def health(self, ctx: RequestContext, params: NoParams) -> HealthResult:
         checks = await self._daemon.health_checks()
         failing = [name for name, check in checks.items() if not check.ok]
@@ -126,7 +126,11 @@ class SystemMethods:
             status = "degraded"
         return HealthResult(status=status, checks=checks)
 
-    @rpc("system.metrics", summary="Counters, gauges and latency histograms, in Prometheus text format too.")
+    @rpc(
+        "system.metrics",
+        summary="Counters, gauges and latency histograms, in Prometheus text format too.",
+        audit=False,
+    )
     async def metrics(self, ctx: RequestContext, params: NoParams) -> MetricsResult:
         metrics = self._daemon.metrics
         return MetricsResult(text=metrics.text(), families=metrics.snapshot())

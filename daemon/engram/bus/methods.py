@@ -57,7 +57,7 @@ class EventMethods:
         self._bus = bus
         self._owners: dict[str, tuple[Subscription, int]] = {}  # id -> (subscription, connection id)
 
-    @rpc("events.topics", summary="The event topics declared on the bus.")
+    @rpc("events.topics", summary="The event topics declared on the bus.", audit=False)
     async def topics(self, ctx: RequestContext, params: TopicsParams) -> TopicsResult:
         return TopicsResult(topics=self._bus.topics_matching(params.pattern))
 

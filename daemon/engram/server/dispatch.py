@@ -13,7 +13,7 @@ import itertools
 import os
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
@@ -42,6 +42,25 @@ log = structlog.get_logger("engram.server")
 
 # A guard decides whether a principal may call a method; it raises PolicyDenied to refuse.
 Guard = Callable[[Principal, Method], Awaitable[None]]
+
+
+class Recorder(Protocol):
+    """Makes a served request's audit entry durable and returns its seq (engram.audit.log.AuditLog).
+
+    Raises an RPCError when it cannot: the request then fails with that error, because a
+    response must never claim an audit entry that does not exist."""
+
+    async def record_request(
+        self,
+        *,
+        method: str,
+        principal: Principal,
+        request: int,
+        params: Any,
+        result: Any = None,
+        error: RPCError | None = None,
+        connection: int | None = None,
+    ) -> int: ...
 
 
 def params_error(exc: ValidationError) -> InvalidParams:
@@ -90,6 +109,29 @@ class Dispatcher:
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self.guards: list[Guard] = [self._owner_only]
         self._serial = itertools.count(1)
+        self.recorder: Recorder | None = None  # set by the composition root: the audit log
+
+    async def _record_failure(
+        self, method: Method, principal: Principal, serial: int, request: Request, connection: Connection, exc: RPCError
+    ) -> RPCError:
+        """Record a failed audited request; returns the error to answer with: ``exc`` carrying
+        ``data.audit_seq``, or the audit failure when the entry could not be made durable."""
+        assert self.recorder is not None
+        try:
+            exc.data["audit_seq"] = await self.recorder.record_request(
+                method=method.name,
+                principal=principal,
+                request=serial,
+                params=request.params,
+                error=exc,
+                connection=connection.id,
+            )
+        except RPCError as audit_error:
+            return audit_error
+        except Exception as audit_error:
+            log.exception("audit recorder failed", method=method.name, request=serial)
+            return InternalError(f"the audit entry of {method.name} could not be recorded ({type(audit_error).__name__})")
+        return exc
 
     async def _owner_only(self, principal: Principal, method: Method) -> None:
         if method.owner_only and principal.uid not in (self.owner_uid, 0):
@@ -115,6 +157,10 @@ class Dispatcher:
         metric_method = method.name if method else "(unknown)"  # bounded label set
         error: RPCError | None = None
         trace_id = None
+        # Audited requests get exactly one durable entry, whatever their outcome (unknown methods
+        # are not audited: they did nothing, and their names are the client's free text).
+        audited = self.recorder is not None and method is not None and method.audit
+        recorded = False
         with self._tracer.start_as_current_span(
             request.method if method else "(unknown method)",
             kind=SpanKind.SERVER,
@@ -144,16 +190,38 @@ class Dispatcher:
                         result = await method.handler(ctx, params)
                 except TimeoutError:
                     raise Timeout(f"{method.name} did not finish within {limit:g} s", limit_s=limit) from None
-                return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+                response = result.model_dump(mode="json") if isinstance(result, BaseModel) else result
+                if audited:
+                    recorded = True  # a failure to record is itself the answer; never record twice
+                    seq = await self.recorder.record_request(  # type: ignore[union-attr]
+                        method=method.name,
+                        principal=principal,
+                        request=serial,
+                        params=request.params,
+                        result=response,
+                        connection=connection.id,
+                    )
+                    if isinstance(response, dict):
+                        response["audit_seq"] = seq
+                return response
             except RPCError as exc:
                 error = exc
-                raise
+                if audited and not recorded:
+                    error = await self._record_failure(method, principal, serial, request, connection, exc)  # type: ignore[arg-type]
+                if error is exc:
+                    raise
+                raise error from None
             except anyio.get_cancelled_exc_class():
                 error = Unavailable("request cancelled: the daemon is stopping", reason="cancelled")
+                if audited and not recorded:
+                    with anyio.CancelScope(shield=True):  # bounded by the recorder's own timeout
+                        await self._record_failure(method, principal, serial, request, connection, error)  # type: ignore[arg-type]
                 raise
             except Exception as exc:
                 log.exception("handler failed", method=request.method, request=serial)
                 error = InternalError(f"{request.method} failed unexpectedly ({type(exc).__name__})")
+                if audited and not recorded:
+                    error = await self._record_failure(method, principal, serial, request, connection, error)  # type: ignore[arg-type]
                 raise error from exc
             finally:
                 self._metrics.in_flight.dec()

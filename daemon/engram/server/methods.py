@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from engram.principal import Principal
 
@@ -31,6 +31,14 @@ class Params(BaseModel):
 
 class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+    # Set by the dispatcher on the response of every audited method (engram.audit); absent from
+    # the responses of methods that are not audited.
+    audit_seq: int | None = Field(
+        default=None,
+        description="seq of this request's entry in the signed audit log (prove it with audit.prove).",
+        exclude_if=lambda value: value is None,
+    )
 
 
 class NoParams(Params):
@@ -73,6 +81,7 @@ class Method:
     summary: str
     owner_only: bool = False  # only the daemon's own uid (and root) may call it
     timeout: float | None = None  # overrides server.request_timeout (e.g. long-running work)
+    audit: bool = True  # each request gets an audit entry; False only for pure introspection
 
 
 @dataclass
@@ -81,13 +90,16 @@ class _Declaration:
     summary: str
     owner_only: bool
     timeout: float | None
+    audit: bool = True
 
 
-def rpc(name: str, *, summary: str, owner_only: bool = False, timeout: float | None = None) -> Callable:
+def rpc(
+    name: str, *, summary: str, owner_only: bool = False, timeout: float | None = None, audit: bool = True
+) -> Callable:
     """Mark an async method of a part as the handler of RPC method ``name``."""
 
     def mark(func: Callable) -> Callable:
-        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout)  # type: ignore[attr-defined]
+        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout, audit)  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -117,6 +129,7 @@ def collect(part: object) -> list[Method]:
                 summary=decl.summary,
                 owner_only=decl.owner_only,
                 timeout=decl.timeout,
+                audit=decl.audit,
             )
         )
     return methods

@@ -1,0 +1,568 @@
+"""The AuditLog part: the daemon's writer of the signed audit log.
+
+Started right after the database and before anything that produces entries, it
+
+1. opens the audit tables (its own SQLite connections, see :mod:`.store`), loads or creates the
+   signing key (:mod:`.keys`) and checks the whole stored log against its checkpoints
+   (:func:`.verify.verify_log`); a log that fails is never extended: the daemon refuses to start
+   and says which entry or checkpoint is wrong and what to do;
+2. records every audited RPC request (:meth:`AuditLog.record_request`, called by the dispatcher
+   before it answers) and every event on the audited bus topics;
+3. writes entries by *group commit*: callers enqueue into a bounded queue and wait; one writer
+   task takes what is pending (up to ``audit.max_batch``, waiting at most
+   ``audit.max_batch_delay_ms`` for a batch to fill), writes it in one transaction in a worker
+   thread and, once ``COMMIT`` returned, wakes each caller with its ``seq``. Nothing is
+   acknowledged before it is durable;
+4. signs a checkpoint every ``audit.checkpoint_every_entries`` entries, every
+   ``audit.checkpoint_every_seconds`` while entries arrive, on request, and at shutdown.
+   Checkpoints are signed only over committed entries, so none is ever ahead of the log.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from prometheus_client import Counter, Gauge, Histogram
+
+from engram.audit.checkpoints import sign_checkpoint
+from engram.audit.entry import (
+    KIND_GAP,
+    KIND_KEY_ROTATED,
+    Record,
+    event_record,
+    is_audited,
+    principal_dict,
+    request_record,
+)
+from engram.audit.events import (
+    AUDITED_TOPICS,
+    AuditAppended,
+    CheckpointSigned,
+    KeyRotated,
+)
+from engram.audit.export import StateFolderSource
+from engram.audit.keys import AuditKeys
+from engram.audit.note import Signer
+from engram.audit.settings import AuditSettings
+from engram.audit.store import AuditStore, StoredCheckpoint, StoreError
+from engram.audit.verify import VerificationError, verify_log
+from engram.bus import EventBus
+from engram.bus.bus import OverflowPolicy, Subscription
+from engram.errors import Overloaded, RPCError, StartupError, Unavailable
+from engram.observability.metrics import Metrics
+
+__all__ = ["ORIGIN_PREFIX", "AuditLog", "origin_for"]
+
+log = structlog.get_logger("engram.audit")
+
+ORIGIN_PREFIX = "engram.local/"
+INSTALL_ID_KEY = "install_id"
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
+_COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+
+
+def origin_for(install_id: str) -> str:
+    """The checkpoint origin of a state folder's log."""
+    return ORIGIN_PREFIX + install_id
+
+
+@dataclass(slots=True, eq=False)
+class _Pending:
+    record: Record
+    done: anyio.Event | None = None  # None: nobody waits (bus events)
+    seq: int | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class _Counters:
+    appended: int = 0
+    batches: int = 0
+    failures: int = 0
+    events_lost: int = 0
+    checkpoints: int = 0
+    last_error: str | None = None
+    sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
+
+
+class AuditLog:
+    """An async context manager; ``append``/``record_request`` work while it is ``running``."""
+
+    def __init__(
+        self,
+        settings: AuditSettings,
+        state_dir: Path,
+        database_path: Path,
+        bus: EventBus,
+        metrics: Metrics,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = state_dir
+        self.database_path = database_path
+        self.state = "created"
+        self.origin = ""
+        self.keys = AuditKeys(state_dir / "keys")
+        self.store = AuditStore(database_path, busy_timeout=busy_timeout)
+        self._bus = bus
+        self._topics: list[str] = list(AUDITED_TOPICS)
+        self._queue: deque[_Pending] = deque()
+        self._wake: anyio.Event | None = None
+        self._space: anyio.Event | None = None
+        self._closing = False
+        self._writer_done: anyio.Event | None = None
+        self._checkpoint_lock: anyio.Lock | None = None
+        self._checkpoint_running = False
+        self._last_checkpoint: StoredCheckpoint | None = None
+        self._last_checkpoint_at = time.monotonic()
+        self._subscription: Subscription | None = None
+        self._dropped_seen = 0
+        self._held: Any = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self.counters = _Counters()
+        r = metrics.registry
+        self._m_entries = Counter("engram_audit_entries", "Audit entries made durable, by kind.", ["kind"], registry=r)
+        self._m_batch = Histogram("engram_audit_batch_entries", "Entries per group commit.", buckets=_BATCH_BUCKETS, registry=r)
+        self._m_commit = Histogram(
+            "engram_audit_commit_seconds", "Time to write and commit one batch.", buckets=_COMMIT_BUCKETS, registry=r
+        )
+        self._m_failures = Counter("engram_audit_append_failures", "Batches that could not be written.", registry=r)
+        self._m_refused = Counter("engram_audit_appends_refused", "Appends refused: queue full.", registry=r)
+        self._m_lost = Counter("engram_audit_events_lost", "Audited bus events lost to overflow.", registry=r)
+        self._m_checkpoints = Counter("engram_audit_checkpoints", "Checkpoints signed.", registry=r)
+        self._m_size = Gauge("engram_audit_log_size", "Entries in the audit log.", registry=r)
+        self._m_queue = Gauge("engram_audit_queue_depth", "Entries waiting to be written.", registry=r)
+        self._m_queue.set_function(lambda: len(self._queue))
+        self._m_size.set_function(lambda: self.store.size)
+
+    def watch(self, *patterns: str) -> None:
+        """Also record the bus topics matching ``patterns`` (call before the part starts)."""
+        if self.state != "created":
+            raise RuntimeError("audited topics are fixed once the audit log runs")
+        self._topics.extend(p for p in patterns if p not in self._topics)
+
+    @property
+    def topics(self) -> list[str]:
+        return list(self._topics)
+
+    @property
+    def size(self) -> int:
+        return self.store.size
+
+    @property
+    def last_checkpoint(self) -> StoredCheckpoint | None:
+        return self._last_checkpoint
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    async def __aenter__(self) -> AuditLog:
+        self.state = "starting"
+        self._wake = anyio.Event()
+        self._space = anyio.Event()
+        self._writer_done = anyio.Event()
+        self._checkpoint_lock = anyio.Lock()
+        try:
+            await anyio.to_thread.run_sync(self._open)
+        except BaseException:
+            self.store.close()
+            self.state = "failed"
+            raise
+        self._subscription = self._bus.subscribe(self._topics, self.settings.event_queue, OverflowPolicy.DROP_NEWEST)
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._tg.start_soon(self._write_loop, name="audit-writer")
+        self._tg.start_soon(self._pump_events, name="audit-events")
+        self._tg.start_soon(self._checkpoint_timer, name="audit-checkpoints")
+        self.state = "running"
+        log.info(
+            "audit log open",
+            origin=self.origin,
+            size=self.store.size,
+            checkpoints=self.counters.checkpoints,
+            vkey=self.keys.current.key_string(),
+        )
+        return self
+
+    def _open(self) -> None:
+        """Blocking start-up work (worker thread): store, origin, keys, full integrity check."""
+        try:
+            self.store.open()
+            self.origin = origin_for(self.store.meta_setdefault(INSTALL_ID_KEY, secrets.token_hex(8)))
+            last = self.store.last_checkpoint()
+            if self.keys.exists():
+                self.keys.load(self.origin)
+            elif last is not None:
+                raise StartupError(
+                    f"the audit signing key {self.keys.key_path} is missing, but the audit log in "
+                    f"{self.database_path} has signed checkpoints. Restore {self.keys.dir} from a backup; "
+                    f"or, to start a new log, stop and move {self.database_path} (with its -wal and -shm "
+                    f"files) and {self.keys.dir} aside."
+                )
+            else:
+                self.keys.create(self.origin)
+        except StoreError as exc:
+            raise StartupError(f"cannot open the audit log: {exc}") from None
+        self._check()
+        self._last_checkpoint = self.store.last_checkpoint()
+        self.counters.checkpoints = self.store.checkpoint_count()
+
+    def _check(self) -> None:
+        size_hint = self.store.count_entries()
+        started = time.monotonic()
+        if size_hint >= 100_000:
+            log.info("checking the audit log", entries=size_hint)
+
+        def progress(done: int) -> None:
+            if size_hint >= 100_000:
+                log.info("checking the audit log", done=done, of=size_hint)
+
+        try:
+            with self.store.snapshot():
+                report = verify_log(
+                    StateFolderSource(self.store, self.origin),
+                    self.keys.verifiers(),
+                    origin=self.origin,
+                    progress=progress,
+                    progress_every=1 << 18,
+                    require_checkpoint=False,
+                )
+        except VerificationError as exc:
+            db = self.database_path
+            raise StartupError(
+                f"the audit log in {db} does not match its signed state: {exc}. engram will not extend "
+                "a log it cannot vouch for. To investigate, leave the state folder as it is and run "
+                f"`engram audit verify --state-dir {self.state_dir} --pubkey {self.keys.pub_path}` or "
+                f"`engram audit export --state-dir {self.state_dir} FILE`; to start a new log, move "
+                f"{db} (with its -wal and -shm files) and {self.keys.dir} aside, or restore them from a backup."
+            ) from None
+        log.info(
+            "audit log verified",
+            entries=report.entries,
+            checkpoints=report.checkpoints,
+            unsigned_tail=report.unsigned_tail,
+            seconds=round(time.monotonic() - started, 3),
+        )
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.state in ("closed", "created", "failed"):
+            return
+        self.state = "stopping"
+        try:
+            with anyio.CancelScope(shield=True):
+                self._drain_events()
+                self._closing = True
+                self._kick()
+                with anyio.move_on_after(max(self.settings.append_timeout, 5.0)):
+                    await self._writer_done.wait()  # type: ignore[union-attr]
+                try:
+                    await self._checkpoint()  # at shutdown: the whole log is signed
+                except Exception:
+                    log.exception("final audit checkpoint failed")
+        finally:
+            if self._tg is not None:
+                # Exited here, not inside the shield: a task group's scope must be the current one.
+                tg, self._tg = self._tg, None
+                tg.cancel_scope.cancel()
+                await tg.__aexit__(None, None, None)
+            with anyio.CancelScope(shield=True):
+                if self._subscription is not None:
+                    self._bus.unsubscribe(self._subscription, "audit log closed")
+                for pending in self._queue:
+                    self._finish(pending, error=Unavailable("audit log closed", reason="audit_unavailable"))
+                self._queue.clear()
+                await anyio.to_thread.run_sync(self.store.close)
+                self.state = "closed"
+                log.info("audit log closed", size=self.store.size)
+
+    async def health(self) -> tuple[bool, str]:
+        c = self.counters
+        last = self._last_checkpoint
+        detail = (
+            f"{self.store.size} entries, last checkpoint at size {last.size if last else 0}, "
+            f"{len(self._queue)} queued"
+        )
+        if self.state != "running":
+            return False, f"{self.state}; {detail}"
+        if c.last_error is not None:
+            return False, f"last write failed: {c.last_error}; {detail}"
+        return True, detail
+
+    # --- appending -------------------------------------------------------------------------
+
+    async def append(
+        self,
+        kind: str,
+        principal: Any = None,
+        *,
+        task_id: Any = None,
+        parent_id: Any = None,
+        input_hash: str | None = None,
+        output_hash: str | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> int:
+        """Record one entry; returns its ``seq`` once it is durable.
+
+        Raises :class:`~engram.errors.Overloaded` when the queue is full and
+        :class:`~engram.errors.Unavailable` when the entry could not be made durable in time.
+        """
+        record = Record(
+            kind=kind,
+            principal=principal_dict(principal),
+            task_id=task_id,
+            parent_id=parent_id,
+            input_hash=input_hash,
+            output_hash=output_hash,
+            detail=detail or {},
+        )
+        return await self.append_record(record)
+
+    async def record_request(
+        self,
+        *,
+        method: str,
+        principal: Any,
+        request: int,
+        params: Any,
+        result: Any = None,
+        error: RPCError | None = None,
+        connection: int | None = None,
+    ) -> int:
+        """The dispatcher's recorder: one ``rpc`` entry per served request (see :mod:`.entry`)."""
+        return await self.append_record(
+            request_record(
+                method=method,
+                principal=principal,
+                request=request,
+                params=params,
+                result=result,
+                error_code=error.code if error is not None else None,
+                error_reason=error.reason if error is not None else None,
+                connection=connection,
+            )
+        )
+
+    async def append_record(self, record: Record) -> int:
+        if self.state != "running" or self._closing:
+            raise Unavailable("the audit log is not running; nothing can be recorded", reason="audit_unavailable")
+        if len(self._queue) >= self.settings.queue_size:
+            self._m_refused.inc()
+            raise Overloaded(
+                "the audit log's queue is full; retry later", reason="audit_overloaded", queue_size=self.settings.queue_size
+            )
+        pending = _Pending(record, anyio.Event())
+        self._queue.append(pending)
+        self._kick()
+        limit = self.settings.append_timeout
+        with anyio.move_on_after(limit):
+            await pending.done.wait()  # type: ignore[union-attr]
+        if pending.seq is not None:
+            return pending.seq
+        if pending.error is None:
+            raise Unavailable(f"the audit entry was not confirmed durable within {limit:g} s", reason="audit_timeout")
+        if isinstance(pending.error, RPCError):
+            raise pending.error
+        raise Unavailable(f"the audit entry could not be written: {pending.error}", reason="audit_failed")
+
+    def _enqueue_unwaited(self, record: Record) -> None:
+        self._queue.append(_Pending(record))
+        self._kick()
+
+    def _kick(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    def _finish(self, pending: _Pending, seq: int | None = None, error: BaseException | None = None) -> None:
+        pending.seq, pending.error = seq, error
+        if pending.done is not None:
+            pending.done.set()
+
+    async def _write_loop(self) -> None:
+        try:
+            max_batch = self.settings.max_batch
+            delay = self.settings.max_batch_delay_ms / 1000
+            while True:
+                while not self._queue:
+                    if self._closing:
+                        return
+                    self._wake = anyio.Event()
+                    await self._wake.wait()
+                if delay and len(self._queue) < max_batch and not self._closing:
+                    with anyio.move_on_after(delay):
+                        while len(self._queue) < max_batch:
+                            self._wake = anyio.Event()
+                            await self._wake.wait()
+                batch = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+                self._signal_space()
+                await self._write(batch)
+                last = self._last_checkpoint.size if self._last_checkpoint else 0
+                if self.store.size - last >= self.settings.checkpoint_every_entries and not self._checkpoint_running:
+                    self._checkpoint_running = True
+                    self._tg.start_soon(self._checkpoint_task, name="audit-checkpoint")  # type: ignore[union-attr]
+        finally:
+            self._writer_done.set()  # type: ignore[union-attr]
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            first = await anyio.to_thread.run_sync(self.store.append, [p.record for p in batch])
+        except Exception as exc:  # noqa: BLE001 - disk full, I/O error, a bug: fail these callers, keep serving
+            self.counters.failures += 1
+            self.counters.last_error = f"{type(exc).__name__}: {exc}"
+            self._m_failures.inc()
+            log.error("audit batch could not be written", entries=len(batch), error=self.counters.last_error)
+            for pending in batch:
+                self._finish(pending, error=exc)
+            return
+        elapsed = time.perf_counter() - started
+        self.counters.last_error = None
+        self.counters.appended += len(batch)
+        self.counters.batches += 1
+        self.counters.sizes.append(len(batch))
+        self._m_batch.observe(len(batch))
+        self._m_commit.observe(elapsed)
+        for offset, pending in enumerate(batch):
+            self._m_entries.labels(pending.record.kind).inc()
+            self._finish(pending, seq=first + offset)
+        self._bus.publish(AuditAppended(first_seq=first, count=len(batch), size=self.store.size))
+
+    def _signal_space(self) -> None:
+        if self._space is not None:
+            self._space.set()
+            self._space = anyio.Event()
+
+    # --- bus events ------------------------------------------------------------------------
+
+    def _note_gap(self) -> None:
+        sub = self._subscription
+        if sub is None or sub.dropped == self._dropped_seen:
+            return
+        lost = sub.dropped - self._dropped_seen
+        self._dropped_seen = sub.dropped
+        self.counters.events_lost += lost
+        self._m_lost.inc(lost)
+        log.warning("audited events lost to overflow", lost=lost)
+        self._enqueue_unwaited(Record(kind=KIND_GAP, detail={"lost": lost, "total_lost": sub.dropped}))
+
+    async def _pump_events(self) -> None:
+        sub = self._subscription
+        assert sub is not None
+        while True:
+            self._held = await sub.receive()
+            self._note_gap()
+            # Backpressure instead of loss: the bus queue absorbs bursts while the writer catches up.
+            while len(self._queue) >= self.settings.queue_size:
+                space = self._space
+                assert space is not None
+                await space.wait()
+            event, self._held = self._held, None
+            self._record_event(event)
+
+    def _record_event(self, event: Any) -> None:
+        if is_audited(event):
+            self._enqueue_unwaited(event_record(event))
+
+    def _drain_events(self) -> None:
+        sub = self._subscription
+        if sub is None:
+            return
+        if self._held is not None:  # the pump took it but waited for room in the queue
+            event, self._held = self._held, None
+            self._record_event(event)
+        while (event := sub.receive_nowait()) is not None:
+            self._record_event(event)
+        self._note_gap()
+
+    # --- checkpoints -----------------------------------------------------------------------
+
+    async def _checkpoint_timer(self) -> None:
+        period = self.settings.checkpoint_every_seconds
+        while True:
+            await anyio.sleep(min(period, 1.0))
+            last = self._last_checkpoint
+            if time.monotonic() - self._last_checkpoint_at >= period and self.store.size > (last.size if last else 0):
+                try:
+                    await self._checkpoint()
+                except Exception:
+                    log.exception("audit checkpoint failed")
+
+    async def _checkpoint_task(self) -> None:
+        try:
+            await self._checkpoint()
+        except Exception:
+            log.exception("audit checkpoint failed")
+        finally:
+            self._checkpoint_running = False
+
+    async def _checkpoint(self) -> StoredCheckpoint | None:
+        """Sign and store a checkpoint over everything committed (unless one already covers it)."""
+        assert self._checkpoint_lock is not None
+        async with self._checkpoint_lock:
+            return await self._checkpoint_locked()
+
+    async def _checkpoint_locked(self, rotation: tuple[Signer, Signer] | None = None) -> StoredCheckpoint | None:
+        # Only ever called under _checkpoint_lock: checkpoints are stored in size order.
+        size = self.store.size
+        last = self._last_checkpoint
+        if size == 0 or (last is not None and last.size == size and rotation is None):
+            return last
+        root = self.store.tree.root()
+        if rotation is not None:
+            old, new = rotation
+            signed = sign_checkpoint(self.origin, size, root, new, previous=old)
+        else:
+            signed = sign_checkpoint(self.origin, size, root, self.keys.signer)  # type: ignore[arg-type]
+        stored = await anyio.to_thread.run_sync(
+            self.store.add_checkpoint, size, root, signed.note, signed.key_id, signed.time
+        )
+        self._last_checkpoint = stored
+        self._last_checkpoint_at = time.monotonic()
+        self.counters.checkpoints += 1
+        self._m_checkpoints.inc()
+        self._bus.publish(CheckpointSigned(size=size, root=base64.b64encode(root).decode(), key_id=stored.key_id))
+        log.debug("audit checkpoint signed", size=size, key_id=stored.key_id)
+        return stored
+
+    async def checkpoint(self, fresh: bool = True) -> StoredCheckpoint | None:
+        """The latest checkpoint; with ``fresh``, first sign one if the log grew since."""
+        if self.state != "running":
+            raise Unavailable("the audit log is not running", reason="audit_unavailable")
+        if fresh:
+            return await self._checkpoint()
+        return self._last_checkpoint
+
+    async def rotate_key(self) -> tuple[str, str, StoredCheckpoint]:
+        """New signing key; the rotation checkpoint is signed by both keys (see :mod:`.verify`)."""
+        if self.state != "running":
+            raise Unavailable("the audit log is not running", reason="audit_unavailable")
+        assert self._checkpoint_lock is not None
+        if self.store.size == 0:
+            raise Unavailable("nothing to sign yet", reason="audit_empty")
+        # One critical section: no checkpoint can slip in between the new key and the rotation
+        # checkpoint that introduces it.
+        async with self._checkpoint_lock:
+            old, new = await anyio.to_thread.run_sync(self.keys.rotate)
+            stored = await self._checkpoint_locked(rotation=(old, new))
+        assert stored is not None
+        self._bus.publish(KeyRotated(old_vkey=old.verifier_key(), new_vkey=new.verifier_key(), size=stored.size))
+        await self.append(
+            KIND_KEY_ROTATED,
+            detail={"old_vkey": old.verifier_key(), "new_vkey": new.verifier_key(), "checkpoint_size": stored.size},
+        )
+        return old.verifier_key(), new.verifier_key(), stored
+
+    # --- reading (worker threads) ------------------------------------------------------------
+
+    async def read(self, func: Any, *args: Any) -> Any:
+        """Run a blocking read of the store in a worker thread."""
+        return await anyio.to_thread.run_sync(func, *args)

@@ -1,0 +1,60 @@
+"""The ``[audit]`` section of the configuration (read at start; a change needs a restart)."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = ["AuditSettings"]
+
+
+class AuditSettings(BaseModel):
+    """The signed audit log: group commit, checkpoint cadence, queue bounds."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    checkpoint_every_entries: int = Field(
+        default=1000,
+        ge=1,
+        le=10_000_000,
+        description="Sign a checkpoint once this many entries were appended since the last one.",
+    )
+    checkpoint_every_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Sign a checkpoint at least this often while entries keep arriving (and always at shutdown).",
+    )
+    max_batch: int = Field(
+        default=256,
+        ge=1,
+        le=100_000,
+        description="Most entries written in one transaction (group commit).",
+    )
+    max_batch_delay_ms: float = Field(
+        default=0.0,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the writer waits for more entries before committing a batch that is not full. "
+            "0 commits at once: entries that arrive while a commit is on its way to disk still form "
+            "the next batch, which is group commit without added latency."
+        ),
+    )
+    queue_size: int = Field(
+        default=16_384,
+        ge=1,
+        le=1_000_000,
+        description="Entries waiting to be written; an audited request that finds the queue full fails with -32003.",
+    )
+    event_queue: int = Field(
+        default=65_536,
+        ge=16,
+        le=1_000_000,
+        description="Audited bus events buffered before they are recorded; overflow is logged as an audit.gap entry.",
+    )
+    append_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        le=3600,
+        description="Seconds an audited request waits for its entry to be durable before it fails with -32005.",
+    )
