@@ -1,0 +1,97 @@
+"""Memory's own SQLite connections to the daemon's database: one writer and a few readers.
+
+Blocking code on purpose, called from worker threads. The daemon's shared aiosqlite connection
+would interleave our BEGIN ... COMMIT with other parts' statements, and every statement would
+cost a thread hop; a dedicated writer makes one ``remember`` batch one transaction in one thread
+call, and WAL lets the readers run while it commits.
+
+The writer runs with ``synchronous = FULL`` (a commit is on disk before it returns: an
+acknowledged write survives ``kill -9`` and power loss) and ``secure_delete = ON`` (freed pages
+are overwritten, so forgotten text does not linger in the file). The tables come from the
+daemon's migration ``0003_memory.sql``, applied before this part starts.
+"""
+
+from __future__ import annotations
+
+import queue
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["MemoryDB"]
+
+
+class MemoryDB:
+    def __init__(self, path: Path, busy_timeout: float = 5.0, readers: int = 3) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._writer: sqlite3.Connection | None = None
+        self._wlock = threading.Lock()
+        self._readers: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
+        self._all_readers: list[sqlite3.Connection] = []
+        self._reader_count = readers
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        conn.execute("PRAGMA foreign_keys = ON")
+        conn.execute("PRAGMA secure_delete = ON")
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        # Recall reads scattered rows of a table whose rows carry 1.5 KB vectors: a larger page
+        # cache and memory-mapped reads keep those lookups off the read() system call.
+        conn.execute("PRAGMA cache_size = -32768")
+        conn.execute("PRAGMA mmap_size = 268435456")
+        return conn
+
+    def open(self) -> None:
+        writer = self._connect()
+        writer.execute("PRAGMA journal_mode = WAL")
+        writer.execute("PRAGMA synchronous = FULL")
+        found = writer.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'memory_episodes'").fetchone()[0]
+        if not found:
+            writer.close()
+            raise RuntimeError(f"{self.path} has no memory tables (migration 0003_memory has not run)")
+        self._writer = writer
+        for _ in range(self._reader_count):
+            reader = self._connect()
+            reader.execute("PRAGMA query_only = ON")
+            self._all_readers.append(reader)
+            self._readers.put(reader)
+
+    def close(self) -> None:
+        with self._wlock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+        while self._all_readers:
+            self._all_readers.pop().close()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """The writer, held exclusively; the caller issues BEGIN IMMEDIATE ... COMMIT."""
+        with self._wlock:
+            if self._writer is None:
+                raise RuntimeError("memory database is closed")
+            yield self._writer
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises."""
+        with self.write() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection for the block (waits for a free one)."""
+        conn = self._readers.get(timeout=max(self.busy_timeout, 1.0) * 6)
+        try:
+            yield conn
+        finally:
+            self._readers.put(conn)

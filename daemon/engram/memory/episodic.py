@@ -1,0 +1,470 @@
+"""Episodic memory: validation, embedding, the group-commit writer, recall, forgetting.
+
+**Writes.** A write request is checked whole (sizes, tags, metadata, vector dimensions and
+values) and embedded before anything is written, so a bad item fails the request with nothing
+half-written. It then joins the writer's bounded queue; the writer takes every request waiting
+(up to ``memory.write_batch`` episodes) and commits them in one SQLite transaction, fsynced
+(``synchronous = FULL``), and only then adds their vectors to the FAISS index and wakes the
+requests, which answer with their ids. Concurrent writers share one fsync (group commit);
+an acknowledged episode is on disk, and the index never holds a vector whose row is not.
+
+**Recall.** Candidates are the query vector's approximate nearest neighbours (``k x
+memory.recall.candidate_factor``, at least ``min_candidates``), the full-text matches of the
+query text, and (with ``activation``) the episodes that spreading activation reaches. Filters
+are applied in SQL; when they leave at most ``exact_filter_limit`` episodes, similarity is
+computed exactly over all of them, otherwise the neighbour search widens until enough
+candidates pass. The candidates are scored (:mod:`engram.memory.scoring`) and the best k
+returned, with their score parts. The search, the SQL and the scoring run in one worker-thread
+call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import numpy as np
+import structlog
+from numpy.typing import NDArray
+
+from engram.errors import InvalidParams, NotFound, Overloaded, Unavailable
+from engram.memory import ids as idgen
+from engram.memory.api import EpisodeIn, Filter
+from engram.memory.db import MemoryDB
+from engram.memory.embedding import Embedder, no_embedder
+from engram.memory.filters import SqlFilter, check_tags, compile_filter, fts_terms
+from engram.memory.index import VectorIndex
+from engram.memory.scoring import Weights, combine, recency
+from engram.memory.semantic import GraphStore
+from engram.memory.settings import MemorySettings
+from engram.memory.store import EpisodeStore, Forgotten, NewEpisode
+from engram.memory.telemetry import MemoryMetrics
+from engram.memory.vectors import unit_vector
+
+__all__ = ["Episodic", "WriteJob"]
+
+_INLINE_ITEMS = 32  # larger requests are checked in a worker thread
+
+log = structlog.get_logger("engram.memory")
+
+
+@dataclass
+class WriteJob:
+    rows: list[NewEpisode]
+    done: anyio.Event = field(default_factory=anyio.Event)
+    seqs: list[int | None] | None = None
+    error: BaseException | None = None
+
+
+def text_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+class Episodic:
+    def __init__(self, settings: MemorySettings, db: MemoryDB, index: VectorIndex, graph: GraphStore,
+                 metrics: MemoryMetrics, embedder: Embedder | None = None) -> None:
+        self.settings = settings
+        self.db = db
+        self.store = EpisodeStore(db)
+        self.index = index
+        self.graph = graph
+        self.metrics = metrics
+        self.embedder = embedder
+        self._send: Any = None  # the write queue, made by open_writer() (in the event loop)
+        self._receive: Any = None
+        self.access: dict[int, tuple[int, float]] = {}  # seq -> (recalls since the last flush, last time)
+        self.on_changed: list[Any] = []  # callbacks(namespace) after writes and forgets (index maintenance)
+
+    # --- validation and embedding ------------------------------------------------------------------
+
+    def check_count(self, count: int, field_name: str) -> None:
+        if count > self.settings.max_items:
+            raise InvalidParams(
+                f"{field_name}: {count} items in one request; at most {self.settings.max_items} (memory.max_items)",
+                field=field_name,
+                reason="too_many_items",
+            )
+
+    def check_text(self, text: str, field_name: str, what: str = "text") -> None:
+        if not text.strip():
+            raise InvalidParams(f"{field_name}: empty {what}", field=field_name, reason=f"empty_{what}")
+        size = len(text.encode())
+        if size > self.settings.max_text_bytes:
+            raise InvalidParams(
+                f"{field_name}: {size} bytes; at most {self.settings.max_text_bytes} (memory.max_text_bytes)",
+                field=field_name,
+                reason=f"{what}_too_large",
+                limit=self.settings.max_text_bytes,
+            )
+
+    def expected_dim(self, namespace: str) -> int | None:
+        """The dimension vectors of ``namespace`` must have (None: any, the namespace is empty)."""
+        return self.index.dim(namespace)
+
+    def embedder_dim(self) -> int | None:
+        return self.embedder.dim if self.embedder is not None else None
+
+    async def embed(self, texts: list[str], namespace: str, field_name: str) -> NDArray[np.float32]:
+        if self.embedder is None:
+            raise no_embedder("no embedder is configured")
+        vectors = await self.embedder.embed(texts)
+        want = self.expected_dim(namespace)
+        if want is not None and vectors.shape[1] != want:
+            raise InvalidParams(
+                f"{field_name}: namespace {namespace!r} holds {want}-dimensional vectors but the embedder "
+                f"({self.embedder.name}) makes {vectors.shape[1]}; send {want}-dimensional vectors instead",
+                field=field_name,
+                reason="dimension_mismatch",
+                expected=want,
+                got=int(vectors.shape[1]),
+            )
+        return vectors
+
+    async def prepare(self, namespace: str, items: Sequence[EpisodeIn], field_name: str = "items",
+                      ids: Sequence[str] | None = None, positions: Sequence[int] | None = None) -> list[NewEpisode]:
+        """Check every item and embed those without a vector; raises before anything is written.
+        ``positions`` are the items' places in the request (for error fields) when they are a subset."""
+        self.check_count(len(items), field_name)
+        place = list(positions) if positions is not None else list(range(len(items)))
+        dim = self.expected_dim(namespace)
+        if len(items) > _INLINE_ITEMS:  # checking hundreds of items would hold up the event loop
+            checked = await anyio.to_thread.run_sync(self._check_items, items, field_name, place, dim)
+        else:
+            checked = self._check_items(items, field_name, place, dim)
+        vectors, metadata, tags, dim = checked
+        missing = [i for i, v in enumerate(vectors) if v is None]
+        embedder_name = "client"
+        if missing:
+            embedder_dim = self.embedder_dim()
+            first = place[missing[0]]
+            if self.embedder is None or embedder_dim is None:
+                raise no_embedder(f"{field_name}.{first} has no vector and no embedding model is available")
+            if dim is not None and embedder_dim != dim:
+                raise InvalidParams(
+                    f"{field_name}.{first}.vector: this request's or namespace's vectors have {dim} dimensions "
+                    f"but the embedder ({self.embedder.name}) makes {embedder_dim}; send vectors with every item",
+                    field=f"{field_name}.{first}.vector",
+                    reason="dimension_mismatch",
+                    expected=dim,
+                    got=embedder_dim,
+                )
+            embedded = await self.embed([items[i].text for i in missing], namespace, f"{field_name}.{first}.text")
+            for row, i in enumerate(missing):
+                vectors[i] = embedded[row]
+            embedder_name = self.embedder.name
+        now = time.time()
+        new_ids = ids if ids is not None else idgen.new_ids(idgen.EPISODE, len(items), now)
+        return [
+            NewEpisode(
+                id=new_ids[i],
+                namespace=namespace,
+                text=item.text,
+                text_sha256=text_sha256(item.text),
+                kind=item.kind,
+                time=item.time if item.time is not None else now,
+                vector=vectors[i],  # type: ignore[arg-type]
+                embedder="client" if item.vector is not None else embedder_name,
+                session=item.session,
+                metadata=metadata[i],
+                source=item.source,
+                importance=item.importance,
+                pinned=item.pinned,
+                tags=tags[i],
+            )
+            for i, item in enumerate(items)
+        ]
+
+    def _check_items(self, items: Sequence[EpisodeIn], field_name: str, place: list[int], dim: int | None
+                     ) -> tuple[list[NDArray[np.float32] | None], list[str], list[list[str]], int | None]:
+        """Sizes, tags, metadata and vectors of every item (vectors made unit length); the
+        dimension the given vectors set when the namespace had none."""
+        s = self.settings
+        vectors: list[NDArray[np.float32] | None] = []
+        metadata: list[str] = []
+        tags: list[list[str]] = []
+        for i, item in enumerate(items):
+            where = f"{field_name}.{place[i]}"
+            self.check_text(item.text, f"{where}.text")
+            tags.append(check_tags(item.tags, f"{where}.tags", s.max_tags, s.max_tag_length) if item.tags else [])
+            meta = json.dumps(item.metadata, ensure_ascii=False, separators=(",", ":"), allow_nan=False) if item.metadata else "{}"
+            if len(meta) > s.max_metadata_bytes // 4 and len(meta.encode()) > s.max_metadata_bytes:
+                raise InvalidParams(
+                    f"{where}.metadata: {len(meta.encode())} bytes of JSON; at most {s.max_metadata_bytes} (memory.max_metadata_bytes)",
+                    field=f"{where}.metadata",
+                    reason="metadata_too_large",
+                )
+            metadata.append(meta)
+            if item.vector is not None:
+                vector = unit_vector(item.vector, f"{where}.vector", s.max_dim, dim)
+                dim = dim or int(vector.shape[0])
+                vectors.append(vector)
+            else:
+                vectors.append(None)
+        return vectors, metadata, tags, dim
+
+    # --- the writer ------------------------------------------------------------------------------------
+
+    async def write(self, rows: list[NewEpisode]) -> list[int | None]:
+        """Commit ``rows`` (group commit); returns their seqs (None: the id existed already)."""
+        if self._send is None:
+            raise Unavailable("memory is not running", reason="memory_unavailable")
+        job = WriteJob(rows)
+        sent = False
+        with anyio.move_on_after(self.settings.write_wait):
+            try:
+                await self._send.send(job)
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                raise Unavailable("memory is stopping; nothing was written", reason="stopping") from None
+            sent = True
+        if not sent:
+            raise Overloaded(
+                f"the memory writer has {self.settings.write_queue} requests waiting; retry later",
+                reason="write_queue_full",
+            )
+        await job.done.wait()
+        if job.error is not None:
+            raise job.error
+        assert job.seqs is not None
+        return job.seqs
+
+    def open_writer(self) -> None:
+        self._send, self._receive = anyio.create_memory_object_stream[WriteJob](self.settings.write_queue)
+
+    @property
+    def queue_depth(self) -> int:
+        return self._send.statistics().current_buffer_used if self._send is not None else 0
+
+    async def run_writer(self) -> None:
+        """Drain the queue until it is closed (every queued job is committed or failed)."""
+        async with self._receive:
+            async for first in self._receive:
+                batch = [first]
+                count = len(first.rows)
+                while count < self.settings.write_batch:
+                    try:
+                        job = self._receive.receive_nowait()
+                    except (anyio.WouldBlock, anyio.EndOfStream):
+                        break
+                    batch.append(job)
+                    count += len(job.rows)
+                started = time.perf_counter()
+                with anyio.CancelScope(shield=True):  # a commit in progress always completes and answers
+                    await anyio.to_thread.run_sync(self._commit_jobs, batch)
+                self.metrics.commit_seconds.observe(time.perf_counter() - started)
+                self.metrics.commit_episodes.observe(count)
+                changed = {r.namespace for job in batch if job.error is None for r in job.rows}
+                for job in batch:
+                    job.done.set()
+                for namespace in changed:
+                    for callback in self.on_changed:
+                        callback(namespace)
+
+    def close_writer(self) -> None:
+        if self._send is not None:
+            self._send.close()
+
+    def _commit_jobs(self, batch: list[WriteJob]) -> None:
+        """Commit ``batch`` in one transaction; if that fails, each job alone, so that one bad
+        job fails only itself."""
+        with self.db.write() as conn:
+            ready = [job for job in batch if self._dims_agree(job)]
+            if not ready:
+                return
+            try:
+                self._commit(conn, ready)
+                return
+            except Exception as exc:
+                if len(ready) == 1:
+                    log.exception("memory write failed", episodes=len(ready[0].rows))
+                    ready[0].error = exc
+                    return
+            for job in ready:
+                try:
+                    self._commit(conn, [job])
+                except Exception as exc:
+                    log.exception("memory write failed", episodes=len(job.rows))
+                    job.error = exc
+
+    def _dims_agree(self, job: WriteJob) -> bool:
+        """The writer is the one place that sees writes in commit order, so it settles which
+        dimension a new namespace gets when two first writes race."""
+        dims: dict[str, int] = {}
+        for i, row in enumerate(job.rows):
+            want = dims.get(row.namespace) or self.index.dim(row.namespace)
+            got = int(row.vector.shape[0])
+            if want is not None and want != got:
+                job.error = InvalidParams(
+                    f"items.{i}.vector: {got} dimensions, but namespace {row.namespace!r} holds {want}-dimensional vectors",
+                    field=f"items.{i}.vector",
+                    reason="dimension_mismatch",
+                    expected=want,
+                    got=got,
+                )
+                return False
+            dims[row.namespace] = got
+        return True
+
+    def _commit(self, conn: Any, jobs: list[WriteJob]) -> None:
+        now = time.time()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            results = [self.store.insert(conn, job.rows, now) for job in jobs]
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        for job, seqs in zip(jobs, results):
+            job.seqs = seqs
+        # Committed: only now may the index learn of these rows. A failure here cannot undo the
+        # commit; the rows are durable and the next start's reconciliation indexes them.
+        try:
+            self._index_rows(jobs)
+        except Exception:
+            log.exception("adding committed episodes to the vector index failed; they are indexed at the next start")
+
+    def _index_rows(self, jobs: list[WriteJob]) -> None:
+        by_namespace: dict[str, tuple[list[int], list[NDArray[np.float32]]]] = {}
+        for job in jobs:
+            for row, seq in zip(job.rows, job.seqs or []):
+                if seq is not None:
+                    entry = by_namespace.setdefault(row.namespace, ([], []))
+                    entry[0].append(seq)
+                    entry[1].append(row.vector)
+        for namespace, (seqs, vectors) in by_namespace.items():
+            self.index.add(namespace, seqs, np.vstack(vectors))
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def note_access(self, seqs: Sequence[int]) -> None:
+        now = time.time()
+        for seq in seqs:
+            n, _ = self.access.get(seq, (0, now))
+            self.access[seq] = (n + 1, now)
+
+    def flush_access(self) -> int:
+        """Write the access counts gathered since the last flush (worker thread)."""
+        pending, self.access = self.access, {}
+        if pending:
+            with self.db.transaction() as conn:
+                self.store.add_access(conn, pending)
+        return len(pending)
+
+    def recall(self, namespace: str, query: NDArray[np.float32], text: str | None, k: int, flt: SqlFilter,
+               weights: Weights, activation: bool) -> list[dict[str, Any]]:
+        """The best ``k`` episodes for the query (worker thread)."""
+        s = self.settings.recall
+        now = time.time()
+        want = max(k * s.candidate_factor, s.min_candidates)
+        sims: dict[int, float] = {}
+        if flt.empty:
+            seqs, values = self.index.search(namespace, query, want)
+            sims.update(zip(seqs.tolist(), values.tolist()))
+        else:
+            allowed = self.store.filter_seqs(namespace, flt, s.exact_filter_limit)
+            if allowed is not None:
+                got, vectors = self.index.vectors(namespace, allowed)
+                if got:
+                    values = vectors @ query
+                    top = np.argsort(-values)[:want]
+                    sims.update((got[i], float(values[i])) for i in top)
+            else:
+                size = self.index.count(namespace)
+                asked = want
+                while True:
+                    seqs, values = self.index.search(namespace, query, asked)
+                    passing = self.store.matching(namespace, seqs.tolist(), flt)
+                    if len(passing) >= want or asked >= size:
+                        break
+                    asked = min(asked * 4, size)
+                sims.update((s_, v) for s_, v in zip(seqs.tolist(), values.tolist()) if s_ in passing)
+        keyword: dict[int, float] = {}
+        if text and weights.keyword > 0 and (terms := fts_terms(text)):
+            saturation = s.keyword_saturation
+            found = self.store.keyword(namespace, terms, flt, want, s.keyword_max_df)
+            keyword = {seq: score / (score + saturation) for seq, score in found if score > 0}
+        activated: dict[int, float] = {}
+        if activation:
+            reached = self.graph.activate(namespace, query)
+            activated = dict(sorted(reached.items(), key=lambda kv: -kv[1])[:want])
+        candidates = set(sims) | set(keyword) | set(activated)
+        if not candidates:
+            return []
+        facts = self.store.facts(namespace, list(candidates), flt, vectors_for=[c for c in candidates if c not in sims])
+        scored: list[tuple[float, int, dict[str, float]]] = []
+        for seq, (when, importance, vector) in facts.items():
+            similarity = sims.get(seq)
+            if similarity is None:
+                similarity = float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0
+            parts = {
+                "vector": max(0.0, min(1.0, similarity)),
+                "keyword": keyword.get(seq, 0.0),
+                "recency": recency(when, now, s.recency_half_life),
+                "importance": importance,
+                "activation": activated.get(seq, 0.0),
+            }
+            scored.append((combine(parts, weights, bool(text), activation), seq, parts))
+        scored.sort(key=lambda h: (-h[0], -h[1]))
+        best = scored[:k]
+        rows = self.store.rows(namespace, [seq for _, seq, _ in best])  # whole rows for the winners only
+        hits = []
+        for score, seq, parts in best:
+            row = rows.get(seq)
+            if row is not None:  # forgotten between the two reads
+                hits.append({**row, "score": score, "parts": parts})
+        return hits
+
+    # --- forgetting ------------------------------------------------------------------------------------
+
+    def forget_seqs(self, namespace: str, seqs: Sequence[int]) -> Forgotten:
+        """Delete episodes and their index entries (worker thread)."""
+        with self.db.write() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self.store.delete(conn, namespace, seqs)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self.index.remove(namespace, gone.seqs)
+        if gone.relations:
+            self.graph.invalidate(namespace)
+        for seq in gone.seqs:
+            self.access.pop(seq, None)
+        return gone
+
+    def forget_namespace(self, namespace: str) -> Forgotten:
+        with self.db.write() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                gone = self.store.delete_namespace(conn, namespace)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self.index.drop(namespace)
+        self.graph.invalidate(namespace)
+        return gone
+
+    def resolve_ids(self, namespace: str, ids: Sequence[str], field_name: str = "ids") -> dict[str, int]:
+        """id -> seq for every id; NotFound naming the unknown ones (ids of other namespaces are
+        unknown here, so their existence does not leak)."""
+        for i, value in enumerate(ids):
+            if not idgen.is_id(value, idgen.EPISODE):
+                raise InvalidParams(f"{field_name}.{i}: {value!r} is not an episode id (ep_...)", field=f"{field_name}.{i}", reason="bad_id")
+        found = self.store.resolve(namespace, ids)
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            raise NotFound(f"unknown episode ids: {shown}", reason="unknown_ids", ids=missing[:1000])
+        return found
+
+    def filter_for(self, flt: Filter | None, field_name: str = "filter") -> SqlFilter:
+        return compile_filter(flt, field_name, self.settings.max_tags, self.settings.max_tag_length)

@@ -1,0 +1,63 @@
+"""Bus events of memory. They carry ids and SHA-256 hashes, never text: the audit log records
+every ``memory.*`` event, and what is forgotten must not survive there."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from engram.bus.events import Event
+from engram.principal import Principal
+
+__all__ = ["MEMORY_EVENTS", "MemoryForgotten", "MemoryGraphUpdated", "MemoryIndexRebuilt", "MemoryRemembered"]
+
+
+class MemoryRemembered(Event):
+    """Episodes were committed (one event per write request)."""
+
+    topic = "memory.remembered"
+    namespace: str
+    ids: list[str]
+    text_sha256: list[str] = Field(description="SHA-256 (hex) of each episode's UTF-8 text, in the order of ids.")
+    origin: Literal["remember", "import", "promotion"]
+    principal: Principal | None = None
+    task_id: int | None = Field(default=None, description="The request's serial number in the daemon.")
+
+
+class MemoryForgotten(Event):
+    """Episodes were deleted (one event per up to 1000 ids)."""
+
+    topic = "memory.forgotten"
+    namespace: str
+    ids: list[str]
+    text_sha256: list[str] = Field(description="SHA-256 (hex) of each forgotten text, in the order of ids.")
+    scope: Literal["ids", "filter", "all"]
+    relations: int = Field(default=0, description="Relations deleted with them.")
+    concepts: int = Field(default=0, description="Concepts deleted with them (scope all).")
+    principal: Principal | None = None
+    task_id: int | None = None
+
+
+class MemoryGraphUpdated(Event):
+    topic = "memory.graph.updated"
+    namespace: str
+    concepts: list[str] = Field(description="Ids of concepts created.")
+    relations: list[str] = Field(description="Ids of relations created.")
+    retracted: list[str] = Field(description="Ids of relations retracted.")
+    principal: Principal | None = None
+    task_id: int | None = None
+
+
+class MemoryIndexRebuilt(Event):
+    """A namespace's vector index was built anew (start-up repair, HNSW conversion, compaction)."""
+
+    topic = "memory.index.rebuilt"
+    namespace: str
+    kind: str
+    vectors: int
+    seconds: float
+    reason: str
+
+
+MEMORY_EVENTS: tuple[type[Event], ...] = (MemoryRemembered, MemoryForgotten, MemoryGraphUpdated, MemoryIndexRebuilt)

@@ -1,0 +1,47 @@
+"""The hybrid score of a recall hit: a weighted mean of parts that each lie in 0..1.
+
+- vector: cosine similarity to the query, clipped at 0 (unrelated and opposite count the same);
+- keyword: ``bm25 / (bm25 + memory.recall.keyword_saturation)`` of the full-text match (0 without
+  one). bm25 already weighs words by their rarity in the corpus, so a match on a word most
+  episodes contain scores near 0 and a match on rare words near 1; dividing by the best match of
+  the query instead would give a lone match on "the" full marks;
+- recency: ``0.5 ** (age / half_life)``, age from the episode's time to now (future: 1);
+- importance: as stored (0..1);
+- activation: spreading activation reaching the episode.
+
+A part that cannot apply to the query (keyword without a query text, activation when not asked
+for) has its weight left out, so that a vector-only query is not scored lower across the board.
+
+Dividing by the sum of the weights keeps scores in 0..1 whatever the weights are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Weights", "combine", "recency"]
+
+
+@dataclass(frozen=True, slots=True)
+class Weights:
+    vector: float
+    keyword: float
+    recency: float
+    importance: float
+    activation: float
+
+
+def recency(time: float, now: float, half_life: float) -> float:
+    return 0.5 ** (max(0.0, now - time) / half_life)
+
+
+def combine(parts: dict[str, float], weights: Weights, with_keyword: bool, with_activation: bool) -> float:
+    total = weights.vector + weights.recency + weights.importance
+    value = weights.vector * parts["vector"] + weights.recency * parts["recency"] + weights.importance * parts["importance"]
+    if with_keyword:
+        total += weights.keyword
+        value += weights.keyword * parts["keyword"]
+    if with_activation:
+        total += weights.activation
+        value += weights.activation * parts["activation"]
+    return value / total if total > 0 else 0.0

@@ -1,0 +1,220 @@
+"""The ``memory`` section of the configuration: limits, recall scoring, vector index, working
+memory, semantic graph and the write path.
+
+Pure pydantic, no I/O: :class:`engram.config.Settings` holds a :class:`MemorySettings` as its
+``memory`` field, so ``[memory.recall.weights]`` in the TOML file or
+``ENGRAM_MEMORY__RECALL__WEIGHTS__VECTOR`` in the environment reach it like any other setting.
+The whole section is read at start (a change needs a restart).
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+__all__ = [
+    "GraphSettings",
+    "IndexSettings",
+    "MemorySettings",
+    "RecallSettings",
+    "RecallWeights",
+    "WorkingSettings",
+    "WorkingWeights",
+]
+
+DAY = 86_400.0
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class RecallWeights(_Section):
+    """How much each part of a hit's score counts; each part is in [0, 1]."""
+
+    vector: float = Field(default=0.6, ge=0, le=100, description="Weight of cosine similarity to the query vector.")
+    keyword: float = Field(
+        default=0.2, ge=0, le=100, description="Weight of the full-text match: bm25 / (bm25 + memory.recall.keyword_saturation)."
+    )
+    recency: float = Field(
+        default=0.1, ge=0, le=100, description="Weight of recency: 0.5 ** (age / memory.recall.recency_half_life)."
+    )
+    importance: float = Field(default=0.1, ge=0, le=100, description="Weight of the episode's importance (0..1).")
+    activation: float = Field(
+        default=0.2,
+        ge=0,
+        le=100,
+        description="Weight of spreading activation from the query's nearest concepts (recall with activation only).",
+    )
+
+
+class RecallSettings(_Section):
+    weights: RecallWeights = Field(default_factory=RecallWeights)
+    recency_half_life: float = Field(
+        default=30 * DAY, gt=0, le=100 * 365 * DAY, description="Seconds after which an episode's recency part halves."
+    )
+    keyword_saturation: float = Field(
+        default=2.0,
+        gt=0,
+        le=1000,
+        description="The bm25 at which the keyword part is 0.5; words common in the corpus score near 0, rare ones near 1.",
+    )
+    keyword_max_df: int = Field(
+        default=1000,
+        ge=1,
+        le=100_000_000,
+        description="Query words found in more episodes than this are left out of the keyword match, like stop words "
+        "(they say little about relevance and make the full-text search slow).",
+    )
+    candidate_factor: int = Field(
+        default=4, ge=1, le=100, description="Nearest neighbours fetched per hit asked for (k), before scoring and filters."
+    )
+    min_candidates: int = Field(
+        default=50, ge=1, le=100_000, description="Nearest neighbours (and full-text matches) fetched at least."
+    )
+    exact_filter_limit: int = Field(
+        default=2000,
+        ge=0,
+        le=1_000_000,
+        description="When filters leave at most this many episodes, their similarity is computed exactly over "
+        "all of them instead of filtering approximate neighbours.",
+    )
+
+
+class IndexSettings(_Section):
+    """The per-namespace FAISS index: exact (flat) while small, HNSW once large."""
+
+    hnsw_threshold: int = Field(
+        default=20_000,
+        ge=1,
+        le=100_000_000,
+        description="Vectors in a namespace from which its index becomes HNSW (built in the background); "
+        "below it the index is exact (flat inner product).",
+    )
+    hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW graph degree (M).")
+    hnsw_ef_construction: int = Field(default=64, ge=8, le=4096, description="HNSW efConstruction: build-time beam width.")
+    hnsw_ef_search: int = Field(
+        default=128, ge=8, le=8192, description="HNSW efSearch: query-time beam width (raised to the candidates asked for)."
+    )
+    rebuild_fraction: float = Field(
+        default=0.25,
+        gt=0,
+        le=1,
+        description="Fraction of forgotten (masked) vectors in an HNSW index at which it is rebuilt without them.",
+    )
+    save_interval: float = Field(
+        default=60.0, gt=0, le=86_400, description="Seconds between saves of a changed index to <state_dir>/memory/."
+    )
+    threads: int = Field(
+        default=1,
+        ge=1,
+        le=256,
+        description="OpenMP threads a FAISS search uses. One query at a time is fastest on one thread (more threads "
+        "spin and contend on a busy machine); concurrency comes from concurrent requests.",
+    )
+    build_threads: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="OpenMP threads for adding vectors and building HNSW graphs (batches, which parallelise); 0: one per core.",
+    )
+
+
+class WorkingWeights(_Section):
+    """The eviction score of a working-memory item; the lowest score is evicted first."""
+
+    recency: float = Field(default=0.4, ge=0, le=100, description="Weight of 0.5 ** (idle time / working half-life).")
+    importance: float = Field(default=0.4, ge=0, le=100, description="Weight of importance x attention.")
+    frequency: float = Field(default=0.2, ge=0, le=100, description="Weight of accesses (log-scaled to 0..1).")
+
+
+class WorkingSettings(_Section):
+    max_items: int = Field(default=64, ge=1, le=100_000, description="Items per session; one more evicts the lowest-scored.")
+    max_sessions: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Sessions held at once; one more evicts the least recently used session."
+    )
+    max_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024,
+        le=64 * 1024**3,
+        description="Content bytes held across all sessions; beyond it items of the least recently used sessions are evicted.",
+    )
+    session_ttl: float = Field(
+        default=3600.0, gt=0, le=365 * DAY, description="Seconds a session may stay untouched before it is evicted."
+    )
+    recency_half_life: float = Field(
+        default=600.0, gt=0, le=365 * DAY, description="Seconds of idleness after which an item's recency part halves."
+    )
+    promote_threshold: float = Field(
+        default=0.7,
+        ge=0,
+        le=1.01,
+        description="Evicted items at least this important are remembered as episodes (kind 'working'); "
+        "above 1 disables promotion.",
+    )
+    weights: WorkingWeights = Field(default_factory=WorkingWeights)
+
+
+class GraphSettings(_Section):
+    exclusive_types: list[str] = Field(
+        default_factory=list,
+        description="Relation types that are functional (one destination per source at a time): a new relation "
+        "of such a type retracts the overlapping ones with another destination.",
+    )
+    max_depth: int = Field(default=4, ge=1, le=8, description="Deepest multi-hop query memory.graph.query allows.")
+    max_results: int = Field(
+        default=200, ge=1, le=100_000, description="Neighbours and paths memory.graph.query returns at most."
+    )
+    activation_depth: int = Field(default=2, ge=0, le=6, description="Hops spreading activation travels from its seeds.")
+    activation_decay: float = Field(default=0.5, gt=0, le=1, description="Share of activation that survives each hop.")
+    activation_seeds: int = Field(default=5, ge=1, le=1000, description="Concepts nearest to the query that seed activation.")
+    activation_min_similarity: float = Field(
+        default=0.2, ge=-1, le=1, description="Concepts less similar to the query than this do not seed activation."
+    )
+
+
+class MemorySettings(_Section):
+    """Working, episodic and semantic memory."""
+
+    max_text_bytes: int = Field(
+        default=64 * 1024, ge=16, le=16 * 1024 * 1024, description="Largest episode text or working-memory content (UTF-8 bytes)."
+    )
+    max_items: int = Field(
+        default=1000, ge=1, le=100_000, description="Items one memory.remember, memory.import, get or forget-by-id call may carry."
+    )
+    max_k: int = Field(default=1000, ge=1, le=100_000, description="Largest k (hits) memory.recall returns.")
+    max_tags: int = Field(default=32, ge=0, le=1024, description="Tags per episode.")
+    max_tag_length: int = Field(default=64, ge=1, le=1024, description="Characters per tag.")
+    max_metadata_bytes: int = Field(
+        default=16 * 1024, ge=2, le=16 * 1024 * 1024, description="Largest metadata object of an episode (JSON bytes)."
+    )
+    max_dim: int = Field(default=4096, ge=1, le=65_536, description="Largest vector dimension accepted.")
+    write_queue: int = Field(
+        default=1024, ge=1, le=1_000_000, description="Write requests waiting for the writer; one more waits, then gets -32003."
+    )
+    write_batch: int = Field(
+        default=4096, ge=1, le=1_000_000, description="Episodes committed together at most (group commit of concurrent writes)."
+    )
+    write_wait: float = Field(
+        default=10.0, gt=0, le=600, description="Seconds a write waits for room in the write queue before -32003."
+    )
+    access_flush_interval: float = Field(
+        default=5.0, gt=0, le=3600, description="Seconds between writes of recall access counts (kept in RAM meanwhile)."
+    )
+    purge_delay: float = Field(
+        default=2.0,
+        ge=0,
+        le=3600,
+        description="Seconds after a forget before the full-text index is merged so that no trace of forgotten text "
+        "stays in its segments.",
+    )
+    recall: RecallSettings = Field(default_factory=RecallSettings)
+    index: IndexSettings = Field(default_factory=IndexSettings)
+    working: WorkingSettings = Field(default_factory=WorkingSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+
+    @model_validator(mode="after")
+    def _weights_not_all_zero(self) -> MemorySettings:
+        w = self.recall.weights
+        if w.vector + w.recency + w.importance <= 0:
+            raise ValueError("memory.recall.weights: at least one of vector, recency, importance must be > 0")
+        return self

@@ -1,0 +1,394 @@
+"""Episodes in SQLite: the source of truth of episodic memory (blocking; call from worker threads).
+
+Every query names its namespace. Writers pass the connection of an open transaction
+(:meth:`MemoryDB.transaction`); readers take one from the pool. ``seq`` is the internal key
+(FAISS label, FTS rowid, watermark), ``id`` the public one.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engram.memory.db import MemoryDB
+from engram.memory.filters import SqlFilter
+from engram.memory.vectors import from_blob, to_blob
+
+__all__ = ["EpisodeStore", "Forgotten", "NewEpisode"]
+
+_CHUNK = 900  # bound parameters per IN (...) list, well under SQLite's limit
+
+# Lookups by lists of seqs or ids write "+namespace": without statistics SQLite would rather scan
+# the (namespace, ...) indexes than do the key lookups, which is 10x slower for a recall.
+
+_ROW_COLUMNS = (
+    "e.seq, e.id, e.namespace, e.text, e.text_sha256, e.time, e.recorded_at, e.session, e.kind, e.metadata, "
+    "e.source, e.importance, e.pinned, e.access_count, e.last_access, e.embedder, e.dim"
+)
+
+
+@dataclass(slots=True)
+class NewEpisode:
+    id: str
+    namespace: str
+    text: str
+    text_sha256: str
+    kind: str
+    time: float
+    vector: NDArray[np.float32]
+    embedder: str
+    session: str | None = None
+    metadata: str = "{}"  # JSON text
+    source: str | None = None
+    importance: float = 0.5
+    pinned: bool = False
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Forgotten:
+    seqs: list[int] = field(default_factory=list)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+    relations: int = 0
+    concepts: int = 0
+
+
+_NO_FILTER = SqlFilter()
+
+
+def _chunks(values: Sequence[Any], size: int = _CHUNK) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _row_dict(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
+    (seq, id_, namespace, text, sha, time, recorded_at, session, kind, metadata, source, importance, pinned,
+     access_count, last_access, embedder, dim) = row[:17]
+    return {
+        "seq": seq,
+        "id": id_,
+        "namespace": namespace,
+        "text": text,
+        "text_sha256": sha,
+        "time": time,
+        "recorded_at": recorded_at,
+        "session": session,
+        "kind": kind,
+        "metadata": json.loads(metadata),
+        "source": source,
+        "importance": importance,
+        "pinned": bool(pinned),
+        "access_count": access_count,
+        "last_access": last_access,
+        "embedder": embedder,
+        "dim": dim,
+        "tags": [],
+    }
+
+
+class EpisodeStore:
+    def __init__(self, db: MemoryDB) -> None:
+        self.db = db
+
+    # --- writes (inside a transaction the caller holds) ------------------------------------------
+
+    @staticmethod
+    def insert(conn: sqlite3.Connection, rows: Iterable[NewEpisode], recorded_at: float) -> list[int | None]:
+        """Insert ``rows``; an id that exists already is skipped (None in its place)."""
+        seqs: list[int | None] = []
+        for r in rows:
+            found = conn.execute(
+                "INSERT INTO memory_episodes (id, namespace, session, kind, time, recorded_at, text, text_sha256, "
+                "metadata, source, importance, pinned, embedder, dim, embedding) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING RETURNING seq",
+                (r.id, r.namespace, r.session, r.kind, r.time, recorded_at, r.text, r.text_sha256, r.metadata,
+                 r.source, r.importance, int(r.pinned), r.embedder, int(r.vector.shape[0]), to_blob(r.vector)),
+            ).fetchone()
+            seq = int(found[0]) if found else None
+            seqs.append(seq)
+            if seq is not None and r.tags:
+                conn.executemany("INSERT INTO memory_episode_tags (seq, tag) VALUES (?, ?)", [(seq, t) for t in r.tags])
+        return seqs
+
+    @staticmethod
+    def delete(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int]) -> Forgotten:
+        """Delete episodes (tags, FTS entries and graph links go with them) and the relations
+        learned only from them."""
+        out = Forgotten()
+        touched: set[int] = set()
+        for chunk in _chunks(list(seqs)):
+            marks = _marks(len(chunk))
+            for seq, id_, sha in conn.execute(
+                f"SELECT seq, id, text_sha256 FROM memory_episodes WHERE +namespace = ? AND seq IN ({marks}) ORDER BY seq",
+                (namespace, *chunk),
+            ):
+                out.seqs.append(seq)
+                out.ids.append(id_)
+                out.hashes.append(sha)
+            touched.update(
+                r for (r,) in conn.execute(f"SELECT relation FROM memory_relation_sources WHERE episode IN ({marks})", tuple(chunk))
+            )
+            conn.execute(f"DELETE FROM memory_episodes WHERE +namespace = ? AND seq IN ({marks})", (namespace, *chunk))
+        for chunk in _chunks(sorted(touched)):
+            cur = conn.execute(
+                f"DELETE FROM memory_relations WHERE seq IN ({_marks(len(chunk))}) AND sourced = 1 "
+                "AND NOT EXISTS (SELECT 1 FROM memory_relation_sources s WHERE s.relation = memory_relations.seq)",
+                tuple(chunk),
+            )
+            out.relations += cur.rowcount
+        return out
+
+    @staticmethod
+    def delete_namespace(conn: sqlite3.Connection, namespace: str) -> Forgotten:
+        out = Forgotten()
+        for seq, id_, sha in conn.execute(
+            "SELECT seq, id, text_sha256 FROM memory_episodes WHERE namespace = ? ORDER BY seq", (namespace,)
+        ):
+            out.seqs.append(seq)
+            out.ids.append(id_)
+            out.hashes.append(sha)
+        out.relations = conn.execute("DELETE FROM memory_relations WHERE namespace = ?", (namespace,)).rowcount
+        out.concepts = conn.execute("DELETE FROM memory_concepts WHERE namespace = ?", (namespace,)).rowcount
+        conn.execute("DELETE FROM memory_episodes WHERE namespace = ?", (namespace,))
+        return out
+
+    @staticmethod
+    def add_access(conn: sqlite3.Connection, counts: dict[int, tuple[int, float]]) -> None:
+        conn.executemany(
+            "UPDATE memory_episodes SET access_count = access_count + ?, last_access = max(coalesce(last_access, 0), ?) "
+            "WHERE seq = ?",
+            [(n, last, seq) for seq, (n, last) in counts.items()],
+        )
+
+    # --- reads ---------------------------------------------------------------------------------------
+
+    def resolve(self, namespace: str, ids: Sequence[str]) -> dict[str, int]:
+        """id -> seq for those of ``ids`` that exist in ``namespace``."""
+        found: dict[str, int] = {}
+        with self.db.read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for id_, seq in conn.execute(
+                    f"SELECT id, seq FROM memory_episodes WHERE +namespace = ? AND id IN ({_marks(len(chunk))})",
+                    (namespace, *chunk),
+                ):
+                    found[id_] = seq
+        return found
+
+    def owners(self, ids: Sequence[str]) -> dict[str, str]:
+        """id -> namespace for those of ``ids`` that exist anywhere (imports only)."""
+        found: dict[str, str] = {}
+        with self.db.read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                for id_, namespace in conn.execute(
+                    f"SELECT id, namespace FROM memory_episodes WHERE id IN ({_marks(len(chunk))})", tuple(chunk)
+                ):
+                    found[id_] = namespace
+        return found
+
+    def rows(
+        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = ()
+    ) -> dict[int, dict[str, Any]]:
+        """The episodes among ``seqs`` in ``namespace`` that pass ``flt``, with their tags, and
+        their vectors for the seqs in ``vectors_for``."""
+        want_vec = set(vectors_for)
+        out: dict[int, dict[str, Any]] = {}
+        with self.db.read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(seqs))):
+                for row in conn.execute(
+                    f"SELECT {_ROW_COLUMNS} FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))})"
+                    + flt.sql,
+                    (namespace, *chunk, *flt.args),
+                ):
+                    out[row[0]] = _row_dict(row)
+            found = list(out)
+            for chunk in _chunks(found):
+                marks = _marks(len(chunk))
+                for seq, tag in conn.execute(f"SELECT seq, tag FROM memory_episode_tags WHERE seq IN ({marks}) ORDER BY tag", tuple(chunk)):
+                    out[seq]["tags"].append(tag)
+            need = [s for s in found if s in want_vec]
+            for chunk in _chunks(need):
+                for seq, dim, blob in conn.execute(
+                    f"SELECT seq, dim, embedding FROM memory_episodes WHERE seq IN ({_marks(len(chunk))})", tuple(chunk)
+                ):
+                    out[seq]["vector"] = from_blob(blob, dim)
+        return out
+
+    def facts(
+        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = ()
+    ) -> dict[int, tuple[float, float, NDArray[np.float32] | None]]:
+        """What scoring needs of the episodes among ``seqs`` that pass ``flt``: (time, importance,
+        vector for the seqs in ``vectors_for`` else None)."""
+        want_vec = set(vectors_for)
+        out: dict[int, tuple[float, float, NDArray[np.float32] | None]] = {}
+        with self.db.read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(seqs))):
+                for seq, when, importance in conn.execute(
+                    f"SELECT e.seq, e.time, e.importance FROM memory_episodes e WHERE +e.namespace = ? "
+                    f"AND e.seq IN ({_marks(len(chunk))})" + flt.sql,
+                    (namespace, *chunk, *flt.args),
+                ):
+                    out[seq] = (when, importance, None)
+            need = [s for s in out if s in want_vec]
+            for chunk in _chunks(need):
+                for seq, dim, blob in conn.execute(
+                    f"SELECT seq, dim, embedding FROM memory_episodes WHERE seq IN ({_marks(len(chunk))})", tuple(chunk)
+                ):
+                    when, importance, _ = out[seq]
+                    out[seq] = (when, importance, from_blob(blob, dim))
+        return out
+
+    def filter_seqs(self, namespace: str, flt: SqlFilter, limit: int, include_pinned: bool = True) -> list[int] | None:
+        """Seqs of the episodes passing ``flt``; None when there are more than ``limit``."""
+        pinned = "" if include_pinned else " AND e.pinned = 0"
+        with self.db.read() as conn:
+            found = [
+                seq
+                for (seq,) in conn.execute(
+                    f"SELECT e.seq FROM memory_episodes e WHERE e.namespace = ?{flt.sql}{pinned} LIMIT ?",
+                    (namespace, *flt.args, limit + 1),
+                )
+            ]
+        return None if len(found) > limit else found
+
+    def matching(self, namespace: str, seqs: Sequence[int], flt: SqlFilter) -> set[int]:
+        """Those of ``seqs`` that exist in ``namespace`` and pass ``flt``."""
+        out: set[int] = set()
+        with self.db.read() as conn:
+            for chunk in _chunks(list(seqs)):
+                out.update(
+                    s
+                    for (s,) in conn.execute(
+                        f"SELECT e.seq FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))}){flt.sql}",
+                        (namespace, *chunk, *flt.args),
+                    )
+                )
+        return out
+
+    def keyword(self, namespace: str, terms: Sequence[str], flt: SqlFilter, limit: int, max_df: int) -> list[tuple[int, float]]:
+        """Full-text matches of any of ``terms``, best first, as (seq, -bm25) (larger is better).
+
+        Terms found in more than ``max_df`` episodes are left out, like stop words: they say
+        little about relevance, and ranking the tens of thousands of rows they match would cost
+        more than the rest of a recall. Counting stops at ``max_df + 1``, so the check is cheap."""
+        with self.db.read() as conn:
+            kept = []
+            for term in terms:
+                (found,) = conn.execute(
+                    "SELECT count(*) FROM (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)", (term, max_df + 1)
+                ).fetchone()
+                if 0 < found <= max_df:
+                    kept.append(term)
+            if not kept:
+                return []
+            return [
+                (seq, -score)
+                for seq, score in conn.execute(
+                    "SELECT f.rowid, bm25(memory_fts) AS s FROM memory_fts f JOIN memory_episodes e ON e.seq = f.rowid "
+                    f"WHERE memory_fts MATCH ? AND e.namespace = ?{flt.sql} ORDER BY s LIMIT ?",
+                    (" OR ".join(kept), namespace, *flt.args, limit),
+                )
+            ]
+
+    def page(self, namespace: str, after: int, limit: int, with_vectors: bool) -> tuple[list[dict[str, Any]], int]:
+        """Episodes with seq > ``after``, in seq order, and the namespace's total."""
+        with self.db.read() as conn:
+            seqs = [
+                s
+                for (s,) in conn.execute(
+                    "SELECT seq FROM memory_episodes WHERE namespace = ? AND seq > ? ORDER BY seq LIMIT ?", (namespace, after, limit)
+                )
+            ]
+            total = conn.execute("SELECT count(*) FROM memory_episodes WHERE namespace = ?", (namespace,)).fetchone()[0]
+        rows = self.rows(namespace, seqs, vectors_for=seqs if with_vectors else ())
+        return [rows[s] for s in seqs if s in rows], int(total)
+
+    def stats(self, namespace: str) -> dict[str, Any]:
+        with self.db.read() as conn:
+            episodes, sessions, oldest, newest, pinned = conn.execute(
+                "SELECT count(*), count(DISTINCT session), min(time), max(time), coalesce(sum(pinned), 0) "
+                "FROM memory_episodes WHERE namespace = ?",
+                (namespace,),
+            ).fetchone()
+            kinds = dict(
+                conn.execute("SELECT kind, count(*) FROM memory_episodes WHERE namespace = ? GROUP BY kind ORDER BY kind", (namespace,))
+            )
+            concepts = conn.execute("SELECT count(*) FROM memory_concepts WHERE namespace = ?", (namespace,)).fetchone()[0]
+            active, retracted = conn.execute(
+                "SELECT coalesce(sum(retracted_at IS NULL), 0), coalesce(sum(retracted_at IS NOT NULL), 0) "
+                "FROM memory_relations WHERE namespace = ?",
+                (namespace,),
+            ).fetchone()
+        return {
+            "episodes": episodes,
+            "sessions": sessions,
+            "oldest": oldest,
+            "newest": newest,
+            "pinned": int(pinned),
+            "kinds": kinds,
+            "concepts": concepts,
+            "relations": int(active),
+            "relations_retracted": int(retracted),
+        }
+
+    # --- for the vector index --------------------------------------------------------------------------
+
+    def namespaces(self) -> list[str]:
+        with self.db.read() as conn:
+            return [ns for (ns,) in conn.execute("SELECT DISTINCT namespace FROM memory_episodes ORDER BY namespace")]
+
+    def seqs_of(self, namespace: str) -> NDArray[np.int64]:
+        with self.db.read() as conn:
+            return np.fromiter(
+                (s for (s,) in conn.execute("SELECT seq FROM memory_episodes WHERE namespace = ? ORDER BY seq", (namespace,))),
+                dtype=np.int64,
+            )
+
+    def max_seq(self) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute("SELECT coalesce(max(seq), 0) FROM memory_episodes").fetchone()[0])
+
+    def vectors(self, seqs: Sequence[int], chunk: int = _CHUNK) -> Iterator[tuple[list[int], NDArray[np.float32]]]:
+        """(seqs, [n, dim] vectors) in chunks, for the seqs given (all of one namespace)."""
+        ordered = sorted(int(s) for s in seqs)
+        with self.db.read() as conn:
+            for part in _chunks(ordered, chunk):
+                got: list[int] = []
+                rows: list[NDArray[np.float32]] = []
+                for seq, dim, blob in conn.execute(
+                    f"SELECT seq, dim, embedding FROM memory_episodes WHERE seq IN ({_marks(len(part))}) ORDER BY seq", tuple(part)
+                ):
+                    got.append(seq)
+                    rows.append(from_blob(blob, dim))
+                if got:
+                    yield got, np.vstack(rows)
+
+    def dims(self) -> dict[str, int]:
+        """Namespace -> the dimension of its vectors (the latest episode's)."""
+        with self.db.read() as conn:
+            return {
+                ns: dim
+                for ns, dim in conn.execute(
+                    "SELECT namespace, dim FROM memory_episodes WHERE seq IN (SELECT max(seq) FROM memory_episodes GROUP BY namespace)"
+                )
+            }
+
+    # --- housekeeping --------------------------------------------------------------------------------
+
+    def purge(self) -> None:
+        """Merge the full-text index into one segment, so that the tokens of deleted rows are
+        gone from its b-tree (FTS5 deletes by adding delete markers), and checkpoint the WAL so
+        that old page images of forgotten rows leave the log."""
+        with self.db.write() as conn:
+            conn.execute("INSERT INTO memory_fts (memory_fts) VALUES ('optimize')")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")

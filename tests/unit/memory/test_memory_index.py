@@ -1,0 +1,138 @@
+"""The per-namespace FAISS index: exact and HNSW search, forgetting, persistence, reconciliation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from engram.memory.index import IndexFileError, VectorIndex
+from engram.memory.settings import IndexSettings
+
+
+def unit(rng: np.random.Generator, n: int, dim: int, centres: int = 50, noise: float = 1.0) -> np.ndarray:
+    """Unit vectors scattered around random centres, like embeddings of texts on a few topics."""
+    base = np.random.default_rng(0).normal(size=(centres, dim)).astype(np.float32)
+    rows = base[rng.integers(0, centres, n)] + noise * rng.normal(size=(n, dim)).astype(np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1)
+
+
+def test_exact_search_add_remove(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings())
+    vectors = unit(rng, 200, 16)
+    index.add("a", list(range(1, 201)), vectors)
+    seqs, sims = index.search("a", vectors[9], 3)
+    assert seqs[0] == 10 and sims[0] == pytest.approx(1.0, abs=1e-5)
+    assert index.stats("a")["kind"] == "flat" and index.count("a") == 200 and index.watermark == 200
+    assert index.remove("a", [10, 999]) == 1
+    assert 10 not in index.search("a", vectors[9], 5)[0]
+    got, _ = index.vectors("a", [10, 11])
+    assert got == [11]
+    assert index.search("b", vectors[0], 3)[0].size == 0  # another namespace knows nothing of these
+
+
+def test_hnsw_conversion_keeps_writes_made_during_the_build(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings(hnsw_threshold=500))
+    vectors = unit(rng, 1400, 32)
+    index.add("a", list(range(1, 601)), vectors[:600])
+    assert index.maintenance_due("a") == "convert"
+
+    def during(done: int, total: int) -> None:  # the build runs while others write and forget
+        if done == total:  # more than one swap round's worth, so they are replayed in rounds
+            index.add("a", list(range(601, 1401)), vectors[600:])
+            index.remove("a", [1, 2, 700])
+
+    assert index.rebuild("a", progress=during, chunk=200) == "hnsw"
+    assert index.stats("a")["kind"] == "hnsw" and index.count("a") == 1397
+    assert index.search("a", vectors[1250], 1)[0][0] == 1251
+    assert 1 not in index.search("a", vectors[0], 10)[0] and 700 not in index.search("a", vectors[699], 10)[0]
+
+
+def test_forgotten_hnsw_vectors_are_zeroed_and_never_returned(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings(hnsw_threshold=100, rebuild_fraction=0.5))
+    vectors = unit(rng, 300, 16)
+    index.add("a", list(range(1, 301)), vectors)
+    index.rebuild("a")
+    forgotten = list(range(1, 101))
+    index.remove("a", forgotten)
+    space = index.get("a").space
+    storage = faiss.downcast_index(space.index.storage)
+    data = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * 16).reshape(-1, 16)
+    assert np.count_nonzero(np.abs(data).sum(axis=1) == 0) == 100  # the data is gone, not just hidden
+    for q in vectors[:100]:
+        assert not set(index.search("a", q, 20)[0].tolist()) & set(forgotten)
+    assert index.stats("a")["masked"] == 100 and index.maintenance_due("a") is None
+    index.remove("a", list(range(101, 151)))
+    assert index.maintenance_due("a") == "rebuild"
+    index.rebuild("a")
+    assert index.stats("a") == {"kind": "hnsw", "dim": 16, "vectors": 150, "masked": 0, "building": False}
+
+
+def test_hnsw_recall_at_10_against_exact_search(rng: np.random.Generator) -> None:
+    n, dim = 20_000, 64
+    index = VectorIndex(IndexSettings(hnsw_threshold=1000))
+    vectors = unit(rng, n, dim, centres=200, noise=0.6)
+    index.add("a", list(range(n)), vectors)
+    index.rebuild("a")
+    exact = faiss.IndexFlatIP(dim)
+    exact.add(vectors)
+    queries = unit(np.random.default_rng(9), 200, dim, centres=200, noise=0.6)
+    _, truth = exact.search(queries, 10)
+    recall = np.mean([len(set(index.search("a", q, 10)[0].tolist()) & set(t.tolist())) / 10 for q, t in zip(queries, truth)])
+    assert recall >= 0.95
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_save_and_load_round_trip(tmp_path: Path, rng: np.random.Generator, kind: str) -> None:
+    settings = IndexSettings(hnsw_threshold=100)
+    index = VectorIndex(settings)
+    vectors = unit(rng, 150, 8)
+    index.add("a", list(range(1, 151)), vectors)
+    index.add("b", [200], unit(rng, 1, 4))
+    if kind == "hnsw":
+        index.rebuild("a")
+    index.remove("a", [5])
+    path = tmp_path / "vectors.idx"
+    index.save(path)
+    assert index.changes == 0 and index.saved_watermark == 200
+    loaded = VectorIndex(settings)
+    assert loaded.load(path) == 200
+    assert loaded.stats("a")["kind"] == kind and loaded.count("a") == 149 and loaded.dim("b") == 4
+    assert loaded.search("a", vectors[9], 1)[0][0] == 10
+    assert 5 not in loaded.ids("a")
+
+
+def test_corrupt_truncated_or_missing_files_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings())
+    index.add("a", [1, 2], unit(rng, 2, 8))
+    path = tmp_path / "vectors.idx"
+    index.save(path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (tmp_path / "flipped.idx").write_bytes(bytes(data))
+    (tmp_path / "short.idx").write_bytes(path.read_bytes()[:40])
+    for name in ("flipped.idx", "short.idx", "missing.idx"):
+        with pytest.raises(IndexFileError):
+            VectorIndex(IndexSettings()).load(tmp_path / name)
+
+
+def test_reconcile_adds_missing_rows_and_drops_entries_without_rows(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings())
+    vectors = unit(rng, 10, 8)
+    index.add("a", [1, 2, 3, 4], vectors[:4])  # 3 and 4 were forgotten after the save
+
+    def fetch(seqs):
+        wanted = [s for s in seqs]
+        yield wanted, vectors[[s - 1 for s in wanted]]
+
+    added, dropped = index.reconcile("a", np.array([1, 2, 5, 6], dtype=np.int64), 8, fetch)
+    assert (added, dropped) == (2, 2)
+    assert sorted(index.ids("a").tolist()) == [1, 2, 5, 6]
+    index.reconcile("a", np.array([], dtype=np.int64), 8, fetch)
+    assert index.namespaces() == []
