@@ -1,0 +1,199 @@
+"""``engram policy ...`` and ``engram bench policy``.
+
+``check`` and ``schema`` work on files and need no daemon; the others ask the running daemon.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engram.clitools import EXIT_USAGE, Output, call, client_command, errors, json_option
+
+
+@click.group()
+def policy() -> None:
+    """Who may call what, and which provider may see which data."""
+
+
+@policy.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--base",
+    type=click.Choice(["local-first", "privacy", "none"]),
+    default="local-first",
+    show_default=True,
+    help="Check the files together with this shipped base policy (rule names must be unique across files).",
+)
+@json_option
+def check(files: tuple[Path, ...], base: str, as_json: bool) -> None:
+    """Validate policy FILES (exit 0: valid, 2: invalid, with file:line: key: reason for each problem)."""
+    from engram.policy.loader import PolicyError, check_files, shipped_policy
+
+    sources: list[tuple[Path, str | None]] = [(shipped_policy(base), f"shipped:{base}")] if base != "none" else []
+    sources += [(path, None) for path in files]
+    try:
+        policies = check_files(sources)
+    except PolicyError as exc:
+        if as_json:
+            click.echo(json.dumps({"ok": False, "problems": [issue.as_dict() for issue in exc.issues]}))
+        else:
+            for issue in exc.issues:
+                click.echo(f"engram: {issue}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    checked = [f for f in policies.files if not f.label.startswith("shipped:") or base == "none"]
+    report = {
+        "ok": True,
+        "files": [
+            {"file": f.label, "name": f.name, "rules": len(f.policy.rules), "limits": len(f.policy.limits)} for f in checked
+        ],
+    }
+
+    def human(data: dict[str, Any]) -> None:
+        for f in data["files"]:
+            click.echo(f"{f['file']}: ok ({f['rules']} rules, {f['limits']} limits)")
+
+    Output(as_json).emit(report, human)
+
+
+@policy.command("explain")
+@click.argument("method")
+@click.option("--uid", type=click.IntRange(min=0), help="Whose call (default: yours; others: owner and root only).")
+@click.option("--gid", type=click.IntRange(min=0), help="Its primary gid (default: from the user database).")
+@click.option("--user", help="Its user name (default: from the user database).")
+@click.option("--namespace", help="Explain the namespace decision for this memory namespace.")
+@click.option("--provider", help="Explain the egress decision for this provider.")
+@click.option("--locality", type=click.Choice(["local", "remote"]), help="The provider's locality (default: as installed).")
+@click.option("--model", help="The model at the provider.")
+@click.option("--tag", "tags", multiple=True, help="A data tag of the request (repeatable).")
+@click.option("--payload", help="A sample payload (JSON, or plain text): shown as it would leave, redacted.")
+@client_command
+def explain(
+    method: str,
+    uid: int | None,
+    gid: int | None,
+    user: str | None,
+    namespace: str | None,
+    provider: str | None,
+    locality: str | None,
+    model: str | None,
+    tags: tuple[str, ...],
+    payload: str | None,
+    socket_path: Path | None,
+    as_json: bool,
+    timeout: float,
+) -> None:
+    """What the policy would decide for METHOD, and which rule decides."""
+    if locality is not None and provider is None:
+        raise click.BadParameter("needs --provider", param_hint="--locality")
+    if namespace is not None and provider is not None:
+        raise click.BadParameter("give --namespace or --provider, not both", param_hint="--namespace")
+    params: dict[str, Any] = {"method": method}
+    for key, value in (
+        ("uid", uid), ("gid", gid), ("user", user), ("namespace", namespace), ("provider", provider),
+        ("locality", locality), ("model", model),
+    ):
+        if value is not None:
+            params[key] = value
+    if tags:
+        params["tags"] = list(tags)
+    if payload is not None:
+        try:
+            params["payload"] = json.loads(payload)
+        except ValueError:
+            params["payload"] = payload
+    result = call(socket_path, timeout, "policy.explain", params)
+
+    def human(d: dict[str, Any]) -> None:
+        who = f"uid {d['uid']}" + (f" ({d['user']})" if d["user"] else "")
+        target = {"namespace": f" on namespace {namespace}", "egress": f" to {d.get('locality')} provider {provider}"}.get(d["point"], "")
+        click.echo(f"{d['effect'].upper()}  {method} for {who}{target}")
+        click.echo(f"  decided by   {d['rule']}" + (f"  ({d['policy']})" if d["policy"] else ""))
+        click.echo(f"  reason       {d['reason']}")
+        click.echo(f"  obligations  {', '.join(d['obligations']) or '-'}")
+        matched = ", ".join(f"{m['name']} ({m['effect']})" for m in d["matched"]) or "-"
+        click.echo(f"  matched      {matched}")
+        click.echo(f"  privacy mode {'on' if d['privacy_mode'] else 'off'}")
+        if not d["method_known"]:
+            click.echo("  note         the daemon has no method of that name")
+        if d["point"] == "egress":
+            click.echo(f"  limits       {', '.join(d['limits']) or '-'}")
+            if payload is not None:
+                click.echo(f"  payload      {json.dumps(d['payload'])}")
+
+    Output(as_json).emit(result, human)
+
+
+@policy.command("show")
+@client_command
+def show(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """The policy in force: files, rules, limits, redaction, privacy mode (owner only)."""
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"privacy mode {'on' if d['privacy_mode'] else 'off'} ({d['privacy_source']})")
+        for f in d["files"]:
+            doc = f["document"]
+            click.echo(f"{f['label']}  sha256 {f['sha256'][:16]}")
+            for rule in doc.get("rule", []):
+                extra = ", ".join(
+                    f"{key}={','.join(map(str, rule[key]))}"
+                    for key in ("namespaces", "providers", "locality", "models", "obligations")
+                    if rule.get(key)
+                )
+                click.echo(
+                    f"  {rule['effect']:<5} {rule['name']:<24} {','.join(rule['principals'])} -> {','.join(rule['actions'])}"
+                    + (f"  [{extra}]" if extra else "")
+                    + ("  admin" if rule.get("admin") else "")
+                )
+            for limit in doc.get("limit", []):
+                click.echo(f"  limit {limit['name']:<24} calls={limit['calls']} bytes={limit['bytes']} per {limit['period']:g} s")
+        click.echo(f"redaction: {', '.join(d['redaction_detectors'] + d['redaction_patterns']) or '-'}")
+        for problem in d["reload_problems"]:
+            click.echo(f"last reload FAILED: {problem['file']}:{problem['line']}: {problem['key']}: {problem['message']}")
+
+    Output(as_json).emit(call(socket_path, timeout, "policy.show"), human)
+
+
+@policy.command("reload")
+@client_command
+def reload(socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Load the policy files again (a broken file leaves the previous policy in force; exit 1)."""
+    result = call(socket_path, timeout, "policy.reload")
+    Output(as_json).emit(result, lambda d: click.echo(f"policy reloaded: {d['rules']} rules from {', '.join(d['files'])}"))
+
+
+@policy.command("privacy")
+@click.argument("mode", required=False, type=click.Choice(["on", "off", "default"]))
+@client_command
+def privacy(mode: str | None, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Switch privacy mode on or off (kept across restarts), back to the default, or show it."""
+    result = call(socket_path, timeout, "policy.privacy", {"mode": mode} if mode else None)
+    Output(as_json).emit(result, lambda d: click.echo(f"privacy mode {'on' if d['privacy_mode'] else 'off'} ({d['source']})"))
+
+
+@policy.command("schema")
+def schema() -> None:
+    """Print the JSON Schema of policy files."""
+    from engram.policy.model import PolicyFile
+
+    data = PolicyFile.model_json_schema()
+    data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    data["title"] = "engram policy file"
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+@click.command("policy")
+@click.option("--decisions", "-n", type=click.IntRange(min=1), default=50_000, show_default=True, help="Decisions per measurement.")
+@click.option("--rules", type=click.IntRange(min=0), default=50, show_default=True, help="Grant rules added to the default policy.")
+@click.option("--payload-kib", type=click.IntRange(min=1), default=16, show_default=True, help="Size of the redaction payload.")
+@json_option
+def bench_policy(decisions: int, rules: int, payload_kib: int, as_json: bool) -> None:
+    """Policy decisions and redaction through engram's engine vs simple baselines."""
+    from engram.policy.bench import run_policy_bench
+
+    with errors():
+        report = run_policy_bench(decisions, rules, payload_kib)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

@@ -1,0 +1,523 @@
+"""The Policy part: loads the policy files, enforces them, and answers ``policy.*``.
+
+Enforcement points it serves:
+
+* **dispatch** — :meth:`Policy.method_guard` is the dispatcher's guard: every request is decided
+  before its params are even read; a denial is -32001 with ``data.rule``;
+* **memory** — :meth:`Policy.require_namespace` for the namespace a memory method touches;
+* **router and providers** — :meth:`Policy.authorize_egress` before each provider call: locality,
+  rules, privacy mode, obligations (the payload comes back redacted when it must), limits.
+
+Every decision is counted (``engram_policy_decisions``) and published as ``policy.decision``.
+
+Reload (SIGHUP through :meth:`engram.runtime.Daemon.reload`, or ``policy.reload``) loads every
+file again in a worker thread and swaps the engine only when all of them are valid: a broken file
+leaves the previous policy in force, and says which file, line and key is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import time
+from collections.abc import Callable, Iterable
+from contextvars import ContextVar
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import anyio
+import structlog
+from prometheus_client import Counter
+from prometheus_client.core import GaugeMetricFamily, Metric
+
+from engram.bus import EventBus
+from engram.errors import Conflict, PolicyDenied, StartupError
+from engram.observability.metrics import Metrics
+from engram.policy.api import (
+    ExplainParams,
+    ExplainResult,
+    LoadedPolicy,
+    MatchedRule,
+    PrivacyParams,
+    PrivacyResult,
+    ReloadResult,
+    ShowResult,
+)
+from engram.policy.engine import AccessRequest, Decision, EgressDecision, PolicyEngine, payload_size
+from engram.policy.events import PolicyDecided, PolicyReloaded, PrivacyModeChanged
+from engram.policy.loader import PolicyError, PolicyIssue, PolicySet, load_policy_set
+from engram.policy.model import Locality
+from engram.policy.ratelimit import RateLimiter
+from engram.policy.settings import PolicySettings
+from engram.principal import Principal
+from engram.server.methods import Method, NoParams, RequestContext, rpc
+
+__all__ = ["Policy", "PRIVACY_FILE"]
+
+log = structlog.get_logger("engram.policy")
+
+PRIVACY_FILE = "policy-privacy.json"  # in the state folder: the owner's privacy switch
+
+# The method of the request being served, set by the dispatcher's guard: the guard and the
+# handler run in the same task, so parts deciding later (memory's namespace, an egress) know
+# which method they decide for without being told.
+current_method: ContextVar[str | None] = ContextVar("engram_policy_method", default=None)
+
+
+class Policy:
+    """Async context manager; ``state`` is created, running or closed."""
+
+    def __init__(
+        self,
+        settings: PolicySettings,
+        state_dir: Path,
+        bus: EventBus,
+        metrics: Metrics,
+        *,
+        owner_uid: int | None = None,
+        method_admin: Callable[[str], bool | None] = lambda name: None,
+        provider_locality: Callable[[str], str | None] = lambda name: None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.settings = settings
+        self.state = "created"
+        self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
+        self.privacy_path = state_dir / PRIVACY_FILE
+        self._bus = bus
+        self._method_admin = method_admin
+        self._provider_locality = provider_locality
+        self._now = now
+        self.limiter = RateLimiter(settings.max_buckets, monotonic)
+        self.engine: PolicyEngine | None = None
+        self.loaded_at = 0.0
+        self.override: bool | None = None
+        self.reload_problems: list[PolicyIssue] = []
+        self._reload_lock: anyio.Lock | None = None
+        self._allowed_events: dict[tuple[Any, ...], tuple[Decision, PolicyDecided]] = {}
+        r = metrics.registry
+        self._m_decisions = Counter(
+            "engram_policy_decisions", "Policy decisions, by enforcement point and effect.", ["point", "effect"], registry=r
+        )
+        self._decision_counters = {
+            (point, effect): self._m_decisions.labels(point, effect)
+            for point in ("method", "namespace", "egress")
+            for effect in ("allow", "deny")
+        }
+        self._m_reloads = Counter("engram_policy_reloads", "Policy loads, by outcome.", ["outcome"], registry=r)
+        self._m_redactions = Counter("engram_policy_redactions", "Matches redacted from egress payloads, by kind.", ["kind"], registry=r)
+        self._m_limited = Counter("engram_policy_rate_limited", "Egress refused by a limit, by limit.", ["limit"], registry=r)
+        metrics.add_collector(self._collect)
+
+    # --- lifecycle -------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Policy:
+        self._reload_lock = anyio.Lock()
+        self.override = await anyio.to_thread.run_sync(self._read_override)
+        try:
+            policies = await anyio.to_thread.run_sync(load_policy_set, self.settings)
+        except PolicyError as exc:
+            self._m_reloads.labels("error").inc()
+            self.state = "failed"
+            raise StartupError(f"cannot start: {exc}\nfix the policy file(s), or check them with `engram policy check FILE`") from None
+        self._install(policies)
+        self.state = "running"
+        self._bus.publish(PolicyReloaded(ok=True, trigger="start", files=policies.labels, rules=policies.rule_count))
+        log.info("policy loaded", files=policies.labels, rules=policies.rule_count, privacy_mode=self.privacy_mode)
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        self.state = "closed"
+
+    async def health(self) -> tuple[bool, str]:
+        if self.engine is None:
+            return False, self.state
+        detail = (
+            f"{self.engine.policies.rule_count} rules from {', '.join(self.engine.policies.labels) or 'no files'}; "
+            f"privacy mode {'on' if self.privacy_mode else 'off'}"
+        )
+        if self.reload_problems:
+            return False, f"{detail}; the last reload failed and the previous policy stays in force: {self.reload_problems[0]}"
+        return True, detail
+
+    def _install(self, policies: PolicySet) -> None:
+        self.engine = PolicyEngine(
+            policies,
+            owner_uid=self.owner_uid,
+            privacy=lambda: self.privacy_mode,
+            is_admin=lambda name: bool(self._method_admin(name)),
+            limiter=self.limiter,
+            now=self._now,
+            cache_size=self.settings.decision_cache,
+        )
+        self.loaded_at = time.time()
+        self.reload_problems = []
+        self._m_reloads.labels("ok").inc()
+
+    async def reload(self, settings: PolicySettings | None = None, trigger: str = "rpc") -> PolicySet:
+        """Load the policy files again; on any problem keep the old policy and raise Conflict."""
+        assert self._reload_lock is not None and self.engine is not None
+        async with self._reload_lock:
+            new_settings = settings or self.settings
+            was_private = self.privacy_mode
+            try:
+                policies = await anyio.to_thread.run_sync(load_policy_set, new_settings)
+            except PolicyError as exc:
+                self._m_reloads.labels("error").inc()
+                self.reload_problems = exc.issues
+                problems = [issue.as_dict() for issue in exc.issues]
+                log.error("policy reload refused; the previous policy stays in force", problems=[str(i) for i in exc.issues])
+                self._bus.publish(
+                    PolicyReloaded(
+                        ok=False, trigger=trigger, files=self.engine.policies.labels, rules=self.engine.policies.rule_count,
+                        error=str(exc), problems=problems,
+                    )
+                )
+                raise Conflict(
+                    "policy not reloaded; the previous policy stays in force: " + "; ".join(str(i) for i in exc.issues),
+                    reason="invalid_policy",
+                    problems=problems,
+                ) from None
+            self.settings = new_settings
+            self.limiter.max_buckets = new_settings.max_buckets
+            self._install(policies)
+        log.info("policy reloaded", files=policies.labels, rules=policies.rule_count, trigger=trigger)
+        self._bus.publish(PolicyReloaded(ok=True, trigger=trigger, files=policies.labels, rules=policies.rule_count))
+        if self.privacy_mode != was_private:
+            self._privacy_changed(None)
+        return policies
+
+    # --- privacy mode ----------------------------------------------------------------------------
+
+    @property
+    def privacy_mode(self) -> bool:
+        if self.override is not None:
+            return self.override
+        return self.settings.privacy_mode or (self.engine is not None and self.engine.policies.privacy_mode)
+
+    @property
+    def privacy_source(self) -> str:
+        if self.override is not None:
+            return "override"
+        if self.settings.privacy_mode:
+            return "config"
+        if self.engine is not None and self.engine.policies.privacy_mode:
+            return "policy"
+        return "default"
+
+    def _read_override(self) -> bool | None:
+        try:
+            data = json.loads(self.privacy_path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            # Unreadable: err on the side of privacy rather than silently dropping the switch.
+            log.error("privacy switch unreadable; privacy mode on until it is set again", path=str(self.privacy_path), error=str(exc))
+            return True
+        value = data.get("privacy_mode") if isinstance(data, dict) else None
+        return value if isinstance(value, bool) else None
+
+    def _write_override(self, value: bool | None) -> None:
+        if value is None:
+            self.privacy_path.unlink(missing_ok=True)
+            return
+        tmp = self.privacy_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"privacy_mode": value, "time": time.time()}) + "\n")
+        os.replace(tmp, self.privacy_path)
+
+    def _privacy_changed(self, uid: int | None) -> None:
+        if self.engine is not None:
+            self.engine.forget_cached()
+        log.warning("privacy mode changed", privacy_mode=self.privacy_mode, source=self.privacy_source, uid=uid)
+        self._bus.publish(PrivacyModeChanged(enabled=self.privacy_mode, source=self.privacy_source, uid=uid))
+
+    # --- decisions (the enforcement points) --------------------------------------------------------
+
+    def _engine(self) -> PolicyEngine:
+        if self.engine is None:
+            raise PolicyDenied("the policy is not loaded yet", reason="policy_unavailable")
+        return self.engine
+
+    def _event(
+        self, decision: Decision, request: AccessRequest, redactions: dict[str, int] | None = None
+    ) -> PolicyDecided:
+        return PolicyDecided.model_construct(
+            time=time.time(),
+            point=decision.point,
+            effect=decision.effect,
+            rule=decision.rule,
+            policy=decision.policy,
+            reason=decision.reason,
+            principal=request.principal,
+            method=request.action,
+            namespace=request.namespace,
+            provider=request.provider,
+            locality=request.locality,
+            obligations=sorted(decision.obligations),
+            redactions=redactions or {},
+            audit=decision.audit,
+        )
+
+    def _record(self, decision: Decision, request: AccessRequest, redactions: dict[str, int] | None = None) -> None:
+        self._decision_counters[(decision.point, decision.effect)].inc()
+        self._bus.publish(self._event(decision, request, redactions))
+        if not decision.allowed:
+            log.info("policy denied", point=decision.point, rule=decision.rule, method=request.action, uid=request.principal.uid)
+
+    async def method_guard(self, principal: Principal, method: Method) -> None:
+        """The dispatcher's guard: may ``principal`` call ``method``? Raises PolicyDenied if not."""
+        decision = self._engine().authorize_method(principal, method.name, method.owner_only)
+        if decision.allowed:
+            # The hot path: the same client calling the same method gets the same (cached)
+            # decision; its event is a copy of the last one with a new time, which costs half
+            # of building it field by field.
+            key = (principal.uid, principal.gid, principal.pid, principal.user, method.name)
+            last = self._allowed_events.get(key)
+            if last is not None and last[0] is decision:
+                event = last[1].model_copy(update={"time": time.time()})
+            else:
+                event = self._event(decision, AccessRequest("method", principal, method.name, method.owner_only))
+                if len(self._allowed_events) >= 4096:
+                    self._allowed_events.clear()
+                self._allowed_events[key] = (decision, event)
+            self._decision_counters[("method", "allow")].inc()
+            self._bus.publish(event)
+            current_method.set(method.name)
+            return
+        request = AccessRequest("method", principal, method.name, method.owner_only)
+        self._record(decision, request)
+        raise decision.denial(request)
+
+    def authorize_namespace(self, principal: Principal, method: str | None, namespace: str) -> Decision:
+        """May ``principal``, calling ``method`` (default: the request being served), use ``namespace``?"""
+        method = method or current_method.get()
+        # Outside a request (no method known) only the namespace rules speak, for memory.* as a whole.
+        action = method or "memory.*"
+        decision = self._engine().authorize_namespace(principal, action, namespace, check_method=method is not None)
+        self._record(decision, AccessRequest("namespace", principal, action, namespace=namespace))
+        return decision
+
+    def namespace_allowed(self, principal: Principal, namespace: str) -> bool:
+        """The memory part's namespace check (``NamespacePolicy.allowed``), decided by the policy."""
+        return self.authorize_namespace(principal, None, namespace).allowed
+
+    def require_namespace(self, principal: Principal, method: str | None, namespace: str) -> Decision:
+        """:meth:`authorize_namespace`, raising PolicyDenied (naming the rule) when denied."""
+        decision = self.authorize_namespace(principal, method, namespace)
+        if not decision.allowed:
+            action = method or current_method.get() or "memory.*"
+            raise decision.denial(AccessRequest("namespace", principal, action, namespace=namespace))
+        return decision
+
+    def locality_of(self, provider: str, declared: Locality | None = None) -> Locality:
+        """Remote when the caller or the installed provider says so, or when nobody knows."""
+        known = self._provider_locality(provider)
+        if declared is None and known is None:
+            return "remote"
+        return "remote" if "remote" in (declared, known) else "local"
+
+    async def authorize_egress(
+        self,
+        principal: Principal,
+        *,
+        method: str | None = None,
+        provider: str,
+        locality: Locality | None = None,
+        model: str | None = None,
+        data_tags: Iterable[str] = (),
+        payload: Any = None,
+    ) -> EgressDecision:
+        """For the router and providers, before each call: may this data go to ``provider``?
+
+        ``locality`` is what the caller believes; the installed provider's own declaration is
+        checked too, and either saying remote makes it remote (unknown: remote). When allowed,
+        ``decision.payload`` is what may be sent (redacted when an obligation says so) and a
+        token was taken from each matching limit; when denied, ``decision.error()`` is the
+        -32001 to answer with. Never raises for a denial (see :meth:`require_egress`).
+        """
+        return await self._egress(principal, method, provider, locality, model, data_tags, payload, consume=True)
+
+    async def require_egress(
+        self,
+        principal: Principal,
+        *,
+        method: str | None = None,
+        provider: str,
+        locality: Locality | None = None,
+        model: str | None = None,
+        data_tags: Iterable[str] = (),
+        payload: Any = None,
+    ) -> EgressDecision:
+        """:meth:`authorize_egress`, raising PolicyDenied when denied."""
+        decision = await self._egress(principal, method, provider, locality, model, data_tags, payload, consume=True)
+        if not decision.allowed:
+            raise decision.error()
+        return decision
+
+    async def _egress(
+        self,
+        principal: Principal,
+        method: str | None,
+        provider: str,
+        declared: Locality | None,
+        model: str | None,
+        data_tags: Iterable[str],
+        payload: Any,
+        *,
+        consume: bool,
+        record: bool = True,
+    ) -> EgressDecision:
+        engine = self._engine()
+        method = method or current_method.get()
+        if method is None:
+            raise ValueError("an egress decision outside a request needs method=")
+        locality = self.locality_of(provider, declared)
+        request, decision = engine.decide_egress(
+            principal, method=method, provider=provider, locality=locality, model=model, data_tags=data_tags
+        )
+        redact = decision.allowed and "redact" in decision.obligations and payload is not None
+
+        def prepare(payload: Any) -> tuple[Any, dict[str, int], int]:
+            redactions: dict[str, int] = {}
+            if redact:
+                payload, redactions = engine.redactor.redact(payload)
+            return payload, redactions, payload_size(payload)
+
+        # Text is measured in O(1); a big text or any structure (serialized to be measured) is
+        # redacted and measured in a worker thread, off the event loop.
+        small = payload is None or (
+            isinstance(payload, (str, bytes)) and len(payload) <= self.settings.inline_redaction_bytes
+        )
+        if small:
+            payload, redactions, size = prepare(payload)
+        else:
+            payload, redactions, size = await anyio.to_thread.run_sync(prepare, payload)
+        result = engine.finish_egress(request, decision, payload, redactions, consume, size)
+        if record:
+            self._record(result, request, result.redactions)
+            for kind, count in result.redactions.items():
+                self._m_redactions.labels(kind).inc(count)
+            if result.rule.startswith("limit:"):
+                self._m_limited.labels(result.rule.removeprefix("limit:")).inc()
+        return result
+
+    # --- metrics ---------------------------------------------------------------------------------
+
+    def _collect(self) -> Iterable[Metric]:
+        rules = GaugeMetricFamily("engram_policy_rules", "Policy rules in force, by enforcement point.", labels=["point"])
+        if self.engine is not None:
+            for point, compiled in self.engine.rules.items():
+                rules.add_metric([point], len(compiled))
+        yield rules
+        yield GaugeMetricFamily("engram_policy_privacy_mode", "1 while privacy mode is on.", value=1.0 if self.privacy_mode else 0.0)
+        yield GaugeMetricFamily("engram_policy_buckets", "Rate-limit buckets in use.", value=len(self.limiter))
+
+    # --- RPC methods -----------------------------------------------------------------------------
+
+    def _owner(self, principal: Principal) -> bool:
+        return principal.uid in (self.owner_uid, 0)
+
+    @rpc(
+        "policy.explain",
+        summary="What the policy would decide for a call (method, namespace or egress) and which rule decides.",
+        audit=False,
+    )
+    async def explain(self, ctx: RequestContext, params: ExplainParams) -> ExplainResult:
+        caller = ctx.principal
+        uid = caller.uid if params.uid is None else params.uid
+        if uid != caller.uid and not self._owner(caller):
+            raise PolicyDenied(
+                "only the owner and root may explain decisions about other uids",
+                reason="policy_denied", rule="owner-only", method="policy.explain", uid=caller.uid,
+            )
+        gid, user = params.gid, params.user
+        if uid == caller.uid:
+            gid = caller.gid if gid is None else gid
+            user = caller.user if user is None else user
+        else:
+            try:
+                entry = pwd.getpwuid(uid)
+                gid = entry.pw_gid if gid is None else gid
+                user = entry.pw_name if user is None else user
+            except KeyError:
+                gid = uid if gid is None else gid
+        principal = Principal(uid=uid, gid=gid, pid=None, user=user)
+        engine = self._engine()
+        admin = self._method_admin(params.method)
+        extra: dict[str, Any] = {}
+        if params.provider is not None:
+            decision = await self._egress(
+                principal, params.method, params.provider, params.locality, params.model, params.tags, params.payload,
+                consume=False, record=False,
+            )
+            extra = {
+                "locality": decision.locality,
+                "limits": sorted({s.limit for s in engine.limits_for(principal, params.provider, decision.locality or "remote")}),
+                "payload": decision.payload,
+                "redactions": decision.redactions,
+            }
+        elif params.namespace is not None:
+            decision = engine.authorize_namespace(principal, params.method, params.namespace)
+        else:
+            decision = engine.decide(AccessRequest("method", principal, params.method, bool(admin)))
+        return ExplainResult(
+            point=decision.point,
+            effect=decision.effect,
+            rule=decision.rule,
+            policy=decision.policy,
+            reason=decision.reason,
+            obligations=sorted(decision.obligations),
+            matched=[MatchedRule(name=m.name, effect=m.effect, policy=m.policy) for m in decision.matched],
+            privacy_mode=decision.privacy_mode,
+            uid=uid,
+            gid=gid,
+            user=user,
+            method_known=admin is not None,
+            admin_method=bool(admin),
+            **extra,
+        )
+
+    @rpc("policy.reload", summary="Load the policy files again; a broken file leaves the previous policy in force.", owner_only=True)
+    async def reload_method(self, ctx: RequestContext, params: NoParams) -> ReloadResult:
+        policies = await self.reload(trigger="rpc")
+        return ReloadResult(files=policies.labels, rules=policies.rule_count, privacy_mode=self.privacy_mode)
+
+    @rpc("policy.privacy", summary="Switch privacy mode on or off (kept across restarts), or report it.", owner_only=True)
+    async def privacy(self, ctx: RequestContext, params: PrivacyParams) -> PrivacyResult:
+        if params.mode is not None:
+            value = {"on": True, "off": False, "default": None}[params.mode]
+            before = self.privacy_mode, self.override
+            await anyio.to_thread.run_sync(self._write_override, value)
+            self.override = value
+            if (self.privacy_mode, self.override) != before:
+                self._privacy_changed(ctx.principal.uid)
+        return PrivacyResult(
+            privacy_mode=self.privacy_mode,
+            source=self.privacy_source,
+            override=self.override,
+            config=self.settings.privacy_mode,
+            policy=self.engine is not None and self.engine.policies.privacy_mode,
+        )
+
+    @rpc("policy.show", summary="The policy in force: files, rules, limits, redaction, privacy mode.", owner_only=True, audit=False)
+    async def show(self, ctx: RequestContext, params: NoParams) -> ShowResult:
+        engine = self._engine()
+        files = engine.policies.files
+        return ShowResult(
+            base=self.settings.base,
+            files=[LoadedPolicy(label=f.label, path=str(f.path), sha256=f.sha256, document=f.policy) for f in files],
+            rules=engine.policies.rule_count,
+            limits=len(engine.limits),
+            privacy_mode=self.privacy_mode,
+            privacy_source=self.privacy_source,
+            redaction_detectors=engine.redactor.detectors,
+            redaction_patterns=[p.name for p in engine.redactor.patterns],
+            loaded_at=self.loaded_at,
+            reload_problems=[issue.as_dict() for issue in self.reload_problems],
+            buckets=len(self.limiter),
+        )

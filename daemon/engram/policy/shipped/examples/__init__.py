@@ -1,0 +1,1 @@
+"""Commented example policy files (package data; ``policies/examples/`` mirrors them)."""
