@@ -16,6 +16,10 @@ from typing import Any
 import click
 
 from engram import __version__
+from engram.audit.cli import audit, bench_audit
+from engram.inference.cli import bench_infer, models
+from engram.memory.cli import bench_memory, memory
+from engram.policy.cli import bench_policy, policy
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
@@ -359,6 +363,16 @@ def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json
     with errors():
         report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+main.add_command(audit)
+bench.add_command(bench_audit)
+main.add_command(models)
+bench.add_command(bench_infer)
+main.add_command(policy)
+bench.add_command(bench_policy)
+main.add_command(memory)
+bench.add_command(bench_memory)
 
 
 if __name__ == "__main__":

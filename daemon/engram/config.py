@@ -35,6 +35,10 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from engram.audit.settings import AuditSettings
+from engram.inference.settings import InferenceSettings
+from engram.memory.settings import MemorySettings
+from engram.policy.settings import PolicySettings
 from engram.errors import ConfigError
 
 __all__ = [
@@ -160,6 +164,10 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    audit: AuditSettings = Field(default_factory=AuditSettings)
+    inference: InferenceSettings = Field(default_factory=InferenceSettings)
+    memory: MemorySettings = Field(default_factory=MemorySettings)
+    policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("state_dir", "socket", mode="after")
     @classmethod

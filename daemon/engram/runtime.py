@@ -2,7 +2,8 @@
 
 Start order (each part is an async context manager; each is up before the next starts)::
 
-    state lock -> database -> plugins -> RPC server (binds the socket) -> READY=1
+    state lock -> database -> audit log -> policy -> inference -> memory -> plugins
+               -> RPC server (binds the socket) -> READY=1
 
 Nothing reaches across parts except through what is wired here. Shutdown runs the other way:
 SIGTERM/SIGINT stop the server from accepting, in-flight requests get ``server.drain_timeout``
@@ -27,15 +28,25 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engram import __version__, systemd
+from engram.audit.events import AUDIT_EVENTS
+from engram.audit.log import AuditLog
+from engram.audit.methods import AuditMethods
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, DaemonStopping
 from engram.bus.methods import EventMethods
 from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
+from engram.inference.events import MODEL_EVENTS
+from engram.inference.service import Inference
+from engram.memory.embedding import InferenceEmbedder
+from engram.memory.events import MEMORY_EVENTS
+from engram.memory.service import Memory
 from engram.observability.logging import configure_logging
 from engram.observability.metrics import Metrics
 from engram.observability.tracing import build_tracer_provider, tracer
 from engram.plugins.manager import PluginManager
+from engram.policy.events import POLICY_EVENTS
+from engram.policy.service import Policy
 from engram.server.dispatch import Dispatcher
 from engram.server.methods import MethodTable, collect
 from engram.server.server import RPCServer
@@ -45,7 +56,17 @@ from engram.system import Check, SystemMethods
 log = structlog.get_logger("engram.daemon")
 
 # Settings that are read once at start; a reload reports them instead of applying them.
-RESTART_REQUIRED = ("state_dir", "socket", "server.socket_group", "storage", "plugins", "tracing")
+RESTART_REQUIRED = (
+    "state_dir",
+    "socket",
+    "server.socket_group",
+    "storage",
+    "plugins",
+    "tracing",
+    "audit",
+    "inference",
+    "memory",
+)
 
 
 class Part(Protocol):
@@ -112,17 +133,47 @@ class Daemon:
         self.methods = MethodTable()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
-        self.essential_parts = ("database", "server")
+        self.essential_parts = ("database", "server", "audit")
+        self.bus.declare(*AUDIT_EVENTS, *POLICY_EVENTS, *MODEL_EVENTS, *MEMORY_EVENTS)
         self.database = Database(settings.database_path, settings.storage.busy_timeout)
+        busy = settings.storage.busy_timeout
+        self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy)
+        self.policy = Policy(
+            settings.policy,
+            settings.state_dir,
+            self.bus,
+            self.metrics,
+            method_admin=lambda name: method.owner_only if (method := self.methods.get(name)) else None,
+            provider_locality=lambda name: getattr(self.plugins.providers().get(name), "locality", None),
+        )
+        self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics)
+        self.memory = Memory(
+            settings.memory,
+            settings.state_dir,
+            settings.database_path,
+            self.bus,
+            self.metrics,
+            embedder=InferenceEmbedder(self.inference),
+            busy_timeout=busy,
+        )
+        self.memory.namespaces.allowed = self.policy.namespace_allowed  # who may read which namespace
         self.plugins = PluginManager(settings.plugins, self.bus)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,
+            "audit": self.audit,  # right after the database: it records what every later part does
+            "policy": self.policy,  # before anything that serves or sends data: it decides who may
+            "inference": self.inference,
+            "memory": self.memory,  # after inference: it embeds with the default model
             "plugins": self.plugins,
         }
         self.dispatcher = Dispatcher(
             self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server
         )
+        # The policy decides every call; its default keeps owner-only methods owner-only and a
+        # policy can grant them explicitly, so it takes the place of the built-in owner check.
+        self.dispatcher.guards = [self.policy.method_guard]
+        self.dispatcher.recorder = self.audit  # audited requests are answered only once recorded
         self.server = RPCServer(
             settings.socket_path,
             lambda: self.settings.server,
@@ -130,9 +181,16 @@ class Daemon:
             self.bus,
             self.metrics,
         )
-        self.methods.add(collect(SystemMethods(self)))
-        self.methods.add(collect(EventMethods(self.bus)))
-        self.methods.add(collect(self.plugins))
+        for part in (
+            SystemMethods(self),
+            EventMethods(self.bus),
+            AuditMethods(self.audit),
+            self.policy,
+            self.inference,
+            self.memory,
+            self.plugins,
+        ):
+            self.methods.add(collect(part))
         self.metrics.add_collector(self._collect_metrics)
         self._stopping = False
         self._server_done: anyio.Event | None = None  # created in run(): anyio needs the loop
@@ -149,6 +207,9 @@ class Daemon:
             if (health := getattr(part, "health", None)) is not None:
                 ok, detail = await health()
                 checks[name] = Check(ok=ok, detail=detail)
+            if (more := getattr(part, "health_checks", None)) is not None:  # a part may report several
+                for check, (ok, detail) in (await more()).items():
+                    checks[check] = Check(ok=ok, detail=detail)
         checks["server"] = Check(ok=self.server.state == "serving", detail=self.server.state)
         for info in await self.plugins.infos():
             if info.state == "failed":
@@ -275,12 +336,14 @@ class Daemon:
                 "server": new.server.model_copy(update={"socket_group": self.settings.server.socket_group}),
                 "bus": new.bus,
                 "log": new.log,
+                "policy": new.policy,
             }
         )
         self.bus.default_queue = self.settings.bus.subscriber_queue
         configure_logging(self.settings.log)
         log.info("configuration reloaded", changed=live, restart_required=restart)
         self.bus.publish(ConfigReloaded(ok=True, changed=live, restart_required=restart))
+        await self.policy.reload(new.policy, trigger="reload")  # a broken file: Conflict, the old policy stays
         return live, restart
 
 

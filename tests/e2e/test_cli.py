@@ -32,7 +32,7 @@ def test_status_ping_health_plugins(daemon):
     assert health.returncode == 0 and "status: ok" in health.stdout
     plugins = engram("plugins", "list", *sock)
     assert plugins.returncode == 0 and "no provider plugins installed" in plugins.stdout
-    assert json.loads(engram("plugins", "list", "--json", *sock).stdout) == {"plugins": []}
+    assert json.loads(engram("plugins", "list", "--json", *sock).stdout)["plugins"] == []
     topics = engram("events", *sock)
     assert "request.completed" in topics.stdout.split()
 

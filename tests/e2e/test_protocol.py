@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import time
 
@@ -24,9 +25,11 @@ def test_core_methods_answer(daemon):
         assert health["status"] == "ok" and health["checks"]["database"]["ok"]
         metrics = client.call("system.metrics")
         assert 'engram_requests_total{method="system.ping",outcome="ok"} 1.0' in metrics["text"]
-        assert client.call("plugins.list") == {"plugins": []}
+        assert client.call("plugins.list")["plugins"] == []
         assert "request.completed" in client.call("events.topics")["topics"]
-        assert client.call("system.reload") == {"changed": [], "restart_required": []}
+        reload = client.call("system.reload")
+        assert reload["changed"] == [] and reload["restart_required"] == []
+        assert reload["audit_seq"] >= 1  # reloads are audited
 
 
 def test_positional_params_and_ids(daemon):
@@ -209,8 +212,11 @@ def test_connection_limit_answers_overloaded(make_daemon):
             break
         except Exception:
             time.sleep(0.05)
+    # At least the one above; the retries just before may have been refused too while the five
+    # closed connections were still being torn down.
     metrics = daemon.call("system.metrics")["text"]
-    assert "engram_connections_refused_total 1.0" in metrics
+    refused = re.search(r"^engram_connections_refused_total (\S+)$", metrics, re.M)
+    assert refused and float(refused[1]) >= 1
 
 
 def test_per_connection_concurrency_limit(make_daemon, plugin_env):

@@ -1,0 +1,30 @@
+"""``engram bench infer`` at a tiny size: both sides measured, ratios printed, nothing failed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from engram.inference.tiny_bert import create_tiny_bert
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_infer_smoke(tmp_path):
+    bert = create_tiny_bert(tmp_path / "tiny")
+    args = [sys.executable, "-m", "engram.cli", "bench", "infer", "--requests", "24", "--concurrency", "1,4",
+            "--source", str(bert), "--threads", "1"]
+    out = subprocess.run([*args, "--json"], capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["benchmark"] == "infer" and report["model"] == "bench-embedder" and report["threads"] == 1
+    rows = {(r["target"], r["concurrency"]): r for r in report["rows"]}
+    assert set(rows) == {("engramd", 1), ("engramd", 4), ("baseline", 1)}
+    for row in rows.values():
+        assert row["requests"] == 24 and row["errors"] == 0 and row["throughput"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
+    assert [r["concurrency"] for r in report["ratios"]] == [1, 4]
+    assert all(r["throughput_ratio"] > 0 for r in report["ratios"])
+    table = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
+    assert table.returncode == 0 and "baseline" in table.stdout and "ratio = engramd / baseline" in table.stdout
