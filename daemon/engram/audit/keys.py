@@ -22,6 +22,7 @@ import structlog
 
 from engram.audit.note import NoteError, Signer, Verifier, generate_signer
 from engram.errors import StartupError
+from engram.storage.files import replace_durably
 
 __all__ = ["KEY_FILE", "PUB_FILE", "AuditKeys", "read_verifier_keys"]
 
@@ -40,16 +41,7 @@ def _write_atomic(path: Path, text: str, mode: int) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    try:
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    replace_durably(tmp, path)
 
 
 def read_verifier_keys(path: Path) -> list[Verifier]:

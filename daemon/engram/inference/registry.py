@@ -47,6 +47,7 @@ from engram.inference.manifest import (
     check_model_name,
 )
 from engram.inference.onnx_info import NotOnnx, OnnxInfo, inspect_onnx
+from engram.storage.files import fsync_directory
 
 __all__ = ["ModelRegistry", "copy_hashed", "default_import_cache_dir"]
 
@@ -222,7 +223,7 @@ class ModelRegistry:
             trash = self.root / f"{_TRASH_PREFIX}{manifest.name}-{secrets.token_hex(4)}"
             os.rename(target, trash)
         os.rename(staged, target)
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         if trash is not None:
             shutil.rmtree(trash, ignore_errors=True)
 
@@ -234,7 +235,7 @@ class ModelRegistry:
         self.manifest(name)  # NotFound for an unknown name
         trash = self.root / f"{_TRASH_PREFIX}{name}-{secrets.token_hex(4)}"
         os.rename(self.folder(name), trash)
-        _fsync_dir(self.root)
+        fsync_directory(self.root)
         shutil.rmtree(trash, ignore_errors=True)
 
     # --- adding an ONNX file --------------------------------------------------------------------
@@ -471,14 +472,6 @@ def _check_labels(labels: list[str], task: Task) -> None:
         raise InvalidParams("labels: only classify models have labels", field="labels")
     if not labels or len(set(labels)) != len(labels):
         raise InvalidParams("labels: give each class name once", field="labels")
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _identity(path: Path, with_ctime: bool = True) -> list[int]:

@@ -49,6 +49,7 @@ import structlog
 from numpy.typing import NDArray
 
 from engram.memory.settings import IndexSettings
+from engram.storage.files import replace_durably
 
 __all__ = ["FILE_NAME", "IndexFileError", "NamespaceIndex", "VectorIndex"]
 
@@ -491,15 +492,10 @@ class VectorIndex:
                 out.write(digest.digest())
                 out.flush()
                 os.fsync(out.fileno())
-            os.replace(tmp, path)
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        replace_durably(tmp, path)
         with self._lock:
             self.saved_watermark, self.saved_at = watermark, time.time()
             self.changes -= changes
