@@ -563,11 +563,15 @@ class Memory:
         moved = [i for i in ids if i not in owners]
         if moved and len(moved) < len(ids):
             owners.update(await self._thread(self.episodic.store.owners, moved))
-        todo = [n for n, i in enumerate(ids) if owners.get(i) != namespace]
+        new_positions = [n for n, i in enumerate(ids) if owners.get(i) != namespace]
         imported = 0
-        if todo:
+        if new_positions:
             rows = await self.episodic.prepare(
-                namespace, [params.items[n] for n in todo], "items", ids=[ids[n] for n in todo], positions=todo
+                namespace,
+                [params.items[n] for n in new_positions],
+                "items",
+                ids=[ids[n] for n in new_positions],
+                positions=new_positions,
             )
             seqs = await self.episodic.write(rows)
             imported = sum(1 for s in seqs if s is not None)
@@ -733,15 +737,15 @@ class Memory:
             names.setdefault(concept_key(r.src), r.src)
             names.setdefault(concept_key(r.dst), r.dst)
         have = await self._thread(self.graph.keys_with_vectors, namespace, list(names.values()))
-        todo = [(k, n) for k, n in names.items() if k not in have]
-        if not todo:
+        missing = [(k, n) for k, n in names.items() if k not in have]
+        if not missing:
             return {}
         try:
-            rows = await embedder.embed([n for _, n in todo])
+            rows = await embedder.embed([n for _, n in missing])
         except Exception as exc:  # noqa: BLE001 - concepts work without vectors; activation just cannot find them
             log.warning("concept names not embedded", namespace=namespace, error=getattr(exc, "message", str(exc)))
             return {}
-        return {k: rows[i] for i, (k, _) in enumerate(todo)}
+        return {k: rows[i] for i, (k, _) in enumerate(missing)}
 
     @rpc("memory.graph.query", summary="A concept's neighbours and multi-hop paths, as of a time.")
     async def graph_query(self, ctx: RequestContext, params: GraphQueryParams) -> GraphQueryResult:
