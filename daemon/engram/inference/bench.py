@@ -3,7 +3,7 @@
 The daemon side: N clients (raw asyncio streams, one connection each, one ``infer.embed`` of one
 text at a time) for each concurrency level, so dynamic batching can coalesce what arrives
 together. The baseline: a plain loop of tokenize + ``session.run`` at batch 1 in this process, on
-the same ONNX file with the same session options (threads, optimization level, no spinning). Both
+the same ONNX file with the same session options (threads, optimization level, spinning). Both
 run in the same invocation, on the same texts; the ratio is daemon / baseline throughput.
 """
 
