@@ -110,6 +110,10 @@ def engramd(state_dir: Path | None, socket_path: Path | None, config_file: Path 
 # --- daemon state ---------------------------------------------------------------------------
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 def _print_status(status: dict[str, Any]) -> None:
     parts = ", ".join(f"{p['name']} {p['state']}" for p in status["parts"])
     lines = [
@@ -119,7 +123,7 @@ def _print_status(status: dict[str, Any]) -> None:
         f"parts        {parts}",
         f"connections  {status['connections']} open, {status['connections_accepted']} accepted",
         f"requests     {status['requests_in_flight']} in flight",
-        f"events       {status['events_published']} published, {len(status['subscriptions'])} subscriptions",
+        f"events       {status['events_published']} published, {_count(len(status['subscriptions']), 'subscription')}",
     ]
     for sub in status["subscriptions"]:
         lines.append(
