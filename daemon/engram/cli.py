@@ -7,6 +7,7 @@ configuration error, 3 the daemon could not be reached.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,8 +36,18 @@ from engram.errors import ConfigError, StartupError
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="engram")
-def main() -> None:
+@click.option(
+    "--socket",
+    "socket_path",
+    type=click.Path(path_type=Path),
+    help="Daemon socket for every command (also accepted after the command name).",
+)
+def main(socket_path: Path | None) -> None:
     """engram: a local-first cognitive daemon, and the client to talk to it."""
+    if socket_path is not None:
+        # Every command reads ENGRAM_SOCKET (client commands through their own --socket option,
+        # the daemon through its settings), so `engram --socket S status` means what it says.
+        os.environ["ENGRAM_SOCKET"] = str(socket_path)
 
 
 # --- serve --------------------------------------------------------------------------------
@@ -244,6 +255,10 @@ def events(
         fail(EXIT_UNREACHABLE, f"event stream ended after {seen} event(s): {stream._stream.closed_reason}")
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
 @main.command("call")
 @click.argument("method")
 @click.argument("params", required=False)
@@ -251,7 +266,7 @@ def events(
 def call_method(method: str, params: str | None, socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Call any RPC METHOD with PARAMS given as JSON (object or array)."""
     try:
-        parsed = json.loads(params) if params else None
+        parsed = json.loads(params, parse_constant=_no_constant) if params else None
     except ValueError as exc:
         raise click.BadParameter(f"not JSON: {exc}", param_hint="PARAMS") from None
     Output(True).emit(call(socket_path, timeout, method, parsed))

@@ -54,6 +54,7 @@ def test_exit_codes(daemon, state_dir):
     remote = engram("call", "no.such", *sock)
     assert remote.returncode == 1 and "-32601" in remote.stderr
     assert engram("call", "system.ping", "{not json", *sock).returncode == 2
+    assert engram("call", "system.ping", '{"echo": NaN}', *sock).returncode == 2
     assert engram("status", "--bogus-flag").returncode == 2
     unreachable = engram("status", "--socket", str(state_dir.parent / "absent.sock"))
     assert unreachable.returncode == 3 and "absent.sock" in unreachable.stderr

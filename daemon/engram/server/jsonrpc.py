@@ -67,6 +67,11 @@ def _check(obj: Any) -> Message:
     return Request(method=method, params=params, id=request_id)
 
 
+def _reject_constant(name: str) -> Any:
+    # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and neither do we.
+    raise ValueError(f"{name} is not a JSON value")
+
+
 def parse_frame(frame: bytes) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
@@ -74,7 +79,7 @@ def parse_frame(frame: bytes) -> tuple[list[Message], bool]:
     or oversized batch (both answered with a single error whose id is null).
     """
     try:
-        obj = json.loads(frame)
+        obj = json.loads(frame, parse_constant=_reject_constant)
     except (UnicodeDecodeError, ValueError) as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
     if isinstance(obj, list):

@@ -43,3 +43,9 @@ def test_encoding_is_one_ascii_line():
     assert line.endswith(b"\n") and line.count(b"\n") == 1 and line.isascii()
     with pytest.raises(ValueError):
         encode({"result": float("nan")})
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_constants_are_parse_errors(constant):
+    with pytest.raises(ParseError):
+        parse_frame(b'{"jsonrpc": "2.0", "id": 1, "method": "m", "params": [' + constant + b"]}")
