@@ -27,6 +27,7 @@ def unstarted_daemon():
 
 def render_schemas() -> dict[str, str]:
     from engram.config import Settings
+    from engram.policy.model import PolicyFile
 
     daemon = unstarted_daemon()
     files: dict[str, str] = {}
@@ -51,6 +52,10 @@ def render_schemas() -> dict[str, str]:
             },
         }
     )
+    policy_schema = PolicyFile.model_json_schema()
+    policy_schema["$schema"] = DIALECT
+    policy_schema["title"] = "engram policy file (TOML)"
+    files["policy.json"] = _dump(policy_schema)
     config_schema = Settings.model_json_schema()
     config_schema["$schema"] = DIALECT
     config_schema["title"] = "engram configuration (TOML file or ENGRAM_* environment)"
