@@ -56,7 +56,7 @@ __all__ = [
 
 # The parsed configuration file of the load_settings() call in progress; a source of its own so
 # that it ranks below the environment (pydantic-settings ranks init arguments above everything).
-_file_data: ContextVar[dict[str, Any]] = ContextVar("engram_config_file_data", default={})
+_file_data: ContextVar[dict[str, Any] | None] = ContextVar("engram_config_file_data", default=None)
 
 # sun_path is 108 bytes on Linux and 104 on macOS, including the terminating NUL.
 MAX_UNIX_PATH = 103
@@ -185,7 +185,7 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         # Flags, then environment, then the TOML file. No .env: a file in whatever folder the
         # daemon happens to start from must not change its behaviour.
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_file_data.get()))
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_file_data.get() or {}))
 
     @property
     def socket_path(self) -> Path:

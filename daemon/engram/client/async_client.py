@@ -284,7 +284,7 @@ class AsyncClient:
         ids = [next(self._ids) for _ in calls]
         message = [
             {"jsonrpc": "2.0", "id": i, "method": method, **({"params": params} if params is not None else {})}
-            for i, (method, params) in zip(ids, calls)
+            for i, (method, params) in zip(ids, calls, strict=True)
         ]
         results: list[Any] = []
         for response in await self._roundtrip(ids, message, timeout):

@@ -84,7 +84,7 @@ def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None) -> B
                 reason="too_many_params",
                 field=None,
             )
-        raw = dict(zip(names, raw))
+        raw = dict(zip(names, raw, strict=False))  # fewer positional params than fields is fine
     try:
         return method.params.model_validate(raw or {})
     except ValidationError as exc:
