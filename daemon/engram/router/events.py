@@ -1,0 +1,44 @@
+"""Bus events of the router. Topics start with ``route.``, which the audit log records."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from engram.bus.events import Event
+
+__all__ = ["ROUTER_EVENTS", "RouteCalibrated", "RouteDecided", "RouteReset"]
+
+
+class RouteDecided(Event):
+    topic = "route.decision"
+    decision: str = Field(description="Decision id (route.feedback refers to it).")
+    route: str
+    mode: str = Field(description="The mode in force: fast, slow, auto or cascade.")
+    taken: str = Field(description="Where the answer came from: cache, fast or slow.")
+    target: str = Field(description="The target (or, for cache, the target that made the cached answer).")
+    escalated: bool
+    agreed: bool | None = Field(default=None, description="Whether fast and slow agreed, when both ran.")
+    confidence: float | None = Field(default=None, description="The fast target's confidence, when it ran.")
+    p_slow: float = Field(description="The assessor's probability that the slow path was needed.")
+    features: dict[str, float]
+    reason: str
+    request: int | None = Field(default=None, description="The daemon's serial number of the request.")
+
+
+class RouteReset(Event):
+    topic = "route.reset"
+    route: str
+    cache_cleared: int = Field(description="Cached answers removed.")
+    uid: int | None = None
+
+
+class RouteCalibrated(Event):
+    topic = "route.calibrated"
+    route: str
+    threshold: float | None = None
+    auto_threshold: float | None = None
+    target: str = Field(description="What was calibrated for, e.g. slow_share=0.3 or agreement=0.99.")
+    samples: int
+
+
+ROUTER_EVENTS: tuple[type[Event], ...] = (RouteDecided, RouteReset, RouteCalibrated)

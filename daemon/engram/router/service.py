@@ -1,0 +1,602 @@
+"""The router part: ``route.run`` and the learning around it.
+
+For each request: features (features.py) -> System 1 (the pattern cache, cache.py) -> the route's
+mode decides the path -> fast and/or slow target -> agreement, learning, a ``route.decision``
+event, and the answer with its route, confidence, features and a one-line reason.
+
+Targets are ``model:<name>`` (the inference registry; classify routes feed a tensor to the model,
+embed routes embed text) or ``provider:<name>``. Provider targets answer -32005 (reason
+``provider_unavailable``): the daemon has no provider calls that the router could make yet.
+
+The router's tables (migration 0004_router) are used through one own SQLite connection in a
+worker thread (capacity 1): every statement is short, and the event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Self, TypeVar
+
+import anyio
+import numpy as np
+import structlog
+from prometheus_client import Counter, Histogram
+
+from engram.bus import EventBus
+from engram.errors import (
+    Conflict,
+    IntegrityError,
+    InvalidParams,
+    NotFound,
+    RPCError,
+    Timeout,
+    Unavailable,
+)
+from engram.inference import codec
+from engram.inference.api import B64Tensor, ListTensor
+from engram.inference.service import Inference
+from engram.observability.metrics import LATENCY_BUCKETS, Metrics
+from engram.router.api import (
+    CacheProvenance,
+    RouteCalibrateParams,
+    RouteCalibrateResult,
+    RouteConsolidateParams,
+    RouteConsolidateResult,
+    RouteFeedbackParams,
+    RouteFeedbackResult,
+    RouteNameParams,
+    RouteResetParams,
+    RouteResetResult,
+    RouteRunParams,
+    RouteRunResult,
+    RouteStats,
+    RouteStatsResult,
+)
+from engram.router.assessor import Assessor
+from engram.router.cache import CacheHit, PatternCache
+from engram.router.calibrate import calibrate
+from engram.router.cascade import agreement, confidence, probabilities, score_output
+from engram.router.events import RouteCalibrated, RouteDecided, RouteReset
+from engram.router.features import (
+    NoveltyWindow,
+    input_hash,
+    sketch_tensor,
+    sketch_text,
+    tensor_features,
+    text_features,
+)
+from engram.router.settings import RouterSettings, RouteSettings
+from engram.server.methods import RequestContext, rpc
+
+__all__ = ["Router"]
+
+log = structlog.get_logger("engram.router")
+
+T = TypeVar("T")
+
+DECISIONS_KEPT = 20_000  # rows of router_decisions kept per route (feedback and calibration window)
+_SEEN_KEPT = 4096  # input hashes remembered per route for the "seen" feature
+
+
+class TargetDown(Exception):
+    def __init__(self, target: str, error: RPCError) -> None:
+        super().__init__(error.message)
+        self.target, self.error = target, error
+
+
+@dataclass
+class _RouteStats:
+    requests: int = 0
+    taken: dict[str, int] = field(default_factory=lambda: {"cache": 0, "fast": 0, "slow": 0})
+    escalated: int = 0
+    both_ran: int = 0
+    agreed: int = 0
+    errors: int = 0
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=10_000))
+
+
+@dataclass
+class _RouteState:
+    settings: RouteSettings
+    window: NoveltyWindow
+    seen: OrderedDict[str, None] = field(default_factory=OrderedDict)
+    stats: _RouteStats = field(default_factory=_RouteStats)
+    explore_counter: int = 0
+    threshold: float | None = None  # calibrated overrides
+    auto_threshold: float | None = None
+    calibrated: str | None = None
+
+
+class Router:
+    """Async context manager; ``state`` is created, running or closed."""
+
+    def __init__(
+        self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, inference: Inference,
+        busy_timeout: float = 5.0,
+    ) -> None:
+        self.settings = settings
+        self.state = "created"
+        self._path = database_path
+        self._busy = busy_timeout
+        self._bus = bus
+        self._inference = inference
+        self._conn: sqlite3.Connection | None = None
+        self._limiter: anyio.CapacityLimiter | None = None
+        self.assessor: Assessor | None = None
+        self.cache: PatternCache | None = None
+        self.routes = {
+            r.name: _RouteState(r, NoveltyWindow(settings.learning.novelty_window)) for r in settings.routes
+        }
+        reg = metrics.registry
+        self._decisions = Counter("engram_route_decisions", "Routed requests, by route and source of the answer.",
+                                  ["route", "taken"], registry=reg)
+        self._escalations = Counter("engram_route_escalations", "Requests escalated from the fast to the slow target.",
+                                    ["route"], registry=reg)
+        self._disagreements = Counter("engram_route_disagreements", "Requests where fast and slow disagreed.", ["route"],
+                                      registry=reg)
+        self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
+                                  buckets=LATENCY_BUCKETS, registry=reg)
+
+    # --- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        self._limiter = anyio.CapacityLimiter(1)
+        await self._db(self._open)
+        self.state = "running"
+        log.info("router ready", routes=sorted(self.routes))
+        return self
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=self._busy)
+        conn.execute(f"PRAGMA busy_timeout = {int(self._busy * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL: a learned step may be lost on power loss, never corrupt
+        self._conn = conn
+        self.assessor = Assessor(conn, self.settings.learning)
+        self.cache = PatternCache(conn, self.settings.cache)
+        for name, state in self.routes.items():
+            row = conn.execute(
+                "SELECT threshold, auto_threshold, target FROM router_thresholds WHERE route = ?", (name,)
+            ).fetchone()
+            if row is not None:
+                state.threshold, state.auto_threshold, state.calibrated = row
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._conn is not None:
+            conn, self._conn = self._conn, None
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
+        self.state = "closed"
+
+    async def _db(self, func: Callable[..., T], *args: Any) -> T:
+        return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
+
+    async def health(self) -> tuple[bool, str]:
+        return self.state == "running", f"{len(self.routes)} routes"
+
+    def _route(self, name: str) -> _RouteState:
+        state = self.routes.get(name)
+        if state is None:
+            raise NotFound(f"route {name!r} is not configured (router.routes)", reason="unknown_route", route=name)
+        return state
+
+    # --- targets ---------------------------------------------------------------------------------
+
+    async def _call(self, route: RouteSettings, target: str, array: np.ndarray | None, text: str | None) -> dict[str, np.ndarray]:
+        kind, _, name = target.partition(":")
+        if kind == "provider":
+            raise TargetDown(target, Unavailable(
+                f"target {target}: provider targets cannot be called by the router yet (no provider call API)",
+                reason="provider_unavailable", target=target,
+            ))
+        try:
+            with anyio.fail_after(self.settings.target_timeout):
+                if route.task == "classify":
+                    assert array is not None
+                    return await self._classify(route, name, array)
+                if route.task == "embed":
+                    assert text is not None
+                    embedded = await self._inference.embed([text], name, "b64")
+                    return {"vectors": codec.decode(codec.WireTensor(**embedded.vectors.model_dump()), "vectors")}
+                raise TargetDown(target, Unavailable(
+                    f"target {target}: task generate needs a provider target", reason="provider_unavailable", target=target
+                ))
+        except TimeoutError:
+            raise TargetDown(target, Timeout(f"target {target} did not answer within {self.settings.target_timeout:g} s",
+                                             reason="target_timeout", target=target)) from None
+        except InvalidParams as exc:
+            field_name = "tensor" if route.task == "classify" else "text"
+            raise InvalidParams(f"{field_name}: target {target} rejected the input: {exc.message}", field=field_name,
+                                reason=exc.reason, target=target) from None
+        except (NotFound, Unavailable, IntegrityError) as exc:
+            raise TargetDown(target, exc) from None
+
+    async def _classify(self, route: RouteSettings, model: str, array: np.ndarray) -> dict[str, np.ndarray]:
+        loaded = await self._inference.cache.get(model)
+        inputs = [spec.name for spec in loaded.manifest.inputs]
+        name = route.input or (inputs[0] if len(inputs) == 1 else None)
+        if name is None or name not in inputs:
+            raise InvalidParams(f"model {model!r} has inputs {inputs}; set the route's input", field="tensor")
+        wire = codec.WireTensor(**codec.encode(array, "b64"))
+        outputs = await self._inference.run(model, {name: wire}, None, "b64")
+        return {k: codec.decode(codec.WireTensor(**v.model_dump()), k) for k, v in outputs.items()}
+
+    async def _call_or_fallback(
+        self, route: RouteSettings, which: str, array: np.ndarray | None, text: str | None, notes: list[str]
+    ) -> tuple[str, dict[str, np.ndarray]]:
+        """Run the ``which`` (fast/slow) target; on a down target, the other one per the route's fallback."""
+        target = route.fast if which == "fast" else route.slow
+        try:
+            return which, await self._call(route, target, array, text)
+        except TargetDown as down:
+            other = "slow" if which == "fast" else "fast"
+            if route.fallback != "other":
+                raise Unavailable(f"route {route.name}: {down.error.message}", reason="target_down", target=target) from None
+            notes.append(f"{which} target down ({down.error.reason}), fell back to {other}")
+            log.warning("route target down; falling back", route=route.name, target=target, error=down.error.message)
+            try:
+                return other, await self._call(route, route.slow if other == "slow" else route.fast, array, text)
+            except TargetDown as both:
+                raise Unavailable(
+                    f"route {route.name}: both targets are down ({down.error.message}; {both.error.message})",
+                    reason="target_down", target=target,
+                ) from None
+
+    def _judge(self, route: RouteSettings, outputs: dict[str, np.ndarray]) -> tuple[float | None, float | None]:
+        if route.task != "classify":
+            return None, None
+        name = score_output(outputs, route.output)
+        if name is None:
+            return None, None
+        return confidence(probabilities(outputs[name]), route.confidence)
+
+    # --- route.run ---------------------------------------------------------------------------------
+
+    @rpc("route.run", summary="Route a request: pattern cache, fast target, slow target or the cascade between them.")
+    async def route_run(self, ctx: RequestContext, params: RouteRunParams) -> RouteRunResult:
+        state = self._route(params.route)
+        route = state.settings
+        started = time.perf_counter()
+        try:
+            result = await self._run(ctx, state, params)
+        except RPCError:
+            state.stats.errors += 1
+            raise
+        elapsed = time.perf_counter() - started
+        state.stats.latencies.append(elapsed)
+        self._seconds.labels(route.name).observe(elapsed)
+        return result
+
+    async def _run(self, ctx: RequestContext, state: _RouteState, params: RouteRunParams) -> RouteRunResult:
+        route = state.settings
+        assert self.assessor is not None and self.cache is not None
+        array: np.ndarray | None = None
+        text = params.text
+        if route.task == "classify":
+            if params.tensor is None:
+                raise InvalidParams(f"tensor: route {route.name} (task classify) takes a tensor", field="tensor")
+            array = codec.decode(params.tensor, "tensor")
+            payload = f"{array.dtype.str}{array.shape}".encode() + np.ascontiguousarray(array).tobytes()
+            features, sketch = tensor_features(array), sketch_tensor(array)
+        else:
+            if text is None:
+                raise InvalidParams(f"text: route {route.name} (task {route.task}) takes text", field="text")
+            payload = text.encode()
+            features, sketch = text_features(text), sketch_text(text)
+        key = input_hash(route.name, payload)
+        features["bias"] = 1.0
+        features["novelty"] = state.window.novelty(sketch)
+        features["seen"] = 1.0 if key in state.seen else 0.0
+        features.update(has_conf=0.0, low_conf=0.0, low_margin=0.0)
+        state.window.add(sketch)
+        state.seen[key] = None
+        state.seen.move_to_end(key)
+        while len(state.seen) > _SEEN_KEPT:
+            state.seen.popitem(last=False)
+        mode = params.mode or route.mode
+        decision = "rt_" + uuid.uuid4().hex[:20]
+        use_cache = params.use_cache and route.cache and self.settings.cache.enabled and mode != "slow"
+
+        # System 1: a remembered answer.
+        vector: np.ndarray | None = None
+        if use_cache:
+            hit = await self._db(self.cache.exact, route.name, key)
+            if hit is None and text is not None and self.settings.cache.semantic:
+                vector = await self._text_vector(text)
+                if vector is not None:
+                    hit = await self._db(self.cache.semantic, route.name, vector)
+            if hit is not None:
+                return await self._from_cache(ctx, state, mode, decision, features, hit, params.output_format)
+
+        p_pre = await self._p_slow(route.name, features)
+        threshold = params.threshold if params.threshold is not None else self._threshold(state, mode)
+        notes: list[str] = []
+        fast_out: dict[str, np.ndarray] | None = None
+        slow_out: dict[str, np.ndarray] | None = None
+        conf: float | None = None
+        p_slow = p_pre
+        escalated = False
+        if mode == "fast":
+            taken, out = await self._call_or_fallback(route, "fast", array, text, notes)
+            reason = "mode fast"
+        elif mode == "slow":
+            taken, out = await self._call_or_fallback(route, "slow", array, text, notes)
+            reason = "mode slow"
+        elif mode == "auto" and p_pre >= route.direct_slow:
+            taken, out = await self._call_or_fallback(route, "slow", array, text, notes)
+            reason = f"auto: p_slow {p_pre:.3f} >= direct_slow {route.direct_slow:g} before the fast target ran"
+        else:
+            taken, out = await self._call_or_fallback(route, "fast", array, text, notes)
+            if taken == "fast":
+                fast_out = out
+                conf, margin = self._judge(route, out)
+                if conf is not None:
+                    features.update(has_conf=1.0, low_conf=1.0 - conf, low_margin=1.0 - (margin if margin is not None else conf))
+                p_slow = await self._p_slow(route.name, features)
+                if mode == "cascade":
+                    doubt = conf is None or conf < threshold or threshold >= 1.0
+                    reason = (
+                        f"cascade: confidence {conf:.3f} {'<' if doubt else '>='} threshold {threshold:g}"
+                        if conf is not None else "cascade: the fast target reports no confidence"
+                    )
+                else:
+                    doubt = p_slow > threshold or threshold >= 1.0
+                    reason = f"auto: p_slow {p_slow:.3f} {'>' if doubt else '<='} threshold {threshold:g}"
+                explore = False
+                if not doubt and self.settings.learning.explore > 0:
+                    state.explore_counter += 1
+                    if state.explore_counter * self.settings.learning.explore >= 1.0:
+                        state.explore_counter, explore = 0, True
+                if doubt or explore:
+                    try:
+                        slow_out = await self._call(route, route.slow, array, text)
+                    except TargetDown as down:
+                        if route.fallback != "other":
+                            raise Unavailable(f"route {route.name}: {down.error.message}", reason="target_down",
+                                              target=route.slow) from None
+                        notes.append(f"slow target down ({down.error.reason}), kept the fast answer")
+                    else:
+                        if doubt:
+                            taken, out, escalated = "slow", slow_out, True
+                        else:
+                            reason += "; slow also ran to keep learning (router.learning.explore)"
+            else:
+                reason = f"{mode}: fast target down"
+        agreed = agreement(route.task, fast_out, slow_out, route.output) if fast_out is not None and slow_out is not None else None
+        if agreed is not None:
+            await self._db(self.assessor.update, route.name, features, not agreed)
+        if notes:
+            reason += "; " + "; ".join(notes)
+        target = route.fast if taken == "fast" else route.slow
+        labels = self._labels(route, out)
+        await self._db(self._record, decision, route.name, taken, features, conf, p_slow, agreed)
+        if use_cache:
+            if vector is None and text is not None and self.settings.cache.semantic:
+                vector = await self._text_vector(text)
+            answer = {"outputs": {k: codec.encode(v, "b64") for k, v in out.items()}, "labels": labels}
+            await self._db(self.cache.put, route.name, key, decision, target, answer, vector)
+        self._count(state, taken, escalated, agreed)
+        self._publish(ctx, decision, route.name, mode, taken, target, escalated, agreed, conf, p_slow, features, reason)
+        return RouteRunResult(
+            decision=decision, route=route.name, mode=mode, taken=taken, target=target, escalated=escalated, agreed=agreed,
+            confidence=None if conf is None else round(conf, 6), p_slow=round(p_slow, 6), features=_rounded(features),
+            reason=reason, labels=labels, outputs=_wire(out, params.output_format),
+        )
+
+    async def _p_slow(self, route: str, features: dict[str, float]) -> float:
+        assert self.assessor is not None
+        if self.assessor.loaded(route):  # pure arithmetic on weights in memory: no thread hop
+            return self.assessor.probability(route, features)
+        return await self._db(self.assessor.probability, route, features)
+
+    async def _text_vector(self, text: str) -> np.ndarray | None:
+        try:
+            embedded = await self._inference.embed([text], None, "b64")
+        except RPCError as exc:
+            log.debug("no semantic cache lookup: embedding failed", error=exc.message)
+            return None
+        return codec.decode(codec.WireTensor(**embedded.vectors.model_dump()), "vectors")[0]
+
+    async def _from_cache(
+        self, ctx: RequestContext, state: _RouteState, mode: str, decision: str, features: dict[str, float], hit: CacheHit,
+        fmt: str,
+    ) -> RouteRunResult:
+        route = state.settings
+        assert self.assessor is not None
+        p_slow = await self._p_slow(route.name, features)
+        out = {k: codec.decode(codec.WireTensor(**v), k) for k, v in hit.answer["outputs"].items()}
+        reason = f"cache: {hit.kind} repeat of decision {hit.decision}" + (
+            f" (similarity {hit.similarity:.3f})" if hit.kind == "semantic" else ""
+        )
+        await self._db(self._record, decision, route.name, "cache", features, None, p_slow, None)
+        self._count(state, "cache", False, None)
+        self._publish(ctx, decision, route.name, mode, "cache", hit.target, False, None, None, p_slow, features, reason)
+        return RouteRunResult(
+            decision=decision, route=route.name, mode=mode, taken="cache", target=hit.target, escalated=False, agreed=None,
+            confidence=None, p_slow=round(p_slow, 6), features=_rounded(features), reason=reason,
+            labels=hit.answer.get("labels"), outputs=_wire(out, fmt),
+            cached=CacheProvenance(kind=hit.kind, decision=hit.decision, target=hit.target, created_at=hit.created_at,
+                                   similarity=round(hit.similarity, 6)),
+        )
+
+    def _threshold(self, state: _RouteState, mode: str) -> float:
+        if mode == "auto":
+            return state.auto_threshold if state.auto_threshold is not None else state.settings.auto_threshold
+        return state.threshold if state.threshold is not None else state.settings.threshold
+
+    @staticmethod
+    def _labels(route: RouteSettings, out: dict[str, np.ndarray]) -> list[int] | None:
+        if route.task != "classify":
+            return None
+        name = score_output(out, route.output)
+        return None if name is None else [int(i) for i in out[name].argmax(axis=1)]
+
+    def _record(self, decision: str, route: str, taken: str, features: dict[str, float], conf: float | None,
+                p_slow: float, agreed: bool | None) -> None:
+        assert self._conn is not None
+        self._conn.execute(
+            "INSERT INTO router_decisions (id, route, time, taken, features, confidence, p_slow, agreed) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (decision, route, time.time(), taken, json.dumps(features), conf, p_slow, None if agreed is None else int(agreed)),
+        )
+        if self.routes[route].stats.requests % 1000 == 0:  # trim now and then, not on every request
+            self._conn.execute(
+                "DELETE FROM router_decisions WHERE route = ? AND id IN (SELECT id FROM router_decisions WHERE route = ? "
+                "ORDER BY time DESC LIMIT -1 OFFSET ?)",
+                (route, route, DECISIONS_KEPT),
+            )
+
+    def _count(self, state: _RouteState, taken: str, escalated: bool, agreed: bool | None) -> None:
+        stats = state.stats
+        stats.requests += 1
+        stats.taken[taken] += 1
+        name = state.settings.name
+        self._decisions.labels(name, taken).inc()
+        if escalated:
+            stats.escalated += 1
+            self._escalations.labels(name).inc()
+        if agreed is not None:
+            stats.both_ran += 1
+            stats.agreed += int(agreed)
+            if not agreed:
+                self._disagreements.labels(name).inc()
+
+    def _publish(self, ctx: RequestContext, decision: str, route: str, mode: str, taken: str, target: str, escalated: bool,
+                 agreed: bool | None, conf: float | None, p_slow: float, features: dict[str, float], reason: str) -> None:
+        self._bus.publish(RouteDecided(
+            decision=decision, route=route, mode=mode, taken=taken, target=target, escalated=escalated, agreed=agreed,
+            confidence=conf, p_slow=p_slow, features=_rounded(features), reason=reason, request=ctx.request,
+        ))
+        log.debug("routed", route=route, decision=decision, taken=taken, reason=reason)
+
+    # --- stats, feedback, learning ------------------------------------------------------------------
+
+    @rpc("route.stats", summary="Per route: counts, escalation rate, agreement rate and latency since start.", audit=False)
+    async def route_stats(self, ctx: RequestContext, params: RouteNameParams) -> RouteStatsResult:
+        names = [self._route(params.route).settings.name] if params.route else sorted(self.routes)
+        assert self.assessor is not None
+        out = []
+        for name in names:
+            state = self.routes[name]
+            s, r = state.stats, state.settings
+            weights = await self._db(self.assessor.snapshot, name)
+            lat = np.asarray(s.latencies, dtype=np.float64) * 1000
+            latency = (
+                {"mean": round(float(lat.mean()), 3), "p50": round(float(np.percentile(lat, 50)), 3),
+                 "p99": round(float(np.percentile(lat, 99)), 3)} if lat.size else {}
+            )
+            n = max(s.requests, 1)
+            out.append(RouteStats(
+                route=name, mode=r.mode, fast=r.fast, slow=r.slow, threshold=self._threshold(state, "cascade"),
+                auto_threshold=self._threshold(state, "auto"), calibrated=state.calibrated, requests=s.requests,
+                taken=dict(s.taken), escalation_rate=round(s.escalated / n, 6), slow_share=round(s.taken["slow"] / n, 6),
+                agreement_rate=round(s.agreed / s.both_ran, 6) if s.both_ran else None, both_ran=s.both_ran,
+                errors=s.errors, latency_ms=latency, assessor_updates=weights.updates, consolidations=weights.consolidations,
+            ))
+        return RouteStatsResult(routes=out)
+
+    @rpc("route.feedback", summary="Tell the router whether an answer was right; answers of the fast target teach the assessor.")
+    async def route_feedback(self, ctx: RequestContext, params: RouteFeedbackParams) -> RouteFeedbackResult:
+        def lookup() -> tuple[str, str, str] | None:
+            assert self._conn is not None
+            return self._conn.execute(
+                "SELECT route, taken, features FROM router_decisions WHERE id = ?", (params.decision,)
+            ).fetchone()
+
+        row = await self._db(lookup)
+        if row is None:
+            raise NotFound(f"decision: no decision {params.decision!r} is remembered", reason="unknown_decision",
+                           field="decision")
+        route, taken, features_json = row
+        features = json.loads(features_json)
+        assert self.assessor is not None and self._conn is not None
+        conn = self._conn
+        await self._db(lambda: conn.execute("UPDATE router_decisions SET feedback = ? WHERE id = ?",
+                                            ("correct" if params.correct else "wrong", params.decision)))
+        learned = taken == "fast" and route in self.routes
+        if learned:
+            p = await self._db(self.assessor.update, route, features, not params.correct)
+        else:
+            p = await self._db(self.assessor.probability, route, features)
+        return RouteFeedbackResult(decision=params.decision, route=route, learned=learned, p_slow_before=round(p, 6))
+
+    async def consolidate(self, route: str | None = None) -> list[str]:
+        """Fold the fast weights into the slow weights (the sleep cycle calls this)."""
+        assert self.assessor is not None
+        routes = await self._db(self.assessor.consolidate, route)
+        log.info("router weights consolidated", routes=routes)
+        return routes
+
+    @rpc("route.consolidate", summary="Fold the assessor's online (fast) weights into its slow weights now.", owner_only=True)
+    async def route_consolidate(self, ctx: RequestContext, params: RouteConsolidateParams) -> RouteConsolidateResult:
+        if params.route:
+            self._route(params.route)
+        return RouteConsolidateResult(routes=await self.consolidate(params.route))
+
+    @rpc("route.reset", summary="Return a route's assessor to the prior weights and drop calibrated thresholds.", owner_only=True)
+    async def route_reset(self, ctx: RequestContext, params: RouteResetParams) -> RouteResetResult:
+        state = self._route(params.route)
+        assert self.assessor is not None and self.cache is not None and self._conn is not None
+        conn, cache, assessor = self._conn, self.cache, self.assessor
+
+        def work() -> int:
+            assessor.reset(params.route)
+            conn.execute("DELETE FROM router_thresholds WHERE route = ?", (params.route,))
+            return cache.clear(params.route) if params.cache else 0
+
+        cleared = await self._db(work)
+        state.threshold = state.auto_threshold = state.calibrated = None
+        log.info("route reset", route=params.route, cache_cleared=cleared, uid=ctx.principal.uid)
+        self._bus.publish(RouteReset(route=params.route, cache_cleared=cleared, uid=ctx.principal.uid))
+        return RouteResetResult(route=params.route, cache_cleared=cleared)
+
+    @rpc("route.calibrate", summary="Set a route's thresholds from its recorded decisions, for a target slow share or agreement.",
+         owner_only=True)
+    async def route_calibrate(self, ctx: RequestContext, params: RouteCalibrateParams) -> RouteCalibrateResult:
+        state = self._route(params.route)
+        assert self.assessor is not None and self._conn is not None
+        conn, assessor = self._conn, self.assessor
+
+        def work() -> tuple[float, float, int, float, str]:
+            rows = conn.execute(
+                "SELECT features, confidence, agreed FROM router_decisions WHERE route = ? AND confidence IS NOT NULL "
+                "ORDER BY time DESC LIMIT ?", (params.route, DECISIONS_KEPT),
+            ).fetchall()
+            conf = np.array([r[1] for r in rows], dtype=np.float64)
+            p = np.array([assessor.probability(params.route, json.loads(r[0])) for r in rows], dtype=np.float64)
+            agreed = np.array([-1 if r[2] is None else r[2] for r in rows], dtype=np.int64)
+            result = calibrate(conf, p, agreed, slow_share=params.slow_share, agreement=params.agreement)
+            target = f"slow_share={params.slow_share:g}" if params.slow_share is not None else f"agreement={params.agreement:g}"
+            conn.execute(
+                "INSERT OR REPLACE INTO router_thresholds (route, threshold, auto_threshold, target, calibrated_at) VALUES (?, ?, ?, ?, ?)",
+                (params.route, result.threshold, result.auto_threshold, target, time.time()),
+            )
+            return result.threshold, result.auto_threshold, len(rows), result.expected_slow_share, target
+
+        try:
+            threshold, auto_threshold, samples, share, target = await self._db(work)
+        except ValueError as exc:
+            raise Conflict(f"route {params.route}: {exc}", reason="too_few_outcomes") from None
+        state.threshold, state.auto_threshold, state.calibrated = threshold, auto_threshold, target
+        log.info("route calibrated", route=params.route, threshold=threshold, auto_threshold=auto_threshold, target=target)
+        self._bus.publish(RouteCalibrated(route=params.route, threshold=threshold, auto_threshold=auto_threshold,
+                                          target=target, samples=samples))
+        return RouteCalibrateResult(route=params.route, threshold=threshold, auto_threshold=auto_threshold, samples=samples,
+                                    expected_slow_share=round(share, 6))
+
+
+def _rounded(features: dict[str, float]) -> dict[str, float]:
+    return {k: round(float(v), 6) for k, v in sorted(features.items())}
+
+
+def _wire(out: dict[str, np.ndarray], fmt: str) -> dict[str, B64Tensor | ListTensor]:
+    result: dict[str, B64Tensor | ListTensor] = {}
+    for name, array in out.items():
+        data = codec.encode(np.asarray(array), fmt)  # type: ignore[arg-type]
+        result[name] = B64Tensor(**data) if "b64" in data else ListTensor(**data)
+    return result

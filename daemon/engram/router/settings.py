@@ -1,0 +1,109 @@
+"""The ``router`` section of the configuration: routes, the pattern cache, and learning."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+__all__ = ["RouteSettings", "RouterCacheSettings", "RouterLearningSettings", "RouterSettings"]
+
+Mode = Literal["fast", "slow", "auto", "cascade"]
+Task = Literal["classify", "embed", "generate"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+def _check_target(value: str) -> str:
+    kind, _, name = value.partition(":")
+    if kind not in ("model", "provider") or not name:
+        raise ValueError("a target is model:<name> or provider:<name>")
+    return value
+
+
+class RouteSettings(_Section):
+    """One route: a task, a fast and a slow target, and how to choose between them."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$", description="Route name, as route.run's route param.")
+    task: Task = Field(default="classify", description="classify (tensor in, probabilities out), embed (texts in), generate.")
+    fast: str = Field(description="Fast target: model:<name> (inference registry) or provider:<name>.")
+    slow: str = Field(description="Slow target: model:<name> or provider:<name>.")
+    mode: Mode = Field(default="cascade", description="fast, slow, auto (learned assessor) or cascade (confidence threshold).")
+    threshold: float = Field(
+        default=0.9, ge=0, le=1, description="cascade: escalate when the fast confidence is below this."
+    )
+    auto_threshold: float = Field(
+        default=0.5, ge=0, le=1, description="auto: escalate when the assessor's probability that the slow path is needed is above this."
+    )
+    direct_slow: float = Field(
+        default=0.97, ge=0, le=1,
+        description="auto: skip the fast target and go straight to the slow one when the assessor, before running the fast "
+        "target, is this sure the slow path is needed.",
+    )
+    confidence: Literal["max_prob", "margin"] = Field(
+        default="max_prob", description="Classifier confidence: the top probability, or top minus second."
+    )
+    input: str | None = Field(default=None, description="Graph input the tensor is fed to (default: the model's only input).")
+    output: str | None = Field(
+        default=None, description="Output holding class scores (default: the first float output with one row per input row)."
+    )
+    fallback: Literal["fail", "other"] = Field(
+        default="other", description="When a target is down: other (use the other target) or fail (-32005)."
+    )
+    cache: bool = Field(default=True, description="Serve repeats of this route from the pattern cache (System 1).")
+
+    _check_fast = field_validator("fast", "slow")(lambda cls, v: _check_target(v))
+
+    @model_validator(mode="after")
+    def _distinct(self) -> RouteSettings:
+        if self.fast == self.slow and self.mode in ("auto", "cascade"):
+            raise ValueError("fast and slow are the same target: mode auto/cascade needs two")
+        return self
+
+
+class RouterCacheSettings(_Section):
+    """System 1's pattern cache."""
+
+    enabled: bool = Field(default=True, description="Serve exact (and, for text, semantic) repeats from the cache.")
+    ttl: float = Field(default=3600.0, gt=0, le=30 * 86_400, description="Seconds a cached answer stays valid.")
+    max_entries: int = Field(default=10_000, ge=1, le=1_000_000, description="Cached answers kept per route; the oldest go first.")
+    semantic: bool = Field(default=True, description="For text inputs, also serve answers to texts embedded close enough.")
+    semantic_threshold: float = Field(
+        default=0.95, ge=0, le=1, description="Cosine similarity at or above which a text counts as a semantic repeat."
+    )
+
+
+class RouterLearningSettings(_Section):
+    """How the assessor learns from outcomes; every update is bounded."""
+
+    enabled: bool = Field(default=True, description="Update the assessor's fast weights from outcomes.")
+    rate: float = Field(default=0.05, gt=0, le=1, description="Learning rate of the online (fast-weight) updates.")
+    max_step: float = Field(default=0.25, gt=0, le=10, description="Largest change of one weight in one update.")
+    max_weight: float = Field(default=20.0, gt=0, le=1000, description="Weights are kept within ±this.")
+    consolidate_every: int = Field(
+        default=500, ge=0, le=1_000_000, description="Fold fast weights into slow weights after this many updates (0: only on request)."
+    )
+    explore: float = Field(
+        default=0.0, ge=0, le=1,
+        description="auto and cascade: share of confident requests for which the slow target also runs, to keep learning.",
+    )
+    novelty_window: int = Field(default=512, ge=1, le=100_000, description="Recent inputs per route that novelty is measured against.")
+
+
+class RouterSettings(_Section):
+    """The HRM router (route.*)."""
+
+    routes: list[RouteSettings] = Field(default_factory=list, description="The routes (each a [[router.routes]] table).")
+    cache: RouterCacheSettings = Field(default_factory=RouterCacheSettings)
+    learning: RouterLearningSettings = Field(default_factory=RouterLearningSettings)
+    target_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds one target call may take.")
+
+    @field_validator("routes")
+    @classmethod
+    def _unique(cls, routes: list[RouteSettings]) -> list[RouteSettings]:
+        names = [r.name for r in routes]
+        if len(set(names)) != len(names):
+            raise ValueError("route names must be unique")
+        return routes
