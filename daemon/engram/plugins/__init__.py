@@ -1,5 +1,21 @@
 """Model providers as plugins: the protocol they implement and their discovery via entry points."""
 
-from engram.plugins.protocol import CAPABILITIES, ENTRY_POINT_GROUP, Provider, ProviderHealth
+from engram.plugins.protocol import (
+    CAPABILITIES,
+    ENTRY_POINT_GROUP,
+    Completion,
+    CostHint,
+    Provider,
+    ProviderContext,
+    ProviderHealth,
+)
 
-__all__ = ["CAPABILITIES", "ENTRY_POINT_GROUP", "Provider", "ProviderHealth"]
+__all__ = [
+    "CAPABILITIES",
+    "ENTRY_POINT_GROUP",
+    "Completion",
+    "CostHint",
+    "Provider",
+    "ProviderContext",
+    "ProviderHealth",
+]

@@ -10,6 +10,8 @@ are made.
 from __future__ import annotations
 
 import importlib.metadata as md
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -20,7 +22,15 @@ from pydantic import BaseModel, Field, ValidationError
 from engram.bus import EventBus
 from engram.bus.events import PluginFailed, PluginLoaded
 from engram.config import PluginSettings
-from engram.plugins.protocol import CAPABILITIES, ENTRY_POINT_GROUP, Provider, ProviderHealth
+from engram.plugins.protocol import (
+    CAPABILITIES,
+    CAPABILITY_METHODS,
+    ENTRY_POINT_GROUP,
+    CostHint,
+    Provider,
+    ProviderContext,
+    ProviderHealth,
+)
 from engram.server.methods import NoParams, RequestContext, Result, rpc
 
 log = structlog.get_logger("engram.plugins")
@@ -37,6 +47,8 @@ class PluginInfo(BaseModel):
     locality: str | None = None
     capabilities: list[str] = Field(default_factory=list)
     health: ProviderHealth | None = None
+    breaker: str | None = Field(default=None, description="Circuit breaker: closed, open or half_open (running providers).")
+    cost: CostHint | None = Field(default=None, description="The provider's own cost estimate, when it gives one.")
     error: str | None = Field(default=None, description="Why the plugin is not running (state failed).")
     failed_stage: str | None = Field(default=None, description="import, config, construct, validate or start.")
 
@@ -77,13 +89,37 @@ def _check_provider(obj: Any, name: str) -> Provider:
     unknown = set(obj.capabilities) - CAPABILITIES
     if unknown:
         raise PluginFailure("validate", f"unknown capabilities {sorted(unknown)}; known: {sorted(CAPABILITIES)}")
+    for capability in obj.capabilities:
+        lacking = [m for m in CAPABILITY_METHODS[capability] if not callable(getattr(obj, m, None))]
+        if lacking:
+            raise PluginFailure("validate", f"capability {capability!r} declared but {', '.join(lacking)} missing")
     return obj
 
 
+def _accepts_context(factory: Any) -> bool:
+    try:
+        return "context" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):  # some callables have no inspectable signature
+        return False
+
+
+def _cost(provider: Any) -> CostHint | None:
+    cost = getattr(provider, "cost", None)
+    if cost is None:
+        return None
+    try:
+        return cost if isinstance(cost, CostHint) else CostHint.model_validate(cost)
+    except ValidationError:
+        return None
+
+
 class PluginManager:
-    def __init__(self, settings: PluginSettings, bus: EventBus) -> None:
+    def __init__(self, settings: PluginSettings, bus: EventBus, context: ProviderContext | None = None) -> None:
         self._settings = settings
         self._bus = bus
+        self._context = context
+        # Set by the providers part: a provider's breaker state, shown in plugins.list.
+        self.breaker_state: Callable[[str], str | None] = lambda name: None
         self._plugins: dict[str, _Plugin] = {}
         self.state = "created"
 
@@ -135,7 +171,10 @@ class PluginManager:
                     "config", f"plugins.providers.{plugin.name}.{where}: {first['msg']}"
                 ) from exc
         try:
-            provider = factory(config)
+            if self._context is not None and _accepts_context(factory):
+                provider = factory(config, context=self._context)
+            else:
+                provider = factory(config)
         except Exception as exc:
             raise PluginFailure("construct", f"{type(exc).__name__}: {exc}") from exc
         return _check_provider(provider, plugin.name)
@@ -193,6 +232,8 @@ class PluginManager:
                     locality=provider.locality if provider else None,
                     capabilities=sorted(provider.capabilities) if provider else [],
                     health=await self._health(plugin),
+                    breaker=self.breaker_state(plugin.name) if plugin.state == "running" else None,
+                    cost=_cost(provider),
                     error=plugin.error,
                     failed_stage=plugin.stage,
                 )

@@ -7,24 +7,75 @@ A plugin distribution registers a factory in the ``engram.providers`` entry-poin
 
 The factory is called with the provider's configuration table (``[plugins.providers.<name>]``),
 validated first against ``factory.config_model`` when the factory declares one (a pydantic
-model), and must return an object implementing :class:`Provider`.
+model), and must return an object implementing :class:`Provider`. A factory that also accepts a
+``context`` keyword argument gets a :class:`ProviderContext`: how the built-in ``onnx`` provider
+reaches the daemon's inference part without any global.
+
+Besides the lifecycle below, a provider implements the method of each capability it declares
+(the daemon calls them only for declared capabilities, always under a timeout and a circuit
+breaker, and only with the payload the policy let through):
+
+* ``embed``    — ``async embed(texts: list[str], *, model: str | None) -> list[list[float]]``
+* ``classify`` — ``async classify(texts: list[str], *, labels: list[str], model: str | None) -> list[dict[str, float]]``
+* ``generate`` — ``async generate(prompt: str, *, model: str | None, system: str | None, options: dict) -> Completion``
+  and ``stream_generate(...)`` with the same arguments: an async iterator of text chunks
+* ``chat``     — ``async chat(messages: list[dict], *, model: str | None, options: dict) -> Completion``
+  and ``stream_chat(...)``: an async iterator of text chunks
+
+``messages`` are ``{"role": "system"|"user"|"assistant", "content": str}``. A provider may
+declare ``cost`` (a :class:`CostHint`) so operators can see what a call costs.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Protocol, runtime_checkable
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 ENTRY_POINT_GROUP = "engram.providers"
 
 Locality = Literal["local", "remote"]
 CAPABILITIES = frozenset({"embed", "classify", "generate", "chat"})
 
+# The method each capability needs; streaming methods are needed for generate and chat too.
+CAPABILITY_METHODS: dict[str, tuple[str, ...]] = {
+    "embed": ("embed",),
+    "classify": ("classify",),
+    "generate": ("generate", "stream_generate"),
+    "chat": ("chat", "stream_chat"),
+}
+
 
 class ProviderHealth(BaseModel):
     ok: bool
     detail: str = ""
+
+
+class CostHint(BaseModel):
+    """What a call costs, as the provider estimates it (shown in ``plugins.list``)."""
+
+    usd_per_1k_input_tokens: float = Field(default=0.0, ge=0, description="Price of 1000 prompt tokens, USD.")
+    usd_per_1k_output_tokens: float = Field(default=0.0, ge=0, description="Price of 1000 generated tokens, USD.")
+    typical_latency_ms: float | None = Field(default=None, ge=0, description="Typical time to a full answer.")
+
+
+class Completion(BaseModel):
+    """The answer of ``generate`` or ``chat``; anything else a provider returns is garbage."""
+
+    text: str
+    model: str | None = None
+    input_tokens: int | None = Field(default=None, ge=0)
+    output_tokens: int | None = Field(default=None, ge=0)
+
+
+@dataclass(frozen=True)
+class ProviderContext:
+    """Handed to factories that accept ``context=``: the daemon's parts a built-in may use."""
+
+    inference: Any  # engram.inference.service.Inference
+    state_dir: Any  # pathlib.Path
 
 
 @runtime_checkable
@@ -38,3 +89,13 @@ class Provider(Protocol):
     async def stop(self) -> None: ...
 
     async def health(self) -> ProviderHealth: ...
+
+
+class Generator(Protocol):
+    """The methods of the ``generate`` capability (``chat`` is alike, with messages)."""
+
+    async def generate(self, prompt: str, *, model: str | None, system: str | None, options: dict[str, Any]) -> Completion: ...
+
+    def stream_generate(
+        self, prompt: str, *, model: str | None, system: str | None, options: dict[str, Any]
+    ) -> AsyncIterator[str]: ...

@@ -1,0 +1,109 @@
+"""``engram generate`` and ``engram chat``: one question to a provider, streamed to the terminal.
+
+Streaming reads the daemon's ``infer.chunk`` notifications off a plain socket connection: the
+request is the only one on it, so every chunk before its answer belongs to it.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import click
+
+from engram.clitools import Output, call, client_command, errors
+from engram.errors import DaemonUnreachable, error_from_wire
+
+
+def _stream(socket_path: Path | None, timeout: float, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    from engram.client.async_client import resolve_socket
+
+    with errors():
+        sock, path = _connect(resolve_socket(socket_path), timeout)
+        with sock, sock.makefile("rb") as lines:
+            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if message.get("method") == "infer.chunk":
+                    click.echo(message["params"]["text"], nl=False)
+                elif message.get("id") == 1:
+                    click.echo()
+                    if "error" in message:
+                        raise error_from_wire(message["error"])
+                    return message["result"]
+        raise DaemonUnreachable("engramd closed the connection before answering", path)
+
+
+def _connect(candidates: list[Path], timeout: float) -> tuple[socket.socket, str]:
+    """The first socket that accepts, in the client's order of places."""
+    problems = []
+    for candidate in candidates:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(candidate))
+            return sock, str(candidate)
+        except OSError as exc:
+            sock.close()
+            problems.append(f"{candidate}: {exc.strerror or exc}")
+    raise DaemonUnreachable(f"cannot connect to engramd ({'; '.join(problems) or 'no socket path'})", str(candidates[:1]))
+
+
+def _options(func: Any) -> Any:
+    for option in (
+        click.option("--provider", help="Ask this provider only (default: the capability's fallback chain)."),
+        click.option("--model", help="Model at the provider."),
+        click.option("--tag", "tags", multiple=True, help="Data tag for the policy (repeatable)."),
+        click.option("--stream/--no-stream", default=True, show_default=True, help="Print the answer as it comes."),
+    ):
+        func = option(func)
+    return client_command(func)
+
+
+def _run(method: str, params: dict[str, Any], stream: bool, socket_path: Path | None, timeout: float, as_json: bool) -> None:
+    if stream and not as_json:
+        result = _stream(socket_path, timeout, method, {**params, "stream": True})
+        click.echo(f"-- {result['provider']} ({result['locality']}), {result['chunks']} chunks", err=True)
+        return
+    Output(as_json).emit(call(socket_path, timeout, method, params), lambda r: click.echo(r["text"]))
+
+
+@click.command("generate")
+@click.argument("prompt")
+@click.option("--system", help="A system prompt.")
+@_options
+def generate(
+    prompt: str, system: str | None, provider: str | None, model: str | None, tags: tuple[str, ...], stream: bool,
+    socket_path: Path | None, as_json: bool, timeout: float,
+) -> None:
+    """Generate text from PROMPT (infer.generate), through the policy and the generate chain."""
+    params = {"prompt": prompt, "system": system, "provider": provider, "model": model, "tags": list(tags)}
+    _run("infer.generate", params, stream, socket_path, timeout, as_json)
+
+
+@click.command("chat")
+@click.argument("message")
+@click.option("--system", help="A system message first.")
+@_options
+def chat(
+    message: str, system: str | None, provider: str | None, model: str | None, tags: tuple[str, ...], stream: bool,
+    socket_path: Path | None, as_json: bool, timeout: float,
+) -> None:
+    """Send one user MESSAGE (infer.chat), through the policy and the chat chain."""
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
+    params = {"messages": messages, "provider": provider, "model": model, "tags": list(tags)}
+    _run("infer.chat", params, stream, socket_path, timeout, as_json)
+
+
+@click.command("providers")
+@click.option("--calls", type=click.IntRange(min=1), default=500, show_default=True, help="Sequential calls per target.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def bench_providers(calls: int, as_json: bool) -> None:
+    """infer.generate through engram vs the same request straight to a fake Ollama."""
+    from engram.providers.bench import run_providers_bench
+
+    with errors():
+        report = run_providers_bench(calls)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

@@ -1,0 +1,75 @@
+"""The Ollama provider against a fake Ollama server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from engram.plugins import Completion
+from engram_ollama import OllamaConfig, OllamaError, OllamaProvider
+from engram_ollama.testing import FakeOllama
+
+
+@pytest.fixture
+def fake():
+    with FakeOllama() as server:
+        yield server
+
+
+@pytest.fixture
+async def provider(fake):
+    p = OllamaProvider(OllamaConfig(base_url=fake.url, keep_alive="1m"))
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_generate(provider, fake):
+    answer = await provider.generate("hello there", system="be brief", options={"temperature": 0})
+    assert answer == Completion(text="echo: hello there", model="llama3.2", input_tokens=3, output_tokens=3)
+    method, path, body = fake.requests[-1]
+    assert (method, path) == ("POST", "/api/generate")
+    assert body == {"model": "llama3.2", "prompt": "hello there", "stream": False, "system": "be brief",
+                    "options": {"temperature": 0}, "keep_alive": "1m"}
+
+
+async def test_stream_generate_reads_ndjson(provider):
+    chunks = [c async for c in provider.stream_generate("one two three")]
+    assert chunks == ["echo:", " one", " two", " three"]
+
+
+async def test_chat_and_stream_chat(provider, fake):
+    messages = [{"role": "system", "content": "s"}, {"role": "user", "content": "hi you"}]
+    assert (await provider.chat(messages)).text == "echo: hi you"
+    assert "".join([c async for c in provider.stream_chat(messages, model="llama3.2")]) == "echo: hi you"
+    assert fake.requests[-1][2]["stream"] is True and fake.requests[-1][1] == "/api/chat"
+
+
+async def test_embed_and_list_models(provider):
+    assert await provider.embed(["ab", "abcd"]) == [[2.0, 1.0, 0.0], [4.0, 1.0, 0.0]]
+    assert await provider.list_models() == ["llama3.2:latest", "nomic-embed-text:latest"]
+    assert (await provider.health()).ok
+
+
+async def test_errors_are_raised(provider, fake):
+    with pytest.raises(OllamaError, match="not found"):
+        await provider.generate("x", model="nope")
+    with pytest.raises(OllamaError, match="not found"):
+        [c async for c in provider.stream_generate("x", model="nope")]
+    fake.fail_status = 500
+    health = await provider.health()
+    assert not health.ok and "HTTP 500" in health.detail
+
+
+async def test_unreachable_server_is_unhealthy():
+    p = OllamaProvider(OllamaConfig(base_url="http://127.0.0.1:1"))
+    await p.start()
+    try:
+        assert not (await p.health()).ok
+    finally:
+        await p.stop()
+
+
+def test_locality_follows_base_url():
+    assert OllamaProvider(OllamaConfig()).locality == "local"
+    assert OllamaProvider(OllamaConfig(base_url="http://[::1]:11434")).locality == "local"
+    assert OllamaProvider(OllamaConfig(base_url="http://gpu-box.lan:11434")).locality == "remote"
+    assert OllamaProvider(OllamaConfig(locality="remote")).locality == "remote"

@@ -1,0 +1,75 @@
+"""The OpenAI-compatible provider against a fake server on loopback."""
+
+from __future__ import annotations
+
+import pytest
+from engram_openai import OpenAIConfig, OpenAIError, OpenAIProvider
+from engram_openai.testing import FakeOpenAI
+
+
+@pytest.fixture
+def fake():
+    with FakeOpenAI(api_key="sk-test") as server:
+        yield server
+
+
+@pytest.fixture
+async def provider(fake):
+    p = OpenAIProvider(OpenAIConfig(base_url=fake.url, api_key="sk-test", model="gpt-test"))
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_chat(provider, fake):
+    answer = await provider.chat([{"role": "user", "content": "hello"}], options={"temperature": 0.1})
+    assert answer.text == "echo: hello" and answer.model == "gpt-test"
+    assert (answer.input_tokens, answer.output_tokens) == (5, 2)
+    path, headers, body = fake.requests[-1]
+    assert path == "/v1/chat/completions" and headers["Authorization"] == "Bearer sk-test"
+    assert body == {"temperature": 0.1, "model": "gpt-test", "messages": [{"role": "user", "content": "hello"}], "stream": False}
+
+
+async def test_generate_is_a_chat_with_system(provider, fake):
+    assert (await provider.generate("hi", system="brief")).text == "echo: hi"
+    assert fake.requests[-1][2]["messages"] == [{"role": "system", "content": "brief"}, {"role": "user", "content": "hi"}]
+
+
+async def test_streaming_reads_sse(provider):
+    chunks = [c async for c in provider.stream_generate("one two")]
+    assert chunks == ["echo:", " one", " two"]
+    assert "".join([c async for c in provider.stream_chat([{"role": "user", "content": "x"}])]) == "echo: x"
+
+
+async def test_embeddings(provider, fake):
+    assert await provider.embed(["ab", "abc"]) == [[2.0, 0.5], [3.0, 0.5]]
+    assert fake.requests[-1][2] == {"model": "text-embedding-3-small", "input": ["ab", "abc"]}
+
+
+async def test_bad_key_is_an_error(fake):
+    p = OpenAIProvider(OpenAIConfig(base_url=fake.url, api_key="sk-wrong"))
+    await p.start()
+    try:
+        with pytest.raises(OpenAIError, match="HTTP 401: Incorrect API key"):
+            await p.chat([{"role": "user", "content": "x"}])
+        with pytest.raises(OpenAIError, match="HTTP 401"):
+            [c async for c in p.stream_chat([{"role": "user", "content": "x"}])]
+    finally:
+        await p.stop()
+
+
+async def test_health_sends_nothing(provider, fake):
+    health = await provider.health()
+    assert health.ok and "not contacted" in health.detail
+    assert fake.requests == []
+
+
+def test_api_key_from_environment(monkeypatch):
+    monkeypatch.setenv("MY_KEY", "sk-env")
+    assert OpenAIProvider(OpenAIConfig(api_key_env="MY_KEY"))._api_key() == "sk-env"
+
+
+def test_locality():
+    assert OpenAIProvider(OpenAIConfig()).locality == "remote"
+    assert OpenAIProvider(OpenAIConfig(base_url="http://127.0.0.1:8080/v1")).locality == "local"
+    assert OpenAIProvider(OpenAIConfig(base_url="http://localhost:8080/v1", locality="remote")).locality == "remote"
