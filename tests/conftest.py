@@ -47,6 +47,9 @@ class DaemonProcess:
             "ENGRAM_LOG__FORMAT": "json",
             "ENGRAM_LOG__LEVEL": "debug",
             "PYTHONUNBUFFERED": "1",
+            # The plugin distributions of plugins/ may be installed in this environment: they load
+            # only in the tests that ask for them (an absent Ollama would make every daemon degraded).
+            "ENGRAM_PLUGINS__DISABLED": '["ollama", "openai"]',
             **(env or {}),
         }
         self.args = args or []

@@ -20,6 +20,8 @@ from engram.audit.cli import audit, bench_audit
 from engram.inference.cli import bench_infer, models
 from engram.memory.cli import bench_memory, memory
 from engram.policy.cli import bench_policy, policy
+from engram.providers.cli import bench_providers, chat as chat_command, generate as generate_command
+from engram.router.cli import bench_route, route
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
@@ -324,6 +326,7 @@ def plugins_list(socket_path: Path | None, as_json: bool, timeout: float) -> Non
             caps = ",".join(p["capabilities"]) or "-"
             health = p["health"]
             state = p["state"] if not health else f"{p['state']} ({'healthy' if health['ok'] else 'unhealthy'})"
+            state += f", breaker {p['breaker']}" if p.get("breaker") else ""
             click.echo(f"{p['name']:<16} {p['version'] or '-':<10} {p['locality'] or '-':<7} {caps:<24} {state}")
             if p["error"]:
                 click.echo(f"{'':<16} {p['failed_stage']}: {p['error']}")
@@ -388,9 +391,14 @@ bench.add_command(bench_audit)
 main.add_command(models)
 bench.add_command(bench_infer)
 main.add_command(policy)
+main.add_command(generate_command)
+main.add_command(chat_command)
+bench.add_command(bench_providers)
 bench.add_command(bench_policy)
 main.add_command(memory)
 bench.add_command(bench_memory)
+main.add_command(route)
+bench.add_command(bench_route)
 
 
 if __name__ == "__main__":

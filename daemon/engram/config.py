@@ -38,7 +38,9 @@ from pydantic_settings import (
 from engram.audit.settings import AuditSettings
 from engram.inference.settings import InferenceSettings
 from engram.memory.settings import MemorySettings
+from engram.router.settings import RouterSettings
 from engram.policy.settings import PolicySettings
+from engram.providers.settings import ProvidersSettings
 from engram.errors import ConfigError
 
 __all__ = [
@@ -164,9 +166,11 @@ class Settings(BaseSettings):
     tracing: TracingSettings = Field(default_factory=TracingSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     plugins: PluginSettings = Field(default_factory=PluginSettings)
+    providers: ProvidersSettings = Field(default_factory=ProvidersSettings)
     audit: AuditSettings = Field(default_factory=AuditSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     memory: MemorySettings = Field(default_factory=MemorySettings)
+    router: RouterSettings = Field(default_factory=RouterSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
 
     @field_validator("state_dir", "socket", mode="after")

@@ -2,7 +2,7 @@
 
 Start order (each part is an async context manager; each is up before the next starts)::
 
-    state lock -> database -> audit log -> policy -> inference -> memory -> plugins
+    state lock -> database -> audit log -> policy -> inference -> memory -> router -> plugins -> providers
                -> RPC server (binds the socket) -> READY=1
 
 Nothing reaches across parts except through what is wired here. Shutdown runs the other way:
@@ -45,8 +45,13 @@ from engram.observability.logging import configure_logging
 from engram.observability.metrics import Metrics
 from engram.observability.tracing import build_tracer_provider, tracer
 from engram.plugins.manager import PluginManager
+from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
+from engram.router.events import ROUTER_EVENTS
+from engram.router.service import Router
+from engram.providers.events import PROVIDER_EVENTS
+from engram.providers.service import Providers
 from engram.server.dispatch import Dispatcher
 from engram.server.methods import MethodTable, collect
 from engram.server.server import RPCServer
@@ -62,10 +67,12 @@ RESTART_REQUIRED = (
     "server.socket_group",
     "storage",
     "plugins",
+    "providers",
     "tracing",
     "audit",
     "inference",
     "memory",
+    "router",
 )
 
 
@@ -135,6 +142,7 @@ class Daemon:
         self.started_monotonic = time.monotonic()
         self.essential_parts = ("database", "server", "audit")
         self.bus.declare(*AUDIT_EVENTS, *POLICY_EVENTS, *MODEL_EVENTS, *MEMORY_EVENTS)
+        self.bus.declare(*PROVIDER_EVENTS)
         self.database = Database(settings.database_path, settings.storage.busy_timeout)
         busy = settings.storage.busy_timeout
         self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy)
@@ -157,7 +165,13 @@ class Daemon:
             busy_timeout=busy,
         )
         self.memory.namespaces.allowed = self.policy.namespace_allowed  # who may read which namespace
-        self.plugins = PluginManager(settings.plugins, self.bus)
+        self.bus.declare(*ROUTER_EVENTS)
+        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy)
+        self.plugins = PluginManager(
+            settings.plugins, self.bus, ProviderContext(inference=self.inference, state_dir=settings.state_dir)
+        )
+        # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
+        self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,
@@ -165,7 +179,9 @@ class Daemon:
             "policy": self.policy,  # before anything that serves or sends data: it decides who may
             "inference": self.inference,
             "memory": self.memory,  # after inference: it embeds with the default model
+            "router": self.router,  # after inference and memory: it runs models and embeds texts
             "plugins": self.plugins,
+            "providers": self.providers,
         }
         self.dispatcher = Dispatcher(
             self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server
@@ -188,7 +204,9 @@ class Daemon:
             self.policy,
             self.inference,
             self.memory,
+            self.router,
             self.plugins,
+            self.providers,
         ):
             self.methods.add(collect(part))
         self.metrics.add_collector(self._collect_metrics)

@@ -31,8 +31,9 @@ def test_status_ping_health_plugins(daemon):
     health = engram("health", *sock)
     assert health.returncode == 0 and "status: ok" in health.stdout
     plugins = engram("plugins", "list", *sock)
-    assert plugins.returncode == 0 and "no provider plugins installed" in plugins.stdout
-    assert json.loads(engram("plugins", "list", "--json", *sock).stdout)["plugins"] == []
+    assert plugins.returncode == 0 and "onnx" in plugins.stdout and "breaker closed" in plugins.stdout
+    listed = json.loads(engram("plugins", "list", "--json", *sock).stdout)["plugins"]
+    assert [p["name"] for p in listed if p["state"] == "running"] == ["onnx"]  # the built-in provider
     topics = engram("events", *sock)
     assert "request.completed" in topics.stdout.split()
 

@@ -69,8 +69,12 @@ def test_bad_input_gets_specific_errors(make_daemon):
             client.call("memory.forget", {"ids": ["ep_01ARZ3NDEKTSV4RRFFQ69G5FAV"]})
         assert err.value.code == -32002
         assert client.call("memory.stats")["episodes"] == 1  # none of that wrote anything
-    with daemon.raw() as raw:  # a NaN no well-behaved client would send
+    with daemon.raw() as raw:  # values no well-behaved client would send
+        # NaN is not JSON at all: refused by the protocol layer before memory sees it.
         reply = raw.request(b'{"jsonrpc":"2.0","id":1,"method":"memory.remember","params":{"items":[{"text":"n","vector":[1,NaN,0]}]}}\n')
+        assert reply["error"]["code"] == -32700
+        # 1e400 is valid JSON but overflows to infinity: memory refuses the vector.
+        reply = raw.request(b'{"jsonrpc":"2.0","id":2,"method":"memory.remember","params":{"items":[{"text":"n","vector":[1,1e400,0]}]}}\n')
         assert reply["error"]["code"] == -32602 and reply["error"]["data"]["field"] == "items.0.vector"
 
 

@@ -10,7 +10,9 @@ pytestmark = pytest.mark.e2e
 def test_plugins_list_reports_good_and_broken(make_daemon, plugin_env):
     daemon = make_daemon(env=plugin_env({"configured": {"retries": "many"}}))
     plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
-    assert set(plugins) == {"good", "slow", "configured", "missing", "incomplete", "failing"}
+    assert set(plugins) - {"ollama", "openai"} == {"onnx", "good", "slow", "configured", "missing", "incomplete", "failing"}
+    assert plugins["onnx"]["state"] == "running" and plugins["onnx"]["distribution"] == "engram"
+    assert plugins["onnx"]["locality"] == "local" and plugins["onnx"]["breaker"] == "closed"
 
     good = plugins["good"]
     assert good["state"] == "running" and good["locality"] == "local" and good["capabilities"] == ["embed"]
@@ -35,9 +37,11 @@ def test_plugins_list_reports_good_and_broken(make_daemon, plugin_env):
 
 
 def test_disabled_plugins_are_not_loaded(make_daemon, plugin_env):
-    daemon = make_daemon(env=plugin_env({"configured": {"url": "http://127.0.0.1:1"}}, disabled=["failing", "missing", "incomplete"]))
-    plugins = {p["name"]: p["state"] for p in daemon.call("plugins.list")["plugins"]}
+    disabled = ["failing", "missing", "incomplete", "ollama", "openai"]
+    daemon = make_daemon(env=plugin_env({"configured": {"url": "http://127.0.0.1:1"}}, disabled=disabled))
+    plugins = {p["name"]: p["state"] for p in daemon.call("plugins.list")["plugins"] if p["name"] not in ("ollama", "openai")}
     assert plugins == {
+        "onnx": "running",
         "good": "running",
         "slow": "running",
         "configured": "running",
