@@ -10,8 +10,10 @@ from pydantic import BaseModel, ConfigDict
 class Principal(BaseModel):
     """A connected client, from SO_PEERCRED (Linux) or getpeereid/LOCAL_PEERCRED (macOS).
 
-    These values come from the kernel, not from the client, so they can be trusted for access
-    decisions; ``user`` is looked up from ``uid`` for logs and policies that name users.
+    ``uid``, ``gid`` and ``pid`` come from the kernel, not from the client, so they can be trusted
+    for access decisions; ``user`` is looked up from ``uid``. ``client`` is the exception: a name
+    the client declared for itself (``system.hello``), unverified, so policies may use it only to
+    narrow what the verified identity may do.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -20,6 +22,7 @@ class Principal(BaseModel):
     gid: int
     pid: int | None = None
     user: str | None = None
+    client: str | None = None
 
     @classmethod
     def from_ids(cls, uid: int, gid: int, pid: int | None) -> "Principal":

@@ -24,6 +24,23 @@ class PingResult(Result):
     echo: JsonValue = None
 
 
+class HelloParams(Params):
+    client: str = Field(
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The client's name for itself (e.g. 'my-agent'); unverified.",
+    )
+
+
+class HelloResult(Result):
+    uid: int
+    gid: int
+    pid: int | None
+    user: str | None
+    client: str
+
+
 class PartStatus(Result):
     name: str
     state: str
@@ -82,6 +99,17 @@ class SystemMethods:
     @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.", audit=False)
     async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult:
         return PingResult(echo=params.echo)
+
+    @rpc(
+        "system.hello",
+        summary="Name this client (unverified) for logs, events and policy conditions; returns the principal.",
+        audit=False,
+    )
+    async def hello(self, ctx: RequestContext, params: HelloParams) -> HelloResult:
+        principal = ctx.connection.declare_client(params.client)
+        return HelloResult(
+            uid=principal.uid, gid=principal.gid, pid=principal.pid, user=principal.user, client=params.client
+        )
 
     @rpc("system.status", summary="Version, uptime, parts and their state, connections, queue depths.", audit=False)
     async def status(self, ctx: RequestContext, params: NoParams) -> StatusResult:

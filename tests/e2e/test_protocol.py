@@ -274,3 +274,20 @@ def test_owner_only_methods_refuse_other_uids(daemon):
     proc.join(10)
     assert denied["error"]["code"] == -32001 and denied["error"]["data"]["uid"] == 65534
     assert allowed["result"]["pong"] is True
+
+
+def test_hello_names_the_client_for_later_requests(daemon):
+    import os
+
+    with daemon.client() as client:
+        events = client.subscribe(["request.received"])
+        hello = client.call("system.hello", {"client": "test-agent"})
+        assert hello["client"] == "test-agent" and hello["uid"] == os.geteuid()
+        client.call("system.ping")
+        seen = []
+        while not any(e["data"]["method"] == "system.ping" for e in seen):
+            seen.append(events.receive(timeout=10))
+        ping = next(e for e in seen if e["data"]["method"] == "system.ping")
+        assert ping["data"]["principal"]["client"] == "test-agent"
+        with pytest.raises(InvalidParams):
+            client.call("system.hello", {"client": "no spaces allowed"})

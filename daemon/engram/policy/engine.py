@@ -260,6 +260,10 @@ class _CompiledRule:
                 return False
             if when.time is not None and not when.time.contains(now()):
                 return False
+            if when.clients is not None:
+                client = request.principal.client
+                if client is None or not any(fnmatch.fnmatchcase(client, p) for p in when.clients):
+                    return False
         return True
 
 
@@ -430,7 +434,7 @@ class PolicyEngine:
     def authorize_method(self, principal: Principal, method: str, admin: bool | None = None) -> Decision:
         admin = self.is_admin(method) if admin is None else admin
         if self._cache_size:
-            key = (principal.uid, principal.gid, principal.user, method, admin, self.privacy())
+            key = (principal.uid, principal.gid, principal.user, principal.client, method, admin, self.privacy())
             cached = self._cache.get(key)
             if cached is not None:
                 return cached

@@ -198,6 +198,15 @@ class Conditions(_Strict):
     )
     privacy_mode: bool | None = Field(default=None, description="Matches only while privacy mode is on (true) or off (false).")
     time: TimeWindow | None = Field(default=None, description="Matches only inside this time window.")
+    clients: list[Glob] | None = Field(
+        default=None,
+        min_length=1,
+        description=(
+            "Matches only requests from a client that declared one of these names (globs) with system.hello. "
+            "The name is not verified: use it to narrow what a principal may do through a client, "
+            "never as the only reason to allow."
+        ),
+    )
 
 
 class Rule(_Strict):
@@ -250,6 +259,11 @@ class Rule(_Strict):
             raise ValueError("a rule names either namespaces or providers/locality/models, not both: split it in two")
         if self.admin and (egress or self.namespaces is not None):
             raise ValueError("admin = true only applies to method rules (rules without namespaces or providers)")
+        if self.effect == "allow" and self.when is not None and self.when.clients is not None and "*" in self.principals:
+            raise ValueError(
+                "an allow rule with when.clients must also name verified principals (not '*'): "
+                "a client-declared name is not proof of who is asking"
+            )
         return self
 
     @property

@@ -58,6 +58,11 @@ class ClientConnection:
     def on_close(self, callback: Callable[[], None]) -> None:
         self._close_callbacks.append(callback)
 
+    def declare_client(self, name: str) -> Principal:
+        """The client names itself (unverified); later requests on this connection carry it."""
+        self.principal = self.principal.model_copy(update={"client": name})
+        return self.principal
+
     def on_drain(self, pending: Callable[[], int]) -> None:
         self._pending_pushes.append(pending)
 

@@ -55,6 +55,9 @@ class Connection(Protocol):
 
     def on_close(self, callback: Callable[[], None]) -> None: ...
 
+    def declare_client(self, name: str) -> Principal:
+        """Attach a client-declared (unverified) name to this connection's principal."""
+
     def on_drain(self, pending: Callable[[], int]) -> None:
         """Register a count of messages still to push; closing waits (briefly) for it to be 0."""
 

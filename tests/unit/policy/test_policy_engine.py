@@ -397,3 +397,44 @@ def test_egress_decision_error_is_a_policy_denial(make_engine):
     error = decision.error()
     assert error.code == -32001 and error.data["rule"] == "default"
     assert error.data["provider"] == "openai" and error.data["locality"] == "remote" and error.data["point"] == "egress"
+
+
+CLIENTS = """
+version = 1
+
+[[rule]]
+name = "agent-may-recall"
+effect = "allow"
+principals = ["uid:4242"]
+actions = ["memory.recall"]
+when = { clients = ["agent-*"] }
+
+[[rule]]
+name = "no-forgetting-through-the-browser"
+effect = "deny"
+principals = ["owner"]
+actions = ["memory.forget"]
+when = { clients = ["browser-extension"] }
+"""
+
+
+def test_client_names_narrow_but_never_admit_alone(make_engine):
+    engine = make_engine(CLIENTS)
+    bare, agent = principal(4242), principal(4242).model_copy(update={"client": "agent-7"})
+    assert engine.authorize_method(bare, "memory.recall").effect == "deny"  # no name: the rule does not match
+    assert engine.authorize_method(agent, "memory.recall").rule == "agent-may-recall"
+    assert engine.authorize_method(agent.model_copy(update={"client": "other"}), "memory.recall").effect == "deny"
+    owner = principal(OWNER)
+    assert engine.authorize_method(owner, "memory.forget").effect == "allow"
+    browser = owner.model_copy(update={"client": "browser-extension"})
+    assert engine.authorize_method(browser, "memory.forget").rule == "no-forgetting-through-the-browser"
+
+
+def test_an_allow_on_a_client_name_alone_is_refused():
+    from engram.policy.loader import parse_policy
+
+    with pytest.raises(Exception, match="verified principals"):
+        parse_policy(
+            'version = 1\n[[rule]]\nname = "x"\neffect = "allow"\nprincipals = ["*"]\nwhen = { clients = ["a"] }\n',
+            "bad.toml",
+        )
