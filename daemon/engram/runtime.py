@@ -165,6 +165,7 @@ class Daemon:
             busy_timeout=busy,
         )
         self.memory.namespaces.allowed = self.policy.namespace_allowed  # who may read which namespace
+        self.memory.namespaces.admin_allowed = self.policy.admin_action_allowed  # e.g. forget everything
         self.bus.declare(*ROUTER_EVENTS)
         self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy)
         self.plugins = PluginManager(

@@ -267,3 +267,40 @@ def test_a_broken_policy_file_stops_the_daemon_from_starting(make_daemon, state_
     assert daemon.wait(timeout=30) == 1
     assert f"{folder}/bad.toml:6 rule[0].namespaces" in daemon.logs()
     assert not daemon.socket.exists()
+
+
+MEMORY_GRANT = """
+[[rule]]
+name = "nobody-memory"
+effect = "allow"
+principals = ["uid:65534"]
+actions = ["memory.*"]
+"""
+
+FORGET_ALL_GRANT = """
+[[rule]]
+name = "nobody-may-forget-everything"
+effect = "allow"
+principals = ["uid:65534"]
+actions = ["memory.forget_all", "memory.export"]
+admin = true
+"""
+
+
+def test_forget_all_and_export_are_owner_only_until_granted(make_daemon, state_dir):
+    _needs_root()
+    folder = _policy_dir(state_dir)
+    (folder / "memory.toml").write_text(MEMORY_GRANT)
+    daemon = make_daemon(env=_env(folder))
+    item = {"items": [{"text": "mine", "vector": [1.0, 0.0, 0.0]}]}
+    remembered, forget_all, export = as_nobody(
+        daemon, ("memory.remember", item), ("memory.forget", {"all": True}), ("memory.export", {})
+    )
+    assert remembered["result"]["ids"]
+    assert forget_all["error"]["code"] == -32001 and forget_all["error"]["data"]["action"] == "memory.forget_all"
+    assert export["error"]["code"] == -32001 and export["error"]["data"]["rule"] == "owner-only"
+    (folder / "admin.toml").write_text(FORGET_ALL_GRANT)
+    daemon.call("policy.reload")
+    export, forget_all = as_nobody(daemon, ("memory.export", {}), ("memory.forget", {"all": True}))
+    assert [i["text"] for i in export["result"]["items"]] == ["mine"]
+    assert forget_all["result"]["forgotten"] == 1

@@ -3,8 +3,9 @@
 Every memory belongs to one namespace. A request that names none works in its caller's own,
 ``uid:<uid>`` (the uid the kernel reports for the socket peer), so two users of one machine never
 see each other's memories. Naming another namespace is for the daemon's owner (its uid) and
-root; anyone else gets -32001 ``namespace_denied``. The policy engine may widen this later by
-replacing :meth:`NamespacePolicy.allowed`.
+root; anyone else gets -32001 ``namespace_denied``. Forgetting a whole namespace is an admin
+action, owner-only by default. The policy engine decides both, by replacing
+:meth:`NamespacePolicy.allowed` and :meth:`NamespacePolicy.admin_allowed`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,20 @@ class NamespacePolicy:
 
     def allowed(self, principal: Principal, namespace: str) -> bool:
         return namespace == default_namespace(principal) or principal.uid in (self.owner_uid, 0)
+
+    def admin_allowed(self, principal: Principal, action: str) -> bool:
+        """May ``principal`` take an admin action (``memory.forget_all``)? Owner and root only,
+        unless the policy engine, which replaces this, grants it."""
+        return principal.uid in (self.owner_uid, 0)
+
+    def require_admin(self, principal: Principal, action: str) -> None:
+        if not self.admin_allowed(principal, action):
+            raise PolicyDenied(
+                f"{action} may only be done by the daemon's owner unless a policy grants it",
+                reason="policy_denied",
+                action=action,
+                uid=principal.uid,
+            )
 
     def resolve(self, principal: Principal, requested: str | None) -> str:
         namespace = requested or default_namespace(principal)

@@ -511,6 +511,7 @@ class Memory:
             gone = await self._thread(self.episodic.forget_seqs, namespace, seqs or [])
             scope = "filter"
         else:
+            self.namespaces.require_admin(ctx.principal, "memory.forget_all")
             gone = await self._thread(self.episodic.forget_namespace, namespace)
             working_items = self.working.drop_namespace(namespace)
             scope = "all"
@@ -578,7 +579,11 @@ class Memory:
             self._publish_remembered(namespace, rows, seqs, "import", ctx.principal, ctx.request)
         return ImportResult(imported=imported, skipped=len(ids) - imported, ids=ids)
 
-    @rpc("memory.export", summary="A page of a namespace's episodes, oldest first, for backups and moves.")
+    @rpc(
+        "memory.export",
+        summary="A page of a namespace's episodes, oldest first, for backups and moves.",
+        owner_only=True,  # an admin method: a policy rule with admin = true can grant it
+    )
     async def export(self, ctx: RequestContext, params: ExportParams) -> ExportResult:
         namespace = self._namespace(ctx, params.namespace)
         if params.limit > self.settings.max_items:

@@ -276,7 +276,7 @@ class Policy:
             # The hot path: the same client calling the same method gets the same (cached)
             # decision; its event is a copy of the last one with a new time, which costs half
             # of building it field by field.
-            key = (principal.uid, principal.gid, principal.pid, principal.user, method.name)
+            key = (principal.uid, principal.gid, principal.pid, principal.user, principal.client, method.name)
             last = self._allowed_events.get(key)
             if last is not None and last[0] is decision:
                 event = last[1].model_copy(update={"time": time.time()})
@@ -301,6 +301,16 @@ class Policy:
         decision = self._engine().authorize_namespace(principal, action, namespace, check_method=method is not None)
         self._record(decision, AccessRequest("namespace", principal, action, namespace=namespace))
         return decision
+
+    def admin_action_allowed(self, principal: Principal, action: str) -> bool:
+        """An admin action that is not a method of its own (``memory.forget_all``): decided as an
+        owner-only method named after it, so the default keeps it owner-only and a rule with
+        ``admin = true`` naming the action grants it. A denial is recorded like any other."""
+        request = AccessRequest("method", principal, action, True)
+        decision = self._engine().authorize_method(principal, action, True)
+        if not decision.allowed:
+            self._record(decision, request)
+        return decision.allowed
 
     def namespace_allowed(self, principal: Principal, namespace: str) -> bool:
         """The memory part's namespace check (``NamespacePolicy.allowed``), decided by the policy."""

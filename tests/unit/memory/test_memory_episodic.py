@@ -193,7 +193,7 @@ async def test_forget_is_immediate_and_complete(make_memory, tmp_path: Path) -> 
 
 
 async def test_forget_by_filter_and_whole_namespace(make_memory) -> None:
-    async with make_memory(embedder=None) as (memory, _):
+    async with make_memory(embedder=None, owner_uid=1000) as (memory, _):
         await memory.remember(ctx(), remember(
             {"text": "a", "vector": [1, 0], "session": "s1"},
             {"text": "b", "vector": [1, 0], "session": "s1", "pinned": True},
@@ -208,6 +208,8 @@ async def test_forget_by_filter_and_whole_namespace(make_memory) -> None:
         assert (await memory.forget(ctx(), ForgetParams(filter={"session": "s1"}))).forgotten == 1  # pinned stays
         assert (await memory.forget(ctx(), ForgetParams(filter={"session": "s1"}, include_pinned=True))).forgotten == 1
         await memory.remember(ctx(uid=2000), remember({"text": "someone else's", "vector": [0, 1]}))
+        with pytest.raises(PolicyDenied):  # forgetting a whole namespace is the owner's (admin) action
+            await memory.forget(ctx(uid=2000), ForgetParams(all=True))
         result = await memory.forget(ctx(), ForgetParams(all=True))
         assert result.forgotten == 1
         assert (await memory.stats(ctx(), StatsParams())).episodes == 0
