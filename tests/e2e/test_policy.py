@@ -131,12 +131,12 @@ def test_other_uid_is_refused_by_default_and_allowed_once_granted(make_daemon, s
         "reason": "policy_denied", "rule": "default", "method": "system.status", "uid": NOBODY, "point": "method"
     }
     assert "no rule allows uid 65534 to call system.status" in denied["error"]["message"]
-    assert pinged["result"]["pong"] is True  # local-first's anyone-may-ping
+    assert pinged["error"]["code"] == -32001  # other uids: nothing at all until granted
 
     # Install a grant and reload with policy.reload.
     (folder / "grant.toml").write_text(GRANT)
     reloaded = daemon.call("policy.reload")
-    assert reloaded["files"] == ["shipped:local-first", str(folder / "grant.toml")] and reloaded["rules"] == 7
+    assert reloaded["files"] == ["shipped:local-first", str(folder / "grant.toml")] and reloaded["rules"] == 6
     status, reload_refused, own, team, other = as_nobody(
         daemon,
         ("system.status", None),
@@ -249,7 +249,7 @@ def test_explain_privacy_show_and_check_through_the_cli(make_daemon, state_dir):
     shown = engram("policy", "show", *sock)
     assert shown.returncode == 0 and "owner-to-cloud" in shown.stdout and "shipped:local-first" in shown.stdout
     assert json.loads(engram("policy", "show", "--json", *sock).stdout)["files"][1]["document"]["rule"][0]["name"] == "owner-to-cloud"
-    assert engram("policy", "reload", *sock).stdout.startswith("policy reloaded: 6 rules")
+    assert engram("policy", "reload", *sock).stdout.startswith("policy reloaded: 5 rules")
 
     bad = folder.parent / "bad.toml"
     bad.write_text('[[rule]]\nname = "b"\neffect = "maybe"\nprincipals = ["*"]\n')

@@ -273,7 +273,8 @@ def test_owner_only_methods_refuse_other_uids(daemon):
     denied, allowed = queue.get(timeout=10), queue.get(timeout=10)
     proc.join(10)
     assert denied["error"]["code"] == -32001 and denied["error"]["data"]["uid"] == 65534
-    assert allowed["result"]["pong"] is True
+    # The default policy grants other uids nothing at all, not even a ping.
+    assert allowed["error"]["code"] == -32001 and allowed["error"]["data"]["rule"] == "default"
 
 
 def test_hello_names_the_client_for_later_requests(daemon):

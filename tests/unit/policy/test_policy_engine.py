@@ -124,7 +124,7 @@ CASES = [
     ("owner may call anything", dict(point=M, action="memory.write"), principal(OWNER), None, "allow", "owner-methods"),
     ("root may call anything", dict(point=M, action="system.status"), principal(0), None, "allow", "owner-methods"),
     ("stranger: nothing by default", dict(point=M, action="system.status"), principal(4242), None, "deny", "default"),
-    ("anyone may ping", dict(point=M, action="system.ping"), principal(4242), None, "allow", "anyone-may-ping"),
+    ("stranger: not even ping", dict(point=M, action="system.ping"), principal(4242), None, "deny", "default"),
     ("uid match", dict(point=M, action="memory.search"), principal(1001), None, "allow", "uid-1001-memory"),
     ("uid match, other method", dict(point=M, action="infer.embed"), principal(1001), None, "deny", "default"),
     ("gid match", dict(point=M, action="system.health"), principal(3000, 2000), None, "allow", "gid-2000-status"),

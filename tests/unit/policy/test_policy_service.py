@@ -194,6 +194,6 @@ async def test_explain(tmp_path):
         with pytest.raises(PolicyDenied):
             await h.part.explain(_ctx(4242), ExplainParams(method="system.status", uid=OWNER))
         own = await h.part.explain(_ctx(4242), ExplainParams(method="system.ping"))
-        assert own.effect == "allow" and own.rule == "anyone-may-ping"
+        assert own.effect == "deny" and own.rule == "default"  # other uids: nothing until granted
         with pytest.raises(ValueError):
             ExplainParams(method="x", namespace="a", provider="b")
