@@ -167,12 +167,14 @@ class Daemon:
         self.memory.namespaces.allowed = self.policy.namespace_allowed  # who may read which namespace
         self.memory.namespaces.admin_allowed = self.policy.admin_action_allowed  # e.g. forget everything
         self.bus.declare(*ROUTER_EVENTS)
-        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy)
+        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy,
+                             memory=self.memory)
         self.plugins = PluginManager(
             settings.plugins, self.bus, ProviderContext(inference=self.inference, state_dir=settings.state_dir)
         )
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
+        self.router.providers = self.providers  # provider:<name> route targets call through it
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from engram.errors import InvalidParams, NotFound, Unavailable
+from engram.errors import InvalidParams, NotFound, PolicyDenied, Unavailable
 from engram.inference.toy_models import write_model
 from onnx import TensorProto, helper, numpy_helper
 
@@ -129,6 +129,23 @@ def test_learning_persists_across_restart_and_reset(router, make_daemon):
     assert again.call("route.stats", {"route": "agree"})["routes"][0]["calibrated"] is None
 
 
+def test_novelty_is_measured_against_episodic_memory_and_survives_restart(router, make_daemon):
+    first = router.call("route.run", {"route": "agree", "tensor": tensor(9.0, 0.0, 0.0), "use_cache": False})
+    assert first["features"]["novelty"] == 1.0 and first["features"]["seen"] == 0.0
+    repeat = router.call("route.run", {"route": "agree", "tensor": tensor(9.0, 0.0, 0.0), "use_cache": False})
+    assert repeat["features"]["novelty"] == 0.0 and repeat["features"]["seen"] == 1.0
+    near = router.call("route.run", {"route": "agree", "tensor": tensor(9.0, 0.5, 0.0), "use_cache": False})
+    new = router.call("route.run", {"route": "agree", "tensor": tensor(0.0, 0.0, 9.0), "use_cache": False})
+    assert 0.0 < near["features"]["novelty"] < 0.05 and new["features"]["novelty"] > 0.99
+    assert router.call("route.run", {"route": "auto", "tensor": tensor(9.0, 0.0, 0.0)})["features"]["novelty"] == 1.0
+    assert router.stop() == 0  # queued vectors are written, then the daemon stops cleanly
+    again = make_daemon(env={"ENGRAM_ROUTER__ROUTES": json.dumps(ROUTES)}, state=router.state_dir)
+    remembered = again.call("route.run", {"route": "agree", "tensor": tensor(0.0, 0.0, 9.0), "use_cache": False})
+    assert remembered["features"]["novelty"] == 0.0 and remembered["features"]["seen"] == 0.0
+    stats = again.call("memory.stats", {"namespace": "router:agree"})
+    assert stats["episodes"] == 3 and stats["namespace"] == "router:agree"
+
+
 def test_bad_input(router):
     with pytest.raises(NotFound) as info:
         router.call("route.run", {"route": "nope", "tensor": tensor(1.0, 0.0, 0.0)})
@@ -185,3 +202,48 @@ def test_text_route_serves_semantic_repeats(make_daemon):
     assert near["cached"]["decision"] == first["decision"] and near["cached"]["similarity"] >= 0.9
     other = daemon.call("route.run", {"route": "text", "text": "Quarterly revenue grew by four percent."})
     assert other["taken"] == "fast" and other["features"]["novelty"] > near["features"]["novelty"]
+
+
+def test_generate_route_with_provider_targets(make_daemon):
+    """fast: the local Ollama (a fake on loopback); slow: an OpenAI-style remote, which the
+    default policy keeps the prompt from (egress is checked on every provider call)."""
+    testing_ollama = pytest.importorskip("engram_ollama.testing", reason="make test installs plugins/engram-ollama")
+    testing_openai = pytest.importorskip("engram_openai.testing", reason="make test installs plugins/engram-openai")
+    routes = [
+        {"name": "gen", "task": "generate", "fast": "provider:ollama", "slow": "provider:openai", "mode": "cascade",
+         "fallback": "fail"},
+    ]
+    with testing_ollama.FakeOllama() as ollama, testing_openai.FakeOpenAI() as openai:
+        providers = {"ollama": {"base_url": ollama.url}, "openai": {"base_url": openai.url, "locality": "remote"}}
+        daemon = make_daemon(env={
+            "ENGRAM_ROUTER__ROUTES": json.dumps(routes),
+            "ENGRAM_PLUGINS__DISABLED": "[]",
+            "ENGRAM_PLUGINS__PROVIDERS": json.dumps(providers),
+        })
+        first = daemon.call("route.run", {"route": "gen", "text": "hello there", "use_cache": False})
+        assert first["taken"] == "fast" and first["target"] == "provider:ollama" and not first["escalated"]
+        assert first["text"] == "echo: hello there" and first["confidence"] is None and first["outputs"] == {}
+        assert "kept its answer" in first["reason"]
+        posted = lambda fake: [r[2] for r in fake.requests if r[2] is not None]  # the calls, not health checks
+        assert [b for b in posted(ollama) if b.get("prompt") == "hello there"] and posted(openai) == []
+
+        daemon.call("route.run", {"route": "gen", "text": "hello there"})
+        cached = daemon.call("route.run", {"route": "gen", "text": "hello there"})
+        assert cached["taken"] == "cache" and cached["text"] == "echo: hello there"
+
+        with pytest.raises(PolicyDenied) as info:
+            daemon.call("route.run", {"route": "gen", "text": "hello there", "mode": "slow"})
+        assert info.value.code == -32001 and posted(openai) == []
+        daemon.stop()
+
+        providers["openai"]["locality"] = "local"  # a loopback server the policy lets prompts go to
+        local = make_daemon(env={
+            "ENGRAM_ROUTER__ROUTES": json.dumps(routes),
+            "ENGRAM_PLUGINS__DISABLED": "[]",
+            "ENGRAM_PLUGINS__PROVIDERS": json.dumps(providers),
+        })
+        slow = local.call("route.run", {"route": "gen", "text": "think hard", "mode": "slow"})
+        assert slow["taken"] == "slow" and slow["target"] == "provider:openai" and slow["text"] == "echo: think hard"
+        forced = local.call("route.run", {"route": "gen", "text": "think harder", "threshold": 1.0})
+        assert forced["taken"] == "slow" and forced["escalated"] and forced["agreed"] is None
+        assert len(posted(openai)) == 2

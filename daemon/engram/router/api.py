@@ -68,7 +68,10 @@ class RouteRunResult(Result):
     features: dict[str, float]
     reason: str = Field(description="One line: why this path.")
     labels: list[int] | None = Field(default=None, description="classify: the top class of each row.")
-    outputs: dict[str, B64Tensor | ListTensor] = Field(description="The answer: the target's outputs (embed: vectors).")
+    outputs: dict[str, B64Tensor | ListTensor] = Field(
+        description="The answer: the target's outputs (embed: vectors; generate: score, when the provider reports one)."
+    )
+    text: str | None = Field(default=None, description="generate: the provider's text.")
     cached: CacheProvenance | None = None
 
 

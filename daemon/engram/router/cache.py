@@ -3,7 +3,8 @@
 * **exact repeat**: the SHA-256 of the input (route, kind, bytes) finds the answer directly;
 * **semantic repeat** (text only): the text's embedding (the default embedder) is compared with
   the embeddings of the route's cached texts; at or above ``router.cache.semantic_threshold`` the
-  cached answer is served.
+  cached answer is served. With memory the router finds the neighbours in the route's episodic
+  namespace instead (service.py ``_semantic_hit``) and only reads answers here by key.
 
 Only unexpired answers of the same route count. Each route keeps at most
 ``router.cache.max_entries`` answers; the oldest go first. Blocking code: call from a thread.

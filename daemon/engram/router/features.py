@@ -2,8 +2,9 @@
 target runs. Every feature is scaled to roughly [0, 1] so that one set of prior weights fits
 inputs of any kind.
 
-Novelty is the cosine distance to the nearest of the route's recent inputs (a bounded window in
-RAM, :class:`NoveltyWindow`); "seen" is an exact-hash repeat.
+Novelty is the cosine distance to the nearest remembered input of the route in episodic memory
+(novelty.py); :class:`NoveltyWindow` (a bounded window of cheap sketches in RAM) stands in when the
+router runs without memory or a text could not be embedded. "seen" is an exact-hash repeat.
 """
 
 from __future__ import annotations

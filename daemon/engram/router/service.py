@@ -5,8 +5,10 @@ mode decides the path -> fast and/or slow target -> agreement, learning, a ``rou
 event, and the answer with its route, confidence, features and a one-line reason.
 
 Targets are ``model:<name>`` (the inference registry; classify routes feed a tensor to the model,
-embed routes embed text) or ``provider:<name>``. Provider targets answer -32005 (reason
-``provider_unavailable``): the daemon has no provider calls that the router could make yet.
+embed routes embed text) or ``provider:<name>`` (generate routes: the Providers part's ``generate``
+capability, policy egress checks included). A provider's answer is kept in the outputs as
+``text`` (UTF-8 bytes, shown as the result's ``text``) and, when the provider reports one,
+``score`` (its confidence in [0, 1], which the cascade compares with the threshold).
 
 The router's tables (migration 0004_router) are used through one own SQLite connection in a
 worker thread (capacity 1): every statement is short, and the event loop never waits on disk.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import anyio
+import anyio.abc
 import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
@@ -42,7 +45,9 @@ from engram.errors import (
 from engram.inference import codec
 from engram.inference.api import B64Tensor, ListTensor
 from engram.inference.service import Inference
+from engram.memory.service import Memory
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
+from engram.plugins.protocol import Completion
 from engram.router.api import (
     CacheProvenance,
     RouteCalibrateParams,
@@ -72,6 +77,7 @@ from engram.router.features import (
     tensor_features,
     text_features,
 )
+from engram.router.novelty import EpisodicNovelty, tensor_vector
 from engram.router.settings import RouterSettings, RouteSettings
 from engram.server.methods import RequestContext, rpc
 
@@ -119,7 +125,7 @@ class Router:
 
     def __init__(
         self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, inference: Inference,
-        busy_timeout: float = 5.0,
+        busy_timeout: float = 5.0, memory: Memory | None = None,
     ) -> None:
         self.settings = settings
         self.state = "created"
@@ -127,6 +133,7 @@ class Router:
         self._busy = busy_timeout
         self._bus = bus
         self._inference = inference
+        self.providers: Any = None  # the Providers part (set by the daemon): provider:<name> targets
         self._conn: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self.assessor: Assessor | None = None
@@ -141,6 +148,11 @@ class Router:
                                     ["route"], registry=reg)
         self._disagreements = Counter("engram_route_disagreements", "Requests where fast and slow disagreed.", ["route"],
                                       registry=reg)
+        dropped = Counter("engram_route_novelty_dropped", "Input vectors not remembered because the novelty queue was full.",
+                          ["route"], registry=reg)
+        # Novelty against the route's episodic namespace when the daemon has memory; else the RAM window.
+        self.novelty = EpisodicNovelty(memory, settings.learning.novelty_queue, dropped) if memory is not None else None
+        self._tg: anyio.abc.TaskGroup | None = None
         self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=reg)
 
@@ -149,6 +161,11 @@ class Router:
     async def __aenter__(self) -> Self:
         self._limiter = anyio.CapacityLimiter(1)
         await self._db(self._open)
+        if self.novelty is not None:
+            self.novelty.open()
+            self._tg = anyio.create_task_group()
+            await self._tg.__aenter__()
+            self._tg.start_soon(self.novelty.run, name="router novelty writer")
         self.state = "running"
         log.info("router ready", routes=sorted(self.routes))
         return self
@@ -168,6 +185,16 @@ class Router:
                 state.threshold, state.auto_threshold, state.calibrated = row
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._tg is not None and self.novelty is not None:
+            tg, self._tg = self._tg, None
+            self.novelty.close()  # the writer drains what is queued, then ends
+            if self.novelty.finished is not None:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                    await self.novelty.finished.wait()
+            # Left here, not inside another cancel scope: the task group's scope was entered in
+            # __aenter__ and must be left from the same level.
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with anyio.CancelScope(shield=True):
@@ -188,15 +215,13 @@ class Router:
 
     # --- targets ---------------------------------------------------------------------------------
 
-    async def _call(self, route: RouteSettings, target: str, array: np.ndarray | None, text: str | None) -> dict[str, np.ndarray]:
+    async def _call(self, ctx: RequestContext, route: RouteSettings, target: str, array: np.ndarray | None,
+                    text: str | None) -> dict[str, np.ndarray]:
         kind, _, name = target.partition(":")
-        if kind == "provider":
-            raise TargetDown(target, Unavailable(
-                f"target {target}: provider targets cannot be called by the router yet (no provider call API)",
-                reason="provider_unavailable", target=target,
-            ))
         try:
             with anyio.fail_after(self.settings.target_timeout):
+                if kind == "provider":
+                    return await self._generate(ctx, route, target, name, text)
                 if route.task == "classify":
                     assert array is not None
                     return await self._classify(route, name, array)
@@ -205,7 +230,7 @@ class Router:
                     embedded = await self._inference.embed([text], name, "b64")
                     return {"vectors": codec.decode(codec.WireTensor(**embedded.vectors.model_dump()), "vectors")}
                 raise TargetDown(target, Unavailable(
-                    f"target {target}: task generate needs a provider target", reason="provider_unavailable", target=target
+                    f"target {target}: task {route.task} needs a provider target", reason="provider_unavailable", target=target
                 ))
         except TimeoutError:
             raise TargetDown(target, Timeout(f"target {target} did not answer within {self.settings.target_timeout:g} s",
@@ -216,6 +241,33 @@ class Router:
                                 reason=exc.reason, target=target) from None
         except (NotFound, Unavailable, IntegrityError) as exc:
             raise TargetDown(target, exc) from None
+
+    async def _generate(self, ctx: RequestContext, route: RouteSettings, target: str, name: str, text: str | None
+                        ) -> dict[str, np.ndarray]:
+        """A ``generate`` call through the Providers part (breaker, policy egress, call timeout)."""
+        if route.task != "generate" or text is None:
+            raise TargetDown(target, Unavailable(
+                f"target {target}: provider targets serve generate routes", reason="provider_unavailable", target=target
+            ))
+        providers = self.providers
+        if providers is None:
+            raise TargetDown(target, Unavailable(f"target {target}: the daemon has no providers part",
+                                                 reason="provider_unavailable", target=target))
+        limit = providers.settings.max_prompt_chars
+        if len(text) > limit:
+            raise InvalidParams(f"text: {len(text)} characters; at most {limit} (providers.max_prompt_chars)", field="text")
+
+        def invoke(provider: Any, sent: dict[str, Any]) -> Any:
+            return provider.generate(sent["prompt"], model=None, system=None, options={})
+
+        _, (completion, score), _, _ = await providers.call(
+            ctx, "generate", providers.chain("generate", name), model=None, tags=[], payload={"prompt": text, "system": None},
+            invoke=invoke, check=_checked_completion,
+        )
+        out = {"text": np.frombuffer(completion.text.encode("utf-8"), dtype=np.uint8).copy()}
+        if score is not None:
+            out["score"] = np.array([score], dtype=np.float32)
+        return out
 
     async def _classify(self, route: RouteSettings, model: str, array: np.ndarray) -> dict[str, np.ndarray]:
         loaded = await self._inference.cache.get(model)
@@ -228,12 +280,13 @@ class Router:
         return {k: codec.decode(codec.WireTensor(**v.model_dump()), k) for k, v in outputs.items()}
 
     async def _call_or_fallback(
-        self, route: RouteSettings, which: str, array: np.ndarray | None, text: str | None, notes: list[str]
+        self, ctx: RequestContext, route: RouteSettings, which: str, array: np.ndarray | None, text: str | None,
+        notes: list[str],
     ) -> tuple[str, dict[str, np.ndarray]]:
         """Run the ``which`` (fast/slow) target; on a down target, the other one per the route's fallback."""
         target = route.fast if which == "fast" else route.slow
         try:
-            return which, await self._call(route, target, array, text)
+            return which, await self._call(ctx, route, target, array, text)
         except TargetDown as down:
             other = "slow" if which == "fast" else "fast"
             if route.fallback != "other":
@@ -241,7 +294,7 @@ class Router:
             notes.append(f"{which} target down ({down.error.reason}), fell back to {other}")
             log.warning("route target down; falling back", route=route.name, target=target, error=down.error.message)
             try:
-                return other, await self._call(route, route.slow if other == "slow" else route.fast, array, text)
+                return other, await self._call(ctx, route, route.slow if other == "slow" else route.fast, array, text)
             except TargetDown as both:
                 raise Unavailable(
                     f"route {route.name}: both targets are down ({down.error.message}; {both.error.message})",
@@ -249,6 +302,8 @@ class Router:
                 ) from None
 
     def _judge(self, route: RouteSettings, outputs: dict[str, np.ndarray]) -> tuple[float | None, float | None]:
+        if route.task == "generate":  # the provider's own score, when it reports one
+            return (float(outputs["score"][0]), None) if "score" in outputs else (None, None)
         if route.task != "classify":
             return None, None
         name = score_output(outputs, route.output)
@@ -291,26 +346,35 @@ class Router:
             features, sketch = text_features(text), sketch_text(text)
         key = input_hash(route.name, payload)
         features["bias"] = 1.0
-        features["novelty"] = state.window.novelty(sketch)
-        features["seen"] = 1.0 if key in state.seen else 0.0
+        mode = params.mode or route.mode
+        use_cache = params.use_cache and route.cache and self.settings.cache.enabled and mode != "slow"
+        # The input's vector: the text's embedding (also the semantic cache's key) or the flattened tensor.
+        vector: np.ndarray | None = None
+        if text is not None and (self.novelty is not None or (use_cache and self.settings.cache.semantic)):
+            vector = await self._text_vector(text)
+        memory_vector = tensor_vector(array, self.settings.learning.novelty_dim) if array is not None else vector
+        seen = key in state.seen
+        if self.novelty is not None and memory_vector is not None:
+            novelty = self.novelty
+            features["novelty"] = await anyio.to_thread.run_sync(novelty.novelty, route.name, memory_vector)
+            if not seen:
+                novelty.remember(route.name, key, memory_vector)  # written off the request path
+        else:
+            features["novelty"] = state.window.novelty(sketch)
+            state.window.add(sketch)
+        features["seen"] = 1.0 if seen else 0.0
         features.update(has_conf=0.0, low_conf=0.0, low_margin=0.0)
-        state.window.add(sketch)
         state.seen[key] = None
         state.seen.move_to_end(key)
         while len(state.seen) > _SEEN_KEPT:
             state.seen.popitem(last=False)
-        mode = params.mode or route.mode
         decision = "rt_" + uuid.uuid4().hex[:20]
-        use_cache = params.use_cache and route.cache and self.settings.cache.enabled and mode != "slow"
 
         # System 1: a remembered answer.
-        vector: np.ndarray | None = None
         if use_cache:
             hit = await self._db(self.cache.exact, route.name, key)
-            if hit is None and text is not None and self.settings.cache.semantic:
-                vector = await self._text_vector(text)
-                if vector is not None:
-                    hit = await self._db(self.cache.semantic, route.name, vector)
+            if hit is None and vector is not None and text is not None and self.settings.cache.semantic:
+                hit = await self._semantic_hit(route.name, key, vector)
             if hit is not None:
                 return await self._from_cache(ctx, state, mode, decision, features, hit, params.output_format)
 
@@ -323,16 +387,16 @@ class Router:
         p_slow = p_pre
         escalated = False
         if mode == "fast":
-            taken, out = await self._call_or_fallback(route, "fast", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "fast", array, text, notes)
             reason = "mode fast"
         elif mode == "slow":
-            taken, out = await self._call_or_fallback(route, "slow", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "slow", array, text, notes)
             reason = "mode slow"
         elif mode == "auto" and p_pre >= route.direct_slow:
-            taken, out = await self._call_or_fallback(route, "slow", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "slow", array, text, notes)
             reason = f"auto: p_slow {p_pre:.3f} >= direct_slow {route.direct_slow:g} before the fast target ran"
         else:
-            taken, out = await self._call_or_fallback(route, "fast", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "fast", array, text, notes)
             if taken == "fast":
                 fast_out = out
                 conf, margin = self._judge(route, out)
@@ -340,10 +404,13 @@ class Router:
                     features.update(has_conf=1.0, low_conf=1.0 - conf, low_margin=1.0 - (margin if margin is not None else conf))
                 p_slow = await self._p_slow(route.name, features)
                 if mode == "cascade":
-                    doubt = conf is None or conf < threshold or threshold >= 1.0
+                    # Without a confidence a classifier escalates; a generator keeps its answer (no score: fast).
+                    unsure = conf is None and route.task != "generate"
+                    doubt = unsure or (conf is not None and conf < threshold) or threshold >= 1.0
                     reason = (
                         f"cascade: confidence {conf:.3f} {'<' if doubt else '>='} threshold {threshold:g}"
                         if conf is not None else "cascade: the fast target reports no confidence"
+                        + ("" if doubt or unsure else "; kept its answer")
                     )
                 else:
                     doubt = p_slow > threshold or threshold >= 1.0
@@ -355,7 +422,7 @@ class Router:
                         state.explore_counter, explore = 0, True
                 if doubt or explore:
                     try:
-                        slow_out = await self._call(route, route.slow, array, text)
+                        slow_out = await self._call(ctx, route, route.slow, array, text)
                     except TargetDown as down:
                         if route.fallback != "other":
                             raise Unavailable(f"route {route.name}: {down.error.message}", reason="target_down",
@@ -386,7 +453,7 @@ class Router:
         return RouteRunResult(
             decision=decision, route=route.name, mode=mode, taken=taken, target=target, escalated=escalated, agreed=agreed,
             confidence=None if conf is None else round(conf, 6), p_slow=round(p_slow, 6), features=_rounded(features),
-            reason=reason, labels=labels, outputs=_wire(out, params.output_format),
+            reason=reason, labels=labels, outputs=_wire(out, params.output_format), text=_text(out),
         )
 
     async def _p_slow(self, route: str, features: dict[str, float]) -> float:
@@ -394,6 +461,24 @@ class Router:
         if self.assessor.loaded(route):  # pure arithmetic on weights in memory: no thread hop
             return self.assessor.probability(route, features)
         return await self._db(self.assessor.probability, route, features)
+
+    async def _semantic_hit(self, route: str, key: str, vector: np.ndarray) -> CacheHit | None:
+        """A cached answer to a text close enough to this one: the nearest remembered inputs in the
+        route's episodic namespace (with memory), else the cache's own table of embeddings."""
+        assert self.cache is not None
+        if self.novelty is None:
+            return await self._db(self.cache.semantic, route, vector)
+        near = await anyio.to_thread.run_sync(self.novelty.nearest, route, vector, 8)
+        threshold = self.settings.cache.semantic_threshold
+        for other, similarity in near:
+            if similarity < threshold:
+                break
+            if other == key:  # this very input: an exact hit would have been found already
+                continue
+            hit = await self._db(self.cache.exact, route, other)
+            if hit is not None:
+                return CacheHit("semantic", hit.key, hit.decision, hit.target, hit.answer, hit.created_at, similarity)
+        return None
 
     async def _text_vector(self, text: str) -> np.ndarray | None:
         try:
@@ -420,7 +505,7 @@ class Router:
         return RouteRunResult(
             decision=decision, route=route.name, mode=mode, taken="cache", target=hit.target, escalated=False, agreed=None,
             confidence=None, p_slow=round(p_slow, 6), features=_rounded(features), reason=reason,
-            labels=hit.answer.get("labels"), outputs=_wire(out, fmt),
+            labels=hit.answer.get("labels"), outputs=_wire(out, fmt), text=_text(out),
             cached=CacheProvenance(kind=hit.kind, decision=hit.decision, target=hit.target, created_at=hit.created_at,
                                    similarity=round(hit.similarity, 6)),
         )
@@ -594,9 +679,25 @@ def _rounded(features: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in sorted(features.items())}
 
 
+def _checked_completion(raw: Any) -> tuple[Completion, float | None]:
+    """The provider's Completion and the score it reports (a ``score`` key or attribute in [0, 1]), if any."""
+    score = raw.get("score") if isinstance(raw, dict) else getattr(raw, "score", None)
+    completion = raw if isinstance(raw, Completion) else Completion.model_validate(raw)
+    if isinstance(score, int | float) and not isinstance(score, bool) and 0.0 <= float(score) <= 1.0:
+        return completion, float(score)
+    return completion, None
+
+
+def _text(out: dict[str, np.ndarray]) -> str | None:
+    text = out.get("text")
+    return None if text is None else bytes(np.asarray(text, dtype=np.uint8)).decode("utf-8")
+
+
 def _wire(out: dict[str, np.ndarray], fmt: str) -> dict[str, B64Tensor | ListTensor]:
     result: dict[str, B64Tensor | ListTensor] = {}
     for name, array in out.items():
+        if name == "text":  # the generated text is the result's text field
+            continue
         data = codec.encode(np.asarray(array), fmt)  # type: ignore[arg-type]
         result[name] = B64Tensor(**data) if "b64" in data else ListTensor(**data)
     return result

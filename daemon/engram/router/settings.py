@@ -89,7 +89,21 @@ class RouterLearningSettings(_Section):
         default=0.0, ge=0, le=1,
         description="auto and cascade: share of confident requests for which the slow target also runs, to keep learning.",
     )
-    novelty_window: int = Field(default=512, ge=1, le=100_000, description="Recent inputs per route that novelty is measured against.")
+    novelty_window: int = Field(
+        default=512, ge=1, le=100_000,
+        description="Without episodic memory (or without an embedding for a text): recent inputs per route that novelty is "
+        "measured against.",
+    )
+    novelty_dim: int = Field(
+        default=256, ge=1, le=65_536,
+        description="Tensor routes: the flattened input is truncated or zero-padded to this many values before it is "
+        "remembered in the route's memory namespace (router:<route>) and compared for novelty.",
+    )
+    novelty_queue: int = Field(
+        default=1024, ge=1, le=1_000_000,
+        description="Input vectors waiting to be written to episodic memory; when full, new ones are dropped and counted "
+        "(engram_route_novelty_dropped).",
+    )
 
 
 class RouterSettings(_Section):

@@ -97,3 +97,25 @@ def test_route_settings_are_checked():
         RouterSettings(routes=[{"name": "a", "fast": "model:x", "slow": "model:y"}] * 2)
     with pytest.raises(ValidationError, match="same target"):
         RouterSettings(routes=[{"name": "a", "fast": "model:x", "slow": "model:x"}])
+
+
+def test_provider_score_is_read_when_reported():
+    from engram.plugins.protocol import Completion
+    from engram.router.service import _checked_completion, _text
+
+    completion, score = _checked_completion({"text": "hi", "score": 0.25})
+    assert completion.text == "hi" and score == 0.25
+    assert _checked_completion(Completion(text="hi"))[1] is None
+    assert _checked_completion({"text": "hi", "score": 7})[1] is None  # outside [0, 1]: not a score
+    assert _checked_completion({"text": "hi", "score": True})[1] is None
+    assert _text({"text": np.frombuffer("héllo".encode(), np.uint8)}) == "héllo" and _text({}) is None
+
+
+def test_generate_confidence_is_the_provider_score():
+    from engram.router.service import Router
+    from engram.router.settings import RouteSettings
+
+    route = RouteSettings(name="g", task="generate", fast="provider:small", slow="provider:big")
+    conf, margin = Router._judge(None, route, {"score": np.array([0.3], np.float32)})  # type: ignore[arg-type]
+    assert conf == pytest.approx(0.3) and margin is None
+    assert Router._judge(None, route, {"text": np.zeros(2, np.uint8)}) == (None, None)  # type: ignore[arg-type]
