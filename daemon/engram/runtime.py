@@ -270,7 +270,8 @@ class Daemon:
                     await stack.enter_async_context(part)
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._serve)
-                    tg.start_soon(self._handle_signals)
+                    # Handlers are in place before READY: a SIGTERM right after it must drain, not kill.
+                    await tg.start(self._handle_signals)
                     if (interval := systemd.watchdog_interval()) is not None:
                         tg.start_soon(self._watchdog, interval)
                     self._announce_ready()
@@ -309,8 +310,9 @@ class Daemon:
             systemd.notify("WATCHDOG=1")
             await anyio.sleep(interval)
 
-    async def _handle_signals(self) -> None:
+    async def _handle_signals(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+            task_status.started()
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     try:
