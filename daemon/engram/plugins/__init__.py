@@ -1,5 +1,6 @@
 """Model providers as plugins: the protocol they implement and their discovery via entry points."""
 
+from engram.plugins.locality import is_loopback, locality_of
 from engram.plugins.protocol import (
     CAPABILITIES,
     ENTRY_POINT_GROUP,
@@ -18,4 +19,6 @@ __all__ = [
     "Provider",
     "ProviderContext",
     "ProviderHealth",
+    "is_loopback",
+    "locality_of",
 ]

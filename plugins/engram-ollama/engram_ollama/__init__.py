@@ -7,32 +7,21 @@ Locality is ``local`` when ``base_url`` points at a loopback address, ``remote``
 
 from __future__ import annotations
 
-import ipaddress
 import json
 from collections.abc import AsyncIterator
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
-from engram.plugins import Completion, CostHint, ProviderHealth
+from engram.plugins import Completion, CostHint, ProviderHealth, locality_of
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["OllamaConfig", "OllamaError", "OllamaProvider", "is_loopback"]
+__all__ = ["OllamaConfig", "OllamaError", "OllamaProvider"]
 __version__ = "0.1.0"
 
 
 class OllamaError(RuntimeError):
     """Ollama answered with an error status or an error object."""
 
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OllamaConfig(BaseModel):
@@ -57,10 +46,7 @@ class OllamaProvider:
 
     def __init__(self, config: OllamaConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        if config.locality == "auto":
-            self.locality = "local" if is_loopback(config.base_url) else "remote"
-        else:
-            self.locality = config.locality
+        self.locality = locality_of(config.base_url, config.locality)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 

@@ -10,33 +10,22 @@ configuration.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 from collections.abc import AsyncIterator
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
-from engram.plugins import Completion, CostHint, ProviderHealth
+from engram.plugins import Completion, CostHint, ProviderHealth, locality_of
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-__all__ = ["OpenAIConfig", "OpenAIError", "OpenAIProvider", "is_loopback"]
+__all__ = ["OpenAIConfig", "OpenAIError", "OpenAIProvider"]
 __version__ = "0.1.0"
 
 
 class OpenAIError(RuntimeError):
     """The endpoint answered with an error status or an answer that is not the API's shape."""
 
-
-def is_loopback(url: str) -> bool:
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class OpenAIConfig(BaseModel):
@@ -63,10 +52,7 @@ class OpenAIProvider:
 
     def __init__(self, config: OpenAIConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        if config.locality == "auto":
-            self.locality = "local" if is_loopback(config.base_url) else "remote"
-        else:
-            self.locality = config.locality
+        self.locality = locality_of(config.base_url, config.locality)
         self.cost = CostHint(
             usd_per_1k_input_tokens=config.usd_per_1k_input_tokens,
             usd_per_1k_output_tokens=config.usd_per_1k_output_tokens,
