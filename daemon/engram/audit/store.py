@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engram.audit.entry import Record, build_entry
+from engram.storage.locking import begin_immediate
 from engram.audit.merkle import (
     CompactTree,
     consistency_proof,
@@ -178,7 +179,7 @@ class AuditStore:
             tree.append(digest, keep_node)
         with self._wlock:
             conn = self._require_writer()
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self.busy_timeout)
             try:
                 conn.executemany("INSERT INTO audit_entries (seq, entry, leaf_hash) VALUES (?, ?, ?)", rows)
                 conn.executemany("INSERT INTO audit_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)

@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from engram.storage.locking import begin_immediate
+
 __all__ = ["MemoryDB"]
 
 
@@ -79,7 +81,7 @@ class MemoryDB:
     def transaction(self) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises."""
         with self.write() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self.busy_timeout)
             try:
                 yield conn
             except BaseException:
