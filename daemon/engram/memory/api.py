@@ -198,11 +198,27 @@ class EpisodeOut(_Out):
     last_access: float | None
     embedder: str
     dim: int
+    archived_at: float | None = Field(
+        default=None, description="When sleep archived it (out of recall, deleted after sleep.forgetting.grace); None: live."
+    )
     vector: list[float] | None = None
 
 
 class GetResult(Result):
     episodes: list[EpisodeOut] = Field(description="In the order of ids.")
+
+
+class ListEpisodesParams(Params):
+    limit: int = Field(default=20, ge=1, description="Episodes per page (at most memory.max_items).")
+    before: str | None = Field(default=None, max_length=32, description="Cursor from the previous page's 'next': older episodes.")
+    session: Session | None = Field(default=None, description="Only episodes of this session.")
+    kind: Kind | None = Field(default=None, description="Only episodes of this kind.")
+    namespace: Namespace = None
+
+
+class ListEpisodesResult(Result):
+    episodes: list[EpisodeOut] = Field(description="Newest recorded first.")
+    next: str | None = Field(description="Cursor of the next (older) page; None after the last.")
 
 
 class ForgetParams(Params):
@@ -250,12 +266,13 @@ class WorkingStats(_Out):
 
 class StatsResult(Result):
     namespace: str
-    episodes: int
+    episodes: int = Field(description="Live episodes (the counts below are of live episodes too).")
     sessions: int
     kinds: dict[str, int]
     oldest: float | None
     newest: float | None
     pinned: int
+    archived: int = Field(default=0, description="Archived episodes: out of recall, awaiting deletion after sleep.forgetting.grace.")
     concepts: int
     relations: int
     relations_retracted: int

@@ -127,7 +127,8 @@ def get(ids: tuple[str, ...], vectors: bool, namespace: str | None, socket_path:
     def human(data: dict[str, Any]) -> None:
         for e in data["episodes"]:
             tags = f"  [{', '.join(e['tags'])}]" if e["tags"] else ""
-            click.echo(f"{e['id']}  {e['kind']}  importance {e['importance']:.2f}{tags}")
+            archived = "  (archived)" if e.get("archived_at") is not None else ""
+            click.echo(f"{e['id']}  {e['kind']}  importance {e['importance']:.2f}{tags}{archived}")
             click.echo(f"  {e['text']}")
 
     Output(as_json).emit(result, human)
@@ -166,7 +167,8 @@ def stats(namespace: str | None, socket_path: Path | None, as_json: bool, timeou
         idx, emb = d["index"], d["embedder"]
         kinds = ", ".join(f"{k} {n}" for k, n in d["kinds"].items()) or "-"
         click.echo(f"namespace    {d['namespace']}")
-        click.echo(f"episodes     {d['episodes']} ({kinds}); {d['sessions']} sessions; {d['pinned']} pinned")
+        click.echo(f"episodes     {d['episodes']} ({kinds}); {d['sessions']} sessions; {d['pinned']} pinned"
+                   + (f"; {d['archived']} archived" if d.get("archived") else ""))
         click.echo(f"graph        {d['concepts']} concepts, {d['relations']} relations ({d['relations_retracted']} retracted)")
         click.echo(f"index        {idx['kind']}, {idx['vectors']} vectors of {idx['dim'] or '-'} dims"
                    + (f", {idx['masked']} masked" if idx["masked"] else "") + (" (building HNSW)" if idx["building"] else ""))

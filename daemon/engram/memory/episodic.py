@@ -15,15 +15,23 @@ are applied in SQL; when they leave at most ``exact_filter_limit`` episodes, sim
 computed exactly over all of them, otherwise the neighbour search widens until enough
 candidates pass. The candidates are scored (:mod:`engram.memory.scoring`) and the best k
 returned, with their score parts. The search, the SQL and the scoring run in one worker-thread
-call.
+call. Archived episodes (see :meth:`Episodic.archive_seqs`) are never candidates.
+
+**Replay log.** A sample of unfiltered recalls (``memory.replay_log.sample_rate``) is kept for
+sleep's dream replay: the query vector, k and the ids returned. Sampling only appends to a
+bounded buffer in RAM; the access flusher writes it, off the recall's path, and each namespace
+keeps its newest ``memory.replay_log.size`` queries.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import sqlite3
 import time
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +52,26 @@ from engram.memory.semantic import GraphStore
 from engram.memory.settings import MemorySettings
 from engram.memory.store import EpisodeStore, Forgotten, NewEpisode
 from engram.memory.telemetry import MemoryMetrics
-from engram.memory.vectors import unit_vector
+from engram.memory.vectors import from_blob, to_blob, unit_vector
+from engram.storage.locking import begin_immediate
 
 __all__ = ["Episodic", "WriteJob"]
 
 _INLINE_ITEMS = 32  # larger requests are checked in a worker thread
 
 log = structlog.get_logger("engram.memory")
+
+
+@dataclass(slots=True)
+class ReplayQuery:
+    """One sampled recall, for sleep's dream replay."""
+
+    namespace: str
+    time: float
+    k: int
+    vector: NDArray[np.float32]
+    ids: list[str]
+    seq: int = 0  # its row in memory_replay_queries (0: not written yet)
 
 
 @dataclass
@@ -78,6 +99,8 @@ class Episodic:
         self._send: Any = None  # the write queue, made by open_writer() (in the event loop)
         self._receive: Any = None
         self.access: dict[int, tuple[int, float]] = {}  # seq -> (recalls since the last flush, last time)
+        self.replay: deque[ReplayQuery] = deque(maxlen=settings.replay_log.buffer)  # sampled recalls not yet written
+        self._random = random.Random()
         self.on_changed: list[Any] = []  # callbacks(namespace) after writes and forgets (index maintenance)
 
     # --- validation and embedding ------------------------------------------------------------------
@@ -311,7 +334,7 @@ class Episodic:
 
     def _commit(self, conn: Any, jobs: list[WriteJob]) -> None:
         now = time.time()
-        conn.execute("BEGIN IMMEDIATE")
+        begin_immediate(conn, self.db.busy_timeout)
         try:
             results = [self.store.insert(conn, job.rows, now) for job in jobs]
             conn.execute("COMMIT")
@@ -354,6 +377,63 @@ class Episodic:
             with self.db.transaction() as conn:
                 self.store.add_access(conn, pending)
         return len(pending)
+
+    def sample_recall(self, namespace: str, query: NDArray[np.float32], k: int, flt: SqlFilter, hits: list[dict[str, Any]]) -> bool:
+        """Maybe keep this recall for dream replay (event loop; O(1): the buffer is bounded and
+        written by the flusher). Filtered recalls are not kept: a replay searches unfiltered."""
+        rate = self.settings.replay_log.sample_rate
+        if rate <= 0 or not flt.empty or not hits or self._random.random() >= rate:
+            return False
+        self.replay.append(ReplayQuery(namespace, time.time(), k, np.array(query, dtype=np.float32), [h["id"] for h in hits]))
+        return True
+
+    def flush_replay(self) -> int:
+        """Write the sampled recalls and trim each namespace touched to its newest
+        ``memory.replay_log.size`` (worker thread)."""
+        pending: list[ReplayQuery] = []
+        while self.replay:
+            pending.append(self.replay.popleft())
+        if not pending:
+            return 0
+        keep = self.settings.replay_log.size
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "INSERT INTO memory_replay_queries (namespace, time, k, dim, vector, results) VALUES (?, ?, ?, ?, ?, ?)",
+                [(q.namespace, q.time, q.k, int(q.vector.shape[0]), to_blob(q.vector), json.dumps(q.ids)) for q in pending],
+            )
+            for namespace in {q.namespace for q in pending}:
+                conn.execute(
+                    "DELETE FROM memory_replay_queries WHERE namespace = ? AND seq <= (SELECT seq FROM memory_replay_queries "
+                    "WHERE namespace = ? ORDER BY seq DESC LIMIT 1 OFFSET ?)",
+                    (namespace, namespace, keep),
+                )
+        return len(pending)
+
+    def replay_queries(self, namespace: str, limit: int, seqs: Sequence[int] | None = None) -> list[ReplayQuery]:
+        """The newest ``limit`` sampled recalls of ``namespace`` (or those of ``seqs`` still
+        kept), oldest first (worker thread)."""
+        with self.db.read() as conn:
+            if seqs is None:
+                rows = conn.execute(
+                    "SELECT seq, time, k, dim, vector, results FROM memory_replay_queries WHERE namespace = ? "
+                    "ORDER BY seq DESC LIMIT ?",
+                    (namespace, limit),
+                ).fetchall()
+            else:
+                wanted = list(seqs)[:limit]
+                rows = []
+                for start in range(0, len(wanted), 900):
+                    chunk = wanted[start : start + 900]
+                    rows += conn.execute(
+                        "SELECT seq, time, k, dim, vector, results FROM memory_replay_queries WHERE namespace = ? "
+                        f"AND seq IN ({','.join('?' * len(chunk))})",
+                        (namespace, *chunk),
+                    ).fetchall()
+                rows.sort(key=lambda r: -r[0])
+        return [
+            ReplayQuery(namespace, when, k, from_blob(blob, dim), json.loads(ids), seq)
+            for seq, when, k, dim, blob, ids in reversed(rows)
+        ]
 
     def recall(self, namespace: str, query: NDArray[np.float32], text: str | None, k: int, flt: SqlFilter,
                weights: Weights, activation: bool) -> list[dict[str, Any]]:
@@ -411,11 +491,11 @@ class Episodic:
             scored.append((combine(parts, weights, bool(text), activation), seq, parts))
         scored.sort(key=lambda h: (-h[0], -h[1]))
         best = scored[:k]
-        rows = self.store.rows(namespace, [seq for _, seq, _ in best])  # whole rows for the winners only
+        rows = self.store.rows(namespace, [seq for _, seq, _ in best], live_only=True)  # whole rows for the winners only
         hits = []
         for score, seq, parts in best:
             row = rows.get(seq)
-            if row is not None:  # forgotten between the two reads
+            if row is not None:  # forgotten or archived between the two reads
                 hits.append({**row, "score": score, "parts": parts})
         return hits
 
@@ -424,7 +504,7 @@ class Episodic:
     def forget_seqs(self, namespace: str, seqs: Sequence[int]) -> Forgotten:
         """Delete episodes and their index entries (worker thread)."""
         with self.db.write() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self.db.busy_timeout)
             try:
                 gone = self.store.delete(conn, namespace, seqs)
                 conn.execute("COMMIT")
@@ -439,9 +519,53 @@ class Episodic:
             self.access.pop(seq, None)
         return gone
 
+    def archive_seqs(self, namespace: str, seqs: Sequence[int], now: float,
+                     journal: Callable[[sqlite3.Connection, list[int]], None] | None = None) -> list[int]:
+        """Archive the live, unpinned episodes among ``seqs``: out of recall and of the vector
+        index, still readable by id (worker thread). ``journal(conn, archived)`` runs inside the
+        same transaction (sleep records its undo there). The index learns of it after the commit;
+        a crash in between is repaired at start, when the index is reconciled with the live rows."""
+        with self.db.write() as conn:
+            begin_immediate(conn, self.db.busy_timeout)
+            try:
+                done = self.store.archive(conn, namespace, seqs, now)
+                if journal is not None and done:
+                    journal(conn, done)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            self.index.remove(namespace, done)
+        for seq in done:
+            self.access.pop(seq, None)
+        return done
+
+    def unarchive_seqs(self, namespace: str, seqs: Sequence[int], archived_at: float | None = None) -> list[int]:
+        """Make archived episodes among ``seqs`` live again (only those archived at
+        ``archived_at``, when given) and put their vectors back in the index (worker thread)."""
+        with self.db.write() as conn:
+            begin_immediate(conn, self.db.busy_timeout)
+            try:
+                done = self.store.unarchive(conn, namespace, seqs, archived_at)
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            if done:
+                self.index.remove(namespace, done)  # never twice in the index, whatever happened before
+                for got, vectors in self.store.vectors(done):
+                    if self.index.dim(namespace) in (None, vectors.shape[1]):
+                        self.index.add(namespace, got, vectors)
+                    else:
+                        log.warning("unarchived episodes do not fit the namespace's vector dimension; left out of the index",
+                                    namespace=namespace, episodes=len(got))
+        return done
+
     def forget_namespace(self, namespace: str) -> Forgotten:
         with self.db.write() as conn:
-            conn.execute("BEGIN IMMEDIATE")
+            begin_immediate(conn, self.db.busy_timeout)
             try:
                 gone = self.store.delete_namespace(conn, namespace)
                 conn.execute("COMMIT")
@@ -451,6 +575,9 @@ class Episodic:
                 raise
             self.index.drop(namespace)
         self.graph.invalidate(namespace)
+        pending = [q for q in self.replay if q.namespace != namespace]
+        self.replay.clear()
+        self.replay.extend(pending)
         return gone
 
     def resolve_ids(self, namespace: str, ids: Sequence[str], field_name: str = "ids") -> dict[str, int]:

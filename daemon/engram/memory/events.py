@@ -32,7 +32,9 @@ class MemoryForgotten(Event):
     namespace: str
     ids: list[str]
     text_sha256: list[str] = Field(description="SHA-256 (hex) of each forgotten text, in the order of ids.")
-    scope: Literal["ids", "filter", "all"]
+    scope: Literal["ids", "filter", "all", "sleep"] = Field(
+        description="What asked: memory.forget by ids, filter or all, or sleep deleting archived episodes after their grace."
+    )
     relations: int = Field(default=0, description="Relations deleted with them.")
     concepts: int = Field(default=0, description="Concepts deleted with them (scope all).")
     principal: Principal | None = None

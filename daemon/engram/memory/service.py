@@ -4,7 +4,8 @@ Start: open memory's SQLite connections (the tables come from migration 0003), l
 index file and reconcile it with SQLite (or rebuild it, with progress in the log), then start the
 background tasks: the group-commit writer, the index saver (every ``memory.index.save_interval``
 while changed), index maintenance (HNSW builds and compactions), the access-count flusher, the
-full-text purge after forgets, and the working-memory sweeper.
+full-text purge after forgets, and the working-memory sweeper. The access flusher also writes the
+sampled recalls of the replay log (``memory.replay_log``).
 
 Stop: the writer finishes what is queued, access counts are written, the index is saved, the
 connections close. A ``kill -9`` skips all of that and loses nothing acknowledged: SQLite has
@@ -34,6 +35,7 @@ from engram.memory.api import (
     ExportItem,
     ExportParams,
     ExportResult,
+    Filter,
     ForgetParams,
     ForgetResult,
     GetParams,
@@ -46,6 +48,8 @@ from engram.memory.api import (
     ImportParams,
     ImportResult,
     IndexStats,
+    ListEpisodesParams,
+    ListEpisodesResult,
     RecallParams,
     RecallResult,
     RememberParams,
@@ -72,7 +76,7 @@ from engram.memory.events import (
     MemoryIndexRebuilt,
     MemoryRemembered,
 )
-from engram.memory.filters import check_tags
+from engram.memory.filters import SqlFilter, check_tags
 from engram.memory.index import FILE_NAME, IndexFileError, VectorIndex
 from engram.memory.namespaces import NamespacePolicy
 from engram.memory.scoring import Weights
@@ -199,6 +203,7 @@ class Memory:
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(self.episodic.flush_access)
+                await anyio.to_thread.run_sync(self.episodic.flush_replay)
                 if self.index.changes:
                     await anyio.to_thread.run_sync(self._save)
             except Exception:
@@ -339,6 +344,8 @@ class Memory:
             await anyio.sleep(self.settings.access_flush_interval)
             if self.episodic.access:
                 await anyio.to_thread.run_sync(self.episodic.flush_access)
+            if self.episodic.replay:
+                await anyio.to_thread.run_sync(self.episodic.flush_replay)
 
     async def _purger(self) -> None:
         while True:
@@ -384,6 +391,15 @@ class Memory:
             MemoryRemembered(namespace=namespace, ids=[i for i, _ in done], text_sha256=[h for _, h in done],
                              origin=origin, principal=principal, task_id=task_id)  # type: ignore[arg-type]
         )
+
+    async def forget_seqs(self, namespace: str, seqs: list[int], scope: str = "sleep", principal: Principal | None = None,
+                          task_id: int | None = None) -> Forgotten:
+        """Delete episodes by seq the way memory.forget does (rows, index, events, full-text
+        purge); for in-process callers such as sleep's forgetting stage."""
+        gone = await self._thread(self.episodic.forget_seqs, namespace, seqs)
+        self._publish_forgotten(namespace, gone, scope, principal, task_id)
+        log.info("forgotten", namespace=namespace, scope=scope, episodes=len(gone.ids), relations=gone.relations)
+        return gone
 
     def _publish_forgotten(self, namespace: str, gone: Forgotten, scope: str, principal: Principal | None,
                            task_id: int | None) -> None:
@@ -451,6 +467,7 @@ class Memory:
             lambda: self.episodic.recall(namespace, query, text, params.k, flt, weights, params.activation)
         )
         self.episodic.note_access([h["seq"] for h in found])
+        self.episodic.sample_recall(namespace, query, params.k, flt, found)
         self.metrics.recalls.inc()
         self.metrics.recall_seconds.observe(time.perf_counter() - started)
         return RecallResult(
@@ -484,6 +501,38 @@ class Memory:
             episodes.append(EpisodeOut(**row, vector=vector.tolist() if vector is not None else None))
         return GetResult(episodes=episodes)
 
+    @rpc("memory.list", summary="A namespace's episodes, newest recorded first, a page at a time (optionally one session or kind).")
+    async def list_episodes(self, ctx: RequestContext, params: ListEpisodesParams) -> ListEpisodesResult:
+        namespace = self._namespace(ctx, params.namespace)
+        if params.limit > self.settings.max_items:
+            raise InvalidParams(f"limit: at most {self.settings.max_items} (memory.max_items)", field="limit", reason="limit_too_large")
+        try:
+            before = int(params.before) if params.before else 1 << 62
+        except ValueError:
+            raise InvalidParams("before: not a cursor from a previous page", field="before", reason="bad_cursor") from None
+        flt = self.episodic.filter_for(Filter(session=params.session, kinds=[params.kind] if params.kind else None))
+        seqs, rows = await self._thread(self._newest, namespace, flt, before, params.limit)
+        episodes = []
+        for seq in seqs:
+            if seq in rows:  # forgotten between the two reads
+                episodes.append(EpisodeOut(**{k: v for k, v in rows[seq].items() if k in EpisodeOut.model_fields}))
+        more = len(seqs) == params.limit
+        return ListEpisodesResult(episodes=episodes, next=str(seqs[-1]) if seqs and more else None)
+
+    def _newest(self, namespace: str, flt: SqlFilter, before: int, limit: int) -> tuple[list[int], dict[int, dict[str, Any]]]:
+        """Live (not archived) seqs below ``before`` passing ``flt``, newest first, and their rows (a worker thread)."""
+        store = self.episodic.store
+        with store.db.read() as conn:
+            seqs = [
+                s
+                for (s,) in conn.execute(
+                    f"SELECT e.seq FROM memory_episodes e WHERE e.namespace = ? AND e.seq < ? AND e.archived_at IS NULL"
+                    f"{flt.sql} ORDER BY e.seq DESC LIMIT ?",
+                    (namespace, before, *flt.args, limit),
+                )
+            ]
+        return seqs, store.rows(namespace, seqs)
+
     @rpc("memory.forget", summary="Forget episodes by id, by filter, or the whole namespace; immediate and complete.")
     async def forget(self, ctx: RequestContext, params: ForgetParams) -> ForgetResult:
         namespace = self._namespace(ctx, params.namespace)
@@ -506,7 +555,8 @@ class Memory:
                 raise InvalidParams("filter: no condition; use all: true to forget the whole namespace", field="filter",
                                     reason="empty_filter")
             seqs = await self._thread(
-                lambda: self.episodic.store.filter_seqs(namespace, flt, 1 << 62, include_pinned=params.include_pinned)
+                lambda: self.episodic.store.filter_seqs(namespace, flt, 1 << 62, include_pinned=params.include_pinned,
+                                                        include_archived=True)
             )
             gone = await self._thread(self.episodic.forget_seqs, namespace, seqs or [])
             scope = "filter"

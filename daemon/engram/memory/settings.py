@@ -17,6 +17,7 @@ __all__ = [
     "MemorySettings",
     "RecallSettings",
     "RecallWeights",
+    "ReplayLogSettings",
     "WorkingSettings",
     "WorkingWeights",
 ]
@@ -172,6 +173,20 @@ class GraphSettings(_Section):
     )
 
 
+class ReplayLogSettings(_Section):
+    """The sample of past recalls that sleep's dream replay re-runs (local database only)."""
+
+    sample_rate: float = Field(
+        default=0.05, ge=0, le=1,
+        description="Share of unfiltered memory.recall calls whose query vector, k and returned ids are kept (0: none).",
+    )
+    size: int = Field(default=1000, ge=1, le=1_000_000, description="Sampled queries kept per namespace (the newest).")
+    buffer: int = Field(
+        default=256, ge=1, le=100_000,
+        description="Sampled queries held in RAM until the access flusher writes them (the oldest are dropped beyond).",
+    )
+
+
 class MemorySettings(_Section):
     """Working, episodic and semantic memory."""
 
@@ -211,6 +226,7 @@ class MemorySettings(_Section):
     index: IndexSettings = Field(default_factory=IndexSettings)
     working: WorkingSettings = Field(default_factory=WorkingSettings)
     graph: GraphSettings = Field(default_factory=GraphSettings)
+    replay_log: ReplayLogSettings = Field(default_factory=ReplayLogSettings)
 
     @model_validator(mode="after")
     def _weights_not_all_zero(self) -> MemorySettings:

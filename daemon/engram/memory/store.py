@@ -3,6 +3,11 @@
 Every query names its namespace. Writers pass the connection of an open transaction
 (:meth:`MemoryDB.transaction`); readers take one from the pool. ``seq`` is the internal key
 (FAISS label, FTS rowid, watermark), ``id`` the public one.
+
+**Archived episodes** (``archived_at`` set, by sleep's forgetting stage) are on their way out:
+every query that feeds recall, the vector index or the live counts skips them (``_LIVE``); the
+lookups by id (``resolve``, ``owners``, ``rows``) still see them, so ``memory.get`` shows them
+and ``memory.forget`` deletes them.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from engram.memory.vectors import from_blob, to_blob
 __all__ = ["EpisodeStore", "Forgotten", "NewEpisode"]
 
 _CHUNK = 900  # bound parameters per IN (...) list, well under SQLite's limit
+# Appended to queries over alias e that must skip archived episodes. The unary + keeps SQLite from
+# choosing the (namespace, archived_at) index for them: a session, kind or time filter's index
+# narrows far better. The live-only scans (seqs_of, page, counts) use that index on purpose.
+_LIVE = " AND +e.archived_at IS NULL"
 
 # Lookups by lists of seqs or ids write "+namespace": without statistics SQLite would rather scan
 # the (namespace, ...) indexes than do the key lookups, which is 10x slower for a recall.
 
 _ROW_COLUMNS = (
     "e.seq, e.id, e.namespace, e.text, e.text_sha256, e.time, e.recorded_at, e.session, e.kind, e.metadata, "
-    "e.source, e.importance, e.pinned, e.access_count, e.last_access, e.embedder, e.dim"
+    "e.source, e.importance, e.pinned, e.access_count, e.last_access, e.embedder, e.dim, e.archived_at"
 )
 
 
@@ -74,7 +83,7 @@ def _marks(n: int) -> str:
 
 def _row_dict(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
     (seq, id_, namespace, text, sha, time, recorded_at, session, kind, metadata, source, importance, pinned,
-     access_count, last_access, embedder, dim) = row[:17]
+     access_count, last_access, embedder, dim, archived_at) = row[:18]
     return {
         "seq": seq,
         "id": id_,
@@ -93,6 +102,7 @@ def _row_dict(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
         "last_access": last_access,
         "embedder": embedder,
         "dim": dim,
+        "archived_at": archived_at,
         "tags": [],
     }
 
@@ -161,6 +171,7 @@ class EpisodeStore:
         out.relations = conn.execute("DELETE FROM memory_relations WHERE namespace = ?", (namespace,)).rowcount
         out.concepts = conn.execute("DELETE FROM memory_concepts WHERE namespace = ?", (namespace,)).rowcount
         conn.execute("DELETE FROM memory_episodes WHERE namespace = ?", (namespace,))
+        conn.execute("DELETE FROM memory_replay_queries WHERE namespace = ?", (namespace,))  # the sampled queries go too
         return out
 
     @staticmethod
@@ -170,6 +181,40 @@ class EpisodeStore:
             "WHERE seq = ?",
             [(n, last, seq) for seq, (n, last) in counts.items()],
         )
+
+    @staticmethod
+    def archive(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int], now: float) -> list[int]:
+        """Mark the live, unpinned episodes among ``seqs`` archived; returns the seqs marked."""
+        done: list[int] = []
+        for chunk in _chunks(list(seqs)):
+            done.extend(
+                s
+                for (s,) in conn.execute(
+                    f"UPDATE memory_episodes SET archived_at = ? WHERE +namespace = ? AND seq IN ({_marks(len(chunk))}) "
+                    "AND archived_at IS NULL AND pinned = 0 RETURNING seq",
+                    (now, namespace, *chunk),
+                )
+            )
+        return sorted(done)
+
+    @staticmethod
+    def unarchive(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int], archived_at: float | None = None) -> list[int]:
+        """Make the archived episodes among ``seqs`` live again (only those archived at
+        ``archived_at``, when given: an undo must not revive a later archiving); returns the seqs
+        restored."""
+        when = "archived_at IS NOT NULL" if archived_at is None else "archived_at = ?"
+        extra: tuple[Any, ...] = () if archived_at is None else (archived_at,)
+        done: list[int] = []
+        for chunk in _chunks(list(seqs)):
+            done.extend(
+                s
+                for (s,) in conn.execute(
+                    f"UPDATE memory_episodes SET archived_at = NULL WHERE +namespace = ? AND seq IN ({_marks(len(chunk))}) "
+                    f"AND {when} RETURNING seq",
+                    (namespace, *chunk, *extra),
+                )
+            )
+        return sorted(done)
 
     # --- reads ---------------------------------------------------------------------------------------
 
@@ -185,6 +230,20 @@ class EpisodeStore:
                     found[id_] = seq
         return found
 
+    def live_ids(self, namespace: str, ids: Sequence[str]) -> set[str]:
+        """Those of ``ids`` that are live (not archived) episodes of ``namespace``."""
+        found: set[str] = set()
+        with self.db.read() as conn:
+            for chunk in _chunks(list(dict.fromkeys(ids))):
+                found.update(
+                    i
+                    for (i,) in conn.execute(
+                        f"SELECT id FROM memory_episodes WHERE +namespace = ? AND id IN ({_marks(len(chunk))}) AND archived_at IS NULL",
+                        (namespace, *chunk),
+                    )
+                )
+        return found
+
     def owners(self, ids: Sequence[str]) -> dict[str, str]:
         """id -> namespace for those of ``ids`` that exist anywhere (imports only)."""
         found: dict[str, str] = {}
@@ -197,17 +256,19 @@ class EpisodeStore:
         return found
 
     def rows(
-        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = ()
+        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = (),
+        live_only: bool = False,
     ) -> dict[int, dict[str, Any]]:
-        """The episodes among ``seqs`` in ``namespace`` that pass ``flt``, with their tags, and
-        their vectors for the seqs in ``vectors_for``."""
+        """The episodes among ``seqs`` in ``namespace`` that pass ``flt`` (and are not archived,
+        with ``live_only``), with their tags, and their vectors for the seqs in ``vectors_for``."""
         want_vec = set(vectors_for)
+        live = _LIVE if live_only else ""
         out: dict[int, dict[str, Any]] = {}
         with self.db.read() as conn:
             for chunk in _chunks(list(dict.fromkeys(seqs))):
                 for row in conn.execute(
                     f"SELECT {_ROW_COLUMNS} FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))})"
-                    + flt.sql,
+                    + live + flt.sql,
                     (namespace, *chunk, *flt.args),
                 ):
                     out[row[0]] = _row_dict(row)
@@ -227,15 +288,15 @@ class EpisodeStore:
     def facts(
         self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = ()
     ) -> dict[int, tuple[float, float, NDArray[np.float32] | None]]:
-        """What scoring needs of the episodes among ``seqs`` that pass ``flt``: (time, importance,
-        vector for the seqs in ``vectors_for`` else None)."""
+        """What scoring needs of the live episodes among ``seqs`` that pass ``flt``: (time,
+        importance, vector for the seqs in ``vectors_for`` else None)."""
         want_vec = set(vectors_for)
         out: dict[int, tuple[float, float, NDArray[np.float32] | None]] = {}
         with self.db.read() as conn:
             for chunk in _chunks(list(dict.fromkeys(seqs))):
                 for seq, when, importance in conn.execute(
                     f"SELECT e.seq, e.time, e.importance FROM memory_episodes e WHERE +e.namespace = ? "
-                    f"AND e.seq IN ({_marks(len(chunk))})" + flt.sql,
+                    f"AND e.seq IN ({_marks(len(chunk))})" + _LIVE + flt.sql,
                     (namespace, *chunk, *flt.args),
                 ):
                     out[seq] = (when, importance, None)
@@ -248,28 +309,31 @@ class EpisodeStore:
                     out[seq] = (when, importance, from_blob(blob, dim))
         return out
 
-    def filter_seqs(self, namespace: str, flt: SqlFilter, limit: int, include_pinned: bool = True) -> list[int] | None:
-        """Seqs of the episodes passing ``flt``; None when there are more than ``limit``."""
+    def filter_seqs(self, namespace: str, flt: SqlFilter, limit: int, include_pinned: bool = True,
+                    include_archived: bool = False) -> list[int] | None:
+        """Seqs of the episodes passing ``flt`` (archived ones only with ``include_archived``: a
+        forget reaches them, a recall does not); None when there are more than ``limit``."""
         pinned = "" if include_pinned else " AND e.pinned = 0"
+        live = "" if include_archived else _LIVE
         with self.db.read() as conn:
             found = [
                 seq
                 for (seq,) in conn.execute(
-                    f"SELECT e.seq FROM memory_episodes e WHERE e.namespace = ?{flt.sql}{pinned} LIMIT ?",
+                    f"SELECT e.seq FROM memory_episodes e WHERE e.namespace = ?{flt.sql}{pinned}{live} LIMIT ?",
                     (namespace, *flt.args, limit + 1),
                 )
             ]
         return None if len(found) > limit else found
 
     def matching(self, namespace: str, seqs: Sequence[int], flt: SqlFilter) -> set[int]:
-        """Those of ``seqs`` that exist in ``namespace`` and pass ``flt``."""
+        """Those of ``seqs`` that are live in ``namespace`` and pass ``flt``."""
         out: set[int] = set()
         with self.db.read() as conn:
             for chunk in _chunks(list(seqs)):
                 out.update(
                     s
                     for (s,) in conn.execute(
-                        f"SELECT e.seq FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))}){flt.sql}",
+                        f"SELECT e.seq FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))}){_LIVE}{flt.sql}",
                         (namespace, *chunk, *flt.args),
                     )
                 )
@@ -295,21 +359,26 @@ class EpisodeStore:
                 (seq, -score)
                 for seq, score in conn.execute(
                     "SELECT f.rowid, bm25(memory_fts) AS s FROM memory_fts f JOIN memory_episodes e ON e.seq = f.rowid "
-                    f"WHERE memory_fts MATCH ? AND e.namespace = ?{flt.sql} ORDER BY s LIMIT ?",
+                    f"WHERE memory_fts MATCH ? AND e.namespace = ?{_LIVE}{flt.sql} ORDER BY s LIMIT ?",
                     (" OR ".join(kept), namespace, *flt.args, limit),
                 )
             ]
 
     def page(self, namespace: str, after: int, limit: int, with_vectors: bool) -> tuple[list[dict[str, Any]], int]:
-        """Episodes with seq > ``after``, in seq order, and the namespace's total."""
+        """Live episodes with seq > ``after``, in seq order, and the namespace's live total
+        (archived episodes are on their way to deletion: an export does not carry them into a
+        restore)."""
         with self.db.read() as conn:
             seqs = [
                 s
                 for (s,) in conn.execute(
-                    "SELECT seq FROM memory_episodes WHERE namespace = ? AND seq > ? ORDER BY seq LIMIT ?", (namespace, after, limit)
+                    "SELECT seq FROM memory_episodes WHERE namespace = ? AND seq > ? AND archived_at IS NULL ORDER BY seq LIMIT ?",
+                    (namespace, after, limit),
                 )
             ]
-            total = conn.execute("SELECT count(*) FROM memory_episodes WHERE namespace = ?", (namespace,)).fetchone()[0]
+            total = conn.execute(
+                "SELECT count(*) FROM memory_episodes WHERE namespace = ? AND archived_at IS NULL", (namespace,)
+            ).fetchone()[0]
         rows = self.rows(namespace, seqs, vectors_for=seqs if with_vectors else ())
         return [rows[s] for s in seqs if s in rows], int(total)
 
@@ -317,11 +386,17 @@ class EpisodeStore:
         with self.db.read() as conn:
             episodes, sessions, oldest, newest, pinned = conn.execute(
                 "SELECT count(*), count(DISTINCT session), min(time), max(time), coalesce(sum(pinned), 0) "
-                "FROM memory_episodes WHERE namespace = ?",
+                "FROM memory_episodes WHERE namespace = ? AND archived_at IS NULL",
                 (namespace,),
             ).fetchone()
+            (archived,) = conn.execute(
+                "SELECT count(*) FROM memory_episodes WHERE namespace = ? AND archived_at IS NOT NULL", (namespace,)
+            ).fetchone()
             kinds = dict(
-                conn.execute("SELECT kind, count(*) FROM memory_episodes WHERE namespace = ? GROUP BY kind ORDER BY kind", (namespace,))
+                conn.execute(
+                    "SELECT kind, count(*) FROM memory_episodes WHERE namespace = ? AND archived_at IS NULL GROUP BY kind ORDER BY kind",
+                    (namespace,),
+                )
             )
             concepts = conn.execute("SELECT count(*) FROM memory_concepts WHERE namespace = ?", (namespace,)).fetchone()[0]
             active, retracted = conn.execute(
@@ -335,6 +410,7 @@ class EpisodeStore:
             "oldest": oldest,
             "newest": newest,
             "pinned": int(pinned),
+            "archived": int(archived),
             "kinds": kinds,
             "concepts": concepts,
             "relations": int(active),
@@ -348,9 +424,15 @@ class EpisodeStore:
             return [ns for (ns,) in conn.execute("SELECT DISTINCT namespace FROM memory_episodes ORDER BY namespace")]
 
     def seqs_of(self, namespace: str) -> NDArray[np.int64]:
+        """The live episodes' seqs: what the namespace's vector index must hold."""
         with self.db.read() as conn:
             return np.fromiter(
-                (s for (s,) in conn.execute("SELECT seq FROM memory_episodes WHERE namespace = ? ORDER BY seq", (namespace,))),
+                (
+                    s
+                    for (s,) in conn.execute(
+                        "SELECT seq FROM memory_episodes WHERE namespace = ? AND archived_at IS NULL ORDER BY seq", (namespace,)
+                    )
+                ),
                 dtype=np.int64,
             )
 
