@@ -22,6 +22,7 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -89,6 +90,12 @@ T = TypeVar("T")
 
 DECISIONS_KEPT = 20_000  # rows of router_decisions kept per route (feedback and calibration window)
 _SEEN_KEPT = 4096  # input hashes remembered per route for the "seen" feature
+
+
+# What a provider target's generate call carries besides the text, for callers that route a prompt
+# of their own (route.ask): the system prompt and the data tags the policy's egress rules see.
+# Unset for route.run: no system prompt, no tags.
+GENERATE_EXTRAS: ContextVar[tuple[str | None, tuple[str, ...]]] = ContextVar("router_generate_extras", default=(None, ()))
 
 
 class TargetDown(Exception):
@@ -253,16 +260,17 @@ class Router:
         if providers is None:
             raise TargetDown(target, Unavailable(f"target {target}: the daemon has no providers part",
                                                  reason="provider_unavailable", target=target))
+        system, tags = GENERATE_EXTRAS.get()
         limit = providers.settings.max_prompt_chars
-        if len(text) > limit:
+        if len(text) + len(system or "") > limit:
             raise InvalidParams(f"text: {len(text)} characters; at most {limit} (providers.max_prompt_chars)", field="text")
 
         def invoke(provider: Any, sent: dict[str, Any]) -> Any:
-            return provider.generate(sent["prompt"], model=None, system=None, options={})
+            return provider.generate(sent["prompt"], model=None, system=sent.get("system"), options={})
 
         _, (completion, score), _, _ = await providers.call(
-            ctx, "generate", providers.chain("generate", name), model=None, tags=[], payload={"prompt": text, "system": None},
-            invoke=invoke, check=_checked_completion,
+            ctx, "generate", providers.chain("generate", name), model=None, tags=list(tags),
+            payload={"prompt": text, "system": system}, invoke=invoke, check=_checked_completion,
         )
         out = {"text": np.frombuffer(completion.text.encode("utf-8"), dtype=np.uint8).copy()}
         if score is not None:

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RouteSettings", "RouterCacheSettings", "RouterLearningSettings", "RouterSettings"]
+__all__ = ["RouteSettings", "RouterAskSettings", "RouterCacheSettings", "RouterLearningSettings", "RouterSettings"]
 
 Mode = Literal["fast", "slow", "auto", "cascade"]
 Task = Literal["classify", "embed", "generate"]
@@ -106,12 +106,64 @@ class RouterLearningSettings(_Section):
     )
 
 
+DEFAULT_ASK_SYSTEM = (
+    "You answer the user's question. Below the question's context: notes recalled from the user's memory "
+    "(working memory, past episodes, known facts), most relevant first. Use them when they help, and say so "
+    "when they do not answer the question."
+)
+DEFAULT_ASK_TEMPLATE = "Context:\n{context}\n\nQuestion: {question}"
+
+
+class RouterAskSettings(_Section):
+    """route.ask: a question answered with recalled memories as context."""
+
+    route: str | None = Field(
+        default=None,
+        description="The generate route of router.routes that answers (default: none; the providers' generate chain answers).",
+    )
+    k: int = Field(default=5, ge=0, le=1000, description="Episodes recalled as context when the request gives no k.")
+    working_items: int = Field(
+        default=8, ge=0, le=1000, description="Working-memory items of the session used as context, highest score first."
+    )
+    concepts: int = Field(
+        default=3, ge=0, le=100,
+        description="Concepts named in the question whose relations (one hop) are used as context.",
+    )
+    context_chars: int = Field(
+        default=4000, ge=0, le=1_000_000,
+        description="Characters of context at most in the prompt; sources are added most relevant first until it is full.",
+    )
+    system: str = Field(default=DEFAULT_ASK_SYSTEM, max_length=100_000, description="The system prompt sent with every question.")
+    template: str = Field(
+        default=DEFAULT_ASK_TEMPLATE, max_length=100_000,
+        description="The prompt: {context} is replaced by the context lines, {question} by the question.",
+    )
+    no_context: str = Field(default="(none)", max_length=1000, description="What {context} becomes when no memory was recalled.")
+    remember: bool = Field(default=True, description="Remember each exchange as an episode unless the request says otherwise.")
+    kind: str = Field(default="exchange", pattern=r"^[a-z][a-z0-9_]{0,63}$", description="Kind of the remembered exchange's episode.")
+    tags: list[str] = Field(default_factory=lambda: ["ask"], max_length=16, description="Tags of the remembered exchange's episode.")
+    importance: float = Field(default=0.5, ge=0, le=1, description="Importance of the remembered exchange's episode.")
+    cache: bool = Field(
+        default=True,
+        description="Answer exact and semantic repeats of a question in the same namespace from the pattern cache "
+        "(also needs router.cache.enabled).",
+    )
+
+    @field_validator("template")
+    @classmethod
+    def _has_question(cls, template: str) -> str:
+        if "{question}" not in template:
+            raise ValueError("the template must contain {question}")
+        return template
+
+
 class RouterSettings(_Section):
     """The HRM router (route.*)."""
 
     routes: list[RouteSettings] = Field(default_factory=list, description="The routes (each a [[router.routes]] table).")
     cache: RouterCacheSettings = Field(default_factory=RouterCacheSettings)
     learning: RouterLearningSettings = Field(default_factory=RouterLearningSettings)
+    ask: RouterAskSettings = Field(default_factory=RouterAskSettings)
     target_timeout: float = Field(default=30.0, gt=0, le=3600, description="Seconds one target call may take.")
 
     @field_validator("routes")
@@ -121,3 +173,13 @@ class RouterSettings(_Section):
         if len(set(names)) != len(names):
             raise ValueError("route names must be unique")
         return routes
+
+    @model_validator(mode="after")
+    def _ask_route(self) -> RouterSettings:
+        if self.ask.route is not None:
+            route = next((r for r in self.routes if r.name == self.ask.route), None)
+            if route is None:
+                raise ValueError(f"ask.route: {self.ask.route!r} is not one of router.routes")
+            if route.task != "generate":
+                raise ValueError(f"ask.route: route {self.ask.route!r} has task {route.task}; route.ask needs a generate route")
+        return self
