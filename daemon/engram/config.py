@@ -41,6 +41,7 @@ from engram.memory.settings import MemorySettings
 from engram.router.settings import RouterSettings
 from engram.policy.settings import PolicySettings
 from engram.providers.settings import ProvidersSettings
+from engram.sleep.settings import SleepSettings
 from engram.errors import ConfigError
 
 __all__ = [
@@ -172,6 +173,7 @@ class Settings(BaseSettings):
     memory: MemorySettings = Field(default_factory=MemorySettings)
     router: RouterSettings = Field(default_factory=RouterSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    sleep: SleepSettings = Field(default_factory=SleepSettings)
 
     @field_validator("state_dir", "socket", mode="after")
     @classmethod

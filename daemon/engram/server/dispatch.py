@@ -43,6 +43,11 @@ log = structlog.get_logger("engram.server")
 # A guard decides whether a principal may call a method; it raises PolicyDenied to refuse.
 Guard = Callable[[Principal, Method], Awaitable[None]]
 
+# Requests that do not count as foreground work: monitoring, event streams and the sleep part's
+# own methods. Sleep consolidation (engram.sleep) yields to every other request and starts on
+# idle when none has come for a while.
+BACKGROUND_PREFIXES = ("system.", "events.", "sleep.")
+
 
 class Recorder(Protocol):
     """Makes a served request's audit entry durable and returns its seq (engram.audit.log.AuditLog).
@@ -110,6 +115,10 @@ class Dispatcher:
         self.guards: list[Guard] = [self._owner_only]
         self._serial = itertools.count(1)
         self.recorder: Recorder | None = None  # set by the composition root: the audit log
+        # Foreground activity, read by the sleep part: requests in flight now, and the monotonic
+        # time the last one arrived or finished.
+        self.foreground = 0
+        self.last_foreground = time.monotonic()
 
     async def _record_failure(
         self, method: Method, principal: Principal, serial: int, request: Request, connection: Connection, exc: RPCError
@@ -176,6 +185,10 @@ class Dispatcher:
         ) as span:
             ctx_span = span.get_span_context()
             trace_id = format(ctx_span.trace_id, "032x") if ctx_span.is_valid else None
+            foreground = not request.method.startswith(BACKGROUND_PREFIXES)
+            if foreground:
+                self.foreground += 1
+                self.last_foreground = time.monotonic()
             self._metrics.in_flight.inc()
             try:
                 if method is None:
@@ -225,6 +238,9 @@ class Dispatcher:
                 raise error from exc
             finally:
                 self._metrics.in_flight.dec()
+                if foreground:
+                    self.foreground -= 1
+                    self.last_foreground = time.monotonic()
                 elapsed = time.perf_counter() - started
                 outcome = "ok" if error is None else "error"
                 self._metrics.requests.labels(metric_method, outcome).inc()

@@ -1,0 +1,89 @@
+"""Small helpers the consolidation stages share (blocking; worker threads)."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from engram.memory.index import FlatSpace, HnswSpace, VectorIndex
+
+__all__ = ["SKIPPED_PREFIX", "archived_clause", "chunks", "has_column", "marks", "nearest_other"]
+
+# Namespaces that hold the router's novelty vectors, not anyone's memories.
+SKIPPED_PREFIX = "router:"
+
+
+def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
+    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
+
+
+def archived_clause(conn: sqlite3.Connection, alias: str = "") -> str:
+    """``AND <alias>archived_at IS NULL`` when forgetting's archive column exists, else ``''``."""
+    return f" AND {alias}archived_at IS NULL" if has_column(conn, "memory_episodes", "archived_at") else ""
+
+
+def marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+    for start in range(0, len(values), size):
+        yield values[start : start + size]
+
+
+_PER_LOCK = 4  # queries per hold of the namespace's lock
+
+
+def _search(space: Any, dim: int, queries: NDArray[np.float32]) -> tuple[NDArray[np.int64], NDArray[np.float32]] | None:
+    """Labels (seqs) and similarities of the two nearest entries of each query (held lock)."""
+    if space.count == 0 or queries.shape[1] != dim:
+        return None
+    k = 2
+    if isinstance(space, FlatSpace):
+        sims, labels = space.index.search(queries, min(k, space.count))
+    elif isinstance(space, HnswSpace):
+        sims, raw = space.index.search(queries, k + 1, params=space._search_params(k + 1))
+        labels = np.where(raw >= 0, space._labels[np.maximum(raw, 0)], -1)
+    else:  # an index kind this module does not know: one query at a time
+        rows_l, rows_s = [], []
+        for q in queries:
+            got, sim = space.search(q.reshape(1, -1), k)
+            rows_l.append(np.pad(got, (0, k - len(got)), constant_values=-1))
+            rows_s.append(np.pad(sim, (0, k - len(sim)), constant_values=-1))
+        labels, sims = np.vstack(rows_l), np.vstack(rows_s)
+    if labels.shape[1] < k + 1:  # the same width for every chunk
+        pad = k + 1 - labels.shape[1]
+        labels = np.pad(labels, ((0, 0), (0, pad)), constant_values=-1)
+        sims = np.pad(sims, ((0, 0), (0, pad)), constant_values=-1)
+    return labels, sims
+
+
+def nearest_other(index: VectorIndex, namespace: str, seqs: Sequence[int], vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+    """For each vector (the episode ``seqs[i]``'s), the cosine to its nearest *other* episode in
+    the namespace's index; -1 where there is none. One batched FAISS search under the
+    namespace's lock."""
+    out = np.full(len(seqs), -1.0, dtype=np.float32)
+    ns = index.get(namespace)
+    if ns is None or not len(seqs):
+        return out
+    queries = np.ascontiguousarray(vectors, dtype=np.float32)
+    parts_l, parts_s = [], []
+    # Recall searches under the same lock: hold it for a few queries at a time, not the batch.
+    for start in range(0, len(queries), _PER_LOCK):
+        with ns.lock:
+            got = _search(ns.space, ns.dim, queries[start : start + _PER_LOCK])
+        if got is None:
+            return out
+        parts_l.append(got[0])
+        parts_s.append(got[1])
+    labels, sims = np.vstack(parts_l), np.vstack(parts_s)
+    for i, seq in enumerate(seqs):
+        for label, sim in zip(labels[i].tolist(), sims[i].tolist(), strict=False):
+            if label >= 0 and label != seq:
+                out[i] = sim
+                break
+    return out

@@ -1,0 +1,131 @@
+"""Compaction: deleted entries stop costing.
+
+An HNSW graph cannot drop a node, so a forgotten (or archived) episode's vector stays in the
+graph, zeroed and masked from every search, until the graph is rebuilt; memory's own maintenance
+rebuilds only when masked nodes reach ``memory.index.rebuild_fraction``. During sleep, with time
+to spare, a namespace's index is rebuilt as soon as it holds ``sleep.compaction.min_masked``
+masked entries: in chunks, with a preemption point between them, on one OpenMP thread, while
+recall goes on against the old index; only the final catch-up and the swap hold the
+namespace's lock. Then the full-text index is merged (``optimize``: the tokens of deleted rows
+leave its b-tree) and the WAL is checkpointed — once per run.
+
+The figures give the index's size before and after, in vectors, masked entries and bytes
+(vectors, graph links and labels, as held in memory).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import faiss
+import numpy as np
+
+from engram.memory.index import FlatSpace, HnswSpace, NamespaceIndex, VectorIndex
+from engram.sleep.stage import StageContext
+
+__all__ = ["CompactionStage", "index_size"]
+
+_CHUNK = 500  # vectors added to the new graph per unit (~0.1 s of one core for HNSW)
+_SWAP_BATCH = 512  # changes replayed under the lock at the swap, at most
+
+
+def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
+    """Vectors, masked entries and approximate bytes of a namespace's index."""
+    ns = index.get(namespace)
+    if ns is None:
+        return {"kind": "none", "vectors": 0, "masked": 0, "bytes": 0}
+    with ns.lock:
+        space = ns.space
+        if isinstance(space, HnswSpace):
+            total = int(space.index.ntotal)
+            links = int(space.index.hnsw.neighbors.size()) * 4
+            size = total * ns.dim * 4 + links + total * (8 + 8 + 4)  # vectors, graph, labels/offsets/levels
+        else:
+            total = int(space.index.ntotal) if hasattr(space, "index") else space.count
+            size = total * (ns.dim * 4 + 8)
+        return {"kind": space.kind, "vectors": space.count, "masked": space.masked, "bytes": size}
+
+
+class CompactionStage:
+    name: ClassVar[str] = "compaction"
+
+    def __init__(self) -> None:
+        self.fts_done = False  # the full-text merge is for the whole table: once per run
+
+    async def run(self, ctx: StageContext) -> dict[str, Any]:
+        ctx.stage = ctx.stage or self.name
+        index = ctx.memory.index
+        namespace = ctx.namespace
+        before = await ctx.thread(index_size, index, namespace)
+        figures: dict[str, Any] = {"before": before, "rebuilt": False}
+        ns = index.get(namespace)
+        if ns is not None and before["masked"] > 0 and before["masked"] >= ctx.settings.compaction.min_masked and not ns.building:
+            figures["rebuilt"] = await self._rebuild(ctx, index, ns)
+        figures["after"] = await ctx.thread(index_size, index, namespace)
+        if not self.fts_done:
+            await ctx.step()
+            await ctx.thread(ctx.memory.episodic.store.purge)
+            self.fts_done = True
+            figures["fts_optimized"] = True
+        return figures
+
+    async def _rebuild(self, ctx: StageContext, index: VectorIndex, ns: NamespaceIndex) -> bool:
+        """The namespace's live vectors into a new space of the right kind, then a swap."""
+        def claim() -> tuple[Any, Any] | None:
+            # In a worker thread: copying a large space's vectors takes long enough to stall the
+            # event loop, and recall waits for the namespace's lock meanwhile anyway.
+            with ns.lock:
+                if ns.building:
+                    return None
+                ns.building = True  # memory's own maintenance leaves it alone meanwhile
+                return ns.space.snapshot()
+
+        claimed = await ctx.thread(claim)
+        if claimed is None:
+            return False
+        seqs, vectors = claimed
+        try:
+            if len(seqs) >= index.settings.hnsw_threshold:
+                s = index.settings
+                new: FlatSpace | HnswSpace = HnswSpace(ns.dim, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search)
+            else:
+                new = FlatSpace(ns.dim)
+            for start in range(0, len(seqs), _CHUNK):
+                await ctx.step()
+                await ctx.thread(new.add, seqs[start : start + _CHUNK], vectors[start : start + _CHUNK])
+                ctx.progress(min(start + _CHUNK, len(seqs)), len(seqs))
+            done = seqs
+            while True:
+                await ctx.step()
+
+                def catch_up(done: Any = done) -> Any:
+                    faiss.omp_set_num_threads(1)
+                    with ns.lock:
+                        current = ns.space.ids()
+                        added = np.setdiff1d(current, done, assume_unique=True)
+                        gone = np.setdiff1d(done, current, assume_unique=True)
+                        got, vecs = ns.space.vectors(added.tolist()) if len(added) else ([], np.zeros((0, ns.dim), np.float32))
+                        if len(added) <= _SWAP_BATCH:
+                            if got:
+                                new.add(np.asarray(got, dtype=np.int64), vecs)
+                            if len(gone):
+                                new.remove(gone)
+                            ns.space = new
+                            return None
+                    new.add(np.asarray(got, dtype=np.int64), vecs)  # a big round: outside the lock
+                    if len(gone):
+                        new.remove(gone)
+                    return current
+
+                nxt = await ctx.thread(catch_up)
+                if nxt is None:
+                    break
+                done = nxt
+        finally:
+            ns.building = False
+        with index._lock:  # the counter the saver watches (VectorIndex guards it with this lock)
+            index.changes += 1
+        return True
+
+    async def rollback(self, ctx: StageContext) -> dict[str, Any]:
+        return {}  # compaction changes no memory content: there is nothing to undo

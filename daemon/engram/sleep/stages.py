@@ -1,0 +1,31 @@
+"""The order of the consolidation stages and the registry of their classes.
+
+The runner runs, per memory namespace, importance -> clustering -> forgetting -> replay ->
+compaction, then recalibration once per run. Each stage module's class is listed in REGISTRY.
+"""
+
+from __future__ import annotations
+
+from engram.sleep.clustering import ClusteringStage
+from engram.sleep.compaction import CompactionStage
+from engram.sleep.forgetting import ForgettingStage
+from engram.sleep.importance import ImportanceStage
+from engram.sleep.recalibration import RecalibrationStage
+from engram.sleep.replay import ReplayStage
+from engram.sleep.stage import Stage
+
+__all__ = ["ORDER", "PER_RUN", "REGISTRY"]
+
+ORDER = ("importance", "clustering", "forgetting", "replay", "compaction", "recalibration")
+
+# Stages that run once per run rather than once per namespace.
+PER_RUN = ("recalibration",)
+
+REGISTRY: dict[str, type[Stage]] = {
+    ImportanceStage.name: ImportanceStage,
+    ClusteringStage.name: ClusteringStage,
+    ForgettingStage.name: ForgettingStage,
+    ReplayStage.name: ReplayStage,
+    CompactionStage.name: CompactionStage,
+    RecalibrationStage.name: RecalibrationStage,
+}
