@@ -21,7 +21,10 @@ from engram.inference.cli import bench_infer, models
 from engram.memory.cli import bench_memory, memory
 from engram.policy.cli import bench_policy, policy
 from engram.providers.cli import bench_providers, chat as chat_command, generate as generate_command
-from engram.router.cli import bench_route, route
+from engram.router.cli import ask as ask_command, bench_route, route
+from engram.mcpserver.cli import mcp_command
+from engram.sleep.bench_cli import bench_sleep
+from engram.sleep.cli import sleep as sleep_group
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
@@ -398,7 +401,11 @@ bench.add_command(bench_policy)
 main.add_command(memory)
 bench.add_command(bench_memory)
 main.add_command(route)
+main.add_command(mcp_command)
 bench.add_command(bench_route)
+main.add_command(ask_command)
+bench.add_command(bench_sleep)
+main.add_command(sleep_group)
 
 
 if __name__ == "__main__":

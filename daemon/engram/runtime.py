@@ -2,7 +2,7 @@
 
 Start order (each part is an async context manager; each is up before the next starts)::
 
-    state lock -> database -> audit log -> policy -> inference -> memory -> router -> plugins -> providers
+    state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
                -> RPC server (binds the socket) -> READY=1
 
 Nothing reaches across parts except through what is wired here. Shutdown runs the other way:
@@ -49,10 +49,13 @@ from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.router.events import ROUTER_EVENTS
+from engram.router.ask import Ask
 from engram.router.service import Router
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.service import Providers
 from engram.server.dispatch import Dispatcher
+from engram.sleep.events import SLEEP_EVENTS
+from engram.sleep.service import Sleep
 from engram.server.methods import MethodTable, collect
 from engram.server.server import RPCServer
 from engram.storage import Database
@@ -73,6 +76,7 @@ RESTART_REQUIRED = (
     "inference",
     "memory",
     "router",
+    "sleep",
 )
 
 
@@ -175,6 +179,11 @@ class Daemon:
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
         self.router.providers = self.providers  # provider:<name> route targets call through it
+        # Sleep consolidation: while the daemon is idle, episodes become concepts, unimportant ones go.
+        self.bus.declare(*SLEEP_EVENTS)
+        self.sleep = Sleep(settings.sleep, self.memory, self.router, self.audit, self.bus, self.metrics)
+        # route.ask: memories as context, then the router (cache, route) or the generate chain.
+        self.ask = Ask(settings.router.ask, self.router, self.memory, self.providers, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,
@@ -183,6 +192,7 @@ class Daemon:
             "inference": self.inference,
             "memory": self.memory,  # after inference: it embeds with the default model
             "router": self.router,  # after inference and memory: it runs models and embeds texts
+            "sleep": self.sleep,  # after memory and router: it consolidates them when idle
             "plugins": self.plugins,
             "providers": self.providers,
         }
@@ -193,6 +203,7 @@ class Daemon:
         # policy can grant them explicitly, so it takes the place of the built-in owner check.
         self.dispatcher.guards = [self.policy.method_guard]
         self.dispatcher.recorder = self.audit  # audited requests are answered only once recorded
+        self.sleep.activity = self.dispatcher  # foreground requests in flight, and when the last one came
         self.server = RPCServer(
             settings.socket_path,
             lambda: self.settings.server,
@@ -208,6 +219,8 @@ class Daemon:
             self.inference,
             self.memory,
             self.router,
+            self.sleep,
+            self.ask,
             self.plugins,
             self.providers,
         ):
