@@ -26,16 +26,7 @@ from engram.sleep.stage import StageContext
 from engram.storage import Database
 
 from tests.unit.memory.conftest import ctx as rpc_ctx
-
-NS = "uid:1000"
-
-
-class Clock:
-    def __init__(self, now: float) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
+from tests.unit.sleep.memory_env import NS, Clock
 
 
 @dataclass
