@@ -76,7 +76,7 @@ def test_run_reports_status_and_events(make_daemon):
         assert result["started"] is True and report["run"] == result["run"]
         assert report["outcome"] == "completed" and report["trigger"] == "manual"
         names = [s["name"] for s in report["stages"]]
-        assert names == ["importance", "clustering", "forgetting", "replay", "compaction", "recalibration"]
+        assert names == ["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"]
         clustering = next(s for s in report["stages"] if s["name"] == "clustering")
         assert clustering["figures"]["concepts_created"] == 3
         assert next(s for s in report["stages"] if s["name"] == "importance")["figures"]["scored"] == 24

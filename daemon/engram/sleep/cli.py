@@ -51,7 +51,7 @@ def _status_text(status: dict[str, Any]) -> None:
 
 @click.group()
 def sleep() -> None:
-    """Sleep consolidation: importance, clustering, forgetting, replay, compaction, recalibration."""
+    """Sleep consolidation: importance, clustering, forgetting, compaction, replay, recalibration."""
 
 
 @sleep.command()

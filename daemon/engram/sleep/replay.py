@@ -5,7 +5,7 @@ returned). Before the first stage of a namespace the runner calls :meth:`ReplayS
 the newest ``sleep.replay.queries`` sampled queries are replayed against memory as it is, through
 the recall code the daemon serves ``memory.recall`` with (vector search, the configured score
 weights, no filter, ``k = sleep.replay.k``), and the result is kept for the run. The replay
-stage, after importance, clustering and forgetting, replays the same queries again.
+stage, after importance, clustering, forgetting and compaction, replays the same queries again.
 
 Quality is recall@k against what each query originally returned: the *relevant* set of a query
 is its originally returned ids (the first k) that are still live at the snapshot, and a replay's

@@ -1,8 +1,8 @@
 """The sleep part: triggers, one consolidation run at a time, preemption, reports.
 
 A run goes through the memory namespaces (``router:*`` ones excepted: they hold the router's
-novelty vectors) and runs, per namespace, importance -> clustering -> forgetting -> replay ->
-compaction, then recalibration once (see :mod:`engram.sleep.stages`). Dream replay takes its
+novelty vectors) and runs, per namespace, importance -> clustering -> forgetting -> compaction ->
+replay, then recalibration once (see :mod:`engram.sleep.stages`). Dream replay takes its
 "before" snapshot ahead of a namespace's first stage; when it then finds recall worse, the
 namespace's forgetting, clustering and importance changes are rolled back (in that order).
 

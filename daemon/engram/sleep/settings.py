@@ -19,7 +19,7 @@ __all__ = [
 _DAY = 86_400.0
 
 # The stage names, in run order (engram.sleep.stages.ORDER is the same tuple).
-StageName = Literal["importance", "clustering", "forgetting", "replay", "compaction", "recalibration"]
+StageName = Literal["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -150,7 +150,7 @@ class SleepSettings(_Section):
         "steady stream of requests slows consolidation down without starving it.",
     )
     stages: list[StageName] = Field(
-        default_factory=lambda: ["importance", "clustering", "forgetting", "replay", "compaction", "recalibration"],
+        default_factory=lambda: ["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"],
         description="Stages a triggered run performs (sleep.run may name others).",
     )
     keep_reports: int = Field(default=100, ge=1, description="Completed runs kept in the database.")
