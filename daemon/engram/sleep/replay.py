@@ -10,7 +10,10 @@ stage, after importance, clustering, forgetting and compaction, replays the same
 Quality is recall@k against what each query originally returned: the *relevant* set of a query
 is its originally returned ids (the first k) that are still live at the snapshot, and a replay's
 recall is the share of them it finds, averaged over the queries that have any. ``drop`` is
-``recall_before - recall_after``; when it exceeds ``sleep.replay.max_drop`` the figures say
+``recall_before - recall_after``. A relevant episode missing from a replay's results still counts
+as found when it is live and scores no higher than the k-th result: better-scoring episodes took
+its place (typically recent or important ones that entered recall's candidate pool once
+forgetting emptied part of it), which is ranking working, not memory lost. When ``drop`` exceeds ``sleep.replay.max_drop`` the figures say
 ``worse: true`` and the runner rolls back forgetting, clustering and importance of the namespace.
 ``overlap`` (the share of the before-results found again) is reported alongside.
 
@@ -30,7 +33,7 @@ import structlog
 
 from engram.memory.episodic import ReplayQuery
 from engram.memory.filters import SqlFilter
-from engram.memory.scoring import Weights
+from engram.memory.scoring import Weights, combine, recency
 from engram.sleep.stage import StageContext
 
 __all__ = ["ReplayStage"]
@@ -47,20 +50,52 @@ def _weights(ctx: StageContext) -> Weights:
     return Weights(w.vector, w.keyword, w.recency, w.importance, w.activation)
 
 
-def _replay_some(ctx: StageContext, queries: list[ReplayQuery], start: int, k: int) -> list[list[str] | None]:
-    """Replay queries from ``start`` until about ``_UNIT_SECONDS`` have passed (worker thread);
+def _outranked(ctx: StageContext, query: ReplayQuery, missing: list[str], floor: float | None, weights: Weights) -> list[str]:
+    """Those of ``missing`` (relevant ids a replay did not return) that recall left out for a good
+    reason: they are live and score no higher than the k-th hit, so better-scoring episodes took
+    their places. Recall ranks the nearest vectors it fetched (``memory.recall.candidate_factor``
+    per hit) by the hybrid score; when forgetting empties part of that pool, recent or important
+    episodes from further out enter it and may rightly outrank an old answer. Counting those as
+    lost made dream replay roll back every large forgetting (worker thread)."""
+    if not missing or floor is None:
+        return []
+    store = ctx.memory.episodic.store
+    seqs = store.resolve(ctx.namespace, missing)
+    facts = store.facts(ctx.namespace, list(seqs.values()), vectors_for=list(seqs.values()))  # live ones only
+    half_life = ctx.memory.settings.recall.recency_half_life
+    now = time.time()
+    kept = []
+    for episode_id, seq in seqs.items():
+        if seq not in facts:
+            continue  # archived or gone: lost
+        when, importance, vector = facts[seq]
+        similarity = float(vector @ query.vector) if vector is not None and vector.shape == query.vector.shape else 0.0
+        parts = {"vector": max(0.0, min(1.0, similarity)), "keyword": 0.0, "recency": recency(when, now, half_life),
+                 "importance": importance, "activation": 0.0}
+        if combine(parts, weights, False, False) <= floor:
+            kept.append(episode_id)
+    return kept
+
+
+def _replay_some(ctx: StageContext, queries: list[ReplayQuery], relevant: list[list[str]], start: int,
+                 k: int) -> list[dict[str, list[str]] | None]:
+    """Replay queries from ``start`` until about ``_UNIT_SECONDS`` have passed (worker thread):
+    per query the ids returned and the relevant ids rightly outranked (see :func:`_outranked`);
     None for a query whose vector no longer fits the namespace."""
     episodic = ctx.memory.episodic
     weights = _weights(ctx)
-    out: list[list[str] | None] = []
+    out: list[dict[str, list[str]] | None] = []
     began = time.perf_counter()
-    for q in queries[start:]:
+    for n, q in enumerate(queries[start:], start):
         dim = ctx.memory.index.dim(ctx.namespace)
         if dim is None or dim != q.vector.shape[0]:
-            out.append(None if dim is not None else [])
+            out.append(None if dim is not None else {"ids": [], "outranked": []})
         else:
             hits = episodic.recall(ctx.namespace, q.vector, None, k, SqlFilter(), weights, False)
-            out.append([h["id"] for h in hits])
+            ids = [h["id"] for h in hits]
+            floor = hits[-1]["score"] if len(hits) >= k else None  # fewer than k: nothing was outranked
+            missing = [i for i in relevant[n] if i not in set(ids)]
+            out.append({"ids": ids, "outranked": _outranked(ctx, q, missing, floor, weights)})
         if time.perf_counter() - began >= _UNIT_SECONDS:
             break
     return out
@@ -119,11 +154,14 @@ class ReplayStage:
                     items[n]["before"] = "gone"
             places = [n for n in pending if items[n]["seq"] in by_seq]
             todo = [by_seq[items[n]["seq"]] for n in places]
+            relevant = [items[n]["relevant"] for n in places]
             done = units = 0
             while done < len(todo):
-                results = await ctx.thread(_replay_some, ctx, todo, done, snap["k"])
+                results = await ctx.thread(_replay_some, ctx, todo, relevant, done, snap["k"])
                 for offset, result in enumerate(results):
-                    items[places[done + offset]]["before"] = result if result is not None else "gone"
+                    item = items[places[done + offset]]
+                    item["before"] = result["ids"] if result is not None else "gone"
+                    item["outranked_before"] = result["outranked"] if result is not None else []
                 done += len(results)
                 units += 1
                 if units % _SAVE_EVERY == 0:
@@ -147,9 +185,10 @@ class ReplayStage:
         by_seq = {q.seq: q for q in queries}
         items = [item for item in items if item["seq"] in by_seq]
         todo = [by_seq[item["seq"]] for item in items]
-        after: list[list[str] | None] = []
+        relevant_lists = [item["relevant"] for item in items]
+        after: list[dict[str, list[str]] | None] = []
         while len(after) < len(todo):
-            after += await ctx.thread(_replay_some, ctx, todo, len(after), snap["k"])
+            after += await ctx.thread(_replay_some, ctx, todo, relevant_lists, len(after), snap["k"])
             ctx.progress(len(after), len(todo))
             await ctx.step()
         before_recall: list[float] = []
@@ -157,12 +196,13 @@ class ReplayStage:
         overlap: list[float] = []
         worse_queries = 0
         for item, got in zip(items, after):
-            found = set(got or [])
+            found = set(got["ids"]) if got is not None else set()
             before = set(item["before"])
             relevant = set(item["relevant"])
             if relevant:
-                b = len(before & relevant) / len(relevant)
-                a = len(found & relevant) / len(relevant)
+                # a relevant episode rightly outranked by better-scoring ones counts as found
+                b = len((before | set(item.get("outranked_before", []))) & relevant) / len(relevant)
+                a = len((found | set(got["outranked"] if got is not None else [])) & relevant) / len(relevant)
                 before_recall.append(b)
                 after_recall.append(a)
                 worse_queries += a < b

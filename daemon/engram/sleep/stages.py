@@ -2,9 +2,7 @@
 
 The runner runs, per memory namespace, importance -> clustering -> forgetting -> compaction ->
 replay, then recalibration once per run. Replay comes after compaction so that it judges the
-index recall will use from now on. In `engram bench sleep` (100k episodes, 47% archived), replay
-before compaction measured a recall drop of 0.086 on the masked HNSW graph and rolled forgetting
-back; after compaction the drop was 0.03. Each stage module's class is listed in REGISTRY.
+index recall will use from now on, not one with the archived entries still masked in it. Each stage module's class is listed in REGISTRY.
 """
 
 from __future__ import annotations

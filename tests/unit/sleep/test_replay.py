@@ -122,3 +122,17 @@ async def test_a_stopped_snapshot_resumes_and_a_finished_one_is_kept(tmp_path: P
         await ForgettingStage().run(env.ctx(settings(), stage="forgetting"))
         assert await ReplayStage.snapshot(env.ctx(settings())) == snap  # a finished snapshot stays as it is
         assert (await ReplayStage().run(env.ctx(settings())))["worse"] is True
+
+
+async def test_an_answer_outranked_by_better_episodes_is_not_lost(tmp_path: Path) -> None:
+    async with memory_env(tmp_path, NOW, replay_log={"sample_rate": 1.0}) as env:
+        await crafted(env, queried_importance=0.1)
+        ctx = env.ctx(settings())
+        await ReplayStage.snapshot(ctx)
+        # Newer, important episodes right on the queries' axes: recall now rightly prefers them.
+        eye = np.eye(DIM, dtype=np.float32)
+        better = [{"text": f"better {i}", "vector": eye[i % 4].tolist(), "importance": 1.0, "time": NOW} for i in range(12)]
+        await env.memory.remember(rpc_ctx(), RememberParams.model_validate({"items": better}))
+        figures = await ReplayStage().run(ctx)
+        assert figures["overlap"] == 0.0  # none of the old answers is returned any more ...
+        assert figures["recall_after"] == 1.0 and figures["worse"] is False  # ... yet none was lost
