@@ -62,7 +62,7 @@ _MAX_NGRAM = 4  # words in the longest concept name looked for in the question
 _MAX_CANDIDATES = 900  # n-grams looked up at most (one SQL statement)
 _WORD = re.compile(r"[\w][\w'’.-]*")
 _POSSESSIVE = re.compile(r"['’]s$", re.IGNORECASE)
-_PLACEHOLDER = re.compile(r"\{(context|question)\}")
+_TEMPLATE_FIELD = re.compile(r"\{(context|question)\}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def build_prompt(sources: Iterable[Source], budget: int) -> tuple[str, list[Sour
 def fill_template(template: str, context: str, question: str) -> str:
     """One pass over the template: a question that contains "{context}" stays as it is."""
     values = {"context": context, "question": question}
-    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+    return _TEMPLATE_FIELD.sub(lambda m: values[m.group(1)], template)
 
 
 def concept_candidates(question: str) -> list[str]:

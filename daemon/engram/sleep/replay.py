@@ -153,11 +153,11 @@ class ReplayStage:
                 if items[n]["seq"] not in by_seq:
                     items[n]["before"] = "gone"
             places = [n for n in pending if items[n]["seq"] in by_seq]
-            todo = [by_seq[items[n]["seq"]] for n in places]
+            queued = [by_seq[items[n]["seq"]] for n in places]
             relevant = [items[n]["relevant"] for n in places]
             done = units = 0
-            while done < len(todo):
-                results = await ctx.thread(_replay_some, ctx, todo, relevant, done, snap["k"])
+            while done < len(queued):
+                results = await ctx.thread(_replay_some, ctx, queued, relevant, done, snap["k"])
                 for offset, result in enumerate(results):
                     item = items[places[done + offset]]
                     item["before"] = result["ids"] if result is not None else "gone"
@@ -166,7 +166,7 @@ class ReplayStage:
                 units += 1
                 if units % _SAVE_EVERY == 0:
                     await ctx.thread(_store, ctx, snap)
-                ctx.progress(done, len(todo))
+                ctx.progress(done, len(queued))
                 await ctx.step()
         snap["done"] = True
         await ctx.thread(_store, ctx, snap)
@@ -184,12 +184,12 @@ class ReplayStage:
         queries = await ctx.thread(ctx.memory.episodic.replay_queries, ctx.namespace, len(items), [i["seq"] for i in items])
         by_seq = {q.seq: q for q in queries}
         items = [item for item in items if item["seq"] in by_seq]
-        todo = [by_seq[item["seq"]] for item in items]
+        queued = [by_seq[item["seq"]] for item in items]
         relevant_lists = [item["relevant"] for item in items]
         after: list[dict[str, list[str]] | None] = []
-        while len(after) < len(todo):
-            after += await ctx.thread(_replay_some, ctx, todo, relevant_lists, len(after), snap["k"])
-            ctx.progress(len(after), len(todo))
+        while len(after) < len(queued):
+            after += await ctx.thread(_replay_some, ctx, queued, relevant_lists, len(after), snap["k"])
+            ctx.progress(len(after), len(queued))
             await ctx.step()
         before_recall: list[float] = []
         after_recall: list[float] = []
