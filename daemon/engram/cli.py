@@ -17,14 +17,6 @@ import click
 
 from engram import __version__
 from engram.audit.cli import audit, bench_audit
-from engram.inference.cli import bench_infer, models
-from engram.memory.cli import bench_memory, memory
-from engram.policy.cli import bench_policy, policy
-from engram.providers.cli import bench_providers, chat as chat_command, generate as generate_command
-from engram.router.cli import ask as ask_command, bench_route, route
-from engram.mcpserver.cli import mcp_command
-from engram.sleep.bench_cli import bench_sleep
-from engram.sleep.cli import sleep as sleep_group
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
@@ -37,6 +29,18 @@ from engram.clitools import (
     json_option,
 )
 from engram.errors import ConfigError, StartupError
+from engram.inference.cli import bench_infer, models
+from engram.mcpserver.cli import mcp_command
+from engram.memory.cli import bench_memory, memory
+from engram.policy.cli import bench_policy, policy
+from engram.providers.cli import bench_providers
+from engram.providers.cli import chat as chat_command
+from engram.providers.cli import generate as generate_command
+from engram.router.cli import ask as ask_command
+from engram.router.cli import bench_route, route
+from engram.sleep.bench_cli import bench_sleep
+from engram.sleep.cli import sleep as sleep_group
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="engram")

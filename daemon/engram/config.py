@@ -36,13 +36,13 @@ from pydantic_settings import (
 )
 
 from engram.audit.settings import AuditSettings
+from engram.errors import ConfigError
 from engram.inference.settings import InferenceSettings
 from engram.memory.settings import MemorySettings
-from engram.router.settings import RouterSettings
 from engram.policy.settings import PolicySettings
 from engram.providers.settings import ProvidersSettings
+from engram.router.settings import RouterSettings
 from engram.sleep.settings import SleepSettings
-from engram.errors import ConfigError
 
 __all__ = [
     "Settings",

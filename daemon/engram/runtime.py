@@ -48,16 +48,16 @@ from engram.plugins.manager import PluginManager
 from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
-from engram.router.events import ROUTER_EVENTS
-from engram.router.ask import Ask
-from engram.router.service import Router
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.service import Providers
+from engram.router.ask import Ask
+from engram.router.events import ROUTER_EVENTS
+from engram.router.service import Router
 from engram.server.dispatch import Dispatcher
-from engram.sleep.events import SLEEP_EVENTS
-from engram.sleep.service import Sleep
 from engram.server.methods import MethodTable, collect
 from engram.server.server import RPCServer
+from engram.sleep.events import SLEEP_EVENTS
+from engram.sleep.service import Sleep
 from engram.storage import Database
 from engram.system import Check, SystemMethods
 

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from engram.audit.entry import Record, build_entry
-from engram.storage.locking import begin_immediate
 from engram.audit.merkle import (
     CompactTree,
     consistency_proof,
@@ -34,6 +33,7 @@ from engram.audit.merkle import (
     leaf_hash,
     subtree_hasher,
 )
+from engram.storage.locking import begin_immediate
 
 __all__ = ["AuditStore", "StoreError", "StoredCheckpoint"]
 

@@ -34,9 +34,9 @@ from engram.errors import (
     Unavailable,
 )
 from engram.observability.metrics import Metrics
+from engram.principal import Principal
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method, MethodTable, RequestContext
-from engram.principal import Principal
 
 log = structlog.get_logger("engram.server")
 
