@@ -23,7 +23,6 @@ class OllamaError(RuntimeError):
     """Ollama answered with an error status or an error object."""
 
 
-
 class OllamaConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

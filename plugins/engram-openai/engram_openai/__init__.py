@@ -27,7 +27,6 @@ class OpenAIError(RuntimeError):
     """The endpoint answered with an error status or an answer that is not the API's shape."""
 
 
-
 class OpenAIConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 

@@ -38,6 +38,18 @@ class Clock:
         return self.now
 
 
+class StopAfter:
+    """A pacer that stops the run at its n-th step, as the runner does when the daemon stops."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    async def step(self) -> None:
+        self.n -= 1
+        if self.n == 0:
+            raise KeyboardInterrupt  # not an Exception: nothing in the stage may swallow it
+
+
 @dataclass
 class Env:
     memory: Memory

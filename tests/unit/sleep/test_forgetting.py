@@ -22,7 +22,7 @@ from engram.sleep.settings import SleepSettings
 from engram.sleep.stages import REGISTRY
 
 from tests.unit.memory.conftest import ctx as rpc_ctx
-from tests.unit.sleep.memory_env import NS, memory_env
+from tests.unit.sleep.memory_env import NS, StopAfter, memory_env
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0
@@ -150,18 +150,6 @@ async def test_rollback_makes_this_runs_archived_episodes_live_again(tmp_path: P
         assert env.memory.index.count(NS) == 9
         assert await stage.rollback(env.ctx(SETTINGS, run_id=1)) == {"unarchived": 0}  # idempotent
         assert env.memory.index.count(NS) == 9
-
-
-class StopAfter:
-    """A pacer that stops the run at its n-th step, as the runner does when the daemon stops."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    async def step(self) -> None:
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt  # not an Exception: nothing in the stage may swallow it
 
 
 async def test_a_stopped_run_resumes_from_its_cursor(tmp_path: Path) -> None:

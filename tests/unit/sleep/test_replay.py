@@ -15,7 +15,7 @@ from engram.sleep.settings import SleepSettings
 from engram.sleep.stages import REGISTRY
 
 from tests.unit.memory.conftest import ctx as rpc_ctx
-from tests.unit.sleep.memory_env import memory_env
+from tests.unit.sleep.memory_env import StopAfter, memory_env
 
 DAY = 86_400.0
 NOW = 1_800_000_000.0
@@ -94,16 +94,6 @@ async def test_forgetting_what_no_query_found_is_not_worse(tmp_path: Path) -> No
         figures = await ReplayStage().run(ctx)
         assert figures["queries"] == 10 and figures["recall_before"] == figures["recall_after"] == 1.0
         assert figures["worse"] is False
-
-
-class StopAfter:
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    async def step(self) -> None:
-        self.n -= 1
-        if self.n == 0:
-            raise KeyboardInterrupt
 
 
 async def test_a_stopped_snapshot_resumes_and_a_finished_one_is_kept(tmp_path: Path, monkeypatch) -> None:
