@@ -27,8 +27,12 @@ the watermark), index entries whose rows are gone (forgotten after the save, or 
 committed) are dropped. A missing, truncated or corrupt file is rebuilt from SQLite, with
 progress in the log; it is never fatal.
 
-Blocking code: call from worker threads. Each namespace has a lock; searches and changes of one
-namespace take turns, different namespaces do not wait for each other.
+Blocking code: call from worker threads. Each namespace has a readers-writer lock: searches share
+it (FAISS searches of one index are safe together), adds, removes and the swap after a rebuild
+hold it alone, and a waiting writer holds off new searches so that a stream of recalls cannot
+starve a remember. Different namespaces never wait for each other. A plain mutex made a recall
+queue behind consolidation's batched searches: a thread that releases a ``threading.Lock`` and
+takes it again at once usually wins it back, so a recall could wait through a whole batch.
 """
 
 from __future__ import annotations
@@ -46,17 +50,19 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import structlog
+from fasteners import ReaderWriterLock  # type: ignore[import-untyped]  # fasteners ships no type hints
 from numpy.typing import NDArray
 
 from engram.memory.settings import IndexSettings
 from engram.storage.files import replace_durably
 
-__all__ = ["FILE_NAME", "IndexFileError", "NamespaceIndex", "VectorIndex"]
+__all__ = ["FILE_NAME", "IndexFileError", "NamespaceIndex", "Rebuild", "VectorIndex"]
 
 log = structlog.get_logger("engram.memory")
 
 FILE_NAME = "vectors.idx"
-_SWAP_BATCH = 512  # changes replayed under the lock at the swap, at most
+_ADD_PIECE = 16  # vectors a stoppable rebuild adds between checks (HNSW: ~2-3 ms on one core)
+_SWAP_BATCH = 64  # changes replayed under the write lock at the swap, at most (HNSW adds ~0.1 ms each)
 _MAGIC = b"ENGRAM-VECTORS\x00\x01"
 _TRAILER = 32  # SHA-256 of everything before it
 
@@ -258,12 +264,88 @@ Space = FlatSpace | HnswSpace
 class NamespaceIndex:
     name: str
     space: Space
-    lock: threading.RLock = field(default_factory=threading.RLock)
-    building: bool = False
+    lock: ReaderWriterLock = field(default_factory=ReaderWriterLock)  # read: searches; write: changes
+    building: bool = False  # a Rebuild holds it (set and cleared under VectorIndex._lock)
+    # While building: seq -> True (added) / False (removed) since the snapshot, written under the
+    # write lock, so that the swap replays what changed instead of diffing the whole index.
+    pending: dict[int, bool] = field(default_factory=dict)
 
     @property
     def dim(self) -> int:
         return self.space.dim
+
+    def note(self, seqs: Iterable[int], present: bool) -> None:
+        """Record adds or removes for the rebuild in progress (caller holds the write lock)."""
+        if self.building:
+            for seq in seqs:
+                self.pending[int(seq)] = present
+
+
+class Rebuild:
+    """A namespace's index rebuilt from a snapshot of its live vectors while searches and writes
+    go on against the old one. Add the snapshot with :meth:`add` (in chunks: the caller may pause
+    between them), then call :meth:`catch_up` until it returns True (it has swapped the new space
+    in), and :meth:`close` in every case. Blocking: worker threads."""
+
+    def __init__(self, index: VectorIndex, ns: NamespaceIndex, seqs: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+        self._index = index
+        self._ns = ns
+        self._seqs = seqs
+        self._vectors = vectors
+        self.total = len(seqs)
+        self.new: Space = index.new_space(ns.dim, len(seqs))
+
+    def add(self, start: int, size: int, stop: Callable[[], bool] | None = None) -> int:
+        """Add snapshot vectors ``[start, start + size)`` to the new space; returns how many are
+        in. With ``stop``, a few at a time, returning early (after at least one piece) once
+        ``stop()`` turns true: a foreground request then shares the CPU with a few milliseconds
+        of this work at most. Without, in one call (which FAISS parallelises)."""
+        end = min(start + size, self.total)
+        piece = _ADD_PIECE if stop is not None else max(1, end - start)
+        done = start
+        while done < end:
+            if done > start and stop is not None and stop():
+                break
+            upto = min(done + piece, end)
+            self.new.add(self._seqs[done:upto], self._vectors[done:upto])
+            done = upto
+        return done
+
+    def catch_up(self) -> bool:
+        """Replay the changes made since the snapshot (or the last round) into the new space. A
+        big round is copied without holding the lock and returns False; a small one runs under the
+        write lock and swaps the new space in (True), so writers never wait long."""
+        ns = self._ns
+        with ns.lock.read_lock():
+            changes = self._take()
+        if len(changes[0]) > _SWAP_BATCH:
+            self._apply(*changes)  # into the new space, which nobody searches yet: no lock
+            return False
+        with ns.lock.write_lock():
+            self._apply(*changes)
+            self._apply(*self._take())
+            ns.space = self.new
+        with self._index._lock:
+            self._index.changes += 1
+        return True
+
+    def close(self) -> None:
+        with self._index._lock:
+            self._ns.building = False
+            self._ns.pending.clear()
+
+    def _take(self) -> tuple[list[int], list[int], NDArray[np.float32]]:
+        """The pending changes (cleared): every seq touched, and the live ones with their vectors
+        from the current space (caller holds a lock)."""
+        pending, self._ns.pending = self._ns.pending, {}
+        got, vectors = self._ns.space.vectors([s for s, present in pending.items() if present])
+        return list(pending), got, vectors
+
+    def _apply(self, touched: list[int], got: list[int], vectors: NDArray[np.float32]) -> None:
+        if touched:  # removed, or re-added after a remove: out first, then the live ones back in
+            self.new.remove(_as_i64(touched))
+        if got:
+            self.new.add(_as_i64(got), vectors)
 
 
 class VectorIndex:
@@ -313,10 +395,11 @@ class VectorIndex:
         _threads(self.settings.build_threads or os.cpu_count() or 1)  # adds come in batches
         ids, vecs = _as_i64(seqs), _as_f32(vectors)
         ns = self._space_for(namespace, vecs.shape[1])
-        with ns.lock:
+        with ns.lock.write_lock():
             if vecs.shape[1] != ns.dim:
                 raise ValueError(f"namespace {namespace!r} holds {ns.dim}-dimensional vectors, got {vecs.shape[1]}")
             ns.space.add(ids, vecs)
+            ns.note(ids.tolist(), True)
         with self._lock:
             self.watermark = max(self.watermark, int(ids.max()))
             self.changes += len(ids)
@@ -325,8 +408,9 @@ class VectorIndex:
         ns = self._spaces.get(namespace)
         if ns is None or not len(seqs):
             return 0
-        with ns.lock:
+        with ns.lock.write_lock():
             removed = ns.space.remove(_as_i64(seqs))
+            ns.note(seqs, False)
         with self._lock:
             self.changes += removed
         return removed
@@ -341,7 +425,7 @@ class VectorIndex:
         ns = self._spaces.get(namespace)
         if ns is None:
             return np.zeros(0, np.int64)
-        with ns.lock:
+        with ns.lock.read_lock():
             return ns.space.ids()
 
     def search(self, namespace: str, query: NDArray[np.float32], k: int) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
@@ -349,7 +433,7 @@ class VectorIndex:
         if ns is None or k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
         _threads(self.settings.threads)
-        with ns.lock:
+        with ns.lock.read_lock():
             if ns.space.count == 0:
                 return np.zeros(0, np.int64), np.zeros(0, np.float32)
             return ns.space.search(_as_f32(query.reshape(1, -1)), k)
@@ -358,7 +442,7 @@ class VectorIndex:
         ns = self._spaces.get(namespace)
         if ns is None:
             return [], np.zeros((0, 0), np.float32)
-        with ns.lock:
+        with ns.lock.read_lock():
             return ns.space.vectors(seqs)
 
     def stats(self, namespace: str) -> dict[str, Any]:
@@ -382,53 +466,55 @@ class VectorIndex:
             return "rebuild" if space.count >= self.settings.hnsw_threshold else "shrink"
         return None
 
-    def rebuild(self, namespace: str, progress: Callable[[int, int], None] | None = None, chunk: int = 5000) -> str | None:
-        """Rebuild a namespace's index from its own vectors (HNSW, or exact when it shrank below
-        the threshold), while searches and writes go on against the old one. Changes made
-        meanwhile are replayed in rounds outside the lock; only the last, small round runs under
-        it, so writers never wait long. Returns the new kind, None if nothing was due."""
+    def new_space(self, dim: int, count: int) -> Space:
+        """The kind of space ``count`` vectors get: HNSW from the threshold up, exact below it."""
+        if count >= self.settings.hnsw_threshold:
+            s = self.settings
+            return HnswSpace(dim, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search)
+        return FlatSpace(dim)
+
+    def start_rebuild(self, namespace: str) -> Rebuild | None:
+        """Claim the namespace for a rebuild and snapshot its live vectors; None when it has no
+        index or another rebuild holds it. The caller must :meth:`Rebuild.close` it."""
         ns = self._spaces.get(namespace)
         if ns is None:
             return None
-        _threads(self.settings.build_threads or os.cpu_count() or 1)
-        with ns.lock:
-            due = self.maintenance_due(namespace)
-            if due is None:
+        with self._lock:
+            if ns.building:
                 return None
             ns.building = True
-            seqs, vectors = ns.space.snapshot()
         try:
-            new: Space = FlatSpace(ns.dim) if due == "shrink" else self._hnsw(ns.dim)
-            for start in range(0, len(seqs), chunk):
+            with ns.lock.read_lock():
+                seqs, vectors = ns.space.snapshot()
+        except BaseException:
+            with self._lock:
+                ns.building = False
+            raise
+        return Rebuild(self, ns, seqs, vectors)
+
+    def rebuild(self, namespace: str, progress: Callable[[int, int], None] | None = None, chunk: int = 5000) -> str | None:
+        """Memory's own maintenance: rebuild a namespace's index when :meth:`maintenance_due` says
+        so (HNSW, or exact when it shrank below the threshold), while searches and writes go on
+        against the old one. Returns the new kind, None if nothing was due or it was stopped."""
+        if self.maintenance_due(namespace) is None:
+            return None
+        _threads(self.settings.build_threads or os.cpu_count() or 1)
+        job = self.start_rebuild(namespace)
+        if job is None:
+            return None
+        try:
+            done = 0
+            while done < job.total:
                 if self.abort.is_set():
                     return None  # the old index stays; the build is due again at the next start
-                new.add(seqs[start : start + chunk], vectors[start : start + chunk])
+                done = job.add(done, chunk)
                 if progress is not None:
-                    progress(min(start + chunk, len(seqs)), len(seqs))
-            done = seqs
-            while True:
-                with ns.lock:
-                    current = ns.space.ids()
-                    added = np.setdiff1d(current, done, assume_unique=True)
-                    gone = np.setdiff1d(done, current, assume_unique=True)
-                    got, vecs = ns.space.vectors(added.tolist()) if len(added) else ([], np.zeros((0, ns.dim), np.float32))
-                    final = len(added) <= _SWAP_BATCH
-                    if final:
-                        if got:
-                            new.add(np.asarray(got, dtype=np.int64), vecs)
-                        if len(gone):
-                            new.remove(gone)
-                        ns.space = new
-                        break
-                new.add(np.asarray(got, dtype=np.int64), vecs)  # a big round: outside the lock
-                if len(gone):
-                    new.remove(gone)
-                done = current
+                    progress(done, job.total)
+            while not job.catch_up():
+                pass
         finally:
-            ns.building = False
-        with self._lock:
-            self.changes += 1
-        return new.kind
+            job.close()
+        return job.new.kind
 
     def reconcile(self, namespace: str, seqs: NDArray[np.int64], dim: int | None,
                   fetch: Callable[[Sequence[int]], Iterable[tuple[list[int], NDArray[np.float32]]]],
@@ -466,7 +552,7 @@ class VectorIndex:
         entries = []
         offset = 0
         for ns in spaces:
-            with ns.lock:
+            with ns.lock.read_lock():
                 blobs = ns.space.blobs()
                 kind, dim = ns.space.kind, ns.dim
             meta: dict[str, Any] = {"name": ns.name, "kind": kind, "dim": dim, "blobs": {}}

@@ -6,7 +6,7 @@ rebuilds only when masked nodes reach ``memory.index.rebuild_fraction``. During 
 to spare, a namespace's index is rebuilt as soon as it holds ``sleep.compaction.min_masked``
 masked entries: in chunks, with a preemption point between them, on one OpenMP thread, while
 recall goes on against the old index; only the final catch-up and the swap hold the
-namespace's lock. Then the full-text index is merged (``optimize``: the tokens of deleted rows
+namespace's write lock. Then the full-text index is merged (``optimize``: the tokens of deleted rows
 leave its b-tree) and the WAL is checkpointed — once per run.
 
 The figures give the index's size before and after, in vectors, masked entries and bytes
@@ -17,16 +17,12 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import faiss
-import numpy as np
-
-from engram.memory.index import FlatSpace, HnswSpace, NamespaceIndex, VectorIndex
+from engram.memory.index import HnswSpace, VectorIndex
 from engram.sleep.stage import StageContext
 
 __all__ = ["CompactionStage", "index_size"]
 
 _CHUNK = 500  # vectors added to the new graph per unit (~0.1 s of one core for HNSW)
-_SWAP_BATCH = 512  # changes replayed under the lock at the swap, at most
 
 
 def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
@@ -34,7 +30,7 @@ def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
     ns = index.get(namespace)
     if ns is None:
         return {"kind": "none", "vectors": 0, "masked": 0, "bytes": 0}
-    with ns.lock:
+    with ns.lock.read_lock():
         space = ns.space
         if isinstance(space, HnswSpace):
             total = int(space.index.ntotal)
@@ -60,7 +56,7 @@ class CompactionStage:
         figures: dict[str, Any] = {"before": before, "rebuilt": False}
         ns = index.get(namespace)
         if ns is not None and before["masked"] > 0 and before["masked"] >= ctx.settings.compaction.min_masked and not ns.building:
-            figures["rebuilt"] = await self._rebuild(ctx, index, ns)
+            figures["rebuilt"] = await self._rebuild(ctx, index, namespace)
         figures["after"] = await ctx.thread(index_size, index, namespace)
         if not self.fts_done:
             await ctx.step()
@@ -69,63 +65,24 @@ class CompactionStage:
             figures["fts_optimized"] = True
         return figures
 
-    async def _rebuild(self, ctx: StageContext, index: VectorIndex, ns: NamespaceIndex) -> bool:
+    async def _rebuild(self, ctx: StageContext, index: VectorIndex, namespace: str) -> bool:
         """The namespace's live vectors into a new space of the right kind, then a swap."""
-        def claim() -> tuple[Any, Any] | None:
-            # In a worker thread: copying a large space's vectors takes long enough to stall the
-            # event loop, and recall waits for the namespace's lock meanwhile anyway.
-            with ns.lock:
-                if ns.building:
-                    return None
-                ns.building = True  # memory's own maintenance leaves it alone meanwhile
-                return ns.space.snapshot()
-
-        claimed = await ctx.thread(claim)
-        if claimed is None:
+        # In a worker thread: copying a large space's vectors takes long enough to stall the loop.
+        job = await ctx.thread(index.start_rebuild, namespace)
+        if job is None:
             return False
-        seqs, vectors = claimed
         try:
-            if len(seqs) >= index.settings.hnsw_threshold:
-                s = index.settings
-                new: FlatSpace | HnswSpace = HnswSpace(ns.dim, s.hnsw_m, s.hnsw_ef_construction, s.hnsw_ef_search)
-            else:
-                new = FlatSpace(ns.dim)
-            for start in range(0, len(seqs), _CHUNK):
+            done = 0
+            while done < job.total:
                 await ctx.step()
-                await ctx.thread(new.add, seqs[start : start + _CHUNK], vectors[start : start + _CHUNK])
-                ctx.progress(min(start + _CHUNK, len(seqs)), len(seqs))
-            done = seqs
+                done = await ctx.thread(job.add, done, _CHUNK, ctx.preempted)
+                ctx.progress(done, job.total)
             while True:
                 await ctx.step()
-
-                def catch_up(done: Any = done) -> Any:
-                    faiss.omp_set_num_threads(1)
-                    with ns.lock:
-                        current = ns.space.ids()
-                        added = np.setdiff1d(current, done, assume_unique=True)
-                        gone = np.setdiff1d(done, current, assume_unique=True)
-                        got, vecs = ns.space.vectors(added.tolist()) if len(added) else ([], np.zeros((0, ns.dim), np.float32))
-                        if len(added) <= _SWAP_BATCH:
-                            if got:
-                                new.add(np.asarray(got, dtype=np.int64), vecs)
-                            if len(gone):
-                                new.remove(gone)
-                            ns.space = new
-                            return None
-                    new.add(np.asarray(got, dtype=np.int64), vecs)  # a big round: outside the lock
-                    if len(gone):
-                        new.remove(gone)
-                    return current
-
-                nxt = await ctx.thread(catch_up)
-                if nxt is None:
-                    break
-                done = nxt
+                if await ctx.thread(job.catch_up):
+                    return True
         finally:
-            ns.building = False
-        with index._lock:  # the counter the saver watches (VectorIndex guards it with this lock)
-            index.changes += 1
-        return True
+            job.close()
 
     async def rollback(self, ctx: StageContext) -> dict[str, Any]:
         return {}  # compaction changes no memory content: there is nothing to undo

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import faiss
@@ -52,6 +53,57 @@ def test_hnsw_conversion_keeps_writes_made_during_the_build(rng: np.random.Gener
     assert index.stats("a")["kind"] == "hnsw" and index.count("a") == 1397
     assert index.search("a", vectors[1250], 1)[0][0] == 1251
     assert 1 not in index.search("a", vectors[0], 10)[0] and 700 not in index.search("a", vectors[699], 10)[0]
+
+
+def test_a_rebuild_keeps_an_episode_forgotten_and_restored_during_it(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings(hnsw_threshold=100))
+    vectors = unit(rng, 300, 16)
+    index.add("a", list(range(1, 301)), vectors)
+    job = index.start_rebuild("a")
+    assert job is not None and index.start_rebuild("a") is None  # one rebuild at a time
+    try:
+        job.add(0, job.total)
+        index.remove("a", [5, 6])  # forgotten during the build ...
+        index.add("a", [5], vectors[4:5])  # ... and 5 restored (a rolled-back archive)
+        assert job.catch_up()
+    finally:
+        job.close()
+    assert index.stats("a")["kind"] == "hnsw" and index.count("a") == 299 and not index.get("a").building
+    assert index.search("a", vectors[4], 1)[0][0] == 5
+    assert 6 not in index.search("a", vectors[5], 10)[0]
+
+
+def test_a_stoppable_rebuild_adds_a_piece_then_returns(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings(hnsw_threshold=100))
+    vectors = unit(rng, 300, 16)
+    index.add("a", list(range(1, 301)), vectors)
+    job = index.start_rebuild("a")
+    try:
+        first = job.add(0, 200, stop=lambda: True)  # a request is waiting: one piece, then out
+        assert 0 < first < 200 and job.new.count == first
+        assert job.add(first, 300) == 300  # nobody waiting: the rest in one go
+        assert job.catch_up()
+    finally:
+        job.close()
+    assert index.count("a") == 300 and index.search("a", vectors[250], 1)[0][0] == 251
+
+
+def test_searches_share_the_namespace_lock_and_changes_wait_for_them(rng: np.random.Generator) -> None:
+    index = VectorIndex(IndexSettings())
+    vectors = unit(rng, 50, 8)
+    index.add("a", list(range(1, 51)), vectors)
+    searched, added = threading.Event(), threading.Event()
+    with index.get("a").lock.read_lock():  # a long batch of searches elsewhere
+        searcher = threading.Thread(target=lambda: (index.search("a", vectors[0], 3), searched.set()))
+        writer = threading.Thread(target=lambda: (index.add("a", [99], vectors[:1]), added.set()))
+        searcher.start()
+        assert searched.wait(5)  # a recall does not queue behind it
+        writer.start()
+        assert not added.wait(0.2)  # a remember does
+    assert added.wait(5)
+    searcher.join()
+    writer.join()
+    assert 99 in index.ids("a")
 
 
 def test_forgotten_hnsw_vectors_are_zeroed_and_never_returned(rng: np.random.Generator) -> None:
