@@ -78,16 +78,38 @@ class MemoryDB:
             yield self._writer
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises."""
+    def transaction(self, background: bool = False) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed when the block ends, rolled back if it raises.
+
+        ``background=True`` is for work that redoes itself after a crash (sleep consolidation's
+        units: the change and its resume cursor commit together). Every audited request waits
+        for SQLite's write lock, so such a transaction keeps out of its way twice over: its
+        commit skips the fsync (``synchronous = NORMAL``: WAL keeps the file consistent, and a
+        power cut can only lose the last of these commits, which the work then redoes), and the
+        pages it wrote are checkpointed by it, passively, rather than by whichever foreground
+        commit next pushes the log past SQLite's auto-checkpoint threshold."""
         with self.write() as conn:
-            begin_immediate(conn, self.busy_timeout)
+            if background:
+                conn.execute("PRAGMA synchronous = NORMAL")
             try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+                begin_immediate(conn, self.busy_timeout)
+                try:
+                    yield conn
+                except BaseException:
+                    conn.execute("ROLLBACK")
+                    raise
+                conn.execute("COMMIT")
+            finally:
+                if background:
+                    conn.execute("PRAGMA synchronous = FULL")
+        if background:
+            self.checkpoint()
+
+    def checkpoint(self) -> None:
+        """Copy what the log holds into the database file, without waiting for anyone (a reader
+        connection can do it, so memory's writer stays free)."""
+        with self.read() as conn:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
