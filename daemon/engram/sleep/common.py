@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -62,26 +62,32 @@ def _search(space: Any, dim: int, queries: NDArray[np.float32]) -> tuple[NDArray
     return labels, sims
 
 
-def nearest_other(index: VectorIndex, namespace: str, seqs: Sequence[int], vectors: NDArray[np.float32]) -> NDArray[np.float32]:
+def nearest_other(index: VectorIndex, namespace: str, seqs: Sequence[int], vectors: NDArray[np.float32],
+                  stop: Callable[[], bool] | None = None) -> NDArray[np.float32]:
     """For each vector (the episode ``seqs[i]``'s), the cosine to its nearest *other* episode in
-    the namespace's index; -1 where there is none. One batched FAISS search under the
-    namespace's lock."""
-    out = np.full(len(seqs), -1.0, dtype=np.float32)
+    the namespace's index; -1 where there is none. Batched FAISS searches under the namespace's
+    read lock, a few queries per hold. When ``stop()`` turns true (a foreground request came in)
+    it returns after the chunk in hand, with results for a prefix of ``seqs`` only: that way a
+    recall shares the CPU with a fraction of a millisecond of this work, not a whole unit."""
     ns = index.get(namespace)
     if ns is None or not len(seqs):
-        return out
+        return np.full(len(seqs), -1.0, dtype=np.float32)
     queries = np.ascontiguousarray(vectors, dtype=np.float32)
     parts_l, parts_s = [], []
-    # Recall searches under the same lock: hold it for a few queries at a time, not the batch.
+    # Recall shares the read lock, but a remember waits for the write lock: hold it for a few
+    # queries at a time, not the batch.
     for start in range(0, len(queries), _PER_LOCK):
-        with ns.lock:
+        if start and stop is not None and stop():
+            break
+        with ns.lock.read_lock():
             got = _search(ns.space, ns.dim, queries[start : start + _PER_LOCK])
         if got is None:
-            return out
+            return np.full(len(seqs), -1.0, dtype=np.float32)
         parts_l.append(got[0])
         parts_s.append(got[1])
     labels, sims = np.vstack(parts_l), np.vstack(parts_s)
-    for i, seq in enumerate(seqs):
+    out = np.full(len(labels), -1.0, dtype=np.float32)
+    for i, seq in enumerate(seqs[: len(labels)]):
         for label, sim in zip(labels[i].tolist(), sims[i].tolist(), strict=False):
             if label >= 0 and label != seq:
                 out[i] = sim

@@ -111,7 +111,7 @@ def _load(ctx: StageContext) -> dict[str, Any] | None:
 
 def _store(ctx: StageContext, snapshot: dict[str, Any]) -> None:
     text = json.dumps(snapshot, separators=(",", ":"))
-    with ctx.memory.db.transaction() as conn:
+    with ctx.memory.db.transaction(background=True) as conn:
         conn.execute(
             "INSERT INTO sleep_cursors (run, namespace, stage, cursor) VALUES (?, ?, ?, ?) "
             "ON CONFLICT (run, namespace, stage) DO UPDATE SET cursor = excluded.cursor",

@@ -136,12 +136,12 @@ class _Pacer:
         await self._yield()
         self._mark = time.monotonic()
 
-    def _busy(self) -> bool:
+    def busy(self) -> bool:
         activity = self._sleep.activity
         return activity.foreground > 0 or time.monotonic() - activity.last_foreground < self._sleep.settings.quiet_gap
 
     async def _yield(self) -> None:
-        if not self._busy():
+        if not self.busy():
             return
         run = self._run
         run.preemptions += 1
@@ -154,7 +154,7 @@ class _Pacer:
                                                    namespace=run.stage_namespace))
         try:
             deadline = now + self._sleep.settings.max_yield
-            while self._busy() and time.monotonic() < deadline:
+            while self.busy() and time.monotonic() < deadline:
                 await anyio.sleep(_POLL)
         finally:
             run.yielding = False

@@ -43,12 +43,19 @@ class Pacer(Protocol):
 
     async def step(self) -> None: ...
 
+    def busy(self) -> bool:
+        """Whether foreground requests are in flight (or just were); safe from any thread."""
+        ...
+
 
 class FreePacer:
     """A pacer that never waits: for tests and tools that run a stage directly."""
 
     async def step(self) -> None:
         await anyio.lowlevel.checkpoint()
+
+    def busy(self) -> bool:
+        return False
 
 
 class StageContext:
@@ -89,6 +96,12 @@ class StageContext:
         raises the cancellation exception when the run is stopped."""
         await self._pacer.step()
 
+    def preempted(self) -> bool:
+        """Whether a foreground request is waiting for this work to get out of the way: long
+        loops in a worker thread check it between small chunks and end their unit early (the
+        next :meth:`step` then waits). Safe to call from any thread."""
+        return self._pacer.busy()
+
     async def thread(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` in a worker thread (blocking SQL, numpy, FAISS), with FAISS on one
         OpenMP thread so that foreground recall keeps the other cores."""
@@ -104,7 +117,7 @@ class StageContext:
         text = json.dumps(cursor, separators=(",", ":"))
 
         def write() -> None:
-            with self.memory.db.transaction() as conn:
+            with self.memory.db.transaction(background=True) as conn:
                 conn.execute(
                     "INSERT INTO sleep_cursors (run, namespace, stage, cursor) VALUES (?, ?, ?, ?) "
                     "ON CONFLICT (run, namespace, stage) DO UPDATE SET cursor = excluded.cursor",
@@ -134,7 +147,7 @@ class StageContext:
         row = self.journal_row(kind, ref, before)
 
         def write() -> None:
-            with self.memory.db.transaction() as conn:
+            with self.memory.db.transaction(background=True) as conn:
                 self.journal_in(conn, [row])
 
         await self.thread(write)

@@ -49,6 +49,9 @@ class StopAfter:
         if self.n == 0:
             raise KeyboardInterrupt  # not an Exception: nothing in the stage may swallow it
 
+    def busy(self) -> bool:
+        return False
+
 
 @dataclass
 class Env:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
 from engram.memory.api import RememberParams
@@ -17,7 +18,7 @@ from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
 from engram.memory.settings import MemorySettings
 from engram.observability.metrics import Metrics
-from engram.sleep.clustering import ClusteringStage, choose_k, top_terms
+from engram.sleep.clustering import ClusteringStage, choose_k, relation_gains, top_terms
 from engram.sleep.compaction import CompactionStage
 from engram.sleep.importance import ImportanceStage
 from engram.sleep.recalibration import RecalibrationStage
@@ -253,3 +254,41 @@ async def test_recalibration_without_a_router_does_nothing(tmp_path):
         assert (await RecalibrationStage().run(env.ctx(SleepSettings(), stage="recalibration")))["routes"] == []
 
 
+
+
+def test_relation_gains_count_shared_sessions_and_neighbours_in_time():
+    # topics 10 and 20 share sessions a and b; 30 is alone in c. Time order: 1 2 3 4 5 6
+    seqs = [6, 5, 4, 3, 2, 1]  # newest first, as the stage reads them
+    sessions = ["b", "b", "a", "a", "a", "c"]
+    times = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
+    concept_of = {1: 30, 2: 10, 3: 20, 4: 10, 5: 20, 6: 10}
+    gains, evidence = relation_gains(seqs, sessions, times, concept_of, cooccurrence_gain=0.1, adjacency_gain=0.01,
+                                     per_pair=10)
+    # (10, 20): 2 sessions + neighbours 2-3, 3-4, 4-5, 5-6; (10, 30): neighbours 1-2
+    assert gains == pytest.approx({(10, 20): 0.2 + 0.04, (10, 30): 0.01})
+    assert evidence[(10, 20)][:4] == [6, 5, 4, 3]  # each session's first episode of either topic, sessions in order
+    assert set(evidence[(10, 20)]) == {2, 3, 4, 5, 6} and evidence[(10, 30)] == [1, 2]
+    assert relation_gains([], [], [], {}, 0.1, 0.01, 10) == ({}, {})
+
+
+async def test_importance_scores_the_same_when_requests_keep_cutting_its_units_short(tmp_path):
+    class Busy:  # a foreground request is always in flight: every search unit ends after one chunk
+        async def step(self) -> None:
+            pass
+
+        def busy(self) -> bool:
+            return True
+
+    rng = np.random.default_rng(4)
+    items = [{"text": f"t{i}", "vector": unit(rng.normal(size=DIM)), "time": NOW - i * DAY} for i in range(40)]
+    scores = []
+    for pacer in (None, Busy()):
+        folder = tmp_path / f"run{len(scores)}"
+        folder.mkdir()
+        async with memory_env(folder, NOW) as env:
+            await remember(env, items)
+            ctx = StageContext(run_id=1, namespace=NS, settings=SleepSettings(), memory=env.memory, clock=env.clock,
+                               stage="importance", pacer=pacer)
+            assert (await ImportanceStage().run(ctx))["scored"] == 40
+            scores.append(env.sql("SELECT text, salience FROM memory_episodes ORDER BY text"))
+    assert scores[0] == scores[1]
