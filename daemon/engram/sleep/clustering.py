@@ -28,7 +28,7 @@ import json
 import math
 import re
 import zlib
-from collections import Counter, defaultdict
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -219,7 +219,8 @@ class Recent:
     sessions: list[str | None] = field(default_factory=list)
     times: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
-    vectors: list[NDArray[np.float32]] = field(default_factory=list)
+    dims: list[int] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)  # stored vectors, stacked in one go (see matrix)
 
 
 class ClusteringStage:
@@ -266,25 +267,25 @@ class ClusteringStage:
                         f"WHERE namespace = ? AND recorded_at >= ?{bound}{extra} ORDER BY seq DESC LIMIT ?",
                         (*args, min(_PAGE, s.max_episodes - len(recent.seqs))),
                     ).fetchall()
-                return [(seq, session, time_, text, from_blob(blob, dim)) for seq, session, time_, text, dim, blob in rows]
+                return rows
 
             rows = await ctx.thread(page)
             if not rows:
                 break
-            for seq, session, time_, text, vector in rows:
+            for seq, session, time_, text, dim, blob in rows:
                 recent.seqs.append(int(seq))
                 recent.sessions.append(session)
                 recent.times.append(float(time_))
                 recent.texts.append(text)
-                recent.vectors.append(vector)
+                recent.dims.append(int(dim))
+                recent.blobs.append(blob)
             before = int(rows[-1][0])
         def same_width(recent: Recent) -> Recent:
-            dims = Counter(v.shape[0] for v in recent.vectors)
-            dim = dims.most_common(1)[0][0]
-            keep = [i for i, v in enumerate(recent.vectors) if v.shape[0] == dim]
+            dim = Counter(recent.dims).most_common(1)[0][0]
+            keep = [i for i, d in enumerate(recent.dims) if d == dim]
             return Recent(
                 [recent.seqs[i] for i in keep], [recent.sessions[i] for i in keep], [recent.times[i] for i in keep],
-                [recent.texts[i] for i in keep], [recent.vectors[i] for i in keep],
+                [recent.texts[i] for i in keep], [dim] * len(keep), [recent.blobs[i] for i in keep],
             )
 
         if recent.seqs:
@@ -295,7 +296,8 @@ class ClusteringStage:
 
         # 2. cluster (one unit: FAISS on one thread, in a worker thread)
         await ctx.step()
-        matrix = await ctx.thread(lambda: np.vstack(recent.vectors).astype(np.float32))
+        # one join and one frombuffer: stacking 20,000 arrays one by one holds the interpreter lock
+        matrix = await ctx.thread(lambda: from_blob(b"".join(recent.blobs)).reshape(len(recent.blobs), recent.dims[0]))
         k = choose_k(len(recent.seqs), s.per_cluster, s.max_k, s.min_size)
         seed = zlib.crc32(f"{ctx.run_id}:{namespace}".encode()) & 0x7FFFFFFF
         if k <= 1:
@@ -316,11 +318,10 @@ class ClusteringStage:
         def gather(labels: NDArray[np.int64] = labels) -> list[tuple[list[int], NDArray[np.float32], NDArray[np.float32]]]:
             # A worker thread: over tens of thousands of episodes this is tens of milliseconds of
             # Python, which on the event loop would stall every request for that long.
-            groups: dict[int, list[int]] = defaultdict(list)
-            for i, label in enumerate(labels.tolist()):
-                groups[label].append(i)
+            order = np.argsort(labels, kind="stable")
             found = []
-            for members in groups.values():
+            for group in np.split(order, np.flatnonzero(np.diff(labels[order])) + 1):
+                members = group.tolist()
                 if len(members) < s.min_size:
                     continue
                 centroid = _unit(matrix[members].mean(axis=0))
