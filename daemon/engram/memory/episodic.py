@@ -524,19 +524,14 @@ class Episodic:
         """Archive the live, unpinned episodes among ``seqs``: out of recall and of the vector
         index, still readable by id (worker thread). ``journal(conn, archived)`` runs inside the
         same transaction (sleep records its undo there). The index learns of it after the commit;
-        a crash in between is repaired at start, when the index is reconciled with the live rows."""
-        with self.db.write() as conn:
-            begin_immediate(conn, self.db.busy_timeout)
-            try:
-                done = self.store.archive(conn, namespace, seqs, now)
-                if journal is not None and done:
-                    journal(conn, done)
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
-                raise
-            self.index.remove(namespace, done)
+        a crash in between is repaired at start, when the index is reconciled with the live rows.
+        A background transaction (see :meth:`MemoryDB.transaction`): archiving again what a power
+        cut un-archived is what the next consolidation does anyway."""
+        with self.db.transaction(background=True) as conn:
+            done = self.store.archive(conn, namespace, seqs, now)
+            if journal is not None and done:
+                journal(conn, done)
+        self.index.remove(namespace, done)
         for seq in done:
             self.access.pop(seq, None)
         return done
