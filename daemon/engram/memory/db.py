@@ -16,13 +16,42 @@ from __future__ import annotations
 import queue
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 from engram.storage.locking import begin_immediate
 
-__all__ = ["MemoryDB"]
+__all__ = ["GaveWay", "MemoryDB"]
+
+
+class GaveWay(Exception):
+    """A background transaction was rolled back to let foreground work have the write lock;
+    the caller does the same work again later."""
+
+
+class _GivingWay:
+    """The writer inside a transaction that gives way: before each statement it asks whether
+    foreground work is waiting, and if so raises :class:`GaveWay` (the transaction then rolls
+    back, which frees the lock at once)."""
+
+    def __init__(self, conn: sqlite3.Connection, give_way: Callable[[], bool]) -> None:
+        self._conn = conn
+        self._give_way = give_way
+
+    def execute(self, sql: str, parameters: Any = ()) -> sqlite3.Cursor:
+        if self._give_way():
+            raise GaveWay
+        return self._conn.execute(sql, parameters)
+
+    def executemany(self, sql: str, parameters: Any) -> sqlite3.Cursor:
+        if self._give_way():
+            raise GaveWay
+        return self._conn.executemany(sql, parameters)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._conn, name)
 
 
 class MemoryDB:
@@ -78,7 +107,8 @@ class MemoryDB:
             yield self._writer
 
     @contextmanager
-    def transaction(self, background: bool = False) -> Iterator[sqlite3.Connection]:
+    def transaction(self, background: bool = False,
+                    give_way: Callable[[], bool] | None = None) -> Iterator[sqlite3.Connection]:
         """One write transaction: committed when the block ends, rolled back if it raises.
 
         ``background=True`` is for work that redoes itself after a crash (sleep consolidation's
@@ -87,14 +117,26 @@ class MemoryDB:
         commit skips the fsync (``synchronous = NORMAL``: WAL keeps the file consistent, and a
         power cut can only lose the last of these commits, which the work then redoes), and the
         pages it wrote are checkpointed by it, passively, rather than by whichever foreground
-        commit next pushes the log past SQLite's auto-checkpoint threshold."""
+        commit next pushes the log past SQLite's auto-checkpoint threshold.
+
+        ``give_way`` (background work only) is asked before each statement whether foreground
+        work is waiting; when it says so the transaction rolls back and :class:`GaveWay` is
+        raised. A request then waits for at most one statement of background work, not for a
+        whole transaction: each statement hands the interpreter lock back and waits to retake
+        it, so while the event loop is busy serving that very request a transaction of a few
+        statements held the write lock several milliseconds, however little SQLite had to do.
+        When foreground work is already waiting at the start (background work that has waited
+        its turn long enough), the transaction runs to the end."""
         with self.write() as conn:
             if background:
                 conn.execute("PRAGMA synchronous = NORMAL")
             try:
                 begin_immediate(conn, self.busy_timeout)
                 try:
-                    yield conn
+                    if give_way is not None and not give_way():
+                        yield _GivingWay(conn, give_way)  # type: ignore[misc]
+                    else:
+                        yield conn
                 except BaseException:
                     conn.execute("ROLLBACK")
                     raise

@@ -520,14 +520,15 @@ class Episodic:
         return gone
 
     def archive_seqs(self, namespace: str, seqs: Sequence[int], now: float,
-                     journal: Callable[[sqlite3.Connection, list[int]], None] | None = None) -> list[int]:
+                     journal: Callable[[sqlite3.Connection, list[int]], None] | None = None,
+                     give_way: Callable[[], bool] | None = None) -> list[int]:
         """Archive the live, unpinned episodes among ``seqs``: out of recall and of the vector
         index, still readable by id (worker thread). ``journal(conn, archived)`` runs inside the
         same transaction (sleep records its undo there). The index learns of it after the commit;
         a crash in between is repaired at start, when the index is reconciled with the live rows.
         A background transaction (see :meth:`MemoryDB.transaction`): archiving again what a power
-        cut un-archived is what the next consolidation does anyway."""
-        with self.db.transaction(background=True) as conn:
+        cut un-archived is what the next consolidation does anyway. ``give_way``: see there."""
+        with self.db.transaction(background=True, give_way=give_way) as conn:
             done = self.store.archive(conn, namespace, seqs, now)
             if journal is not None and done:
                 journal(conn, done)

@@ -159,7 +159,7 @@ class ForgettingStage:
                 cursor["kept_recalled"] = int(cursor.get("kept_recalled", 0)) + len(kept)
                 chosen = [seq for seq, i, pinned in found if not pinned and i not in recalled]
                 if chosen:
-                    await ctx.thread(memory.episodic.archive_seqs, ns, chosen, now, journal)
+                    await ctx.thread(memory.episodic.archive_seqs, ns, chosen, now, journal, ctx.preempted)
                 unsaved += 1
                 if chosen or unsaved >= _SAVE_EVERY:
                     await ctx.save(cursor)

@@ -150,7 +150,7 @@ class ImportanceStage:
                 "sum": cursor["sum"] + sum(values),
                 "now": cursor["now"],
             }
-            with db.transaction(background=True) as conn:
+            with ctx.transaction() as conn:
                 ctx.journal_in(conn, [ctx.journal_row("salience", seq, old) for _value, seq, old in changed])
                 conn.executemany("UPDATE memory_episodes SET salience = ? WHERE seq = ?", [(v, seq) for v, seq, _old in changed])
                 ctx.save_in(conn, after)

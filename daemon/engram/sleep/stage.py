@@ -12,12 +12,17 @@ that undoing a journalled change that never happened is harmless.
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
+
+from engram.memory.db import GaveWay
+from engram.sleep.common import json_rows
 
 if TYPE_CHECKING:
     from engram.audit.log import AuditLog
@@ -110,7 +115,21 @@ class StageContext:
             one_openmp_thread()
             return func(*args)
 
-        return await anyio.to_thread.run_sync(call)
+        while True:
+            try:
+                return await anyio.to_thread.run_sync(call)
+            except GaveWay:  # a transaction of ``func`` made way for a request: after it, again
+                await self.step()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction for a unit of work (worker thread): a background one (see
+        :meth:`MemoryDB.transaction`) that gives way to foreground requests. If one comes in
+        meanwhile it rolls back, and :meth:`thread` runs the unit again after the request — so a
+        unit that writes must change nothing outside its transaction before the commit, and may
+        hold at most one transaction that can give way."""
+        with self.memory.db.transaction(background=True, give_way=self.preempted) as conn:
+            yield conn
 
     async def save(self, cursor: dict[str, Any]) -> None:
         """Persist this stage's resume cursor for this run and namespace (one short transaction)."""
@@ -161,10 +180,14 @@ class StageContext:
 
     @staticmethod
     def journal_in(conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        conn.executemany(
-            "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) VALUES (?, ?, ?, ?, ?, ?)",
-            rows,
-        )
+        """One statement however many rows (see :func:`engram.sleep.common.json_rows`)."""
+        if rows:
+            conn.execute(
+                "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
+                "json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?)",
+                (json_rows(rows),),
+            )
 
     def journalled(self, conn: Any, kind: str | None = None) -> list[tuple[int, str, str, Any]]:
         """This run's journal of this stage and namespace, newest first: (id, kind, ref, before)."""
