@@ -29,6 +29,7 @@ import math
 import re
 import zlib
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -39,16 +40,32 @@ from numpy.typing import NDArray
 from engram.memory import ids as idgen
 from engram.memory.semantic import concept_key
 from engram.memory.vectors import from_blob, to_blob
-from engram.sleep.common import archived_clause
+from engram.sleep.common import archived_clause, json_rows
 from engram.sleep.stage import StageContext
 
-__all__ = ["ClusteringStage", "choose_k", "relation_gains", "top_terms"]
+__all__ = ["ClusteringStage", "Gains", "choose_k", "relation_gains", "top_terms"]
 
 _PAGE = 500  # episodes read per unit
 _BATCH = 300  # rows written per transaction (single statements over many rows)
-_PAIRS = 40  # topic pairs per transaction (each a few statements)
-_LINKS = 100  # episode links per transaction (one statement each)
+_PAIRS = 10  # topic pairs per transaction
+_LINKS = 50  # episode links per transaction
 _SOURCES_PER_RELATION = 10  # evidence episodes attached to a relation per run
+
+# Writes are set-based statements over rows passed as JSON (see common.json_rows).
+# A relation's weight as it was, for the journal: 17 significant digits read back as the same double.
+_WEIGHT_BEFORE = """printf('{"weight":%!.17g,"retracted_at":null}', weight)"""
+# The topic pairs of a strengthening batch (:pairs, [a, b, gain, id for a new relation]), each with
+# the live related_to relation between the two if there is one (rel), and their evidence
+# (:evidence, [a, b, episode]). Materialized: each pair's JSON is read and its relation looked up
+# once, not once per row of a join.
+_PAIRS_CTE = (
+    "WITH p AS MATERIALIZED (SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b, "
+    "json_extract(value, '$[2]') AS gain, json_extract(value, '$[3]') AS id FROM json_each(:pairs)), "
+    "live AS MATERIALIZED (SELECT p.*, (SELECT r.seq FROM memory_relations r WHERE r.type = 'related_to' AND r.retracted_at IS NULL "
+    "AND ((r.src = p.a AND r.dst = p.b) OR (r.src = p.b AND r.dst = p.a)) ORDER BY r.seq LIMIT 1) AS rel FROM p), "
+    "ev AS MATERIALIZED (SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b, "
+    "json_extract(value, '$[2]') AS episode FROM json_each(:evidence))"
+)
 
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _STOP = frozenset((
@@ -138,22 +155,14 @@ def cluster(vectors: NDArray[np.float32], k: int, iterations: int, merge: float,
     return assign(vectors, kmeans_rounds(vectors, k, iterations, seed, None), merge)
 
 
-def _pairs(a: NDArray[np.int64], b: NDArray[np.int64], ea: NDArray[np.int64], eb: NDArray[np.int64], topics: int,
-           per_pair: int) -> dict[tuple[int, int], tuple[int, list[int]]]:
-    """Occurrences of topic pairs (topic indexes ``a[i] < b[i]`` below ``topics``, evidenced by
-    episodes ``ea[i]``, ``eb[i]``): pair -> (count, the episodes of its first few occurrences)."""
-    if not len(a):
-        return {}
-    key = a * topics + b
-    order = np.argsort(key, kind="stable")  # occurrences grouped by pair, in their original order
-    counts = np.bincount(key, minlength=topics * topics)
-    starts = np.cumsum(counts) - counts
-    out: dict[tuple[int, int], tuple[int, list[int]]] = {}
-    for k in np.flatnonzero(counts).tolist():
-        first = order[starts[k] : starts[k] + min(int(counts[k]), per_pair)]
-        episodes = [e for pair in zip(ea[first].tolist(), eb[first].tolist(), strict=True) for e in pair]
-        out[divmod(k, topics)] = (int(counts[k]), episodes)
-    return out
+def _first_per_key(key: NDArray[np.int64], limit: int) -> NDArray[np.int64]:
+    """Positions of the first ``limit`` elements of each distinct ``key`` (in array order),
+    grouped by key in ascending order."""
+    order = np.argsort(key, kind="stable")
+    k = key[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, np.int64)
+    rank = np.arange(len(k)) - np.repeat(starts, np.diff(np.r_[starts, len(k)]))
+    return order[rank < limit]
 
 
 def _within_groups(group: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
@@ -169,58 +178,150 @@ def _within_groups(group: NDArray[np.int64]) -> tuple[NDArray[np.int64], NDArray
     return i, j
 
 
-def relation_gains(seqs: list[int], sessions: list[str | None], times: list[float], concept_of: dict[int, int],
-                   cooccurrence_gain: float, adjacency_gain: float, per_pair: int
-                   ) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], list[int]]]:
-    """The gain of each topic pair ``(a, b)``, ``a < b``: ``cooccurrence_gain`` per session in
-    which both occur plus ``adjacency_gain`` per pair of consecutive episodes (time order) of the
-    two topics; and up to ``per_pair`` distinct episodes that evidence it, co-occurrences first.
-    Vectorised: 20,000 episodes in sessions of 25 make a quarter of a million session pairs, which
-    as a Python loop holds the interpreter for a tenth of a second (and every request waits)."""
+@dataclass
+class Gains:
+    """Topic pairs ``(a[i], b[i])`` (concept seqs, ``a < b``, in ascending order) with a positive
+    gain, and the episodes that evidence them: rows of ``episode`` for pair ``pair[r]``, grouped
+    by pair, co-occurrences first."""
+
+    a: NDArray[np.int64]
+    b: NDArray[np.int64]
+    gain: NDArray[np.float64]
+    pair: NDArray[np.int64]
+    episode: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.a)
+
+    def rows(self, start: int, stop: int) -> tuple[list[list[Any]], list[list[int]]]:
+        """Pairs ``start:stop`` as ``[a, b, gain]`` rows, and their evidence as ``[a, b, episode]``."""
+        lo, hi = np.searchsorted(self.pair, [start, stop])
+        pairs = np.stack([self.a[start:stop], self.b[start:stop]], axis=1).tolist()
+        for row, gain in zip(pairs, self.gain[start:stop].tolist(), strict=True):
+            row.append(gain)
+        which = self.pair[lo:hi]
+        evidence = np.stack([self.a[which], self.b[which], self.episode[lo:hi]], axis=1).tolist()
+        return pairs, evidence
+
+
+def relation_gains(seqs: Sequence[int], sessions: Sequence[int], times: Sequence[float], concepts: NDArray[np.int64],
+                   cooccurrence_gain: float, adjacency_gain: float, per_pair: int) -> Gains:
+    """The gain of each pair of topics: ``cooccurrence_gain`` per session in which both occur
+    plus ``adjacency_gain`` per pair of consecutive episodes (time order) of the two topics; and
+    up to ``per_pair`` distinct episodes that evidence it, co-occurrences first. Episode
+    ``seqs[i]`` belongs to session ``sessions[i]`` (a number; -1: none) and topic ``concepts[i]``
+    (-1: none).
+
+    numpy throughout: 20,000 episodes in sessions of 25 make a quarter of a million session
+    pairs and a few thousand topic pairs. As Python loops that held the interpreter lock for a
+    tenth of a second, and every request in flight stalled at each of its hand-offs."""
     n = len(seqs)
-    seq = np.asarray(seqs, dtype=np.int64)
-    concept = np.fromiter((concept_of.get(x, -1) for x in seqs), dtype=np.int64, count=n)
+    seq = np.asarray(seqs, dtype=np.int64).reshape(n)
+    concept = np.asarray(concepts, dtype=np.int64).reshape(n)
     known = concept >= 0
     ids, index = np.unique(concept[known], return_inverse=True)
     topic = np.full(n, -1, dtype=np.int64)  # the concept as an index into ids
     topic[known] = index
-    codes: dict[str, int] = {}
-    session = np.fromiter((-1 if x is None else codes.setdefault(x, len(codes)) for x in sessions), dtype=np.int64, count=n)
+    count = len(ids)
+    session = np.asarray(sessions, dtype=np.int64).reshape(n)
 
     # co-occurrence: each topic's first episode in each session, then every pair within a session
     rows = np.flatnonzero((session >= 0) & known)
-    _u, first = np.unique(session[rows] * len(ids) + topic[rows], return_index=True)
+    _u, first = np.unique(session[rows] * count + topic[rows], return_index=True)
     rows = rows[first]  # sorted by (session, topic)
     i, j = _within_groups(session[rows])
-    cooccur = _pairs(topic[rows[i]], topic[rows[j]], seq[rows[i]], seq[rows[j]], len(ids), per_pair)
+    co_key = topic[rows[i]] * count + topic[rows[j]]
+    co_ep = np.stack([seq[rows[i]], seq[rows[j]]], axis=1)
 
     # adjacency: consecutive episodes in time order that belong to two different topics
-    order = np.lexsort((seq, np.asarray(times, dtype=np.float64)))
+    order = np.lexsort((seq, np.asarray(times, dtype=np.float64).reshape(n)))
     t, e = topic[order], seq[order]
     keep = (t[:-1] >= 0) & (t[1:] >= 0) & (t[:-1] != t[1:])
     swap = t[:-1] > t[1:]
-    lo, hi = np.where(swap, t[1:], t[:-1])[keep], np.where(swap, t[:-1], t[1:])[keep]
-    adjacent = _pairs(lo, hi, e[:-1][keep], e[1:][keep], len(ids), per_pair)
+    adj_key = (np.where(swap, t[1:], t[:-1]) * count + np.where(swap, t[:-1], t[1:]))[keep]
+    adj_ep = np.stack([e[:-1][keep], e[1:][keep]], axis=1)
 
-    gains: dict[tuple[int, int], float] = {}
-    evidence: dict[tuple[int, int], list[int]] = {}
-    for a, b in cooccur.keys() | adjacent.keys():
-        n_co, ev_co = cooccur.get((a, b), (0, []))
-        n_adj, ev_adj = adjacent.get((a, b), (0, []))
-        pair = (int(ids[a]), int(ids[b]))  # ids are sorted, so a < b keeps the concepts in order
-        gains[pair] = n_co * cooccurrence_gain + n_adj * adjacency_gain
-        evidence[pair] = list(dict.fromkeys(ev_co + ev_adj))[:per_pair]
-    return gains, evidence
+    keys, counted = np.unique(np.concatenate([co_key, adj_key]), return_inverse=True)
+    gain = (np.bincount(counted[: len(co_key)], minlength=len(keys)) * cooccurrence_gain
+            + np.bincount(counted[len(co_key):], minlength=len(keys)) * adjacency_gain)
+    positive = gain > 0
+
+    # evidence: both episodes of each pair's first per_pair occurrences of each kind
+    # (co-occurrences first), then each pair's first per_pair distinct episodes among them
+    co, adj = _first_per_key(co_key, per_pair), _first_per_key(adj_key, per_pair)
+    ev_key = np.repeat(np.concatenate([co_key[co], adj_key[adj]]), 2)
+    ev_episode = np.concatenate([co_ep[co], adj_ep[adj]]).reshape(-1)
+    by_episode = np.lexsort((np.arange(len(ev_key)), ev_episode, ev_key))
+    repeated = np.zeros(len(by_episode), dtype=bool)
+    repeated[1:] = (np.diff(ev_key[by_episode]) == 0) & (np.diff(ev_episode[by_episode]) == 0)
+    distinct = np.sort(by_episode[~repeated])  # the first of each (pair, episode), in the order above
+    chosen = distinct[_first_per_key(ev_key[distinct], per_pair)]  # grouped by pair
+    pair_of = np.searchsorted(keys, ev_key[chosen])  # index into keys
+    kept = positive[pair_of]
+    renumber = np.cumsum(positive) - 1  # index among the pairs with a positive gain
+    return Gains(
+        a=ids[keys[positive] // max(count, 1)], b=ids[keys[positive] % max(count, 1)], gain=gain[positive],
+        pair=renumber[pair_of[kept]], episode=ev_episode[chosen][kept],
+    )
 
 
 @dataclass
 class Recent:
     seqs: list[int] = field(default_factory=list)
-    sessions: list[str | None] = field(default_factory=list)
+    sessions: list[int] = field(default_factory=list)  # numbered in order of appearance; -1: none
     times: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
     blobs: list[bytes] = field(default_factory=list)  # stored vectors, stacked in one go (see matrix)
+
+
+class Topics:
+    """The namespace's topic concepts as a matrix per vector width, so that finding the nearest
+    to a centroid is a matrix product rather than a Python loop over every topic (which would
+    hold the interpreter lock for as long as there are topics, once per cluster)."""
+
+    def __init__(self) -> None:
+        self.seen = 0  # the highest concept seq read so far
+        self._by_width: dict[int, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
+
+    @classmethod
+    def load(cls, db: Any, namespace: str) -> Topics:
+        topics = cls()
+        with db.read() as conn:
+            topics.catch_up(conn, namespace)
+        return topics
+
+    def catch_up(self, conn: Any, namespace: str) -> None:
+        """Add the topics created since the last read (by this run, or by anyone meanwhile)."""
+        rows = conn.execute(
+            "SELECT seq, dim, embedding FROM memory_concepts WHERE namespace = ? AND kind = 'topic' "
+            "AND embedding IS NOT NULL AND seq > ? ORDER BY seq",
+            (namespace, self.seen),
+        ).fetchall()
+        if rows:
+            self.seen = int(rows[-1][0])
+        for width in {int(dim) for _s, dim, _b in rows}:
+            mine = [(int(seq), blob) for seq, dim, blob in rows if dim == width]
+            seqs = np.array([seq for seq, _b in mine], dtype=np.int64)
+            vectors = from_blob(b"".join(blob for _s, blob in mine)).reshape(len(mine), width)
+            if width in self._by_width:
+                old_seqs, old_vectors = self._by_width[width]
+                seqs, vectors = np.concatenate([old_seqs, seqs]), np.vstack([old_vectors, vectors])
+            self._by_width[width] = (seqs, vectors)
+
+    def drop(self, seq: int) -> None:
+        for width, (seqs, vectors) in self._by_width.items():
+            keep = seqs != seq
+            self._by_width[width] = (seqs[keep], vectors[keep])
+
+    def nearest(self, centroid: NDArray[np.float32]) -> tuple[int | None, float]:
+        """The topic most similar to ``centroid`` (None if none has its width) and the cosine."""
+        seqs, vectors = self._by_width.get(centroid.shape[0], (np.zeros(0, dtype=np.int64), None))
+        if vectors is None or not len(seqs):
+            return None, -2.0
+        sims = vectors @ centroid
+        best = int(np.argmax(sims))
+        return int(seqs[best]), float(sims[best])
 
 
 class ClusteringStage:
@@ -253,6 +354,7 @@ class ClusteringStage:
 
         # 1. read the recent episodes, a page per unit
         recent = Recent()
+        sessions: dict[str, int] = {}
         before = None
         while len(recent.seqs) < s.max_episodes:
             await ctx.step()
@@ -274,7 +376,7 @@ class ClusteringStage:
                 break
             for seq, session, time_, text, dim, blob in rows:
                 recent.seqs.append(int(seq))
-                recent.sessions.append(session)
+                recent.sessions.append(-1 if session is None else sessions.setdefault(session, len(sessions)))
                 recent.times.append(float(time_))
                 recent.texts.append(text)
                 recent.dims.append(int(dim))
@@ -292,7 +394,7 @@ class ClusteringStage:
             recent = await ctx.thread(same_width, recent)
         figures["episodes"] = len(recent.seqs)
         if len(recent.seqs) < s.min_size:
-            return await self._relations(ctx, cursor, figures, recent, {}, now)
+            return await self._relations(ctx, cursor, figures, recent, np.full(len(recent.seqs), -1, dtype=np.int64), now)
 
         # 2. cluster (one unit: FAISS on one thread, in a worker thread)
         await ctx.step()
@@ -342,188 +444,200 @@ class ClusteringStage:
             documents.append(await ctx.thread(lambda group=group: [t for text in group for t in tokens(text)]))
         names = await ctx.thread(top_terms, documents, s.terms)
 
-        # 3. concepts and links, one short transaction per cluster (idempotent: reuse by vector)
-        concept_of: dict[int, int] = {}  # episode seq -> concept seq
+        # 3. concepts and links, short transactions (idempotent: reuse by vector, links ON CONFLICT)
+        concepts = np.full(len(recent.seqs), -1, dtype=np.int64)  # each recent episode's topic
         created = reused = links = 0
+        topics = await ctx.thread(Topics.load, db, namespace)
         for (members, centroid, cos), terms in zip(clusters, names, strict=True):
             await ctx.step()
             name = " ".join(terms) if terms else f"topic {zlib.crc32(str(recent.seqs[members[0]]).encode()):08x}"
-            episodes = [(recent.seqs[i], float(max(0.0, min(1.0, c)))) for i, c in zip(members, cos.tolist(), strict=True)]
-            concept, was_created, added = await ctx.thread(self._materialize, ctx, name, centroid, episodes, now)
+            concept, was_created, own = await ctx.thread(self._concept, ctx, topics, name, centroid, now)
             created += int(was_created)
             reused += int(not was_created)
-            links += added
-            for seq, _w in episodes:
-                concept_of[seq] = concept
+            episodes = [(recent.seqs[i], float(max(0.0, min(1.0, c)))) for i, c in zip(members, cos.tolist(), strict=True)]
+            for start in range(0, len(episodes), _LINKS):
+                await ctx.step()
+                links += await ctx.thread(self._link, ctx, concept, episodes[start : start + _LINKS], own)
+            concepts[members] = concept
         figures.update(concepts_created=figures["concepts_created"] + created, concepts_reused=reused,
                        links=figures["links"] + links)
         ctx.memory.graph.invalidate(namespace)
-        return await self._relations(ctx, cursor, figures, recent, concept_of, now)
+        return await self._relations(ctx, cursor, figures, recent, concepts, now)
 
     # --- concepts -----------------------------------------------------------------------------------
 
     @staticmethod
-    def _materialize(ctx: StageContext, name: str, centroid: NDArray[np.float32], episodes: list[tuple[int, float]],
-                     now: float) -> tuple[int, bool, int]:
-        """Find or create the topic concept for a cluster and link its episodes (one transaction
-        per _BATCH links). Returns (concept seq, created, links added)."""
+    def _concept(ctx: StageContext, topics: Topics, name: str, centroid: NDArray[np.float32],
+                 now: float) -> tuple[int, bool, bool]:
+        """Find or create the topic concept for a cluster (one transaction). Returns (concept
+        seq, created, whether this run created it: its links then go with it on rollback)."""
         namespace = ctx.namespace
-        s = ctx.settings.clustering
-        db = ctx.memory.db
-        with db.transaction(background=True) as conn:
-            best, best_sim = None, -2.0
-            for seq, dim, blob in conn.execute(
-                "SELECT seq, dim, embedding FROM memory_concepts WHERE namespace = ? AND kind = 'topic' AND embedding IS NOT NULL",
-                (namespace,),
-            ):
-                if dim != centroid.shape[0]:
-                    continue
-                sim = float(from_blob(blob, dim) @ centroid)
-                if sim > best_sim:
-                    best, best_sim = int(seq), sim
+        with ctx.transaction() as conn:
+            topics.catch_up(conn, namespace)
+            best, best_sim = topics.nearest(centroid)
+            while best is not None and not conn.execute("SELECT 1 FROM memory_concepts WHERE seq = ?", (best,)).fetchone():
+                topics.drop(best)  # forgotten since it was read
+                best, best_sim = topics.nearest(centroid)
             mine = {
                 int(ref) for (ref,) in conn.execute(
                     "SELECT ref FROM sleep_changes WHERE run = ? AND namespace = ? AND stage = ? AND kind = 'concept'",
                     (ctx.run_id, namespace, ctx.stage),
                 )
             }
-            if best is not None and best_sim >= s.reuse_similarity:
-                concept, created = best, False
-            else:
-                base, name_, n = " ".join(name.split()), " ".join(name.split()), 1
-                while conn.execute(
-                    "SELECT 1 FROM memory_concepts WHERE namespace = ? AND key = ?", (namespace, concept_key(name_))
-                ).fetchone():
-                    n += 1
-                    name_ = f"{base} ({n})"
-                concept = int(conn.execute(
-                    "INSERT INTO memory_concepts (id, namespace, name, key, kind, created_at, dim, embedding) "
-                    "VALUES (?, ?, ?, ?, 'topic', ?, ?, ?) RETURNING seq",
-                    (idgen.new_id(idgen.CONCEPT, now), namespace, name_, concept_key(name_), now,
-                     int(centroid.shape[0]), to_blob(centroid)),
-                ).fetchone()[0])
-                ctx.journal_in(conn, [ctx.journal_row("concept", concept, None)])
-                mine.add(concept)
-                created = True
-        added = 0
-        for start in range(0, len(episodes), _LINKS):
-            with db.transaction(background=True) as conn:
-                journal = []
-                for seq, weight in episodes[start : start + _LINKS]:
-                    row = conn.execute(
-                        "INSERT INTO memory_concept_episodes (concept, episode, weight) "
-                        "SELECT ?, seq, ? FROM memory_episodes WHERE seq = ? ON CONFLICT DO NOTHING RETURNING episode",
-                        (concept, weight, seq),
-                    ).fetchone()
-                    if row is not None:
-                        added += 1
-                        if concept not in mine:  # links of a concept this run created go with it
-                            journal.append(ctx.journal_row("link", f"{concept}:{seq}", None))
-                ctx.journal_in(conn, journal)
-        return concept, created, added
+            if best is not None and best_sim >= ctx.settings.clustering.reuse_similarity:
+                return best, False, best in mine
+            base, name_, n = " ".join(name.split()), " ".join(name.split()), 1
+            while conn.execute(
+                "SELECT 1 FROM memory_concepts WHERE namespace = ? AND key = ?", (namespace, concept_key(name_))
+            ).fetchone():
+                n += 1
+                name_ = f"{base} ({n})"
+            concept = int(conn.execute(
+                "INSERT INTO memory_concepts (id, namespace, name, key, kind, created_at, dim, embedding) "
+                "VALUES (?, ?, ?, ?, 'topic', ?, ?, ?) RETURNING seq",
+                (idgen.new_id(idgen.CONCEPT, now), namespace, name_, concept_key(name_), now,
+                 int(centroid.shape[0]), to_blob(centroid)),
+            ).fetchone()[0])
+            ctx.journal_in(conn, [ctx.journal_row("concept", concept, None)])
+        return concept, True, True
+
+    @staticmethod
+    def _link(ctx: StageContext, concept: int, episodes: list[tuple[int, float]], own: bool) -> int:
+        """Link ``episodes`` (seq, weight) to ``concept`` in one transaction of two statements;
+        returns the links added. A link that exists already is left alone, and so is an episode
+        forgotten meanwhile. The links made are journalled, unless this run created the concept
+        (they then go with it)."""
+        rows = json_rows(episodes)
+        with ctx.transaction() as conn:
+            if not own:
+                conn.execute(
+                    "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                    "SELECT ?, ?, ?, 'link', ? || ':' || e.seq, 'null' FROM json_each(?) j "
+                    "JOIN memory_episodes e ON e.seq = json_extract(j.value, '$[0]') "
+                    "WHERE NOT EXISTS (SELECT 1 FROM memory_concept_episodes l WHERE l.concept = ? AND l.episode = e.seq)",
+                    (ctx.run_id, ctx.namespace, ctx.stage, concept, rows, concept),
+                )
+            return int(conn.execute(
+                "INSERT INTO memory_concept_episodes (concept, episode, weight) "
+                "SELECT c.seq, e.seq, json_extract(j.value, '$[1]') FROM json_each(?) j "
+                "JOIN memory_episodes e ON e.seq = json_extract(j.value, '$[0]') JOIN memory_concepts c ON c.seq = ? "
+                "WHERE true ON CONFLICT DO NOTHING",
+                (rows, concept),
+            ).rowcount)
 
     # --- relations ----------------------------------------------------------------------------------
 
     async def _relations(self, ctx: StageContext, cursor: dict[str, Any], figures: dict[str, Any], recent: Recent,
-                         concept_of: dict[int, int], now: float) -> dict[str, Any]:
+                         concepts: NDArray[np.int64], now: float) -> dict[str, Any]:
         s = ctx.settings.clustering
-        db = ctx.memory.db
         namespace = ctx.namespace
 
         # decay every sourced relation of the namespace, a batch per transaction
         while not cursor.get("decayed"):
             await ctx.step()
 
-            def decay(after: int = int(cursor.get("decay_after", 0))) -> tuple[int, int, int]:
-                with db.transaction(background=True) as conn:
-                    rows = conn.execute(
-                        "SELECT seq, weight FROM memory_relations WHERE namespace = ? AND sourced = 1 AND retracted_at IS NULL "
-                        "AND seq > ? ORDER BY seq LIMIT ?",
-                        (namespace, after, _BATCH),
-                    ).fetchall()
-                    journal, weaker, retract = [], [], []
-                    for seq, weight in rows:
-                        journal.append(ctx.journal_row("relation_weight", seq, {"weight": weight, "retracted_at": None}))
-                        new = weight * s.decay
-                        if new < s.floor:
-                            retract.append((now, seq))
-                        else:
-                            weaker.append((new, seq))
-                    ctx.journal_in(conn, journal)
-                    conn.executemany("UPDATE memory_relations SET weight = ? WHERE seq = ?", weaker)
-                    conn.executemany("UPDATE memory_relations SET retracted_at = ? WHERE seq = ?", retract)
-                    last = int(rows[-1][0]) if rows else after
-                    cursor["decay_after"] = last
-                    cursor["decayed"] = not rows
-                    figures["relations_decayed"] += len(weaker)
-                    figures["relations_retracted"] += len(retract)
-                    cursor["figures"] = figures
-                    ctx.save_in(conn, cursor)
-                    return len(rows), len(weaker), len(retract)
+            def decay(after: int = int(cursor.get("decay_after", 0))) -> dict[str, Any]:
+                batch = "namespace = :ns AND sourced = 1 AND retracted_at IS NULL AND seq > :after"
+                with ctx.transaction() as conn:
+                    last, count = conn.execute(
+                        f"SELECT max(seq), count(*) FROM (SELECT seq FROM memory_relations WHERE {batch} ORDER BY seq LIMIT :n)",
+                        {"ns": namespace, "after": after, "n": _BATCH},
+                    ).fetchone()
+                    weaker = retracted = 0
+                    if count:
+                        batch += " AND seq <= :last"
+                        args = {"ns": namespace, "after": after, "last": last, "decay": s.decay, "floor": s.floor,
+                                "now": now, "run": ctx.run_id, "stage": ctx.stage}
+                        conn.execute(
+                            "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                            f"SELECT :run, :ns, :stage, 'relation_weight', CAST(seq AS TEXT), {_WEIGHT_BEFORE} "
+                            f"FROM memory_relations WHERE {batch}",
+                            args,
+                        )
+                        retracted = conn.execute(
+                            f"UPDATE memory_relations SET retracted_at = :now WHERE {batch} AND weight * :decay < :floor", args
+                        ).rowcount
+                        weaker = conn.execute(f"UPDATE memory_relations SET weight = weight * :decay WHERE {batch}", args).rowcount
+                    after_unit = dict(cursor, decay_after=int(last) if count else after, decayed=not count, figures=dict(
+                        figures, relations_decayed=figures["relations_decayed"] + weaker,
+                        relations_retracted=figures["relations_retracted"] + retracted,
+                    ))
+                    ctx.save_in(conn, after_unit)
+                return after_unit
 
-            await ctx.thread(decay)
+            cursor.update(await ctx.thread(decay))
+            figures.update(cursor["figures"])
 
         # strengthen related_to between topics by co-occurrence and adjacency
-        def tally() -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], list[int]]]:
-            return relation_gains(recent.seqs, recent.sessions, recent.times, concept_of, s.cooccurrence_gain,
+        def tally() -> Gains:
+            return relation_gains(recent.seqs, recent.sessions, recent.times, concepts, s.cooccurrence_gain,
                                   s.adjacency_gain, _SOURCES_PER_RELATION)
 
         await ctx.step()
-        gains, evidence = await ctx.thread(tally)
-        pairs = sorted(p for p, g in gains.items() if g > 0)
+        gains = await ctx.thread(tally)
         done = int(cursor.get("pairs_done", 0))
-        while done < len(pairs):
+        while done < len(gains):
             await ctx.step()
-            batch = pairs[done : done + _PAIRS]
 
-            def strengthen(batch: list[tuple[int, int]] = batch, upto: int = done + len(batch)) -> None:
-                with db.transaction(background=True) as conn:
-                    journal = []
-                    for a, b in batch:
-                        gain = gains[(a, b)]
-                        sources = evidence[(a, b)]
-                        row = conn.execute(
-                            "SELECT seq, weight FROM memory_relations WHERE type = 'related_to' AND retracted_at IS NULL "
-                            "AND ((src = ? AND dst = ?) OR (src = ? AND dst = ?)) ORDER BY seq LIMIT 1",
-                            (a, b, b, a),
-                        ).fetchone()
-                        if row is None:
-                            exists = conn.execute(
-                                "SELECT count(*) FROM memory_concepts WHERE seq IN (?, ?)", (a, b)
-                            ).fetchone()[0]
-                            if exists != 2:
-                                continue
-                            relation = int(conn.execute(
-                                "INSERT INTO memory_relations (id, namespace, src, dst, type, weight, recorded_at, sourced) "
-                                "VALUES (?, ?, ?, ?, 'related_to', ?, ?, 1) RETURNING seq",
-                                (idgen.new_id(idgen.RELATION, now), namespace, a, b, min(1.0, gain), now),
-                            ).fetchone()[0])
-                            journal.append(ctx.journal_row("relation", relation, None))
-                            figures["relations_created"] += 1
-                            fresh = True
-                        else:
-                            relation, weight = int(row[0]), float(row[1])
-                            journal.append(ctx.journal_row("relation_weight", relation, {"weight": weight, "retracted_at": None}))
-                            conn.execute("UPDATE memory_relations SET weight = ?, sourced = 1 WHERE seq = ?",
-                                         (min(1.0, weight + gain), relation))
-                            figures["relations_strengthened"] += 1
-                            fresh = False
-                        for episode in sources:
-                            got = conn.execute(
-                                "INSERT INTO memory_relation_sources (relation, episode) SELECT ?, seq FROM memory_episodes "
-                                "WHERE seq = ? ON CONFLICT DO NOTHING RETURNING episode",
-                                (relation, episode),
-                            ).fetchone()
-                            if got is not None and not fresh:
-                                journal.append(ctx.journal_row("relation_source", f"{relation}:{episode}", None))
-                    ctx.journal_in(conn, journal)
-                    cursor["pairs_done"] = upto
-                    cursor["figures"] = figures
-                    ctx.save_in(conn, cursor)
+            def strengthen(start: int = done) -> dict[str, Any]:
+                pairs, evidence = gains.rows(start, start + _PAIRS)
+                for row, id_ in zip(pairs, idgen.new_ids(idgen.RELATION, len(pairs), now), strict=True):
+                    row.append(id_)  # for a pair without a relation yet
+                args = {
+                    "pairs": json_rows(pairs), "evidence": json_rows(evidence),
+                    "run": ctx.run_id, "ns": namespace, "stage": ctx.stage, "now": now,
+                }
+                with ctx.transaction() as conn:
+                    # the pairs that have a relation: journal it and its new sources, then strengthen
+                    conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                        f"SELECT :run, :ns, :stage, 'relation_weight', CAST(r.seq AS TEXT), {_WEIGHT_BEFORE} "
+                        "FROM live JOIN memory_relations r ON r.seq = live.rel", args,
+                    )
+                    conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                        "SELECT :run, :ns, :stage, 'relation_source', live.rel || ':' || e.seq, 'null' "
+                        "FROM live JOIN ev ON ev.a = live.a AND ev.b = live.b JOIN memory_episodes e ON e.seq = ev.episode "
+                        "WHERE live.rel IS NOT NULL AND NOT EXISTS "
+                        "(SELECT 1 FROM memory_relation_sources x WHERE x.relation = live.rel AND x.episode = e.seq)", args,
+                    )
+                    conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO memory_relation_sources (relation, episode) SELECT live.rel, e.seq "
+                        "FROM live JOIN ev ON ev.a = live.a AND ev.b = live.b JOIN memory_episodes e ON e.seq = ev.episode "
+                        "WHERE live.rel IS NOT NULL ON CONFLICT DO NOTHING", args,
+                    )
+                    strengthened = conn.execute(
+                        f"{_PAIRS_CTE} UPDATE memory_relations SET weight = min(1.0, weight + live.gain), sourced = 1 "
+                        "FROM live WHERE memory_relations.seq = live.rel", args,
+                    ).rowcount
+                    # the others, when both concepts still exist: a new relation with its sources
+                    created = conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO memory_relations (id, namespace, src, dst, type, weight, recorded_at, sourced) "
+                        "SELECT live.id, :ns, live.a, live.b, 'related_to', min(1.0, live.gain), :now, 1 FROM live "
+                        "WHERE live.rel IS NULL AND (SELECT count(*) FROM memory_concepts c WHERE c.seq IN (live.a, live.b)) = 2",
+                        args,
+                    ).rowcount
+                    conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
+                        "SELECT :run, :ns, :stage, 'relation', CAST(r.seq AS TEXT), 'null' FROM p JOIN memory_relations r ON r.id = p.id",
+                        args,
+                    )
+                    conn.execute(
+                        f"{_PAIRS_CTE} INSERT INTO memory_relation_sources (relation, episode) SELECT r.seq, e.seq "
+                        "FROM p JOIN memory_relations r ON r.id = p.id JOIN ev ON ev.a = p.a AND ev.b = p.b "
+                        "JOIN memory_episodes e ON e.seq = ev.episode WHERE true ON CONFLICT DO NOTHING", args,
+                    )
+                    after_unit = dict(cursor, pairs_done=start + len(pairs), figures=dict(
+                        figures, relations_strengthened=figures["relations_strengthened"] + strengthened,
+                        relations_created=figures["relations_created"] + created,
+                    ))
+                    ctx.save_in(conn, after_unit)
+                return after_unit
 
-            await ctx.thread(strengthen)
-            done += len(batch)
-            ctx.progress(done, len(pairs))
+            cursor.update(await ctx.thread(strengthen))
+            figures.update(cursor["figures"])
+            done = int(cursor["pairs_done"])
+            ctx.progress(done, len(gains))
         ctx.memory.graph.invalidate(namespace)
         return {key: value for key, value in figures.items()}
 

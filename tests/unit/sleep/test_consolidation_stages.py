@@ -18,7 +18,13 @@ from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
 from engram.memory.settings import MemorySettings
 from engram.observability.metrics import Metrics
-from engram.sleep.clustering import ClusteringStage, choose_k, relation_gains, top_terms
+from engram.sleep.clustering import (
+    ClusteringStage,
+    Gains,
+    choose_k,
+    relation_gains,
+    top_terms,
+)
 from engram.sleep.compaction import CompactionStage
 from engram.sleep.importance import ImportanceStage
 from engram.sleep.recalibration import RecalibrationStage
@@ -256,19 +262,43 @@ async def test_recalibration_without_a_router_does_nothing(tmp_path):
 
 
 
+def _as_dicts(gains: Gains) -> tuple[dict[tuple[int, int], float], dict[tuple[int, int], list[int]]]:
+    pairs = list(zip(gains.a.tolist(), gains.b.tolist(), strict=True))
+    return (dict(zip(pairs, gains.gain.tolist(), strict=True)),
+            {pair: gains.episode[gains.pair == i].tolist() for i, pair in enumerate(pairs)})
+
+
 def test_relation_gains_count_shared_sessions_and_neighbours_in_time():
-    # topics 10 and 20 share sessions a and b; 30 is alone in c. Time order: 1 2 3 4 5 6
+    # topics 10 and 20 share sessions b (0) and a (1); 30 is alone in c (2). Time order: 1 2 3 4 5 6
     seqs = [6, 5, 4, 3, 2, 1]  # newest first, as the stage reads them
-    sessions = ["b", "b", "a", "a", "a", "c"]
+    sessions = [0, 0, 1, 1, 1, 2]
     times = [6.0, 5.0, 4.0, 3.0, 2.0, 1.0]
-    concept_of = {1: 30, 2: 10, 3: 20, 4: 10, 5: 20, 6: 10}
-    gains, evidence = relation_gains(seqs, sessions, times, concept_of, cooccurrence_gain=0.1, adjacency_gain=0.01,
-                                     per_pair=10)
+    concepts = np.array([10, 20, 10, 20, 10, 30])
+    gains, evidence = _as_dicts(relation_gains(seqs, sessions, times, concepts, cooccurrence_gain=0.1,
+                                               adjacency_gain=0.01, per_pair=10))
     # (10, 20): 2 sessions + neighbours 2-3, 3-4, 4-5, 5-6; (10, 30): neighbours 1-2
     assert gains == pytest.approx({(10, 20): 0.2 + 0.04, (10, 30): 0.01})
     assert evidence[(10, 20)][:4] == [6, 5, 4, 3]  # each session's first episode of either topic, sessions in order
     assert set(evidence[(10, 20)]) == {2, 3, 4, 5, 6} and evidence[(10, 30)] == [1, 2]
-    assert relation_gains([], [], [], {}, 0.1, 0.01, 10) == ({}, {})
+    # at most per_pair distinct episodes, co-occurrences first; a pair without gain is left out
+    gains, evidence = _as_dicts(relation_gains(seqs, sessions, times, concepts, 0.1, 0.0, per_pair=3))
+    assert gains == pytest.approx({(10, 20): 0.2}) and evidence[(10, 20)] == [6, 5, 4]
+    assert _as_dicts(relation_gains([], [], [], np.zeros(0, np.int64), 0.1, 0.01, 10)) == ({}, {})
+
+
+def test_relation_gains_batches_carry_their_own_evidence():
+    seqs = list(range(40, 0, -1))
+    sessions = [i // 4 for i in range(40)]
+    concepts = np.array([100 + i % 5 for i in range(40)])
+    gains = relation_gains(seqs, sessions, [float(s) for s in seqs], concepts, 0.1, 0.01, per_pair=4)
+    whole, evidence = _as_dicts(gains)
+    rows, seen = [], []
+    for start in range(0, len(gains), 3):
+        pairs, ev = gains.rows(start, start + 3)
+        rows += pairs
+        seen += ev
+    assert [(a, b) for a, b, _g in rows] == sorted(whole) and [g for _a, _b, g in rows] == pytest.approx(list(whole.values()))
+    assert seen == [[a, b, e] for (a, b) in sorted(whole) for e in evidence[(a, b)]]
 
 
 async def test_importance_scores_the_same_when_requests_keep_cutting_its_units_short(tmp_path):
