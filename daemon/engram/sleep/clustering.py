@@ -265,6 +265,12 @@ def relation_gains(seqs: Sequence[int], sessions: Sequence[int], times: Sequence
     )
 
 
+def _advanced(cursor: dict[str, Any], figures: dict[str, Any], counted: dict[str, int], **position: Any) -> dict[str, Any]:
+    """The cursor after a unit: ``position`` updated and ``counted`` added to the figures. New
+    dictionaries: the unit's transaction may give way, and nothing may change before it commits."""
+    return dict(cursor, **position, figures={**figures, **{k: figures[k] + v for k, v in counted.items()}})
+
+
 @dataclass
 class Recent:
     seqs: list[int] = field(default_factory=list)
@@ -558,10 +564,8 @@ class ClusteringStage:
                             f"UPDATE memory_relations SET retracted_at = :now WHERE {batch} AND weight * :decay < :floor", args
                         ).rowcount
                         weaker = conn.execute(f"UPDATE memory_relations SET weight = weight * :decay WHERE {batch}", args).rowcount
-                    after_unit = dict(cursor, decay_after=int(last) if count else after, decayed=not count, figures=dict(
-                        figures, relations_decayed=figures["relations_decayed"] + weaker,
-                        relations_retracted=figures["relations_retracted"] + retracted,
-                    ))
+                    after_unit = _advanced(cursor, figures, {"relations_decayed": weaker, "relations_retracted": retracted},
+                                           decay_after=int(last) if count else after, decayed=not count)
                     ctx.save_in(conn, after_unit)
                 return after_unit
 
@@ -627,10 +631,8 @@ class ClusteringStage:
                         "FROM p JOIN memory_relations r ON r.id = p.id JOIN ev ON ev.a = p.a AND ev.b = p.b "
                         "JOIN memory_episodes e ON e.seq = ev.episode WHERE true ON CONFLICT DO NOTHING", args,
                     )
-                    after_unit = dict(cursor, pairs_done=start + len(pairs), figures=dict(
-                        figures, relations_strengthened=figures["relations_strengthened"] + strengthened,
-                        relations_created=figures["relations_created"] + created,
-                    ))
+                    after_unit = _advanced(cursor, figures, {"relations_strengthened": strengthened,
+                                                             "relations_created": created}, pairs_done=start + len(pairs))
                     ctx.save_in(conn, after_unit)
                 return after_unit
 
