@@ -281,6 +281,13 @@ class Recent:
     blobs: list[bytes] = field(default_factory=list)  # stored vectors, stacked in one go (see matrix)
 
 
+def _changed(conn: Any, statement: str, args: dict[str, Any]) -> int:
+    """Run a write and return the rows it changed. Not ``cursor.rowcount``: Python's sqlite3 tells
+    writes from reads by their first word, so a write that opens with ``WITH`` reports -1."""
+    conn.execute(statement, args)
+    return int(conn.execute("SELECT changes()").fetchone()[0])
+
+
 class Topics:
     """The namespace's topic concepts as a matrix per vector width, so that finding the nearest
     to a centroid is a matrix product rather than a Python loop over every topic (which would
@@ -610,17 +617,17 @@ class ClusteringStage:
                         "FROM live JOIN ev ON ev.a = live.a AND ev.b = live.b JOIN memory_episodes e ON e.seq = ev.episode "
                         "WHERE live.rel IS NOT NULL ON CONFLICT DO NOTHING", args,
                     )
-                    strengthened = conn.execute(
-                        f"{_PAIRS_CTE} UPDATE memory_relations SET weight = min(1.0, weight + live.gain), sourced = 1 "
+                    strengthened = _changed(
+                        conn, f"{_PAIRS_CTE} UPDATE memory_relations SET weight = min(1.0, weight + live.gain), sourced = 1 "
                         "FROM live WHERE memory_relations.seq = live.rel", args,
-                    ).rowcount
+                    )
                     # the others, when both concepts still exist: a new relation with its sources
-                    created = conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO memory_relations (id, namespace, src, dst, type, weight, recorded_at, sourced) "
+                    created = _changed(
+                        conn, f"{_PAIRS_CTE} INSERT INTO memory_relations (id, namespace, src, dst, type, weight, recorded_at, sourced) "
                         "SELECT live.id, :ns, live.a, live.b, 'related_to', min(1.0, live.gain), :now, 1 FROM live "
                         "WHERE live.rel IS NULL AND (SELECT count(*) FROM memory_concepts c WHERE c.seq IN (live.a, live.b)) = 2",
                         args,
-                    ).rowcount
+                    )
                     conn.execute(
                         f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
                         "SELECT :run, :ns, :stage, 'relation', CAST(r.seq AS TEXT), 'null' FROM p JOIN memory_relations r ON r.id = p.id",

@@ -140,7 +140,7 @@ async def test_relations_follow_cooccurrence_and_adjacency_and_decay(tmp_path):
             v["time"] = NOW - 500 + i
         await remember(env, items)
         s = settings(cooccurrence_gain=0.1, adjacency_gain=0.05, decay=0.5, floor=0.2)
-        await ClusteringStage().run(env.ctx(s, stage="clustering"))
+        first = await ClusteringStage().run(env.ctx(s, stage="clustering"))
         rows = env.sql(
             "SELECT a.name, b.name, r.weight FROM memory_relations r JOIN memory_concepts a ON a.seq = r.src "
             "JOIN memory_concepts b ON b.seq = r.dst WHERE r.type = 'related_to' AND r.retracted_at IS NULL")
@@ -150,6 +150,8 @@ async def test_relations_follow_cooccurrence_and_adjacency_and_decay(tmp_path):
         # the pair co-occurs in 6 sessions and is adjacent 11 times (alternating): the strongest
         assert all(w < strong for pair, w in weights.items() if pair != frozenset(("kernel", "garden")))
         assert abs(strong - min(1.0, 6 * 0.1 + 11 * 0.05)) < 1e-6 or strong == 1.0
+        # the figures count the rows written (the writes open with WITH, which rowcount cannot count)
+        assert first["relations_created"] == len(rows) and first["relations_strengthened"] == 0
 
         # the next run (no new episodes) only decays: halves every sourced relation, retracts below the floor
         env.clock.now = NOW + 10
@@ -181,6 +183,8 @@ async def test_clustering_rollback_removes_what_the_run_made_and_restores_weight
         await remember(env, groups(np.random.default_rng(9), ["kernel", "garden", "violin"], per=8))
         figures = await ClusteringStage().run(env.ctx(s, run_id=2, stage="clustering"))
         assert figures["concepts_created"] == 1 and figures["concepts_reused"] == 2
+        live_before = [seq for seq, _w, retracted in before if retracted is None]
+        assert 1 <= figures["relations_strengthened"] <= len(live_before) and figures["relations_created"] >= 1
         undone = await ClusteringStage().rollback(env.ctx(s, run_id=2, stage="clustering"))
         assert undone["concept"] == 1
         assert env.sql("SELECT seq FROM memory_concepts ORDER BY seq") == concepts
