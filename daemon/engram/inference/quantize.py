@@ -78,6 +78,17 @@ def _quiet() -> Iterator[None]:
         logging.disable(previous)
 
 
+def _fusion_options() -> Any:
+    """BERT fusion without symbolic shape inference. That inference needs ``sympy`` (not a
+    dependency), and the BERT fusions use it only to check whether the two inputs of a residual Add
+    broadcast before making it a SkipLayerNormalization; in a BERT encoder they have the same shape."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
+
+    options = FusionOptions("bert")
+    options.enable_shape_inference = False
+    return options
+
+
 def _fuse(source: Path, target: Path, manifest: Manifest) -> dict[str, int]:
     from onnxruntime.transformers.optimizer import optimize_model
 
@@ -86,7 +97,7 @@ def _fuse(source: Path, target: Path, manifest: Manifest) -> dict[str, int]:
     with _quiet():
         optimized = optimize_model(
             str(source), model_type="bert", num_heads=info.num_heads, hidden_size=info.hidden_size,
-            opt_level=0, use_gpu=False,
+            optimization_options=_fusion_options(), opt_level=0, use_gpu=False,
         )
         optimized.save_model_to_file(str(target))
     return {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
