@@ -113,14 +113,17 @@ def _tensors(graph: GraphProto) -> Iterator[TensorProto]:
                     yield from _tensors(sub)
 
 
-def inspect_onnx(path: Path) -> OnnxInfo:
+def inspect_onnx(path: Path, shown_as: Path | None = None) -> OnnxInfo:
+    """What the graph at ``path`` declares. ``shown_as`` is the file errors name: the user's own
+    path when ``path`` is the registry's copy of it, whose name (model.onnx) they never chose."""
+    shown = shown_as if shown_as is not None else path.name
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - protobuf's DecodeError and friends, onnx's own errors
-        raise NotOnnx(f"{path.name} is not an ONNX model ({type(exc).__name__}: {exc})") from None
+        raise NotOnnx(f"{shown} is not an ONNX model ({type(exc).__name__}: {exc})") from None
     graph = model.graph
     if not graph.output:
-        raise NotOnnx(f"{path.name} has no graph outputs; it is not a usable ONNX model")
+        raise NotOnnx(f"{shown} has no graph outputs; it is not a usable ONNX model")
     initializers = {t.name for t in graph.initializer}
     inputs = [spec_of(i) for i in graph.input if i.name not in initializers]
     outputs = [spec_of(o) for o in graph.output]

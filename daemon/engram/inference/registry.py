@@ -259,7 +259,7 @@ class ModelRegistry:
             except OSError as exc:
                 raise InvalidParams(f"path: cannot read {source}: {exc.strerror}", field="path") from None
             try:
-                info = inspect_onnx(staged / MODEL_FILE)
+                info = inspect_onnx(staged / MODEL_FILE, shown_as=source)
             except NotOnnx as exc:
                 raise InvalidParams(f"path: {exc}", field="path", reason="not_onnx") from None
             for location in info.external_files:

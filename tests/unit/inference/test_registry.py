@@ -112,6 +112,20 @@ def test_add_refuses_directories_and_non_onnx(registry: ModelRegistry, tmp_path:
     assert [p.name for p in registry.root.iterdir()] == []  # no staging left behind
 
 
+def test_a_refused_file_is_named_by_the_users_path_not_the_registrys_copy(registry: ModelRegistry, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"\x00\x01 definitely not protobuf \xff" * 10)
+    with pytest.raises(InvalidParams) as caught:
+        registry.add_onnx("junk", junk)
+    assert str(caught.value).startswith(f"path: {junk} is not an ONNX model") and "model.onnx" not in str(caught.value)
+    graph = helper.make_graph([], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])], [])
+    hollow = tmp_path / "hollow.onnx"
+    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)], ir_version=10), str(hollow))
+    with pytest.raises(InvalidParams) as caught:
+        registry.add_onnx("hollow", hollow)
+    assert str(caught.value) == f"path: {hollow} has no graph outputs; it is not a usable ONNX model"
+
+
 def test_names_conflict_unless_overwrite(registry: ModelRegistry, tmp_path: Path) -> None:
     registry.add_onnx("m", linear_model(tmp_path / "a.onnx", seed=1))
     with pytest.raises(Conflict):
