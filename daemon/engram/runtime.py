@@ -45,12 +45,13 @@ from engram.memory.service import Memory
 from engram.observability.logging import configure_logging
 from engram.observability.metrics import Metrics
 from engram.observability.tracing import build_tracer_provider, tracer
-from engram.plugins.manager import PluginManager
+from engram.plugins.manager import PluginInfo, PluginManager
 from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.service import Providers
+from engram.providers.usage import provider_uses
 from engram.router.ask import Ask
 from engram.router.events import ROUTER_EVENTS
 from engram.router.service import Router
@@ -246,11 +247,10 @@ class Daemon:
                 for check, (ok, detail) in (await more()).items():
                     checks[check] = Check(ok=ok, detail=detail)
         checks["server"] = Check(ok=self.server.state == "serving", detail=self.server.state)
+        uses = provider_uses(self.settings)
         for info in await self.plugins.infos():
-            if info.state == "failed":
-                checks[f"plugin:{info.name}"] = Check(ok=False, detail=f"{info.failed_stage}: {info.error}")
-            elif info.health is not None:
-                checks[f"plugin:{info.name}"] = Check(ok=info.health.ok, detail=info.health.detail)
+            if (check := _plugin_check(info, uses.get(info.name, []))) is not None:
+                checks[f"plugin:{info.name}"] = check
         return checks
 
     def _collect_metrics(self) -> Iterable[Metric]:
@@ -387,6 +387,24 @@ class Daemon:
         self.bus.publish(ConfigReloaded(ok=True, changed=live, restart_required=restart))
         await self.policy.reload(new.policy, trigger="reload")  # a broken file: Conflict, the old policy stays
         return live, restart
+
+
+def _plugin_check(info: PluginInfo, uses: list[str]) -> Check | None:
+    """The health check of one provider plugin; None for one that is disabled.
+
+    Only a provider that the configuration names (``uses``, see :mod:`engram.providers.usage`)
+    can fail its check: a call may reach it. One that nothing names is reported as unused, with
+    its state, and passes: an installed plugin that no one calls is no fault of the daemon's.
+    """
+    if info.state == "failed":
+        ok, detail = False, f"failed at {info.failed_stage}: {info.error}"
+    elif info.health is not None:
+        ok, detail = info.health.ok, f"{info.state}, {'healthy' if info.health.ok else 'unhealthy'}: {info.health.detail}"
+    else:
+        return None
+    if not uses:
+        return Check(ok=True, detail=f"unused (no chain, route or plugins.providers table names it); {detail}")
+    return Check(ok=ok, detail=f"used by {', '.join(uses)}; {detail}")
 
 
 _SWITCH_INTERVAL = 0.001  # seconds; measured with engram bench sleep (clustering's Python passes)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -10,7 +12,9 @@ pytestmark = pytest.mark.e2e
 def test_plugins_list_reports_good_and_broken(make_daemon, plugin_env):
     daemon = make_daemon(env=plugin_env({"configured": {"retries": "many"}}))
     plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
-    assert set(plugins) - {"ollama", "openai"} == {"onnx", "good", "slow", "configured", "missing", "incomplete", "failing"}
+    assert set(plugins) - {"ollama", "openai"} == {
+        "onnx", "good", "slow", "configured", "missing", "incomplete", "failing", "unreachable"
+    }
     assert plugins["onnx"]["state"] == "running" and plugins["onnx"]["distribution"] == "engram"
     assert plugins["onnx"]["locality"] == "local" and plugins["onnx"]["breaker"] == "closed"
 
@@ -28,10 +32,15 @@ def test_plugins_list_reports_good_and_broken(make_daemon, plugin_env):
     assert plugins["configured"]["failed_stage"] == "config"
     assert "plugins.providers.configured" in plugins["configured"]["error"]
 
-    # The daemon is up and says which plugins are broken.
+    # The daemon is up and says which plugins are broken; only the one the configuration names
+    # (its plugins.providers table) degrades it, the others are installed but unused.
     health = daemon.call("system.health")
     assert health["status"] == "degraded"
-    assert not health["checks"]["plugin:failing"]["ok"] and health["checks"]["plugin:good"]["ok"]
+    configured = health["checks"]["plugin:configured"]
+    assert not configured["ok"] and configured["detail"].startswith("used by plugins.providers.configured; failed at config")
+    failing = health["checks"]["plugin:failing"]
+    assert failing["ok"] and failing["detail"].startswith("unused") and "refused the connection" in failing["detail"]
+    assert health["checks"]["plugin:good"]["ok"]
     failed_logs = {r["name"] for r in daemon.records() if r.get("event") == "provider failed"}
     assert failed_logs == {"missing", "incomplete", "failing", "configured"}
 
@@ -48,6 +57,7 @@ def test_disabled_plugins_are_not_loaded(make_daemon, plugin_env):
         "missing": "disabled",
         "incomplete": "disabled",
         "failing": "disabled",
+        "unreachable": "running",
     }
     assert daemon.call("system.health")["status"] == "ok"
 
@@ -58,3 +68,31 @@ def test_slow_health_is_bounded(make_daemon, plugin_env):
     )
     plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
     assert plugins["slow"]["health"] == {"ok": False, "detail": "no answer within 0.2 s"}
+
+
+# The broken fixtures and the bundled HTTP plugins stay out: these tests are about one provider.
+OTHERS = ["failing", "missing", "incomplete", "ollama", "openai"]
+
+
+def test_an_unreachable_provider_that_nothing_uses_leaves_the_daemon_healthy(make_daemon, plugin_env):
+    daemon = make_daemon(env=plugin_env(disabled=OTHERS))
+    plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
+    assert plugins["unreachable"]["state"] == "running"
+    assert plugins["unreachable"]["health"]["ok"] is False  # it really is down
+    health = daemon.call("system.health")
+    assert health["status"] == "ok", health
+    check = health["checks"]["plugin:unreachable"]
+    assert check["ok"] is True
+    assert check["detail"].startswith("unused (") and "running, unhealthy: 127.0.0.1:1:" in check["detail"]
+
+
+def test_an_unreachable_provider_in_a_chain_degrades_health_and_says_why(make_daemon, plugin_env):
+    chains = {"embed": ["onnx", "unreachable"]}
+    daemon = make_daemon(env={**plugin_env(disabled=OTHERS), "ENGRAM_PROVIDERS__CHAINS": json.dumps(chains)})
+    health = daemon.call("system.health")
+    assert health["status"] == "degraded"
+    check = health["checks"]["plugin:unreachable"]
+    assert check["ok"] is False
+    assert check["detail"].startswith("used by providers.chains.embed; running, unhealthy: 127.0.0.1:1:")
+    assert "refused" in check["detail"].lower()
+    assert health["checks"]["plugin:onnx"]["ok"] and health["checks"]["plugin:good"]["ok"]
