@@ -289,28 +289,66 @@ def config() -> None:
 
 
 @config.command("show")
-@_serve_options
-@json_option
-def config_show(state_dir: Path | None, socket_path: Path | None, config_file: Path | None, as_json: bool) -> None:
-    """Print the effective configuration (file + ENGRAM_* environment + flags)."""
-    import tomli_w
+@click.option("--offline", is_flag=True, help="Compute the configuration here instead of asking the running daemon.")
+@click.option(
+    "--config", "config_file", type=click.Path(path_type=Path), help="With this TOML file (implies --offline; default $ENGRAM_CONFIG)."
+)
+@click.option("--state-dir", type=click.Path(path_type=Path), help="With this state folder (implies --offline).")
+@client_command
+def config_show(
+    offline: bool, config_file: Path | None, state_dir: Path | None, socket_path: Path | None, as_json: bool, timeout: float
+) -> None:
+    """Print the configuration in force in the running daemon (system.config), secrets redacted.
 
-    from engram.config import load_settings
+    With --offline, --config or --state-dir it is computed here instead, from the file, this
+    shell's ENGRAM_* environment and the flags (--socket then sets the socket), as engramd would
+    at start: a way to check a file before using it. The output says which of the two it is.
+    """
+    if offline or config_file is not None or state_dir is not None:
+        shown = _local_config(config_file, state_dir, socket_path)
+    else:
+        shown = {"source": "daemon", **call(socket_path, timeout, "system.config")}
+    Output(as_json).emit(shown, _print_config)
+
+
+def _local_config(config_file: Path | None, state_dir: Path | None, socket_path: Path | None) -> dict[str, Any]:
+    """What ``system.config`` would answer for a daemon started here with these flags."""
+    from engram.config import config_file_from_env, load_settings
 
     try:
         settings = load_settings(config_file, state_dir=state_dir, socket=socket_path)
     except ConfigError as exc:
         fail(EXIT_USAGE, str(exc))
-    data = settings.public_dict()
-    if as_json:
-        click.echo(json.dumps(data, indent=2))
-    else:
-        click.echo(tomli_w.dumps(_drop_none(data)), nl=False)
+    data, redacted = settings.redacted_dict()
+    path = config_file or config_file_from_env()
+    return {"source": "local", "config_file": str(path) if path else None, "settings": data, "redacted": redacted}
 
 
-def _drop_none(data: dict[str, Any]) -> dict[str, Any]:
-    """TOML has no null: an unset optional setting is simply absent."""
-    return {k: _drop_none(v) if isinstance(v, dict) else v for k, v in data.items() if v is not None}
+_CONFIG_SOURCES = {
+    "daemon": "the running daemon (system.config): the configuration in force there",
+    "local": "computed here (offline) from the file, this shell's ENGRAM_* environment and the flags; "
+    "a running daemon may use another",
+}
+
+
+def _print_config(shown: dict[str, Any]) -> None:
+    import tomli_w
+
+    # Comments, so that the output stays a TOML file that can be read back.
+    lines = [f"# source: {_CONFIG_SOURCES[shown['source']]}", f"# config file: {shown['config_file'] or 'none'}"]
+    if shown["redacted"]:
+        lines.append(f"# redacted: {', '.join(shown['redacted'])}")
+    click.echo("\n".join(lines) + "\n")
+    click.echo(tomli_w.dumps(_drop_none(shown["settings"])), nl=False)
+
+
+def _drop_none(value: Any) -> Any:
+    """TOML has no null: an unset optional setting is simply absent (in route tables too)."""
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value]
+    return value
 
 
 # --- plugins ------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ An explicitly chosen state folder keeps its socket inside it unless ``socket`` i
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
@@ -204,9 +205,48 @@ class Settings(BaseSettings):
         return self.state_dir / "engram.db"
 
     def public_dict(self) -> dict[str, Any]:
+        """The settings as JSON values, fit to show: the socket resolved, secrets redacted."""
+        data, _ = self.redacted_dict()
+        return data
+
+    def redacted_dict(self) -> tuple[dict[str, Any], list[str]]:
+        """:meth:`public_dict` and the dotted keys whose values it withheld as secrets."""
         data = self.model_dump(mode="json")
         data["socket"] = str(self.socket_path)
-        return data
+        redacted: list[str] = []
+        return _redact(data, "", redacted), redacted
+
+
+REDACTED = "<redacted>"
+
+# Provider tables (plugins.providers.<name>) are free-form, so secrets are found by name: the
+# last word of the key (api_key, client_secret, access_token, password, ...). Names that merely
+# point at a secret (api_key_env) end in another word and stay readable.
+_SECRET_KEY = re.compile(
+    r"(^|[_-])(key|api_?key|secret|token|password|passwd|passphrase|credentials?|authorization)$", re.IGNORECASE
+)
+# The password of a URL's user part (https://user:password@host/): base_url settings carry them.
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]+@")
+
+
+def _redact(value: Any, where: str, redacted: list[str]) -> Any:
+    """``value`` with secret-named entries replaced by :data:`REDACTED`, noting each key."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            path = f"{where}.{key}" if where else str(key)
+            if item is not None and _SECRET_KEY.search(str(key)):
+                out[key] = REDACTED
+                redacted.append(path)
+            else:
+                out[key] = _redact(item, path, redacted)
+        return out
+    if isinstance(value, list):
+        return [_redact(item, f"{where}[{index}]", redacted) for index, item in enumerate(value)]
+    if isinstance(value, str) and _URL_PASSWORD.search(value):
+        redacted.append(where)
+        return _URL_PASSWORD.sub(rf"\1{REDACTED}@", value)
+    return value
 
 
 def _default_state_dir() -> Path:

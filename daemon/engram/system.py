@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, JsonValue
 
 from engram import __version__
+from engram.config import config_file_from_env
 from engram.server.methods import NoParams, Params, RequestContext, Result, rpc
 
 if TYPE_CHECKING:
@@ -82,6 +83,14 @@ class HealthResult(Result):
     checks: dict[str, Check]
 
 
+class ConfigResult(Result):
+    config_file: str | None = Field(description="The TOML file the daemon read (null: none).")
+    settings: dict[str, Any] = Field(
+        description="The configuration in force (file, the daemon's ENGRAM_* environment and flags), secrets redacted."
+    )
+    redacted: list[str] = Field(description="Keys whose values were withheld as secrets (shown as '<redacted>').")
+
+
 class MetricsResult(Result):
     text: str = Field(description="Prometheus text exposition format.")
     families: list[dict[str, Any]]
@@ -153,6 +162,23 @@ class SystemMethods:
         else:
             status = "degraded"
         return HealthResult(status=status, checks=checks)
+
+    @rpc(
+        "system.config",
+        summary="The configuration in force in this daemon, secrets redacted (what engram config show prints).",
+        owner_only=True,
+        audit=False,
+    )
+    async def config(self, ctx: RequestContext, params: NoParams) -> ConfigResult:
+        # Paths, provider endpoints and what is left of their tables after redaction describe
+        # the whole installation: an admin method, like policy.show.
+        d = self._daemon
+        settings, redacted = d.settings.redacted_dict()
+        # The file a reload reads: the one given at start, else $ENGRAM_CONFIG (load_settings).
+        path = d.config_file or config_file_from_env()
+        return ConfigResult(
+            config_file=os.path.abspath(path) if path is not None else None, settings=settings, redacted=redacted
+        )
 
     @rpc(
         "system.metrics",

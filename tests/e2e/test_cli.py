@@ -59,8 +59,10 @@ def test_exit_codes(daemon, state_dir):
     assert engram("status", "--bogus-flag").returncode == 2
     unreachable = engram("status", "--socket", str(state_dir.parent / "absent.sock"))
     assert unreachable.returncode == 3 and "absent.sock" in unreachable.stderr
-    bad_config = engram("config", "show", env={"ENGRAM_LOG__LEVEL": "chatty", "PATH": "/usr/bin"})
+    bad_config = engram("config", "show", "--offline", env={"ENGRAM_LOG__LEVEL": "chatty", "PATH": "/usr/bin"})
     assert bad_config.returncode == 2 and "log.level" in bad_config.stderr
+    no_daemon = engram("config", "show", "--socket", str(state_dir.parent / "absent.sock"))
+    assert no_daemon.returncode == 3 and "absent.sock" in no_daemon.stderr
 
 
 def test_call_prints_json(daemon):
@@ -68,25 +70,70 @@ def test_call_prints_json(daemon):
     assert out.returncode == 0 and json.loads(out.stdout) == {"pong": True, "echo": {"a": [1, 2]}}
 
 
-def test_config_show_is_the_effective_configuration(tmp_path):
+def test_config_show_offline_is_the_configuration_computed_here(tmp_path):
     config = tmp_path / "engram.toml"
     config.write_text('[server]\nmax_connections = 77\n\n[log]\nlevel = "warning"\n')
     env = {"ENGRAM_SERVER__REQUEST_TIMEOUT": "12.5", "PATH": "/usr/bin", "HOME": str(tmp_path)}
     out = engram("config", "show", "--config", str(config), "--state-dir", str(tmp_path / "s"), env=env)
     assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# source: computed here (offline)")
+    assert f"# config file: {config}\n" in out.stdout
     shown = tomllib.loads(out.stdout)
     assert shown["server"]["max_connections"] == 77
     assert shown["server"]["request_timeout"] == 12.5
     assert shown["log"]["level"] == "warning"
     assert shown["state_dir"] == str(tmp_path / "s") and shown["socket"] == str(tmp_path / "s" / "engram.sock")
     as_json = json.loads(engram("config", "show", "--json", "--config", str(config), env=env).stdout)
-    assert as_json["server"]["max_connections"] == 77
+    assert as_json["source"] == "local" and as_json["config_file"] == str(config)
+    assert as_json["settings"]["server"]["max_connections"] == 77
+
+
+def test_system_config_is_the_daemons_configuration_with_secrets_redacted(make_daemon, state_dir):
+    providers = {"openai": {"api_key": "sk-test-0123456789", "base_url": "https://me:hunter2@llm.example/v1"}}
+    grant = state_dir.parent / "grant.toml"
+    grant.write_text('[[rule]]\nname = "nobody-system"\neffect = "allow"\nprincipals = ["uid:65534"]\nactions = ["system.*"]\n')
+    daemon = make_daemon(env={
+        "ENGRAM_PLUGINS__PROVIDERS": json.dumps(providers),
+        "ENGRAM_SERVER__MAX_CONNECTIONS": "77",
+        "ENGRAM_POLICY__FILES": json.dumps([str(grant)]),
+    })
+    with daemon.raw() as conn:
+        reply = conn.request({"jsonrpc": "2.0", "id": 1, "method": "system.config"})
+    result = reply["result"]
+    assert result["settings"]["state_dir"] == str(state_dir) and result["settings"]["socket"] == str(daemon.socket)
+    assert result["settings"]["server"]["max_connections"] == 77  # the daemon's environment, not this one's
+    assert result["config_file"] is None
+    openai = result["settings"]["plugins"]["providers"]["openai"]
+    assert openai == {"api_key": "<redacted>", "base_url": "https://me:<redacted>@llm.example/v1"}
+    assert sorted(result["redacted"]) == ["plugins.providers.openai.api_key", "plugins.providers.openai.base_url"]
+    assert "sk-test" not in json.dumps(reply) and "hunter2" not in json.dumps(reply)
+    with daemon.raw() as conn:
+        bad = conn.request({"jsonrpc": "2.0", "id": 2, "method": "system.config", "params": {"full": True}})
+    assert bad["error"]["code"] == -32602
+
+    # An admin method: other uids are refused even by a rule that grants them every system.* method.
+    other = daemon.call("policy.explain", {"method": "system.config", "uid": 65534})
+    assert (other["effect"], other["rule"]) == ("deny", "owner-only")
+    assert daemon.call("policy.explain", {"method": "system.status", "uid": 65534})["effect"] == "allow"
+    assert daemon.call("policy.explain", {"method": "system.config"})["effect"] == "allow"  # the owner
+
+
+def test_config_show_prints_the_running_daemons_configuration(daemon, tmp_path):
+    # This shell would guess another state folder: what is printed must come from the daemon.
+    env = {"PATH": "/usr/bin", "HOME": str(tmp_path), "XDG_STATE_HOME": str(tmp_path / "elsewhere")}
+    out = engram("config", "show", "--socket", str(daemon.socket), env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("# source: the running daemon (system.config)")
+    shown = tomllib.loads(out.stdout)
+    assert shown["state_dir"] == str(daemon.state_dir) and shown["socket"] == str(daemon.socket)
+    as_json = json.loads(engram("config", "show", "--json", "--socket", str(daemon.socket), env=env).stdout)
+    assert as_json["source"] == "daemon" and as_json["settings"]["state_dir"] == str(daemon.state_dir)
 
 
 def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
     env = {"PATH": "/usr/bin", "HOME": str(tmp_path), "XDG_RUNTIME_DIR": str(tmp_path / "run"),
            "XDG_STATE_HOME": str(tmp_path / "state")}
-    shown = json.loads(engram("config", "show", "--json", env=env).stdout)
+    shown = json.loads(engram("config", "show", "--offline", "--json", env=env).stdout)["settings"]
     import os
 
     if os.geteuid() == 0:
@@ -95,7 +142,7 @@ def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
         assert shown["state_dir"] == str(tmp_path / "state" / "engram")
         assert shown["socket"] == str(tmp_path / "run" / "engram" / "engram.sock")
     systemd_env = {**env, "STATE_DIRECTORY": "/var/lib/engram", "RUNTIME_DIRECTORY": "/run/engram"}
-    shown = json.loads(engram("config", "show", "--json", env=systemd_env).stdout)
+    shown = json.loads(engram("config", "show", "--offline", "--json", env=systemd_env).stdout)["settings"]
     assert shown["state_dir"] == "/var/lib/engram" and shown["socket"] == "/run/engram/engram.sock"
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engram.config import MAX_UNIX_PATH, load_settings
+from engram.config import MAX_UNIX_PATH, REDACTED, load_settings
 from engram.errors import ConfigError
 
 
@@ -91,3 +91,32 @@ def test_relative_paths_become_absolute(tmp_path, monkeypatch):
 def test_provider_tables_pass_through(tmp_path, monkeypatch):
     monkeypatch.setenv("ENGRAM_PLUGINS__PROVIDERS", '{"ollama": {"url": "http://127.0.0.1:11434"}}')
     assert load_settings().plugins.providers == {"ollama": {"url": "http://127.0.0.1:11434"}}
+
+
+def test_secrets_are_redacted_where_settings_are_shown(tmp_path):
+    config = write(tmp_path, """
+[plugins.providers.openai]
+api_key = "sk-live-123"
+api_key_env = "OPENAI_API_KEY"
+base_url = "https://me:hunter2@llm.example/v1"
+
+[plugins.providers.openai.headers]
+Authorization = "Bearer abc"
+
+[plugins.providers.ollama]
+base_url = "http://127.0.0.1:11434"
+""")
+    settings = load_settings(config, state_dir=tmp_path / "s")
+    shown, redacted = settings.redacted_dict()
+    openai = shown["plugins"]["providers"]["openai"]
+    assert openai["api_key"] == REDACTED and openai["headers"]["Authorization"] == REDACTED
+    assert openai["base_url"] == f"https://me:{REDACTED}@llm.example/v1"
+    assert openai["api_key_env"] == "OPENAI_API_KEY"  # the name of a variable, not a secret
+    assert shown["plugins"]["providers"]["ollama"] == {"base_url": "http://127.0.0.1:11434"}
+    assert sorted(redacted) == [
+        "plugins.providers.openai.api_key",
+        "plugins.providers.openai.base_url",
+        "plugins.providers.openai.headers.Authorization",
+    ]
+    assert "sk-live-123" not in str(settings.public_dict()) and "hunter2" not in str(settings.public_dict())
+    assert shown["state_dir"] == str(tmp_path / "s") and shown["inference"]["trusted_keys"] == []
