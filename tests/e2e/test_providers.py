@@ -91,6 +91,9 @@ def test_cli_generate_streams_and_chat_answers(make_daemon):
         streamed = engram("generate", "tell me more", *sock)
         assert streamed.returncode == 0, streamed.stderr
         assert streamed.stdout == "echo: tell me more\n" and "ollama (local), 4 chunks" in streamed.stderr
+        whole = engram("generate", "tell me more", "--no-stream", *sock)
+        assert whole.returncode == 0, whole.stderr
+        assert whole.stdout == "echo: tell me more\n" and whole.stderr == "-- ollama (local)\n"
         answer = json.loads(engram("chat", "hi", "--provider", "ollama", "--json", *sock).stdout)
         assert answer["text"] == "echo: hi" and answer["chunks"] == 0
         denied = engram("generate", "x", "--provider", "openai", *sock)

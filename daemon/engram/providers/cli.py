@@ -62,12 +62,22 @@ def _options(func: Any) -> Any:
     return client_command(func)
 
 
+def _provenance(result: dict[str, Any], streamed: bool) -> None:
+    """Who answered, on stderr so that stdout holds the answer alone."""
+    chunks = f", {result['chunks']} chunks" if streamed else ""
+    click.echo(f"-- {result['provider']} ({result['locality']}){chunks}", err=True)
+
+
+def _answer(result: dict[str, Any]) -> None:
+    click.echo(result["text"])
+    _provenance(result, streamed=False)
+
+
 def _run(method: str, params: dict[str, Any], stream: bool, socket_path: Path | None, timeout: float, as_json: bool) -> None:
     if stream and not as_json:
-        result = _stream(socket_path, timeout, method, {**params, "stream": True})
-        click.echo(f"-- {result['provider']} ({result['locality']}), {result['chunks']} chunks", err=True)
+        _provenance(_stream(socket_path, timeout, method, {**params, "stream": True}), streamed=True)
         return
-    Output(as_json).emit(call(socket_path, timeout, method, params), lambda r: click.echo(r["text"]))
+    Output(as_json).emit(call(socket_path, timeout, method, params), _answer)
 
 
 @click.command("generate")
