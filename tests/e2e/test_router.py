@@ -230,6 +230,10 @@ def test_generate_route_with_provider_targets(make_daemon):
         daemon.call("route.run", {"route": "gen", "text": "hello there"})
         cached = daemon.call("route.run", {"route": "gen", "text": "hello there"})
         assert cached["taken"] == "cache" and cached["text"] == "echo: hello there"
+        shown = subprocess.run([sys.executable, "-m", "engram.cli", "route", "run", "gen", "--text", "hello there",
+                                "--socket", str(daemon.socket)], check=False, capture_output=True, text=True, timeout=60)
+        assert shown.returncode == 0, shown.stderr
+        assert shown.stdout.splitlines()[-1] == "  answer: echo: hello there"
 
         with pytest.raises(PolicyDenied) as info:
             daemon.call("route.run", {"route": "gen", "text": "hello there", "mode": "slow"})

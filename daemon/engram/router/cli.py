@@ -34,7 +34,8 @@ def route() -> None:
 @client_command
 def run(name: str, text: str | None, tensor_json: str | None, mode: str | None, threshold: float | None, no_cache: bool,
         socket_path: Path | None, as_json: bool, timeout: float) -> None:
-    """Route one request through route NAME; prints the path taken, confidence and reason."""
+    """Route one request through route NAME; prints the path taken, confidence and reason, and
+    a generate route's answer."""
     if (text is None) == (tensor_json is None):
         fail(EXIT_USAGE, "give exactly one of --text and --tensor")
     params: dict[str, Any] = {"route": name, "use_cache": not no_cache, "output_format": "list"}
@@ -57,8 +58,19 @@ def run(name: str, text: str | None, tensor_json: str | None, mode: str | None, 
         if r.get("labels") is not None:
             click.echo(f"  labels: {r['labels']}")
         click.echo(f"  decision: {r['decision']}")
+        if r.get("text") is not None:
+            click.echo(_answer_lines(r["text"]))
 
     Output(as_json).emit(result, human)
+
+
+def _answer_lines(text: str) -> str:
+    """A generate route's answer under the decision: one line beside its label, more beneath it,
+    indented so that it cannot be mistaken for the lines above."""
+    lines = text.splitlines() or [""]
+    if len(lines) == 1:
+        return f"  answer: {lines[0]}"
+    return "\n".join(["  answer:", *(f"    {line}" if line else "" for line in lines)])
 
 
 @route.command("stats")
