@@ -6,14 +6,53 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
+from click.testing import CliRunner
+from engram.cli import main
 
 pytestmark = pytest.mark.e2e
 
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 pytest.importorskip("matplotlib")
+from engram.router import bench as route_bench  # noqa: E402 - needs the bench extra
+from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
+
+
+def quick_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray, step: Any = None) -> tuple[Path, Path]:
+    """Two logistic regressions in place of the bench's classifiers, whose training takes a minute."""
+    from skl2onnx import to_onnx
+    from sklearn.linear_model import LogisticRegression
+
+    paths = []
+    for name, strength in (("digits-small", 0.01), ("digits-large", 1.0)):
+        model = LogisticRegression(C=strength, max_iter=1000).fit(x_train, y_train)
+        onx = to_onnx(model, initial_types=[("x", FloatTensorType([None, x_train.shape[1]]))],
+                      options={id(model): {"zipmap": False}}, target_opset=17)
+        paths.append(folder / f"{name}.onnx")
+        paths[-1].write_bytes(onx.SerializeToString())
+    return paths[0], paths[1]
+
+
+def test_bench_route_shows_progress_on_stderr_except_under_json(tmp_path, monkeypatch):
+    monkeypatch.setattr(route_bench, "build_models", quick_models)
+    monkeypatch.setitem(route_bench.SIZES, "tiny", (20, 25, (0.8,)))  # 25: route.calibrate wants 20 outcomes
+    for name, value in (("TTY_COMPATIBLE", "1"), ("TTY_INTERACTIVE", "1"), ("TERM", "xterm")):
+        monkeypatch.setenv(name, value)  # rich draws only on what it takes for a terminal
+    bench = ["bench", "route", "--size", "tiny", "--plot", str(tmp_path / "curve.png")]
+
+    human = CliRunner().invoke(main, bench)
+    assert human.exit_code == 0, human.output
+    assert "route.run: fast only" in human.stderr and "route.run: learned (auto)" in human.stderr
+    assert "route.run:" not in human.stdout and "learned router vs slow only" in human.stdout
+
+    quiet = CliRunner().invoke(main, [*bench, "--json"])
+    assert quiet.exit_code == 0, quiet.output
+    assert quiet.stderr == "" and json.loads(quiet.stdout)["size"] == "tiny"
 
 
 def test_bench_route_tiny(tmp_path):

@@ -18,6 +18,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,12 +106,17 @@ def _data() -> tuple[np.ndarray, ...]:
     return x_train, y_train, x_cal, y_cal, x_test, y_test
 
 
-def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray) -> tuple[Path, Path]:
+BUILD_STEPS = 3  # the small classifier, the large one, the export: see build_models
+
+
+def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray,
+                 step: Callable[[str], None] = lambda _doing: None) -> tuple[Path, Path]:
     """Train and export the small and the large classifier (input ``x``: float32 [N, 64]).
 
     Small: logistic regression (~0.05 ms a row). Large: a soft-voting ensemble of a 512x512 MLP,
     400 extremely randomised trees and distance-weighted 5-nearest-neighbours (~1.5 ms a row,
-    ~20 MB): more accurate and markedly dearer, as a slow path should be.
+    ~20 MB): more accurate and markedly dearer, as a slow path should be. ``step`` is told what
+    begins, BUILD_STEPS times: training the large one takes most of the bench's minute or so.
     """
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
@@ -118,7 +125,9 @@ def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray) -> tupl
     from sklearn.neighbors import KNeighborsClassifier
     from sklearn.neural_network import MLPClassifier
 
+    step("training the small classifier")
     small = LogisticRegression(max_iter=1000).fit(x_train, y_train)
+    step("training the large classifier")
     large = VotingClassifier(
         [
             ("mlp", MLPClassifier((512, 512), max_iter=400, random_state=0)),
@@ -128,6 +137,7 @@ def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray) -> tupl
         voting="soft",
         flatten_transform=False,  # what skl2onnx converts
     ).fit(x_train, y_train)
+    step("exporting both to ONNX")
     paths = []
     for name, model in (("digits-small", small), ("digits-large", large)):
         onx = to_onnx(
@@ -140,7 +150,9 @@ def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray) -> tupl
     return paths[0], paths[1]
 
 
-def _pass(client: Any, x: np.ndarray, y: np.ndarray, name: str, **params: Any) -> tuple[Row, list[dict[str, Any]]]:
+def _pass(client: Any, x: np.ndarray, y: np.ndarray, name: str, done: Callable[[], None] = lambda: None,
+          **params: Any) -> tuple[Row, list[dict[str, Any]]]:
+    """Every row of ``x`` through ``route.run``, one at a time; ``done`` after each."""
     latencies, answers = [], []
     started = time.perf_counter()
     for row in x:
@@ -149,6 +161,7 @@ def _pass(client: Any, x: np.ndarray, y: np.ndarray, name: str, **params: Any) -
         answer = client.call("route.run", {"route": ROUTE, "tensor": tensor, "use_cache": False, **params})
         latencies.append(time.perf_counter() - t0)
         answers.append(answer)
+        done()
     seconds = time.perf_counter() - started
     predicted = np.array([a["labels"][0] for a in answers])
     slow = np.mean([a["taken"] == "slow" for a in answers])
@@ -178,7 +191,19 @@ def _plot(rows: list[Row], path: Path) -> None:
     plt.close(fig)
 
 
-def run_route_bench(size: str = "full", plot: Path | None = None) -> RouteBenchReport:
+@contextmanager
+def _progress_bar(enabled: bool) -> Iterator[Any]:
+    """One line on stderr, wiped at the end: the build's steps, then the requests. A spinner and
+    the elapsed time, because training the large classifier is one long step."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True, disable=not enabled) as bar:
+        yield bar
+
+
+def run_route_bench(size: str = "full", plot: Path | None = None, progress: bool = True) -> RouteBenchReport:
     from engram.bench.processes import temporary_daemon
     from engram.client import Client
 
@@ -186,29 +211,42 @@ def run_route_bench(size: str = "full", plot: Path | None = None) -> RouteBenchR
     x_train, y_train, x_cal, y_cal, x_test, y_test = _data()
     x_cal, y_cal = x_cal[:cal_n], y_cal[:cal_n]
     x_test, y_test = x_test[:test_n], y_test[:test_n]
+    warm_up = 5
+    # the warm-up, the calibration part, and the test part once per mode: fast, slow, each
+    # threshold, the calibrated threshold, the learned router
+    requests = warm_up + len(x_cal) + (len(thresholds) + 4) * len(x_test)
     report = RouteBenchReport(size)
     routes = [{"name": ROUTE, "task": "classify", "fast": "model:digits-small", "slow": "model:digits-large",
                "mode": "cascade", "threshold": 0.8, "fallback": "fail"}]
     env = {"ENGRAM_ROUTER__ROUTES": json.dumps(routes), "ENGRAM_ROUTER__LEARNING__CONSOLIDATE_EVERY": "0"}
-    with tempfile.TemporaryDirectory(prefix="engram-route-bench-") as tmp:
-        small, large = build_models(Path(tmp), x_train, y_train)
+    with tempfile.TemporaryDirectory(prefix="engram-route-bench-") as tmp, _progress_bar(progress) as bar:
+        task = bar.add_task("building the classifiers", total=BUILD_STEPS)
+        steps_begun = iter(range(BUILD_STEPS))
+        small, large = build_models(Path(tmp), x_train, y_train,
+                                    lambda doing: bar.update(task, description=doing, completed=next(steps_begun)))
+        bar.reset(task, total=requests, description="starting engramd")
         with temporary_daemon(env) as sock, Client(sock, timeout=120) as client:
+
+            def measured(x: np.ndarray, y: np.ndarray, name: str, **params: Any) -> tuple[Row, list[dict[str, Any]]]:
+                bar.update(task, description=f"route.run: {name}")
+                return _pass(client, x, y, name, lambda: bar.advance(task), **params)
+
             for name, path in (("digits-small", small), ("digits-large", large)):
                 client.call("models.add", {"name": name, "path": str(path), "task": "classify"})
             # Warm both models so no pass pays for a load.
-            _pass(client, x_cal[:5], y_cal[:5], "warm-up", mode="cascade", threshold=1.0)
-            report.rows.append(_pass(client, x_test, y_test, "fast only", mode="fast")[0])
-            report.rows.append(_pass(client, x_test, y_test, "slow only", mode="slow")[0])
+            measured(x_cal[:warm_up], y_cal[:warm_up], "warm-up", mode="cascade", threshold=1.0)
+            report.rows.append(measured(x_test, y_test, "fast only", mode="fast")[0])
+            report.rows.append(measured(x_test, y_test, "slow only", mode="slow")[0])
             for t in thresholds:
-                report.rows.append(_pass(client, x_test, y_test, f"cascade @ {t:g}", mode="cascade", threshold=t)[0])
+                report.rows.append(measured(x_test, y_test, f"cascade @ {t:g}", mode="cascade", threshold=t)[0])
             # Learning on the calibration part: both targets run, every agreement is an outcome.
             client.call("route.reset", {"route": ROUTE})
-            _pass(client, x_cal, y_cal, "calibration", mode="cascade", threshold=1.0)
+            measured(x_cal, y_cal, "calibration", mode="cascade", threshold=1.0)
             calibrated = client.call("route.calibrate", {"route": ROUTE, "agreement": 0.995})
             report.calibration = {k: calibrated[k] for k in ("threshold", "auto_threshold", "samples", "expected_slow_share")}
-            report.rows.append(_pass(client, x_test, y_test, f"cascade @ calibrated {calibrated['threshold']:.3f}",
-                                     mode="cascade")[0])
-            report.rows.append(_pass(client, x_test, y_test, "learned (auto)", mode="auto")[0])
+            report.rows.append(measured(x_test, y_test, f"cascade @ calibrated {calibrated['threshold']:.3f}",
+                                        mode="cascade")[0])
+            report.rows.append(measured(x_test, y_test, "learned (auto)", mode="auto")[0])
     if plot is not None:
         _plot(report.rows, plot)
         report.plot = str(plot)

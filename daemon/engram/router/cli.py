@@ -154,7 +154,8 @@ def consolidate(name: str | None, socket_path: Path | None, as_json: bool, timeo
               help="Where the accuracy-cost curve (PNG) goes.")
 @json_option
 def bench_route(size: str, plot: Path, as_json: bool) -> None:
-    """The router on sklearn's digits: fast, slow, cascade and learned routing, in one run."""
+    """The router on sklearn's digits: fast, slow, cascade and learned routing, in one run
+    (progress on stderr, none under --json)."""
     try:
         import matplotlib  # noqa: F401
         import skl2onnx  # noqa: F401
@@ -164,7 +165,7 @@ def bench_route(size: str, plot: Path, as_json: bool) -> None:
     except ImportError as exc:
         fail(EXIT_USAGE, f"engram bench route needs the bench extra (pip install 'engram[bench]'): {exc}")
     with errors():
-        report = run_route_bench(size, plot)
+        report = run_route_bench(size, plot, progress=not as_json)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
