@@ -8,21 +8,31 @@ folder when it is there and otherwise writes the cases out itself, with the same
 
 For every case the same files go two ways:
 
-* **direct**: ``onnxruntime.InferenceSession`` on the file, ``run`` on the arrays;
+* **direct**: ``onnxruntime.InferenceSession`` on the file, ``run`` on the arrays; a case with an
+  input or output of a type numpy lacks (bfloat16, 8-bit floats) uses ``run_with_ort_values``
+  instead, the values passed and read back as their bytes with the explicit ONNX type, because
+  what ``run`` does with those types changes between ONNX Runtime versions (refusal, or raw
+  unsigned integers);
 * **daemon**: ``models.add`` of the file, ``infer.run`` with the tensors encoded in the wire
   format (base64), outputs decoded, then ``models.remove``.
 
-Outputs are compared as onnx's own runner does: same dtype and shape, strings exactly, numbers
-with ``assert_allclose(rtol, atol)`` (NaN equal to NaN). Every case where the two ways disagree is
-a *difference* and carries the reason: types the wire format cannot express (sequences,
-optionals, maps; 4-bit and complex tensors), or anything else, named.
+Each way's outputs are compared with onnx's reference outputs as onnx's own runner does: same
+dtype and shape, strings exactly, numbers with ``assert_allclose(rtol, atol)`` (NaN equal to NaN).
+Both ways run the same ONNX Runtime, so the daemon should pass and fail where the direct run does,
+and where both miss the reference, miss it with the same values. Every case where they part is a
+*difference*; :func:`judge` says which are *disagreements* (the daemon's fault until shown
+otherwise) and which have a known cause outside the daemon: types the wire format cannot express
+(sequences, optionals, maps; 4-bit and complex tensors), or values ONNX Runtime's Python API
+cannot take, where onnx's reference alone judges the daemon.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -37,7 +47,7 @@ from typing import Any
 
 import numpy as np
 import onnx
-from onnx import numpy_helper
+from onnx import TensorProto, helper, numpy_helper
 
 from engram.errors import RPCError
 from engram.inference.codec import (
@@ -49,7 +59,7 @@ from engram.inference.codec import (
 )
 from engram.inference.manifest import check_model_name
 
-__all__ = ["Case", "ConformanceReport", "load_cases", "node_tests_dir", "run_conformance", "select_subset"]
+__all__ = ["Case", "ConformanceReport", "judge", "load_cases", "node_tests_dir", "run_conformance", "select_subset"]
 
 _COMPLETE = ".complete"
 
@@ -249,14 +259,17 @@ class Outcome:
     ok: bool
     reason: str = ""  # category of the failure
     detail: str = ""
+    # What the run gave for the data set it stopped at, as (output name, value): set when it ran and
+    # only the values were off, so that two runs that both miss onnx's reference can be compared.
+    outputs: list[tuple[str, Any]] | None = None
+    data_set: int = 0
+    through_ort_values: bool = False  # direct only: run with OrtValues, for types numpy lacks
 
 
 def _category(message: str) -> str:
+    """A label for ONNX Runtime failing to load or run a model, for the report's tallies only:
+    it reads ONNX Runtime's message texts, which change between versions, so no verdict uses it."""
     m = message
-    if "can't be converted to MLDataType" in m or "No corresponding Numpy type" in m:
-        # numpy has no bfloat16 or float8: ONNX Runtime's run() refuses ml_dtypes arrays (engram
-        # passes them as OrtValues with an explicit ONNX type instead).
-        return "python_binding_dtype"
     if "Unsupported model IR version" in m:
         return "onnx_ir_version_too_new"
     if "opset" in m.lower() and ("not supported" in m or "is under development" in m or "higher than" in m):
@@ -268,11 +281,80 @@ def _category(message: str) -> str:
     return "runtime_error"
 
 
+BINDING = "python_binding_dtype"
+"""The failure of a direct run whose values ONNX Runtime's Python API cannot take or give."""
+
+_SUB_BYTE = frozenset(getattr(TensorProto, n) for n in ("INT4", "UINT4", "FLOAT4E2M1", "INT2", "UINT2") if hasattr(TensorProto, n))
+
+
+def _numpy_lacks(elem_type: int) -> bool:
+    """True for element types numpy has no type of its own for (bfloat16, 8-bit floats, 4-bit
+    types…): onnx reads them as ``ml_dtypes`` arrays, which ONNX Runtime's ``run()`` refuses or,
+    depending on its version, hands back as raw unsigned integers."""
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).type.__module__.startswith("ml_dtypes")
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _types_numpy_lacks(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs and outputs of a type numpy lacks: name -> ONNX element type."""
+    found = {}
+    for info in [*_graph_inputs(model), *model.graph.output]:
+        if info.type.WhichOneof("value") == "tensor_type" and _numpy_lacks(info.type.tensor_type.elem_type):
+            found[info.name] = info.type.tensor_type.elem_type
+    return found
+
+
+class _OrtCannotTake(Exception):
+    """ONNX Runtime's Python API cannot take (or give back) one of the case's values."""
+
+
+def _run_with_ort_values(session: Any, inputs: dict[str, Any], names: list[str], lacking: dict[str, int]) -> list[Any]:
+    """``run`` for a case with types numpy lacks, the way ONNX Runtime offers for them: values of
+    those types go in as their bytes with the explicit ONNX type and come out as their bytes."""
+    import onnxruntime as ort
+
+    feed = {}
+    for name, value in inputs.items():
+        try:
+            array = np.asarray(value)
+            if name in lacking:
+                # A view keeps the shape (0-d included) and the bytes; only the element type differs.
+                bits = array.view(np.dtype(f"u{array.dtype.itemsize}"))
+                feed[name] = ort.OrtValue.ortvalue_from_numpy_with_onnx_type(bits, lacking[name])
+            else:
+                feed[name] = ort.OrtValue.ortvalue_from_numpy(array)
+        except Exception as exc:  # noqa: BLE001 - strings, sequences and such have no OrtValue here
+            raise _OrtCannotTake(f"input {name!r}: {exc}") from None
+    results = session.run_with_ort_values(names, feed)  # ONNX Runtime's own failures pass through
+    outputs = []
+    for name, value in zip(names, results, strict=True):
+        try:
+            if name not in lacking:
+                outputs.append(value.numpy())
+                continue
+            dtype = np.dtype(helper.tensor_dtype_to_np_dtype(lacking[name]))
+            shape = value.shape()
+            size = math.prod(shape) * dtype.itemsize
+            raw = ctypes.string_at(value.data_ptr(), size) if size else b""
+            outputs.append(np.frombuffer(raw, dtype=dtype).reshape(shape))
+        except Exception as exc:  # noqa: BLE001 - as above
+            raise _OrtCannotTake(f"output {name!r}: {exc}") from None
+    return outputs
+
+
+def _first_line(exc: Exception) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:300]
+
+
 def run_direct(case: Case) -> Outcome:
+    """The case with ONNX Runtime's Python API: ``run`` on numpy arrays, or ``run_with_ort_values``
+    when an input or output has a type numpy lacks."""
     import onnxruntime as ort
 
     try:
-        _, sets = read_case(case)
+        model, sets = read_case(case)
     except Exception as exc:  # noqa: BLE001 - a broken case is a result to report, not a crash
         return Outcome(False, "unreadable_test_data", f"{type(exc).__name__}: {exc}"[:300])
     options = ort.SessionOptions()
@@ -280,17 +362,28 @@ def run_direct(case: Case) -> Outcome:
     try:
         session = ort.InferenceSession(case.model_path.read_bytes(), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime's pybind errors share no useful base
-        return Outcome(False, _category(str(exc)), str(exc).splitlines()[0][:300])
-    for data in sets:
+        return Outcome(False, _category(str(exc)), _first_line(exc))
+    lacking = _types_numpy_lacks(model)
+    # Packed 4- and 2-bit tensors have no OrtValue from numpy either: those go to run() as they are.
+    through_ort_values = bool(lacking) and not _SUB_BYTE & set(lacking.values())
+    for index, data in enumerate(sets):
         names = [name for name, _ in data.expected]
         try:
-            outputs = session.run(names, data.inputs)
+            if through_ort_values:
+                outputs = _run_with_ort_values(session, data.inputs, names, lacking)
+            else:
+                outputs = session.run(names, data.inputs)
+        except _OrtCannotTake as exc:
+            return Outcome(False, BINDING, str(exc)[:300], through_ort_values=True)
         except Exception as exc:  # noqa: BLE001 - as above
-            return Outcome(False, _category(str(exc)), str(exc).splitlines()[0][:300])
-        for (name, expected), actual in zip(data.expected, outputs, strict=True):
-            if (problem := compare(expected, actual, case.rtol, case.atol)) is not None:
-                return Outcome(False, "mismatch", f"{name}: {problem}")
-    return Outcome(True)
+            # run() given or asked for a type numpy lacks fails in the binding, whatever its message says.
+            return Outcome(False, BINDING if lacking and not through_ort_values else _category(str(exc)), _first_line(exc),
+                           through_ort_values=through_ort_values)
+        actual = list(zip(names, outputs, strict=True))
+        for (name, expected), (_, value) in zip(data.expected, actual, strict=True):
+            if (problem := compare(expected, value, case.rtol, case.atol)) is not None:
+                return Outcome(False, "mismatch", f"{name}: {problem}", actual, index, through_ort_values)
+    return Outcome(True, through_ort_values=through_ort_values)
 
 
 def model_name(case_name: str) -> str:
@@ -326,7 +419,7 @@ def run_daemon(case: Case, call: Call) -> Outcome:
     except RPCError as exc:
         return Outcome(False, f"models.add:{exc.reason}", exc.message[:300])
     try:
-        for data in sets:
+        for index, data in enumerate(sets):
             if (why := _wire_reason(data)) is not None:
                 return Outcome(False, "not_expressible", why)
             inputs = {key: encode(np.asarray(value), "b64") for key, value in data.inputs.items()}
@@ -339,10 +432,10 @@ def run_daemon(case: Case, call: Call) -> Outcome:
                 if exc.reason == "load_failed":
                     return Outcome(False, _category(exc.message), exc.message[:300])
                 return Outcome(False, f"infer.run:{exc.reason}", exc.message[:300])
-            for out_name, expected in data.expected:
-                actual = decode(WireTensor.model_validate(result["outputs"][out_name]), out_name)
-                if (problem := compare(expected, actual, case.rtol, case.atol)) is not None:
-                    return Outcome(False, "mismatch", f"{out_name}: {problem}")
+            actual = [(n, decode(WireTensor.model_validate(result["outputs"][n]), n)) for n in outputs]
+            for (out_name, expected), (_, value) in zip(data.expected, actual, strict=True):
+                if (problem := compare(expected, value, case.rtol, case.atol)) is not None:
+                    return Outcome(False, "mismatch", f"{out_name}: {problem}", actual, index)
         return Outcome(True)
     finally:
         with contextlib.suppress(RPCError):
@@ -358,11 +451,52 @@ class Difference:
     direct: str
     daemon: str
     reason: str
+    disagreement: bool = False  # the daemon and ONNX Runtime run directly disagree: a daemon bug to find
 
 
-EXPLAINED = ("not_expressible", "direct only (python_binding_dtype)")
-"""Differences with a known cause: what the wire format cannot express, and what ONNX Runtime's
-Python ``run()`` cannot take (arrays of bfloat16 and 8-bit floats) but the daemon can."""
+def judge(case: Case, direct: Outcome, daemon: Outcome) -> Difference | None:
+    """None when the daemon agrees with ONNX Runtime run directly on ``case``; else the difference,
+    marked as a disagreement unless its cause is known and lies outside the daemon.
+
+    Both ways run the same ONNX Runtime, so they pass and fail together. Known causes apart:
+
+    * the wire format cannot carry the case (the daemon answers ``unsupported_type``);
+    * ONNX Runtime's Python API cannot take or give the case's values: then only onnx's reference
+      outputs judge the daemon, and a daemon that matches them is right.
+    """
+    if direct.ok and daemon.ok:
+        return None
+    words = ("pass" if direct.ok else "fail", "pass" if daemon.ok else "fail")
+    if daemon.reason == "not_expressible":
+        if not direct.ok and direct.outputs is None:
+            return None  # neither way ran it
+        return Difference(case.name, *words, f"not_expressible: {daemon.detail}")
+    if direct.reason == BINDING:
+        if daemon.ok:
+            return Difference(case.name, *words, f"direct cannot ({BINDING}): {direct.detail}; "
+                              "the daemon matches onnx's reference outputs")
+        if daemon.outputs is not None:
+            return Difference(case.name, *words, f"daemon outputs differ from onnx's reference ({daemon.detail}) and the direct "
+                              f"run cannot take this case ({direct.detail})", True)
+        return None  # neither way ran it
+    if daemon.ok:
+        return Difference(case.name, *words, f"daemon passes where ONNX Runtime run directly fails ({direct.reason}): "
+                          f"{direct.detail}", True)
+    if direct.ok:
+        return Difference(case.name, *words, f"daemon only fails ({daemon.reason}): {daemon.detail}", True)
+    if direct.outputs is None and daemon.outputs is None:
+        return None  # both refused the case
+    if direct.outputs is None or daemon.outputs is None:
+        ran, refused = ("direct", daemon) if daemon.outputs is None else ("daemon", direct)
+        return Difference(case.name, *words, f"only the {ran} run gave outputs; the other failed ({refused.reason}): "
+                          f"{refused.detail}", True)
+    if direct.data_set != daemon.data_set:
+        return Difference(case.name, *words, f"outputs first miss onnx's reference in data set {direct.data_set} directly, "
+                          f"{daemon.data_set} through the daemon", True)
+    for (name, value_direct), (_, value_daemon) in zip(direct.outputs, daemon.outputs, strict=True):
+        if (problem := compare(value_direct, value_daemon, case.rtol, case.atol)) is not None:
+            return Difference(case.name, *words, f"both miss onnx's reference and differ from each other: {name}: {problem}", True)
+    return None  # ONNX Runtime's own miss of the reference, which the daemon reproduces
 
 
 @dataclass
@@ -373,19 +507,20 @@ class ConformanceReport:
     total: int = 0
     passed_direct: int = 0
     passed_daemon: int = 0
+    direct_through_ort_values: int = 0
     seconds: float = 0.0
     differences: list[Difference] = field(default_factory=list)
     failures_direct: dict[str, int] = field(default_factory=dict)
     failures_daemon: dict[str, int] = field(default_factory=dict)
 
     @property
-    def unexplained(self) -> list[Difference]:
-        return [d for d in self.differences if not d.reason.startswith(EXPLAINED)]
+    def disagreements(self) -> list[Difference]:
+        return [d for d in self.differences if d.disagreement]
 
     def as_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["difference_reasons"] = dict(Counter(d.reason.split(":")[0] for d in self.differences))
-        data["unexplained"] = len(self.unexplained)
+        data["disagreements"] = len(self.disagreements)
         return data
 
     def table(self) -> str:
@@ -395,22 +530,16 @@ class ConformanceReport:
             f"cases                  {self.total}",
             f"passed, direct ORT     {self.passed_direct}",
             f"passed, through daemon {self.passed_daemon}",
-            f"differences            {len(self.differences)} ({len(self.unexplained)} unexplained)",
+            f"direct with OrtValues  {self.direct_through_ort_values} (types numpy lacks)",
+            f"differences            {len(self.differences)} ({len(self.disagreements)} disagreements)",
         ]
         for label, failures in (("direct", self.failures_direct), ("daemon", self.failures_daemon)):
             if failures:
                 lines.append(f"failures ({label}): " + ", ".join(f"{k} {v}" for k, v in sorted(failures.items())))
-        for d in self.differences:
-            lines.append(f"  {d.case}: direct {d.direct}, daemon {d.daemon}: {d.reason}")
+        for d in sorted(self.differences, key=lambda d: not d.disagreement):
+            kind = "DISAGREEMENT" if d.disagreement else "explained"
+            lines.append(f"  {kind} {d.case}: direct {d.direct}, daemon {d.daemon}: {d.reason}")
         return "\n".join(lines)
-
-
-def _explain(direct: Outcome, daemon: Outcome) -> str:
-    if daemon.reason == "not_expressible":
-        return f"not_expressible: {daemon.detail}"
-    if not daemon.ok and direct.ok:
-        return f"daemon only ({daemon.reason}): {daemon.detail}"
-    return f"direct only ({direct.reason}): {direct.detail}"
 
 
 def run_conformance(
@@ -430,14 +559,13 @@ def run_conformance(
         report.total += 1
         report.passed_direct += direct.ok
         report.passed_daemon += daemon.ok
+        report.direct_through_ort_values += direct.through_ort_values
         if not direct.ok:
             direct_failures[direct.reason] += 1
         if not daemon.ok:
             daemon_failures[daemon.reason] += 1
-        if direct.ok != daemon.ok:
-            report.differences.append(
-                Difference(case.name, "pass" if direct.ok else "fail", "pass" if daemon.ok else "fail", _explain(direct, daemon))
-            )
+        if (difference := judge(case, direct, daemon)) is not None:
+            report.differences.append(difference)
     report.failures_direct = dict(direct_failures)
     report.failures_daemon = dict(daemon_failures)
     report.seconds = round(time.perf_counter() - started, 2)

@@ -159,10 +159,12 @@ def _cache_valid(cached: Path, meta: Path) -> bool:
 
 def _ort_value(array: np.ndarray, dtype: str) -> ort.OrtValue:
     wire = DTYPES[dtype]
+    # np.require, not np.ascontiguousarray: the latter turns a 0-d array (a scalar input) into shape (1,).
+    contiguous = np.require(array, requirements="C")
     if wire.exotic:
-        raw = np.ascontiguousarray(array).view(np.uint8 if wire.numpy.itemsize == 1 else np.uint16)
+        raw = contiguous.view(np.uint8 if wire.numpy.itemsize == 1 else np.uint16)
         return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(raw, wire.onnx)
-    return ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(array))
+    return ort.OrtValue.ortvalue_from_numpy(contiguous)
 
 
 def _from_ort_value(value: ort.OrtValue, dtype: str | None) -> np.ndarray:

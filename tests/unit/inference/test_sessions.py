@@ -93,6 +93,18 @@ def test_every_wire_dtype_runs_through_onnxruntime(registry: ModelRegistry, tmp_
     assert out.dtype == array.dtype and out.tolist() == array.tolist()
 
 
+@pytest.mark.parametrize("dtype", [ml_dtypes.bfloat16, np.float32])
+def test_a_scalar_input_keeps_its_shape_on_the_ort_value_path(registry: ModelRegistry, tmp_path: Path, dtype) -> None:
+    """Models with a bfloat16 input run with OrtValues; a 0-d input must reach ONNX Runtime as 0-d
+    (Range, for one, takes scalars and shapes its output by them)."""
+    elem = TensorProto.BFLOAT16 if dtype is ml_dtypes.bfloat16 else TensorProto.FLOAT
+    manifest = registry.add_onnx("ident", identity_model(tmp_path / "i.onnx", elem))
+    session = SessionFactory(InferenceSettings()).create(manifest, registry.folder("ident")).session
+    scalar = np.array(1.5, dtype=dtype)
+    out = run_session(session, manifest, {"x": scalar}, ["out"], exotic=True)["out"]
+    assert out.shape == () and out.dtype == scalar.dtype and out.item() == 1.5
+
+
 # --- the LRU cache, with a fake loader (no ONNX Runtime needed) -------------------------------------------
 
 

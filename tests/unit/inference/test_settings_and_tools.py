@@ -8,7 +8,7 @@ from engram.audit.note import generate_signer
 from engram.config import load_settings
 from engram.errors import ConfigError
 from engram.inference import check_package
-from engram.inference.conformance import Case, compare, model_name, select_subset
+from engram.inference.conformance import BINDING, Case, Outcome, compare, judge, model_name, select_subset
 from engram.inference.manifest import check_model_name
 from engram.inference.settings import InferenceSettings
 
@@ -77,3 +77,37 @@ def test_conformance_helpers(tmp_path):
     subset = select_subset(cases, 10)
     assert [c.name for c in subset] == [f"c{i:03d}" for i in range(0, 100, 10)]
     assert select_subset(cases, 500) == cases
+
+
+def test_conformance_fails_on_disagreements_with_onnxruntime_only(tmp_path):
+    case = Case("test_x", tmp_path)
+    ok = Outcome(True)
+    off = [("y", np.array([1.0, 2.0], np.float32))]
+    other = [("y", np.array([1.0, 3.0], np.float32))]
+
+    def mismatch(outputs):
+        return Outcome(False, "mismatch", "y: values differ", outputs)
+
+    load_failure = Outcome(False, "op_not_implemented", "no kernel")
+    # Agreement: nothing to report.
+    assert judge(case, ok, ok) is None
+    assert judge(case, load_failure, Outcome(False, "runtime_error", "no kernel")) is None
+    assert judge(case, mismatch(off), mismatch([("y", off[0][1].copy())])) is None  # ONNX Runtime's own miss
+    # Known causes outside the daemon: reported, not disagreements.
+    wire = judge(case, ok, Outcome(False, "not_expressible", "a sequence"))
+    assert wire is not None and not wire.disagreement and wire.reason.startswith("not_expressible")
+    binding = judge(case, Outcome(False, BINDING, "no OrtValue for strings"), ok)
+    assert binding is not None and not binding.disagreement and "daemon matches onnx's reference" in binding.reason
+    # Disagreements: the daemon parts from the same ONNX Runtime run directly.
+    for direct, daemon in [
+        (ok, Outcome(False, "infer.run:run_failed", "boom")),
+        (ok, mismatch(off)),
+        (load_failure, ok),
+        (mismatch(off), ok),
+        (mismatch(off), mismatch(other)),
+        (mismatch(off), Outcome(False, "infer.run:internal", "boom")),
+        (load_failure, mismatch(off)),
+        (Outcome(False, BINDING, "no OrtValue for strings"), mismatch(off)),
+    ]:
+        difference = judge(case, direct, daemon)
+        assert difference is not None and difference.disagreement, (direct, daemon)
