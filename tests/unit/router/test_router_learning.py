@@ -34,7 +34,7 @@ def test_online_updates_move_towards_outcomes_and_stay_bounded(conn):
     w0 = one.snapshot("s").effective(2.0)
     one.update("s", HARD, slow_needed=False)
     w1 = one.snapshot("s").effective(2.0)
-    assert max(abs(w1[k] - w0[k]) for k in w0) <= 0.1 + 1e-9
+    assert 0 < max(abs(w1[k] - w0[k]) for k in w0) <= 0.1 + 1e-9  # a step, and a bounded one
 
 
 def test_weights_persist_consolidate_and_reset(conn, open_db):
@@ -98,17 +98,35 @@ def test_calibration_needs_enough_outcomes():
         calibrate(conf, 1 - conf, np.full(100, -1), agreement=0.9)
 
 
-def test_learning_on_a_stream_raises_p_slow_for_the_inputs_that_disagree(conn):
-    """Low-confidence answers disagree, high-confidence ones agree: the assessor learns to
-    separate them more sharply than the prior does."""
-    assessor = Assessor(conn, RouterLearningSettings(rate=0.2, consolidate_every=0))
+def _stream_features(c: float) -> dict[str, float]:
+    return {"bias": 1.0, "has_conf": 1.0, "low_conf": 1 - c, "low_margin": min(1.0, 2 * (1 - c))}
+
+
+def _log_loss(assessor: Assessor, conf: np.ndarray, agreed: np.ndarray) -> float:
+    """How badly the assessor's p(slow needed) predicts the outcomes: lower is better."""
+    p = np.array([assessor.probability("r", _stream_features(c)) for c in conf])
+    slow_needed = agreed == 0
+    return float(-np.mean(np.where(slow_needed, np.log(p), np.log(1 - p))))
+
+
+def test_learning_on_a_stream_predicts_fresh_outcomes_better_than_the_prior(conn):
+    """Low-confidence answers disagree more often (p = 1 - conf²), but less often than the prior
+    expects (it gives 0.73 at conf 0.7, where the truth is 0.51): after the stream, the assessor
+    predicts fresh outcomes of the same process about as well as the true probabilities do,
+    and much better than the prior. Without learning it stays at the prior's loss."""
+    assessor = Assessor(conn, RouterLearningSettings())
+    held_conf, held_agreed = _stream(2000, seed=3)
+    best = float(-np.mean(np.where(held_agreed == 0, np.log(1 - held_conf**2), np.log(held_conf**2))))
+    prior = _log_loss(assessor, held_conf, held_agreed)
+    assert prior > best + 0.1  # the prior is far enough off for learning to show
+    truth_mid = 1 - 0.7**2
+    prior_mid = assessor.probability("r", _stream_features(0.7))
     conf, agreed = _stream(3000, seed=2)
-    gap_before = assessor.probability("r", HARD) - assessor.probability("r", EASY)
     for c, a in zip(conf, agreed, strict=True):
-        feats = {"bias": 1.0, "has_conf": 1.0, "low_conf": 1 - c, "low_margin": min(1.0, 2 * (1 - c))}
-        assessor.update("r", feats, slow_needed=not a)
-    easy = {"bias": 1.0, "has_conf": 1.0, "low_conf": 0.02, "low_margin": 0.04}
-    hard = {"bias": 1.0, "has_conf": 1.0, "low_conf": 0.6, "low_margin": 1.0}
+        assessor.update("r", _stream_features(c), slow_needed=not a)
+    # Online SGD ends near the optimum, not on it: these bounds hold for every training seed tried
+    # (2, 10 to 19), so they do not rest on this stream's luck.
+    assert _log_loss(assessor, held_conf, held_agreed) < best + 0.04
+    assert abs(assessor.probability("r", _stream_features(0.7)) - truth_mid) < abs(prior_mid - truth_mid)
+    easy, hard = _stream_features(0.98), _stream_features(0.4)
     assert assessor.probability("r", hard) > 0.5 > assessor.probability("r", easy)
-    assert assessor.probability("r", hard) - assessor.probability("r", easy) > 0
-    assert gap_before > 0
