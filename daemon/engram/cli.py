@@ -16,7 +16,6 @@ from typing import Any
 import click
 
 from engram import __version__
-from engram.audit.cli import audit, bench_audit
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
@@ -29,20 +28,35 @@ from engram.clitools import (
     json_option,
 )
 from engram.errors import ConfigError, StartupError
-from engram.inference.cli import bench_infer, models
-from engram.mcpserver.cli import mcp_command
-from engram.memory.cli import bench_memory, memory
-from engram.policy.cli import bench_policy, policy
-from engram.providers.cli import bench_providers
-from engram.providers.cli import chat as chat_command
-from engram.providers.cli import generate as generate_command
-from engram.router.cli import ask as ask_command
-from engram.router.cli import bench_route, route
-from engram.sleep.bench_cli import bench_sleep
-from engram.sleep.cli import sleep as sleep_group
+from engram.lazygroup import LazyGroup
+
+# The commands and benchmarks each part adds from its own cli module, imported only when one of
+# them runs or --help lists them (engram.lazygroup): `engram ping` loads none of these modules,
+# so what one part imports at its top cannot slow the commands of the others.
+PART_COMMANDS = {
+    "ask": "engram.router.cli:ask",
+    "audit": "engram.audit.cli:audit",
+    "chat": "engram.providers.cli:chat",
+    "generate": "engram.providers.cli:generate",
+    "mcp": "engram.mcpserver.cli:mcp_command",
+    "memory": "engram.memory.cli:memory",
+    "models": "engram.inference.cli:models",
+    "policy": "engram.policy.cli:policy",
+    "route": "engram.router.cli:route",
+    "sleep": "engram.sleep.cli:sleep",
+}
+PART_BENCHMARKS = {
+    "audit": "engram.audit.cli:bench_audit",
+    "infer": "engram.inference.cli:bench_infer",
+    "memory": "engram.memory.cli:bench_memory",
+    "policy": "engram.policy.cli:bench_policy",
+    "providers": "engram.providers.cli:bench_providers",
+    "route": "engram.router.cli:bench_route",
+    "sleep": "engram.sleep.bench_cli:bench_sleep",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=LazyGroup, lazy_commands=PART_COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="engram")
 @click.option(
     "--socket",
@@ -406,7 +420,7 @@ def schemas(out: Path, check: bool, as_json: bool) -> None:
     Output(as_json).emit({"files": sorted(files), "out": str(out)}, lambda d: click.echo(f"wrote {len(files)} schema files to {out}"))
 
 
-@main.group()
+@main.group(cls=LazyGroup, lazy_commands=PART_BENCHMARKS)
 def bench() -> None:
     """Benchmarks: engram against a baseline, in one run."""
 
@@ -431,23 +445,17 @@ def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
-main.add_command(audit)
-bench.add_command(bench_audit)
-main.add_command(models)
-bench.add_command(bench_infer)
-main.add_command(policy)
-main.add_command(generate_command)
-main.add_command(chat_command)
-bench.add_command(bench_providers)
-bench.add_command(bench_policy)
-main.add_command(memory)
-bench.add_command(bench_memory)
-main.add_command(route)
-main.add_command(mcp_command)
-bench.add_command(bench_route)
-main.add_command(ask_command)
-bench.add_command(bench_sleep)
-main.add_command(sleep_group)
+@bench.command("cli")
+@click.option("--runs", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Runs of each command.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Ping this running daemon instead of a fresh one.")
+@json_option
+def bench_cli(runs: int, socket_path: Path | None, as_json: bool) -> None:
+    """Start-up time of `engram --help` and `engram ping` vs `python -c pass`."""
+    from engram.bench.startup import run_cli_bench
+
+    with errors():
+        report = run_cli_bench(runs, socket_path, progress=not as_json and sys.stderr.isatty())
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
 if __name__ == "__main__":

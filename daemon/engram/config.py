@@ -5,7 +5,8 @@ configuration file, the environment and ``engram config show`` all speak about t
 ``schemas/config.json`` is generated from the same model. Nested keys use ``__`` in the
 environment: ``server.max_frame_bytes`` is ``ENGRAM_SERVER__MAX_FRAME_BYTES``.
 
-Where things live when nothing says otherwise (see the design brief):
+Where things live when nothing says otherwise (see the design brief; :mod:`engram.locations`
+works it out, apart from these settings so that clients find the socket without importing them):
 
 ========================  ================================  ===================================
 run as                    state folder                      socket
@@ -39,6 +40,7 @@ from pydantic_settings import (
 from engram.audit.settings import AuditSettings
 from engram.errors import ConfigError
 from engram.inference.settings import InferenceSettings
+from engram.locations import MAX_UNIX_PATH, default_socket, default_socket_candidates, default_state_dir
 from engram.memory.settings import MemorySettings
 from engram.policy.settings import PolicySettings
 from engram.providers.settings import ProvidersSettings
@@ -61,9 +63,6 @@ __all__ = [
 # The parsed configuration file of the load_settings() call in progress; a source of its own so
 # that it ranks below the environment (pydantic-settings ranks init arguments above everything).
 _file_data: ContextVar[dict[str, Any] | None] = ContextVar("engram_config_file_data", default=None)
-
-# sun_path is 108 bytes on Linux and 104 on macOS, including the terminating NUL.
-MAX_UNIX_PATH = 103
 
 PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
 
@@ -160,7 +159,7 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
-    state_dir: Path = Field(default_factory=lambda: _default_state_dir(), description="Where state lives.")
+    state_dir: Path = Field(default_factory=default_state_dir, description="Where state lives.")
     socket: Path | None = Field(default=None, description="Socket path (default: see the table above).")
     server: ServerSettings = Field(default_factory=ServerSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
@@ -249,43 +248,6 @@ def _redact(value: Any, where: str, redacted: list[str]) -> Any:
     return value
 
 
-def _default_state_dir() -> Path:
-    if state := os.environ.get("STATE_DIRECTORY"):  # systemd StateDirectory=
-        return Path(state.split(":")[0])
-    if os.geteuid() == 0:
-        return Path("/var/lib/engram")
-    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
-    return Path(base) / "engram"
-
-
-def _default_socket(state_dir_chosen: bool, state_dir: Path) -> Path:
-    if runtime := os.environ.get("RUNTIME_DIRECTORY"):  # systemd RuntimeDirectory=
-        return Path(runtime.split(":")[0]) / "engram.sock"
-    if state_dir_chosen:
-        return state_dir / "engram.sock"
-    if os.geteuid() == 0:
-        return Path("/run/engram/engram.sock")
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
-        return Path(xdg) / "engram" / "engram.sock"
-    return state_dir / "engram.sock"
-
-
-def default_socket_candidates() -> list[Path]:
-    """Sockets a client tries, in order, when neither ``--socket`` nor ``ENGRAM_SOCKET`` is given:
-    this user's daemon, the system daemon, then a checkout's ``./var``."""
-    candidates: list[Path] = []
-    if xdg := os.environ.get("XDG_RUNTIME_DIR"):
-        candidates.append(Path(xdg) / "engram" / "engram.sock")
-    candidates.append(Path("/run/engram/engram.sock"))
-    candidates.append(_default_state_dir() / "engram.sock")
-    candidates.append(Path.cwd() / "var" / "engram.sock")
-    seen: list[Path] = []
-    for path in candidates:
-        if path not in seen:
-            seen.append(path)
-    return seen
-
-
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as handle:
@@ -342,7 +304,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         _file_data.reset(token)
     chosen = "state_dir" in flags or "state_dir" in file_data or "ENGRAM_STATE_DIR" in os.environ
     if settings.socket is None:
-        settings.socket = _default_socket(chosen, settings.state_dir)
+        settings.socket = default_socket(chosen, settings.state_dir)
     if len(os.fsencode(str(settings.socket))) > MAX_UNIX_PATH:
         raise ConfigError(
             "invalid configuration:",

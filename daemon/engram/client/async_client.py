@@ -18,7 +18,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream, TaskGroup
 
-from engram.config import default_socket_candidates
+from engram.locations import default_socket_candidates
 from engram.errors import DaemonUnreachable, EngramError, RPCError, Timeout, error_from_wire
 from engram.server.framing import LineReader
 from engram.server.jsonrpc import encode

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from engram.clitools import EXIT_REMOTE, Output, client_command, errors, fail
-from engram.sleep.stages import ORDER
+from engram.sleep.stage_names import ORDER
 
 __all__ = ["sleep"]
 

@@ -14,13 +14,9 @@ from engram.sleep.importance import ImportanceStage
 from engram.sleep.recalibration import RecalibrationStage
 from engram.sleep.replay import ReplayStage
 from engram.sleep.stage import Stage
+from engram.sleep.stage_names import ORDER, PER_RUN
 
 __all__ = ["ORDER", "PER_RUN", "REGISTRY"]
-
-ORDER = ("importance", "clustering", "forgetting", "compaction", "replay", "recalibration")
-
-# Stages that run once per run rather than once per namespace.
-PER_RUN = ("recalibration",)
 
 REGISTRY: dict[str, type[Stage]] = {
     ImportanceStage.name: ImportanceStage,

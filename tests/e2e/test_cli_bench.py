@@ -1,0 +1,40 @@
+"""``engram bench cli`` at a tiny size: times ``engram --help`` and ``engram ping`` against a fresh
+daemon and ``python -c pass``, in one run. Sanity of the figures only; no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+
+def test_bench_cli_tiny():
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "bench", "cli", "-n", "2", "--json"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["benchmark"] == "cli"
+    rows = {row["target"]: row for row in report["rows"]}
+    assert set(rows) == {"baseline", "help", "ping"}
+    for row in rows.values():
+        assert row["runs"] == 2 and row["errors"] == 0 and row["p95_ms"] >= row["p50_ms"] > 0
+    assert {r["target"] for r in report["ratios"]} == {"help", "ping"}
+    assert all(r["p50_ratio"] > 0 and r["p95_ratio"] > 0 for r in report["ratios"])
+    assert {v["target"] for v in report["verdict"]} == {"help", "ping"}
+
+
+def test_bench_cli_prints_a_table_against_a_running_daemon(daemon):
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "bench", "cli", "-n", "1", "--socket", str(daemon.socket)],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert [line.split()[0] for line in lines[1:4]] == ["python", "engram", "engram"]
+    assert "ratio = command / python -c pass" in out.stdout and "target <= 300 ms" in out.stdout

@@ -1,0 +1,84 @@
+"""The ``engram`` command starts fast: the client and the CLI import none of the heavy libraries
+(or the settings tree) until a command that needs them runs, and ``--help`` still lists every
+command with its short help.
+
+Each check runs in a fresh interpreter, since this one has imported everything already.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import pytest
+
+from engram.cli import PART_BENCHMARKS, PART_COMMANDS, main
+
+HEAVY_PACKAGES = {"faiss", "onnxruntime", "ml_dtypes", "numpy", "onnx", "pydantic_settings"}
+
+COMMANDS = {
+    "ask", "audit", "bench", "call", "chat", "config", "events", "generate", "health", "mcp", "memory", "metrics",
+    "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status",
+}
+BENCHMARKS = {"audit", "cli", "infer", "memory", "policy", "providers", "route", "rpc", "sleep"}
+
+# Listing the commands (engram --help, engram bench --help) imports every part's cli module.
+LIST_EVERY_COMMAND = """
+import contextlib, io
+from engram.cli import main
+for args in (["--help"], ["bench", "--help"]):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+        main(args)
+"""
+
+
+def heavy_modules_after(code: str) -> list[str]:
+    """The heavy modules (and settings modules) that running ``code`` in a new interpreter loads."""
+    report = "\nimport json, sys\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code + report], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return [
+        name for name in json.loads(out.stdout.splitlines()[-1])
+        if name.partition(".")[0] in HEAVY_PACKAGES
+        or name == "engram.config"
+        or (name.startswith("engram.") and name.endswith(".settings"))
+    ]
+
+
+@pytest.mark.parametrize(
+    "code", ["import engram.client", "import engram.cli", LIST_EVERY_COMMAND], ids=["client", "cli", "help"]
+)
+def test_starting_imports_nothing_heavy(code: str) -> None:
+    assert heavy_modules_after(code) == []
+
+
+def listed_commands(*args: str) -> dict[str, str]:
+    """Command name -> short help, as ``engram ARGS --help`` prints them."""
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.cli", *args, "--help"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "COLUMNS": "200"},  # wide enough that no short help wraps
+    )
+    assert out.returncode == 0, out.stderr
+    section = out.stdout.split("\nCommands:\n", 1)[1]
+    return dict(line.strip().split(None, 1) for line in section.splitlines() if line.strip())
+
+
+def test_help_lists_every_command_with_its_short_help() -> None:
+    top = listed_commands()
+    assert set(top) == COMMANDS
+    assert all(top.values())
+    bench = listed_commands("bench")
+    assert set(bench) == BENCHMARKS
+    assert all(bench.values())
+
+
+@pytest.mark.parametrize("group, table", [("engram", PART_COMMANDS), ("bench", PART_BENCHMARKS)])
+def test_every_lazy_command_resolves_to_a_command_of_that_name(group: str, table: dict[str, str]) -> None:
+    ctx = click.Context(main)
+    owner = main if group == "engram" else main.get_command(ctx, "bench")
+    for name in table:
+        command = owner.get_command(ctx, name)
+        assert isinstance(command, click.Command) and command.name == name, table[name]
