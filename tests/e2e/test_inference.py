@@ -235,7 +235,8 @@ def test_concurrent_requests_are_batched_and_equal_single_runs(make_daemon, file
     with daemon.client() as client:
         for i, x in enumerate(inputs):
             alone = client.call("infer.run", {"model": "linear", "inputs": {"x": encode(x)}, "outputs": ["y"]})
-            np.testing.assert_array_equal(batched[i], tensor(alone["outputs"]["y"]))
+            # Within rounding: ONNX Runtime promises no bit-identical rows across batch sizes.
+            np.testing.assert_allclose(batched[i], tensor(alone["outputs"]["y"]), rtol=1e-6, atol=1e-6)
 
 
 def test_dtypes_and_types_over_the_socket(make_daemon, files):

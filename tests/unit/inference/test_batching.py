@@ -145,7 +145,9 @@ def test_batched_results_equal_unbatched(tmp_path: Path) -> None:
         (alone,) = run_tensor_batch(model, [request])
         for name in ("y", "relu"):
             assert result[name].shape == alone[name].shape
-            np.testing.assert_array_equal(result[name], alone[name])
+            # Each request gets back its own rows; ONNX Runtime promises no bit-identical rows across
+            # batch sizes (it may pick other kernels for one row than for five), so within rounding.
+            np.testing.assert_allclose(result[name], alone[name], rtol=1e-6, atol=1e-6)
 
 
 def test_layouts_that_differ_run_separately(tmp_path: Path) -> None:
