@@ -197,6 +197,8 @@ def test_cli_sleep_now_and_status(make_daemon):
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert report["outcome"] == "completed" and [s["name"] for s in report["stages"]] == ["importance", "clustering"]
+    counts = {k: v for k, v in report["stages"][1]["figures"].items() if isinstance(v, int)}
+    assert counts["relations_created"] >= 1 and min(counts.values()) >= 0  # counted, never a -1 "unknown"
     human = engram_cli(daemon, "sleep", "status")
     assert human.returncode == 0 and "idle" in human.stdout and f"run {report['run']} (manual): completed" in human.stdout
     started = engram_cli(daemon, "sleep", "now", "--no-wait", "--json")
