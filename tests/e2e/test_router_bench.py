@@ -23,8 +23,8 @@ from engram.router import bench as route_bench  # noqa: E402 - needs the bench e
 from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
 
 
-def quick_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray, step: Any = None) -> tuple[Path, Path]:
-    """Two logistic regressions in place of the bench's classifiers, whose training takes a minute."""
+def quick_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray, step: Any = None, **_large: Any) -> tuple[Path, Path]:
+    """Two logistic regressions in place of the bench's classifiers, which take seconds to train."""
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
@@ -40,7 +40,7 @@ def quick_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray, step: A
 
 def test_bench_route_shows_progress_on_stderr_except_under_json(tmp_path, monkeypatch):
     monkeypatch.setattr(route_bench, "build_models", quick_models)
-    monkeypatch.setitem(route_bench.SIZES, "tiny", (20, 25, (0.8,)))  # 25: route.calibrate wants 20 outcomes
+    monkeypatch.setitem(route_bench.SIZES, "tiny", route_bench.Size(20, 25, (0.8,)))  # 25: route.calibrate wants 20 outcomes
     for name, value in (("TTY_COMPATIBLE", "1"), ("TTY_INTERACTIVE", "1"), ("TERM", "xterm")):
         monkeypatch.setenv(name, value)  # rich draws only on what it takes for a terminal
     bench = ["bench", "route", "--size", "tiny", "--plot", str(tmp_path / "curve.png")]

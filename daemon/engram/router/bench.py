@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -31,7 +31,24 @@ from engram.bench.stats import Measurement, measure
 __all__ = ["RouteBenchReport", "build_models", "run_route_bench"]
 
 ROUTE = "digits"
-SIZES = {"tiny": (60, 60, (0.8,)), "full": (None, None, (0.5, 0.7, 0.8, 0.9, 0.95, 0.99))}
+
+
+class Size(NamedTuple):
+    """How much of the digits a run uses, and how big its slow classifier is."""
+
+    test_n: int | None  # held-out digits per mode (None: all)
+    cal_n: int | None  # digits for route.calibrate (None: all)
+    thresholds: tuple[float, ...]  # the fixed cascade thresholds compared
+    mlp_layers: tuple[int, ...] = (512, 512)  # the large ensemble's MLP
+    trees: int = 400  # the large ensemble's extremely randomised trees
+
+
+# tiny shows that the bench works end to end in seconds: its slow path is still the ensemble, at a
+# size that trains in a second instead of a minute.
+SIZES = {
+    "tiny": Size(60, 60, (0.8,), mlp_layers=(64,), trees=40),
+    "full": Size(None, None, (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)),
+}
 
 
 @dataclass
@@ -110,13 +127,15 @@ BUILD_STEPS = 3  # the small classifier, the large one, the export: see build_mo
 
 
 def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray,
-                 step: Callable[[str], None] = lambda _doing: None) -> tuple[Path, Path]:
+                 step: Callable[[str], None] = lambda _doing: None,
+                 mlp_layers: tuple[int, ...] = (512, 512), trees: int = 400) -> tuple[Path, Path]:
     """Train and export the small and the large classifier (input ``x``: float32 [N, 64]).
 
-    Small: logistic regression (~0.05 ms a row). Large: a soft-voting ensemble of a 512x512 MLP,
-    400 extremely randomised trees and distance-weighted 5-nearest-neighbours (~1.5 ms a row,
-    ~20 MB): more accurate and markedly dearer, as a slow path should be. ``step`` is told what
-    begins, BUILD_STEPS times: training the large one takes most of the bench's minute or so.
+    Small: logistic regression (~0.05 ms a row). Large: a soft-voting ensemble of an MLP (by
+    default 512x512), extremely randomised trees (by default 400) and distance-weighted
+    5-nearest-neighbours (~1.5 ms a row, ~20 MB at the default size): more accurate and markedly
+    dearer, as a slow path should be. ``step`` is told what begins, BUILD_STEPS times: training
+    the large one takes most of the full bench's minute or so.
     """
     from skl2onnx import to_onnx
     from skl2onnx.common.data_types import FloatTensorType
@@ -130,8 +149,8 @@ def build_models(folder: Path, x_train: np.ndarray, y_train: np.ndarray,
     step("training the large classifier")
     large = VotingClassifier(
         [
-            ("mlp", MLPClassifier((512, 512), max_iter=400, random_state=0)),
-            ("trees", ExtraTreesClassifier(400, random_state=0)),
+            ("mlp", MLPClassifier(mlp_layers, max_iter=400, random_state=0)),
+            ("trees", ExtraTreesClassifier(trees, random_state=0)),
             ("knn", KNeighborsClassifier(5, weights="distance")),
         ],
         voting="soft",
@@ -207,7 +226,7 @@ def run_route_bench(size: str = "full", plot: Path | None = None, progress: bool
     from engram.bench.processes import temporary_daemon
     from engram.client import Client
 
-    test_n, cal_n, thresholds = SIZES[size]
+    test_n, cal_n, thresholds, mlp_layers, trees = SIZES[size]
     x_train, y_train, x_cal, y_cal, x_test, y_test = _data()
     x_cal, y_cal = x_cal[:cal_n], y_cal[:cal_n]
     x_test, y_test = x_test[:test_n], y_test[:test_n]
@@ -223,7 +242,8 @@ def run_route_bench(size: str = "full", plot: Path | None = None, progress: bool
         task = bar.add_task("building the classifiers", total=BUILD_STEPS)
         steps_begun = iter(range(BUILD_STEPS))
         small, large = build_models(Path(tmp), x_train, y_train,
-                                    lambda doing: bar.update(task, description=doing, completed=next(steps_begun)))
+                                    lambda doing: bar.update(task, description=doing, completed=next(steps_begun)),
+                                    mlp_layers=mlp_layers, trees=trees)
         bar.reset(task, total=requests, description="starting engramd")
         with temporary_daemon(env) as sock, Client(sock, timeout=120) as client:
 
