@@ -15,7 +15,7 @@ pytestmark = pytest.mark.e2e
 
 def test_bench_sleep_tiny():
     args = [sys.executable, "-m", "engram.cli", "bench", "sleep", "--episodes", "300", "--queries", "50",
-            "--replay-queries", "20", "--rate", "5",
+            "--replay-queries", "20", "--rate", "25",
             "--timeout", "240"]
     out = subprocess.run([*args, "--json"], check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
