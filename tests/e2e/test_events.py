@@ -96,7 +96,9 @@ def test_slow_subscriber_lags_and_never_blocks_the_daemon(make_daemon):
 
 
 def test_disconnect_policy_closes_the_subscription(make_daemon):
-    daemon = make_daemon()
+    # This client reads nothing until the pings are done; on a busy machine that takes longer than
+    # the default write timeout, which would drop it as a slow reader before its closing notice.
+    daemon = make_daemon(env={"ENGRAM_SERVER__WRITE_TIMEOUT": "300"})
     with daemon.raw() as slow:
         reply = slow.request(
             {
