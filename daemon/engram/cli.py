@@ -89,6 +89,11 @@ def _serve_options(func: Callable) -> Callable:
 
 
 def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: Path | None) -> None:
+    # First of all: whatever part starts first (tracing opens its span file while the daemon is
+    # being built) must not create state under the umask the daemon was started with.
+    from engram.storage.files import PRIVATE_UMASK
+
+    os.umask(PRIVATE_UMASK)
     import anyio
     import structlog
 

@@ -61,6 +61,7 @@ from engram.server.server import RPCServer
 from engram.sleep.events import SLEEP_EVENTS
 from engram.sleep.service import Sleep
 from engram.storage import Database
+from engram.storage.files import PRIVATE_UMASK, make_private_dir
 from engram.system import Check, SystemMethods
 
 log = structlog.get_logger("engram.daemon")
@@ -112,7 +113,7 @@ class StateLock:
 
     def acquire(self) -> None:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            make_private_dir(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StartupError(f"cannot use state folder {self.path.parent}: {exc.strerror}") from None
@@ -274,7 +275,7 @@ class Daemon:
 
     async def run(self) -> None:
         self._server_done = anyio.Event()
-        os.umask(0o077)  # everything the daemon creates is private unless made otherwise on purpose
+        os.umask(PRIVATE_UMASK)  # already set by the CLI; again for daemons embedded without it
         _raise_fd_limit()
         # Background work (sleep consolidation, index builds) runs Python in worker threads. A
         # thread that wants the interpreter lock gets it from a busy one only after the switch

@@ -29,6 +29,29 @@ def test_socket_is_private_from_the_start(daemon):
     assert stat.S_IMODE(os.stat(daemon.state_dir / "engram.db").st_mode) == 0o600
 
 
+def test_state_folder_is_private_under_umask_0(make_daemon):
+    """Tracing to a file creates the state folder before anything else does; under umask 0 it
+    must still be 0700, with every file in it 0600 (the socket too). Installed model files are
+    0400 on purpose: read-only, and just as private."""
+    daemon = make_daemon(env={"ENGRAM_TRACING__EXPORTER": "file"}, start=False)
+    daemon.start(preexec_fn=lambda: os.umask(0))
+    daemon.call("system.ping")
+    assert daemon.stop() == 0  # shutdown flushes the span file
+    assert (daemon.state_dir / "traces.jsonl").exists()
+    modes = {}
+    for folder, folders, files in os.walk(daemon.state_dir):
+        modes[folder] = stat.S_IMODE(os.lstat(folder).st_mode)
+        for name in files:
+            path = os.path.join(folder, name)
+            modes[path] = stat.S_IMODE(os.lstat(path).st_mode)
+    wrong = {
+        path: oct(mode)
+        for path, mode in modes.items()
+        if os.path.isdir(path) and mode != 0o700 or not os.path.isdir(path) and mode not in (0o600, 0o400)
+    }
+    assert not wrong
+
+
 def test_socket_group_makes_it_0660(make_daemon):
     group = next((g for g in grp.getgrall() if g.gr_gid != os.getegid()), None)
     if group is None:

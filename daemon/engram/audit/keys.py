@@ -4,7 +4,7 @@ Files, in ``<state_dir>/keys`` (mode 0700):
 
 * ``audit.key`` — the signer key string (``PRIVATE+KEY+<origin>+<id>+<base64>``), mode 0600,
   created on first start;
-* ``audit.pub`` — its C2SP verifier key (``<origin>+<id>+<base64>``), what verifiers pin;
+* ``audit.pub`` — its C2SP verifier key (``<origin>+<id>+<base64>``), what verifiers pin, mode 0600;
 * ``audit-<id>.pub`` — the verifier key of each earlier key, kept by rotation so that checkpoints
   signed before it stay verifiable.
 
@@ -30,6 +30,9 @@ log = structlog.get_logger("engram.audit")
 
 KEY_FILE = "audit.key"
 PUB_FILE = "audit.pub"
+# Verifier keys are no secret, but they are state like any other: 0600, as every file in the state
+# folder is (the folder is 0700, so a wider mode would give no one more anyway).
+VERIFIER_KEY_MODE = 0o600
 
 
 def _write_atomic(path: Path, text: str, mode: int) -> None:
@@ -112,7 +115,7 @@ class AuditKeys:
         self.signer = signer
         self.previous = self._load_previous(origin)
         if not self.pub_path.exists() or self.pub_path.read_text(encoding="utf-8").strip() != signer.verifier_key():
-            _write_atomic(self.pub_path, signer.verifier_key() + "\n", 0o644)  # re-export a lost/stale copy
+            _write_atomic(self.pub_path, signer.verifier_key() + "\n", VERIFIER_KEY_MODE)  # re-export a lost/stale copy
 
     def _load_previous(self, origin: str) -> list[Verifier]:
         previous = []
@@ -131,7 +134,7 @@ class AuditKeys:
         os.chmod(self.dir, 0o700)
         skey, vkey = generate_signer(origin)
         _write_atomic(self.key_path, skey + "\n", 0o600)
-        _write_atomic(self.pub_path, vkey + "\n", 0o644)
+        _write_atomic(self.pub_path, vkey + "\n", VERIFIER_KEY_MODE)
         self.signer = Signer(skey)
         self.previous = []
         log.info("audit signing key created", path=str(self.key_path), vkey=vkey)
@@ -146,9 +149,9 @@ class AuditKeys:
         if old is None:
             raise RuntimeError("audit keys are not loaded")
         skey, vkey = generate_signer(old.name)
-        _write_atomic(self.dir / f"audit-{old.key_id:08x}.pub", old.verifier_key() + "\n", 0o644)
+        _write_atomic(self.dir / f"audit-{old.key_id:08x}.pub", old.verifier_key() + "\n", VERIFIER_KEY_MODE)
         _write_atomic(self.key_path, skey + "\n", 0o600)
-        _write_atomic(self.pub_path, vkey + "\n", 0o644)
+        _write_atomic(self.pub_path, vkey + "\n", VERIFIER_KEY_MODE)
         new = Signer(skey)
         self.signer = new
         self.previous = [old.verifier(), *[v for v in self.previous if v != old.verifier()]]

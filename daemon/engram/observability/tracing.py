@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
 
 from engram import __version__
 from engram.config import Settings
+from engram.storage.files import make_private_dir
 
 
 class JsonLinesSpanExporter(SpanExporter):
@@ -34,7 +35,7 @@ class JsonLinesSpanExporter(SpanExporter):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dir(path.parent)  # this may be the first thing to create the state folder
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(json.loads(span.to_json()), separators=(",", ":")) + "\n" for span in spans)

@@ -9,6 +9,30 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# The daemon's umask: everything it creates is private unless made otherwise on purpose.
+PRIVATE_UMASK = 0o077
+
+
+def make_private_dir(path: Path) -> None:
+    """Create ``path`` and its missing parents as 0700, whatever the umask of the moment.
+
+    ``Path.mkdir(parents=True)`` gives the parents the umask's default mode (0777 under umask 0),
+    so each missing level is made here and chmodded: the umask can only take bits away, and a
+    folder that already exists is the owner's choice and stays as it is.
+    """
+    missing = []
+    while not path.exists():
+        missing.append(path)
+        if path.parent == path:
+            break
+        path = path.parent
+    for folder in reversed(missing):
+        try:
+            folder.mkdir(mode=0o700)
+        except FileExistsError:
+            continue  # made meanwhile by someone else: theirs, not ours to chmod
+        os.chmod(folder, 0o700)
+
 
 def fsync_directory(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
