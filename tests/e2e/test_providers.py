@@ -9,6 +9,8 @@ import sys
 
 import pytest
 
+from engram.errors import PolicyDenied
+
 pytest.importorskip("engram_ollama", reason="make test installs plugins/engram-ollama")
 pytest.importorskip("engram_openai", reason="make test installs plugins/engram-openai")
 from engram_ollama.testing import FakeOllama
@@ -78,6 +80,37 @@ def test_failing_provider_opens_its_breaker(make_daemon):
         text = daemon.call("system.metrics")["text"]
         assert 'engram_provider_breaker_state{provider="ollama"} 2.0' in text
         assert 'engram_provider_calls_total{capability="generate",outcome="error",provider="ollama"} 2.0' in text
+
+
+def proxy_variables(proxy: FakeOllama) -> dict[str, str]:
+    """Every variable an HTTP client may take a proxy from, all naming ``proxy``."""
+    names = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+    return {**{name: proxy.url for name in names}, **{name.lower(): proxy.url for name in names},
+            "NO_PROXY": "", "no_proxy": ""}
+
+
+def test_proxy_variables_do_not_divert_a_local_provider(make_daemon):
+    # The "proxy" is one more fake server: whatever reaches it is recorded in its requests.
+    with FakeOllama() as ollama, FakeOpenAI() as openai, FakeOllama() as proxy:
+        daemon = make_daemon(env={**env(ollama, openai), **proxy_variables(proxy)})
+        result = daemon.call("infer.chat", {"messages": [{"role": "user", "content": "my secret"}]})
+        assert result["text"] == "echo: my secret" and result["provider"] == "ollama"
+        assert proxy.requests == []
+        assert any(path == "/api/chat" for _, path, _ in ollama.requests)
+
+
+def test_a_configured_proxy_makes_a_loopback_provider_remote(make_daemon):
+    with FakeOllama() as ollama, FakeOpenAI() as openai, FakeOllama() as proxy:
+        settings = env(ollama, openai)
+        settings["ENGRAM_PLUGINS__PROVIDERS"] = json.dumps({"ollama": {"base_url": ollama.url, "proxy": proxy.url}})
+        daemon = make_daemon(env=settings)
+        plugins = {p["name"]: p for p in daemon.call("plugins.list")["plugins"]}
+        assert plugins["ollama"]["locality"] == "remote"
+        with pytest.raises(PolicyDenied, match="remote provider 'ollama'"):
+            daemon.call("infer.chat", {"messages": [{"role": "user", "content": "my secret"}]})
+        # The health check goes through the configured proxy; the prompt goes nowhere.
+        assert {path for _, path, _ in proxy.requests} == {f"{ollama.url}/api/tags"}
+        assert not any(path.endswith("/api/chat") for _, path, _ in ollama.requests + proxy.requests)
 
 
 def engram(*args: str) -> subprocess.CompletedProcess[str]:

@@ -1,6 +1,6 @@
 """Model providers as plugins: the protocol they implement and their discovery via entry points."""
 
-from engram.plugins.locality import is_loopback, locality_of
+from engram.plugins.locality import http_client_options, is_loopback, locality_of
 from engram.plugins.protocol import (
     CAPABILITIES,
     ENTRY_POINT_GROUP,
@@ -19,6 +19,7 @@ __all__ = [
     "Provider",
     "ProviderContext",
     "ProviderHealth",
+    "http_client_options",
     "is_loopback",
     "locality_of",
 ]

@@ -3,15 +3,20 @@
 A provider that speaks HTTP is ``local`` only when its endpoint is a loopback address (a model
 server on this machine); any other host — another machine on the LAN included — is ``remote``:
 data sent there leaves this machine, and the policy treats it so.
+
+A proxy in between makes any endpoint ``remote``: the proxy sees every request whole, and where it
+sends them is beyond what the endpoint URL says. For the same reason provider HTTP clients take a
+proxy only from their own settings, never from ``HTTP_PROXY`` and its kin (:func:`http_client_options`):
+a variable in the daemon's environment would otherwise divert a "local" provider's prompts.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-__all__ = ["is_loopback", "locality_of"]
+__all__ = ["http_client_options", "is_loopback", "locality_of"]
 
 
 def is_loopback(url: str) -> bool:
@@ -25,8 +30,22 @@ def is_loopback(url: str) -> bool:
         return False
 
 
-def locality_of(url: str, setting: Literal["auto", "local", "remote"] = "auto") -> Literal["local", "remote"]:
-    """The locality of a provider at ``url``: ``setting`` when it names one, else from the host."""
+def locality_of(
+    url: str, setting: Literal["auto", "local", "remote"] = "auto", proxy: str | None = None
+) -> Literal["local", "remote"]:
+    """The locality of a provider at ``url``: ``remote`` behind a ``proxy`` (whatever ``setting``
+    says: the proxy is another party), else ``setting`` when it names one, else from the host."""
+    if proxy:
+        return "remote"
     if setting != "auto":
         return setting
     return "local" if is_loopback(url) else "remote"
+
+
+def http_client_options(proxy: str | None = None) -> dict[str, Any]:
+    """Keyword arguments for a provider's ``httpx`` client: the configured ``proxy`` or none.
+
+    ``trust_env=False`` makes httpx ignore ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` (and
+    ``SSL_CERT_FILE``, ``.netrc``): only what the provider's settings say decides where data goes.
+    """
+    return {"trust_env": False, "proxy": proxy or None}

@@ -3,6 +3,8 @@
 Streaming answers are Ollama's NDJSON lines (one JSON object per line, ``done: true`` last).
 Locality is ``local`` when ``base_url`` points at a loopback address, ``remote`` otherwise
 (an Ollama on another machine is data leaving this one), unless ``locality`` says otherwise.
+Requests go through a proxy only when ``proxy`` names one (never from ``HTTP_PROXY`` and the
+like), and a proxy makes the provider ``remote``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx
-from engram.plugins import Completion, CostHint, ProviderHealth, locality_of
+from engram.plugins import Completion, CostHint, ProviderHealth, http_client_options, locality_of
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = ["OllamaConfig", "OllamaError", "OllamaProvider"]
@@ -34,6 +36,11 @@ class OllamaConfig(BaseModel):
     locality: Literal["auto", "local", "remote"] = Field(
         default="auto", description="auto: local when base_url is loopback, remote otherwise."
     )
+    proxy: str | None = Field(
+        default=None,
+        description="HTTP proxy to reach base_url through; makes the provider remote. "
+        "HTTP_PROXY and the like are ignored.",
+    )
 
 
 class OllamaProvider:
@@ -45,7 +52,7 @@ class OllamaProvider:
 
     def __init__(self, config: OllamaConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        self.locality = locality_of(config.base_url, config.locality)
+        self.locality = locality_of(config.base_url, config.locality, config.proxy)
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
 
@@ -54,7 +61,10 @@ class OllamaProvider:
     async def start(self) -> None:
         # No request here: a stopped Ollama is a health problem, not a reason to refuse to load.
         self._client = httpx.AsyncClient(
-            base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, transport=self._transport
+            base_url=self.config.base_url.rstrip("/"),
+            timeout=self.config.timeout,
+            transport=self._transport,
+            **http_client_options(self.config.proxy),
         )
 
     async def stop(self) -> None:

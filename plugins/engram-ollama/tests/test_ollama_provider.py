@@ -73,3 +73,34 @@ def test_locality_follows_base_url():
     assert OllamaProvider(OllamaConfig(base_url="http://[::1]:11434")).locality == "local"
     assert OllamaProvider(OllamaConfig(base_url="http://gpu-box.lan:11434")).locality == "remote"
     assert OllamaProvider(OllamaConfig(locality="remote")).locality == "remote"
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+async def test_proxy_variables_are_ignored(fake, monkeypatch):
+    with FakeOllama() as proxy:  # a "proxy" that records whatever reaches it
+        for name in PROXY_VARIABLES:
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        p = OllamaProvider(OllamaConfig(base_url=fake.url))
+        await p.start()
+        try:
+            assert (await p.generate("my secret")).text == "echo: my secret"
+        finally:
+            await p.stop()
+        assert proxy.requests == [] and fake.requests[-1][1] == "/api/generate"
+
+
+async def test_a_configured_proxy_is_used_and_makes_it_remote(fake):
+    with FakeOllama() as proxy:
+        p = OllamaProvider(OllamaConfig(base_url=fake.url, proxy=proxy.url))
+        assert p.locality == "remote"
+        await p.start()
+        try:
+            with pytest.raises(OllamaError):  # the fake proxy is no proxy: it answers itself
+                await p.list_models()
+        finally:
+            await p.stop()
+        assert [path for _, path, _ in proxy.requests] == [f"{fake.url}/api/tags"] and fake.requests == []

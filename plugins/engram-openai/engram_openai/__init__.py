@@ -2,7 +2,8 @@
 
 ``base_url`` includes the version prefix (``https://api.openai.com/v1``). Locality is ``remote``
 unless ``base_url`` is a loopback address (a llama.cpp or vLLM server on this machine), and
-``locality = "remote"`` forces remote even then. A remote provider is denied by engram's default
+``locality = "remote"`` forces remote even then, as does a ``proxy`` (the only proxy it uses:
+``HTTP_PROXY`` and the like are ignored). A remote provider is denied by engram's default
 policy: nothing is sent until a policy allows it, and then only the redacted payload engram hands
 over. ``health`` never contacts the endpoint (that would itself be egress); it reports the
 configuration.
@@ -16,7 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal
 
 import httpx
-from engram.plugins import Completion, CostHint, ProviderHealth, locality_of
+from engram.plugins import Completion, CostHint, ProviderHealth, http_client_options, locality_of
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 __all__ = ["OpenAIConfig", "OpenAIError", "OpenAIProvider"]
@@ -39,6 +40,11 @@ class OpenAIConfig(BaseModel):
     locality: Literal["auto", "local", "remote"] = Field(
         default="auto", description="auto: local when base_url is loopback, remote otherwise; remote forces remote."
     )
+    proxy: str | None = Field(
+        default=None,
+        description="HTTP proxy to reach base_url through; makes the provider remote. "
+        "HTTP_PROXY and the like are ignored.",
+    )
     usd_per_1k_input_tokens: float = Field(default=0.0, ge=0, description="Cost hint shown in plugins.list.")
     usd_per_1k_output_tokens: float = Field(default=0.0, ge=0, description="Cost hint shown in plugins.list.")
 
@@ -51,7 +57,7 @@ class OpenAIProvider:
 
     def __init__(self, config: OpenAIConfig, transport: httpx.AsyncBaseTransport | None = None) -> None:
         self.config = config
-        self.locality = locality_of(config.base_url, config.locality)
+        self.locality = locality_of(config.base_url, config.locality, config.proxy)
         self.cost = CostHint(
             usd_per_1k_input_tokens=config.usd_per_1k_input_tokens,
             usd_per_1k_output_tokens=config.usd_per_1k_output_tokens,
@@ -67,7 +73,11 @@ class OpenAIProvider:
     async def start(self) -> None:
         headers = {"Authorization": f"Bearer {key}"} if (key := self._api_key()) else {}
         self._client = httpx.AsyncClient(
-            base_url=self.config.base_url.rstrip("/"), timeout=self.config.timeout, headers=headers, transport=self._transport
+            base_url=self.config.base_url.rstrip("/"),
+            timeout=self.config.timeout,
+            headers=headers,
+            transport=self._transport,
+            **http_client_options(self.config.proxy),
         )
 
     async def stop(self) -> None:

@@ -73,3 +73,34 @@ def test_locality():
     assert OpenAIProvider(OpenAIConfig()).locality == "remote"
     assert OpenAIProvider(OpenAIConfig(base_url="http://127.0.0.1:8080/v1")).locality == "local"
     assert OpenAIProvider(OpenAIConfig(base_url="http://localhost:8080/v1", locality="remote")).locality == "remote"
+
+
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+async def test_proxy_variables_are_ignored(fake, monkeypatch):
+    with FakeOpenAI() as proxy:  # a "proxy" that records whatever reaches it
+        for name in PROXY_VARIABLES:
+            monkeypatch.setenv(name, proxy.url)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        monkeypatch.delenv("no_proxy", raising=False)
+        p = OpenAIProvider(OpenAIConfig(base_url=fake.url, api_key="sk-test"))
+        await p.start()
+        try:
+            assert (await p.generate("my secret")).text == "echo: my secret"
+        finally:
+            await p.stop()
+        assert proxy.requests == [] and fake.requests[-1][0] == "/v1/chat/completions"
+
+
+async def test_a_configured_proxy_is_used_and_makes_it_remote(fake):
+    with FakeOpenAI() as proxy:
+        p = OpenAIProvider(OpenAIConfig(base_url=fake.url, api_key="sk-test", proxy=proxy.url))
+        assert p.locality == "remote"
+        await p.start()
+        try:
+            with pytest.raises(Exception):  # the fake proxy is no proxy: it answers itself
+                await p.embed(["x"])
+        finally:
+            await p.stop()
+        assert [path for path, _, _ in proxy.requests] == [f"{fake.url}/embeddings"] and fake.requests == []

@@ -21,6 +21,12 @@ def test_loopback_hosts(url: str, loopback: bool) -> None:
     assert locality_of(url) == ("local" if loopback else "remote")
 
 
+def test_a_proxy_makes_any_endpoint_remote() -> None:
+    assert locality_of("http://127.0.0.1:1", proxy="http://127.0.0.1:3128") == "remote"
+    assert locality_of("http://127.0.0.1:1", "local", proxy="http://127.0.0.1:3128") == "remote"
+    assert locality_of("http://127.0.0.1:1", proxy="") == "local"
+
+
 def test_setting_overrides_the_host() -> None:
     assert locality_of("http://127.0.0.1:1", "remote") == "remote"
     assert locality_of("https://example.com", "local") == "local"
