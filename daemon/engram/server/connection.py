@@ -19,10 +19,19 @@ import structlog
 from anyio.abc import TaskGroup
 
 from engram.bus.events import ConnectionClosed, ConnectionOpened
-from engram.errors import InvalidRequest, Overloaded, RPCError
+from engram.errors import InternalError, InvalidRequest, Overloaded, RPCError
 from engram.principal import Principal
 from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
-from engram.server.jsonrpc import Invalid, Message, Request, encode, error_response, parse_frame, result_response
+from engram.server.jsonrpc import (
+    Invalid,
+    Message,
+    Request,
+    echoable_id,
+    encode,
+    error_response,
+    parse_frame,
+    result_response,
+)
 from engram.server.streams import TransportStream
 
 if TYPE_CHECKING:
@@ -46,6 +55,8 @@ class ClientConnection:
         self._pending_pushes: list[Callable[[], int]] = []
         self._sending = 0  # writes under way; a flush waits for them too
         self.inflight = 0
+        # Members of this connection's batches running at once; sized from the settings per batch.
+        self._batch_members = anyio.CapacityLimiter(server.settings().max_inflight_per_connection)
         self.requests = 0
         self.subscriptions = 0  # maintained by subscribers, keeps an idle connection open
         self.close_reason = "client_closed"
@@ -94,6 +105,11 @@ class ClientConnection:
                             await self._read_loop(requests)
                     await self._flush_pushes()
                     pushes.cancel_scope.cancel()
+        except Exception:
+            # Last resort: whatever escapes here would end the server's task group, and with it
+            # the daemon, for every client. A bug seen by one connection closes that one only.
+            log.exception("connection failed; closing it", connection=self.id)
+            self.close_reason = "internal_error"
         finally:
             for callback in self._close_callbacks:
                 callback()
@@ -141,34 +157,57 @@ class ClientConnection:
 
     async def _on_frame(self, line: bytes, requests: TaskGroup) -> None:
         try:
-            messages, is_batch = parse_frame(line)
+            messages, is_batch = parse_frame(line, self._server.settings().max_json_depth)
         except RPCError as error:
             self._server.metrics.frames_rejected.labels(error.reason).inc()
             log.info("bad frame", connection=self.id, reason=error.reason, error=error.message)
             await self._send(error_response(None, error))
             return
-        admitted = [self._admit(message) for message in messages]
-        if not any(admitted) and not is_batch:
+        if is_batch:
+            admitted = self._admit_batch(messages)
+            requests.start_soon(self._run_batch, messages, admitted, name=f"conn-{self.id}-batch")
+            return
+        message = messages[0]
+        if not self._admit(message):
             # Refused outright: answer inline, which also slows down a client that floods us.
-            message = messages[0]
             if isinstance(message, Invalid):
                 await self._send(error_response(message.id, message.error))
             elif not message.is_notification:
                 await self._send(error_response(message.id, self._overloaded()))
             return
-        requests.start_soon(self._run_frame, messages, admitted, is_batch, name=f"conn-{self.id}-frame")
+        requests.start_soon(self._run_single, message, name=f"conn-{self.id}-frame")
 
     def _admit(self, message: Message) -> bool:
         if not isinstance(message, Request):
             return False
+        if not self._take_slot():
+            log.info("request refused: overloaded", connection=self.id, method=message.method)
+            return False
+        self.requests += 1
+        return True
+
+    def _admit_batch(self, messages: list[Message]) -> bool:
+        """A batch takes one in-flight slot however many members it has (they queue inside it)."""
+        members = sum(isinstance(message, Request) for message in messages)
+        if not members:
+            return True  # only invalid members: answered without running anything
+        if not self._take_slot():
+            log.info("batch refused: overloaded", connection=self.id, members=members)
+            return False
+        self.requests += members
+        return True
+
+    def _take_slot(self) -> bool:
         limits = self._server.settings()
         if self.inflight >= limits.max_inflight_per_connection or self._server.inflight >= limits.max_inflight:
-            log.info("request refused: overloaded", connection=self.id, method=message.method)
             return False
         self.inflight += 1
         self._server.inflight += 1
-        self.requests += 1
         return True
+
+    def _release_slot(self) -> None:
+        self.inflight -= 1
+        self._server.inflight -= 1
 
     def _overloaded(self) -> Overloaded:
         limits = self._server.settings()
@@ -178,48 +217,69 @@ class ClientConnection:
             global_limit=limits.max_inflight,
         )
 
-    async def _run_frame(self, messages: list[Message], admitted: list[bool], is_batch: bool) -> None:
+    async def _answer(self, request: Request) -> dict[str, Any] | None:
+        """Dispatch one admitted request; its response, or None for a notification."""
+        try:
+            response = result_response(request.id, await self._server.dispatcher.dispatch(request, self.principal, self))
+        except RPCError as error:
+            response = error_response(request.id, error)
+        return None if request.is_notification else response
+
+    async def _run_single(self, request: Request) -> None:
+        try:
+            response = await self._answer(request)
+        finally:
+            self._release_slot()
+        if response is not None:
+            await self._send(response)
+
+    async def _run_batch(self, messages: list[Message], admitted: bool) -> None:
+        """Run a batch's members concurrently, but no more at once than a connection may run
+        (``server.max_inflight_per_connection``, shared by this connection's batches) nor than
+        the daemon may (``server.max_inflight``, shared by every batch): a batch of the largest
+        size is served, not refused for its size, and cannot multiply the daemon's work."""
         responses: list[dict[str, Any] | None] = [None] * len(messages)
+        limits = self._server.settings()
+        self._batch_members.total_tokens = limits.max_inflight_per_connection  # reloadable
+        daemon_members = self._server.batch_members
+        daemon_members.total_tokens = limits.max_inflight
 
-        async def run_one(index: int) -> None:
-            message = messages[index]
-            if isinstance(message, Invalid):
-                responses[index] = error_response(message.id, message.error)
-                return
-            if not admitted[index]:
-                if not message.is_notification:
-                    responses[index] = error_response(message.id, self._overloaded())
-                return
-            try:
-                result = await self._server.dispatcher.dispatch(message, self.principal, self)
-                response = result_response(message.id, result)
-            except RPCError as error:
-                response = error_response(message.id, error)
-            finally:
-                self.inflight -= 1
-                self._server.inflight -= 1
-            if not message.is_notification:
-                responses[index] = response
+        async def run_member(index: int, request: Request) -> None:
+            async with self._batch_members, daemon_members:
+                responses[index] = await self._answer(request)
 
-        if len(messages) == 1:
-            await run_one(0)
-        else:
-            async with anyio.create_task_group() as batch:
-                for index in range(len(messages)):
-                    batch.start_soon(run_one, index)
+        try:
+            async with anyio.create_task_group() as members:
+                for index, message in enumerate(messages):
+                    if isinstance(message, Invalid):
+                        responses[index] = error_response(message.id, message.error)
+                    elif not admitted:
+                        if not message.is_notification:
+                            responses[index] = error_response(message.id, self._overloaded())
+                    else:
+                        members.start_soon(run_member, index, message)
+        finally:
+            if admitted and any(isinstance(message, Request) for message in messages):
+                self._release_slot()
         answered = [response for response in responses if response is not None]
-        if is_batch and answered:
+        if answered:
             await self._send(answered)
-        elif answered:
-            await self._send(answered[0])
+
+    def _encode(self, message: Any) -> bytes:
+        """The frame of a response (or batch of them); one that cannot be encoded (NaN or a
+        non-JSON object in a result: a handler bug) becomes an error the client can still read."""
+        try:
+            return encode(message)
+        except (ValueError, TypeError, RecursionError) as exc:
+            if isinstance(message, list):  # a batch: only the members that fail become errors
+                return b"[" + b",".join(self._encode(member).rstrip(b"\n") for member in message) + b"]\n"
+            log.error("unencodable response", connection=self.id, error=str(exc))
+            request_id = echoable_id(message.get("id")) if isinstance(message, dict) else None
+            error = InternalError(f"response could not be encoded ({type(exc).__name__})", reason="unencodable_response")
+            return encode(error_response(request_id, error))
 
     async def _send(self, message: Any) -> None:
-        try:
-            data = encode(message)
-        except ValueError as exc:  # e.g. NaN in a result: a handler bug, but the client gets an answer
-            log.error("unencodable response", connection=self.id, error=str(exc))
-            request_id = message.get("id") if isinstance(message, dict) else None
-            data = encode(error_response(request_id, RPCError(f"response could not be encoded: {exc}")))
+        data = self._encode(message)
         self._sending += 1
         try:
             # write() queues the whole frame at once, so concurrent responses never interleave

@@ -26,6 +26,23 @@ from engram.server.streams import TransportStream
 
 log = structlog.get_logger("engram.server")
 
+# How long a refused connection may stay open to deliver its error line cleanly, how much of its
+# input is read and dropped meanwhile, and how many refused connections may do so at once (beyond
+# that, a flood of refusals is closed right after the line, a reset or not).
+REFUSAL_LINGER_S = 1.0
+REFUSAL_DISCARD_BYTES = 1 << 20
+MAX_LINGERING_REFUSALS = 256
+
+
+async def _discard_input(loop: asyncio.AbstractEventLoop, sock: socket.socket, limit: int) -> None:
+    """Read and drop what the peer sends until it closes, ``limit`` bytes at most."""
+    left = limit
+    while left > 0:
+        chunk = await loop.sock_recv(sock, min(left, 65536))
+        if not chunk:
+            return
+        left -= len(chunk)
+
 
 class RPCServer:
     def __init__(
@@ -45,11 +62,14 @@ class RPCServer:
         self.socket_activation = socket_activation
         self.activated = False
         self.connections: dict[int, ClientConnection] = {}
+        self.open_connections = 0  # accepted and not yet closed, counted from accept on
+        self._lingering_refusals = 0
         self.inflight = 0
         self.accepted = 0
         self.state = "created"
         self._ids = itertools.count(1)
         self._accept_scope: anyio.CancelScope | None = None  # anyio objects need the event loop
+        self.batch_members: anyio.CapacityLimiter  # batch members running at once, all connections
         self._connections_scope: anyio.CancelScope | None = None
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -66,6 +86,7 @@ class RPCServer:
         try:
             async with anyio.create_task_group() as connections:
                 self._connections_scope = connections.cancel_scope
+                self.batch_members = anyio.CapacityLimiter(self.settings().max_inflight)
                 self.state = "serving"
                 self._accept_scope = anyio.CancelScope()
                 task_status.started()
@@ -86,25 +107,47 @@ class RPCServer:
                 log.error("accept failed", error=str(exc))
                 await anyio.sleep(0.1)
                 continue
-            if len(self.connections) >= self.settings().max_connections:
+            # Counted here, not once the connection task runs: a burst of connects is accepted
+            # before any of their tasks starts, and would all pass a check made there.
+            if self.open_connections >= self.settings().max_connections:
                 self.metrics.connections_refused.inc()
                 connections.start_soon(self._refuse, sock)
                 continue
+            self.open_connections += 1
             connections.start_soon(self._serve_connection, sock)
 
     async def _refuse(self, sock: socket.socket) -> None:
-        stream = await TransportStream.wrap(sock)
+        """Write the -32003 line, then close without a reset.
+
+        A refused client has often sent its first request already, and closing a Unix socket
+        with unread input resets the connection: the client may then see the reset instead of
+        the error line. So writing is shut down after the line (the client reads EOF next) and
+        what the client still sends is read and dropped until it closes, for a moment at most.
+        """
         limit = self.settings().max_connections
         log.warning("connection refused: limit reached", limit=limit)
         error = Overloaded(f"too many connections (limit {limit}); retry later", reason="too_many_connections")
-        with anyio.move_on_after(1.0):
-            try:
-                await stream.send(encode(error_response(None, error)))
-            except (anyio.BrokenResourceError, OSError):
-                pass
-        await stream.aclose()
+        loop = asyncio.get_running_loop()
+        self._lingering_refusals += 1
+        try:
+            with anyio.move_on_after(REFUSAL_LINGER_S):
+                await loop.sock_sendall(sock, encode(error_response(None, error)))
+                sock.shutdown(socket.SHUT_WR)
+                if self._lingering_refusals <= MAX_LINGERING_REFUSALS:
+                    await _discard_input(loop, sock, REFUSAL_DISCARD_BYTES)
+        except OSError:
+            pass  # the client is gone already
+        finally:
+            self._lingering_refusals -= 1
+            sock.close()
 
     async def _serve_connection(self, sock: socket.socket) -> None:
+        try:
+            await self._serve_accepted(sock)
+        finally:
+            self.open_connections -= 1
+
+    async def _serve_accepted(self, sock: socket.socket) -> None:
         try:
             principal = peer_principal(sock)
         except OSError as exc:

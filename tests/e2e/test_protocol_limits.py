@@ -1,0 +1,124 @@
+"""Server limits under a burst: a maximal batch at zero load, and connections beyond the limit.
+
+One daemon serves the whole module (starting one costs more than the tests themselves); its
+connection limit is low so that a burst beyond it is cheap to make.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import DaemonProcess, RawConnection, short_tempdir
+
+pytestmark = pytest.mark.e2e
+
+MAX_CONNECTIONS = 6
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    base = short_tempdir()
+    daemon = DaemonProcess(base / "state", {"ENGRAM_SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
+    try:
+        yield daemon.start()
+    finally:
+        daemon.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def ping(request_id: int) -> bytes:
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "system.ping"}).encode() + b"\n"
+
+
+def wait_until_alone(daemon: DaemonProcess) -> None:
+    """Wait until the daemon has torn down an earlier test's connections (only ours is left)."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if daemon.call("system.status")["connections"] == 1:
+                return
+        except Exception:  # refused while the old ones were still counted
+            pass
+        time.sleep(0.05)
+    raise AssertionError("earlier connections still open")
+
+
+def read_to_eof(conn: RawConnection) -> list[bytes]:
+    """Every line the daemon writes before it closes; a reset instead of EOF fails the test."""
+    lines = []
+    while True:
+        chunk = conn.sock.recv(65536)
+        if not chunk:
+            break
+        conn._buffer += chunk
+    while b"\n" in conn._buffer:
+        line, _, conn._buffer = conn._buffer.partition(b"\n")
+        lines.append(line)
+    return lines
+
+
+def test_a_maximal_batch_is_answered_whole_at_zero_load(daemon: DaemonProcess) -> None:
+    size = 1000  # the documented maximum, more than server.max_inflight_per_connection (64)
+    batch = [{"jsonrpc": "2.0", "id": i, "method": "system.ping", "params": {"echo": i}} for i in range(size)]
+    with daemon.raw() as conn:
+        replies = conn.request(batch)
+        # The connection is still usable afterwards: the batch gave its slots back.
+        assert conn.request({"jsonrpc": "2.0", "id": "after", "method": "system.ping"})["result"]["pong"]
+    assert len(replies) == size
+    errors = [r for r in replies if "error" in r]
+    assert errors == []
+    assert sorted(r["result"]["echo"] for r in replies) == list(range(size))
+
+
+def test_a_refused_connection_gets_the_error_line_then_eof(daemon: DaemonProcess) -> None:
+    wait_until_alone(daemon)
+    held = [daemon.raw() for _ in range(MAX_CONNECTIONS)]
+    try:
+        for i, conn in enumerate(held):  # all of them served, so the limit is reached
+            assert conn.request(ping(i))["id"] == i
+        with daemon.raw() as extra:
+            extra.send(ping(99))  # a request already on its way must not turn the close into a reset
+            lines = read_to_eof(extra)
+        assert len(lines) == 1
+        reply = json.loads(lines[0])
+        assert reply["id"] is None and reply["error"]["code"] == -32003
+        assert reply["error"]["data"]["reason"] == "too_many_connections"
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_a_burst_beyond_the_limit_refuses_exactly_the_excess(daemon: DaemonProcess) -> None:
+    wait_until_alone(daemon)
+    burst = MAX_CONNECTIONS + 10
+    conns = []
+    try:
+        # Connect all before reading any: they reach the daemon's accept queue together.
+        for _ in range(burst):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.connect(str(daemon.socket))
+            conns.append(sock)
+        for i, sock in enumerate(conns):
+            sock.setblocking(True)
+            sock.settimeout(10)
+            sock.sendall(ping(i))
+        refused = served = 0
+        for sock in conns:
+            reply = json.loads(sock.makefile("rb").readline())
+            if "error" in reply:
+                assert reply["error"]["code"] == -32003
+                assert reply["error"]["data"]["reason"] == "too_many_connections"
+                refused += 1
+            else:
+                served += 1
+        assert (served, refused) == (MAX_CONNECTIONS, burst - MAX_CONNECTIONS)
+    finally:
+        for sock in conns:
+            sock.close()
