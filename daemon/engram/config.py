@@ -84,6 +84,13 @@ class ServerSettings(_Section):
         le=1024 * 1024 * 1024,
         description="Largest request line accepted; longer lines get -32600 (frame_too_large).",
     )
+    max_json_depth: int = Field(
+        default=64,
+        ge=8,
+        le=512,
+        description="Deepest nesting of arrays and objects accepted in a frame (the envelope counts); "
+        "deeper frames get -32600 (too_deep) before they are parsed.",
+    )
     max_connections: int = Field(
         default=1024, ge=1, le=65_536, description="Connections served at once; more are refused with -32003."
     )

@@ -19,10 +19,19 @@ import structlog
 from anyio.abc import TaskGroup
 
 from engram.bus.events import ConnectionClosed, ConnectionOpened
-from engram.errors import InvalidRequest, Overloaded, RPCError
+from engram.errors import InternalError, InvalidRequest, Overloaded, RPCError
 from engram.principal import Principal
 from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
-from engram.server.jsonrpc import Invalid, Message, Request, encode, error_response, parse_frame, result_response
+from engram.server.jsonrpc import (
+    Invalid,
+    Message,
+    Request,
+    echoable_id,
+    encode,
+    error_response,
+    parse_frame,
+    result_response,
+)
 from engram.server.streams import TransportStream
 
 if TYPE_CHECKING:
@@ -96,6 +105,11 @@ class ClientConnection:
                             await self._read_loop(requests)
                     await self._flush_pushes()
                     pushes.cancel_scope.cancel()
+        except Exception:
+            # Last resort: whatever escapes here would end the server's task group, and with it
+            # the daemon, for every client. A bug seen by one connection closes that one only.
+            log.exception("connection failed; closing it", connection=self.id)
+            self.close_reason = "internal_error"
         finally:
             for callback in self._close_callbacks:
                 callback()
@@ -143,7 +157,7 @@ class ClientConnection:
 
     async def _on_frame(self, line: bytes, requests: TaskGroup) -> None:
         try:
-            messages, is_batch = parse_frame(line)
+            messages, is_batch = parse_frame(line, self._server.settings().max_json_depth)
         except RPCError as error:
             self._server.metrics.frames_rejected.labels(error.reason).inc()
             log.info("bad frame", connection=self.id, reason=error.reason, error=error.message)
@@ -251,13 +265,21 @@ class ClientConnection:
         if answered:
             await self._send(answered)
 
-    async def _send(self, message: Any) -> None:
+    def _encode(self, message: Any) -> bytes:
+        """The frame of a response (or batch of them); one that cannot be encoded (NaN or a
+        non-JSON object in a result: a handler bug) becomes an error the client can still read."""
         try:
-            data = encode(message)
-        except ValueError as exc:  # e.g. NaN in a result: a handler bug, but the client gets an answer
+            return encode(message)
+        except (ValueError, TypeError, RecursionError) as exc:
+            if isinstance(message, list):  # a batch: only the members that fail become errors
+                return b"[" + b",".join(self._encode(member).rstrip(b"\n") for member in message) + b"]\n"
             log.error("unencodable response", connection=self.id, error=str(exc))
-            request_id = message.get("id") if isinstance(message, dict) else None
-            data = encode(error_response(request_id, RPCError(f"response could not be encoded: {exc}")))
+            request_id = echoable_id(message.get("id")) if isinstance(message, dict) else None
+            error = InternalError(f"response could not be encoded ({type(exc).__name__})", reason="unencodable_response")
+            return encode(error_response(request_id, error))
+
+    async def _send(self, message: Any) -> None:
+        data = self._encode(message)
         self._sending += 1
         try:
             # write() queues the whole frame at once, so concurrent responses never interleave

@@ -7,12 +7,14 @@ requests (or the error each malformed member deserves) and builds response objec
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
 from engram.errors import InvalidRequest, ParseError, RPCError
 
 MAX_BATCH = 1000
+DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
 _NO_ID = object()
 
 
@@ -67,21 +69,90 @@ def _check(obj: Any) -> Message:
     return Request(method=method, params=params, id=request_id)
 
 
+class NonFiniteNumber(ValueError):
+    """A number no float can hold (1e400) or a NaN/Infinity literal: neither can be answered or stored."""
+
+
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and neither do we.
-    raise ValueError(f"{name} is not a JSON value")
+    raise NonFiniteNumber(f"{name} is not a JSON value")
 
 
-def parse_frame(frame: bytes) -> tuple[list[Message], bool]:
+def _finite_float(literal: str) -> float:
+    # 1e400 is valid JSON grammar, but Python reads it as infinity, which no response can echo.
+    value = float(literal)
+    if math.isinf(value):
+        raise NonFiniteNumber(f"{literal} is out of the range of a 64-bit float")
+    return value
+
+
+# Of a frame, the depth scan keeps only quotes and brackets (every other byte is deleted).
+_NOT_STRUCTURAL = bytes(b for b in range(256) if b not in b'"[]{}')
+_SCAN_CHUNK = 1 << 20  # bytes summed at a time: bounds the scan's memory on a 16 MiB frame
+
+
+def nesting_depth(text: str) -> int:
+    """How deep arrays and objects nest in a JSON text, brackets inside strings not counted.
+
+    json.loads recurses once per level and fails with RecursionError deep down, so the depth is
+    measured first, in linear time, without recursion and without a Python loop per byte (a
+    16 MiB frame is scanned in well under a second). On text that is not JSON the answer is
+    still at least the depth the parser would reach before it finds the error.
+    """
+    import numpy as np  # here, not at the top: the client imports this module and must start fast
+
+    data = text.encode("utf-8", "surrogatepass")
+    # Once escaped backslashes (pairs, from the left) and then escaped quotes are gone, every
+    # quote left opens or closes a string: a bracket is inside one iff an odd number precede it.
+    data = data.replace(b"\\\\", b"").replace(b'\\"', b"").translate(None, _NOT_STRUCTURAL)
+    structural = np.frombuffer(data, dtype=np.uint8)
+    in_string = depth = deepest = 0
+    for start in range(0, len(structural), _SCAN_CHUNK):
+        chunk = structural[start : start + _SCAN_CHUNK]
+        parity = (np.cumsum(chunk == ord('"'), dtype=np.int64) + in_string) & 1
+        outside = parity == 0
+        opens = ((chunk == ord("[")) | (chunk == ord("{"))) & outside
+        closes = ((chunk == ord("]")) | (chunk == ord("}"))) & outside
+        running = np.cumsum(opens.astype(np.int64) - closes) + depth
+        deepest = max(deepest, int(running.max()))
+        in_string, depth = int(parity[-1]), int(running[-1])
+    return deepest
+
+
+def _too_deep(max_depth: int) -> InvalidRequest:
+    return InvalidRequest(
+        f"arrays and objects nest deeper than the limit of {max_depth} levels", reason="too_deep", max_depth=max_depth
+    )
+
+
+def _decode(frame: bytes) -> str:
+    # What json.loads does with bytes (UTF-8, -16 or -32, lone surrogates let through to be
+    # refused as params), done here so that the depth scan reads the same text as the parser.
+    try:
+        return frame.decode(json.detect_encoding(frame), "surrogatepass")
+    except UnicodeDecodeError as exc:
+        raise ParseError(f"frame is not valid JSON: {exc}") from None
+
+
+def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
-    Raises :class:`ParseError` when the line is not JSON and :class:`InvalidRequest` for an empty
-    or oversized batch (both answered with a single error whose id is null).
+    Raises :class:`ParseError` when the line is not JSON or holds a number that is not finite,
+    and :class:`InvalidRequest` for an empty or oversized batch or nesting deeper than
+    ``max_depth`` (all answered with a single error whose id is null).
     """
+    text = _decode(frame)
+    # Counting opening brackets is cheap and settles almost every frame without the scan.
+    if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
+        raise _too_deep(max_depth)
     try:
-        obj = json.loads(frame, parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError) as exc:
+        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+    except NonFiniteNumber as exc:
+        raise ParseError(f"frame holds a number that is not finite: {exc}", reason="non_finite_number") from None
+    except ValueError as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
+    except RecursionError:  # the scan bounds the depth; this is the guard should the stack be short
+        raise _too_deep(max_depth) from None
     if isinstance(obj, list):
         if not obj:
             raise InvalidRequest("a batch must not be empty", reason="empty_batch")
@@ -89,6 +160,18 @@ def parse_frame(frame: bytes) -> tuple[list[Message], bool]:
             raise InvalidRequest(f"a batch may hold at most {MAX_BATCH} requests", reason="batch_too_large")
         return [_check(item) for item in obj], True
     return [_check(obj)], False
+
+
+def echoable_id(value: Any) -> Any:
+    """The id to answer with: the request's own, or null when it cannot be written back (what
+    the specification prescribes for an id that could not be determined)."""
+    if not _valid_id(value):
+        return None
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError:
+        return None
+    return value
 
 
 def result_response(request_id: Any, result: Any) -> dict[str, Any]:

@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
 
 from engram.errors import InvalidRequest, ParseError
-from engram.server.jsonrpc import MAX_BATCH, Invalid, Request, encode, parse_frame
+from engram.server.jsonrpc import (
+    DEFAULT_MAX_DEPTH,
+    MAX_BATCH,
+    Invalid,
+    Request,
+    echoable_id,
+    encode,
+    nesting_depth,
+    parse_frame,
+)
 
 
 def test_request_and_notification():
@@ -49,3 +61,76 @@ def test_encoding_is_one_ascii_line():
 def test_non_json_constants_are_parse_errors(constant):
     with pytest.raises(ParseError):
         parse_frame(b'{"jsonrpc": "2.0", "id": 1, "method": "m", "params": [' + constant + b"]}")
+
+
+@pytest.mark.parametrize(
+    ("text", "depth"),
+    [
+        ("", 0),
+        ("1", 0),
+        ("[]", 1),
+        ('{"a": [1, {"b": []}]}', 4),
+        ('["[[[{{{"]', 1),  # brackets inside strings do not count
+        ('["\\"[[[", []]', 2),  # nor after an escaped quote
+        ('["\\\\", []]', 2),  # an escaped backslash does not escape the quote after it
+        ('["\\\\\\"[", []]', 2),
+        ('[["unterminated [[[[', 2),  # the parser stops at the string: its brackets are never reached
+        ("]]][[", 0),  # the parser fails at the first bracket
+        ("[" * 100_000, 100_000),
+        ('{"a":' * 1000 + "1" + "}" * 1000, 1000),
+    ],
+)
+def test_nesting_depth(text, depth):
+    assert nesting_depth(text) == depth
+
+
+def test_nesting_depth_agrees_with_the_parser_on_escapes_and_non_ascii():
+    value = {"k[": ["\\", '"', "é[", {"x": ["]"]}], "\U0001f600": [[[]]]}
+    for ensure_ascii in (True, False):
+        assert nesting_depth(json.dumps(value, ensure_ascii=ensure_ascii)) == 4
+
+
+def test_nesting_depth_is_linear_on_hostile_input():
+    # Unbalanced quotes and escapes are where a regex would backtrack; this must stay fast.
+    started = time.perf_counter()
+    for text in ('"' + '\\"' * 500_000 + "\\", "[" * 1_000_000, '"' * 1_000_000, "[]," * 500_000):
+        nesting_depth(text)
+    assert time.perf_counter() - started < 5
+
+
+@pytest.mark.parametrize(
+    "frame", [b"[" * 100_000 + b"]" * 100_000, b'{"a":' * 100_000 + b"1" + b"}" * 100_000, b"[" * 100_000]
+)
+def test_too_deep_frames_are_refused_before_parsing(frame):
+    with pytest.raises(InvalidRequest) as info:
+        parse_frame(frame)
+    assert info.value.reason == "too_deep" and info.value.data["max_depth"] == DEFAULT_MAX_DEPTH
+
+
+def test_depth_limit_is_the_callers():
+    request = b'{"jsonrpc": "2.0", "method": "m", "params": {"a": [[1]]}}'  # 4 levels
+    (message,), _ = parse_frame(request, max_depth=4)
+    assert isinstance(message, Request)
+    with pytest.raises(InvalidRequest):
+        parse_frame(request, max_depth=3)
+    # Brackets inside strings neither count against the limit nor trip the quick count.
+    (message,), _ = parse_frame(b'{"jsonrpc": "2.0", "method": "m", "params": ["' + b"[" * 100 + b'"]}', max_depth=8)
+    assert isinstance(message, Request)
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity"])
+def test_non_finite_numbers_are_parse_errors_with_a_reason(number):
+    with pytest.raises(ParseError) as info:
+        parse_frame(b'{"jsonrpc": "2.0", "id": ' + number + b', "method": "m"}')
+    assert info.value.reason == "non_finite_number"
+
+
+def test_large_finite_numbers_are_kept():
+    (message,), _ = parse_frame(b'{"jsonrpc": "2.0", "id": 1e308, "method": "m", "params": [123456789012345678901234567890]}')
+    assert message.id == 1e308 and message.params == [123456789012345678901234567890]
+
+
+def test_echoable_id():
+    assert echoable_id(7) == 7 and echoable_id("a\ud800") == "a\ud800" and echoable_id(None) is None
+    assert echoable_id(float("inf")) is None and echoable_id(float("nan")) is None
+    assert echoable_id(True) is None and echoable_id({"a": 1}) is None
