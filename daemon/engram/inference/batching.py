@@ -15,8 +15,14 @@ What a batch *is* depends on the request type:
   models whose inputs and outputs all share one symbolic first dimension are batched at all
   (:func:`is_batchable`), so that row *i* of an output belongs to row *i* of the inputs. If a
   batched run fails, each request is run again alone, so one bad request fails only itself.
-* texts (:func:`run_embed_batch`): the texts of all requests are tokenized together, sorted by
-  length, cut into padded batches of ``max_batch`` and the vectors handed back in order.
+* texts (:func:`run_embed_batch`): each request's texts are tokenized on their own before the
+  request joins a batch (a text the tokenizer refuses fails only its request); the texts of all
+  requests are then sorted by length, cut into padded batches of ``max_batch`` and the vectors
+  handed back in order. If a run fails, each request is run again alone.
+
+Whatever the request type, a batch whose run raises is run again one request at a time
+(:meth:`Batcher._run_isolating`): the requests of one batch come from different clients, and one
+client's bad input must not fail the others' requests.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any, Generic, TypeVar
 import anyio
 import numpy as np
 import structlog
+from tokenizers import Encoding
 
 from engram.errors import Overloaded, RPCError, Unavailable
 from engram.inference.manifest import Manifest
@@ -180,7 +187,7 @@ class Batcher(Generic[T, R]):
             return
         started = anyio.current_time()
         try:
-            results = await anyio.to_thread.run_sync(self._run_batch, [p.item for p in live], limiter=self._limiter)
+            results = await anyio.to_thread.run_sync(self._run_isolating, [p.item for p in live], limiter=self._limiter)
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else Unavailable("the daemon is stopping", reason="cancelled")
             for p in live:
@@ -200,6 +207,28 @@ class Batcher(Generic[T, R]):
             else:
                 p.result = result
             p.done.set()
+
+    def _run_isolating(self, items: list[T]) -> list[Any]:
+        """Run ``items`` as one batch; if the batch as a whole fails, run each alone.
+
+        The items come from different clients, and one of them may hold an input that makes the
+        run fail (the model or the tokenizer refuses it): run alone, it fails only its own
+        request and the others get their results. A batch of one is left to fail as it does.
+        """
+        try:
+            return self._run_batch(items)
+        except Exception:
+            if len(items) == 1:
+                raise
+            log.warning("batch failed; running its requests one by one", model=self.name, requests=len(items))
+            return [self._run_alone(item) for item in items]
+
+    def _run_alone(self, item: T) -> Any:
+        try:
+            (result,) = self._run_batch([item])
+        except Exception as exc:
+            return exc
+        return result
 
     def _fail_leftovers(self) -> None:
         leftovers = [self._carry] if self._carry is not None else []
@@ -299,29 +328,49 @@ def embed_feed(manifest: Manifest, encoded: dict[str, np.ndarray]) -> dict[str, 
     return {name: value for name, value in encoded.items() if name in names}
 
 
-def run_embed_batch(loaded: LoadedModel, encoder: TextEncoder, max_batch: int, requests: Sequence[list[str]]) -> list[Any]:
-    """Per request: its vectors and the indices of its texts that were truncated.
+def run_embed_batch(
+    loaded: LoadedModel, encoder: TextEncoder, max_batch: int, requests: Sequence[Sequence[Encoding]]
+) -> list[Any]:
+    """Per request (its texts tokenized by :meth:`TextEncoder.tokenize`): its vectors and the
+    indices of its texts that were truncated, or the error of its run.
 
-    All texts of all requests are tokenized together, sorted by length and cut into runs of at
-    most ``max_batch`` where padding would cost more than another run
+    All texts of all requests run together, sorted by length and cut into runs of at most
+    ``max_batch`` where padding would cost more than another run
     (:func:`~engram.inference.text_encoder.padding_aware_buckets`), so that short texts are not
-    padded to a long neighbour's length.
+    padded to a long neighbour's length. If that fails, each request is run again alone, so
+    that a request the model refuses fails only itself.
     """
+    try:
+        return _embed_together(loaded, encoder, max_batch, requests)
+    except Exception as exc:
+        if len(requests) == 1:
+            return [exc]
+    return [_embed_alone(loaded, encoder, max_batch, request) for request in requests]
+
+
+def _embed_alone(loaded: LoadedModel, encoder: TextEncoder, max_batch: int, request: Sequence[Encoding]) -> Any:
+    try:
+        (result,) = _embed_together(loaded, encoder, max_batch, [request])
+    except Exception as exc:
+        return exc
+    return result
+
+
+def _embed_together(
+    loaded: LoadedModel, encoder: TextEncoder, max_batch: int, requests: Sequence[Sequence[Encoding]]
+) -> list[tuple[np.ndarray, list[int]]]:
     assert loaded.manifest.embedding is not None
     info = loaded.manifest.embedding
-    texts = [text for request in requests for text in request]
-    vectors = np.empty((len(texts), info.dim), dtype=np.float32)
-    truncated = np.zeros(len(texts), dtype=np.bool_)
-    try:
-        for indices, batch in encoder.batches(texts, max_batch, padding_aware_buckets):
-            out = run_session(loaded.session, loaded.manifest, embed_feed(loaded.manifest, batch.feed()),
-                              [info.output], loaded.exotic)
-            vectors[indices] = out[info.output]
-            truncated[indices] = batch.truncated
-            loaded.runs += 1
-    except RPCError as exc:
-        return [exc] * len(requests)
-    results: list[Any] = []
+    encodings = [encoding for request in requests for encoding in request]
+    vectors = np.empty((len(encodings), info.dim), dtype=np.float32)
+    truncated = np.zeros(len(encodings), dtype=np.bool_)
+    for indices, batch in encoder.batches_of(encodings, max_batch, padding_aware_buckets):
+        out = run_session(loaded.session, loaded.manifest, embed_feed(loaded.manifest, batch.feed()),
+                          [info.output], loaded.exotic)
+        vectors[indices] = out[info.output]
+        truncated[indices] = batch.truncated
+        loaded.runs += 1
+    results = []
     start = 0
     for request in requests:
         end = start + len(request)

@@ -466,10 +466,16 @@ class Inference:
             )
         if not texts:
             return InferEmbedResult(model=name, dim=info.dim, vectors=_wire(np.zeros((0, info.dim), np.float32), fmt), truncated=[])
+        # Tokenized here, alone, before joining a batch with other clients' requests: a text the
+        # tokenizer refuses fails this request only (-32602), never the batch it would have joined.
+        if sum(len(text) for text in texts) > _INLINE_WORK:
+            encodings = await self._thread(encoder.tokenize, texts)
+        else:
+            encodings = encoder.tokenize(texts)
         max_batch = self.settings.batching.max_batch
         _, (vectors, truncated) = await self._run_with(
-            name, "embed_batcher", list(texts), len(texts),
-            lambda m: run_embed_batch(m, encoder, max_batch, [list(texts)])[0],
+            name, "embed_batcher", encodings, len(texts),
+            lambda m: run_embed_batch(m, encoder, max_batch, [encodings])[0],
         )
         wire = _wire(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(_wire, vectors, fmt)
         return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)

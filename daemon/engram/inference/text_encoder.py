@@ -18,7 +18,7 @@ import numpy as np
 from numpy.typing import NDArray
 from tokenizers import Encoding, Tokenizer
 
-from engram.errors import ConfigError
+from engram.errors import ConfigError, InvalidParams
 
 __all__ = [
     "EncodedBatch",
@@ -224,6 +224,27 @@ class TextEncoder:
         truncated = np.fromiter((bool(e.overflowing) for e in encodings), dtype=np.bool_, count=rows)
         return EncodedBatch(input_ids, attention_mask, token_type_ids, lengths, truncated)
 
+    def tokenize(self, texts: Sequence[str]) -> list[Encoding]:
+        """Tokenize ``texts`` for :meth:`batches_of`; a text the tokenizer refuses (a lone UTF-16
+        surrogate, say) is an :class:`~engram.errors.InvalidParams` naming its index.
+
+        Meant to run on each request's texts alone, before they share a batch with another
+        request's: a text that fails here then fails only the request that sent it.
+        """
+        try:
+            return self._encode(texts)
+        except (TypeError, ValueError) as exc:
+            index = next((i for i, text in enumerate(texts) if not self._accepts(text)), None)
+            field = "texts" if index is None else f"texts.{index}"
+            raise InvalidParams(f"{field}: the tokenizer refused the text ({exc})", field=field) from None
+
+    def _accepts(self, text: str) -> bool:
+        try:
+            self._tokenizer.encode(text)
+        except (TypeError, ValueError):
+            return False
+        return True
+
     def encode(self, texts: Sequence[str]) -> EncodedBatch:
         """Tokenize ``texts`` as one batch, padded to its longest row."""
         return self._pad(self._encode(texts))
@@ -245,6 +266,14 @@ class TextEncoder:
         ``split`` decides the groups from the lengths (:func:`length_buckets` or
         :func:`padding_aware_buckets`).
         """
-        encodings = self._encode(texts)
+        return self.batches_of(self._encode(texts), batch_size, split)
+
+    def batches_of(
+        self,
+        encodings: Sequence[Encoding],
+        batch_size: int,
+        split: Callable[[list[int], int], list[NDArray[np.intp]]] = length_buckets,
+    ) -> Iterator[tuple[NDArray[np.intp], EncodedBatch]]:
+        """:meth:`batches` of texts already tokenized (by :meth:`tokenize`)."""
         for indices in split([len(e.ids) for e in encodings], batch_size):
             yield indices, self._pad([encodings[i] for i in indices])

@@ -25,6 +25,7 @@ from engram.inference.text_encoder import TextEncoder
 from engram.inference.tiny_bert import TINY_CORPUS, create_tiny_bert
 from engram.inference.toy_models import identity_model, linear_model, write_model
 from onnx import TensorProto, helper, numpy_helper
+from tokenizers import Tokenizer
 
 
 class Gate:
@@ -122,6 +123,36 @@ async def test_each_request_gets_its_own_error() -> None:
     assert outcomes == {0: 0, 1: 10, 2: "bad 2", 3: 30}
 
 
+async def test_a_batch_that_fails_as_a_whole_fails_only_its_bad_request() -> None:
+    def run_batch(items: list[str]) -> list[str]:
+        # Like a tokenizer or a model that refuses the whole batch for one bad item in it.
+        if "bad" in items:
+            raise TypeError("refused input")
+        return [item.upper() for item in items]
+
+    b = Batcher("m", run_batch, max_batch=32, max_delay_s=0.0, queue_size=64, limiter=anyio.CapacityLimiter(1))
+    outcomes: dict[str, Any] = {}
+
+    async def submit(item: str) -> None:
+        try:
+            outcomes[item] = await b.submit(item, 1)
+        except TypeError as exc:
+            outcomes[item] = exc
+
+    async with anyio.create_task_group() as tg:
+        for item in ("a", "bad", "b", "c"):
+            tg.start_soon(submit, item)
+        while b.depth < 4:  # all four queued before the batcher starts: they make one batch
+            await anyio.sleep(0.001)
+        tg.start_soon(b.run)
+        while len(outcomes) < 4:
+            await anyio.sleep(0.001)
+        b.close()
+    assert {k: v for k, v in outcomes.items() if k != "bad"} == {"a": "A", "b": "B", "c": "C"}
+    assert isinstance(outcomes["bad"], TypeError)
+    assert b.batches == 1  # they did share a batch
+
+
 # --- tensors through ONNX Runtime -------------------------------------------------------------------------
 
 
@@ -182,27 +213,52 @@ def test_batchable_needs_one_shared_symbolic_first_dimension(tmp_path: Path) -> 
 # --- texts ---------------------------------------------------------------------------------------------------
 
 
-def test_embed_batches_preserve_order_and_match_single_runs(tmp_path: Path) -> None:
+def tiny_embedder(tmp_path: Path) -> tuple[LoadedModel, TextEncoder, Path]:
     registry = ModelRegistry(tmp_path / "models")
     manifest, _ = registry.import_bert("tiny", create_tiny_bert(tmp_path / "bert"))
     created = SessionFactory(InferenceSettings()).create(manifest, registry.folder("tiny"))
     model = LoadedModel(name="tiny", manifest=manifest, session=created.session, providers=created.providers,
                         size_bytes=1, load_seconds=0, optimized_cache="off", signature="unsigned", signed_by=None,
                         exotic=False, batchable=True)
-    from tokenizers import Tokenizer
+    tokenizer_file = registry.folder("tiny") / "tokenizer.json"
+    return model, TextEncoder(Tokenizer.from_file(str(tokenizer_file)), manifest.embedding.max_seq_len), tokenizer_file
 
-    encoder = TextEncoder(Tokenizer.from_file(str(registry.folder("tiny") / "tokenizer.json")), manifest.embedding.max_seq_len)
+
+def test_embed_batches_preserve_order_and_match_single_runs(tmp_path: Path) -> None:
+    model, encoder, _ = tiny_embedder(tmp_path)
     long_text = " ".join(TINY_CORPUS)  # longer than 48 tokens: truncated
     requests = [[TINY_CORPUS[0], long_text], [TINY_CORPUS[3]], [TINY_CORPUS[5], TINY_CORPUS[0], "x"]]
-    results = run_embed_batch(model, encoder, 4, requests)
+    results = run_embed_batch(model, encoder, 4, [encoder.tokenize(request) for request in requests])
     for request, (vectors, truncated) in zip(requests, results, strict=True):
         assert vectors.shape == (len(request), 32)
         np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
         for text, row in zip(request, vectors, strict=True):
-            ((alone, _),) = run_embed_batch(model, encoder, 1, [[text]])
+            ((alone, _),) = run_embed_batch(model, encoder, 1, [encoder.tokenize([text])])
             np.testing.assert_allclose(row, alone[0], atol=1e-5)
         assert truncated == ([1] if long_text in request else [])
     np.testing.assert_allclose(results[0][0][0], results[2][0][1], atol=1e-6)  # same text, same vector
+
+
+def test_an_embed_request_the_model_refuses_fails_alone(tmp_path: Path) -> None:
+    model, encoder, tokenizer_file = tiny_embedder(tmp_path)
+    # A token id past the model's vocabulary: the model's embedding lookup fails on that row only.
+    wider = Tokenizer.from_file(str(tokenizer_file))
+    wider.add_tokens(["unknownword"])
+    bad = TextEncoder(wider, encoder.max_seq_len).tokenize(["unknownword"])
+    good = [encoder.tokenize([TINY_CORPUS[1]]), encoder.tokenize([TINY_CORPUS[2], "x"])]
+    first, failed, second = run_embed_batch(model, encoder, 4, [good[0], bad, good[1]])
+    assert isinstance(failed, InvalidParams)
+    for request, (vectors, _) in zip(good, (first, second), strict=True):
+        ((alone, _),) = run_embed_batch(model, encoder, 4, [request])
+        np.testing.assert_allclose(vectors, alone, atol=1e-5)
+
+
+def test_a_text_the_tokenizer_refuses_is_invalid_params_naming_it(tmp_path: Path) -> None:
+    _, encoder, _ = tiny_embedder(tmp_path)
+    with pytest.raises(InvalidParams) as caught:
+        encoder.tokenize(["fine", "lone \ud800 surrogate"])
+    assert caught.value.data["field"] == "texts.1"
+    assert len(encoder.tokenize(["fine", "also fine"])) == 2
 
 
 def test_padding_aware_buckets_cut_where_padding_costs_more_than_a_run() -> None:
