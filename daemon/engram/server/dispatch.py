@@ -35,6 +35,7 @@ from engram.errors import (
 )
 from engram.observability.metrics import Metrics
 from engram.principal import Principal
+from engram.server.boundary import check_integers, check_values
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method, MethodTable, RequestContext
 
@@ -90,10 +91,14 @@ def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None) -> B
                 field=None,
             )
         raw = dict(zip(names, raw, strict=False))  # fewer positional params than fields is fine
+    # Checked here, for every method alike, so that no part meets them as an internal error.
+    check_values(raw or {})
     try:
-        return method.params.model_validate(raw or {})
+        params = method.params.model_validate(raw or {})
     except ValidationError as exc:
         raise params_error(exc) from None
+    check_integers(params)
+    return params
 
 
 class Dispatcher:

@@ -41,8 +41,11 @@ Message = Request | Invalid
 
 
 def _valid_id(value: Any) -> bool:
-    # The spec allows strings, numbers and null; booleans are JSON true/false, not numbers.
-    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+    # The spec allows strings, numbers and null; booleans are JSON true/false, not numbers, and
+    # 1e400 (valid JSON, read as infinity) is a number no response could echo.
+    if isinstance(value, float):
+        return math.isfinite(value)
+    return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
 def _check(obj: Any) -> Message:
@@ -53,7 +56,7 @@ def _check(obj: Any) -> Message:
     if obj.get("jsonrpc") != "2.0":
         return Invalid(InvalidRequest('"jsonrpc" must be exactly "2.0"', reason="bad_version"), reply_id)
     if request_id is not _NO_ID and not _valid_id(request_id):
-        return Invalid(InvalidRequest('"id" must be a string, a number or null', reason="bad_id"))
+        return Invalid(InvalidRequest('"id" must be a string, a finite number or null', reason="bad_id"))
     method = obj.get("method")
     if not isinstance(method, str) or not method:
         return Invalid(InvalidRequest('"method" must be a non-empty string', reason="bad_method"), reply_id)
@@ -70,20 +73,15 @@ def _check(obj: Any) -> Message:
 
 
 class NonFiniteNumber(ValueError):
-    """A number no float can hold (1e400) or a NaN/Infinity literal: neither can be answered or stored."""
+    """A NaN or Infinity literal: Python's json reads them, but they are not JSON.
+
+    (A literal too large for a float, 1e400, is valid JSON and reads as infinity: it is refused
+    where it stands, as a bad id or as params naming the field; see engram.server.boundary.)"""
 
 
 def _reject_constant(name: str) -> Any:
     # Python's json accepts NaN and Infinity; JSON (RFC 8259) does not, and neither do we.
     raise NonFiniteNumber(f"{name} is not a JSON value")
-
-
-def _finite_float(literal: str) -> float:
-    # 1e400 is valid JSON grammar, but Python reads it as infinity, which no response can echo.
-    value = float(literal)
-    if math.isinf(value):
-        raise NonFiniteNumber(f"{literal} is out of the range of a 64-bit float")
-    return value
 
 
 # Of a frame, the depth scan keeps only quotes and brackets (every other byte is deleted).
@@ -137,8 +135,7 @@ def _decode(frame: bytes) -> str:
 def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
-    Raises :class:`ParseError` when the line is not JSON or holds a number that is not finite,
-    and :class:`InvalidRequest` for an empty or oversized batch or nesting deeper than
+    Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and :class:`InvalidRequest` for an empty or oversized batch or nesting deeper than
     ``max_depth`` (all answered with a single error whose id is null).
     """
     text = _decode(frame)
@@ -146,9 +143,9 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise _too_deep(max_depth)
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, parse_float=_finite_float)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except NonFiniteNumber as exc:
-        raise ParseError(f"frame holds a number that is not finite: {exc}", reason="non_finite_number") from None
+        raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
     except ValueError as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
     except RecursionError:  # the scan bounds the depth; this is the guard should the stack be short
@@ -165,13 +162,7 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[
 def echoable_id(value: Any) -> Any:
     """The id to answer with: the request's own, or null when it cannot be written back (what
     the specification prescribes for an id that could not be determined)."""
-    if not _valid_id(value):
-        return None
-    try:
-        json.dumps(value, allow_nan=False)
-    except ValueError:
-        return None
-    return value
+    return value if _valid_id(value) else None
 
 
 def result_response(request_id: Any, result: Any) -> dict[str, Any]:

@@ -118,11 +118,19 @@ def test_depth_limit_is_the_callers():
     assert isinstance(message, Request)
 
 
-@pytest.mark.parametrize("number", [b"1e400", b"-1e400", b"NaN", b"Infinity", b"-Infinity"])
-def test_non_finite_numbers_are_parse_errors_with_a_reason(number):
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_constants_are_parse_errors_with_a_reason(constant):
     with pytest.raises(ParseError) as info:
-        parse_frame(b'{"jsonrpc": "2.0", "id": ' + number + b', "method": "m"}')
+        parse_frame(b'{"jsonrpc": "2.0", "id": ' + constant + b', "method": "m"}')
     assert info.value.reason == "non_finite_number"
+
+
+@pytest.mark.parametrize("number", [b"1e400", b"-1e400"])
+def test_an_id_no_float_can_hold_is_a_bad_id_answered_with_null(number):
+    (message,), _ = parse_frame(b'{"jsonrpc": "2.0", "id": ' + number + b', "method": "m"}')
+    assert isinstance(message, Invalid) and message.error.reason == "bad_id" and message.id is None
+    (message,), _ = parse_frame(b'{"jsonrpc": "1.0", "id": ' + number + b', "method": "m"}')
+    assert isinstance(message, Invalid) and message.id is None
 
 
 def test_large_finite_numbers_are_kept():
