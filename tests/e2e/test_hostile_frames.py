@@ -91,7 +91,10 @@ def test_an_id_no_float_can_hold_is_answered_with_a_null_id(daemon, request_id):
     [
         pytest.param("system.ping", b'{"echo":-1e400}', "echo", id="echo"),
         pytest.param(
-            "memory.remember", b'{"items":[{"text":"t","metadata":{"big":1e400}}]}', "items.0.metadata.big", id="metadata"
+            "memory.remember",
+            b'{"items":[{"text":"t","metadata":{"big":1e400}}]}',
+            "items.0.metadata.big",
+            id="metadata",
         ),
         pytest.param("memory.recall", b'{"vector":[1,1e400,0]}', "vector", id="recall-vector"),
     ],

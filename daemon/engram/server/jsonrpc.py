@@ -135,7 +135,8 @@ def _decode(frame: bytes) -> str:
 def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
-    Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and :class:`InvalidRequest` for an empty or oversized batch or nesting deeper than
+    Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and
+    :class:`InvalidRequest` for an empty or oversized batch or for nesting deeper than
     ``max_depth`` (all answered with a single error whose id is null).
     """
     text = _decode(frame)

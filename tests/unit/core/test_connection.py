@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from types import SimpleNamespace
-from typing import Any
 
 from engram.config import ServerSettings
 from engram.principal import Principal
@@ -35,8 +34,7 @@ class FakeStream:
 
 
 def connection(stream: FakeStream) -> ClientConnection:
-    published: list[Any] = []
-    server = SimpleNamespace(bus=SimpleNamespace(publish=published.append), settings=ServerSettings, published=published)
+    server = SimpleNamespace(bus=SimpleNamespace(publish=lambda event: None), settings=ServerSettings)
     return ClientConnection(1, stream, Principal(uid=1000, gid=1000, pid=1), server)  # type: ignore[arg-type]
 
 

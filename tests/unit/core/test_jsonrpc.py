@@ -134,7 +134,8 @@ def test_an_id_no_float_can_hold_is_a_bad_id_answered_with_null(number):
 
 
 def test_large_finite_numbers_are_kept():
-    (message,), _ = parse_frame(b'{"jsonrpc": "2.0", "id": 1e308, "method": "m", "params": [123456789012345678901234567890]}')
+    frame = b'{"jsonrpc": "2.0", "id": 1e308, "method": "m", "params": [123456789012345678901234567890]}'
+    (message,), _ = parse_frame(frame)
     assert message.id == 1e308 and message.params == [123456789012345678901234567890]
 
 
