@@ -1,7 +1,8 @@
 """The ``engram`` command (and ``engramd``, which is ``engram serve``).
 
-Exit codes, for every command: 0 ok, 1 the daemon answered with an error, 2 usage or
-configuration error, 3 the daemon could not be reached.
+Exit codes, for every command: 0 ok, 1 the daemon answered with an error (engramd: it crashed),
+2 usage, configuration or environment error (engramd: it cannot start), 3 the daemon could not
+be reached.
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
     try:
         settings = load_settings(config_file, **overrides)
     except ConfigError as exc:
-        fail(EXIT_USAGE, str(exc))
+        fail(EXIT_USAGE, _one_line(str(exc)))
     configure_logging(settings.log)
     log = structlog.get_logger("engram.daemon")
     try:
@@ -114,13 +115,25 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
         pass
     except BaseException as exc:  # noqa: BLE001 - the last line of defence: say why, exit non-zero
         cause = _unwrap(exc)
-        if isinstance(cause, StartupError):
+        if isinstance(cause, (ConfigError, StartupError)):
+            # Exit 2, like a bad setting: the unit's RestartPreventExitStatus=2 keeps systemd from
+            # restarting a daemon whose configuration or environment will not be better next time.
             log.error("cannot start", error=str(cause))
-            fail(EXIT_REMOTE, str(cause))
+            fail(EXIT_USAGE, _one_line(str(cause)))
         if isinstance(cause, (SystemExit, KeyboardInterrupt)):
             raise
         log.critical("daemon crashed", error=f"{type(cause).__name__}: {cause}", exc_info=cause)
         fail(EXIT_REMOTE, f"daemon crashed: {type(cause).__name__}: {cause}")
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line (a journal shows one line as the reason the unit failed):
+    ``invalid configuration:`` and its indented problems become ``invalid configuration: a: x; b: y``."""
+    lines = [line.strip() for line in message.splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return "".join(lines)
+    glue = " " if lines[0].endswith(":") else "; "
+    return lines[0] + glue + "; ".join(lines[1:])
 
 
 def _unwrap(exc: BaseException) -> BaseException:

@@ -35,6 +35,7 @@ from pydantic_settings import (
     InitSettingsSource,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
 )
 
 from engram.audit.settings import AuditSettings
@@ -263,6 +264,8 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"configuration file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid UTF-8 (byte {exc.start}), as TOML must be") from None
     except OSError as exc:
         raise ConfigError(f"configuration file {path} cannot be read: {exc.strerror}") from None
 
@@ -280,6 +283,48 @@ def _where(loc: tuple[Any, ...], file_data: dict[str, Any], config_file: Path | 
     return f" (from {config_file})" if config_file else ""
 
 
+# ENGRAM_* variables that are no setting but are read all the same.
+_ENVIRONMENT_NOT_SETTINGS = frozenset({"ENGRAM_CONFIG"})
+
+
+def _unknown_environment() -> list[tuple[str, str]]:
+    """A problem for each ``ENGRAM_*`` variable that names no setting, as unknown TOML keys are.
+
+    pydantic-settings reads only the variables its fields ask for, so a misspelt top-level name
+    (``ENGRAM_SEVRER__MAX_INFLIGHT``) would be dropped without a word; deeper names are checked by
+    the sections themselves, which forbid unknown keys. Names match case-insensitively, as
+    pydantic-settings reads them.
+    """
+    problems = []
+    for name in os.environ:
+        upper = name.upper()
+        if not upper.startswith("ENGRAM_") or upper in _ENVIRONMENT_NOT_SETTINGS:
+            continue
+        top = upper.removeprefix("ENGRAM_").split("__")[0].lower()
+        if top not in Settings.model_fields:
+            problems.append((name, "unknown environment variable: no setting of that name"))
+    return problems
+
+
+def _unparsable_environment(field: str) -> ConfigError:
+    """The variables that feed ``field`` hold a value pydantic-settings could not parse as JSON."""
+    prefix = f"ENGRAM_{field.upper()}"
+    names = sorted(
+        name for name in os.environ if name.upper() == prefix or name.upper().startswith(prefix + "__")
+    )
+    return ConfigError(
+        "invalid configuration:",
+        [(name, "not valid JSON (lists and tables in the environment are JSON)") for name in names]
+        or [(field, "a value from the environment cannot be parsed")],
+    )
+
+
+def _field_named_in(error: SettingsError) -> str:
+    """The field of ``error parsing value for field "plugins" from source ...``."""
+    match = re.search(r'field "([^"]+)"', str(error))
+    return match.group(1) if match else "(unknown)"
+
+
 def config_file_from_env() -> Path | None:
     value = os.environ.get("ENGRAM_CONFIG")
     return Path(value) if value else None
@@ -295,10 +340,13 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     file_data = _read_toml(config_file) if config_file else {}
     flags = {key: value for key, value in overrides.items() if value is not None}
     token = _file_data.set(file_data)
+    unknown = _unknown_environment()
     try:
         settings = Settings(**flags)
+    except SettingsError as exc:
+        raise _unparsable_environment(_field_named_in(exc)) from None
     except ValidationError as exc:
-        problems = []
+        problems = list(unknown)
         for error in exc.errors():
             loc = tuple(part for part in error["loc"] if part != "__root__")
             key = ".".join(str(part) for part in loc) or "(top level)"
@@ -309,6 +357,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         raise ConfigError("invalid configuration:", problems) from None
     finally:
         _file_data.reset(token)
+    if unknown:
+        raise ConfigError("invalid configuration:", unknown)
     chosen = "state_dir" in flags or "state_dir" in file_data or "ENGRAM_STATE_DIR" in os.environ
     if settings.socket is None:
         settings.socket = default_socket(chosen, settings.state_dir)

@@ -8,7 +8,7 @@ wire (a bad configuration, a daemon that cannot be reached) sit beside it under
 
     EngramError
     ├── ConfigError                 settings or files are invalid (CLI exit 2, daemon not started)
-    ├── StartupError                the daemon cannot start (socket in use, newer schema, ...)
+    ├── StartupError                the daemon cannot start (socket in use, newer schema, ...; exit 2)
     ├── DaemonUnreachable           the client could not reach the socket (CLI exit 3)
     └── RPCError                    anything with a JSON-RPC error code (CLI exit 1)
         ├── ParseError              -32700  the frame is not JSON

@@ -138,7 +138,7 @@ def test_offline_verify_catches_tampering_and_the_daemon_refuses_to_extend(make_
     assert gone.returncode == 1 and "is missing" in gone.stderr
 
     refused = make_daemon(start=False, state=state)
-    assert refused.spawn().wait(timeout=60) == 1
+    assert refused.spawn().wait(timeout=60) == 2
     logs = refused.logs()
     assert f"entry {seq}" in logs and "will not extend" in logs and "aside" in logs
 

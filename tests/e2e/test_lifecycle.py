@@ -175,7 +175,7 @@ def test_second_daemon_on_same_socket_is_refused(make_daemon, daemon):
     second = make_daemon(start=False, state=other_state)
     second.args = []
     proc = second.spawn([*second.command()[:-2], "--socket", str(daemon.socket)])
-    assert proc.wait(timeout=30) == 1
+    assert proc.wait(timeout=30) == 2
     assert "another engramd is already listening" in second.logs()
     assert daemon.call("system.ping")["pong"] is True  # the first one keeps its socket
 
@@ -183,7 +183,7 @@ def test_second_daemon_on_same_socket_is_refused(make_daemon, daemon):
 def test_second_daemon_on_same_state_dir_is_refused(make_daemon, daemon):
     second = make_daemon(start=False, state=daemon.state_dir)
     proc = second.spawn([*second.command()[:-2], "--socket", str(daemon.state_dir.parent / "b.sock")])
-    assert proc.wait(timeout=30) == 1
+    assert proc.wait(timeout=30) == 2
     assert f"is in use by another engramd (pid {daemon.proc.pid})" in second.logs()
 
 
@@ -191,7 +191,7 @@ def test_path_that_is_not_a_socket_is_not_clobbered(make_daemon, state_dir):
     state_dir.mkdir(parents=True, mode=0o700)
     (state_dir / "engram.sock").write_text("precious")
     daemon = make_daemon(start=False)
-    assert daemon.spawn().wait(timeout=30) == 1
+    assert daemon.spawn().wait(timeout=30) == 2
     assert "exists and is not a socket" in daemon.logs()
     assert (state_dir / "engram.sock").read_text() == "precious"
 
@@ -269,7 +269,7 @@ def test_newer_schema_refuses_to_start(make_daemon, state_dir):
     db.execute("PRAGMA user_version = 999")
     db.close()
     daemon = make_daemon(start=False)
-    assert daemon.spawn().wait(timeout=30) == 1
+    assert daemon.spawn().wait(timeout=30) == 2
     assert "schema version 999, newer than this engram knows" in daemon.logs()
     db = sqlite3.connect(state_dir / "engram.db")
     assert db.execute("PRAGMA user_version").fetchone()[0] == 999  # untouched

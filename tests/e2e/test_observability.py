@@ -47,5 +47,5 @@ def test_console_logs_on_request(state_dir):
         [sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(state_dir), "--socket", "/proc/no/such.sock"],
         env=env, capture_output=True, text=True, timeout=60,
     )
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "cannot start" in proc.stderr and not proc.stderr.lstrip().startswith("{")

@@ -264,7 +264,7 @@ def test_a_broken_policy_file_stops_the_daemon_from_starting(make_daemon, state_
     (folder / "bad.toml").write_text('version = 1\n[[rule]]\nname = "b"\neffect = "allow"\nprincipals = ["*"]\nnamespaces = []\n')
     daemon = make_daemon(env=_env(folder), start=False)
     daemon.spawn()
-    assert daemon.wait(timeout=30) == 1
+    assert daemon.wait(timeout=30) == 2
     assert f"{folder}/bad.toml:6 rule[0].namespaces" in daemon.logs()
     assert not daemon.socket.exists()
 

@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export import (
 
 from engram import __version__
 from engram.config import Settings
+from engram.errors import StartupError
 from engram.storage.files import make_private_dir
 
 
@@ -35,7 +36,10 @@ class JsonLinesSpanExporter(SpanExporter):
     def __init__(self, path: Path) -> None:
         self._path = path
         self._lock = threading.Lock()
-        make_private_dir(path.parent)  # this may be the first thing to create the state folder
+        try:
+            make_private_dir(path.parent)  # this may be the first thing to create the state folder
+        except OSError as exc:
+            raise StartupError(f"cannot create the folder of the span file {path}: {exc.strerror}") from None
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         lines = "".join(json.dumps(json.loads(span.to_json()), separators=(",", ":")) + "\n" for span in spans)

@@ -6,6 +6,7 @@ a power cut can bring back the old file (or no file) after the new one was repor
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -21,17 +22,20 @@ def make_private_dir(path: Path) -> None:
     folder that already exists is the owner's choice and stays as it is.
     """
     missing = []
-    while not path.exists():
-        missing.append(path)
-        if path.parent == path:
+    level = path
+    while not level.exists():
+        missing.append(level)
+        if level.parent == level:
             break
-        path = path.parent
+        level = level.parent
     for folder in reversed(missing):
         try:
             folder.mkdir(mode=0o700)
         except FileExistsError:
             continue  # made meanwhile by someone else: theirs, not ours to chmod
         os.chmod(folder, 0o700)
+    if not path.is_dir():  # a file in the way: say so now, not at the first write into it
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(path))
 
 
 def fsync_directory(path: Path) -> None:
