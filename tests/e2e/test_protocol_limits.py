@@ -36,15 +36,18 @@ def ping(request_id: int) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "method": "system.ping"}).encode() + b"\n"
 
 
-def wait_until_alone(daemon: DaemonProcess) -> None:
-    """Wait until the daemon has torn down an earlier test's connections (only ours is left)."""
+def alone(daemon: DaemonProcess) -> RawConnection:
+    """A connection that the daemon counts as its only one: every earlier test's connection has
+    been torn down. It stays open and counts against the limit, which keeps the count exact (a
+    connection closed just to ask would still be counted for a moment after)."""
+    status = {"jsonrpc": "2.0", "id": "status", "method": "system.status"}
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
-        try:
-            if daemon.call("system.status")["connections"] == 1:
-                return
-        except Exception:  # refused while the old ones were still counted
-            pass
+        conn = daemon.raw()
+        reply = conn.request(status)  # refused (-32003) while the old ones are still counted
+        if reply.get("result", {}).get("connections") == 1:
+            return conn
+        conn.close()
         time.sleep(0.05)
     raise AssertionError("earlier connections still open")
 
@@ -77,8 +80,7 @@ def test_a_maximal_batch_is_answered_whole_at_zero_load(daemon: DaemonProcess) -
 
 
 def test_a_refused_connection_gets_the_error_line_then_eof(daemon: DaemonProcess) -> None:
-    wait_until_alone(daemon)
-    held = [daemon.raw() for _ in range(MAX_CONNECTIONS)]
+    held = [alone(daemon)] + [daemon.raw() for _ in range(MAX_CONNECTIONS - 1)]
     try:
         for i, conn in enumerate(held):  # all of them served, so the limit is reached
             assert conn.request(ping(i))["id"] == i
@@ -95,7 +97,7 @@ def test_a_refused_connection_gets_the_error_line_then_eof(daemon: DaemonProcess
 
 
 def test_a_burst_beyond_the_limit_refuses_exactly_the_excess(daemon: DaemonProcess) -> None:
-    wait_until_alone(daemon)
+    probe = alone(daemon)  # holds one of the slots
     burst = MAX_CONNECTIONS + 10
     conns = []
     try:
@@ -118,7 +120,9 @@ def test_a_burst_beyond_the_limit_refuses_exactly_the_excess(daemon: DaemonProce
                 refused += 1
             else:
                 served += 1
-        assert (served, refused) == (MAX_CONNECTIONS, burst - MAX_CONNECTIONS)
+        free = MAX_CONNECTIONS - 1
+        assert (served, refused) == (free, burst - free)
     finally:
+        probe.close()
         for sock in conns:
             sock.close()
