@@ -17,6 +17,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +205,23 @@ def make_daemon(state_dir: Path) -> Iterator[Any]:
 @pytest.fixture
 def daemon(make_daemon: Any) -> DaemonProcess:
     return make_daemon()
+
+
+@contextmanager
+def running_daemon(env: dict[str, str] | None = None) -> Iterator[DaemonProcess]:
+    """One engramd on a temporary state folder, stopped and removed after.
+
+    For module-scoped fixtures: a module whose tests only read, or write where no other test of
+    the module looks, shares one daemon instead of starting one per test (a start costs more
+    than most tests).
+    """
+    base = short_tempdir()
+    process = DaemonProcess(base / "state", env)
+    try:
+        yield process.start()
+    finally:
+        process.stop()
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture

@@ -6,25 +6,19 @@ after each one, ``system.ping`` must still answer on a fresh connection.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import DaemonProcess, short_tempdir
+from tests.conftest import DaemonProcess, running_daemon
 
 DEEP = 100_000
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    base = short_tempdir()
-    process = DaemonProcess(base / "state").start()
-    try:
+    with running_daemon() as process:
         yield process
-    finally:
-        process.stop()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def request(method: str, params: bytes, request_id: bytes = b"1") -> bytes:

@@ -6,12 +6,24 @@ import json
 import re
 import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from engram.errors import InvalidParams, MethodNotFound
 
+from tests.conftest import DaemonProcess, running_daemon
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    """One daemon for the module: these tests each use their own connections and leave the
+    daemon as they found it (those that change its settings, its socket's mode or count its
+    connections start their own)."""
+    with running_daemon() as process:
+        yield process
 
 
 def test_core_methods_answer(daemon):
@@ -175,7 +187,8 @@ def test_half_closed_client_still_gets_its_answer(daemon):
         assert conn.recv()["result"]["echo"] == "bye"
 
 
-def test_a_thousand_connections_at_once(daemon):
+def test_a_thousand_connections_at_once(make_daemon):
+    daemon = make_daemon()
     conns = [daemon.raw() for _ in range(1000)]
     try:
         for i, conn in enumerate(conns):
@@ -248,12 +261,14 @@ def test_request_timeout(make_daemon, plugin_env):
     assert reply["error"]["code"] == -32004 and reply["error"]["data"]["limit_s"] == 0.3
 
 
-def test_owner_only_methods_refuse_other_uids(daemon):
+def test_owner_only_methods_refuse_other_uids(make_daemon):
     import os
 
     if os.geteuid() != 0:
         pytest.skip("switching uid needs root")
     import multiprocessing
+
+    daemon = make_daemon()
 
     def as_nobody(queue):
         os.setgid(65534)
@@ -262,7 +277,7 @@ def test_owner_only_methods_refuse_other_uids(daemon):
             queue.put(conn.request({"jsonrpc": "2.0", "id": 1, "method": "system.reload"}))
             queue.put(conn.request({"jsonrpc": "2.0", "id": 2, "method": "system.ping"}))
 
-    # The socket is 0600 and owned by root: open it to nobody for this test only.
+    # The socket is 0600 and owned by root: open it to nobody, on a daemon of this test's own.
     os.chmod(daemon.socket, 0o666)
     os.chmod(daemon.socket.parent, 0o755)
     os.chmod(daemon.socket.parent.parent, 0o755)

@@ -7,14 +7,13 @@ connection limit is low so that a burst beyond it is cheap to make.
 from __future__ import annotations
 
 import json
-import shutil
 import socket
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import DaemonProcess, RawConnection, short_tempdir
+from tests.conftest import DaemonProcess, RawConnection, running_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -23,13 +22,8 @@ MAX_CONNECTIONS = 6
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    base = short_tempdir()
-    daemon = DaemonProcess(base / "state", {"ENGRAM_SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS)})
-    try:
-        yield daemon.start()
-    finally:
-        daemon.stop()
-        shutil.rmtree(base, ignore_errors=True)
+    with running_daemon({"ENGRAM_SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS)}) as process:
+        yield process
 
 
 def ping(request_id: int) -> bytes:
