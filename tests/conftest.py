@@ -25,6 +25,12 @@ import pytest
 
 from engram.client import Client
 
+# make test runs two workers per core, each starting daemons: thread pools sized for the whole
+# machine, and pool threads that spin while they wait for work, would take turns burning the
+# cores the other workers need. Results do not depend on either.
+for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_pool, "1")
+
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SITE = REPO / "tests" / "fixtures" / "plugin_site"
 ENGRAMD = [sys.executable, "-m", "engram.cli", "serve"]
@@ -51,6 +57,7 @@ class DaemonProcess:
             # The plugin distributions of plugins/ may be installed in this environment: they load
             # only in the tests that ask for them (an absent Ollama would make every daemon degraded).
             "ENGRAM_PLUGINS__DISABLED": '["ollama", "openai"]',
+            "ENGRAM_INFERENCE__THREADS__SPIN": "false",  # see the thread pools above
             **(env or {}),
         }
         self.args = args or []
