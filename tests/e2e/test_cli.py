@@ -6,11 +6,21 @@ import json
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import DaemonProcess, running_daemon
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    """One daemon for the module: the commands tested against it only read."""
+    with running_daemon() as process:
+        yield process
 
 
 def engram(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
