@@ -100,13 +100,15 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
 
     from engram.config import load_settings
     from engram.observability.logging import configure_logging
-    from engram.runtime import serve
 
     overrides = {"state_dir": state_dir, "socket": socket_path}
     try:
         settings = load_settings(config_file, **overrides)
     except ConfigError as exc:
         fail(EXIT_USAGE, _one_line(str(exc)))
+    # Only a configuration that loads pays for importing every part (most of a start's time).
+    from engram.runtime import serve
+
     configure_logging(settings.log)
     log = structlog.get_logger("engram.daemon")
     try:
