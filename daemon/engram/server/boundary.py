@@ -16,6 +16,7 @@ every request here, so each such value is -32602 naming its field, in every meth
 
 from __future__ import annotations
 
+import functools
 import math
 import types
 import typing
@@ -131,16 +132,25 @@ def _out_of_range(value: Any, path: Path) -> Iterator[Path]:
             yield from _out_of_range(item, (*path, key))
 
 
+@functools.cache
+def _fields(model: type[BaseModel]) -> tuple[tuple[str, str, bool], ...]:
+    """(attribute, name on the wire, declares integers) of each field: worked out once per
+    params class, not on every request."""
+    return tuple(
+        (name, field.alias or name, _declares_int(field.annotation)) for name, field in model.model_fields.items()
+    )
+
+
 def _declared_ints_out_of_range(model: BaseModel, path: Path) -> Iterator[Path]:
-    for name, field in type(model).model_fields.items():
+    for name, wire_name, declares_int in _fields(type(model)):
         value = getattr(model, name)
-        where = (*path, field.alias or name)
+        where = (*path, wire_name)
         if isinstance(value, BaseModel):
             yield from _declared_ints_out_of_range(value, where)
         elif isinstance(value, (list, tuple)) and value and all(isinstance(item, BaseModel) for item in value):
             for index, item in enumerate(value):
                 yield from _declared_ints_out_of_range(item, (*where, index))
-        elif _declares_int(field.annotation):
+        elif declares_int:
             yield from _out_of_range(value, where)
 
 
