@@ -216,7 +216,7 @@ class Daemon:
         )
         for part in (
             SystemMethods(self),
-            EventMethods(self.bus),
+            EventMethods(self.bus, self.policy),  # the policy decides who sees which events
             AuditMethods(self.audit),
             self.policy,
             self.inference,

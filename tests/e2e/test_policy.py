@@ -6,6 +6,8 @@ socket is opened to it for the test only, as test_protocol.py does.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import multiprocessing
 import os
@@ -304,3 +306,94 @@ def test_forget_all_and_export_are_owner_only_until_granted(make_daemon, state_d
     export, forget_all = as_nobody(daemon, ("memory.export", {}), ("memory.forget", {"all": True}))
     assert [i["text"] for i in export["result"]["items"]] == ["mine"]
     assert forget_all["result"]["forgotten"] == 1
+
+
+EVENTS_GRANT = """
+[[rule]]
+name = "nobody-follows-events"
+effect = "allow"
+principals = ["uid:65534"]
+actions = ["events.*", "memory.*"]
+
+[[rule]]
+name = "nobody-team-namespace"
+effect = "allow"
+principals = ["uid:65534"]
+actions = ["memory.*"]
+namespaces = ["shared:team"]
+"""
+
+
+def _follow_events(socket_path: str, go: Any, queue: Any) -> None:
+    """As nobody: subscribe to every topic, wait for ``go``, remember one text in its own
+    namespace, and report every event received until that write's own event arrived."""
+    import socket as sock
+
+    try:
+        os.setgroups([])
+        os.setgid(NOBODY)
+        os.setuid(NOBODY)
+        conn = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
+        conn.settimeout(10)
+        conn.connect(socket_path)
+        lines = conn.makefile("rb")
+
+        def send(request_id: int, method: str, params: dict[str, Any]) -> None:
+            conn.sendall(json.dumps({"jsonrpc": "2.0", "id": request_id, "method": method, "params": params}).encode() + b"\n")
+
+        send(1, "events.subscribe", {"topics": ["*"]})
+        assert "result" in json.loads(lines.readline())
+        queue.put("subscribed")
+        assert go.wait(20)
+        send(2, "memory.remember", {"items": [{"text": "mine"}]})
+        events, answered = [], False
+        while not (answered and any(e["topic"] == "memory.remembered" and e["data"]["namespace"] == "uid:65534" for e in events)):
+            message = json.loads(lines.readline())
+            if message.get("id") == 2:
+                assert "result" in message, message
+                answered = True
+            elif message.get("method") == "events.event":
+                events.append(message["params"])
+        queue.put(events)
+    except BaseException as exc:  # noqa: BLE001 - report whatever went wrong to the test
+        queue.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_a_subscriber_other_than_the_owner_sees_only_events_about_itself(make_daemon, state_dir):
+    _needs_root()
+    folder = _policy_dir(state_dir)
+    (folder / "grant.toml").write_text(EVENTS_GRANT)
+    daemon = make_daemon(env=_env(folder))
+    as_nobody(daemon)  # opens the socket to nobody
+    ctx = multiprocessing.get_context("fork")
+    go, queue = ctx.Event(), ctx.Queue()
+    follower = ctx.Process(target=_follow_events, args=(str(daemon.socket), go, queue))
+    follower.start()
+    try:
+        assert queue.get(timeout=20) == "subscribed"
+        with daemon.client() as owner:
+            owner.call("memory.remember", {"items": [{"text": "the owner's own note"}]})  # namespace uid:0
+            owner.call("memory.remember", {"items": [{"text": "a team note"}], "namespace": "shared:team"})
+            owner.call("system.ping")
+        go.set()
+        events = queue.get(timeout=20)
+    finally:
+        follower.join(10)
+    assert isinstance(events, list), events
+
+    def about(event: dict[str, Any]) -> tuple[int | None, str | None]:
+        data = event["data"]
+        return (data.get("principal") or {}).get("uid", data.get("uid")), data.get("namespace")
+
+    # The owner's requests, connection and write to its own namespace stay hidden ...
+    assert not [e for e in events if about(e)[0] == 0 and about(e)[1] != "shared:team"], events
+    remembered = {e["data"]["namespace"]: e["data"] for e in events if e["topic"] == "memory.remembered"}
+    assert set(remembered) == {"shared:team", "uid:65534"}  # ... a namespace it may read is its business
+    assert {e["topic"] for e in events if about(e)[0] == NOBODY} >= {"request.received", "request.completed"}
+
+    # Texts are named by a digest keyed with the daemon's content key, never a bare SHA-256.
+    key = (daemon.state_dir / "keys" / "content.key").read_bytes()
+    assert len(key) == 32 and (daemon.state_dir / "keys" / "content.key").stat().st_mode & 0o777 == 0o600
+    digest = hashlib.sha256(b"mine").digest()
+    assert remembered["uid:65534"]["text_hmac"] == [hmac.new(key, digest, hashlib.sha256).hexdigest()]
+    assert digest.hex() not in json.dumps(events)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import fnmatch
 import itertools
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from enum import StrEnum
 
 import anyio
@@ -47,9 +47,19 @@ class OverflowPolicy(StrEnum):
 
 
 class Subscription:
-    def __init__(self, sub_id: str, patterns: tuple[str, ...], maxsize: int, overflow: OverflowPolicy) -> None:
+    def __init__(
+        self,
+        sub_id: str,
+        patterns: tuple[str, ...],
+        maxsize: int,
+        overflow: OverflowPolicy,
+        admits: Callable[[Event], bool] | None = None,
+    ) -> None:
         self.id = sub_id
         self.patterns = patterns
+        # Which of the matching events this subscriber may see (None: all of them). Decided as
+        # they are published, so what it may not see never takes room in its queue.
+        self.admits = admits
         self.maxsize = maxsize
         self.overflow = overflow
         self.delivered = 0
@@ -151,8 +161,9 @@ class EventBus:
         patterns: Iterable[str],
         maxsize: int | None = None,
         overflow: OverflowPolicy = OverflowPolicy.DROP_OLDEST,
+        admits: Callable[[Event], bool] | None = None,
     ) -> Subscription:
-        sub = Subscription(f"s{next(self._ids)}", tuple(patterns), maxsize or self.default_queue, overflow)
+        sub = Subscription(f"s{next(self._ids)}", tuple(patterns), maxsize or self.default_queue, overflow, admits)
         self._subscriptions[sub.id] = sub
         return sub
 
@@ -171,7 +182,7 @@ class EventBus:
         self.published += 1
         lagging: list[Subscription] = []
         for sub in list(self._subscriptions.values()):
-            if not sub.matches(event.topic):
+            if not sub.matches(event.topic) or (sub.admits is not None and not sub.admits(event)):
                 continue
             if not sub.offer(event) and not sub._lagging:
                 sub._lagging = True

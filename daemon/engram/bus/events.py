@@ -3,6 +3,11 @@
 An event class names its ``topic`` (dotted, like RPC methods) and its ``priority``: control events
 (the daemon's own lifecycle) are delivered ahead of bulk events (per-request traffic), so a
 subscriber that is behind still learns at once that the daemon is stopping.
+
+Whom an event is about decides who may follow it (see :mod:`engram.bus.audience`). It is read
+from the fields every part already names the same way: ``principal`` (or ``uid``) is the client
+that caused it, ``namespace`` (or ``namespaces``) the memory it touched. An event with neither is
+the owner's business, unless its class says it is ``public`` (the daemon starting and stopping).
 """
 
 from __future__ import annotations
@@ -26,8 +31,25 @@ class Event(BaseModel):
 
     topic: ClassVar[str]
     priority: ClassVar[Priority] = Priority.BULK
+    public: ClassVar[bool] = False  # every subscriber may see it, whoever they are
 
     time: float = Field(default_factory=time.time, description="Unix time the event happened.")
+
+    def subject_uid(self) -> int | None:
+        """The uid of the client that caused the event, when one did."""
+        principal = getattr(self, "principal", None)
+        if isinstance(principal, Principal):
+            return principal.uid
+        uid = getattr(self, "uid", None)
+        return uid if isinstance(uid, int) else None
+
+    def subject_namespaces(self) -> tuple[str, ...]:
+        """The memory namespaces the event is about (none for most)."""
+        namespace = getattr(self, "namespace", None)
+        if isinstance(namespace, str):
+            return (namespace,)
+        namespaces = getattr(self, "namespaces", None)
+        return tuple(namespaces) if isinstance(namespaces, list) else ()
 
     def wire(self) -> dict[str, Any]:
         data = self.model_dump(mode="json")
@@ -40,6 +62,7 @@ class Event(BaseModel):
 class DaemonStarted(Event):
     topic = "daemon.started"
     priority = Priority.CONTROL
+    public = True
     version: str
     pid: int
     socket: str
@@ -48,6 +71,7 @@ class DaemonStarted(Event):
 class DaemonStopping(Event):
     topic = "daemon.stopping"
     priority = Priority.CONTROL
+    public = True
     reason: str
 
 
@@ -71,6 +95,7 @@ class ConnectionClosed(Event):
     connection: int
     reason: str
     requests: int
+    principal: Principal | None = None
 
 
 class RequestReceived(Event):
@@ -91,6 +116,7 @@ class RequestCompleted(Event):
     error_reason: str | None = None
     duration_ms: float
     trace_id: str | None = None
+    principal: Principal | None = None
 
 
 class PluginLoaded(Event):

@@ -1,7 +1,8 @@
 """``events.subscribe`` / ``events.unsubscribe``: the bus, followed over the socket.
 
-Each subscription belongs to the connection that made it and ends with it. Events are pushed as
-``events.event`` notifications; ``dropped`` in each says how many this subscription has lost to
+Each subscription belongs to the connection that made it and ends with it. A subscriber who is
+not the owner gets only the events about itself (see :mod:`engram.bus.audience`). Events are
+pushed as ``events.event`` notifications; ``dropped`` in each says how many this subscription has lost to
 its overflow policy so far, so a client can tell a quiet period from a gap.
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field
 
+from engram.bus.audience import Audience, event_filter
 from engram.bus.bus import EventBus, OverflowPolicy, Subscription
 from engram.errors import InvalidParams, NotFound
 from engram.server.methods import Connection, Params, RequestContext, Result, rpc
@@ -53,15 +55,20 @@ class UnsubscribeResult(Result):
 
 
 class EventMethods:
-    def __init__(self, bus: EventBus) -> None:
+    def __init__(self, bus: EventBus, audience: Audience) -> None:
         self._bus = bus
+        self._audience = audience
         self._owners: dict[str, tuple[Subscription, int]] = {}  # id -> (subscription, connection id)
 
     @rpc("events.topics", summary="The event topics declared on the bus.", audit=False)
     async def topics(self, ctx: RequestContext, params: TopicsParams) -> TopicsResult:
         return TopicsResult(topics=self._bus.topics_matching(params.pattern))
 
-    @rpc("events.subscribe", summary="Follow bus events matching topic patterns, pushed as notifications.")
+    @rpc(
+        "events.subscribe",
+        summary="Follow bus events matching topic patterns, pushed as notifications "
+        "(only the owner sees every client's; others see the events about themselves).",
+    )
     async def subscribe(self, ctx: RequestContext, params: SubscribeParams) -> SubscribeResult:
         matched: set[str] = set()
         for index, pattern in enumerate(params.topics):
@@ -74,7 +81,8 @@ class EventMethods:
                     known_topics=self._bus.topics,
                 )
             matched.update(topics)
-        sub = self._bus.subscribe(params.topics, params.queue, params.overflow)
+        admits = event_filter(ctx.principal, self._audience)
+        sub = self._bus.subscribe(params.topics, params.queue, params.overflow, admits)
         conn = ctx.connection
         self._owners[sub.id] = (sub, conn.id)
         conn.subscriptions += 1

@@ -1,5 +1,7 @@
-"""Bus events of memory. They carry ids and SHA-256 hashes, never text: the audit log records
-every ``memory.*`` event, and what is forgotten must not survive there."""
+"""Bus events of memory. They carry ids and keyed digests, never text: the audit log records
+every ``memory.*`` event, and what is forgotten must not survive there. A digest is HMAC-SHA256
+under the daemon's content key (see :mod:`engram.memory.content_key`), so a short text cannot be
+found again from it by trying candidates."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ class MemoryRemembered(Event):
     topic = "memory.remembered"
     namespace: str
     ids: list[str]
-    text_sha256: list[str] = Field(description="SHA-256 (hex) of each episode's UTF-8 text, in the order of ids.")
+    text_hmac: list[str] = Field(description="Keyed digest (hex) of each episode's text, in the order of ids.")
     origin: Literal["remember", "import", "promotion"]
     principal: Principal | None = None
     task_id: int | None = Field(default=None, description="The request's serial number in the daemon.")
@@ -31,7 +33,7 @@ class MemoryForgotten(Event):
     topic = "memory.forgotten"
     namespace: str
     ids: list[str]
-    text_sha256: list[str] = Field(description="SHA-256 (hex) of each forgotten text, in the order of ids.")
+    text_hmac: list[str] = Field(description="Keyed digest (hex) of each forgotten text, in the order of ids.")
     scope: Literal["ids", "filter", "all", "sleep"] = Field(
         description="What asked: memory.forget by ids, filter or all, or sleep deleting archived episodes after their grace."
     )

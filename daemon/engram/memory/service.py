@@ -67,6 +67,7 @@ from engram.memory.api import (
     WorkingPutResult,
     WorkingStats,
 )
+from engram.memory.content_key import CONTENT_KEY_FILE, ContentKey
 from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
 from engram.memory.episodic import Episodic
@@ -130,6 +131,7 @@ class Memory:
         self.settings = settings
         self.state = "created"
         self.index_path = state_dir / "memory" / FILE_NAME
+        self.content_key = ContentKey(state_dir / "keys" / CONTENT_KEY_FILE)
         self._bus = bus
         self.metrics = MemoryMetrics(metrics.registry if metrics is not None else None)
         self.db = MemoryDB(database_path, busy_timeout)
@@ -162,6 +164,7 @@ class Memory:
         self._writer_done, self._purge_wanted, self._maintenance_wanted = anyio.Event(), anyio.Event(), anyio.Event()
         self.episodic.open_writer()
         faiss.omp_set_num_threads(self.settings.index.threads)
+        await anyio.to_thread.run_sync(self.content_key.load)
         await anyio.to_thread.run_sync(self.db.open)
         try:
             await anyio.to_thread.run_sync(self._load_index)
@@ -388,9 +391,14 @@ class Memory:
             return
         self.metrics.remembered.labels(origin).inc(len(done))
         self._bus.publish(
-            MemoryRemembered(namespace=namespace, ids=[i for i, _ in done], text_sha256=[h for _, h in done],
+            MemoryRemembered(namespace=namespace, ids=[i for i, _ in done], text_hmac=self.content_digests([h for _, h in done]),
                              origin=origin, principal=principal, task_id=task_id)  # type: ignore[arg-type]
         )
+
+    def content_digests(self, text_sha256s: list[str]) -> list[str]:
+        """What records that leave memory (events, audit entries) name texts by: keyed digests of
+        the episodes' ``text_sha256``, which only the owner can match against a text."""
+        return self.content_key.digests(text_sha256s)
 
     async def forget_seqs(self, namespace: str, seqs: list[int], scope: str = "sleep", principal: Principal | None = None,
                           task_id: int | None = None) -> Forgotten:
@@ -412,7 +420,7 @@ class Memory:
                 MemoryForgotten(
                     namespace=namespace,
                     ids=gone.ids[start : start + _EVENT_CHUNK],
-                    text_sha256=gone.hashes[start : start + _EVENT_CHUNK],
+                    text_hmac=self.content_digests(gone.hashes[start : start + _EVENT_CHUNK]),
                     scope=scope,  # type: ignore[arg-type]
                     relations=gone.relations if first else 0,
                     concepts=gone.concepts if first else 0,

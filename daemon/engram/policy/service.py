@@ -59,6 +59,7 @@ __all__ = ["Policy", "PRIVACY_FILE"]
 log = structlog.get_logger("engram.policy")
 
 PRIVACY_FILE = "policy-privacy.json"  # in the state folder: the owner's privacy switch
+_READABLE_CACHE = 4096  # namespace answers kept for event filtering (cleared when full)
 
 # The method of the request being served, set by the dispatcher's guard: the guard and the
 # handler run in the same task, so parts deciding later (memory's namespace, an egress) know
@@ -97,6 +98,7 @@ class Policy:
         self.reload_problems: list[PolicyIssue] = []
         self._reload_lock: anyio.Lock | None = None
         self._allowed_events: dict[tuple[Any, ...], tuple[Decision, PolicyDecided]] = {}
+        self._readable: dict[tuple[Any, ...], bool] = {}  # may_read_namespace, for the policy in force
         r = metrics.registry
         self._m_decisions = Counter(
             "engram_policy_decisions", "Policy decisions, by enforcement point and effect.", ["point", "effect"], registry=r
@@ -156,6 +158,7 @@ class Policy:
             cache_size=self.settings.decision_cache,
         )
         self.loaded_at = time.time()
+        self._readable = {}
         self.reload_problems = []
         self._m_reloads.labels("ok").inc()
 
@@ -315,6 +318,23 @@ class Policy:
     def namespace_allowed(self, principal: Principal, namespace: str) -> bool:
         """The memory part's namespace check (``NamespacePolicy.allowed``), decided by the policy."""
         return self.authorize_namespace(principal, None, namespace).allowed
+
+    # --- who follows which events (engram.bus.audience.Audience) ---------------------------------
+
+    def sees_all_events(self, principal: Principal) -> bool:
+        return self._owner(principal)
+
+    def may_read_namespace(self, principal: Principal, namespace: str) -> bool:
+        """Whether ``principal`` may recall from ``namespace``. Asked for every event a subscriber
+        might see, so it records no decision and remembers its answers until the next reload."""
+        key = (principal.uid, principal.gid, principal.user, principal.client, namespace)
+        readable = self._readable.get(key)
+        if readable is None:
+            if len(self._readable) >= _READABLE_CACHE:
+                self._readable.clear()
+            readable = self._engine().authorize_namespace(principal, "memory.recall", namespace).allowed
+            self._readable[key] = readable
+        return readable
 
     def require_namespace(self, principal: Principal, method: str | None, namespace: str) -> Decision:
         """:meth:`authorize_namespace`, raising PolicyDenied (naming the rule) when denied."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from engram.bus.events import Event
+from engram.principal import Principal
 
 __all__ = ["ROUTER_EVENTS", "RouteCalibrated", "RouteDecided", "RouteReset"]
 
@@ -23,6 +24,7 @@ class RouteDecided(Event):
     features: dict[str, float]
     reason: str
     request: int | None = Field(default=None, description="The daemon's serial number of the request.")
+    principal: Principal | None = Field(default=None, description="Who asked.")
 
 
 class RouteReset(Event):

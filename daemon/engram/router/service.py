@@ -564,6 +564,7 @@ class Router:
         self._bus.publish(RouteDecided(
             decision=decision, route=route, mode=mode, taken=taken, target=target, escalated=escalated, agreed=agreed,
             confidence=conf, p_slow=p_slow, features=_rounded(features), reason=reason, request=ctx.request,
+            principal=ctx.principal,
         ))
         log.debug("routed", route=route, decision=decision, taken=taken, reason=reason)
 

@@ -115,7 +115,11 @@ class ClientConnection:
                 callback()
             with anyio.CancelScope(shield=True):
                 await self._stream.aclose()
-            bus.publish(ConnectionClosed(connection=self.id, reason=self.close_reason, requests=self.requests))
+            bus.publish(
+                ConnectionClosed(
+                    connection=self.id, reason=self.close_reason, requests=self.requests, principal=self.principal
+                )
+            )
             log.debug("connection closed", connection=self.id, reason=self.close_reason, requests=self.requests)
 
     async def _flush_pushes(self) -> None:

@@ -274,5 +274,6 @@ class Dispatcher:
                         error_reason=error.reason if error else None,
                         duration_ms=round(elapsed * 1000, 3),
                         trace_id=trace_id,
+                        principal=principal,
                     )
                 )

@@ -121,7 +121,7 @@ class ForgettingStage:
                         detail={
                             "namespace": ns,
                             "ids": [i for _, i, _ in batch],
-                            "text_sha256s": [h for _, _, h in batch],
+                            "text_hmacs": memory.content_digests([h for _, _, h in batch]),
                             "run": ctx.run_id,
                         },
                     )

@@ -179,7 +179,7 @@ async def test_forget_is_immediate_and_complete(make_memory, tmp_path: Path) -> 
         assert ids[0] not in [h.id for h in hits]
         assert (await memory.stats(ctx(), StatsParams())).index.vectors == 1
         forgotten = next(e for e in events.events if e.topic == "memory.forgotten")
-        assert forgotten.ids == [ids[0]] and len(forgotten.text_sha256[0]) == 64
+        assert forgotten.ids == [ids[0]] and len(forgotten.text_hmac[0]) == 64
         assert "zebracorn" not in forgotten.model_dump_json()
         with anyio.fail_after(10):  # the full-text index is purged and the WAL checkpointed
             while True:
