@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from engram.audit.note import generate_signer
 
 from tests.conftest import ENGRAMD, short_tempdir
 
@@ -62,6 +63,13 @@ def socket_path_too_long(base: Path) -> tuple[list[str], dict[str, str]]:
     return ["--socket", str(base / ("s" * 120) / "engram.sock")], {}
 
 
+def audit_key_open_to_others(base: Path) -> tuple[list[str], dict[str, str]]:
+    path = base / "audit.key"
+    path.write_text(generate_signer("engram.local/x")[0] + "\n")
+    path.chmod(0o644)
+    return [], {"ENGRAM_AUDIT__SIGNING_KEY_FILE": str(path)}
+
+
 CASES: dict[str, tuple[Setup, str]] = {
     "toml_not_utf8": (config_file(b"state_dir = '\xff\xfe'\n"), "UTF-8"),
     "toml_unknown_key": (config_file(b"bogus = 1\n"), "bogus: unknown setting"),
@@ -77,6 +85,7 @@ CASES: dict[str, tuple[Setup, str]] = {
     "socket_folder_unusable": (socket_folder_is_a_file, "socket's folder"),
     "span_file_unusable": (span_file_in_a_file, "span file"),
     "socket_path_too_long": (socket_path_too_long, "longer than"),
+    "audit_key_open_to_others": (audit_key_open_to_others, "mode 0644"),
 }
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -209,6 +210,56 @@ def rotate_key(socket_path: Path | None, as_json: bool, timeout: float) -> None:
         click.echo(f"previous verifier key  {data['previous_vkey']}")
         click.echo(f"rotation checkpoint at size {data['size']}, signed by both keys:")
         click.echo(data["note"], nl=False)
+
+    Output(as_json).emit(result, human)
+
+
+@audit.command("keygen")
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--state-dir",
+    type=click.Path(path_type=Path, file_okay=False),
+    help="Make the key for this state folder's existing log, to hand the log over to it "
+    "(default: a key that starts a new log).",
+)
+@json_option
+def keygen(file: Path, state_dir: Path | None, as_json: bool) -> None:
+    """Make a signing key to keep outside the state folder (audit.signing_key_file or the systemd
+    credential engram-audit.key): writes FILE, mode 0600, never over an existing file, and prints
+    its verifier key. No daemon needed."""
+    from engram.audit.log import new_install_id, origin_for
+    from engram.audit.note import generate_signer
+    from engram.storage.files import fsync_directory
+
+    if state_dir is not None:
+        store = _open_state(state_dir)
+        try:
+            origin = _state_origin(store)
+        finally:
+            store.close()
+        if origin is None:
+            fail(EXIT_USAGE, f"{state_dir} has no audit log yet; leave out --state-dir to make a key for a new log")
+    else:
+        origin = origin_for(new_install_id())
+    skey, vkey = generate_signer(origin)
+    try:
+        fd = os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        fail(EXIT_USAGE, f"{file} exists; engram never overwrites a signing key")
+    except OSError as exc:
+        fail(EXIT_USAGE, f"cannot create {file}: {exc.strerror}")
+    try:
+        os.fchmod(fd, 0o600)  # whatever the umask
+        os.write(fd, (skey + "\n").encode())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    fsync_directory(file.absolute().parent)
+    result = {"file": str(file), "origin": origin, "vkey": vkey}
+
+    def human(data: dict[str, Any]) -> None:
+        click.echo(f"signing key for the log {data['origin']} written to {data['file']} (mode 0600)")
+        click.echo(f"its verifier key, to pin: {data['vkey']}")
 
     Output(as_json).emit(result, human)
 

@@ -49,6 +49,7 @@ from engram.audit.events import (
     KeyRotated,
 )
 from engram.audit.export import StateFolderSource
+from engram.audit.keyfile import read_signing_key
 from engram.audit.keys import AuditKeys
 from engram.audit.note import Signer
 from engram.audit.settings import AuditSettings
@@ -56,7 +57,7 @@ from engram.audit.store import AuditStore, StoredCheckpoint, StoreError
 from engram.audit.verify import VerificationError, verify_log
 from engram.bus import EventBus
 from engram.bus.bus import OverflowPolicy, Subscription
-from engram.errors import Overloaded, RPCError, StartupError, Unavailable
+from engram.errors import Conflict, Overloaded, RPCError, StartupError, Unavailable
 from engram.observability.metrics import Metrics
 
 __all__ = ["ORIGIN_PREFIX", "AuditLog", "origin_for"]
@@ -72,6 +73,19 @@ _COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0
 def origin_for(install_id: str) -> str:
     """The checkpoint origin of a state folder's log."""
     return ORIGIN_PREFIX + install_id
+
+
+def new_install_id(key: Signer | None = None) -> str:
+    """The install ID of a new log: the one an external key was made for (``engram audit
+    keygen`` makes a key before the log exists), else a random one."""
+    if key is not None and key.name.startswith(ORIGIN_PREFIX):
+        return key.name[len(ORIGIN_PREFIX) :]
+    return secrets.token_hex(8)
+
+
+def rotation_detail(old: Signer, new: Signer, checkpoint_size: int) -> dict[str, Any]:
+    """What an ``audit.key_rotated`` entry says."""
+    return {"old_vkey": old.verifier_key(), "new_vkey": new.verifier_key(), "checkpoint_size": checkpoint_size}
 
 
 @dataclass(slots=True, eq=False)
@@ -110,7 +124,7 @@ class AuditLog:
         self.database_path = database_path
         self.state = "created"
         self.origin = ""
-        self.keys = AuditKeys(state_dir / "keys")
+        self.keys = AuditKeys(state_dir / "keys", settings.signing_key_file)
         self.store = AuditStore(database_path, busy_timeout=busy_timeout)
         self._bus = bus
         self._topics: list[str] = list(AUDITED_TOPICS)
@@ -188,6 +202,7 @@ class AuditLog:
             size=self.store.size,
             checkpoints=self.counters.checkpoints,
             vkey=self.keys.current.key_string(),
+            key_source=self.keys.source.kind,
         )
         return self
 
@@ -195,9 +210,13 @@ class AuditLog:
         """Blocking start-up work (worker thread): store, origin, keys, full integrity check."""
         try:
             self.store.open()
-            self.origin = origin_for(self.store.meta_setdefault(INSTALL_ID_KEY, secrets.token_hex(8)))
+            source = self.keys.locate()
+            external = read_signing_key(source) if source.external else None
+            self.origin = origin_for(self.store.meta_setdefault(INSTALL_ID_KEY, new_install_id(external)))
             last = self.store.last_checkpoint()
-            if self.keys.exists():
+            if external is not None:
+                self.keys.use_external(external, self.origin, last.key_id if last is not None else None)
+            elif self.keys.exists():
                 self.keys.load(self.origin)
             elif last is not None:
                 raise StartupError(
@@ -211,6 +230,8 @@ class AuditLog:
         except StoreError as exc:
             raise StartupError(f"cannot open the audit log: {exc}") from None
         self._check()
+        if self.keys.handover is not None:
+            self._hand_over()
         self._last_checkpoint = self.store.last_checkpoint()
         self.counters.checkpoints = self.store.checkpoint_count()
 
@@ -228,7 +249,7 @@ class AuditLog:
             with self.store.snapshot():
                 report = verify_log(
                     StateFolderSource(self.store, self.origin),
-                    self.keys.verifiers(),
+                    self.keys.trusted(),
                     origin=self.origin,
                     progress=progress,
                     progress_every=1 << 18,
@@ -250,6 +271,17 @@ class AuditLog:
             unsigned_tail=report.unsigned_tail,
             seconds=round(time.monotonic() - started, 3),
         )
+
+    def _hand_over(self) -> None:
+        """Hand the log over from the state folder's key to the external one (worker thread, before
+        the writer starts): a rotation checkpoint signed by both keys, then the old key deleted,
+        then an ``audit.key_rotated`` entry, as :meth:`rotate_key` does within one key source."""
+        old, new = self.keys.hand_over()
+        size, root = self.store.size, self.store.tree.root()
+        signed = sign_checkpoint(self.origin, size, root, new, previous=old)
+        self.store.add_checkpoint(size, root, signed.note, signed.key_id, signed.time)
+        self.keys.finish_hand_over()
+        self.store.append([Record(kind=KIND_KEY_ROTATED, detail=rotation_detail(old, new, size))])
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
@@ -290,7 +322,7 @@ class AuditLog:
         last = self._last_checkpoint
         detail = (
             f"{self.store.size} entries, last checkpoint at size {last.size if last else 0}, "
-            f"{len(self._queue)} queued"
+            f"{len(self._queue)} queued, signing key from {self.keys.source.describe()}"
         )
         if self.state != "running":
             return False, f"{self.state}; {detail}"
@@ -546,6 +578,13 @@ class AuditLog:
         if self.state != "running":
             raise Unavailable("the audit log is not running", reason="audit_unavailable")
         assert self._checkpoint_lock is not None
+        if self.keys.source.external:
+            raise Conflict(
+                f"the audit signing key comes from {self.keys.source.describe()}, which engramd never "
+                "writes; to replace it, make a new key with `engram audit keygen` and hand the log over "
+                "to it at a restart (docs/audit.md, Keys outside the state folder)",
+                reason="audit_key_external",
+            )
         if self.store.size == 0:
             raise Unavailable("nothing to sign yet", reason="audit_empty")
         # One critical section: no checkpoint can slip in between the new key and the rotation
@@ -555,10 +594,7 @@ class AuditLog:
             stored = await self._checkpoint_locked(rotation=(old, new))
         assert stored is not None
         self._bus.publish(KeyRotated(old_vkey=old.verifier_key(), new_vkey=new.verifier_key(), size=stored.size))
-        await self.append(
-            KIND_KEY_ROTATED,
-            detail={"old_vkey": old.verifier_key(), "new_vkey": new.verifier_key(), "checkpoint_size": stored.size},
-        )
+        await self.append(KIND_KEY_ROTATED, detail=rotation_detail(old, new, stored.size))
         return old.verifier_key(), new.verifier_key(), stored
 
     # --- reading (worker threads) ------------------------------------------------------------

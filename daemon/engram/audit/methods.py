@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from engram.audit.keyfile import SourceKind
 from engram.audit.log import AuditLog
 from engram.audit.store import StoredCheckpoint
 from engram.errors import IntegrityError, InvalidParams, NotFound
@@ -125,6 +126,10 @@ class PubkeyResult(Result):
     vkey: str = Field(description="The current C2SP verifier key.")
     previous: list[str] = Field(description="Verifier keys of earlier (rotated) signing keys.")
     origin: str
+    key_source: SourceKind = Field(
+        description="Where the signing key comes from: the state folder (keys/audit.key), the file "
+        "audit.signing_key_file names, or the systemd credential engram-audit.key."
+    )
 
 
 class RotateKeyResult(Result):
@@ -232,7 +237,10 @@ class AuditMethods:
     async def pubkey(self, ctx: RequestContext, params: NoParams) -> PubkeyResult:
         keys = self._log.keys
         return PubkeyResult(
-            vkey=keys.current.key_string(), previous=[v.key_string() for v in keys.previous], origin=self._log.origin
+            vkey=keys.current.key_string(),
+            previous=[v.key_string() for v in keys.previous],
+            origin=self._log.origin,
+            key_source=keys.source.kind,
         )
 
     @rpc(

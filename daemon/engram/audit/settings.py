@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 __all__ = ["AuditSettings"]
 
 
 class AuditSettings(BaseModel):
-    """The signed audit log: group commit, checkpoint cadence, queue bounds."""
+    """The signed audit log: its signing key, group commit, checkpoint cadence, queue bounds."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    signing_key_file: Path | None = Field(
+        default=None,
+        description=(
+            "The audit signing key, outside the state folder: a file only engramd's user can read "
+            "(mode 0600 or 0400), made with `engram audit keygen`; engramd never writes it. Unset: "
+            "the systemd credential engram-audit.key if the unit passes one, else "
+            "<state_dir>/keys/audit.key, created on first start."
+        ),
+    )
 
     checkpoint_every_entries: int = Field(
         default=1000,
@@ -58,3 +71,9 @@ class AuditSettings(BaseModel):
         le=3600,
         description="Seconds an audited request waits for its entry to be durable before it fails with -32005.",
     )
+
+    @field_validator("signing_key_file", mode="after")
+    @classmethod
+    def _absolute(cls, value: Path | None) -> Path | None:
+        # As for state_dir: a relative path is resolved once, against the folder engramd starts in.
+        return None if value is None else Path(os.path.abspath(value.expanduser()))

@@ -208,7 +208,7 @@ async def test_key_files_and_modes(folder: Folder) -> None:
     assert (keys / "audit.key").read_text().startswith("PRIVATE+KEY+engram.local/")
     assert (keys / "audit.pub").read_text().strip() == vkey
     os.chmod(keys / "audit.key", 0o644)
-    with pytest.raises(StartupError, match="readable by others"):
+    with pytest.raises(StartupError, match="read or written by other users"):
         async with folder.log():
             pass
 
