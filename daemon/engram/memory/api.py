@@ -63,10 +63,12 @@ def _parse_time(value: Any) -> Any:
     return value
 
 
+# The bounds come before the validator: after it, pydantic writes them into the JSON Schema as
+# "ge"/"le", which no schema validator reads, instead of "minimum"/"maximum".
 Timestamp = Annotated[
     float,
-    BeforeValidator(_parse_time),
     Field(ge=-62_135_596_800, le=253_402_300_799, allow_inf_nan=False, description="Unix seconds (or an ISO 8601 string)."),
+    BeforeValidator(_parse_time),
 ]
 Namespace = Annotated[
     str | None,
