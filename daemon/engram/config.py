@@ -85,6 +85,13 @@ class ServerSettings(_Section):
         le=1024 * 1024 * 1024,
         description="Largest request line accepted; longer lines get -32600 (frame_too_large).",
     )
+    max_buffered_bytes: int = Field(
+        default=64 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=64 * 1024 * 1024 * 1024,
+        description="Bytes of request lines not yet parsed that all connections together may hold beyond "
+        "128 KiB each; a line that finds them spent is dropped with -32003 (buffered_limit).",
+    )
     max_json_depth: int = Field(
         default=64,
         ge=8,

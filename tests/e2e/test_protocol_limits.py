@@ -1,4 +1,5 @@
-"""Server limits under a burst: a maximal batch at zero load, and connections beyond the limit.
+"""Server limits under a burst: a maximal batch at zero load, connections beyond the limit,
+unparsed frame bytes across connections, and a large frame that must not hold everyone else.
 
 One daemon serves the whole module (starting one costs more than the tests themselves); its
 connection limit is low so that a burst beyond it is cheap to make.
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -18,11 +20,13 @@ from tests.conftest import DaemonProcess, RawConnection, running_daemon
 pytestmark = pytest.mark.e2e
 
 MAX_CONNECTIONS = 6
+MAX_BUFFERED = 8 * 1024 * 1024
 
 
 @pytest.fixture(scope="module")
 def daemon() -> Iterator[DaemonProcess]:
-    with running_daemon({"ENGRAM_SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS)}) as process:
+    env = {"ENGRAM_SERVER__MAX_CONNECTIONS": str(MAX_CONNECTIONS), "ENGRAM_SERVER__MAX_BUFFERED_BYTES": str(MAX_BUFFERED)}
+    with running_daemon(env) as process:
         yield process
 
 
@@ -120,3 +124,65 @@ def test_a_burst_beyond_the_limit_refuses_exactly_the_excess(daemon: DaemonProce
         probe.close()
         for sock in conns:
             sock.close()
+
+
+def padded_ping(size: int) -> tuple[bytes, bytes]:
+    """A ping with an unknown parameter of ``size`` bytes: its start, and the end with the newline."""
+    return b'{"jsonrpc":"2.0","id":"big","method":"system.ping","params":{"pad":"' + b"a" * size, b'"}}\n'
+
+
+def test_unparsed_frames_share_one_bound_that_small_requests_never_wait_for(daemon: DaemonProcess) -> None:
+    base = alone(daemon)
+    start, end = padded_ping(3_700_000)  # two fit in the bound, three do not
+    holders = [daemon.raw() for _ in range(2)]
+    for holder in holders:  # sendall returns once the daemon has read all but a socket buffer
+        holder.send(start)
+    third = daemon.raw()
+    third.send(start + end)
+    refused = third.recv()
+    assert refused["error"]["code"] == -32003 and refused["id"] is None
+    assert refused["error"]["data"] == {"reason": "buffered_limit", "limit": MAX_BUFFERED}
+    assert "result" in base.request(json.loads(ping(1)))  # small frames draw on no budget
+    for holder in holders:
+        holder.close()
+    deadline = time.monotonic() + 10
+    while True:  # the closed connections give back what they held
+        third.send(start + end)
+        answer = third.recv()
+        if answer["error"]["code"] != -32003 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert answer["error"]["code"] == -32602 and answer["error"]["data"]["field"] == "pad"
+    for conn in (base, third):
+        conn.close()
+
+
+def test_a_large_frame_is_parsed_while_other_clients_are_served(daemon: DaemonProcess) -> None:
+    # 100,000 small values: a second of parsing and checking, which on the event loop would
+    # leave every other client unanswered until it is done.
+    pad = {f"k{i}": i for i in range(100_000)}
+    frame = json.dumps({"jsonrpc": "2.0", "id": "big", "method": "system.ping", "params": {"pad": pad}}).encode() + b"\n"
+    big, other = daemon.raw(), daemon.raw()
+    big.sock.settimeout(60)
+    answered_meanwhile = 0
+    big_answered = threading.Event()
+
+    def keep_pinging() -> None:
+        nonlocal answered_meanwhile
+        while not big_answered.is_set():
+            assert "result" in other.request(json.loads(ping(2)))
+            answered_meanwhile += 0 if big_answered.is_set() else 1
+
+    assert "result" in other.request(json.loads(ping(3)))
+    big.send(frame)
+    pinger = threading.Thread(target=keep_pinging)
+    pinger.start()
+    try:
+        answer = big.recv()
+    finally:
+        big_answered.set()
+        pinger.join(10)
+    assert answer["error"]["code"] == -32602 and answer["error"]["data"]["field"] == "pad"
+    assert answered_meanwhile >= 10, answered_meanwhile
+    for conn in (big, other):
+        conn.close()

@@ -21,8 +21,9 @@ from anyio.abc import TaskGroup
 from engram.bus.events import ConnectionClosed, ConnectionOpened
 from engram.errors import InternalError, InvalidRequest, Overloaded, RPCError
 from engram.principal import Principal
-from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
+from engram.server.framing import BudgetExhausted, FrameTooLarge, IdleTimeout, LineReader, SlowFrame
 from engram.server.jsonrpc import (
+    LARGE_FRAME,
     Invalid,
     Message,
     Request,
@@ -130,11 +131,24 @@ class ClientConnection:
 
     async def _read_loop(self, requests: TaskGroup) -> None:
         settings = self._server.settings
-        reader = LineReader(self._stream, settings().max_frame_bytes)
+        budget = self._server.frame_budget
+        reader = LineReader(self._stream, settings().max_frame_bytes, budget)
+        self.on_close(reader.close)
         while True:
             reader.max_bytes = settings().max_frame_bytes  # reloadable
+            budget.limit = settings().max_buffered_bytes
             try:
                 line = await reader.read_line(settings().idle_timeout, settings().read_timeout)
+            except BudgetExhausted as exc:
+                self._server.metrics.frames_rejected.labels("buffered_limit").inc()
+                log.warning("frame dropped: buffered frame bytes at the limit", connection=self.id, limit=exc.limit)
+                busy = Overloaded(
+                    "the daemon holds as many unparsed request bytes as it may; retry later",
+                    reason="buffered_limit",
+                    limit=exc.limit,
+                )
+                await self._send(error_response(None, busy))
+                continue
             except FrameTooLarge as exc:
                 self._server.metrics.frames_rejected.labels("frame_too_large").inc()
                 log.warning("frame too large", connection=self.id, limit=exc.limit)
@@ -159,9 +173,17 @@ class ClientConnection:
 
     # --- requests --------------------------------------------------------------------------
 
+    async def _parse(self, line: bytes) -> tuple[list[Message], bool]:
+        depth = self._server.settings().max_json_depth
+        if len(line) <= LARGE_FRAME:
+            return parse_frame(line, depth)
+        # A large frame takes long to parse: in a worker thread, one at a time for the whole
+        # daemon, parsing in a way that lets the event loop run (see parse_frame's yielding).
+        return await anyio.to_thread.run_sync(parse_frame, line, depth, True, limiter=self._server.large_frames)
+
     async def _on_frame(self, line: bytes, requests: TaskGroup) -> None:
         try:
-            messages, is_batch = parse_frame(line, self._server.settings().max_json_depth)
+            messages, is_batch = await self._parse(line)
         except RPCError as error:
             self._server.metrics.frames_rejected.labels(error.reason).inc()
             log.info("bad frame", connection=self.id, reason=error.reason, error=error.message)

@@ -120,10 +120,20 @@ class Dispatcher:
         self.guards: list[Guard] = [self._owner_only]
         self._serial = itertools.count(1)
         self.recorder: Recorder | None = None  # set by the composition root: the audit log
+        self._large_requests: anyio.CapacityLimiter | None = None  # made on first use: it needs the loop
         # Foreground activity, read by the sleep part: requests in flight now, and the monotonic
         # time the last one arrived or finished.
         self.foreground = 0
         self.last_foreground = time.monotonic()
+
+    async def _validate(self, method: Method, request: Request) -> BaseModel:
+        if not request.large:
+            return validate_params(method, request.params)
+        # Checking and validating a large frame's values takes as long as parsing them did:
+        # in a thread too, one at a time, so that the loop keeps serving everyone else.
+        if self._large_requests is None:
+            self._large_requests = anyio.CapacityLimiter(1)
+        return await anyio.to_thread.run_sync(validate_params, method, request.params, limiter=self._large_requests)
 
     async def _record_failure(
         self, method: Method, principal: Principal, serial: int, request: Request, connection: Connection, exc: RPCError
@@ -200,7 +210,7 @@ class Dispatcher:
                     raise MethodNotFound(f"no method named {request.method!r}", method=request.method)
                 for guard in self.guards:
                     await guard(principal, method)
-                params = validate_params(method, request.params)
+                params = await self._validate(method, request)
                 ctx = RequestContext(principal=principal, connection=connection, request=serial, trace_id=trace_id)
                 limit = method.timeout or self._settings().request_timeout
                 try:

@@ -3,6 +3,12 @@
 The reader enforces the frame size limit without ever holding more than the limit in memory:
 a line that grows past it is discarded up to its newline, and the caller is told, so the
 connection stays usable for the next request.
+
+Across connections, a :class:`FrameBudget` bounds the bytes held for frames not yet parsed: many
+clients each sending a frame just under the limit, and never its newline, would otherwise hold
+connections × limit bytes. Each connection buffers its first ``FREE_BYTES`` without drawing on the
+budget, so ordinary requests go through whatever large ones are doing; past that, a frame that
+finds the budget spent is discarded up to its newline like an oversized one (``BudgetExhausted``).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import anyio
 from typing import Protocol
 
 CHUNK = 65536
+FREE_BYTES = 2 * CHUNK  # buffered per connection without drawing on the shared budget
 
 
 class ByteReceiver(Protocol):
@@ -25,6 +32,31 @@ class FrameTooLarge(Exception):
         self.limit = limit
 
 
+class BudgetExhausted(Exception):
+    """The frame needed more of the shared budget than was left; it was discarded."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"frame bytes buffered across connections reached {limit}")
+        self.limit = limit
+
+
+class FrameBudget:
+    """Bytes of unparsed frames buffered beyond each connection's free allowance, all together."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit  # reloadable: a lower limit refuses new growth, takes nothing back
+        self.used = 0
+
+    def take(self, size: int) -> bool:
+        if self.used + size > self.limit:
+            return False
+        self.used += size
+        return True
+
+    def give(self, size: int) -> None:
+        self.used -= size
+
+
 class IdleTimeout(TimeoutError):
     """No frame started within the idle timeout."""
 
@@ -34,11 +66,30 @@ class SlowFrame(TimeoutError):
 
 
 class LineReader:
-    def __init__(self, stream: ByteReceiver, max_bytes: int) -> None:
+    def __init__(self, stream: ByteReceiver, max_bytes: int, budget: FrameBudget | None = None) -> None:
         self._stream = stream
         self._buffer = bytearray()
         self.max_bytes = max_bytes
         self.eof = False
+        self._budget = budget
+        self._drawn = 0  # bytes of the budget this reader holds
+
+    def _draw(self, held: int) -> bool:
+        """Hold ``held`` bytes beyond the free allowance; False when the budget cannot cover them."""
+        if self._budget is None:
+            return True
+        wanted = max(held - FREE_BYTES, 0)
+        if wanted > self._drawn and not self._budget.take(wanted - self._drawn):
+            return False
+        if wanted < self._drawn:
+            self._budget.give(self._drawn - wanted)
+        self._drawn = wanted
+        return True
+
+    def close(self) -> None:
+        """Give back what this reader holds of the budget (the connection is done)."""
+        self._draw(0)
+        self._buffer.clear()
 
     async def _receive(self, deadline: float) -> bytes:
         try:
@@ -56,27 +107,41 @@ class LineReader:
         ``idle_timeout`` bounds the wait for the first byte of a frame (IdleTimeout), and
         ``read_timeout`` the time from the first byte to the newline (SlowFrame): a client that
         trickles a frame byte by byte cannot hold a connection slot forever.
+
+        The line returned stays counted against the budget until the next call, which is when
+        the caller has parsed it.
         """
+        self._draw(len(self._buffer))  # the previous line is parsed: only what is buffered counts
         idle_deadline = anyio.current_time() + idle_timeout if idle_timeout is not None else math.inf
         frame_deadline: float | None = None
-        discarding = False
+        discarding: Exception | None = None  # why the frame under way is being thrown away
         scanned = 0  # bytes of the buffer already searched for a newline
         while True:
             index = self._buffer.find(b"\n", scanned)
             if index >= 0:
                 line = bytes(self._buffer[:index])
                 del self._buffer[: index + 1]
-                if discarding or index > self.max_bytes:
-                    raise FrameTooLarge(self.max_bytes)
+                if discarding is None and index > self.max_bytes:
+                    discarding = FrameTooLarge(self.max_bytes)
+                if discarding is not None:
+                    self._draw(len(self._buffer))
+                    raise discarding
+                # Held until the next call, while it is parsed. (Bytes that arrived with the
+                # newline may overshoot the budget by one chunk: the line is complete, take it.)
+                self._draw(len(self._buffer) + len(line))
                 return line
             scanned = len(self._buffer)
-            if scanned > self.max_bytes:
+            if discarding is None and scanned > self.max_bytes:
+                discarding = FrameTooLarge(self.max_bytes)
+            elif discarding is None and not self._draw(scanned):
+                discarding = BudgetExhausted(self._budget.limit)  # type: ignore[union-attr]
+            if discarding is not None:
                 self._buffer.clear()
+                self._draw(0)
                 scanned = 0
-                discarding = True
             if self.eof:
                 return None  # a partial frame at end of stream is a client that went away
-            started = bool(self._buffer) or discarding
+            started = bool(self._buffer) or discarding is not None
             if started and frame_deadline is None:
                 frame_deadline = anyio.current_time() + read_timeout
             try:

@@ -15,6 +15,9 @@ from engram.errors import InvalidRequest, ParseError, RPCError
 
 MAX_BATCH = 1000
 DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
+# Frames larger than this are parsed, and their params validated, in a worker thread (see
+# parse_frame's ``yielding``): work that grows with the frame must not hold other clients.
+LARGE_FRAME = 256 * 1024
 _NO_ID = object()
 
 
@@ -23,6 +26,7 @@ class Request:
     method: str
     params: dict[str, Any] | list[Any] | None
     id: Any = _NO_ID  # absent for notifications; may legitimately be null
+    large: bool = False  # came in a frame over LARGE_FRAME: validate its params off the event loop
 
     @property
     def is_notification(self) -> bool:
@@ -48,7 +52,7 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
-def _check(obj: Any) -> Message:
+def _check(obj: Any, large: bool = False) -> Message:
     if not isinstance(obj, dict):
         return Invalid(InvalidRequest("a request must be a JSON object", reason="not_an_object"))
     request_id = obj.get("id", _NO_ID)
@@ -69,7 +73,7 @@ def _check(obj: Any) -> Message:
             InvalidRequest(f"unexpected member(s) {sorted(extra)} in request", reason="unexpected_member"),
             reply_id,
         )
-    return Request(method=method, params=params, id=request_id)
+    return Request(method=method, params=params, id=request_id, large=large)
 
 
 class NonFiniteNumber(ValueError):
@@ -132,19 +136,39 @@ def _decode(frame: bytes) -> str:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
 
 
-def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[Message], bool]:
+def _int(text: str) -> int:
+    return int(text)
+
+
+def _float(text: str) -> float:
+    return float(text)
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return dict(pairs)
+
+
+# The decoder's hooks are Python functions here for one reason: the C parser holds the GIL from
+# the first byte to the last, and a thread gives it up only while running Python code. Called
+# for every number and object, these let the event loop in between, at a small cost per value.
+_YIELDING_HOOKS: dict[str, Any] = {"parse_int": _int, "parse_float": _float, "object_pairs_hook": _object}
+
+
+def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
     Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and
     :class:`InvalidRequest` for an empty or oversized batch or for nesting deeper than
-    ``max_depth`` (all answered with a single error whose id is null).
+    ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
+    large frame parsed in a worker thread: the parse lets other threads run as it goes.
     """
     text = _decode(frame)
     # Counting opening brackets is cheap and settles almost every frame without the scan.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise _too_deep(max_depth)
+    large = len(frame) > LARGE_FRAME
     try:
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = json.loads(text, parse_constant=_reject_constant, **(_YIELDING_HOOKS if yielding else {}))
     except NonFiniteNumber as exc:
         raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
     except ValueError as exc:
@@ -156,8 +180,8 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH) -> tuple[list[
             raise InvalidRequest("a batch must not be empty", reason="empty_batch")
         if len(obj) > MAX_BATCH:
             raise InvalidRequest(f"a batch may hold at most {MAX_BATCH} requests", reason="batch_too_large")
-        return [_check(item) for item in obj], True
-    return [_check(obj)], False
+        return [_check(item, large) for item in obj], True
+    return [_check(obj, large)], False
 
 
 def echoable_id(value: Any) -> Any:

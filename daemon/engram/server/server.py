@@ -19,6 +19,7 @@ from engram.errors import Overloaded
 from engram.observability.metrics import Metrics
 from engram.server.connection import ClientConnection
 from engram.server.dispatch import Dispatcher
+from engram.server.framing import FrameBudget
 from engram.server.jsonrpc import encode, error_response
 from engram.server.listener import bind_private, remove_if_ours
 from engram.server.peercred import peer_principal
@@ -70,6 +71,8 @@ class RPCServer:
         self._ids = itertools.count(1)
         self._accept_scope: anyio.CancelScope | None = None  # anyio objects need the event loop
         self.batch_members: anyio.CapacityLimiter  # batch members running at once, all connections
+        self.large_frames: anyio.CapacityLimiter  # large frames parsed at once (in worker threads)
+        self.frame_budget = FrameBudget(settings().max_buffered_bytes)  # unparsed bytes, all connections
         self._connections_scope: anyio.CancelScope | None = None
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -87,6 +90,7 @@ class RPCServer:
             async with anyio.create_task_group() as connections:
                 self._connections_scope = connections.cancel_scope
                 self.batch_members = anyio.CapacityLimiter(self.settings().max_inflight)
+                self.large_frames = anyio.CapacityLimiter(1)
                 self.state = "serving"
                 self._accept_scope = anyio.CancelScope()
                 task_status.started()

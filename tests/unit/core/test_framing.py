@@ -1,11 +1,20 @@
-"""The line reader: frame limit, discard-and-recover, idle and slow-frame timeouts."""
+"""The line reader: frame limit, discard-and-recover, idle and slow-frame timeouts, the shared budget."""
 
 from __future__ import annotations
 
 import anyio
 import pytest
 
-from engram.server.framing import FrameTooLarge, IdleTimeout, LineReader, SlowFrame
+from engram.server.framing import (
+    CHUNK,
+    FREE_BYTES,
+    BudgetExhausted,
+    FrameBudget,
+    FrameTooLarge,
+    IdleTimeout,
+    LineReader,
+    SlowFrame,
+)
 
 
 class ChunkStream:
@@ -65,3 +74,33 @@ async def test_slow_frame_timeout_once_started():
     reader = LineReader(ChunkStream(b"sta", 0.3, b"rted\n"), 1024)
     with pytest.raises(SlowFrame):
         await reader.read_line(None, 0.1)
+
+
+def chunked(data: bytes) -> list[bytes]:
+    return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
+
+
+async def test_a_frame_beyond_the_free_allowance_draws_on_the_budget_until_parsed():
+    frame = b"f" * (FREE_BYTES * 3)
+    budget = FrameBudget(FREE_BYTES * 4)
+    reader = LineReader(ChunkStream(*chunked(frame + b"\nsmall\n")), 1 << 20, budget)
+    assert await reader.read_line(None, 5) == frame
+    assert budget.used > 0  # held while the caller parses the line
+    assert await reader.read_line(None, 5) == b"small"
+    assert budget.used == 0
+    reader.close()
+    assert budget.used == 0
+
+
+async def test_a_frame_the_budget_cannot_cover_is_discarded_and_the_next_one_read():
+    budget = FrameBudget(FREE_BYTES)
+    held = LineReader(ChunkStream(*chunked(b"h" * (FREE_BYTES * 2))), 1 << 20, budget)
+    with anyio.move_on_after(0.2):  # no newline: it holds what it has read
+        await held.read_line(None, 5)
+    assert budget.used == budget.limit
+    reader = LineReader(ChunkStream(*chunked(b"g" * (FREE_BYTES * 2) + b"\nok\n")), 1 << 20, budget)
+    with pytest.raises(BudgetExhausted):
+        await reader.read_line(None, 5)
+    assert await reader.read_line(None, 5) == b"ok"
+    held.close()
+    assert budget.used == 0
