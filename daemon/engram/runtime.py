@@ -270,6 +270,11 @@ class Daemon:
             up.add_metric([name], 1.0 if state in ("open", "running", "serving") else 0.0)
         yield up
         yield GaugeMetricFamily("engram_uptime_seconds", "Seconds since start.", value=time.monotonic() - self.started_monotonic)
+        yield GaugeMetricFamily(
+            "engram_frames_buffered_bytes",
+            "Unparsed request bytes held beyond each connection's free allowance (server.max_buffered_bytes).",
+            value=self.server.frame_budget.used,
+        )
 
     # --- lifecycle -------------------------------------------------------------------------
 

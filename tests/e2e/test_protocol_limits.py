@@ -143,6 +143,9 @@ def test_unparsed_frames_share_one_bound_that_small_requests_never_wait_for(daem
     assert refused["error"]["code"] == -32003 and refused["id"] is None
     assert refused["error"]["data"] == {"reason": "buffered_limit", "limit": MAX_BUFFERED}
     assert "result" in base.request(json.loads(ping(1)))  # small frames draw on no budget
+    metrics = base.request({"jsonrpc": "2.0", "id": "m", "method": "system.metrics"})["result"]["families"]
+    [held] = [f["samples"][0]["value"] for f in metrics if f["name"] == "engram_frames_buffered_bytes"]
+    assert 6_000_000 < held <= MAX_BUFFERED
     for holder in holders:
         holder.close()
     deadline = time.monotonic() + 10
