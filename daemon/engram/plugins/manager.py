@@ -2,13 +2,21 @@
 
 A plugin that fails at any stage (import, configuration, construction, start) is recorded with
 the stage and the error, reported in ``plugins.list``, logged and published as
-``plugin.failed``; the daemon carries on without it. Plugins run in-process, so this is fault
-*reporting*, not isolation: the calls into providers get their timeouts and breakers where they
-are made.
+``plugin.failed``; the daemon carries on without it.
+
+Plugins run in the daemon's process but never on its event loop: each gets a thread with its own
+loop (:mod:`engram.plugins.worker`), where its module is imported, its factory called and every
+method run — start, stop, health and each capability's calls, ``async`` or plain. The daemon's loop
+only awaits the outcome, under the timeout of the caller (``plugins.start_timeout`` for start and
+stop, ``plugins.health_timeout``, the providers part's call and stream timeouts), so a plugin that
+blocks holds up its own calls, which time out on time, and nothing else. Shutdown waits for a
+stuck plugin a bounded time, then leaves its thread behind. What remains shared is the process:
+a plugin can still exhaust its memory or crash it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata as md
 import inspect
 from collections.abc import Callable
@@ -22,6 +30,7 @@ from pydantic import BaseModel, Field, ValidationError
 from engram.bus import EventBus
 from engram.bus.events import PluginFailed, PluginLoaded
 from engram.config import PluginSettings
+from engram.plugins.isolation import IsolatedProvider, context_for_plugin_thread
 from engram.plugins.protocol import (
     CAPABILITIES,
     CAPABILITY_METHODS,
@@ -31,11 +40,16 @@ from engram.plugins.protocol import (
     ProviderContext,
     ProviderHealth,
 )
+from engram.plugins.worker import PluginThread
 from engram.server.methods import NoParams, RequestContext, Result, rpc
 
 log = structlog.get_logger("engram.plugins")
 
 State = Literal["running", "failed", "disabled", "stopped"]
+
+# How long closing a plugin's thread waits for it to end, after its stop() returned or timed out.
+# A thread still busy then is stuck in plugin code: it is left behind (a daemon thread).
+THREAD_EXIT_GRACE = 1.0
 
 
 class PluginInfo(BaseModel):
@@ -66,7 +80,8 @@ class PluginFailure(Exception):
 @dataclass
 class _Plugin:
     entry_point: md.EntryPoint
-    provider: Provider | None = None
+    provider: IsolatedProvider | None = None
+    thread: PluginThread | None = None
     state: State = "stopped"
     error: str | None = None
     stage: str | None = None
@@ -124,6 +139,8 @@ class PluginManager:
         self.state = "created"
 
     async def __aenter__(self) -> "PluginManager":
+        # Plugins run on threads of their own: what the context hands them must be used on this loop.
+        context = self._context and context_for_plugin_thread(self._context, asyncio.get_running_loop())
         for entry_point in md.entry_points(group=ENTRY_POINT_GROUP):
             if entry_point.name in self._plugins:
                 log.error("duplicate provider name; second one ignored", name=entry_point.name, value=entry_point.value)
@@ -133,28 +150,36 @@ class PluginManager:
             if plugin.name in self._settings.disabled:
                 plugin.state = "disabled"
                 continue
-            await self._start(plugin)
+            await self._start(plugin, context)
         self.state = "running"
         return self
 
-    async def _start(self, plugin: _Plugin) -> None:
+    async def _start(self, plugin: _Plugin, context: ProviderContext | None) -> None:
+        timeout = self._settings.start_timeout
+        plugin.thread = thread = PluginThread(plugin.name)
+        stage = "construct"
         try:
-            plugin.provider = self._construct(plugin)
-            with anyio.fail_after(self._settings.start_timeout):
+            await thread.start()
+            with anyio.fail_after(timeout):  # importing and constructing run plugin code too
+                plugin.provider = await thread.call(self._construct, plugin, context, thread)
+            stage = "start"
+            with anyio.fail_after(timeout):
                 await plugin.provider.start()
         except TimeoutError:
-            self._fail(plugin, "start", f"start took longer than {self._settings.start_timeout:g} s")
+            what = "start" if stage == "start" else "loading and construction"
+            await self._fail(plugin, stage, f"{what} took longer than {timeout:g} s")
         except PluginFailure as exc:
-            self._fail(plugin, exc.stage, str(exc))
-        except Exception as exc:  # a third-party start() may raise anything
-            self._fail(plugin, "start", f"{type(exc).__name__}: {exc}")
+            await self._fail(plugin, exc.stage, str(exc))
+        except Exception as exc:  # third-party code may raise anything
+            await self._fail(plugin, stage, f"{type(exc).__name__}: {exc}")
         else:
             plugin.state = "running"
             dist = plugin.distribution
             self._bus.publish(PluginLoaded(name=plugin.name, version=dist.version if dist else None))
             log.info("provider started", name=plugin.name, locality=plugin.provider.locality)
 
-    def _construct(self, plugin: _Plugin) -> Provider:
+    def _construct(self, plugin: _Plugin, context: ProviderContext | None, thread: PluginThread) -> IsolatedProvider:
+        """Import, configure, build and check the provider; runs on the plugin's thread."""
         try:
             factory = plugin.entry_point.load()
         except Exception as exc:  # ImportError, SyntaxError, AttributeError, whatever the module does
@@ -171,18 +196,25 @@ class PluginManager:
                     "config", f"plugins.providers.{plugin.name}.{where}: {first['msg']}"
                 ) from exc
         try:
-            if self._context is not None and _accepts_context(factory):
-                provider = factory(config, context=self._context)
+            if context is not None and _accepts_context(factory):
+                provider = factory(config, context=context)
             else:
                 provider = factory(config)
         except Exception as exc:
             raise PluginFailure("construct", f"{type(exc).__name__}: {exc}") from exc
-        return _check_provider(provider, plugin.name)
+        return IsolatedProvider(_check_provider(provider, plugin.name), thread)
 
-    def _fail(self, plugin: _Plugin, stage: str, error: str) -> None:
+    async def _fail(self, plugin: _Plugin, stage: str, error: str) -> None:
         plugin.state, plugin.stage, plugin.error = "failed", stage, error
         log.error("provider failed", name=plugin.name, stage=stage, error=error)
         self._bus.publish(PluginFailed(name=plugin.name, stage=stage, error=error))
+        await self._close_thread(plugin)
+
+    async def _close_thread(self, plugin: _Plugin) -> None:
+        thread, plugin.thread = plugin.thread, None
+        if thread is not None and not await thread.close(THREAD_EXIT_GRACE):
+            log.error("plugin thread abandoned", name=plugin.name,
+                      detail=f"still busy in the plugin's code {THREAD_EXIT_GRACE:g} s after it was told to end")
 
     async def __aexit__(self, *exc_info: Any) -> None:
         await self.aclose()
@@ -191,18 +223,27 @@ class PluginManager:
         if self.state == "stopped":
             return
         self.state = "stopped"
+        # Concurrently: shutdown then waits for the slowest plugin, not for the sum of them.
         with anyio.CancelScope(shield=True):
-            for plugin in self._plugins.values():
-                if plugin.state != "running" or plugin.provider is None:
-                    continue
-                try:
-                    with anyio.fail_after(self._settings.start_timeout):
-                        await plugin.provider.stop()
-                except Exception as exc:
-                    log.error("provider stop failed", name=plugin.name, error=f"{type(exc).__name__}: {exc}")
-                plugin.state = "stopped"
+            async with anyio.create_task_group() as group:
+                for plugin in self._plugins.values():
+                    group.start_soon(self._stop, plugin)
+
+    async def _stop(self, plugin: _Plugin) -> None:
+        if plugin.state == "running" and plugin.provider is not None:
+            timeout = self._settings.start_timeout
+            try:
+                with anyio.fail_after(timeout):
+                    await plugin.provider.stop()
+            except TimeoutError:
+                log.error("provider stop failed", name=plugin.name, error=f"no answer within {timeout:g} s")
+            except Exception as exc:
+                log.error("provider stop failed", name=plugin.name, error=f"{type(exc).__name__}: {exc}")
+            plugin.state = "stopped"
+        await self._close_thread(plugin)
 
     def providers(self) -> dict[str, Provider]:
+        """The running providers, each an :class:`IsolatedProvider`: calls run on the plugin's thread."""
         return {p.name: p.provider for p in self._plugins.values() if p.state == "running" and p.provider}
 
     async def _health(self, plugin: _Plugin) -> ProviderHealth | None:

@@ -24,6 +24,11 @@ breaker, and only with the payload the policy let through):
 
 ``messages`` are ``{"role": "system"|"user"|"assistant", "content": str}``. A provider may
 declare ``cost`` (a :class:`CostHint`) so operators can see what a call costs.
+
+Each plugin's code runs on a thread of its own with its own event loop (see
+:mod:`engram.plugins.worker`), never on the daemon's loop. So any method may also be a plain
+``def`` (and a streaming method a plain generator): it runs, and may block, on that thread. A
+method that blocks holds up only its plugin; the daemon's timeouts on it hold all the same.
 """
 
 from __future__ import annotations
@@ -72,7 +77,12 @@ class Completion(BaseModel):
 
 @dataclass(frozen=True)
 class ProviderContext:
-    """Handed to factories that accept ``context=``: the daemon's parts a built-in may use."""
+    """Handed to factories that accept ``context=``: the daemon's parts a built-in may use.
+
+    The plugin gets the daemon's objects wrapped (:class:`engram.plugins.isolation.OnDaemonLoop`):
+    they belong to the daemon's event loop, and every use of them from the plugin's thread is made
+    on that loop.
+    """
 
     inference: Any  # engram.inference.service.Inference
     state_dir: Any  # pathlib.Path
