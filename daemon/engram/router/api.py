@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from engram.inference.api import B64Tensor, ListTensor
 from engram.inference.codec import WireTensor
+from engram.memory.api import Namespace, Session
 from engram.router.settings import Mode
 from engram.server.methods import Params, Result
 
@@ -160,12 +161,11 @@ class RouteConsolidateResult(Result):
 
 class AskParams(Params):
     question: str = Field(description="The question (non-empty; at most memory.max_text_bytes UTF-8 bytes).")
-    namespace: str | None = Field(
-        default=None, max_length=256, description="Memory namespace of the context and the exchange (default: the caller's own)."
-    )
-    session: str | None = Field(
-        default=None, min_length=1, max_length=256,
-        description="Working-memory session used as context; the exchange is remembered in it.",
+    # memory's own types: route.ask hands both to memory's methods, whose params models would
+    # otherwise refuse, as an internal error, what this model let through.
+    namespace: Namespace = Field(default=None, description="Memory namespace of the context and the exchange (default: the caller's own).")
+    session: Session | None = Field(
+        default=None, description="Working-memory session used as context; the exchange is remembered in it."
     )
     k: int | None = Field(
         default=None, ge=0, description="Episodes recalled as context (default router.ask.k; at most memory.max_k; 0: none)."
