@@ -6,23 +6,23 @@ import os
 import time
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field, JsonValue
+from pydantic import Field
 
 from engram import __version__
 from engram.config import config_file_from_env
-from engram.server.methods import NoParams, Params, RequestContext, Result, rpc
+from engram.server.methods import FreeJson, NoParams, Params, RequestContext, Result, rpc
 
 if TYPE_CHECKING:
     from engram.runtime import Daemon
 
 
 class PingParams(Params):
-    echo: JsonValue = Field(default=None, description="Any JSON value, returned unchanged.")
+    echo: FreeJson = Field(default=None, description="Any JSON value (at most 10,000 values), returned unchanged.")
 
 
 class PingResult(Result):
     pong: bool = True
-    echo: JsonValue = None
+    echo: FreeJson = None
 
 
 class HelloParams(Params):

@@ -6,6 +6,7 @@ after each one, ``system.ping`` must still answer on a fresh connection.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
@@ -160,3 +161,17 @@ def test_free_json_may_hold_any_integer(daemon):
     reply = answer(daemon, request("system.ping", b'{"echo":[' + big + b"]}"))
     assert reply["result"]["echo"] == [2**64 - 1]
 
+
+
+@pytest.mark.parametrize(
+    ("method", "params", "field"),
+    [
+        pytest.param("memory.remember", {"items": [{"text": "t", "metadata": {"v": list(range(20_000))}}]}, "items.0.metadata", id="metadata"),
+        pytest.param("system.ping", {"echo": [{"k": 1}] * 6_000}, "echo", id="echo"),
+    ],
+)
+def test_free_json_of_too_many_values_is_refused_before_it_is_validated(daemon, method, params, field):
+    reply = answer(daemon, request(method, json.dumps(params).encode(), request_id=b"10"))
+    error = reply["error"]
+    assert error["code"] == -32602 and error["data"]["field"] == field, error
+    assert error["data"]["errors"][0]["type"] == "too_many_values"

@@ -11,10 +11,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from engram.memory.vectors import VectorIn
-from engram.server.methods import Params, Result
+from engram.server.methods import FreeJsonObject, Params, Result
 
 __all__ = [
     "ConceptIn",
@@ -93,7 +93,9 @@ class EpisodeIn(Params):
     vector: VectorIn | None = Field(default=None, description="Its embedding; computed with the default embedder if absent.")
     kind: Kind = "note"
     tags: list[Tag] = Field(default_factory=list, description="Tags (at most memory.max_tags).")
-    metadata: dict[str, JsonValue] = Field(default_factory=dict, description="Any JSON object (memory.max_metadata_bytes).")
+    metadata: FreeJsonObject = Field(
+        default_factory=dict, description="Any JSON object (memory.max_metadata_bytes, and at most 10,000 values)."
+    )
     session: Session | None = None
     time: Timestamp | None = Field(default=None, description="When it happened (default: now).")
     importance: Unit = Field(default=0.5, description="How much it matters, 0..1.")

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, JsonValue, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from engram.policy.model import PolicyFile
-from engram.server.methods import Params, Result
+from engram.server.methods import FreeJson, Params, Result
 
 __all__ = [
     "ExplainParams",
@@ -34,7 +34,7 @@ class ExplainParams(Params):
     )
     model: str | None = Field(default=None, description="The model at the provider (egress).")
     tags: list[str] = Field(default_factory=list, description="Data tags of the request (egress conditions).")
-    payload: JsonValue = Field(default=None, description="A sample payload: the result shows it as it would leave (redacted).")
+    payload: FreeJson = Field(default=None, description="A sample payload: the result shows it as it would leave (redacted).")
 
     @model_validator(mode="after")
     def _one_point(self) -> ExplainParams:
@@ -67,7 +67,7 @@ class ExplainResult(Result):
     admin_method: bool = Field(description="Whether the method is admin (owner-only unless granted with admin = true).")
     locality: Literal["local", "remote"] | None = Field(default=None, description="Egress: the locality decided on.")
     limits: list[str] = Field(default_factory=list, description="Egress: the limits that would take a token.")
-    payload: JsonValue = Field(default=None, description="Egress: the sample payload as it would leave.")
+    payload: FreeJson = Field(default=None, description="Egress: the sample payload as it would leave.")
     redactions: dict[str, int] = Field(default_factory=dict, description="Egress: matches redacted in the sample, by kind.")
 
 

@@ -19,14 +19,13 @@ import anyio
 import structlog
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from engram.bus import EventBus
 from engram.bus.events import RequestCompleted, RequestReceived
 from engram.config import ServerSettings
 from engram.errors import (
     InternalError,
-    InvalidParams,
     MethodNotFound,
     PolicyDenied,
     RPCError,
@@ -35,9 +34,9 @@ from engram.errors import (
 )
 from engram.observability.metrics import Metrics
 from engram.principal import Principal
-from engram.server.boundary import check_integers, check_values
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method, MethodTable, RequestContext
+from engram.server.params import validate_params
 
 log = structlog.get_logger("engram.server")
 
@@ -67,38 +66,6 @@ class Recorder(Protocol):
         error: RPCError | None = None,
         connection: int | None = None,
     ) -> int: ...
-
-
-def params_error(exc: ValidationError) -> InvalidParams:
-    """Name the first wrong field (dotted path) and keep every problem in ``data.errors``."""
-    errors = exc.errors(include_url=False, include_input=False)
-    first = errors[0]
-    field = ".".join(str(part) for part in first["loc"]) or None
-    message = f"{field}: {first['msg']}" if field else first["msg"]
-    if first["type"] == "extra_forbidden":
-        message = f"{field}: unknown parameter"
-    problems = [{"field": ".".join(str(p) for p in e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
-    return InvalidParams(message, field=field, errors=problems)
-
-
-def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None) -> BaseModel:
-    if isinstance(raw, list):
-        names = list(method.params.model_fields)
-        if len(raw) > len(names):
-            raise InvalidParams(
-                f"{method.name} takes at most {len(names)} positional parameter(s), got {len(raw)}",
-                reason="too_many_params",
-                field=None,
-            )
-        raw = dict(zip(names, raw, strict=False))  # fewer positional params than fields is fine
-    # Checked here, for every method alike, so that no part meets them as an internal error.
-    check_values(raw or {})
-    try:
-        params = method.params.model_validate(raw or {})
-    except ValidationError as exc:
-        raise params_error(exc) from None
-    check_integers(params)
-    return params
 
 
 class Dispatcher:
@@ -133,7 +100,7 @@ class Dispatcher:
         # in a thread too, one at a time, so that the loop keeps serving everyone else.
         if self._large_requests is None:
             self._large_requests = anyio.CapacityLimiter(1)
-        return await anyio.to_thread.run_sync(validate_params, method, request.params, limiter=self._large_requests)
+        return await anyio.to_thread.run_sync(validate_params, method, request.params, True, limiter=self._large_requests)
 
     async def _record_failure(
         self, method: Method, principal: Principal, serial: int, request: Request, connection: Connection, exc: RPCError

@@ -16,9 +16,10 @@ from __future__ import annotations
 import typing
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
+from pydantic_core import PydanticCustomError
 
 from engram.principal import Principal
 
@@ -27,6 +28,35 @@ class Params(BaseModel):
     """Base of every params model: unknown fields are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# Free JSON (metadata, echoes, sample payloads) is walked by pydantic in one call into compiled
+# code that holds the interpreter throughout; a million tiny values would hold the event loop for
+# a second even from a worker thread. Counted first, in Python, stopping at the bound.
+FREE_JSON_MAX_VALUES = 10_000
+
+
+def _few_values(value: Any) -> Any:
+    pending, count = [value], 0
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > FREE_JSON_MAX_VALUES:
+            raise PydanticCustomError(
+                "too_many_values", "free JSON holds at most {limit} values", {"limit": FREE_JSON_MAX_VALUES}
+            )
+        if isinstance(item, dict):
+            pending += item.values()
+        elif isinstance(item, list):
+            pending += item
+    return value
+
+
+FreeJson = Annotated[JsonValue, BeforeValidator(_few_values)]
+"""Any JSON value of at most FREE_JSON_MAX_VALUES values (containers count too)."""
+
+FreeJsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_few_values)]
+"""Any JSON object of at most FREE_JSON_MAX_VALUES values."""
 
 
 class Result(BaseModel):

@@ -1,0 +1,106 @@
+"""A request's params, from what the client sent to the method's params model.
+
+Checked once here, for every method alike, so that no part meets bad input as an internal error:
+strings and numbers first (:mod:`engram.server.boundary`), then the model, then the integers the
+model declares.
+
+A large request is validated in a worker thread, where one long call into pydantic's compiled
+core would still hold the interpreter (and with it the event loop) from start to end: its long
+lists of models are validated a slice at a time, which lets other threads run in between.
+"""
+
+from __future__ import annotations
+
+import functools
+import types
+import typing
+from typing import Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from engram.errors import InvalidParams
+from engram.server.boundary import check_integers, check_values
+from engram.server.methods import Method
+
+__all__ = ["params_error", "validate_params"]
+
+SLICE = 256  # models validated per call into pydantic, for large requests
+
+
+def params_error(exc: ValidationError) -> InvalidParams:
+    """Name the first wrong field (dotted path) and keep every problem in ``data.errors``."""
+    return _invalid(exc.errors(include_url=False, include_input=False))
+
+
+def _invalid(errors: list[Any], prefix: tuple[str | int, ...] = ()) -> InvalidParams:
+    def dotted(loc: tuple[str | int, ...]) -> str:
+        return ".".join(str(part) for part in (*prefix, *loc))
+
+    first = errors[0]
+    field = dotted(first["loc"]) or None
+    message = f"{field}: {first['msg']}" if field else first["msg"]
+    if first["type"] == "extra_forbidden":
+        message = f"{field}: unknown parameter"
+    problems = [{"field": dotted(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
+    return InvalidParams(message, field=field, errors=problems)
+
+
+@functools.cache
+def _model_lists(params: type[BaseModel]) -> dict[str, TypeAdapter[list[Any]]]:
+    """The fields of ``params`` that hold a list of models, each with an adapter for slices."""
+    lists = {}
+    for name, field in params.model_fields.items():
+        annotation = field.annotation
+        if typing.get_origin(annotation) in (typing.Union, types.UnionType):  # list[Model] | None
+            options = [arg for arg in typing.get_args(annotation) if arg is not type(None)]
+            annotation = options[0] if len(options) == 1 else None
+        if typing.get_origin(annotation) is list:
+            (item,) = typing.get_args(annotation)
+            if isinstance(item, type) and issubclass(item, BaseModel):
+                lists[field.alias or name] = TypeAdapter(list[item])  # type: ignore[valid-type]
+    return lists
+
+
+def _validate_lists_in_slices(params: type[BaseModel], raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` with its long lists of models validated into model instances, a slice at a time;
+    the params model then takes the instances as they are (pydantic does not validate them again)."""
+    done = dict(raw)
+    for name, adapter in _model_lists(params).items():
+        value = raw.get(name)
+        if not isinstance(value, list) or len(value) <= SLICE:
+            continue
+        items: list[Any] = []
+        for start in range(0, len(value), SLICE):
+            try:
+                items += adapter.validate_python(value[start : start + SLICE])
+            except ValidationError as exc:
+                # Renumbered: index 0 of the slice is index ``start`` of the list.
+                errors = [
+                    {**e, "loc": (start + e["loc"][0], *e["loc"][1:])}
+                    for e in exc.errors(include_url=False, include_input=False)
+                ]
+                raise _invalid(errors, (name,)) from None
+        done[name] = items
+    return done
+
+
+def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None, large: bool = False) -> BaseModel:
+    if isinstance(raw, list):
+        names = list(method.params.model_fields)
+        if len(raw) > len(names):
+            raise InvalidParams(
+                f"{method.name} takes at most {len(names)} positional parameter(s), got {len(raw)}",
+                reason="too_many_params",
+                field=None,
+            )
+        raw = dict(zip(names, raw, strict=False))  # fewer positional params than fields is fine
+    raw = raw or {}
+    check_values(raw)
+    if large:
+        raw = _validate_lists_in_slices(method.params, raw)
+    try:
+        params = method.params.model_validate(raw)
+    except ValidationError as exc:
+        raise params_error(exc) from None
+    check_integers(params)
+    return params
