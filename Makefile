@@ -15,7 +15,7 @@ LOCKED := $(PIP) install --quiet --require-hashes
 EDITABLE := $(PIP) install --quiet --no-deps --no-build-isolation
 PLUGINS  := plugins/engram-ollama plugins/engram-openai
 
-.PHONY: run test test-latest install install-test install-model lock upgrade schemas clean
+.PHONY: run test fuzz test-latest install install-test install-model lock upgrade schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
 $(VENV)/.bootstrapped: requirements/build.txt
@@ -64,6 +64,14 @@ COMPILE := -m compileall -q daemon $(PLUGINS)
 test: install-test install-model
 	$(BIN)/python $(COMPILE)
 	$(BIN)/python -m pytest tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
+
+# The property-based fuzz test of every RPC method (tests/e2e/test_fuzz.py) at length: hundreds of
+# params per method drawn from schemas/ and mutated, on a new random seed each run. make test runs
+# the same test with a few reproducible examples per method. One process: the test shares one
+# daemon across every method, and prints what each method answered.
+fuzz: install-test install-model
+	$(BIN)/python $(COMPILE)
+	HYPOTHESIS_PROFILE=fuzz $(BIN)/python -m pytest tests/e2e/test_fuzz.py -s
 
 # --- dependencies -----------------------------------------------------------------------------
 #
