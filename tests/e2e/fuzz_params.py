@@ -18,6 +18,7 @@ placeholders that :func:`encode_request` splices into the frame's bytes.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,15 +199,15 @@ def _by_position(valid: dict[str, Any]) -> st.SearchStrategy[list[Any]]:
 NOT_AN_OBJECT = st.sampled_from([NO_PARAMS, None, 0, "params", True, [], ["\ud800"], RawToken("1e400")]) | ANY_JSON
 
 
-def valid_params(schema: MethodSchema) -> st.SearchStrategy[dict[str, Any]]:
+def valid_params(schema: MethodSchema, known_strings: Sequence[str] = ()) -> st.SearchStrategy[dict[str, Any]]:
     """Params the method's schema allows (text is valid Unicode, numbers finite: hostile values
-    are the mutations' job)."""
-    return from_schema(schema.params)
+    are the mutations' job), with ``known_strings`` among the text drawn."""
+    return from_schema(schema.params, known_strings)
 
 
-def params_for(schema: MethodSchema) -> st.SearchStrategy[Any]:
+def params_for(schema: MethodSchema, known_strings: Sequence[str] = ()) -> st.SearchStrategy[Any]:
     """Valid params, mutations of them, and params that are not an object."""
-    valid = valid_params(schema)
+    valid = valid_params(schema, known_strings)
     mutated = valid.flatmap(
         lambda params: st.one_of(
             _replace_one_value(params),

@@ -14,6 +14,8 @@ must be taught here before the fuzz test can claim to draw what the schema allow
 from __future__ import annotations
 
 import math
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -60,15 +62,20 @@ class UnsupportedSchema(ValueError):
     """The schema uses a keyword (or a value of one) this module does not turn into a strategy."""
 
 
-def from_schema(schema: dict[str, Any] | bool) -> st.SearchStrategy[Any]:
-    """Every JSON value ``schema`` allows (text is always valid Unicode; numbers are finite)."""
+def from_schema(schema: dict[str, Any] | bool, known_strings: Sequence[str] = ()) -> st.SearchStrategy[Any]:
+    """Every JSON value ``schema`` allows (text is always valid Unicode; numbers are finite).
+
+    ``known_strings`` (names and ids that exist where the values are sent) are drawn as well
+    as random text wherever the schema allows them: random ids are all unknown, and a method
+    given only unknown ones never gets past its first lookup."""
     definitions = schema.get("$defs", {}) if isinstance(schema, dict) else {}
-    return _Builder(definitions).build(schema)
+    return _Builder(definitions, tuple(known_strings)).build(schema)
 
 
 class _Builder:
-    def __init__(self, definitions: dict[str, Any]) -> None:
+    def __init__(self, definitions: dict[str, Any], known_strings: tuple[str, ...]) -> None:
         self._definitions = definitions
+        self._known_strings = known_strings
 
     def build(self, schema: dict[str, Any] | bool) -> st.SearchStrategy[Any]:
         if schema is True or schema == {}:
@@ -152,15 +159,21 @@ class _Builder:
         integers = cls._integer(integer_bounds)
         return floats | integers if integers is not None else floats
 
-    @staticmethod
-    def _string(schema: dict[str, Any]) -> st.SearchStrategy[str]:
+    def _string(self, schema: dict[str, Any]) -> st.SearchStrategy[str]:
         low, high = schema.get("minLength", 0), schema.get("maxLength")
-        if "pattern" not in schema:
-            return st.text(min_size=low, max_size=high)
-        matching = st.from_regex(schema["pattern"], fullmatch=True)
-        if low == 0 and high is None:
-            return matching
-        return matching.filter(lambda text: low <= len(text) <= (high if high is not None else len(text)))
+
+        def fits(text: str) -> bool:
+            return low <= len(text) <= (high if high is not None else len(text))
+
+        pattern = schema.get("pattern")
+        if pattern is None:
+            drawn = st.text(min_size=low, max_size=high)
+        elif low == 0 and high is None:
+            drawn = st.from_regex(pattern, fullmatch=True)
+        else:
+            drawn = st.from_regex(pattern, fullmatch=True).filter(fits)
+        known = [text for text in self._known_strings if fits(text) and (pattern is None or re.search(pattern, text))]
+        return drawn | st.sampled_from(known) if known else drawn
 
     def _array(self, schema: dict[str, Any]) -> st.SearchStrategy[list[Any]]:
         low = schema.get("minItems", 0)
