@@ -18,6 +18,10 @@ DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
 # Frames larger than this are parsed, and their params validated, in a worker thread (see
 # parse_frame's ``yielding``): work that grows with the frame must not hold other clients.
 LARGE_FRAME = 256 * 1024
+# Members of any one object. No params model has nearly as many fields, and free JSON holds at
+# most 10,000 values (engram.server.methods.FREE_JSON_MAX_VALUES): an object past this is refused
+# as the parser meets it, before a million pairs become a dict that holds the interpreter.
+MAX_OBJECT_MEMBERS = 10_000
 _NO_ID = object()
 
 
@@ -144,22 +148,29 @@ def _float(text: str) -> float:
     return float(text)
 
 
+class TooManyMembers(ValueError):
+    pass
+
+
 def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    if len(pairs) > MAX_OBJECT_MEMBERS:
+        raise TooManyMembers
     return dict(pairs)
 
 
-# The decoder's hooks are Python functions here for one reason: the C parser holds the GIL from
-# the first byte to the last, and a thread gives it up only while running Python code. Called
-# for every number and object, these let the event loop in between, at a small cost per value.
-_YIELDING_HOOKS: dict[str, Any] = {"parse_int": _int, "parse_float": _float, "object_pairs_hook": _object}
+# The number hooks are Python functions for one reason: the C parser holds the GIL from the
+# first byte to the last, and a thread gives it up only while running Python code. Called for
+# every number (and _object for every object), they let the event loop in between, at a small
+# cost per value.
+_YIELDING_HOOKS: dict[str, Any] = {"parse_int": _int, "parse_float": _float}
 
 
 def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
 
     Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and
-    :class:`InvalidRequest` for an empty or oversized batch or for nesting deeper than
-    ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
+    :class:`InvalidRequest` for an empty or oversized batch, an object of more than
+    MAX_OBJECT_MEMBERS members, or nesting deeper than ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
     large frame parsed in a worker thread: the parse lets other threads run as it goes.
     """
     text = _decode(frame)
@@ -168,9 +179,15 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool
         raise _too_deep(max_depth)
     large = len(frame) > LARGE_FRAME
     try:
-        obj = json.loads(text, parse_constant=_reject_constant, **(_YIELDING_HOOKS if yielding else {}))
+        obj = json.loads(
+            text, parse_constant=_reject_constant, object_pairs_hook=_object, **(_YIELDING_HOOKS if yielding else {})
+        )
     except NonFiniteNumber as exc:
         raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
+    except TooManyMembers:
+        raise InvalidRequest(
+            f"an object has more than {MAX_OBJECT_MEMBERS} members", reason="too_many_members", limit=MAX_OBJECT_MEMBERS
+        ) from None
     except ValueError as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
     except RecursionError:  # the scan bounds the depth; this is the guard should the stack be short

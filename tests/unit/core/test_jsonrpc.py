@@ -11,6 +11,7 @@ from engram.errors import InvalidRequest, ParseError
 from engram.server.jsonrpc import (
     DEFAULT_MAX_DEPTH,
     MAX_BATCH,
+    MAX_OBJECT_MEMBERS,
     Invalid,
     Request,
     echoable_id,
@@ -105,6 +106,18 @@ def test_too_deep_frames_are_refused_before_parsing(frame):
     with pytest.raises(InvalidRequest) as info:
         parse_frame(frame)
     assert info.value.reason == "too_deep" and info.value.data["max_depth"] == DEFAULT_MAX_DEPTH
+
+
+@pytest.mark.parametrize("yielding", [False, True])
+def test_an_object_of_too_many_members_is_refused_whether_the_frame_is_small_or_large(yielding):
+    members = {f"k{i}": i for i in range(MAX_OBJECT_MEMBERS + 1)}
+    frame = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "m", "params": {"echo": members}}).encode()
+    with pytest.raises(InvalidRequest) as info:
+        parse_frame(frame, yielding=yielding)
+    assert info.value.reason == "too_many_members" and info.value.data["limit"] == MAX_OBJECT_MEMBERS
+    members.popitem()
+    (message,), _ = parse_frame(json.dumps({"jsonrpc": "2.0", "id": 1, "method": "m", "params": members}).encode(), yielding=yielding)
+    assert message.params == members
 
 
 def test_depth_limit_is_the_callers():
