@@ -465,6 +465,20 @@ def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
+@bench.command("frames")
+@click.option("--size", type=click.IntRange(min=1024), default=10_000_000, show_default=True, help="Bytes of each large frame.")
+@click.option("--shape", "shapes", multiple=True, type=click.Choice(["texts", "vectors", "string", "numbers", "object"]),
+              help="Shapes of frame to send (default: all).")
+@json_option
+def bench_frames(size: int, shapes: tuple[str, ...], as_json: bool) -> None:
+    """How long one large frame holds another client's pings: engramd vs a minimal echo server."""
+    from engram.bench.frames import SHAPES, run_frames_bench
+
+    with errors():
+        report = run_frames_bench(size, list(shapes or SHAPES), progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
 @bench.command("cli")
 @click.option("--runs", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Runs of each command.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Ping this running daemon instead of a fresh one.")

@@ -1,5 +1,6 @@
-"""``engram bench cli`` at a tiny size: times ``engram --help`` and ``engram ping`` against a fresh
-daemon and ``python -c pass``, in one run. Sanity of the figures only; no timing assertions."""
+"""``engram bench cli`` and ``engram bench frames`` at a tiny size: ``engram --help`` and
+``engram ping`` against ``python -c pass``, and pings beside a large frame, engramd against the
+echo server, in one run. Sanity of the figures only; no timing assertions."""
 
 from __future__ import annotations
 
@@ -38,3 +39,19 @@ def test_bench_cli_prints_a_table_against_a_running_daemon(daemon):
     lines = out.stdout.splitlines()
     assert [line.split()[0] for line in lines[1:4]] == ["python", "engram", "engram"]
     assert "ratio = command / python -c pass" in out.stdout and "target <= 300 ms" in out.stdout
+
+
+def test_bench_frames_tiny():
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "bench", "frames", "--size", "400000", "--shape", "texts", "--shape", "object", "--json"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["benchmark"] == "frames" and report["size"] == 400_000
+    assert {(row["target"], row["shape"]) for row in report["rows"]} == {
+        (target, shape) for target in ("engramd", "baseline") for shape in ("texts", "object")
+    }
+    for row in report["rows"]:
+        assert row["frame_bytes"] > 256 * 1024 and row["seconds"] > 0 and row["worst_ms"] >= row["p50_ms"]
+    assert [r["shape"] for r in report["ratios"]] == ["texts", "object"] and all(r["worst_ratio"] > 0 for r in report["ratios"])
