@@ -72,16 +72,22 @@ def _needs_root() -> None:
         pytest.skip("switching uid needs root")
 
 
-def _child(socket_path: str, messages: list[dict[str, Any]], queue: Any) -> None:
+def _connect_as_nobody(socket_path: str) -> Any:
+    """In a forked child: become uid/gid 65534 for good, then connect to the daemon."""
     import socket as sock
 
+    os.setgroups([])
+    os.setgid(NOBODY)
+    os.setuid(NOBODY)
+    conn = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
+    conn.settimeout(10)
+    conn.connect(socket_path)
+    return conn
+
+
+def _child(socket_path: str, messages: list[dict[str, Any]], queue: Any) -> None:
     try:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        conn = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
-        conn.settimeout(10)
-        conn.connect(socket_path)
+        conn = _connect_as_nobody(socket_path)
         replies, buffer = [], b""
         for message in messages:
             conn.sendall(json.dumps(message).encode() + b"\n")
@@ -327,15 +333,8 @@ namespaces = ["shared:team"]
 def _follow_events(socket_path: str, go: Any, queue: Any) -> None:
     """As nobody: subscribe to every topic, wait for ``go``, remember one text in its own
     namespace, and report every event received until that write's own event arrived."""
-    import socket as sock
-
     try:
-        os.setgroups([])
-        os.setgid(NOBODY)
-        os.setuid(NOBODY)
-        conn = sock.socket(sock.AF_UNIX, sock.SOCK_STREAM)
-        conn.settimeout(10)
-        conn.connect(socket_path)
+        conn = _connect_as_nobody(socket_path)
         lines = conn.makefile("rb")
 
         def send(request_id: int, method: str, params: dict[str, Any]) -> None:
