@@ -23,7 +23,7 @@ COMMANDS = {
     "ask", "audit", "bench", "call", "chat", "config", "events", "generate", "health", "mcp", "memory", "metrics",
     "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status",
 }
-BENCHMARKS = {"audit", "cli", "infer", "memory", "policy", "providers", "route", "rpc", "sleep"}
+BENCHMARKS = {"audit", "cli", "frames", "infer", "memory", "policy", "providers", "route", "rpc", "sleep"}
 
 # Listing the commands (engram --help, engram bench --help) imports every part's cli module.
 LIST_EVERY_COMMAND = """
