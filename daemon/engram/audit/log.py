@@ -58,6 +58,7 @@ from engram.audit.verify import VerificationError, verify_log
 from engram.bus import EventBus
 from engram.bus.bus import OverflowPolicy, Subscription
 from engram.errors import Conflict, Overloaded, RPCError, StartupError, Unavailable
+from engram.lifecycle import BackgroundTasks
 from engram.observability.metrics import Metrics
 
 __all__ = ["ORIGIN_PREFIX", "AuditLog", "origin_for"]
@@ -140,7 +141,7 @@ class AuditLog:
         self._subscription: Subscription | None = None
         self._dropped_seen = 0
         self._held: Any = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._background = BackgroundTasks("audit")
         self.counters = _Counters()
         r = metrics.registry
         self._m_entries = Counter("engram_audit_entries", "Audit entries made durable, by kind.", ["kind"], registry=r)
@@ -190,11 +191,10 @@ class AuditLog:
             self.state = "failed"
             raise
         self._subscription = self._bus.subscribe(self._topics, self.settings.event_queue, OverflowPolicy.DROP_NEWEST)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._write_loop, name="audit-writer")
-        self._tg.start_soon(self._pump_events, name="audit-events")
-        self._tg.start_soon(self._checkpoint_timer, name="audit-checkpoints")
+        await self._background.start()
+        self._background.start_soon(self._write_loop, name="audit-writer")
+        self._background.start_soon(self._pump_events, name="audit-events")
+        self._background.start_soon(self._checkpoint_timer, name="audit-checkpoints")
         self.state = "running"
         log.info(
             "audit log open",
@@ -302,11 +302,7 @@ class AuditLog:
                 except Exception:
                     log.exception("final audit checkpoint failed")
         finally:
-            if self._tg is not None:
-                # Exited here, not inside the shield: a task group's scope must be the current one.
-                tg, self._tg = self._tg, None
-                tg.cancel_scope.cancel()
-                await tg.__aexit__(None, None, None)
+            await self._background.stop()  # here, not inside the shield: left from where it was entered
             with anyio.CancelScope(shield=True):
                 if self._subscription is not None:
                     self._bus.unsubscribe(self._subscription, "audit log closed")
@@ -440,7 +436,7 @@ class AuditLog:
                 last = self._last_checkpoint.size if self._last_checkpoint else 0
                 if self.store.size - last >= self.settings.checkpoint_every_entries and not self._checkpoint_running:
                     self._checkpoint_running = True
-                    self._tg.start_soon(self._checkpoint_task, name="audit-checkpoint")  # type: ignore[union-attr]
+                    self._background.start_soon(self._checkpoint_task, name="audit-checkpoint")
         finally:
             self._writer_done.set()  # type: ignore[union-attr]
 

@@ -14,7 +14,7 @@ behind one :class:`anyio.CapacityLimiter` of ``inference.threads.workers``.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -84,6 +84,7 @@ from engram.inference.sessions import (
 from engram.inference.settings import BUILTIN_EMBEDDER, InferenceSettings
 from engram.inference.text_encoder import TextEncoder
 from engram.inference.validate import prepare_feed, select_outputs, wire_size
+from engram.lifecycle import BackgroundTasks
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
 from engram.server.methods import NoParams, RequestContext, rpc
 
@@ -122,8 +123,7 @@ class Inference:
         self._bus = bus
         self._trusted = [Verifier(key) for key in settings.trusted_keys]
         self._limiter: anyio.CapacityLimiter | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
-        self._scopes: set[anyio.CancelScope] = set()
+        self._background = BackgroundTasks("inference")
         self._importing: dict[str, float] = {}  # model name -> when its import started
         self._start_problem: str | None = None
         r = metrics.registry
@@ -146,9 +146,8 @@ class Inference:
         self._limiter = anyio.CapacityLimiter(self.settings.threads.workers)
         await self._thread(self.registry.ensure)
         await self._ensure_default_embedder()
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._spawn(self._reaper, "inference reaper")
+        await self._background.start()
+        self._background.spawn(self._reaper, "inference reaper")
         self.state = "running"
         return self
 
@@ -160,33 +159,7 @@ class Inference:
             return
         self.state = "closed"
         self.cache.clear("shutdown")  # closes the batchers: they finish what is queued and return
-        for scope in list(self._scopes):
-            scope.cancel()
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
-            # No shield around this: a task group must be exited from its own cancel scope's parent.
-            await tg.__aexit__(None, None, None)
-
-    def _spawn(self, func: Callable[[], Awaitable[None]], name: str) -> None:
-        """Start a background task that logs its failure instead of cancelling the daemon.
-
-        Each task has its own cancel scope: the task group's scope also covers the code of the
-        task that entered it (the daemon's main task), so cancelling that would cancel the daemon.
-        """
-        scope = anyio.CancelScope()
-        self._scopes.add(scope)
-
-        async def guarded() -> None:
-            try:
-                with scope:
-                    await func()
-            except Exception:
-                log.exception("inference task failed", task=name)
-            finally:
-                self._scopes.discard(scope)
-
-        assert self._tg is not None
-        self._tg.start_soon(guarded, name=name)
+        await self._background.stop()
 
     async def _thread(self, func: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
@@ -315,7 +288,7 @@ class Inference:
             raise
         self._loads.labels("ok").inc()
         batching = self.settings.batching
-        if self.state == "running" and self._tg is not None and batching.enabled:
+        if self.state == "running" and self._background.running and batching.enabled:
             observe = self._observer(name)
             common: dict[str, Any] = {
                 "max_batch": batching.max_batch,
@@ -327,14 +300,14 @@ class Inference:
             if loaded.batchable:
                 tensors = Batcher(name, lambda items: run_tensor_batch(loaded, items), **common)
                 loaded.extras["batcher"] = tensors
-                self._spawn(tensors.run, f"batcher {name}")
+                self._background.spawn(tensors.run, f"batcher {name}")
             if "encoder" in loaded.extras:
                 encoder = loaded.extras["encoder"]
                 texts = Batcher(
                     name, lambda items: run_embed_batch(loaded, encoder, batching.max_batch, items), **common
                 )
                 loaded.extras["embed_batcher"] = texts
-                self._spawn(texts.run, f"embed batcher {name}")
+                self._background.spawn(texts.run, f"embed batcher {name}")
         seconds = round(time.perf_counter() - started, 4)
         log.info(
             "model loaded",

@@ -15,7 +15,7 @@ every committed episode, and the next start reconciles the index with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -26,6 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus import EventBus
 from engram.errors import InvalidParams, NotFound
+from engram.lifecycle import BackgroundTasks
 from engram.memory import ids as idgen
 from engram.memory.api import (
     EmbedderStats,
@@ -141,7 +142,7 @@ class Memory:
         self.episodic.on_changed.append(self._check_maintenance)
         self.working = WorkingMemory(settings.working)
         self.namespaces = NamespacePolicy(owner_uid)
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._background = BackgroundTasks("memory")
         # anyio events need the event loop; they are made in __aenter__.
         self._writer_done: anyio.Event | None = None
         self._purge_wanted: anyio.Event | None = None
@@ -171,14 +172,16 @@ class Memory:
         except BaseException:
             await anyio.to_thread.run_sync(self.db.close)
             raise
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._run_writer, name="memory writer")
-        self._spawn(self._saver, "memory index saver")
-        self._spawn(self._maintainer, "memory index maintenance")
-        self._spawn(self._flusher, "memory access flusher")
-        self._spawn(self._purger, "memory purge")
-        self._spawn(self._sweeper, "working memory sweeper")
+        await self._background.start()
+        self._background.start_soon(self._run_writer, name="memory writer")
+        for task, name in (
+            (self._saver, "memory index saver"),
+            (self._maintainer, "memory index maintenance"),
+            (self._flusher, "memory access flusher"),
+            (self._purger, "memory purge"),
+            (self._sweeper, "working memory sweeper"),
+        ):
+            self._background.spawn(task, name, restart=True)
         for namespace in self.index.namespaces():
             self._check_maintenance(namespace)
         self.state = "running"
@@ -197,12 +200,7 @@ class Memory:
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             assert self._writer_done is not None
             await self._writer_done.wait()  # what is queued gets committed and answered
-        if self._tg is not None:
-            # Exited here, not inside another cancel scope: the task group's scope was entered
-            # in __aenter__ and must be left from the same level.
-            tg, self._tg = self._tg, None
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        await self._background.stop()  # outside any shield: a task group is left from where it was entered
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(self.episodic.flush_access)
@@ -213,19 +211,6 @@ class Memory:
                 log.exception("saving memory state at shutdown failed; the next start reconciles the index with SQLite")
             await anyio.to_thread.run_sync(self.db.close)
             self.state = "closed"
-
-    def _spawn(self, func: Callable[[], Awaitable[None]], name: str) -> None:
-        async def guarded() -> None:
-            while True:
-                try:
-                    await func()
-                    return
-                except Exception:
-                    log.exception("memory task failed; restarting it", task=name)
-                    await anyio.sleep(1.0)
-
-        assert self._tg is not None
-        self._tg.start_soon(guarded, name=name)
 
     async def _run_writer(self) -> None:
         try:

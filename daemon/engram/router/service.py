@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Self, TypeVar
 
 import anyio
-import anyio.abc
 import numpy as np
 import structlog
 from prometheus_client import Counter, Histogram
@@ -46,6 +45,7 @@ from engram.errors import (
 from engram.inference import codec
 from engram.inference.api import B64Tensor, ListTensor
 from engram.inference.service import Inference
+from engram.lifecycle import BackgroundTasks
 from engram.memory.service import Memory
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
 from engram.plugins.protocol import Completion
@@ -159,7 +159,7 @@ class Router:
                           ["route"], registry=reg)
         # Novelty against the route's episodic namespace when the daemon has memory; else the RAM window.
         self.novelty = EpisodicNovelty(memory, settings.learning.novelty_queue, dropped) if memory is not None else None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._background = BackgroundTasks("router")
         self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=reg)
 
@@ -170,9 +170,8 @@ class Router:
         await self._db(self._open)
         if self.novelty is not None:
             self.novelty.open()
-            self._tg = anyio.create_task_group()
-            await self._tg.__aenter__()
-            self._tg.start_soon(self.novelty.run, name="router novelty writer")
+            await self._background.start()
+            self._background.start_soon(self.novelty.run, name="router novelty writer")
         self.state = "running"
         log.info("router ready", routes=sorted(self.routes))
         return self
@@ -192,16 +191,12 @@ class Router:
                 state.threshold, state.auto_threshold, state.calibrated = row
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._tg is not None and self.novelty is not None:
-            tg, self._tg = self._tg, None
+        if self._background.running and self.novelty is not None:
             self.novelty.close()  # the writer drains what is queued, then ends
             if self.novelty.finished is not None:
                 with anyio.CancelScope(shield=True), anyio.move_on_after(10):
                     await self.novelty.finished.wait()
-            # Left here, not inside another cancel scope: the task group's scope was entered in
-            # __aenter__ and must be left from the same level.
-            tg.cancel_scope.cancel()
-            await tg.__aexit__(None, None, None)
+        await self._background.stop()  # outside any shield: left from where it was entered
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with anyio.CancelScope(shield=True):

@@ -40,6 +40,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus.bus import SubscriptionClosed
 from engram.errors import Conflict, InvalidParams
+from engram.lifecycle import BackgroundTasks
 from engram.server.methods import RequestContext, rpc
 from engram.sleep.api import (
     NextRun,
@@ -187,7 +188,7 @@ class Sleep:
         self._last_preemptions = 0
         self._last_finished_mono: float | None = None
         self._next_schedule: float | None = None
-        self._tg: anyio.abc.TaskGroup | None = None
+        self._background = BackgroundTasks("sleep")
         self._stopping = False  # the daemon is stopping: no new runs
         kwargs: dict[str, Any] = {"registry": metrics.registry if metrics is not None else None}
         self.m_runs = Counter("engram_sleep_runs", "Consolidation runs finished, by outcome.", ["outcome"], **kwargs)
@@ -205,11 +206,10 @@ class Sleep:
     async def __aenter__(self) -> Self:
         await anyio.to_thread.run_sync(self._recover)
         self._next_schedule = self._schedule_after(self.clock())
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._triggers, name="sleep triggers")
+        await self._background.start()
+        self._background.start_soon(self._triggers, name="sleep triggers")
         if self.bus is not None:
-            self._tg.start_soon(self._watch_stop, name="sleep stop watcher")
+            self._background.start_soon(self._watch_stop, name="sleep stop watcher")
         self.state = "running"
         return self
 
@@ -221,10 +221,7 @@ class Sleep:
             self.state = "closed"
             return
         self.state = "stopping"
-        if self._tg is not None:
-            tg, self._tg = self._tg, None
-            tg.cancel_scope.cancel()  # a run in progress is recorded as interrupted on its way out
-            await tg.__aexit__(None, None, None)
+        await self._background.stop()  # a run in progress is recorded as interrupted on its way out
         self.state = "closed"
 
     async def _watch_stop(self) -> None:
@@ -287,7 +284,7 @@ class Sleep:
         if self._run is not None or self._starting:
             running = self._run.id if self._run is not None else None
             raise Conflict("a consolidation run is going already", reason="sleep_running", run=running)
-        if self._tg is None or self.state != "running" or self._stopping:
+        if not self._background.running or self.state != "running" or self._stopping:
             raise Conflict("sleep is not running (the daemon is stopping)", reason="sleep_stopped")
         chosen = [s for s in ORDER if s in (stages if stages is not None else self.settings.stages)]
         self._starting = True
@@ -297,7 +294,7 @@ class Sleep:
             self._starting = False
         run.done = anyio.Event()
         self._run = run
-        self._tg.start_soon(self._execute, run, name=f"sleep run {run.id}")
+        self._background.start_soon(self._execute, run, name=f"sleep run {run.id}")
         return run
 
     def _insert_run(self, trigger: str, namespace: str | None, stages: list[str]) -> _Run:
