@@ -148,6 +148,7 @@ def test_routes_policy_and_bad_input(asker):
     routed = asker.call("route.ask", {"question": "Anything on my calendar?", "route": "local", "namespace": "ask-r"})
     assert routed["route"] == "local" and routed["path"] == "fast" and routed["provider"] == "echo"
     assert routed["decision"].startswith("rt_")
+    assert asker.provider_calls("echo")[-1]["system"]  # the routed prompt carries ask's system prompt too
     feedback = asker.call("route.feedback", {"decision": routed["decision"], "correct": True})
     assert feedback["route"] == "local" and feedback["learned"]
     assert asker.call("route.stats", {"route": "local"})["routes"][0]["requests"] >= 1

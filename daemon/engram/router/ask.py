@@ -49,7 +49,7 @@ from engram.providers.api import CHUNK_NOTIFICATION
 from engram.router.api import AskParams, AskResult, AskSource, RouteRunParams
 from engram.router.cache import CacheHit
 from engram.router.features import input_hash
-from engram.router.service import GENERATE_EXTRAS, Router, _checked_completion
+from engram.router.service import Router, checked_completion
 from engram.router.settings import RouterAskSettings
 from engram.server.methods import RequestContext, rpc
 
@@ -312,11 +312,9 @@ class Ask:
     async def _routed(self, ctx: RequestContext, route: str, prompt: str, tags: list[str]
                       ) -> tuple[str, str, str | None, str | None, bool]:
         """The route's fast/slow/cascade on the prompt (its decision recorded for route.feedback)."""
-        token = GENERATE_EXTRAS.set((self.settings.system, tuple(tags)))
-        try:
-            run = await self._router.route_run(ctx, RouteRunParams(route=route, text=prompt, use_cache=False))
-        finally:
-            GENERATE_EXTRAS.reset(token)
+        run = await self._router.run(
+            ctx, RouteRunParams(route=route, text=prompt, use_cache=False), system=self.settings.system, tags=tuple(tags)
+        )
         provider = run.target.partition(":")[2] or None
         return run.text or "", run.taken, provider, run.decision, run.escalated
 
@@ -337,7 +335,7 @@ class Ask:
                 return provider.generate(sent["prompt"], model=None, system=sent.get("system"), options={})
 
             name, (completion, _), _, _ = await providers.call(
-                ctx, "generate", names, model=None, tags=tags, payload=payload, invoke=invoke, check=_checked_completion
+                ctx, "generate", names, model=None, tags=tags, payload=payload, invoke=invoke, check=checked_completion
             )
             return completion.text, name
 

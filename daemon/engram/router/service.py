@@ -22,7 +22,6 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self, TypeVar
@@ -92,10 +91,16 @@ DECISIONS_KEPT = 20_000  # rows of router_decisions kept per route (feedback and
 _SEEN_KEPT = 4096  # input hashes remembered per route for the "seen" feature
 
 
-# What a provider target's generate call carries besides the text, for callers that route a prompt
-# of their own (route.ask): the system prompt and the data tags the policy's egress rules see.
-# Unset for route.run: no system prompt, no tags.
-GENERATE_EXTRAS: ContextVar[tuple[str | None, tuple[str, ...]]] = ContextVar("router_generate_extras", default=(None, ()))
+@dataclass(frozen=True)
+class TargetInput:
+    """What a target is given: the tensor (classify) or the text, and for provider targets what
+    a caller that routes a prompt of its own (route.ask) adds: the system prompt and the data
+    tags the policy's egress rules see. route.run gives neither."""
+
+    array: np.ndarray | None
+    text: str | None
+    system: str | None = None
+    tags: tuple[str, ...] = ()
 
 
 class TargetDown(Exception):
@@ -217,13 +222,14 @@ class Router:
 
     # --- targets ---------------------------------------------------------------------------------
 
-    async def _call(self, ctx: RequestContext, route: RouteSettings, target: str, array: np.ndarray | None,
-                    text: str | None) -> dict[str, np.ndarray]:
+    async def _call(self, ctx: RequestContext, route: RouteSettings, target: str, given: TargetInput
+                    ) -> dict[str, np.ndarray]:
         kind, _, name = target.partition(":")
+        array, text = given.array, given.text
         try:
             with anyio.fail_after(self.settings.target_timeout):
                 if kind == "provider":
-                    return await self._generate(ctx, route, target, name, text)
+                    return await self._generate(ctx, route, target, name, given)
                 if route.task == "classify":
                     assert array is not None
                     return await self._classify(route, name, array)
@@ -244,9 +250,10 @@ class Router:
         except (NotFound, Unavailable, IntegrityError) as exc:
             raise TargetDown(target, exc) from None
 
-    async def _generate(self, ctx: RequestContext, route: RouteSettings, target: str, name: str, text: str | None
+    async def _generate(self, ctx: RequestContext, route: RouteSettings, target: str, name: str, given: TargetInput
                         ) -> dict[str, np.ndarray]:
         """A ``generate`` call through the Providers part (breaker, policy egress, call timeout)."""
+        text, system, tags = given.text, given.system, given.tags
         if route.task != "generate" or text is None:
             raise TargetDown(target, Unavailable(
                 f"target {target}: provider targets serve generate routes", reason="provider_unavailable", target=target
@@ -255,7 +262,6 @@ class Router:
         if providers is None:
             raise TargetDown(target, Unavailable(f"target {target}: the daemon has no providers part",
                                                  reason="provider_unavailable", target=target))
-        system, tags = GENERATE_EXTRAS.get()
         limit = providers.settings.max_prompt_chars
         if len(text) + len(system or "") > limit:
             raise InvalidParams(f"text: {len(text)} characters; at most {limit} (providers.max_prompt_chars)", field="text")
@@ -265,7 +271,7 @@ class Router:
 
         _, (completion, score), _, _ = await providers.call(
             ctx, "generate", providers.chain("generate", name), model=None, tags=list(tags),
-            payload={"prompt": text, "system": system}, invoke=invoke, check=_checked_completion,
+            payload={"prompt": text, "system": system}, invoke=invoke, check=checked_completion,
         )
         out = {"text": np.frombuffer(completion.text.encode("utf-8"), dtype=np.uint8).copy()}
         if score is not None:
@@ -283,13 +289,12 @@ class Router:
         return {k: codec.decode(codec.WireTensor(**v.model_dump()), k) for k, v in outputs.items()}
 
     async def _call_or_fallback(
-        self, ctx: RequestContext, route: RouteSettings, which: str, array: np.ndarray | None, text: str | None,
-        notes: list[str],
+        self, ctx: RequestContext, route: RouteSettings, which: str, given: TargetInput, notes: list[str],
     ) -> tuple[str, dict[str, np.ndarray]]:
         """Run the ``which`` (fast/slow) target; on a down target, the other one per the route's fallback."""
         target = route.fast if which == "fast" else route.slow
         try:
-            return which, await self._call(ctx, route, target, array, text)
+            return which, await self._call(ctx, route, target, given)
         except TargetDown as down:
             other = "slow" if which == "fast" else "fast"
             if route.fallback != "other":
@@ -297,7 +302,7 @@ class Router:
             notes.append(f"{which} target down ({down.error.reason}), fell back to {other}")
             log.warning("route target down; falling back", route=route.name, target=target, error=down.error.message)
             try:
-                return other, await self._call(ctx, route, route.slow if other == "slow" else route.fast, array, text)
+                return other, await self._call(ctx, route, route.slow if other == "slow" else route.fast, given)
             except TargetDown as both:
                 raise Unavailable(
                     f"route {route.name}: both targets are down ({down.error.message}; {both.error.message})",
@@ -318,11 +323,17 @@ class Router:
 
     @rpc("route.run", summary="Route a request: pattern cache, fast target, slow target or the cascade between them.")
     async def route_run(self, ctx: RequestContext, params: RouteRunParams) -> RouteRunResult:
+        return await self.run(ctx, params)
+
+    async def run(self, ctx: RequestContext, params: RouteRunParams, *, system: str | None = None,
+                  tags: tuple[str, ...] = ()) -> RouteRunResult:
+        """route.run, for in-process callers too; ``system`` and ``tags`` go with the text to
+        provider targets (see :class:`TargetInput`)."""
         state = self._route(params.route)
         route = state.settings
         started = time.perf_counter()
         try:
-            result = await self._run(ctx, state, params)
+            result = await self._run(ctx, state, params, system, tags)
         except RPCError:
             state.stats.errors += 1
             raise
@@ -331,7 +342,8 @@ class Router:
         self._seconds.labels(route.name).observe(elapsed)
         return result
 
-    async def _run(self, ctx: RequestContext, state: _RouteState, params: RouteRunParams) -> RouteRunResult:
+    async def _run(self, ctx: RequestContext, state: _RouteState, params: RouteRunParams, system: str | None,
+                   tags: tuple[str, ...]) -> RouteRunResult:
         route = state.settings
         assert self.assessor is not None and self.cache is not None
         array: np.ndarray | None = None
@@ -384,22 +396,23 @@ class Router:
         p_pre = await self._p_slow(route.name, features)
         threshold = params.threshold if params.threshold is not None else self._threshold(state, mode)
         notes: list[str] = []
+        given = TargetInput(array, text, system, tags)
         fast_out: dict[str, np.ndarray] | None = None
         slow_out: dict[str, np.ndarray] | None = None
         conf: float | None = None
         p_slow = p_pre
         escalated = False
         if mode == "fast":
-            taken, out = await self._call_or_fallback(ctx, route, "fast", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "fast", given, notes)
             reason = "mode fast"
         elif mode == "slow":
-            taken, out = await self._call_or_fallback(ctx, route, "slow", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "slow", given, notes)
             reason = "mode slow"
         elif mode == "auto" and p_pre >= route.direct_slow:
-            taken, out = await self._call_or_fallback(ctx, route, "slow", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "slow", given, notes)
             reason = f"auto: p_slow {p_pre:.3f} >= direct_slow {route.direct_slow:g} before the fast target ran"
         else:
-            taken, out = await self._call_or_fallback(ctx, route, "fast", array, text, notes)
+            taken, out = await self._call_or_fallback(ctx, route, "fast", given, notes)
             if taken == "fast":
                 fast_out = out
                 conf, margin = self._judge(route, out)
@@ -425,7 +438,7 @@ class Router:
                         state.explore_counter, explore = 0, True
                 if doubt or explore:
                     try:
-                        slow_out = await self._call(ctx, route, route.slow, array, text)
+                        slow_out = await self._call(ctx, route, route.slow, given)
                     except TargetDown as down:
                         if route.fallback != "other":
                             raise Unavailable(f"route {route.name}: {down.error.message}", reason="target_down",
@@ -683,7 +696,7 @@ def _rounded(features: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in sorted(features.items())}
 
 
-def _checked_completion(raw: Any) -> tuple[Completion, float | None]:
+def checked_completion(raw: Any) -> tuple[Completion, float | None]:
     """The provider's Completion and the score it reports (a ``score`` key or attribute in [0, 1]), if any."""
     score = raw.get("score") if isinstance(raw, dict) else getattr(raw, "score", None)
     completion = raw if isinstance(raw, Completion) else Completion.model_validate(raw)

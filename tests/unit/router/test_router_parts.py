@@ -101,13 +101,13 @@ def test_route_settings_are_checked():
 
 def test_provider_score_is_read_when_reported():
     from engram.plugins.protocol import Completion
-    from engram.router.service import _checked_completion, _text
+    from engram.router.service import checked_completion, _text
 
-    completion, score = _checked_completion({"text": "hi", "score": 0.25})
+    completion, score = checked_completion({"text": "hi", "score": 0.25})
     assert completion.text == "hi" and score == 0.25
-    assert _checked_completion(Completion(text="hi"))[1] is None
-    assert _checked_completion({"text": "hi", "score": 7})[1] is None  # outside [0, 1]: not a score
-    assert _checked_completion({"text": "hi", "score": True})[1] is None
+    assert checked_completion(Completion(text="hi"))[1] is None
+    assert checked_completion({"text": "hi", "score": 7})[1] is None  # outside [0, 1]: not a score
+    assert checked_completion({"text": "hi", "score": True})[1] is None
     assert _text({"text": np.frombuffer("héllo".encode(), np.uint8)}) == "héllo" and _text({}) is None
 
 
