@@ -26,7 +26,8 @@ class NamespacePolicy:
     def __init__(self, owner_uid: int | None = None) -> None:
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
 
-    def allowed(self, principal: Principal, namespace: str) -> bool:
+    def allowed(self, principal: Principal, method: str | None, namespace: str) -> bool:
+        """May ``principal``, calling ``method`` (None: no request), use ``namespace``?"""
         return namespace == default_namespace(principal) or principal.uid in (self.owner_uid, 0)
 
     def admin_allowed(self, principal: Principal, action: str) -> bool:
@@ -43,9 +44,9 @@ class NamespacePolicy:
                 uid=principal.uid,
             )
 
-    def resolve(self, principal: Principal, requested: str | None) -> str:
+    def resolve(self, principal: Principal, method: str | None, requested: str | None) -> str:
         namespace = requested or default_namespace(principal)
-        if not self.allowed(principal, namespace):
+        if not self.allowed(principal, method, namespace):
             raise PolicyDenied(
                 f"namespace {namespace!r} belongs to someone else; uid {principal.uid} may use only "
                 f"{default_namespace(principal)!r}",

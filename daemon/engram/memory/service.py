@@ -354,7 +354,7 @@ class Memory:
     # --- helpers ---------------------------------------------------------------------------------------
 
     def _namespace(self, ctx: RequestContext, requested: str | None) -> str:
-        return self.namespaces.resolve(ctx.principal, requested)
+        return self.namespaces.resolve(ctx.principal, ctx.method, requested)
 
     async def _thread(self, func: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(func, *args)

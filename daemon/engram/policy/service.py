@@ -22,7 +22,6 @@ import os
 import pwd
 import time
 from collections.abc import Callable, Iterable
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -64,7 +63,6 @@ _READABLE_CACHE = 4096  # namespace answers kept for event filtering (cleared wh
 # The method of the request being served, set by the dispatcher's guard: the guard and the
 # handler run in the same task, so parts deciding later (memory's namespace, an egress) know
 # which method they decide for without being told.
-current_method: ContextVar[str | None] = ContextVar("engram_policy_method", default=None)
 
 
 class Policy:
@@ -290,15 +288,13 @@ class Policy:
                 self._allowed_events[key] = (decision, event)
             self._decision_counters[("method", "allow")].inc()
             self._bus.publish(event)
-            current_method.set(method.name)
             return
         request = AccessRequest("method", principal, method.name, method.owner_only)
         self._record(decision, request)
         raise decision.denial(request)
 
     def authorize_namespace(self, principal: Principal, method: str | None, namespace: str) -> Decision:
-        """May ``principal``, calling ``method`` (default: the request being served), use ``namespace``?"""
-        method = method or current_method.get()
+        """May ``principal``, calling ``method``, use ``namespace``?"""
         # Outside a request (no method known) only the namespace rules speak, for memory.* as a whole.
         action = method or "memory.*"
         decision = self._engine().authorize_namespace(principal, action, namespace, check_method=method is not None)
@@ -315,9 +311,9 @@ class Policy:
             self._record(decision, request)
         return decision.allowed
 
-    def namespace_allowed(self, principal: Principal, namespace: str) -> bool:
+    def namespace_allowed(self, principal: Principal, method: str | None, namespace: str) -> bool:
         """The memory part's namespace check (``NamespacePolicy.allowed``), decided by the policy."""
-        return self.authorize_namespace(principal, None, namespace).allowed
+        return self.authorize_namespace(principal, method, namespace).allowed
 
     # --- who follows which events (engram.bus.audience.Audience) ---------------------------------
 
@@ -340,7 +336,7 @@ class Policy:
         """:meth:`authorize_namespace`, raising PolicyDenied (naming the rule) when denied."""
         decision = self.authorize_namespace(principal, method, namespace)
         if not decision.allowed:
-            action = method or current_method.get() or "memory.*"
+            action = method or "memory.*"
             raise decision.denial(AccessRequest("namespace", principal, action, namespace=namespace))
         return decision
 
@@ -403,7 +399,6 @@ class Policy:
         record: bool = True,
     ) -> EgressDecision:
         engine = self._engine()
-        method = method or current_method.get()
         if method is None:
             raise ValueError("an egress decision outside a request needs method=")
         locality = self.locality_of(provider, declared)

@@ -47,7 +47,7 @@ log = structlog.get_logger("engram.providers")
 
 _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
-# (principal, provider, locality, model, tags, payload) -> EgressDecision; Policy.authorize_egress
+# (principal, method, provider, locality, model, tags, payload) -> EgressDecision; Policy.authorize_egress
 Authorize = Callable[..., Awaitable[Any]]
 
 
@@ -151,7 +151,8 @@ class Providers:
             return None
         try:
             decision = await self._authorize(
-                ctx.principal, provider=name, locality=provider.locality, model=model, data_tags=tags, payload=payload
+                ctx.principal, method=ctx.method, provider=name, locality=provider.locality, model=model, data_tags=tags,
+                payload=payload,
             )
         except BaseException:
             breaker.release()

@@ -231,7 +231,7 @@ class Ask:
             if state.settings.task != "generate":
                 raise InvalidParams(f"route: {route_name} has task {state.settings.task}; route.ask needs a generate route",
                                     field="route", reason="not_generate")
-        namespace = memory.namespaces.resolve(ctx.principal, params.namespace)  # -32001 as memory.recall
+        namespace = memory.namespaces.resolve(ctx.principal, ctx.method, params.namespace)  # -32001 as memory.recall
         remember = s.remember if params.remember is None else params.remember
         stream_id = params.stream_id or f"r{ctx.request}"
 

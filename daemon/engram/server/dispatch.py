@@ -178,7 +178,9 @@ class Dispatcher:
                 for guard in self.guards:
                     await guard(principal, method)
                 params = await self._validate(method, request)
-                ctx = RequestContext(principal=principal, connection=connection, request=serial, trace_id=trace_id)
+                ctx = RequestContext(
+                    principal=principal, connection=connection, request=serial, trace_id=trace_id, method=method.name
+                )
                 limit = method.timeout or self._settings().request_timeout
                 try:
                     with anyio.fail_after(limit):

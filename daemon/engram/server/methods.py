@@ -100,6 +100,7 @@ class RequestContext:
     connection: Connection
     request: int  # the daemon's serial number for this request (logs, events, audit)
     trace_id: str | None = None
+    method: str | None = None  # the method served; None for work no request asked for
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]

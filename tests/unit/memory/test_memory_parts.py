@@ -76,11 +76,12 @@ def test_fts_query_quotes_every_word() -> None:
 def test_namespace_policy() -> None:
     policy = NamespacePolicy(owner_uid=500)
     alice, owner, root = Principal(uid=1000, gid=1000), Principal(uid=500, gid=500), Principal(uid=0, gid=0)
-    assert policy.resolve(alice, None) == "uid:1000" and policy.resolve(alice, "uid:1000") == "uid:1000"
+    recall = "memory.recall"
+    assert policy.resolve(alice, recall, None) == "uid:1000" and policy.resolve(alice, recall, "uid:1000") == "uid:1000"
     with pytest.raises(PolicyDenied) as err:
-        policy.resolve(alice, "uid:500")
+        policy.resolve(alice, recall, "uid:500")
     assert err.value.reason == "namespace_denied"
-    assert policy.resolve(owner, "uid:1000") == "uid:1000" and policy.resolve(root, "team") == "team"
+    assert policy.resolve(owner, recall, "uid:1000") == "uid:1000" and policy.resolve(root, recall, "team") == "team"
 
 
 def test_settings_are_validated() -> None:

@@ -14,7 +14,7 @@ from engram.errors import Conflict, PolicyDenied, StartupError
 from engram.observability.metrics import Metrics
 from engram.policy.api import ExplainParams, PrivacyParams
 from engram.policy.events import POLICY_EVENTS
-from engram.policy.service import PRIVACY_FILE, Policy, current_method
+from engram.policy.service import PRIVACY_FILE, Policy
 from engram.policy.settings import PolicySettings
 from engram.server.methods import Method, NoParams, RequestContext
 
@@ -165,17 +165,15 @@ async def test_egress_redacts_big_payloads_in_a_thread_and_checks_the_declared_l
         assert events[0].redactions == {"email": 1} and events[0].audit  # the audit obligation marks it
 
 
-async def test_namespace_check_uses_the_method_of_the_request(tmp_path):
+async def test_namespace_check_uses_the_method_it_is_given(tmp_path):
     h = Harness(tmp_path)
     (h.dir / "grant.toml").write_text(GRANT)
     async with h.part:
-        await h.part.method_guard(principal(4242), _method("memory.write"))
-        assert current_method.get() == "memory.write"
-        assert h.part.namespace_allowed(principal(4242), "uid:4242")
-        assert not h.part.namespace_allowed(principal(4242), "uid:1")
-        assert h.part.namespace_allowed(principal(OWNER), "uid:1")
+        assert h.part.namespace_allowed(principal(4242), "memory.write", "uid:4242")
+        assert not h.part.namespace_allowed(principal(4242), "memory.write", "uid:1")
+        assert h.part.namespace_allowed(principal(OWNER), "memory.write", "uid:1")
         with pytest.raises(PolicyDenied) as info:
-            h.part.require_namespace(principal(4242), None, "shared:x")
+            h.part.require_namespace(principal(4242), "memory.write", "shared:x")
         assert info.value.data["namespace"] == "shared:x" and info.value.data["method"] == "memory.write"
 
 

@@ -97,7 +97,7 @@ class Policy:
         self.deny = deny
         self.asked: list[str] = []
 
-    async def authorize(self, principal: Any, *, provider: str, locality: str, model: Any, data_tags: Any, payload: Any) -> Decision:
+    async def authorize(self, principal: Any, *, method: str | None, provider: str, locality: str, model: Any, data_tags: Any, payload: Any) -> Decision:
         self.asked.append(provider)
         if provider in self.deny:
             return Decision(False, rule="default")
