@@ -153,15 +153,19 @@ class Daemon:
         self.database = Database(settings.database_path, settings.storage.busy_timeout)
         busy = settings.storage.busy_timeout
         self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy)
+        self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics)
+        self.plugins = PluginManager(
+            settings.plugins, self.bus, ProviderContext(inference=self.inference, state_dir=settings.state_dir)
+        )
+        plugins = self.plugins
         self.policy = Policy(
             settings.policy,
             settings.state_dir,
             self.bus,
             self.metrics,
             method_admin=lambda name: method.owner_only if (method := self.methods.get(name)) else None,
-            provider_locality=lambda name: getattr(self.plugins.providers().get(name), "locality", None),
+            provider_locality=lambda name: getattr(plugins.providers().get(name), "locality", None),
         )
-        self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics)
         self.memory = Memory(
             settings.memory,
             settings.state_dir,
@@ -170,21 +174,26 @@ class Daemon:
             self.metrics,
             embedder=InferenceEmbedder(self.inference),
             busy_timeout=busy,
-        )
-        self.memory.namespaces.allowed = self.policy.namespace_allowed  # who may read which namespace
-        self.memory.namespaces.admin_allowed = self.policy.admin_action_allowed  # e.g. forget everything
-        self.bus.declare(*ROUTER_EVENTS)
-        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy,
-                             memory=self.memory)
-        self.plugins = PluginManager(
-            settings.plugins, self.bus, ProviderContext(inference=self.inference, state_dir=settings.state_dir)
+            namespace_decider=self.policy,  # who may use which namespace, and forget everything
         )
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
-        self.router.providers = self.providers  # provider:<name> route targets call through it
-        # Sleep consolidation: while the daemon is idle, episodes become concepts, unimportant ones go.
+        self.bus.declare(*ROUTER_EVENTS)
+        # provider:<name> route targets call through the providers part.
+        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy,
+                             memory=self.memory, providers=self.providers)
+        # The policy decides every call; its default keeps owner-only methods owner-only and a
+        # policy can grant them explicitly, so it takes the place of the built-in owner check.
+        # Audited requests are answered only once the audit log has recorded them.
+        self.dispatcher = Dispatcher(
+            self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server,
+            guards=[self.policy.method_guard], recorder=self.audit,
+        )
+        # Sleep consolidation: while the daemon is idle (no foreground request in the dispatcher
+        # for a while), episodes become concepts and unimportant ones go.
         self.bus.declare(*SLEEP_EVENTS)
-        self.sleep = Sleep(settings.sleep, self.memory, self.router, self.audit, self.bus, self.metrics)
+        self.sleep = Sleep(settings.sleep, self.memory, self.router, self.audit, self.bus, self.metrics,
+                           activity=self.dispatcher)
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
         self.ask = Ask(settings.router.ask, self.router, self.memory, self.providers, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
@@ -199,14 +208,6 @@ class Daemon:
             "plugins": self.plugins,
             "providers": self.providers,
         }
-        self.dispatcher = Dispatcher(
-            self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server
-        )
-        # The policy decides every call; its default keeps owner-only methods owner-only and a
-        # policy can grant them explicitly, so it takes the place of the built-in owner check.
-        self.dispatcher.guards = [self.policy.method_guard]
-        self.dispatcher.recorder = self.audit  # audited requests are answered only once recorded
-        self.sleep.activity = self.dispatcher  # foreground requests in flight, and when the last one came
         self.server = RPCServer(
             settings.socket_path,
             lambda: self.settings.server,

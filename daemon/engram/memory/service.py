@@ -80,7 +80,7 @@ from engram.memory.events import (
 )
 from engram.memory.filters import SqlFilter, check_tags
 from engram.memory.index import FILE_NAME, IndexFileError, VectorIndex
-from engram.memory.namespaces import NamespacePolicy
+from engram.memory.namespaces import NamespaceDecider, NamespacePolicy
 from engram.memory.scoring import Weights
 from engram.memory.semantic import ConceptSpec, GraphStore, RelationSpec, concept_key
 from engram.memory.settings import MemorySettings
@@ -128,6 +128,7 @@ class Memory:
         embedder: Embedder | None = None,
         busy_timeout: float = 5.0,
         owner_uid: int | None = None,
+        namespace_decider: NamespaceDecider | None = None,
     ) -> None:
         self.settings = settings
         self.state = "created"
@@ -141,7 +142,7 @@ class Memory:
         self.episodic = Episodic(settings, self.db, self.index, self.graph, self.metrics, embedder)
         self.episodic.on_changed.append(self._check_maintenance)
         self.working = WorkingMemory(settings.working)
-        self.namespaces = NamespacePolicy(owner_uid)
+        self.namespaces = NamespacePolicy(owner_uid, namespace_decider)
         self._background = BackgroundTasks("memory")
         # anyio events need the event loop; they are made in __aenter__.
         self._writer_done: anyio.Event | None = None

@@ -137,7 +137,7 @@ class Router:
 
     def __init__(
         self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, inference: Inference,
-        busy_timeout: float = 5.0, memory: Memory | None = None,
+        busy_timeout: float = 5.0, memory: Memory | None = None, providers: Any = None,
     ) -> None:
         self.settings = settings
         self.state = "created"
@@ -145,7 +145,7 @@ class Router:
         self._busy = busy_timeout
         self._bus = bus
         self._inference = inference
-        self.providers: Any = None  # the Providers part (set by the daemon): provider:<name> targets
+        self.providers = providers  # the Providers part: provider:<name> targets
         self._conn: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self.assessor: Assessor | None = None

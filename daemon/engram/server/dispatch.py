@@ -77,6 +77,9 @@ class Dispatcher:
         tracer: trace.Tracer,
         settings: Callable[[], ServerSettings],
         owner_uid: int | None = None,
+        *,
+        guards: list[Guard] | None = None,
+        recorder: Recorder | None = None,
     ) -> None:
         self.methods = methods
         self._bus = bus
@@ -84,9 +87,10 @@ class Dispatcher:
         self._tracer = tracer
         self._settings = settings
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
-        self.guards: list[Guard] = [self._owner_only]
+        # Who may call what; by default the owner-only rule of each method.
+        self.guards: list[Guard] = guards if guards is not None else [self._owner_only]
         self._serial = itertools.count(1)
-        self.recorder: Recorder | None = None  # set by the composition root: the audit log
+        self.recorder = recorder  # the audit log: audited requests are answered only once recorded
         self._large_requests: anyio.CapacityLimiter | None = None  # made on first use: it needs the loop
         # Foreground activity, read by the sleep part: requests in flight now, and the monotonic
         # time the last one arrived or finished.

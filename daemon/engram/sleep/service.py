@@ -173,6 +173,7 @@ class Sleep:
         bus: Any = None,
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
+        activity: Activity | None = None,
     ) -> None:
         self.settings = settings
         self.memory = memory
@@ -181,7 +182,8 @@ class Sleep:
         self.bus = bus
         self.clock = clock
         self.state = "created"
-        self.activity: Activity = _NoActivity()  # the composition root hands in the dispatcher
+        # Foreground requests in flight and when the last one came (the dispatcher, in the daemon).
+        self.activity: Activity = activity if activity is not None else _NoActivity()
         self._run: _Run | None = None
         self._starting = False
         self._last_report: dict[str, Any] | None = None

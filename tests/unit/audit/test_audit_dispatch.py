@@ -75,9 +75,9 @@ class Conn:
 def setup() -> tuple[Dispatcher, FakeRecorder]:
     table = MethodTable()
     table.add(collect(Part()))
-    dispatcher = Dispatcher(table, EventBus(CORE_EVENTS), Metrics(), trace.NoOpTracer(), ServerSettings, owner_uid=1)
     recorder = FakeRecorder()
-    dispatcher.recorder = recorder
+    dispatcher = Dispatcher(table, EventBus(CORE_EVENTS), Metrics(), trace.NoOpTracer(), ServerSettings, owner_uid=1,
+                            recorder=recorder)
     return dispatcher, recorder
 
 

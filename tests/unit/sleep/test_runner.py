@@ -65,8 +65,8 @@ async def with_sleep(tmp_path, settings: dict[str, Any], body) -> None:
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             await memory.remember(rpc_ctx(), RememberParams.model_validate(
                 {"items": [{"text": f"item {i}", "vector": v.tolist()} for i, v in enumerate(vecs)]}))
-            sleep = Sleep(SleepSettings.model_validate({"enabled": False, **settings}), memory, None, None, bus, Metrics())
-            sleep.activity = Activity()
+            sleep = Sleep(SleepSettings.model_validate({"enabled": False, **settings}), memory, None, None, bus, Metrics(),
+                          activity=Activity())
             async with sleep:
                 await body(sleep, memory, events)
     finally:
