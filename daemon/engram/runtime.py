@@ -5,7 +5,8 @@ Start order (each part is an async context manager; each is up before the next s
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
                -> RPC server (binds the socket) -> READY=1
 
-Nothing reaches across parts except through what is wired here. Shutdown runs the other way:
+Parts are made in the order their needs allow and get what they need as constructor arguments
+(no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
 SIGTERM/SIGINT stop the server from accepting, in-flight requests get ``server.drain_timeout``
 to finish, then the parts close, shielded from cancellation, and the process exits 0.
 """
