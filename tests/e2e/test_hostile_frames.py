@@ -174,4 +174,4 @@ def test_free_json_of_too_many_values_is_refused_before_it_is_validated(daemon, 
     reply = answer(daemon, request(method, json.dumps(params).encode(), request_id=b"10"))
     error = reply["error"]
     assert error["code"] == -32602 and error["data"]["field"] == field, error
-    assert error["data"]["errors"][0]["type"] == "too_many_values"
+    assert error["data"]["reason"] == error["data"]["errors"][0]["type"] == "too_many_values"

@@ -43,7 +43,9 @@ def _few_values(value: Any) -> Any:
         count += 1
         if count > FREE_JSON_MAX_VALUES:
             raise PydanticCustomError(
-                "too_many_values", "free JSON holds at most {limit} values", {"limit": FREE_JSON_MAX_VALUES}
+                "too_many_values",
+                "free JSON holds at most {limit} values",
+                {"limit": FREE_JSON_MAX_VALUES, "reason": "too_many_values"},
             )
         if isinstance(item, dict):
             pending += item.values()

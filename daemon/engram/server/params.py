@@ -42,7 +42,10 @@ def _invalid(errors: list[Any], prefix: tuple[str | int, ...] = ()) -> InvalidPa
     if first["type"] == "extra_forbidden":
         message = f"{field}: unknown parameter"
     problems = [{"field": dotted(e["loc"]), "message": e["msg"], "type": e["type"]} for e in errors]
-    return InvalidParams(message, field=field, errors=problems)
+    # A validator of ours names its reason in the error's context (see FreeJson); pydantic's own
+    # errors are invalid_params, their type in data.errors.
+    reason = (first.get("ctx") or {}).get("reason", "invalid_params")
+    return InvalidParams(message, field=field, errors=problems, reason=reason)
 
 
 @functools.cache
