@@ -72,7 +72,7 @@ _BIG_SLOW_DRAWS = [
 # make test: a few examples of every method, the same ones on every run (derandomize), and no
 # example database: a failure prints its params, which is what a CI log needs.
 settings.register_profile(
-    "ci", max_examples=6, derandomize=True, database=None, deadline=None, suppress_health_check=_BIG_SLOW_DRAWS
+    "ci", max_examples=4, derandomize=True, database=None, deadline=None, suppress_health_check=_BIG_SLOW_DRAWS
 )
 # make fuzz: many examples per method on a new seed each run.
 settings.register_profile(
