@@ -280,12 +280,13 @@ def test_migrations_run_once_and_survive_restart(make_daemon, state_dir):
     daemon = make_daemon()
     assert daemon.stop() == 0
     db = sqlite3.connect(state_dir / "engram.db")
-    version = db.execute("PRAGMA user_version").fetchone()[0]
+    versions = {f"{part} {version}" for part, version in db.execute("SELECT part, version FROM schema_versions")}
     created = db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()[0]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
     again = make_daemon(state=state_dir)
-    assert again.call("system.health")["checks"]["database"]["detail"] == f"schema version {version}"
+    detail = again.call("system.health")["checks"]["database"]["detail"]
+    assert detail.startswith("schema ") and set(detail.removeprefix("schema ").split(", ")) == versions
     db = sqlite3.connect(state_dir / "engram.db")
     assert db.execute("SELECT value FROM meta WHERE key = 'created_at'").fetchone()[0] == created
     db.close()

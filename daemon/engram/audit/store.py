@@ -2,8 +2,8 @@
 
 Blocking code on purpose: the daemon calls it from worker threads (``anyio.to_thread``), the
 benchmark calls it in-process without a daemon ("bare"), and ``engram audit verify`` reads a
-state folder with it while no daemon runs. Tables are created by the daemon's migration
-``0002_audit.sql``.
+state folder with it while no daemon runs. The tables come from audit's own migrations
+(``audit/migrations/``), which the daemon runs at start.
 
 Two connections: the writer (``PRAGMA synchronous = FULL``: a commit is on disk before
 :meth:`AuditStore.append` returns, so an acknowledged entry survives ``kill -9`` and power loss)

@@ -8,7 +8,7 @@ call, and WAL lets the readers run while it commits.
 The writer runs with ``synchronous = FULL`` (a commit is on disk before it returns: an
 acknowledged write survives ``kill -9`` and power loss) and ``secure_delete = ON`` (freed pages
 are overwritten, so forgotten text does not linger in the file). The tables come from the
-daemon's migration ``0003_memory.sql``, applied before this part starts.
+part's migrations (``memory/migrations/``), applied before this part starts.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ class MemoryDB:
         found = writer.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'memory_episodes'").fetchone()[0]
         if not found:
             writer.close()
-            raise RuntimeError(f"{self.path} has no memory tables (migration 0003_memory has not run)")
+            raise RuntimeError(f"{self.path} has no memory tables (memory's migrations have not run)")
         self._writer = writer
         for _ in range(self._reader_count):
             reader = self._connect()

@@ -10,7 +10,7 @@ capability, policy egress checks included). A provider's answer is kept in the o
 ``text`` (UTF-8 bytes, shown as the result's ``text``) and, when the provider reports one,
 ``score`` (its confidence in [0, 1], which the cascade compares with the threshold).
 
-The router's tables (migration 0004_router) are used through one own SQLite connection in a
+The router's tables (router/migrations/) are used through one own SQLite connection in a
 worker thread (capacity 1): every statement is short, and the event loop never waits on disk.
 """
 

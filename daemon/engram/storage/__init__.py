@@ -1,5 +1,5 @@
-"""The SQLite database every part keeps its state in, and its forward-only migrations."""
+"""The SQLite database every part keeps its state in, and the runner of the parts' migrations."""
 
-from engram.storage.database import Database, SCHEMA_VERSION
+from engram.storage.database import SCHEMAS, Database
 
-__all__ = ["Database", "SCHEMA_VERSION"]
+__all__ = ["SCHEMAS", "Database"]

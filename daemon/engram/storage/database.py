@@ -1,17 +1,14 @@
 """The one SQLite database (WAL) of a state folder, opened through aiosqlite.
 
-Migrations are SQL files named ``NNNN_name.sql`` in ``engram/storage/migrations``. They run in
-order at start, each in its own transaction together with the ``PRAGMA user_version`` bump, so a
-crash mid-migration leaves the previous version intact. A database whose version is newer than
-the newest migration was written by a newer engram: we refuse to touch it rather than guess.
+Opening it brings every part's tables up to date (see :mod:`engram.storage.schema`): each
+migration runs in its own transaction together with its part's ``schema_versions`` row, so a crash
+mid-migration leaves the previous version intact. A database that a newer engram wrote is refused
+before anything is touched, rather than guessed at.
 """
 
 from __future__ import annotations
 
-import re
 import sqlite3
-from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -19,34 +16,15 @@ import aiosqlite
 import structlog
 
 from engram.errors import StartupError
+from engram.storage.schema import LAYOUT, NewerSchema, Schema, legacy_versions, load_schemas, pending
 
 log = structlog.get_logger("engram.storage")
 
-_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+SCHEMAS: tuple[Schema, ...] = load_schemas()
 
-
-@dataclass(frozen=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def load_migrations() -> list[Migration]:
-    migrations = []
-    for entry in resources.files("engram.storage.migrations").iterdir():
-        match = _NAME.match(entry.name)
-        if match:
-            migrations.append(Migration(int(match[1]), match[2], entry.read_text(encoding="utf-8")))
-    migrations.sort(key=lambda m: m.version)
-    for expected, migration in enumerate(migrations, start=1):
-        if migration.version != expected:
-            raise RuntimeError(f"migration {expected:04d} is missing (found {migration.version:04d})")
-    return migrations
-
-
-MIGRATIONS = load_migrations()
-SCHEMA_VERSION = MIGRATIONS[-1].version if MIGRATIONS else 0
+_VERSIONS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS schema_versions (part TEXT PRIMARY KEY, version INTEGER NOT NULL) STRICT"
+)
 
 
 class Database:
@@ -57,7 +35,7 @@ class Database:
         self.busy_timeout = busy_timeout
         self.state = "created"
         self._conn: aiosqlite.Connection | None = None
-        self.schema_version = 0
+        self.versions: dict[str, int] = {}  # each part's schema version, once open
 
     @property
     def conn(self) -> aiosqlite.Connection:
@@ -93,29 +71,51 @@ class Database:
 
     async def _migrate(self) -> None:
         conn = self.conn
-        async with conn.execute("PRAGMA user_version") as cursor:
-            row = await cursor.fetchone()
-        current = int(row[0]) if row else 0
-        if current > SCHEMA_VERSION:
+        user_version = await self._one("PRAGMA user_version")
+        if user_version > LAYOUT:
             raise StartupError(
-                f"database {self.path} has schema version {current}, newer than this engram knows "
-                f"({SCHEMA_VERSION}); it was written by a newer engram. Upgrade engram, or start with "
+                f"database {self.path} has schema version {user_version}, newer than this engram knows "
+                f"({LAYOUT}); it was written by a newer engram. Upgrade engram, or start with "
                 "another --state-dir; the database was left untouched."
             )
-        for migration in MIGRATIONS[current:]:
-            log.info("migrating database", version=migration.version, name=migration.name, path=str(self.path))
+        if user_version < LAYOUT:  # new, or of the single series of old: record each part's version
+            recorded = legacy_versions(user_version)
+            rows = ", ".join(f"('{part}', {version})" for part, version in recorded.items())
+            await conn.executescript(
+                f"BEGIN IMMEDIATE;\n{_VERSIONS_TABLE};\n"
+                + (f"INSERT INTO schema_versions (part, version) VALUES {rows};\n" if rows else "")
+                + f"PRAGMA user_version = {LAYOUT};\nCOMMIT;"
+            )
+        async with conn.execute("SELECT part, version FROM schema_versions") as cursor:
+            recorded = {str(part): int(version) for part, version in await cursor.fetchall()}
+        try:
+            todo = pending(SCHEMAS, recorded)
+        except NewerSchema as exc:
+            raise StartupError(
+                f"database {self.path}: {exc}; it was written by a newer engram. Upgrade engram, or "
+                "start with another --state-dir; the database was left untouched."
+            ) from None
+        for migration in todo:
+            log.info("migrating database", migration=migration.label, path=str(self.path))
             try:
                 await conn.executescript(
-                    f"BEGIN IMMEDIATE;\n{migration.sql}\nPRAGMA user_version = {migration.version};\nCOMMIT;"
+                    f"BEGIN IMMEDIATE;\n{migration.sql}\n"
+                    f"INSERT INTO schema_versions (part, version) VALUES ('{migration.part}', {migration.version}) "
+                    "ON CONFLICT (part) DO UPDATE SET version = excluded.version;\nCOMMIT;"
                 )
             except sqlite3.Error as exc:
                 if conn.in_transaction:
                     await conn.execute("ROLLBACK")
                 raise StartupError(
-                    f"migration {migration.version:04d}_{migration.name} failed: {exc}; "
-                    f"the database stays at version {migration.version - 1}"
+                    f"migration {migration.label} failed: {exc}; "
+                    f"{migration.part} stays at version {migration.version - 1}"
                 ) from None
-        self.schema_version = SCHEMA_VERSION
+        self.versions = {schema.part: schema.version for schema in SCHEMAS}
+
+    async def _one(self, sql: str) -> int:
+        async with self.conn.execute(sql) as cursor:
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def aclose(self) -> None:
         if self._conn is not None:
@@ -131,4 +131,4 @@ class Database:
                 await cursor.fetchone()
         except Exception as exc:  # a health probe reports, it does not raise
             return False, str(exc)
-        return True, f"schema version {self.schema_version}"
+        return True, "schema " + ", ".join(f"{part} {version}" for part, version in self.versions.items())

@@ -5,15 +5,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from engram.storage.database import MIGRATIONS
+from engram.storage import SCHEMAS
 
 
 def router_db(path: Path) -> sqlite3.Connection:
-    """A database with the router's tables (migration 0004_router), as the daemon makes it."""
+    """A database with the router's tables (its migrations), as the daemon makes it."""
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     fresh = conn.execute("SELECT count(*) FROM sqlite_schema WHERE name = 'router_weights'").fetchone()[0] == 0
     if fresh:
-        conn.executescript(next(m.sql for m in MIGRATIONS if m.name == "router"))
+        for migration in next(s for s in SCHEMAS if s.part == "router").migrations:
+            conn.executescript(migration.sql)
     return conn
 
 
