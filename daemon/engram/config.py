@@ -25,11 +25,10 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
     BaseSettings,
     InitSettingsSource,
@@ -39,131 +38,21 @@ from pydantic_settings import (
 )
 
 from engram.audit.settings import AuditSettings
+from engram.bus.settings import BusSettings
 from engram.errors import ConfigError
 from engram.inference.settings import InferenceSettings
 from engram.locations import MAX_UNIX_PATH, default_socket, default_socket_candidates, default_state_dir
 from engram.memory.settings import MemorySettings
+from engram.observability.settings import LogSettings, TracingSettings
+from engram.plugins.settings import PluginSettings
 from engram.policy.settings import PolicySettings
 from engram.providers.settings import ProvidersSettings
 from engram.router.settings import RouterSettings
+from engram.server.settings import ServerSettings
 from engram.sleep.settings import SleepSettings
+from engram.storage.settings import StorageSettings
 
-__all__ = [
-    "Settings",
-    "ServerSettings",
-    "BusSettings",
-    "LogSettings",
-    "TracingSettings",
-    "StorageSettings",
-    "PluginSettings",
-    "load_settings",
-    "default_socket_candidates",
-    "MAX_UNIX_PATH",
-]
-
-# The parsed configuration file of the load_settings() call in progress; a source of its own so
-# that it ranks below the environment (pydantic-settings ranks init arguments above everything).
-_file_data: ContextVar[dict[str, Any] | None] = ContextVar("engram_config_file_data", default=None)
-
-PositiveSeconds = Annotated[float, Field(gt=0, le=86_400)]
-
-
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-
-
-class ServerSettings(_Section):
-    """The Unix-socket JSON-RPC server. Limits are reloadable with SIGHUP."""
-
-    socket_group: str | None = Field(
-        default=None,
-        description="Group that may connect; the socket becomes 0660 with this group instead of 0600.",
-    )
-    max_frame_bytes: int = Field(
-        default=16 * 1024 * 1024,
-        ge=1024,
-        le=1024 * 1024 * 1024,
-        description="Largest request line accepted; longer lines get -32600 (frame_too_large).",
-    )
-    max_buffered_bytes: int = Field(
-        default=64 * 1024 * 1024,
-        ge=1024 * 1024,
-        le=64 * 1024 * 1024 * 1024,
-        description="Bytes of request lines not yet parsed that all connections together may hold beyond "
-        "128 KiB each; a line that finds them spent is dropped with -32003 (buffered_limit).",
-    )
-    max_json_depth: int = Field(
-        default=64,
-        ge=8,
-        le=512,
-        description="Deepest nesting of arrays and objects accepted in a frame (the envelope counts); "
-        "deeper frames get -32600 (too_deep) before they are parsed.",
-    )
-    max_connections: int = Field(
-        default=1024, ge=1, le=65_536, description="Connections served at once; more are refused with -32003."
-    )
-    max_inflight: int = Field(
-        default=512, ge=1, le=65_536, description="Requests executing at once across all connections."
-    )
-    max_inflight_per_connection: int = Field(
-        default=64, ge=1, le=65_536, description="Requests executing at once on one connection."
-    )
-    request_timeout: PositiveSeconds = Field(
-        default=60.0, description="Seconds a request may run before it is answered with -32004."
-    )
-    idle_timeout: PositiveSeconds = Field(
-        default=600.0,
-        description="Seconds a connection with no request in flight and no subscription may stay silent.",
-    )
-    read_timeout: PositiveSeconds = Field(
-        default=30.0, description="Seconds a client may take to finish a request line it has started."
-    )
-    write_timeout: PositiveSeconds = Field(
-        default=10.0, description="Seconds a client may take to read a response before it is dropped."
-    )
-    drain_timeout: PositiveSeconds = Field(
-        default=10.0, description="Grace period for in-flight requests on SIGTERM before they are cancelled."
-    )
-
-
-class BusSettings(_Section):
-    subscriber_queue: int = Field(
-        default=1024, ge=1, le=1_000_000, description="Events buffered per subscriber before its overflow policy applies."
-    )
-
-
-class LogSettings(_Section):
-    level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
-    format: Literal["auto", "console", "json"] = Field(
-        default="auto",
-        description="auto: console on a terminal, JSON otherwise (and always JSON under systemd).",
-    )
-
-
-class TracingSettings(_Section):
-    exporter: Literal["none", "console", "file"] = Field(
-        default="none", description="Where OpenTelemetry spans go: nowhere, stderr, or a JSON-lines file."
-    )
-    file: Path | None = Field(
-        default=None, description="Span file for exporter = \"file\" (default: <state_dir>/traces.jsonl)."
-    )
-
-
-class StorageSettings(_Section):
-    busy_timeout: PositiveSeconds = Field(
-        default=5.0, description="Seconds SQLite waits for a lock held by another connection."
-    )
-
-
-class PluginSettings(_Section):
-    disabled: list[str] = Field(default_factory=list, description="Entry-point names of providers not to load.")
-    start_timeout: PositiveSeconds = Field(
-        default=10.0, description="Seconds a provider may take to load (import and construct), to start, and to stop."
-    )
-    health_timeout: PositiveSeconds = Field(default=2.0, description="Seconds a provider may take to report health.")
-    providers: dict[str, dict[str, Any]] = Field(
-        default_factory=dict, description="Per-provider configuration tables, keyed by entry-point name."
-    )
+__all__ = ["MAX_UNIX_PATH", "Settings", "config_file_from_env", "default_socket_candidates", "load_settings"]
 
 
 class Settings(BaseSettings):
@@ -206,9 +95,9 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Flags, then environment, then the TOML file. No .env: a file in whatever folder the
-        # daemon happens to start from must not change its behaviour.
-        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=_file_data.get() or {}))
+        # Flags, then environment (the file, below both, comes in through _with_file). No .env: a
+        # file in whatever folder the daemon happens to start from must not change its behaviour.
+        return (init_settings, env_settings)
 
     @property
     def socket_path(self) -> Path:
@@ -231,6 +120,25 @@ class Settings(BaseSettings):
         data["socket"] = str(self.socket_path)
         redacted: list[str] = []
         return _redact(data, "", redacted), redacted
+
+
+def _with_file(file_data: dict[str, Any]) -> type[Settings]:
+    """:class:`Settings` with the configuration file's contents as a last source of its own: it
+    ranks below the environment, where pydantic-settings would rank init arguments above it."""
+
+    class SettingsWithFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls,
+            settings_cls: type[BaseSettings],
+            init_settings: PydanticBaseSettingsSource,
+            env_settings: PydanticBaseSettingsSource,
+            dotenv_settings: PydanticBaseSettingsSource,
+            file_secret_settings: PydanticBaseSettingsSource,
+        ) -> tuple[PydanticBaseSettingsSource, ...]:
+            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_data))
+
+    return SettingsWithFile
 
 
 REDACTED = "<redacted>"
@@ -348,10 +256,9 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     config_file = config_file or config_file_from_env()
     file_data = _read_toml(config_file) if config_file else {}
     flags = {key: value for key, value in overrides.items() if value is not None}
-    token = _file_data.set(file_data)
     unknown = _unknown_environment()
     try:
-        settings = Settings(**flags)
+        loaded = _with_file(file_data)(**flags)
     except SettingsError as exc:
         raise _unparsable_environment(_field_named_in(exc)) from None
     except ValidationError as exc:
@@ -364,8 +271,8 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
                 message = "unknown setting"
             problems.append((key, message + _where(loc, file_data, config_file)))
         raise ConfigError("invalid configuration:", problems) from None
-    finally:
-        _file_data.reset(token)
+    # The same values as a plain Settings (validated above already), not the per-load subclass.
+    settings = Settings.model_construct(_fields_set=loaded.model_fields_set, **dict(loaded))
     if unknown:
         raise ConfigError("invalid configuration:", unknown)
     chosen = "state_dir" in flags or "state_dir" in file_data or "ENGRAM_STATE_DIR" in os.environ

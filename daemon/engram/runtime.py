@@ -52,7 +52,7 @@ from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.service import Providers
-from engram.providers.usage import provider_uses
+from engram.provider_usage import provider_uses
 from engram.router.ask import Ask
 from engram.router.events import ROUTER_EVENTS
 from engram.router.service import Router
@@ -400,7 +400,7 @@ class Daemon:
 def _plugin_check(info: PluginInfo, uses: list[str]) -> Check | None:
     """The health check of one provider plugin; None for one that is disabled.
 
-    Only a provider that the configuration names (``uses``, see :mod:`engram.providers.usage`)
+    Only a provider that the configuration names (``uses``, see :mod:`engram.provider_usage`)
     can fail its check: a call may reach it. One that nothing names is reported as unused, with
     its state, and passes: an installed plugin that no one calls is no fault of the daemon's.
     """

@@ -36,7 +36,7 @@ def mcp_command(
     """Serve MCP over stdio, forwarding tools and resources to the running daemon."""
     import anyio
 
-    from engram.config import LogSettings
+    from engram.observability.settings import LogSettings
     from engram.mcpserver.server import BridgeSettings, serve_stdio
     from engram.observability.logging import configure_logging
 

@@ -12,7 +12,7 @@ import sys
 
 import structlog
 
-from engram.config import LogSettings
+from engram.observability.settings import LogSettings
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 

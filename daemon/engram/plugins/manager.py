@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from engram.bus import EventBus
 from engram.bus.events import PluginFailed, PluginLoaded
-from engram.config import PluginSettings
+from engram.plugins.settings import PluginSettings
 from engram.plugins.isolation import IsolatedProvider, context_for_plugin_thread
 from engram.plugins.protocol import (
     CAPABILITIES,

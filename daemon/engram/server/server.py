@@ -14,7 +14,7 @@ from anyio.abc import TaskStatus
 
 from engram import systemd
 from engram.bus import EventBus
-from engram.config import ServerSettings
+from engram.server.settings import ServerSettings
 from engram.errors import Overloaded
 from engram.observability.metrics import Metrics
 from engram.server.connection import ClientConnection

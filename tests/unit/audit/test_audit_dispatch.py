@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
-from engram.config import ServerSettings
+from engram.server.settings import ServerSettings
 from engram.errors import InternalError, NotFound, Overloaded, PolicyDenied, RPCError
 from engram.observability.metrics import Metrics
 from engram.principal import Principal

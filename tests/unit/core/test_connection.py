@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from types import SimpleNamespace
 
-from engram.config import ServerSettings
+from engram.server.settings import ServerSettings
 from engram.principal import Principal
 from engram.server.connection import ClientConnection
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 from engram.config import Settings
-from engram.providers.usage import provider_uses
+from engram.provider_usage import provider_uses
 
 
 @pytest.fixture(autouse=True)
