@@ -40,6 +40,7 @@ from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
 from engram.inference.events import MODEL_EVENTS
 from engram.inference.service import Inference
+from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.embedding import InferenceEmbedder
 from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
@@ -55,6 +56,7 @@ from engram.providers.service import Providers
 from engram.provider_usage import provider_uses
 from engram.router.ask import Ask
 from engram.router.events import ROUTER_EVENTS
+from engram.router.novelty import namespace_for
 from engram.router.service import Router
 from engram.server.dispatch import Dispatcher
 from engram.server.methods import MethodTable, collect
@@ -193,8 +195,11 @@ class Daemon:
         # Sleep consolidation: while the daemon is idle (no foreground request in the dispatcher
         # for a while), episodes become concepts and unimportant ones go.
         self.bus.declare(*SLEEP_EVENTS)
-        self.sleep = Sleep(settings.sleep, self.memory, self.router, self.audit, self.bus, self.metrics,
-                           activity=self.dispatcher)
+        # It reaches memory through memory's consolidation interface, and leaves alone the
+        # namespaces where the router keeps its novelty vectors (namespace_for(route) of a route).
+        self.sleep = Sleep(settings.sleep, MemoryConsolidation(self.memory), settings.database_path, self.router,
+                           self.audit, self.bus, self.metrics, activity=self.dispatcher, busy_timeout=busy,
+                           skipped_prefixes=(namespace_for(""),))
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
         self.ask = Ask(settings.router.ask, self.router, self.memory, self.providers, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.

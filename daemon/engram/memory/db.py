@@ -13,22 +13,33 @@ part's migrations (``memory/migrations/``), applied before this part starts.
 
 from __future__ import annotations
 
+import json
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engram.storage.background import GaveWay
 from engram.storage.locking import begin_immediate
 
-__all__ = ["GaveWay", "MemoryDB"]
+__all__ = ["MemoryDB", "json_rows"]
 
 
-class GaveWay(Exception):
-    """A background transaction was rolled back to let foreground work have the write lock;
-    the caller does the same work again later."""
+def json_rows(rows: Sequence[Any]) -> str:
+    """Rows as one JSON array, for a statement that reads them with ``json_each(?)``.
+
+    Consolidation writes many rows per transaction with single set-based statements fed this way
+    rather than with ``executemany`` or a statement per row. Each statement — and each row that
+    ``executemany`` binds — hands the interpreter lock back while SQLite works, then waits to
+    take it again; while a request is being served the event loop holds it for up to the switch
+    interval each time. A transaction of hundreds of statements then held SQLite's write lock
+    ten times as long as its work took (about 5 ms instead of 0.5 ms for 100 links), and the
+    request's own audit entry waited for that lock. (JSON numbers reach SQLite exactly: Python
+    writes the shortest repr that reads back as the same double.)"""
+    return json.dumps(rows, separators=(",", ":"))
 
 
 class _GivingWay:

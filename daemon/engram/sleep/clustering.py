@@ -7,8 +7,8 @@
    clusters whose centroids are closer than ``reuse_similarity`` are merged afterwards.
 2. A cluster of at least ``min_size`` members whose members lie close to its centroid (mean cosine
    at least ``min_cohesion``) becomes a concept of kind ``topic``, named after its top TF-IDF
-   terms and carrying the centroid as its vector, linked to its episodes
-   (``memory_concept_episodes``, weight = the member's cosine to the centroid). An existing topic
+   terms and carrying the centroid as its vector, linked to its episodes (weight = the member's
+   cosine to the centroid). An existing topic
    whose vector is within ``reuse_similarity`` of the centroid is reused instead of duplicated —
    which also makes this step idempotent when a stopped run repeats it.
 3. Every sourced relation of the namespace decays (weight × ``decay``); one that falls below
@@ -18,13 +18,13 @@
    order) that belong to the two topics. New relations are created sourced, with a few of the
    episodes that evidenced them.
 
-Steps 3 and 4 are not idempotent, so their cursor commits with each batch. Everything created or
-changed is journalled for rollback.
+Steps 3 and 4 are not idempotent, so their cursor commits with each batch (memory's checkpoint
+for the stage). Memory journals everything created or changed, for rollback; the SQL of these
+writes is memory's (:mod:`engram.memory.topics`), the choices are made here.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import zlib
@@ -37,10 +37,7 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.memory import ids as idgen
-from engram.memory.semantic import concept_key
-from engram.memory.vectors import from_blob, to_blob
-from engram.sleep.common import archived_clause, json_rows
+from engram.sleep.ports import RelationDecay
 from engram.sleep.stage import StageContext
 
 __all__ = ["ClusteringStage", "Gains", "choose_k", "relation_gains", "top_terms"]
@@ -50,22 +47,6 @@ _BATCH = 300  # rows written per transaction (single statements over many rows)
 _PAIRS = 10  # topic pairs per transaction
 _LINKS = 50  # episode links per transaction
 _SOURCES_PER_RELATION = 10  # evidence episodes attached to a relation per run
-
-# Writes are set-based statements over rows passed as JSON (see common.json_rows).
-# A relation's weight as it was, for the journal: 17 significant digits read back as the same double.
-_WEIGHT_BEFORE = """printf('{"weight":%!.17g,"retracted_at":null}', weight)"""
-# The topic pairs of a strengthening batch (:pairs, [a, b, gain, id for a new relation]), each with
-# the live related_to relation between the two if there is one (rel), and their evidence
-# (:evidence, [a, b, episode]). Materialized: each pair's JSON is read and its relation looked up
-# once, not once per row of a join.
-_PAIRS_CTE = (
-    "WITH p AS MATERIALIZED (SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b, "
-    "json_extract(value, '$[2]') AS gain, json_extract(value, '$[3]') AS id FROM json_each(:pairs)), "
-    "live AS MATERIALIZED (SELECT p.*, (SELECT r.seq FROM memory_relations r WHERE r.type = 'related_to' AND r.retracted_at IS NULL "
-    "AND ((r.src = p.a AND r.dst = p.b) OR (r.src = p.b AND r.dst = p.a)) ORDER BY r.seq LIMIT 1) AS rel FROM p), "
-    "ev AS MATERIALIZED (SELECT json_extract(value, '$[0]') AS a, json_extract(value, '$[1]') AS b, "
-    "json_extract(value, '$[2]') AS episode FROM json_each(:evidence))"
-)
 
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 _STOP = frozenset((
@@ -278,63 +259,7 @@ class Recent:
     times: list[float] = field(default_factory=list)
     texts: list[str] = field(default_factory=list)
     dims: list[int] = field(default_factory=list)
-    blobs: list[bytes] = field(default_factory=list)  # stored vectors, stacked in one go (see matrix)
-
-
-def _changed(conn: Any, statement: str, args: dict[str, Any]) -> int:
-    """Run a write and return the rows it changed. Not ``cursor.rowcount``: Python's sqlite3 tells
-    writes from reads by their first word, so a write that opens with ``WITH`` reports -1."""
-    conn.execute(statement, args)
-    return int(conn.execute("SELECT changes()").fetchone()[0])
-
-
-class Topics:
-    """The namespace's topic concepts as a matrix per vector width, so that finding the nearest
-    to a centroid is a matrix product rather than a Python loop over every topic (which would
-    hold the interpreter lock for as long as there are topics, once per cluster)."""
-
-    def __init__(self) -> None:
-        self.seen = 0  # the highest concept seq read so far
-        self._by_width: dict[int, tuple[NDArray[np.int64], NDArray[np.float32]]] = {}
-
-    @classmethod
-    def load(cls, db: Any, namespace: str) -> Topics:
-        topics = cls()
-        with db.read() as conn:
-            topics.catch_up(conn, namespace)
-        return topics
-
-    def catch_up(self, conn: Any, namespace: str) -> None:
-        """Add the topics created since the last read (by this run, or by anyone meanwhile)."""
-        rows = conn.execute(
-            "SELECT seq, dim, embedding FROM memory_concepts WHERE namespace = ? AND kind = 'topic' "
-            "AND embedding IS NOT NULL AND seq > ? ORDER BY seq",
-            (namespace, self.seen),
-        ).fetchall()
-        if rows:
-            self.seen = int(rows[-1][0])
-        for width in {int(dim) for _s, dim, _b in rows}:
-            mine = [(int(seq), blob) for seq, dim, blob in rows if dim == width]
-            seqs = np.array([seq for seq, _b in mine], dtype=np.int64)
-            vectors = from_blob(b"".join(blob for _s, blob in mine)).reshape(len(mine), width)
-            if width in self._by_width:
-                old_seqs, old_vectors = self._by_width[width]
-                seqs, vectors = np.concatenate([old_seqs, seqs]), np.vstack([old_vectors, vectors])
-            self._by_width[width] = (seqs, vectors)
-
-    def drop(self, seq: int) -> None:
-        for width, (seqs, vectors) in self._by_width.items():
-            keep = seqs != seq
-            self._by_width[width] = (seqs[keep], vectors[keep])
-
-    def nearest(self, centroid: NDArray[np.float32]) -> tuple[int | None, float]:
-        """The topic most similar to ``centroid`` (None if none has its width) and the cosine."""
-        seqs, vectors = self._by_width.get(centroid.shape[0], (np.zeros(0, dtype=np.int64), None))
-        if vectors is None or not len(seqs):
-            return None, -2.0
-        sims = vectors @ centroid
-        best = int(np.argmax(sims))
-        return int(seqs[best]), float(sims[best])
+    blobs: list[bytes] = field(default_factory=list)  # stored vectors, stacked in one go (store.matrix)
 
 
 class ClusteringStage:
@@ -343,7 +268,7 @@ class ClusteringStage:
     async def run(self, ctx: StageContext) -> dict[str, Any]:
         ctx.stage = ctx.stage or self.name
         s = ctx.settings.clustering
-        db = ctx.memory.db
+        store = ctx.store
         namespace = ctx.namespace
         cursor = dict(ctx.saved)
         now = float(cursor.setdefault("now", ctx.clock()))
@@ -354,14 +279,7 @@ class ClusteringStage:
         figures.update(cursor.get("figures", {}))
 
         if "since" not in cursor:
-            def previous() -> float | None:
-                with db.read() as conn:
-                    row = conn.execute(
-                        "SELECT max(started_at) FROM sleep_runs WHERE outcome = 'completed' AND id != ?", (ctx.run_id,)
-                    ).fetchone()
-                    return row[0] if row else None
-
-            started = await ctx.thread(previous)
+            started = await ctx.thread(ctx.db.last_completed_start, ctx.run_id)
             cursor["since"] = started if started is not None else now - s.window
         since = float(cursor["since"])
 
@@ -371,30 +289,17 @@ class ClusteringStage:
         before = None
         while len(recent.seqs) < s.max_episodes:
             await ctx.step()
-
-            def page(before: int | None = before) -> list[tuple[Any, ...]]:
-                with db.read() as conn:
-                    extra = archived_clause(conn)
-                    bound = "" if before is None else " AND seq < ?"
-                    args: list[Any] = [namespace, since] + ([] if before is None else [before])
-                    rows = conn.execute(
-                        "SELECT seq, session, time, text, dim, embedding FROM memory_episodes "
-                        f"WHERE namespace = ? AND recorded_at >= ?{bound}{extra} ORDER BY seq DESC LIMIT ?",
-                        (*args, min(_PAGE, s.max_episodes - len(recent.seqs))),
-                    ).fetchall()
-                return rows
-
-            rows = await ctx.thread(page)
+            rows = await ctx.thread(store.recent_page, namespace, since, before, min(_PAGE, s.max_episodes - len(recent.seqs)))
             if not rows:
                 break
-            for seq, session, time_, text, dim, blob in rows:
-                recent.seqs.append(int(seq))
-                recent.sessions.append(-1 if session is None else sessions.setdefault(session, len(sessions)))
-                recent.times.append(float(time_))
-                recent.texts.append(text)
-                recent.dims.append(int(dim))
-                recent.blobs.append(blob)
-            before = int(rows[-1][0])
+            for row in rows:
+                recent.seqs.append(int(row.seq))
+                recent.sessions.append(-1 if row.session is None else sessions.setdefault(row.session, len(sessions)))
+                recent.times.append(float(row.time))
+                recent.texts.append(row.text)
+                recent.dims.append(int(row.dim))
+                recent.blobs.append(row.vector)
+            before = int(rows[-1].seq)
         def same_width(recent: Recent) -> Recent:
             dim = Counter(recent.dims).most_common(1)[0][0]
             keep = [i for i, d in enumerate(recent.dims) if d == dim]
@@ -411,8 +316,7 @@ class ClusteringStage:
 
         # 2. cluster (one unit: FAISS on one thread, in a worker thread)
         await ctx.step()
-        # one join and one frombuffer: stacking 20,000 arrays one by one holds the interpreter lock
-        matrix = await ctx.thread(lambda: from_blob(b"".join(recent.blobs)).reshape(len(recent.blobs), recent.dims[0]))
+        matrix = await ctx.thread(store.matrix, recent.blobs, recent.dims[0])
         k = choose_k(len(recent.seqs), s.per_cluster, s.max_k, s.min_size)
         seed = zlib.crc32(f"{ctx.run_id}:{namespace}".encode()) & 0x7FFFFFFF
         if k <= 1:
@@ -460,123 +364,45 @@ class ClusteringStage:
         # 3. concepts and links, short transactions (idempotent: reuse by vector, links ON CONFLICT)
         concepts = np.full(len(recent.seqs), -1, dtype=np.int64)  # each recent episode's topic
         created = reused = links = 0
-        topics = await ctx.thread(Topics.load, db, namespace)
+        topics = await ctx.thread(store.topics, namespace)
+        reuse = s.reuse_similarity
         for (members, centroid, cos), terms in zip(clusters, names, strict=True):
             await ctx.step()
             name = " ".join(terms) if terms else f"topic {zlib.crc32(str(recent.seqs[members[0]]).encode()):08x}"
-            concept, was_created, own = await ctx.thread(self._concept, ctx, topics, name, centroid, now)
+            concept, was_created, own = await ctx.thread(store.find_or_create_topic, ctx.tag, topics, name, centroid, now,
+                                                         reuse, ctx.preempted)
             created += int(was_created)
             reused += int(not was_created)
             episodes = [(recent.seqs[i], float(max(0.0, min(1.0, c)))) for i, c in zip(members, cos.tolist(), strict=True)]
             for start in range(0, len(episodes), _LINKS):
                 await ctx.step()
-                links += await ctx.thread(self._link, ctx, concept, episodes[start : start + _LINKS], own)
+                # the links of a concept this run created go with it on rollback: not journalled
+                links += await ctx.thread(store.link_episodes, ctx.tag, concept, episodes[start : start + _LINKS], not own,
+                                          ctx.preempted)
             concepts[members] = concept
         figures.update(concepts_created=figures["concepts_created"] + created, concepts_reused=reused,
                        links=figures["links"] + links)
-        ctx.memory.graph.invalidate(namespace)
+        store.graph_changed(namespace)
         return await self._relations(ctx, cursor, figures, recent, concepts, now)
-
-    # --- concepts -----------------------------------------------------------------------------------
-
-    @staticmethod
-    def _concept(ctx: StageContext, topics: Topics, name: str, centroid: NDArray[np.float32],
-                 now: float) -> tuple[int, bool, bool]:
-        """Find or create the topic concept for a cluster (one transaction). Returns (concept
-        seq, created, whether this run created it: its links then go with it on rollback)."""
-        namespace = ctx.namespace
-        with ctx.transaction() as conn:
-            topics.catch_up(conn, namespace)
-            best, best_sim = topics.nearest(centroid)
-            while best is not None and not conn.execute("SELECT 1 FROM memory_concepts WHERE seq = ?", (best,)).fetchone():
-                topics.drop(best)  # forgotten since it was read
-                best, best_sim = topics.nearest(centroid)
-            mine = {
-                int(ref) for (ref,) in conn.execute(
-                    "SELECT ref FROM sleep_changes WHERE run = ? AND namespace = ? AND stage = ? AND kind = 'concept'",
-                    (ctx.run_id, namespace, ctx.stage),
-                )
-            }
-            if best is not None and best_sim >= ctx.settings.clustering.reuse_similarity:
-                return best, False, best in mine
-            base, name_, n = " ".join(name.split()), " ".join(name.split()), 1
-            while conn.execute(
-                "SELECT 1 FROM memory_concepts WHERE namespace = ? AND key = ?", (namespace, concept_key(name_))
-            ).fetchone():
-                n += 1
-                name_ = f"{base} ({n})"
-            concept = int(conn.execute(
-                "INSERT INTO memory_concepts (id, namespace, name, key, kind, created_at, dim, embedding) "
-                "VALUES (?, ?, ?, ?, 'topic', ?, ?, ?) RETURNING seq",
-                (idgen.new_id(idgen.CONCEPT, now), namespace, name_, concept_key(name_), now,
-                 int(centroid.shape[0]), to_blob(centroid)),
-            ).fetchone()[0])
-            ctx.journal_in(conn, [ctx.journal_row("concept", concept, None)])
-        return concept, True, True
-
-    @staticmethod
-    def _link(ctx: StageContext, concept: int, episodes: list[tuple[int, float]], own: bool) -> int:
-        """Link ``episodes`` (seq, weight) to ``concept`` in one transaction of two statements;
-        returns the links added. A link that exists already is left alone, and so is an episode
-        forgotten meanwhile. The links made are journalled, unless this run created the concept
-        (they then go with it)."""
-        rows = json_rows(episodes)
-        with ctx.transaction() as conn:
-            if not own:
-                conn.execute(
-                    "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                    "SELECT ?, ?, ?, 'link', ? || ':' || e.seq, 'null' FROM json_each(?) j "
-                    "JOIN memory_episodes e ON e.seq = json_extract(j.value, '$[0]') "
-                    "WHERE NOT EXISTS (SELECT 1 FROM memory_concept_episodes l WHERE l.concept = ? AND l.episode = e.seq)",
-                    (ctx.run_id, ctx.namespace, ctx.stage, concept, rows, concept),
-                )
-            return int(conn.execute(
-                "INSERT INTO memory_concept_episodes (concept, episode, weight) "
-                "SELECT c.seq, e.seq, json_extract(j.value, '$[1]') FROM json_each(?) j "
-                "JOIN memory_episodes e ON e.seq = json_extract(j.value, '$[0]') JOIN memory_concepts c ON c.seq = ? "
-                "WHERE true ON CONFLICT DO NOTHING",
-                (rows, concept),
-            ).rowcount)
 
     # --- relations ----------------------------------------------------------------------------------
 
     async def _relations(self, ctx: StageContext, cursor: dict[str, Any], figures: dict[str, Any], recent: Recent,
                          concepts: NDArray[np.int64], now: float) -> dict[str, Any]:
         s = ctx.settings.clustering
-        namespace = ctx.namespace
+        store = ctx.store
 
         # decay every sourced relation of the namespace, a batch per transaction
         while not cursor.get("decayed"):
             await ctx.step()
+            after = int(cursor.get("decay_after", 0))
 
-            def decay(after: int = int(cursor.get("decay_after", 0))) -> dict[str, Any]:
-                batch = "namespace = :ns AND sourced = 1 AND retracted_at IS NULL AND seq > :after"
-                with ctx.transaction() as conn:
-                    last, count = conn.execute(
-                        f"SELECT max(seq), count(*) FROM (SELECT seq FROM memory_relations WHERE {batch} ORDER BY seq LIMIT :n)",
-                        {"ns": namespace, "after": after, "n": _BATCH},
-                    ).fetchone()
-                    weaker = retracted = 0
-                    if count:
-                        batch += " AND seq <= :last"
-                        args = {"ns": namespace, "after": after, "last": last, "decay": s.decay, "floor": s.floor,
-                                "now": now, "run": ctx.run_id, "stage": ctx.stage}
-                        conn.execute(
-                            "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                            f"SELECT :run, :ns, :stage, 'relation_weight', CAST(seq AS TEXT), {_WEIGHT_BEFORE} "
-                            f"FROM memory_relations WHERE {batch}",
-                            args,
-                        )
-                        retracted = conn.execute(
-                            f"UPDATE memory_relations SET retracted_at = :now WHERE {batch} AND weight * :decay < :floor", args
-                        ).rowcount
-                        weaker = conn.execute(f"UPDATE memory_relations SET weight = weight * :decay WHERE {batch}", args).rowcount
-                    after_unit = _advanced(cursor, figures, {"relations_decayed": weaker, "relations_retracted": retracted},
-                                           decay_after=int(last) if count else after, decayed=not count)
-                    ctx.save_in(conn, after_unit)
-                return after_unit
+            def after_decay(batch: RelationDecay, after: int = after) -> dict[str, Any]:
+                return _advanced(cursor, figures, {"relations_decayed": batch.weakened, "relations_retracted": batch.retracted},
+                                 decay_after=batch.last if batch.count else after, decayed=not batch.count)
 
-            cursor.update(await ctx.thread(decay))
+            cursor.update(await ctx.thread(store.decay_relations, ctx.tag, after, _BATCH, s.decay, s.floor, now, after_decay,
+                                           ctx.preempted))
             figures.update(cursor["figures"])
 
         # strengthen related_to between topics by co-occurrence and adjacency
@@ -592,100 +418,30 @@ class ClusteringStage:
 
             def strengthen(start: int = done) -> dict[str, Any]:
                 pairs, evidence = gains.rows(start, start + _PAIRS)
-                for row, id_ in zip(pairs, idgen.new_ids(idgen.RELATION, len(pairs), now), strict=True):
-                    row.append(id_)  # for a pair without a relation yet
-                args = {
-                    "pairs": json_rows(pairs), "evidence": json_rows(evidence),
-                    "run": ctx.run_id, "ns": namespace, "stage": ctx.stage, "now": now,
-                }
-                with ctx.transaction() as conn:
-                    # the pairs that have a relation: journal it and its new sources, then strengthen
-                    conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                        f"SELECT :run, :ns, :stage, 'relation_weight', CAST(r.seq AS TEXT), {_WEIGHT_BEFORE} "
-                        "FROM live JOIN memory_relations r ON r.seq = live.rel", args,
-                    )
-                    conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                        "SELECT :run, :ns, :stage, 'relation_source', live.rel || ':' || e.seq, 'null' "
-                        "FROM live JOIN ev ON ev.a = live.a AND ev.b = live.b JOIN memory_episodes e ON e.seq = ev.episode "
-                        "WHERE live.rel IS NOT NULL AND NOT EXISTS "
-                        "(SELECT 1 FROM memory_relation_sources x WHERE x.relation = live.rel AND x.episode = e.seq)", args,
-                    )
-                    conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO memory_relation_sources (relation, episode) SELECT live.rel, e.seq "
-                        "FROM live JOIN ev ON ev.a = live.a AND ev.b = live.b JOIN memory_episodes e ON e.seq = ev.episode "
-                        "WHERE live.rel IS NOT NULL ON CONFLICT DO NOTHING", args,
-                    )
-                    strengthened = _changed(
-                        conn, f"{_PAIRS_CTE} UPDATE memory_relations SET weight = min(1.0, weight + live.gain), sourced = 1 "
-                        "FROM live WHERE memory_relations.seq = live.rel", args,
-                    )
-                    # the others, when both concepts still exist: a new relation with its sources
-                    created = _changed(
-                        conn, f"{_PAIRS_CTE} INSERT INTO memory_relations (id, namespace, src, dst, type, weight, recorded_at, sourced) "
-                        "SELECT live.id, :ns, live.a, live.b, 'related_to', min(1.0, live.gain), :now, 1 FROM live "
-                        "WHERE live.rel IS NULL AND (SELECT count(*) FROM memory_concepts c WHERE c.seq IN (live.a, live.b)) = 2",
-                        args,
-                    )
-                    conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                        "SELECT :run, :ns, :stage, 'relation', CAST(r.seq AS TEXT), 'null' FROM p JOIN memory_relations r ON r.id = p.id",
-                        args,
-                    )
-                    conn.execute(
-                        f"{_PAIRS_CTE} INSERT INTO memory_relation_sources (relation, episode) SELECT r.seq, e.seq "
-                        "FROM p JOIN memory_relations r ON r.id = p.id JOIN ev ON ev.a = p.a AND ev.b = p.b "
-                        "JOIN memory_episodes e ON e.seq = ev.episode WHERE true ON CONFLICT DO NOTHING", args,
-                    )
-                    after_unit = _advanced(cursor, figures, {"relations_strengthened": strengthened,
-                                                             "relations_created": created}, pairs_done=start + len(pairs))
-                    ctx.save_in(conn, after_unit)
-                return after_unit
+
+                def after_unit(strengthened: int, created: int) -> dict[str, Any]:
+                    return _advanced(cursor, figures, {"relations_strengthened": strengthened, "relations_created": created},
+                                     pairs_done=start + len(pairs))
+
+                return store.strengthen_relations(ctx.tag, pairs, evidence, now, after_unit, ctx.preempted)
 
             cursor.update(await ctx.thread(strengthen))
             figures.update(cursor["figures"])
             done = int(cursor["pairs_done"])
             ctx.progress(done, len(gains))
-        ctx.memory.graph.invalidate(namespace)
+        store.graph_changed(ctx.namespace)
         return {key: value for key, value in figures.items()}
 
     # --- rollback -----------------------------------------------------------------------------------
 
     async def rollback(self, ctx: StageContext) -> dict[str, Any]:
         ctx.stage = ctx.stage or self.name
-        db = ctx.memory.db
         undone: Counter[str] = Counter()
         while True:
             await ctx.step()
-
-            def undo() -> int:
-                with db.transaction() as conn:
-                    rows = conn.execute(
-                        "SELECT id, kind, ref, before FROM sleep_changes WHERE run = ? AND namespace = ? AND stage = ? "
-                        "ORDER BY id DESC LIMIT ?",
-                        (ctx.run_id, ctx.namespace, ctx.stage, _BATCH),
-                    ).fetchall()
-                    for _id, kind, ref, before in rows:
-                        if kind == "concept":
-                            conn.execute("DELETE FROM memory_concepts WHERE seq = ?", (int(ref),))
-                        elif kind == "link":
-                            concept, episode = (int(x) for x in ref.split(":"))
-                            conn.execute("DELETE FROM memory_concept_episodes WHERE concept = ? AND episode = ?", (concept, episode))
-                        elif kind == "relation":
-                            conn.execute("DELETE FROM memory_relations WHERE seq = ?", (int(ref),))
-                        elif kind == "relation_source":
-                            relation, episode = (int(x) for x in ref.split(":"))
-                            conn.execute("DELETE FROM memory_relation_sources WHERE relation = ? AND episode = ?", (relation, episode))
-                        elif kind == "relation_weight":
-                            old = json.loads(before)
-                            conn.execute("UPDATE memory_relations SET weight = ?, retracted_at = ? WHERE seq = ?",
-                                         (old["weight"], old["retracted_at"], int(ref)))
-                        undone[kind] += 1
-                    conn.executemany("DELETE FROM sleep_changes WHERE id = ?", [(r[0],) for r in rows])
-                    return len(rows)
-
-            if await ctx.thread(undo) == 0:
+            batch = await ctx.thread(ctx.store.undo, ctx.tag, _BATCH)
+            if not batch:
                 break
-        ctx.memory.graph.invalidate(ctx.namespace)
+            undone.update(batch)
+        ctx.store.graph_changed(ctx.namespace)
         return dict(undone)

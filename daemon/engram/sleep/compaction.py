@@ -17,29 +17,11 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from engram.memory.index import HnswSpace, VectorIndex
 from engram.sleep.stage import StageContext
 
-__all__ = ["CompactionStage", "index_size"]
+__all__ = ["CompactionStage"]
 
 _CHUNK = 500  # vectors added to the new graph per unit (~0.1 s of one core for HNSW)
-
-
-def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
-    """Vectors, masked entries and approximate bytes of a namespace's index."""
-    ns = index.get(namespace)
-    if ns is None:
-        return {"kind": "none", "vectors": 0, "masked": 0, "bytes": 0}
-    with ns.lock.read_lock():
-        space = ns.space
-        if isinstance(space, HnswSpace):
-            total = int(space.index.ntotal)
-            links = int(space.index.hnsw.neighbors.size()) * 4
-            size = total * ns.dim * 4 + links + total * (8 + 8 + 4)  # vectors, graph, labels/offsets/levels
-        else:
-            total = int(space.index.ntotal) if hasattr(space, "index") else space.count
-            size = total * (ns.dim * 4 + 8)
-        return {"kind": space.kind, "vectors": space.count, "masked": space.masked, "bytes": size}
 
 
 class CompactionStage:
@@ -50,25 +32,25 @@ class CompactionStage:
 
     async def run(self, ctx: StageContext) -> dict[str, Any]:
         ctx.stage = ctx.stage or self.name
-        index = ctx.memory.index
+        store = ctx.store
         namespace = ctx.namespace
-        before = await ctx.thread(index_size, index, namespace)
+        before = await ctx.thread(store.index_size, namespace)
         figures: dict[str, Any] = {"before": before, "rebuilt": False}
-        ns = index.get(namespace)
-        if ns is not None and before["masked"] > 0 and before["masked"] >= ctx.settings.compaction.min_masked and not ns.building:
-            figures["rebuilt"] = await self._rebuild(ctx, index, namespace)
-        figures["after"] = await ctx.thread(index_size, index, namespace)
+        if (before["masked"] > 0 and before["masked"] >= ctx.settings.compaction.min_masked
+                and not store.index_stats(namespace)["building"]):
+            figures["rebuilt"] = await self._rebuild(ctx, namespace)
+        figures["after"] = await ctx.thread(store.index_size, namespace)
         if not self.fts_done:
             await ctx.step()
-            await ctx.thread(ctx.memory.episodic.store.purge)
+            await ctx.thread(store.optimize_text_index)
             self.fts_done = True
             figures["fts_optimized"] = True
         return figures
 
-    async def _rebuild(self, ctx: StageContext, index: VectorIndex, namespace: str) -> bool:
+    async def _rebuild(self, ctx: StageContext, namespace: str) -> bool:
         """The namespace's live vectors into a new space of the right kind, then a swap."""
         # In a worker thread: copying a large space's vectors takes long enough to stall the loop.
-        job = await ctx.thread(index.start_rebuild, namespace)
+        job = await ctx.thread(ctx.store.start_index_rebuild, namespace)
         if job is None:
             return False
         try:

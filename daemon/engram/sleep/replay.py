@@ -1,7 +1,7 @@
 """Dream replay: past queries re-run before and after consolidation, to catch a worse memory.
 
 Memory keeps a sample of past recalls (``memory.replay_log``: the query vector, k and the ids it
-returned). Before the first stage of a namespace the runner calls :meth:`ReplayStage.snapshot`:
+returned), and replays them for this stage through its consolidation interface. Before the first stage of a namespace the runner calls :meth:`ReplayStage.snapshot`:
 the newest ``sleep.replay.queries`` sampled queries are replayed against memory as it is, through
 the recall code the daemon serves ``memory.recall`` with (vector search, the configured score
 weights, no filter, ``k = sleep.replay.k``), and the result is kept for the run. The replay
@@ -17,7 +17,7 @@ forgetting emptied part of it), which is ranking working, not memory lost. When 
 ``worse: true`` and the runner rolls back forgetting, clustering and importance of the namespace.
 ``overlap`` (the share of the before-results found again) is reported alongside.
 
-The snapshot is saved (table ``sleep_cursors``, stage ``replay.before``) as it goes, so a run
+The snapshot is saved (sleep's table ``sleep_cursors``, stage ``replay.before``) as it goes, so a run
 stopped while taking it continues where it was, and a resumed run compares against the memory of
 before its first attempt. Replays only read; each unit of work is a few queries (about 15 ms),
 with :meth:`StageContext.step` between.
@@ -25,15 +25,12 @@ with :meth:`StageContext.step` between.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, ClassVar
 
 import structlog
 
-from engram.memory.episodic import ReplayQuery
-from engram.memory.filters import SqlFilter
-from engram.memory.scoring import Weights, combine, recency
+from engram.sleep.ports import ReplayQuery
 from engram.sleep.stage import StageContext
 
 __all__ = ["ReplayStage"]
@@ -45,12 +42,7 @@ _UNIT_SECONDS = 0.015  # replaying stops for a step after this much time
 _SAVE_EVERY = 8  # units between saves of a snapshot in progress
 
 
-def _weights(ctx: StageContext) -> Weights:
-    w = ctx.memory.settings.recall.weights
-    return Weights(w.vector, w.keyword, w.recency, w.importance, w.activation)
-
-
-def _outranked(ctx: StageContext, query: ReplayQuery, missing: list[str], floor: float | None, weights: Weights) -> list[str]:
+def _outranked(ctx: StageContext, query: ReplayQuery, missing: list[str], floor: float | None) -> list[str]:
     """Those of ``missing`` (relevant ids a replay did not return) that recall left out for a good
     reason: they are live and score no higher than the k-th hit, so better-scoring episodes took
     their places. Recall ranks the nearest vectors it fetched (``memory.recall.candidate_factor``
@@ -59,22 +51,8 @@ def _outranked(ctx: StageContext, query: ReplayQuery, missing: list[str], floor:
     lost made dream replay roll back every large forgetting (worker thread)."""
     if not missing or floor is None:
         return []
-    store = ctx.memory.episodic.store
-    seqs = store.resolve(ctx.namespace, missing)
-    facts = store.facts(ctx.namespace, list(seqs.values()), vectors_for=list(seqs.values()))  # live ones only
-    half_life = ctx.memory.settings.recall.recency_half_life
-    now = time.time()
-    kept = []
-    for episode_id, seq in seqs.items():
-        if seq not in facts:
-            continue  # archived or gone: lost
-        when, importance, vector = facts[seq]
-        similarity = float(vector @ query.vector) if vector is not None and vector.shape == query.vector.shape else 0.0
-        parts = {"vector": max(0.0, min(1.0, similarity)), "keyword": 0.0, "recency": recency(when, now, half_life),
-                 "importance": importance, "activation": 0.0}
-        if combine(parts, weights, False, False) <= floor:
-            kept.append(episode_id)
-    return kept
+    scores = ctx.store.recall_scores(ctx.namespace, missing, query.vector)  # live ones only: the others are lost
+    return [episode_id for episode_id, score in scores.items() if score <= floor]
 
 
 def _replay_some(ctx: StageContext, queries: list[ReplayQuery], relevant: list[list[str]], start: int,
@@ -82,41 +60,30 @@ def _replay_some(ctx: StageContext, queries: list[ReplayQuery], relevant: list[l
     """Replay queries from ``start`` until about ``_UNIT_SECONDS`` have passed (worker thread):
     per query the ids returned and the relevant ids rightly outranked (see :func:`_outranked`);
     None for a query whose vector no longer fits the namespace."""
-    episodic = ctx.memory.episodic
-    weights = _weights(ctx)
+    store = ctx.store
     out: list[dict[str, list[str]] | None] = []
     began = time.perf_counter()
     for n, q in enumerate(queries[start:], start):
-        dim = ctx.memory.index.dim(ctx.namespace)
+        dim = store.vector_dim(ctx.namespace)
         if dim is None or dim != q.vector.shape[0]:
             out.append(None if dim is not None else {"ids": [], "outranked": []})
         else:
-            hits = episodic.recall(ctx.namespace, q.vector, None, k, SqlFilter(), weights, False)
-            ids = [h["id"] for h in hits]
-            floor = hits[-1]["score"] if len(hits) >= k else None  # fewer than k: nothing was outranked
+            hits = store.replay_recall(ctx.namespace, q.vector, k)
+            ids = [episode_id for episode_id, _score in hits]
+            floor = hits[-1][1] if len(hits) >= k else None  # fewer than k: nothing was outranked
             missing = [i for i in relevant[n] if i not in set(ids)]
-            out.append({"ids": ids, "outranked": _outranked(ctx, q, missing, floor, weights)})
+            out.append({"ids": ids, "outranked": _outranked(ctx, q, missing, floor)})
         if time.perf_counter() - began >= _UNIT_SECONDS:
             break
     return out
 
 
 def _load(ctx: StageContext) -> dict[str, Any] | None:
-    with ctx.memory.db.read() as conn:
-        row = conn.execute(
-            "SELECT cursor FROM sleep_cursors WHERE run = ? AND namespace = ? AND stage = ?", (ctx.run_id, ctx.namespace, SNAPSHOT)
-        ).fetchone()
-    return json.loads(row[0]) if row else None
+    return ctx.db.cursor(ctx.run_id, ctx.namespace, SNAPSHOT)
 
 
 def _store(ctx: StageContext, snapshot: dict[str, Any]) -> None:
-    text = json.dumps(snapshot, separators=(",", ":"))
-    with ctx.memory.db.transaction(background=True) as conn:
-        conn.execute(
-            "INSERT INTO sleep_cursors (run, namespace, stage, cursor) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (run, namespace, stage) DO UPDATE SET cursor = excluded.cursor",
-            (ctx.run_id, ctx.namespace, SNAPSHOT, text),
-        )
+    ctx.db.save_cursor(ctx.run_id, ctx.namespace, SNAPSHOT, snapshot)
 
 
 def _mean(values: list[float]) -> float | None:
@@ -135,9 +102,9 @@ class ReplayStage:
         if snap is not None and snap.get("done"):
             return snap
         if snap is None:
-            queries = await ctx.thread(ctx.memory.episodic.replay_queries, ctx.namespace, s.queries)
+            queries = await ctx.thread(ctx.store.replay_queries, ctx.namespace, s.queries)
             relevant_pool = [i for q in queries for i in q.ids[: s.k]]
-            live = await ctx.thread(ctx.memory.episodic.store.live_ids, ctx.namespace, relevant_pool)
+            live = await ctx.thread(ctx.store.live_ids, ctx.namespace, relevant_pool)
             snap = {
                 "done": False,
                 "k": s.k,
@@ -147,7 +114,7 @@ class ReplayStage:
         items = snap["queries"]
         pending = [n for n, item in enumerate(items) if item["before"] is None]
         if pending:
-            found = await ctx.thread(ctx.memory.episodic.replay_queries, ctx.namespace, len(items), [items[n]["seq"] for n in pending])
+            found = await ctx.thread(ctx.store.replay_queries, ctx.namespace, len(items), [items[n]["seq"] for n in pending])
             by_seq = {q.seq: q for q in found}
             for n in pending:  # queries trimmed from the log meanwhile are left out
                 if items[n]["seq"] not in by_seq:
@@ -181,7 +148,7 @@ class ReplayStage:
         if not items:
             return {"queries": 0, "recall_before": None, "recall_after": None, "drop": 0.0, "overlap": None, "worse": False,
                     "reason": "no replay log for this namespace yet"}
-        queries = await ctx.thread(ctx.memory.episodic.replay_queries, ctx.namespace, len(items), [i["seq"] for i in items])
+        queries = await ctx.thread(ctx.store.replay_queries, ctx.namespace, len(items), [i["seq"] for i in items])
         by_seq = {q.seq: q for q in queries}
         items = [item for item in items if item["seq"] in by_seq]
         queued = [by_seq[item["seq"]] for item in items]

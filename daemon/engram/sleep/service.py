@@ -1,26 +1,30 @@
 """The sleep part: triggers, one consolidation run at a time, preemption, reports.
 
-A run goes through the memory namespaces (``router:*`` ones excepted: they hold the router's
-novelty vectors) and runs, per namespace, importance -> clustering -> forgetting -> compaction ->
-replay, then recalibration once (see :mod:`engram.sleep.stages`). Dream replay takes its
+A run goes through the memory namespaces (except those that the composition root says to skip:
+the router's, which hold its novelty vectors) and runs, per namespace, importance -> clustering
+-> forgetting -> compaction -> replay, then recalibration once (see :mod:`engram.sleep.stages`). Dream replay takes its
 "before" snapshot ahead of a namespace's first stage; when it then finds recall worse, the
 namespace's forgetting, clustering and importance changes are rolled back (in that order).
 
 **Triggers.** ``sleep.run`` (manual), idle (no foreground request for ``sleep.idle_after``
 seconds, and none of the daemon's runs finished within ``sleep.idle_interval``), and the local
 times of ``sleep.schedule``. Foreground is every request except monitoring, event streams and
-``sleep.*`` itself; the dispatcher counts them (``Dispatcher.foreground``/``last_foreground``).
+``sleep.*`` itself; the request chain counts them (:class:`engram.sleep.ports.Activity`).
 
 **Preemption.** Stages call :meth:`StageContext.step` between small units of work. There the run
 pauses in proportion to the work just done (``sleep.cpu_budget``: t seconds of work, then
 ``t * (1/budget - 1)`` seconds of pause), and waits while foreground requests are in flight and
 for ``sleep.quiet_gap`` after the last one (at most ``sleep.max_yield`` at a time).
 
-**Safety.** Each run is a row of ``sleep_runs``; its report is rewritten after every finished
-stage. A run that was still going when the process died is marked ``interrupted`` at the next
-start; the next run with the same namespace and stages takes over its finished stages, cursors
-and journal (so it resumes instead of repeating), and a run with other parameters starts fresh,
-which is harmless too: every stage is idempotent or resumable from its cursor.
+**Safety.** Each run is a row of ``sleep_runs`` (sleep's own tables, through its own connection:
+:mod:`engram.sleep.db`); its report is rewritten after every finished stage. A run that was still
+going when the process died is marked ``interrupted`` at the next start; the next run with the
+same namespace and stages takes over its finished stages, cursors, and memory's journal and
+checkpoints of it (so it resumes instead of repeating), and a run with other parameters starts
+fresh, which is harmless too: every stage is idempotent or resumable from its cursor.
+
+Memory is reached only through the :class:`engram.sleep.ports.ConsolidationStore` the
+composition root hands over.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import json
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Self
+from pathlib import Path
+from typing import Any, Self
 
 import anyio
 import anyio.lowlevel
@@ -53,7 +58,7 @@ from engram.sleep.api import (
     SleepStatusParams,
     SleepStatusResult,
 )
-from engram.sleep.common import SKIPPED_PREFIX
+from engram.sleep.db import SleepDB
 from engram.sleep.events import (
     SleepFinished,
     SleepPreempted,
@@ -61,11 +66,12 @@ from engram.sleep.events import (
     SleepStage,
     SleepStarted,
 )
+from engram.sleep.ports import Activity, AuditTrail, ConsolidationStore, JournalTag, Recalibrator
 from engram.sleep.settings import SleepSettings
 from engram.sleep.stage import StageContext
 from engram.sleep.stages import ORDER, PER_RUN, REGISTRY
 
-__all__ = ["Activity", "Sleep"]
+__all__ = ["Sleep"]
 
 log = structlog.get_logger("engram.sleep")
 
@@ -74,13 +80,6 @@ ROLLBACK_ORDER = ("forgetting", "clustering", "importance")
 _PREEMPTED_EVERY = 5.0  # seconds between sleep.preempted events of one run
 _POLL = 0.01  # seconds between looks at the foreground while yielding
 _MAX_PAUSE = 10.0  # the CPU-budget pause after one unit, at most
-
-
-class Activity(Protocol):
-    """Foreground activity as the dispatcher counts it."""
-
-    foreground: int  # requests in flight now
-    last_foreground: float  # time.monotonic() of the last arrival or completion
 
 
 class _NoActivity:
@@ -167,16 +166,23 @@ class Sleep:
     def __init__(
         self,
         settings: SleepSettings,
-        memory: Any,
-        router: Any = None,
-        audit: Any = None,
+        store: ConsolidationStore,
+        database_path: Path,
+        router: Recalibrator | None = None,
+        audit: AuditTrail | None = None,
         bus: Any = None,
         metrics: Any = None,
         clock: Callable[[], float] = time.time,
         activity: Activity | None = None,
+        *,
+        busy_timeout: float = 5.0,
+        skipped_prefixes: tuple[str, ...] = (),
     ) -> None:
         self.settings = settings
-        self.memory = memory
+        self.store = store
+        self.db = SleepDB(database_path, busy_timeout)
+        # Namespaces that hold someone else's data rather than memories (the router's novelty vectors).
+        self.skipped_prefixes = skipped_prefixes
         self.router = router
         self.audit = audit
         self.bus = bus
@@ -206,7 +212,12 @@ class Sleep:
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        await anyio.to_thread.run_sync(self._recover)
+        await anyio.to_thread.run_sync(self.db.open)
+        try:
+            await anyio.to_thread.run_sync(self._recover)
+        except BaseException:
+            await anyio.to_thread.run_sync(self.db.close)
+            raise
         self._next_schedule = self._schedule_after(self.clock())
         await self._background.start()
         self._background.start_soon(self._triggers, name="sleep triggers")
@@ -224,6 +235,8 @@ class Sleep:
             return
         self.state = "stopping"
         await self._background.stop()  # a run in progress is recorded as interrupted on its way out
+        with anyio.CancelScope(shield=True):
+            await anyio.to_thread.run_sync(self.db.close)
         self.state = "closed"
 
     async def _watch_stop(self) -> None:
@@ -259,7 +272,7 @@ class Sleep:
     def _recover(self) -> None:
         """Runs without an outcome were cut short (crash, kill): mark them interrupted."""
         now = self.clock()
-        with self.memory.db.transaction() as conn:
+        with self.db.transaction() as conn:
             for run_id, report in conn.execute("SELECT id, report FROM sleep_runs WHERE outcome IS NULL").fetchall():
                 data = json.loads(report)
                 data.update(outcome="interrupted", finished_at=now)
@@ -273,7 +286,7 @@ class Sleep:
         self._last_report = last[0] if last else None
 
     def _reports(self, limit: int) -> list[dict[str, Any]]:
-        with self.memory.db.read() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 "SELECT report FROM sleep_runs WHERE outcome IS NOT NULL ORDER BY id DESC LIMIT ?", (limit,)
             ).fetchall()
@@ -302,7 +315,8 @@ class Sleep:
     def _insert_run(self, trigger: str, namespace: str | None, stages: list[str]) -> _Run:
         now = self.clock()
         text = json.dumps(stages)
-        with self.memory.db.transaction() as conn:
+        adopted: list[int] = []
+        with self.db.transaction() as conn:
             last = conn.execute(
                 "SELECT id, namespace, stages, outcome, resumed_by FROM sleep_runs ORDER BY id DESC LIMIT 1"
             ).fetchone()
@@ -313,11 +327,19 @@ class Sleep:
             resumes = None
             if last is not None and last[3] == "interrupted" and last[4] is None and last[1] == namespace and json.loads(last[2]) == stages:
                 resumes = int(last[0])
-                for table in ("sleep_changes", "sleep_cursors", "sleep_stage_done"):
+                for table in ("sleep_cursors", "sleep_stage_done"):
                     conn.execute(f"UPDATE {table} SET run = ? WHERE run = ?", (run_id, resumes))
                 conn.execute("UPDATE sleep_runs SET resumed_by = ? WHERE id = ?", (run_id, resumes))
+                # The run taken over and the runs it took over in turn: memory's journal of one of
+                # them is still under its own id if the process died before it was handed on.
+                adopted = [r for (r,) in conn.execute(
+                    "WITH RECURSIVE chain (id) AS (SELECT ? UNION SELECT r.id FROM sleep_runs r JOIN chain c ON r.resumed_by = c.id) "
+                    "SELECT id FROM chain",
+                    (resumes,),
+                )]
             run = _Run(run_id, trigger, namespace, stages, now, resumes=resumes)
             conn.execute("UPDATE sleep_runs SET report = ? WHERE id = ?", (json.dumps(run.report(self.clock)), run_id))
+        self.store.adopt(adopted, run_id)  # memory's journal and checkpoints of what this run resumes
         return run
 
     # --- running --------------------------------------------------------------------------------------
@@ -347,7 +369,7 @@ class Sleep:
         keep = run.outcome == "interrupted"  # an interrupted run's journal and cursors let the next one resume
 
         def write() -> None:
-            with self.memory.db.transaction() as conn:
+            with self.db.transaction() as conn:
                 conn.execute(
                     "UPDATE sleep_runs SET outcome = ?, finished_at = ?, report = ? WHERE id = ?",
                     (run.outcome, run.finished_at, json.dumps(report), run.id),
@@ -362,21 +384,13 @@ class Sleep:
                 for chunk_start in range(0, len(old), 500):
                     part = old[chunk_start : chunk_start + 500]
                     marks = ",".join("?" * len(part))
-                    for table in ("sleep_cursors", "sleep_stage_done", "sleep_changes"):
+                    for table in ("sleep_cursors", "sleep_stage_done"):
                         conn.execute(f"DELETE FROM {table} WHERE run IN ({marks})", part)
                     conn.execute(f"DELETE FROM sleep_runs WHERE id IN ({marks})", part)
-            if not keep:
-                while True:  # the journal of a finished run is no longer needed: short deletes
-                    with self.memory.db.transaction() as conn:
-                        gone = conn.execute(
-                            "DELETE FROM sleep_changes WHERE id IN (SELECT id FROM sleep_changes WHERE run = ? LIMIT 250)",
-                            (run.id,),
-                        ).rowcount
-                    if gone == 0:
-                        break
-                    # A gap between slices: writers waiting for the lock (the audit log, which every
-                    # audited request waits for) get it now rather than after the whole journal.
-                    time.sleep(0.002)
+            for chunk_start in range(0, len(old), 500):
+                self.store.discard(old[chunk_start : chunk_start + 500])
+            if not keep:  # the journal of a finished run is no longer needed (memory deletes it in short slices)
+                self.store.discard([run.id])
 
         try:
             await anyio.to_thread.run_sync(write)
@@ -398,20 +412,23 @@ class Sleep:
     def _namespaces(self, run: _Run) -> list[str]:
         if run.namespace is not None:
             return [run.namespace]
-        return [ns for ns in self.memory.episodic.store.namespaces() if not ns.startswith(SKIPPED_PREFIX)]
+        return [ns for ns in self.store.namespaces() if not self._skipped(ns)]
+
+    def _skipped(self, namespace: str) -> bool:
+        return namespace.startswith(self.skipped_prefixes)
 
     def _context(self, run: _Run, pacer: _Pacer, namespace: str, stage: str, saved: dict[str, Any]) -> StageContext:
         def progress(done: int, total: int) -> None:
             run.progress = (done, total)
 
         return StageContext(
-            run_id=run.id, namespace=namespace, settings=self.settings, memory=self.memory, router=self.router,
+            run_id=run.id, namespace=namespace, settings=self.settings, store=self.store, db=self.db, router=self.router,
             audit=self.audit, bus=self.bus, clock=self.clock, saved=saved, stage=stage, pacer=pacer,
             on_progress=progress,
         )
 
     def _load_done(self, run_id: int) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
-        with self.memory.db.read() as conn:
+        with self.db.read() as conn:
             done = {
                 (ns, stage): {"seconds": seconds, "figures": json.loads(figures), "rolled_back": bool(rolled)}
                 for ns, stage, seconds, figures, rolled in conn.execute(
@@ -423,6 +440,9 @@ class Sleep:
                 (ns, stage): json.loads(cursor)
                 for ns, stage, cursor in conn.execute("SELECT namespace, stage, cursor FROM sleep_cursors WHERE run = ?", (run_id,))
             }
+        # A stage keeps its cursor either here or, when it must commit with memory's change, as
+        # memory's checkpoint; a checkpoint is the newer of the two.
+        cursors.update(self.store.checkpoints(run_id))
         return done, cursors
 
     async def _stages(self, run: _Run) -> None:
@@ -466,13 +486,15 @@ class Sleep:
         report = run.report(self.clock)
 
         def record() -> None:
-            with self.memory.db.transaction() as conn:
+            with self.db.transaction() as conn:
                 conn.execute(
                     "INSERT OR REPLACE INTO sleep_stage_done (run, namespace, stage, seconds, figures, done_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (run.id, namespace, name, seconds, json.dumps(figures), self.clock()),
                 )
                 conn.execute("DELETE FROM sleep_cursors WHERE run = ? AND namespace = ? AND stage = ?", (run.id, namespace, name))
                 conn.execute("UPDATE sleep_runs SET report = ? WHERE id = ?", (json.dumps(report), run.id))
+            # After the stage is recorded done: a checkpoint left by a crash in between is never read.
+            self.store.drop_checkpoint(JournalTag(run.id, namespace, name))
 
         with anyio.CancelScope(shield=True):  # the stage's work is done: record it even when stopping
             await anyio.to_thread.run_sync(record)
@@ -497,7 +519,7 @@ class Sleep:
         report = run.report(self.clock)
 
         def record() -> None:
-            with self.memory.db.transaction() as conn:
+            with self.db.transaction() as conn:
                 conn.executemany(
                     "UPDATE sleep_stage_done SET rolled_back = 1 WHERE run = ? AND namespace = ? AND stage = ?",
                     [(run.id, namespace, name) for name in undone],
@@ -603,7 +625,7 @@ class Sleep:
     @rpc("sleep.run", summary="Start a consolidation run now (optionally wait for its report).", owner_only=True,
          timeout=86_400.0)
     async def sleep_run(self, ctx: RequestContext, params: SleepRunParams) -> SleepRunResult:
-        if params.namespace is not None and (not params.namespace or params.namespace.startswith(SKIPPED_PREFIX)):
+        if params.namespace is not None and (not params.namespace or self._skipped(params.namespace)):
             raise InvalidParams(f"namespace: {params.namespace!r} cannot be consolidated", field="namespace",
                                 reason="bad_namespace")
         run = await self.start("manual", params.namespace, list(params.stages) if params.stages else None)

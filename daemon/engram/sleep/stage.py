@@ -3,32 +3,28 @@
 A stage runs once per memory namespace (recalibration once per run) and does its work in small
 units, calling :meth:`StageContext.step` between them: that is where it yields to foreground
 requests, spends its CPU budget and notices that the run was stopped. Every change a stage makes
-is either one short transaction or resumable through the cursor it saves with
-:meth:`StageContext.save`; changes that a later rollback must undo are recorded with
-:meth:`StageContext.journal` (table ``sleep_changes``) before or together with the change, so
-that undoing a journalled change that never happened is harmless.
+is either one short transaction or resumable: through the cursor it saves with
+:meth:`StageContext.save` (sleep's own table), or through the checkpoint that memory keeps in the
+same transaction as the change. Changes that a later rollback must undo are journalled by memory
+under the stage's :attr:`StageContext.tag` before or together with the change, so that undoing a
+journalled change that never happened is harmless.
 """
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import anyio
 import anyio.lowlevel
 
-from engram.memory.db import GaveWay
-from engram.sleep.common import json_rows
+from engram.sleep.ports import AuditTrail, ConsolidationStore, JournalTag, Recalibrator
+from engram.storage.background import GaveWay
 
 if TYPE_CHECKING:
-    from engram.audit.log import AuditLog
     from engram.bus.bus import EventBus
-    from engram.memory.service import Memory
-    from engram.router.service import Router
+    from engram.sleep.db import SleepDB
     from engram.sleep.settings import SleepSettings
 
 __all__ = ["FreePacer", "Pacer", "Stage", "StageContext", "one_openmp_thread"]
@@ -64,7 +60,8 @@ class FreePacer:
 
 
 class StageContext:
-    """Everything a stage may use while it runs for one namespace of one run."""
+    """Everything a stage may use while it runs for one namespace of one run: memory through
+    ``store``, sleep's own tables through ``db``."""
 
     def __init__(
         self,
@@ -72,9 +69,10 @@ class StageContext:
         run_id: int,
         namespace: str,
         settings: SleepSettings,
-        memory: Memory,
-        router: Router | None = None,
-        audit: AuditLog | None = None,
+        store: ConsolidationStore,
+        db: SleepDB,
+        router: Recalibrator | None = None,
+        audit: AuditTrail | None = None,
         bus: EventBus | None = None,
         clock: Callable[[], float] = time.time,
         saved: dict[str, Any] | None = None,
@@ -85,7 +83,8 @@ class StageContext:
         self.run_id = run_id
         self.namespace = namespace
         self.settings = settings
-        self.memory = memory
+        self.store = store
+        self.db = db
         self.router = router
         self.audit = audit
         self.bus = bus
@@ -94,6 +93,11 @@ class StageContext:
         self.stage = stage
         self._pacer: Pacer = pacer or FreePacer()
         self._on_progress = on_progress
+
+    @property
+    def tag(self) -> JournalTag:
+        """What memory files this stage's journal and checkpoint under."""
+        return JournalTag(self.run_id, self.namespace, self.stage)
 
     async def step(self) -> None:
         """Preemption point: call between small units of work (<= ~10-20 ms of CPU, or one short
@@ -104,12 +108,16 @@ class StageContext:
     def preempted(self) -> bool:
         """Whether a foreground request is waiting for this work to get out of the way: long
         loops in a worker thread check it between small chunks and end their unit early (the
-        next :meth:`step` then waits). Safe to call from any thread."""
+        next :meth:`step` then waits), and memory's background transactions give way when it
+        turns true. Safe to call from any thread."""
         return self._pacer.busy()
 
     async def thread(self, func: Callable[..., T], *args: Any) -> T:
         """Run ``func(*args)`` in a worker thread (blocking SQL, numpy, FAISS), with FAISS on one
-        OpenMP thread so that foreground recall keeps the other cores."""
+        OpenMP thread so that foreground recall keeps the other cores. When a transaction of
+        ``func`` gave way to a request (rolled back, having changed nothing), ``func`` runs
+        again after it — so a unit that writes must change nothing outside its transaction
+        before the commit, and may hold at most one transaction that can give way."""
 
         def call() -> T:
             one_openmp_thread()
@@ -118,86 +126,18 @@ class StageContext:
         while True:
             try:
                 return await anyio.to_thread.run_sync(call)
-            except GaveWay:  # a transaction of ``func`` made way for a request: after it, again
+            except GaveWay:
                 await self.step()
-
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction for a unit of work (worker thread): a background one (see
-        :meth:`MemoryDB.transaction`) that gives way to foreground requests. If one comes in
-        meanwhile it rolls back, and :meth:`thread` runs the unit again after the request — so a
-        unit that writes must change nothing outside its transaction before the commit, and may
-        hold at most one transaction that can give way."""
-        with self.memory.db.transaction(background=True, give_way=self.preempted) as conn:
-            yield conn
 
     async def save(self, cursor: dict[str, Any]) -> None:
         """Persist this stage's resume cursor for this run and namespace (one short transaction)."""
-        text = json.dumps(cursor, separators=(",", ":"))
-
-        def write() -> None:
-            with self.memory.db.transaction(background=True) as conn:
-                conn.execute(
-                    "INSERT INTO sleep_cursors (run, namespace, stage, cursor) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (run, namespace, stage) DO UPDATE SET cursor = excluded.cursor",
-                    (self.run_id, self.namespace, self.stage, text),
-                )
-
-        await self.thread(write)
-        self.saved = dict(cursor)
-
-    def save_in(self, conn: Any, cursor: dict[str, Any]) -> None:
-        """Persist the resume cursor inside the caller's transaction (worker thread), so that a
-        unit of work and the cursor after it commit together."""
-        conn.execute(
-            "INSERT INTO sleep_cursors (run, namespace, stage, cursor) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (run, namespace, stage) DO UPDATE SET cursor = excluded.cursor",
-            (self.run_id, self.namespace, self.stage, json.dumps(cursor, separators=(",", ":"))),
-        )
+        await self.thread(self.db.save_cursor, self.run_id, self.namespace, self.stage, cursor)
         self.saved = dict(cursor)
 
     def progress(self, done: int, total: int) -> None:
         """Report progress within the stage; shows in ``sleep.status``."""
         if self._on_progress is not None:
             self._on_progress(done, total)
-
-    async def journal(self, kind: str, ref: str | int, before: Any) -> None:
-        """Record one undoable change (a later rollback of this stage undoes it)."""
-        row = self.journal_row(kind, ref, before)
-
-        def write() -> None:
-            with self.memory.db.transaction(background=True) as conn:
-                self.journal_in(conn, [row])
-
-        await self.thread(write)
-
-    # Synchronous helpers for stages that journal inside their own transaction (in a worker
-    # thread, on the connection of ``memory.db.transaction()``): the journal rows and the change
-    # commit together.
-
-    def journal_row(self, kind: str, ref: str | int, before: Any) -> tuple[Any, ...]:
-        return (self.run_id, self.namespace, self.stage, kind, str(ref), json.dumps(before, separators=(",", ":")))
-
-    @staticmethod
-    def journal_in(conn: Any, rows: list[tuple[Any, ...]]) -> None:
-        """One statement however many rows (see :func:`engram.sleep.common.json_rows`)."""
-        if rows:
-            conn.execute(
-                "INSERT INTO sleep_changes (run, namespace, stage, kind, ref, before) "
-                "SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), "
-                "json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each(?)",
-                (json_rows(rows),),
-            )
-
-    def journalled(self, conn: Any, kind: str | None = None) -> list[tuple[int, str, str, Any]]:
-        """This run's journal of this stage and namespace, newest first: (id, kind, ref, before)."""
-        sql = "SELECT id, kind, ref, before FROM sleep_changes WHERE run = ? AND namespace = ? AND stage = ?"
-        args: list[Any] = [self.run_id, self.namespace, self.stage]
-        if kind is not None:
-            sql += " AND kind = ?"
-            args.append(kind)
-        rows = conn.execute(sql + " ORDER BY id DESC", args).fetchall()
-        return [(row[0], row[1], row[2], json.loads(row[3])) for row in rows]
 
 
 class Stage(Protocol):

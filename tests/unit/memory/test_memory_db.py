@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from engram.memory.db import GaveWay, MemoryDB
+from engram.memory.db import MemoryDB
 from engram.storage import Database
+from engram.storage.background import GaveWay
 
 
 @pytest.fixture

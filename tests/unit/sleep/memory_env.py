@@ -1,6 +1,7 @@
 """A real memory part and audit log on one SQLite database in a temporary folder, and stage
-contexts over them, for the forgetting and replay stage tests (the fake clock is the only seam
-faked; the audit log is the real one, so its entries can be read back)."""
+contexts over them (memory through its consolidation interface, sleep's own tables through
+sleep's connection), for the stage tests (the fake clock is the only seam faked; the audit log
+is the real one, so its entries can be read back)."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
+from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
 from engram.memory.settings import MemorySettings
 from engram.observability.metrics import Metrics
+from engram.sleep.db import SleepDB
 from engram.sleep.settings import SleepSettings
 from engram.sleep.stage import Pacer, StageContext
 from engram.storage import Database
@@ -59,12 +62,13 @@ class Env:
     audit: AuditLog | None
     db_path: Path
     clock: Clock
+    sleep_db: SleepDB
 
     def ctx(self, settings: SleepSettings, run_id: int = 1, stage: str = "", saved: dict[str, Any] | None = None,
             pacer: Pacer | None = None, namespace: str = NS) -> StageContext:
         return StageContext(
-            run_id=run_id, namespace=namespace, settings=settings, memory=self.memory, audit=self.audit, clock=self.clock,
-            saved=saved, stage=stage, pacer=pacer,
+            run_id=run_id, namespace=namespace, settings=settings, store=MemoryConsolidation(self.memory), db=self.sleep_db,
+            audit=self.audit, clock=self.clock, saved=saved, stage=stage, pacer=pacer,
         )
 
     def audit_entries(self, kind: str) -> list[dict[str, Any]]:
@@ -84,13 +88,16 @@ async def memory_env(tmp_path: Path, now: float, with_audit: bool = True, **memo
     await db.open()
     bus = EventBus((*CORE_EVENTS, *AUDIT_EVENTS, *MEMORY_EVENTS))
     memory = Memory(MemorySettings(**memory_settings), tmp_path, db_path, bus, Metrics())
+    sleep_db = SleepDB(db_path)
+    sleep_db.open()
     try:
         if with_audit:
             async with AuditLog(AuditSettings(), tmp_path, db_path, bus, Metrics()) as audit, memory:
-                yield Env(memory, audit, db_path, Clock(now))
+                yield Env(memory, audit, db_path, Clock(now), sleep_db)
         else:
             async with memory:
-                yield Env(memory, None, db_path, Clock(now))
+                yield Env(memory, None, db_path, Clock(now), sleep_db)
     finally:
+        sleep_db.close()
         await db.aclose()
 

@@ -14,6 +14,7 @@ import pytest
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
 from engram.memory.api import RememberParams
+from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
 from engram.memory.settings import MemorySettings
@@ -26,6 +27,7 @@ from engram.sleep.clustering import (
     top_terms,
 )
 from engram.sleep.compaction import CompactionStage
+from engram.sleep.db import SleepDB
 from engram.sleep.importance import ImportanceStage
 from engram.sleep.recalibration import RecalibrationStage
 from engram.sleep.settings import SleepSettings
@@ -42,10 +44,11 @@ class Env:
 
     memory: Memory
     clock: Clock
+    sleep_db: SleepDB
 
     def ctx(self, settings: SleepSettings, run_id: int = 1, stage: str = "", saved: dict[str, Any] | None = None) -> StageContext:
-        return StageContext(run_id=run_id, namespace=NS, settings=settings, memory=self.memory, clock=self.clock,
-                            saved=saved, stage=stage)
+        return StageContext(run_id=run_id, namespace=NS, settings=settings, store=MemoryConsolidation(self.memory),
+                            db=self.sleep_db, clock=self.clock, saved=saved, stage=stage)
 
     def sql(self, query: str, *args: Any) -> list[tuple[Any, ...]]:
         with self.memory.db.transaction() as conn:
@@ -58,10 +61,13 @@ async def memory_env(tmp_path: Path, now: float, with_audit: bool = False, **mem
     await db.open()
     bus = EventBus((*CORE_EVENTS, *MEMORY_EVENTS))
     memory = Memory(MemorySettings(**memory_settings), tmp_path, tmp_path / "engram.db", bus, Metrics(), embedder=None)
+    sleep_db = SleepDB(tmp_path / "engram.db")
+    sleep_db.open()
     try:
         async with memory:
-            yield Env(memory, Clock(now))
+            yield Env(memory, Clock(now), sleep_db)
     finally:
+        sleep_db.close()
         await db.aclose()
 
 NOW = time.time()  # memory stamps recorded_at with the real clock
@@ -321,8 +327,8 @@ async def test_importance_scores_the_same_when_requests_keep_cutting_its_units_s
         folder.mkdir()
         async with memory_env(folder, NOW) as env:
             await remember(env, items)
-            ctx = StageContext(run_id=1, namespace=NS, settings=SleepSettings(), memory=env.memory, clock=env.clock,
-                               stage="importance", pacer=pacer)
+            ctx = StageContext(run_id=1, namespace=NS, settings=SleepSettings(), store=MemoryConsolidation(env.memory),
+                               db=env.sleep_db, clock=env.clock, stage="importance", pacer=pacer)
             assert (await ImportanceStage().run(ctx))["scored"] == 40
             scores.append(env.sql("SELECT text, salience FROM memory_episodes ORDER BY text"))
     assert scores[0] == scores[1]

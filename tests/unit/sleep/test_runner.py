@@ -15,6 +15,7 @@ from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
 from engram.errors import Conflict
 from engram.memory.api import RememberParams
+from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.events import MEMORY_EVENTS
 from engram.memory.service import Memory
 from engram.memory.settings import MemorySettings
@@ -65,8 +66,8 @@ async def with_sleep(tmp_path, settings: dict[str, Any], body) -> None:
             vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
             await memory.remember(rpc_ctx(), RememberParams.model_validate(
                 {"items": [{"text": f"item {i}", "vector": v.tolist()} for i, v in enumerate(vecs)]}))
-            sleep = Sleep(SleepSettings.model_validate({"enabled": False, **settings}), memory, None, None, bus, Metrics(),
-                          activity=Activity())
+            sleep = Sleep(SleepSettings.model_validate({"enabled": False, **settings}), MemoryConsolidation(memory),
+                          tmp_path / "engram.db", None, None, bus, Metrics(), activity=Activity())
             async with sleep:
                 await body(sleep, memory, events)
     finally:
@@ -143,7 +144,7 @@ async def test_worse_replay_rolls_back_importance_and_clustering(tmp_path, monke
         with memory.db.read() as conn:
             assert conn.execute("SELECT count(*) FROM memory_episodes WHERE salience IS NOT NULL").fetchone()[0] == 0
             assert conn.execute("SELECT count(*) FROM memory_concepts").fetchone()[0] == 0
-            assert conn.execute("SELECT count(*) FROM sleep_changes").fetchone()[0] == 0
+            assert conn.execute("SELECT count(*) FROM memory_changes").fetchone()[0] == 0
         rolled = [e for e in events.seen if e.topic == "sleep.rolled_back"]
         assert len(rolled) == 1 and rolled[0].stages == ["clustering", "importance"]
 

@@ -1,10 +1,13 @@
-"""Small helpers the consolidation stages share (blocking; worker threads)."""
+"""The nearest *other* episode of many episodes at once, and the size of a namespace's index:
+what sleep's importance and compaction stages ask of the vector index (blocking; worker threads).
+
+This module knows the index's spaces (:class:`FlatSpace`, :class:`HnswSpace`) from the inside, so
+that a batch of queries is one FAISS call rather than one call per episode.
+"""
 
 from __future__ import annotations
 
-import json
-import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,43 +15,7 @@ from numpy.typing import NDArray
 
 from engram.memory.index import FlatSpace, HnswSpace, VectorIndex
 
-__all__ = ["SKIPPED_PREFIX", "archived_clause", "chunks", "has_column", "json_rows", "marks", "nearest_other"]
-
-# Namespaces that hold the router's novelty vectors, not anyone's memories.
-SKIPPED_PREFIX = "router:"
-
-
-def has_column(conn: sqlite3.Connection, table: str, column: str) -> bool:
-    return any(row[1] == column for row in conn.execute(f"PRAGMA table_info({table})"))
-
-
-def archived_clause(conn: sqlite3.Connection, alias: str = "") -> str:
-    """``AND <alias>archived_at IS NULL`` when forgetting's archive column exists, else ``''``."""
-    return f" AND {alias}archived_at IS NULL" if has_column(conn, "memory_episodes", "archived_at") else ""
-
-
-def json_rows(rows: Sequence[Any]) -> str:
-    """Rows as one JSON array, for a statement that reads them with ``json_each(?)``.
-
-    The stages write many rows per transaction with single set-based statements fed this way
-    rather than with ``executemany`` or a statement per row. Each statement — and each row that
-    ``executemany`` binds — hands the interpreter lock back while SQLite works, then waits to
-    take it again; while a request is being served the event loop holds it for up to the switch
-    interval each time. A transaction of hundreds of statements then held SQLite's write lock
-    ten times as long as its work took (about 5 ms instead of 0.5 ms for 100 links), and the
-    request's own audit entry waited for that lock. (JSON numbers reach SQLite exactly: Python
-    writes the shortest repr that reads back as the same double.)"""
-    return json.dumps(rows, separators=(",", ":"))
-
-
-def marks(n: int) -> str:
-    return ",".join("?" * n)
-
-
-def chunks(values: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
-    for start in range(0, len(values), size):
-        yield values[start : start + size]
-
+__all__ = ["index_size", "nearest_other"]
 
 _PER_LOCK = 4  # queries per hold of the namespace's lock
 
@@ -108,3 +75,20 @@ def nearest_other(index: VectorIndex, namespace: str, seqs: Sequence[int], vecto
                 out[i] = sim
                 break
     return out
+
+
+def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
+    """Vectors, masked entries and approximate bytes of a namespace's index."""
+    ns = index.get(namespace)
+    if ns is None:
+        return {"kind": "none", "vectors": 0, "masked": 0, "bytes": 0}
+    with ns.lock.read_lock():
+        space = ns.space
+        if isinstance(space, HnswSpace):
+            total = int(space.index.ntotal)
+            links = int(space.index.hnsw.neighbors.size()) * 4
+            size = total * ns.dim * 4 + links + total * (8 + 8 + 4)  # vectors, graph, labels/offsets/levels
+        else:
+            total = int(space.index.ntotal) if hasattr(space, "index") else space.count
+            size = total * (ns.dim * 4 + 8)
+        return {"kind": space.kind, "vectors": space.count, "masked": space.masked, "bytes": size}
