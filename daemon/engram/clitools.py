@@ -20,6 +20,15 @@ from engram.errors import ConfigError, DaemonUnreachable, RPCError
 
 EXIT_OK, EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
+# The benchmarks and the ONNX conformance run are not part of the product: the engram-bench
+# distribution (benchmarks/ in the repository) adds them to `engram bench` and `engram models`
+# through the entry-point groups ``engram.cli.bench`` and ``engram.cli.models``
+# (:class:`engram.lazygroup.LazyGroup`). What those groups say when a command is not there:
+INSTALL_BENCH = (
+    "the benchmarks and `engram models conformance` come with engram-bench: "
+    "`make bench`, or `pip install -e benchmarks` in engram's repository"
+)
+
 
 class Output:
     """Where a command's result goes: JSON for programs, text for people."""

@@ -17,8 +17,8 @@ import pytest
 from engram.audit.note import generate_signer
 from engram.errors import Conflict, IntegrityError, InvalidParams, NotFound, Unavailable
 from engram.inference.codec import WireTensor, decode, encode
-from engram.inference.tiny_bert import TINY_CORPUS, create_tiny_bert
-from engram.inference.toy_models import identity_model, linear_model, sequence_model
+from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
+from engram_bench.toy_models import identity_model, linear_model, sequence_model
 from onnx import TensorProto
 
 pytestmark = pytest.mark.e2e

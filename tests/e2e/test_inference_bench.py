@@ -7,7 +7,7 @@ import subprocess
 import sys
 
 import pytest
-from engram.inference.tiny_bert import create_tiny_bert
+from engram_bench.tiny_bert import create_tiny_bert
 
 pytestmark = pytest.mark.e2e
 

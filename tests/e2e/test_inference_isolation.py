@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from engram.errors import RPCError
-from engram.inference.tiny_bert import TINY_CORPUS, create_tiny_bert
+from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
 
 from tests.conftest import DaemonProcess, short_tempdir
 

@@ -12,7 +12,7 @@ message), not asserted.
 from __future__ import annotations
 
 import pytest
-from engram.inference.conformance import (
+from engram_bench.conformance import (
     load_cases,
     node_tests_dir,
     run_conformance,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from engram.errors import InvalidParams, NotFound, PolicyDenied, Unavailable
-from engram.inference.toy_models import write_model
+from engram_bench.toy_models import write_model
 from onnx import TensorProto, helper, numpy_helper
 
 pytestmark = pytest.mark.e2e

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 pytest.importorskip("sklearn")
 pytest.importorskip("skl2onnx")
 pytest.importorskip("matplotlib")
-from engram.router import bench as route_bench  # noqa: E402 - needs the bench extra
+from engram_bench import route as route_bench  # noqa: E402 - needs the three above
 from skl2onnx.common.data_types import FloatTensorType  # noqa: E402
 
 

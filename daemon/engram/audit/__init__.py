@@ -22,8 +22,8 @@ Storage, the daemon part and its surfaces:
 * :mod:`engram.audit.keys` — the signing key files and rotation.
 * :mod:`engram.audit.log` — the ``AuditLog`` part: group-commit writer, bus recorder, checkpoints.
 * :mod:`engram.audit.export` — the JSON Lines export format; log sources for verification.
-* :mod:`engram.audit.methods`, :mod:`engram.audit.cli`, :mod:`engram.audit.bench` — RPC methods,
-  ``engram audit ...``, ``engram bench audit``.
+* :mod:`engram.audit.methods`, :mod:`engram.audit.cli` — RPC methods, ``engram audit ...``
+  (``engram bench audit`` is in engram-bench, ``benchmarks/``).
 * :mod:`engram.audit.settings`, :mod:`engram.audit.events` — the ``[audit]`` settings, bus events
   and the audited topics.
 

@@ -1,4 +1,4 @@
-"""``engram audit ...`` and ``engram bench audit``.
+"""``engram audit ...``.
 
 ``verify`` and ``export --state-dir`` read the state folder's database directly (read-only) and
 need no daemon; the other commands talk to the running daemon.
@@ -508,26 +508,3 @@ def verify(
         click.echo(f"({data['seconds']:.2f} s)")
 
     Output(as_json).emit(result, human)
-
-
-# --- benchmark --------------------------------------------------------------------------------------
-
-
-@click.command("audit")
-@click.option("--entries", "-n", type=click.IntRange(min=10), default=20000, show_default=True, help="Appends per target.")
-@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=64, show_default=True, help="Concurrent clients.")
-@click.option(
-    "--verify-entries", type=click.IntRange(min=10), default=1_000_000, show_default=True, help="Size of the log verified offline."
-)
-@click.option("--proofs", type=click.IntRange(min=1), default=2000, show_default=True, help="Proofs generated and verified.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
-@json_option
-def bench_audit(
-    entries: int, concurrency: int, verify_entries: int, proofs: int, socket_path: Path | None, as_json: bool
-) -> None:
-    """Audit append throughput (daemon vs bare), proof times, offline verification of a big log."""
-    from engram.audit.bench import run_audit_bench
-
-    with errors():
-        report = run_audit_bench(entries, concurrency, verify_entries, proofs, socket_path, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

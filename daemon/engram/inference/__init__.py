@@ -13,9 +13,7 @@ The daemon's part:
   and their LRU cache; :mod:`~engram.inference.batching`: dynamic batching.
 - :mod:`engram.inference.codec`: tensors on the wire; :mod:`~engram.inference.validate`: requests
   checked against a model's inputs.
-- :mod:`engram.inference.quantize`: the int8 variant; :mod:`~engram.inference.conformance`: ONNX's
-  backend node tests through the daemon; :mod:`~engram.inference.bench`: ``engram bench infer``;
-  :mod:`~engram.inference.cli`: ``engram models``.
+- :mod:`engram.inference.quantize`: the int8 variant; :mod:`~engram.inference.cli`: ``engram models``.
 
 Text models:
 
@@ -24,8 +22,10 @@ Text models:
 - :mod:`engram.inference.text_encoder`: ``tokenizer.json`` → padded int64 input arrays, batched
   by length.
 - :mod:`engram.inference.embedder`: runs the graph over texts in-process.
-- :mod:`engram.inference.tiny_bert` and :mod:`~engram.inference.toy_models`: tiny models on disk
-  for tests and benchmarks; :mod:`~engram.inference.check_package`: the pin check ``make`` runs.
+- :mod:`engram.inference.check_package`: the pin check ``make`` runs.
+
+The ONNX conformance run (``engram models conformance``), ``engram bench infer`` and the tiny
+models that tests and benchmarks write to disk are in engram-bench (``benchmarks/``).
 
 Nothing is imported here so that ``import engram.inference`` stays cheap; import the modules.
 """

@@ -1,4 +1,4 @@
-"""``engram models ...`` and ``engram bench infer``: the inference part's commands."""
+"""``engram models ...``: the inference part's commands (engram-bench adds ``conformance``)."""
 
 from __future__ import annotations
 
@@ -11,15 +11,16 @@ import click
 from engram.clitools import (
     EXIT_REMOTE,
     EXIT_USAGE,
+    INSTALL_BENCH,
     Output,
     call,
     client_command,
-    errors,
     fail,
     json_option,
 )
+from engram.lazygroup import LazyGroup
 
-__all__ = ["bench_infer", "models"]
+__all__ = ["models"]
 
 
 def _mb(size: int) -> str:
@@ -50,7 +51,7 @@ def _print_info(info: dict[str, Any]) -> None:
     click.echo("\n".join(lines))
 
 
-@click.group()
+@click.group(cls=LazyGroup, entry_point_group="engram.cli.models", install_hint=INSTALL_BENCH)
 def models() -> None:
     """Local models: add, import, load, quantize, sign, verify."""
 
@@ -246,68 +247,3 @@ def models_verify(name: str, socket_path: Path | None, as_json: bool, timeout: f
     Output(as_json).emit(result, human)
     if not result["ok"]:
         sys.exit(EXIT_REMOTE)
-
-
-@models.command("conformance")
-@click.option("--all", "run_all", is_flag=True, help="Every node test (default: a spread-out subset).")
-@click.option("--limit", type=click.IntRange(min=1), default=40, show_default=True, help="Subset size without --all.")
-@click.option("--cases", help="Only cases whose name contains this text.")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Use this running daemon instead of a fresh one.")
-@json_option
-def models_conformance(run_all: bool, limit: int, cases: str | None, socket_path: Path | None, as_json: bool) -> None:
-    """Run ONNX's backend node tests through the daemon and directly with ONNX Runtime; compare."""
-    from rich.progress import Progress
-
-    from engram.client import Client
-    from engram.inference.conformance import (
-        conformance_daemon,
-        load_cases,
-        node_tests_dir,
-        run_conformance,
-        select_subset,
-    )
-
-    with errors():
-        root = node_tests_dir()
-        selected = load_cases(root)
-        if cases:
-            selected = [c for c in selected if cases in c.name]
-        if not run_all:
-            selected = select_subset(selected, limit)
-        with conformance_daemon(socket_path) as sock, Client(sock, timeout=120) as client, \
-                Progress(transient=True, disable=as_json) as bar:
-            task = bar.add_task("conformance", total=len(selected))
-
-            def progress(name: str) -> None:
-                bar.update(task, description=name[:40], advance=1)
-
-            report = run_conformance(selected, lambda m, p: client.call(m, p), str(root), progress)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
-
-
-@click.command("infer")
-@click.option("--requests", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests per level.")
-@click.option("--concurrency", "-c", default="1,8,32", show_default=True, help="Comma-separated client counts.")
-@click.option("--model", help="Embedding model (default: the daemon's default embedder).")
-@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
-              help="Import this BERT sentence-transformers folder into the daemon first and measure it.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="intra-op threads for both sides (0: ONNX Runtime's choice).")
-@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
-@json_option
-def bench_infer(
-    requests: int, concurrency: str, model: str | None, source: Path | None, threads: int,
-    socket_path: Path | None, as_json: bool,
-) -> None:
-    """Single-text embedding throughput and latency through engramd vs an in-process session.run loop."""
-    from engram.inference.bench import run_infer_bench
-
-    try:
-        levels = [int(c) for c in concurrency.split(",") if c.strip()]
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of integers", param_hint="--concurrency") from None
-    if not levels or min(levels) < 1:
-        raise click.BadParameter("a comma-separated list of positive integers", param_hint="--concurrency")
-    with errors():
-        report = run_infer_bench(requests, levels, model, source, socket_path, threads, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

@@ -413,30 +413,3 @@ def graph_query(concept: str, depth: int, direction: str, types: tuple[str, ...]
             click.echo(f"path {p['weight']:.2f}: {' -> '.join(p['concepts'])}")
 
     Output(as_json).emit(result, human)
-
-
-# --- benchmark --------------------------------------------------------------------------------------
-
-
-@click.command("memory")
-@click.option("--sizes", default="10000,100000", show_default=True, help="Comma-separated episode counts to measure at.")
-@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Recall queries per size.")
-@click.option("--forgets", type=click.IntRange(min=0), default=100, show_default=True, help="Forget requests at the largest size.")
-@click.option("--embed-sample", type=click.IntRange(min=0), default=256, show_default=True,
-              help="Sentences embedded for the with-embedding ingest rate (0: skip it).")
-@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True, help="Episodes per memory.remember.")
-@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent connections for ingest.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def bench_memory(sizes: str, queries: int, forgets: int, embed_sample: int, batch: int, clients: int, as_json: bool) -> None:
-    """Ingest, recall, recall@10 and forget through engramd vs sqlite3 + faiss flat in-process."""
-    from engram.memory.bench import run_memory_bench
-
-    try:
-        levels = sorted({int(s) for s in sizes.split(",") if s.strip()})
-    except ValueError:
-        raise click.BadParameter("a comma-separated list of integers", param_hint="--sizes") from None
-    if not levels or min(levels) < 10:
-        raise click.BadParameter("a comma-separated list of sizes of at least 10", param_hint="--sizes")
-    with errors():
-        report = run_memory_bench(levels, queries, forgets, embed_sample, batch, clients, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

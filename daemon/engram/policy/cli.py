@@ -1,4 +1,4 @@
-"""``engram policy ...`` and ``engram bench policy``.
+"""``engram policy ...``.
 
 ``check`` and ``schema`` work on files and need no daemon; the others ask the running daemon.
 """
@@ -11,7 +11,7 @@ from typing import Any
 
 import click
 
-from engram.clitools import EXIT_USAGE, Output, call, client_command, errors, json_option
+from engram.clitools import EXIT_USAGE, Output, call, client_command, json_option
 
 
 @click.group()
@@ -183,17 +183,3 @@ def schema() -> None:
     data["$schema"] = "https://json-schema.org/draft/2020-12/schema"
     data["title"] = "engram policy file"
     click.echo(json.dumps(data, indent=2, sort_keys=True))
-
-
-@click.command("policy")
-@click.option("--decisions", "-n", type=click.IntRange(min=1), default=50_000, show_default=True, help="Decisions per measurement.")
-@click.option("--rules", type=click.IntRange(min=0), default=50, show_default=True, help="Grant rules added to the default policy.")
-@click.option("--payload-kib", type=click.IntRange(min=1), default=16, show_default=True, help="Size of the redaction payload.")
-@json_option
-def bench_policy(decisions: int, rules: int, payload_kib: int, as_json: bool) -> None:
-    """Policy decisions and redaction through engram's engine vs simple baselines."""
-    from engram.policy.bench import run_policy_bench
-
-    with errors():
-        report = run_policy_bench(decisions, rules, payload_kib)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

@@ -105,15 +105,3 @@ def chat(
     messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": message}]
     params = {"messages": messages, "provider": provider, "model": model, "tags": list(tags)}
     _run("infer.chat", params, stream, socket_path, timeout, as_json)
-
-
-@click.command("providers")
-@click.option("--calls", type=click.IntRange(min=1), default=500, show_default=True, help="Sequential calls per target.")
-@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
-def bench_providers(calls: int, as_json: bool) -> None:
-    """infer.generate through engram vs the same request straight to a fake Ollama."""
-    from engram.providers.bench import run_providers_bench
-
-    with errors():
-        report = run_providers_bench(calls)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

@@ -1,4 +1,4 @@
-"""``engram route ...`` and ``engram bench route``."""
+"""``engram route ...`` and ``engram ask``."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ from engram.clitools import (
     Output,
     call,
     client_command,
-    errors,
     fail,
-    json_option,
 )
 
 
@@ -145,28 +143,6 @@ def consolidate(name: str | None, socket_path: Path | None, as_json: bool, timeo
     """Fold the assessor's online weights into its slow weights (owner only)."""
     result = call(socket_path, timeout, "route.consolidate", {"route": name} if name else {})
     Output(as_json).emit(result, lambda r: click.echo(f"consolidated: {', '.join(r['routes']) or 'nothing'}"))
-
-
-@click.command("route")
-@click.option("--size", type=click.Choice(["tiny", "full"]), default="full", show_default=True,
-              help="tiny: 60 test digits, one cascade threshold (the smoke test); full: the whole held-out set.")
-@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=Path("route-bench.png"), show_default=True,
-              help="Where the accuracy-cost curve (PNG) goes.")
-@json_option
-def bench_route(size: str, plot: Path, as_json: bool) -> None:
-    """The router on sklearn's digits: fast, slow, cascade and learned routing, in one run
-    (progress on stderr, none under --json)."""
-    try:
-        import matplotlib  # noqa: F401
-        import skl2onnx  # noqa: F401
-        import sklearn  # noqa: F401
-
-        from engram.router.bench import run_route_bench
-    except ImportError as exc:
-        fail(EXIT_USAGE, f"engram bench route needs the bench extra (pip install 'engram[bench]'): {exc}")
-    with errors():
-        report = run_route_bench(size, plot, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
 @click.command("ask")

@@ -11,11 +11,12 @@ import json
 import os
 import subprocess
 import sys
+from importlib.metadata import entry_points
 
 import click
 import pytest
 
-from engram.cli import PART_BENCHMARKS, PART_COMMANDS, main
+from engram.cli import PART_COMMANDS, main
 
 HEAVY_PACKAGES = {"faiss", "onnxruntime", "ml_dtypes", "numpy", "onnx", "pydantic_settings"}
 
@@ -24,12 +25,15 @@ COMMANDS = {
     "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status",
 }
 BENCHMARKS = {"audit", "cli", "frames", "infer", "memory", "policy", "providers", "route", "rpc", "sleep"}
+# What engram-bench (benchmarks/, installed by make test) adds to `engram bench` and `engram models`.
+CONTRIBUTED = {group: {p.name: p.value for p in entry_points(group=f"engram.cli.{group}")} for group in ("bench", "models")}
 
-# Listing the commands (engram --help, engram bench --help) imports every part's cli module.
+# Listing the commands (engram --help, engram bench --help, engram models --help) imports every
+# part's cli module, and engram-bench's.
 LIST_EVERY_COMMAND = """
 import contextlib, io
 from engram.cli import main
-for args in (["--help"], ["bench", "--help"]):
+for args in (["--help"], ["bench", "--help"], ["models", "--help"]):
     with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
         main(args)
 """
@@ -75,10 +79,13 @@ def test_help_lists_every_command_with_its_short_help() -> None:
     assert all(bench.values())
 
 
-@pytest.mark.parametrize("group, table", [("engram", PART_COMMANDS), ("bench", PART_BENCHMARKS)])
+@pytest.mark.parametrize(
+    "group, table", [("engram", PART_COMMANDS), ("bench", CONTRIBUTED["bench"]), ("models", CONTRIBUTED["models"])]
+)
 def test_every_lazy_command_resolves_to_a_command_of_that_name(group: str, table: dict[str, str]) -> None:
+    assert table, f"nothing declares a command of {group}: is engram-bench installed?"
     ctx = click.Context(main)
-    owner = main if group == "engram" else main.get_command(ctx, "bench")
+    owner = main if group == "engram" else main.get_command(ctx, group)
     for name in table:
         command = owner.get_command(ctx, name)
         assert isinstance(command, click.Command) and command.name == name, table[name]

@@ -22,8 +22,8 @@ from engram.inference.registry import ModelRegistry
 from engram.inference.sessions import LoadedModel, SessionFactory
 from engram.inference.settings import InferenceSettings
 from engram.inference.text_encoder import TextEncoder
-from engram.inference.tiny_bert import TINY_CORPUS, create_tiny_bert
-from engram.inference.toy_models import identity_model, linear_model, write_model
+from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
+from engram_bench.toy_models import identity_model, linear_model, write_model
 from onnx import TensorProto, helper, numpy_helper
 from tokenizers import Tokenizer
 

@@ -27,7 +27,7 @@ from engram.inference.bert_onnx import (
 )
 from engram.inference.embedder import SentenceEmbedder, cpu_session
 from engram.inference.text_encoder import TextEncoder
-from engram.inference.tiny_bert import create_tiny_bert
+from engram_bench.tiny_bert import create_tiny_bert
 from safetensors.numpy import load_file, save_file
 
 # ---------------------------------------------------------------------------------------------

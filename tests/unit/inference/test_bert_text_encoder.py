@@ -15,7 +15,7 @@ from engram.inference.text_encoder import (
     length_buckets,
     resolve_max_seq_len,
 )
-from engram.inference.tiny_bert import TINY_CORPUS, create_tiny_bert
+from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
 from tokenizers import Tokenizer
 
 LONG_TEXT = " ".join(TINY_CORPUS * 20)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from engram.inference.quantize import quantize_model
 from engram.inference.registry import ModelRegistry
-from engram.inference.tiny_bert import create_tiny_bert
+from engram_bench.tiny_bert import create_tiny_bert
 
 
 def test_bert_fusion_works_without_sympy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -20,8 +20,8 @@ from engram.inference.manifest import (
     signature_status,
 )
 from engram.inference.registry import ModelRegistry
-from engram.inference.tiny_bert import create_tiny_bert
-from engram.inference.toy_models import linear_model, sequence_model
+from engram_bench.tiny_bert import create_tiny_bert
+from engram_bench.toy_models import linear_model, sequence_model
 from onnx import TensorProto, helper, numpy_helper
 
 

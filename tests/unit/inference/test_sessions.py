@@ -20,7 +20,7 @@ from engram.inference.sessions import (
     run_session,
 )
 from engram.inference.settings import InferenceSettings, SessionSettings
-from engram.inference.toy_models import identity_model, linear_model
+from engram_bench.toy_models import identity_model, linear_model
 from onnx import TensorProto
 
 

@@ -8,9 +8,9 @@ from engram.audit.note import generate_signer
 from engram.config import load_settings
 from engram.errors import ConfigError
 from engram.inference import check_package
-from engram.inference.conformance import BINDING, Case, Outcome, compare, judge, model_name, select_subset
 from engram.inference.manifest import check_model_name
 from engram.inference.settings import InferenceSettings
+from engram_bench.conformance import BINDING, Case, Outcome, compare, judge, model_name, select_subset
 
 
 def test_defaults_and_environment(monkeypatch, tmp_path):

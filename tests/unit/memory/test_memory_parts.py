@@ -97,7 +97,7 @@ def test_settings_are_validated() -> None:
 async def test_local_embedder_over_a_real_onnx_model(tmp_path: Path) -> None:
     from engram.inference.bert_onnx import build_bert_onnx
     from engram.inference.embedder import SentenceEmbedder
-    from engram.inference.tiny_bert import create_tiny_bert
+    from engram_bench.tiny_bert import create_tiny_bert
 
     model_dir = create_tiny_bert(tmp_path / "tiny")
     build_bert_onnx(model_dir, tmp_path / "tiny.onnx")

@@ -578,7 +578,7 @@ def conformance_daemon(socket_path: Path | None) -> Iterator[Path]:
     if socket_path is not None:
         yield socket_path
         return
-    from engram.bench.processes import temporary_daemon
+    from engram_bench.processes import temporary_daemon
 
     env = {
         "ENGRAM_INFERENCE__AUTO_IMPORT": "false",

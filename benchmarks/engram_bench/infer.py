@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from engram.bench.processes import temporary_daemon
-from engram.bench.stats import Measurement, measure
-from engram.inference.bench_bert import sample_texts
+from engram_bench.bert import sample_texts
+from engram_bench.processes import temporary_daemon
+from engram_bench.stats import Measurement, measure
 
 __all__ = ["InferReport", "run_infer_bench"]
 

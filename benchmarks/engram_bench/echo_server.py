@@ -1,7 +1,7 @@
 """The baseline of ``engram bench rpc``: the least a newline-JSON server over a Unix socket does.
 
 It parses each line and answers it, nothing more: no validation, limits, telemetry or events.
-Run as ``python -m engram.bench.echo_server PATH``.
+Run as ``python -m engram_bench.echo_server PATH``.
 """
 
 from __future__ import annotations

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.bench.stats import measure
+from engram_bench.stats import measure
 
 __all__ = ["MemoryReport", "run_memory_bench"]
 
@@ -315,7 +315,7 @@ def run_memory_bench(
     from rich.console import Console
     from rich.progress import Progress
 
-    from engram.bench.processes import temporary_daemon
+    from engram_bench.processes import temporary_daemon
     from engram.memory.settings import IndexSettings
 
     sizes = sorted(set(sizes))

@@ -23,9 +23,9 @@ from typing import Any
 
 import anyio
 
-from engram.bench.processes import temporary_daemon
-from engram.bench.stats import Measurement, measure
 from engram.errors import ConfigError
+from engram_bench.processes import temporary_daemon
+from engram_bench.stats import Measurement, measure
 
 PROMPT = "Summarise: the meeting moved to Tuesday; write to ada@example.org."
 

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from engram.bench.processes import echo_server, temporary_daemon
-from engram.bench.stats import Measurement, measure
+from engram_bench.processes import echo_server, temporary_daemon
+from engram_bench.stats import Measurement, measure
 
 PING = b'{"jsonrpc":"2.0","id":1,"method":"system.ping"}\n'
 

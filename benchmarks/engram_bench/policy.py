@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from engram.bench.stats import Measurement, measure
 from engram.policy.engine import PolicyEngine
 from engram.policy.loader import LoadedFile, PolicySet, load_policy_file, shipped_policy
 from engram.policy.model import PolicyFile, Rule
 from engram.principal import Principal
+from engram_bench.stats import Measurement, measure
 
 OWNER = 1000
 METHODS = ["system.ping", "system.status", "memory.write", "memory.search", "infer.embed", "system.reload", "policy.show"]

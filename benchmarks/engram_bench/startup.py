@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from engram.bench.processes import temporary_daemon
+from engram_bench.processes import temporary_daemon
 
 # What the command should stay under at the median (p50), in milliseconds, on the reference machine.
 LIMITS_MS = {"help": 300.0, "ping": 400.0}

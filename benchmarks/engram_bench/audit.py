@@ -41,10 +41,10 @@ from engram.audit.note import Signer, Verifier, generate_signer
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
-from engram.bench.processes import temporary_daemon
-from engram.bench.stats import Measurement, measure
 from engram.principal import Principal
 from engram.storage import Database
+from engram_bench.processes import temporary_daemon
+from engram_bench.stats import Measurement, measure
 
 __all__ = ["AuditBenchReport", "run_audit_bench"]
 

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from engram.bench.stats import Measurement, measure
+from engram_bench.stats import Measurement, measure
 
 __all__ = ["RouteBenchReport", "build_models", "run_route_bench"]
 
@@ -223,7 +223,7 @@ def _progress_bar(enabled: bool) -> Iterator[Any]:
 
 
 def run_route_bench(size: str = "full", plot: Path | None = None, progress: bool = True) -> RouteBenchReport:
-    from engram.bench.processes import temporary_daemon
+    from engram_bench.processes import temporary_daemon
     from engram.client import Client
 
     test_n, cal_n, thresholds, mlp_layers, trees = SIZES[size]

@@ -51,7 +51,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.bench.stats import Measurement, measure
+from engram_bench.stats import Measurement, measure
 
 __all__ = ["SleepBenchReport", "SleepData", "run_sleep_bench", "seed_state"]
 
@@ -561,11 +561,11 @@ class SleepBenchReport:
 
 @contextmanager
 def _daemon(state_dir: Path, env: dict[str, str]) -> Iterator[Path]:
-    from engram.bench.processes import _process
+    from engram_bench.processes import serving_process
 
     sock = state_dir / "engram.sock"
     args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(state_dir), "--socket", str(sock)]
-    with _process(args, sock, {"ENGRAM_LOG__LEVEL": "warning", **env}) as path:
+    with serving_process(args, sock, {"ENGRAM_LOG__LEVEL": "warning", **env}) as path:
         yield path
 
 

@@ -31,7 +31,9 @@ def wait_for_socket(path: Path, proc: subprocess.Popen | None, timeout: float = 
 
 
 @contextmanager
-def _process(args: list[str], socket_path: Path, env: dict[str, str] | None = None) -> Iterator[Path]:
+def serving_process(args: list[str], socket_path: Path, env: dict[str, str] | None = None) -> Iterator[Path]:
+    """Run ``args`` (with ``env`` over this environment) until it listens on ``socket_path``;
+    yields that path, and stops the process (SIGTERM, then SIGKILL after 30 s) on the way out."""
     proc = subprocess.Popen(args, env={**os.environ, **(env or {})}, stdin=subprocess.DEVNULL)
     try:
         wait_for_socket(socket_path, proc)
@@ -52,7 +54,7 @@ def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
         sock = Path(tmp) / "engram.sock"
         env = {"ENGRAM_LOG__LEVEL": "warning", **(extra_env or {})}
         args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", tmp, "--socket", str(sock)]
-        with _process(args, sock, env) as path:
+        with serving_process(args, sock, env) as path:
             yield path
 
 
@@ -60,5 +62,5 @@ def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
 def echo_server() -> Iterator[Path]:
     with tempfile.TemporaryDirectory(prefix="engram-echo-") as tmp:
         sock = Path(tmp) / "echo.sock"
-        with _process([sys.executable, "-m", "engram.bench.echo_server", str(sock)], sock) as path:
+        with serving_process([sys.executable, "-m", "engram_bench.echo_server", str(sock)], sock) as path:
             yield path

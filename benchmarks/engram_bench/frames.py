@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from engram.bench.processes import echo_server, temporary_daemon
+from engram_bench.processes import echo_server, temporary_daemon
 
 PING = b'{"jsonrpc":"2.0","id":"p","method":"system.ping"}\n'
 PING_GAP_S = 0.002  # between pings: a steady, light client

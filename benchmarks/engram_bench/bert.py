@@ -1,4 +1,4 @@
-"""Measure the BERT import and embedding throughput: ``python -m engram.inference.bench_bert``.
+"""Measure the BERT import and embedding throughput: ``python -m engram_bench.bert``.
 
 Builds the ONNX file (all-MiniLM-L6-v2 from its PyPI package by default, or ``--model-dir``),
 then times embedding at batch 1 and batch 32 on CPU. With ``--fuse`` it also runs ONNX Runtime's
@@ -26,7 +26,7 @@ from engram.inference.bert_onnx import (
 )
 from engram.inference.embedder import SentenceEmbedder, cpu_session
 from engram.inference.text_encoder import TextEncoder
-from engram.inference.tiny_bert import TINY_CORPUS
+from engram_bench.tiny_bert import TINY_CORPUS
 
 
 def sample_texts(count: int, seed: int = 0) -> list[str]:

@@ -1,0 +1,267 @@
+"""The commands engram-bench adds to the ``engram`` CLI: every ``engram bench ...`` and
+``engram models conformance``.
+
+engram finds them through the entry-point groups ``engram.cli.bench`` and ``engram.cli.models``
+(this distribution's ``pyproject.toml``) and imports this module only when one of them runs or
+a ``--help`` lists them. So it imports nothing heavier than click and :mod:`engram.clitools` at
+its top; each command imports its benchmark when it runs.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from engram.clitools import Output, errors, json_option
+
+__all__ = [
+    "bench_audit",
+    "bench_cli",
+    "bench_frames",
+    "bench_infer",
+    "bench_memory",
+    "bench_policy",
+    "bench_providers",
+    "bench_route",
+    "bench_rpc",
+    "bench_sleep",
+    "models_conformance",
+]
+
+
+def _levels(text: str, hint: str) -> list[int]:
+    """A comma-separated list of positive integers (client counts)."""
+    try:
+        levels = [int(c) for c in text.split(",") if c.strip()]
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers", param_hint=hint) from None
+    if not levels or min(levels) < 1:
+        raise click.BadParameter("a comma-separated list of positive integers", param_hint=hint)
+    return levels
+
+
+# --- the daemon's protocol and start-up ------------------------------------------------------------
+
+
+@click.command("rpc")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=20000, show_default=True, help="Requests per level.")
+@click.option("--concurrency", "-c", default="1,8,64", show_default=True, help="Comma-separated client counts.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
+@json_option
+def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json: bool) -> None:
+    """Ping throughput and latency through engramd vs a minimal asyncio echo server."""
+    from engram_bench.rpc import run_rpc_bench
+
+    levels = _levels(concurrency, "--concurrency")
+    with errors():
+        report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("frames")
+@click.option("--size", type=click.IntRange(min=1024), default=10_000_000, show_default=True, help="Bytes of each large frame.")
+@click.option("--shape", "shapes", multiple=True, type=click.Choice(["texts", "vectors", "string", "numbers", "object"]),
+              help="Shapes of frame to send (default: all).")
+@json_option
+def bench_frames(size: int, shapes: tuple[str, ...], as_json: bool) -> None:
+    """How long one large frame holds another client's pings: engramd vs a minimal echo server."""
+    from engram_bench.frames import SHAPES, run_frames_bench
+
+    with errors():
+        report = run_frames_bench(size, list(shapes or SHAPES), progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("cli")
+@click.option("--runs", "-n", type=click.IntRange(min=1), default=20, show_default=True, help="Runs of each command.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Ping this running daemon instead of a fresh one.")
+@json_option
+def bench_cli(runs: int, socket_path: Path | None, as_json: bool) -> None:
+    """Start-up time of `engram --help` and `engram ping` vs `python -c pass`."""
+    from engram_bench.startup import run_cli_bench
+
+    with errors():
+        report = run_cli_bench(runs, socket_path, progress=not as_json and sys.stderr.isatty())
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+# --- the parts -------------------------------------------------------------------------------------
+
+
+@click.command("audit")
+@click.option("--entries", "-n", type=click.IntRange(min=10), default=20000, show_default=True, help="Appends per target.")
+@click.option("--concurrency", "-c", type=click.IntRange(min=1), default=64, show_default=True, help="Concurrent clients.")
+@click.option(
+    "--verify-entries", type=click.IntRange(min=10), default=1_000_000, show_default=True, help="Size of the log verified offline."
+)
+@click.option("--proofs", type=click.IntRange(min=1), default=2000, show_default=True, help="Proofs generated and verified.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
+@json_option
+def bench_audit(
+    entries: int, concurrency: int, verify_entries: int, proofs: int, socket_path: Path | None, as_json: bool
+) -> None:
+    """Audit append throughput (daemon vs bare), proof times, offline verification of a big log."""
+    from engram_bench.audit import run_audit_bench
+
+    with errors():
+        report = run_audit_bench(entries, concurrency, verify_entries, proofs, socket_path, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("infer")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=1000, show_default=True, help="Requests per level.")
+@click.option("--concurrency", "-c", default="1,8,32", show_default=True, help="Comma-separated client counts.")
+@click.option("--model", help="Embedding model (default: the daemon's default embedder).")
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="Import this BERT sentence-transformers folder into the daemon first and measure it.")
+@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
+              help="intra-op threads for both sides (0: ONNX Runtime's choice).")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
+@json_option
+def bench_infer(
+    requests: int, concurrency: str, model: str | None, source: Path | None, threads: int,
+    socket_path: Path | None, as_json: bool,
+) -> None:
+    """Single-text embedding throughput and latency through engramd vs an in-process session.run loop."""
+    from engram_bench.infer import run_infer_bench
+
+    levels = _levels(concurrency, "--concurrency")
+    with errors():
+        report = run_infer_bench(requests, levels, model, source, socket_path, threads, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("memory")
+@click.option("--sizes", default="10000,100000", show_default=True, help="Comma-separated episode counts to measure at.")
+@click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Recall queries per size.")
+@click.option("--forgets", type=click.IntRange(min=0), default=100, show_default=True, help="Forget requests at the largest size.")
+@click.option("--embed-sample", type=click.IntRange(min=0), default=256, show_default=True,
+              help="Sentences embedded for the with-embedding ingest rate (0: skip it).")
+@click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True, help="Episodes per memory.remember.")
+@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent connections for ingest.")
+@json_option
+def bench_memory(sizes: str, queries: int, forgets: int, embed_sample: int, batch: int, clients: int, as_json: bool) -> None:
+    """Ingest, recall, recall@10 and forget through engramd vs sqlite3 + faiss flat in-process."""
+    from engram_bench.memory import run_memory_bench
+
+    try:
+        levels = sorted({int(s) for s in sizes.split(",") if s.strip()})
+    except ValueError:
+        raise click.BadParameter("a comma-separated list of integers", param_hint="--sizes") from None
+    if not levels or min(levels) < 10:
+        raise click.BadParameter("a comma-separated list of sizes of at least 10", param_hint="--sizes")
+    with errors():
+        report = run_memory_bench(levels, queries, forgets, embed_sample, batch, clients, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("policy")
+@click.option("--decisions", "-n", type=click.IntRange(min=1), default=50_000, show_default=True, help="Decisions per measurement.")
+@click.option("--rules", type=click.IntRange(min=0), default=50, show_default=True, help="Grant rules added to the default policy.")
+@click.option("--payload-kib", type=click.IntRange(min=1), default=16, show_default=True, help="Size of the redaction payload.")
+@json_option
+def bench_policy(decisions: int, rules: int, payload_kib: int, as_json: bool) -> None:
+    """Policy decisions and redaction through engram's engine vs simple baselines."""
+    from engram_bench.policy import run_policy_bench
+
+    with errors():
+        report = run_policy_bench(decisions, rules, payload_kib)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("providers")
+@click.option("--calls", type=click.IntRange(min=1), default=500, show_default=True, help="Sequential calls per target.")
+@json_option
+def bench_providers(calls: int, as_json: bool) -> None:
+    """infer.generate through engram vs the same request straight to a fake Ollama."""
+    from engram_bench.providers import run_providers_bench
+
+    with errors():
+        report = run_providers_bench(calls)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("route")
+@click.option("--size", type=click.Choice(["tiny", "full"]), default="full", show_default=True,
+              help="tiny: 60 test digits, one cascade threshold (the smoke test); full: the whole held-out set.")
+@click.option("--plot", type=click.Path(path_type=Path, dir_okay=False), default=Path("route-bench.png"), show_default=True,
+              help="Where the accuracy-cost curve (PNG) goes.")
+@json_option
+def bench_route(size: str, plot: Path, as_json: bool) -> None:
+    """The router on sklearn's digits: fast, slow, cascade and learned routing, in one run
+    (progress on stderr, none under --json)."""
+    from engram_bench.route import run_route_bench
+
+    with errors():
+        report = run_route_bench(size, plot, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("sleep")
+@click.option("--episodes", type=click.IntRange(min=50), default=100_000, show_default=True,
+              help="Synthetic episodes seeded before the daemon starts.")
+@click.option("--queries", type=click.IntRange(min=1), default=1000, show_default=True,
+              help="Recalls measured while idle (and at least the figure hoped for during consolidation).")
+@click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent recall connections.")
+@click.option("--rate", type=click.FloatRange(min=0), default=5.0, show_default=True,
+              help="Recalls per second in total (exponential think time per client); 0: back to back.")
+@click.option("--dim", type=click.IntRange(min=2, max=4096), default=64, show_default=True, help="Vector dimensions.")
+@click.option("-k", "k", type=click.IntRange(min=1, max=100), default=10, show_default=True, help="Hits per recall; recall@k.")
+@click.option("--replay-queries", type=click.IntRange(min=1), default=200, show_default=True,
+              help="Queries of the quality set (recall@k before and after).")
+@click.option("--timeout", type=click.FloatRange(min=1), default=3600.0, show_default=True,
+              help="Seconds the index build and the consolidation may take at most.")
+@click.option("--stage", "stages", multiple=True, metavar="STAGE",
+              help="Run only this stage (repeatable; default: all), to see what one stage costs foreground recall.")
+@json_option
+def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int, k: int, replay_queries: int,
+                timeout: float, stages: tuple[str, ...], as_json: bool) -> None:
+    """Recall p50/p99 while idle vs while a consolidation runs, index size and recall@k before/after."""
+    from engram_bench.sleep import run_sleep_bench
+
+    with errors():
+        report = run_sleep_bench(episodes, queries, clients, rate, dim, k, replay_queries, timeout, list(stages) or None,
+                                 progress=not as_json and sys.stderr.isatty())
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+# --- engram models conformance ---------------------------------------------------------------------
+
+
+@click.command("conformance")
+@click.option("--all", "run_all", is_flag=True, help="Every node test (default: a spread-out subset).")
+@click.option("--limit", type=click.IntRange(min=1), default=40, show_default=True, help="Subset size without --all.")
+@click.option("--cases", help="Only cases whose name contains this text.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Use this running daemon instead of a fresh one.")
+@json_option
+def models_conformance(run_all: bool, limit: int, cases: str | None, socket_path: Path | None, as_json: bool) -> None:
+    """Run ONNX's backend node tests through the daemon and directly with ONNX Runtime; compare."""
+    from rich.progress import Progress
+
+    from engram.client import Client
+    from engram_bench.conformance import (
+        conformance_daemon,
+        load_cases,
+        node_tests_dir,
+        run_conformance,
+        select_subset,
+    )
+
+    with errors():
+        root = node_tests_dir()
+        selected = load_cases(root)
+        if cases:
+            selected = [c for c in selected if cases in c.name]
+        if not run_all:
+            selected = select_subset(selected, limit)
+        with conformance_daemon(socket_path) as sock, Client(sock, timeout=120) as client, \
+                Progress(transient=True, disable=as_json) as bar:
+            task = bar.add_task("conformance", total=len(selected))
+
+            def progress(name: str) -> None:
+                bar.update(task, description=name[:40], advance=1)
+
+            report = run_conformance(selected, lambda m, p: client.call(m, p), str(root), progress)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

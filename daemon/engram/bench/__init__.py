@@ -1,1 +1,0 @@
-"""``engram bench``: each capability measured through engram and a baseline in one run."""
