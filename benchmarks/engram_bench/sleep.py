@@ -19,7 +19,7 @@ The baseline is the same daemon with nothing else going on. One run:
 5. **After**: the run's report (seconds, stages, outcome), preemptions, recall latency by the stage
    going when each request was sent, index size (vectors in ``memory.stats`` and the bytes of
    ``memory/vectors.idx``), episodes archived and deleted
-   (read from SQLite), recall@k against exact search over what is live now.
+   (read with memory's store code), recall@k against exact search over what is live now.
 
 The daemon runs with ``sleep.enabled = false`` (no idle or schedule run starts on its own;
 ``sleep.run`` works regardless). The index file's size after is read once the daemon has stopped
@@ -38,7 +38,6 @@ import json
 import math
 import os
 import random
-import sqlite3
 import sys
 import tempfile
 import time
@@ -79,7 +78,7 @@ class SleepData:
       half the episodes are older than the default ``sleep.forgetting.min_age`` of 30 days;
     - importance (the client's): Beta(2, 8), mostly low, and 5% between 0.8 and 1;
     - 10% accessed 1-30 times, last within the past week; 0.5% pinned;
-    - about 1% archived by an earlier sleep ten days ago (when the database has ``archived_at``);
+    - about 1% archived by an earlier sleep ten days ago;
     - sessions of 25 consecutive episodes; texts of three words of the cluster's topic and two
       random ones.
     """
@@ -130,10 +129,6 @@ class SleepData:
         return (rows / np.linalg.norm(rows, axis=1, keepdims=True)).astype(np.float32)
 
 
-def _columns(conn: sqlite3.Connection) -> set[str]:
-    return {row[1] for row in conn.execute("PRAGMA table_info(memory_episodes)")}
-
-
 def seed_state(state_dir: Path, data: SleepData, namespace: str = _NAMESPACE,
                tick: Callable[[int], None] = lambda n: None) -> float:
     """Create the daemon's database in ``state_dir`` (every migration) and write ``data``'s
@@ -154,8 +149,6 @@ def seed_state(state_dir: Path, data: SleepData, namespace: str = _NAMESPACE,
     asyncio.run(migrate())
     db = MemoryDB(path, readers=1)
     db.open()
-    with db.read() as conn:
-        archive = "archived_at" in _columns(conn)
     try:
         for start in range(0, data.episodes, _SEED_BATCH):
             count = min(_SEED_BATCH, data.episodes - start)
@@ -172,16 +165,15 @@ def seed_state(state_dir: Path, data: SleepData, namespace: str = _NAMESPACE,
             ]
             with db.transaction() as conn:
                 seqs = EpisodeStore.insert(conn, rows, data.now)
-                conn.executemany(
-                    "UPDATE memory_episodes SET access_count = ?, last_access = ? WHERE seq = ?",
-                    [(int(data.access_count[start + i]), float(data.last_access[start + i]), seq)
-                     for i, seq in enumerate(seqs) if seq is not None and data.access_count[start + i] > 0],
-                )
-                if archive:
-                    conn.executemany(
-                        "UPDATE memory_episodes SET archived_at = ? WHERE seq = ?",
-                        [(data.now - 10 * _DAY, seq) for i, seq in enumerate(seqs) if seq is not None and data.archived[start + i]],
-                    )
+                # On fresh rows, adding the accesses sets them; archiving skips pinned episodes,
+                # and data.archived has none.
+                EpisodeStore.add_access(conn, {
+                    seq: (int(data.access_count[start + i]), float(data.last_access[start + i]))
+                    for i, seq in enumerate(seqs) if seq is not None and data.access_count[start + i] > 0
+                })
+                EpisodeStore.archive(conn, namespace, [
+                    seq for i, seq in enumerate(seqs) if seq is not None and data.archived[start + i]
+                ], data.now - 10 * _DAY)
             tick(count)
     finally:
         db.close()
@@ -192,47 +184,48 @@ def seed_state(state_dir: Path, data: SleepData, namespace: str = _NAMESPACE,
 
 
 @contextmanager
-def _readonly(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+def _episode_store(path: Path) -> Iterator[Any]:
+    """Memory's own store over the state folder's database; WAL lets it read beside a running daemon."""
+    from engram.memory.db import MemoryDB
+    from engram.memory.store import EpisodeStore
+
+    db = MemoryDB(path, readers=1)
+    db.open()
     try:
-        yield conn
+        yield EpisodeStore(db)
     finally:
-        conn.close()
+        db.close()
 
 
 def _live(path: Path, namespace: str) -> tuple[list[str], NDArray[np.float32]]:
     """Ids and vectors of the episodes recall may return: not archived, not deleted."""
-    with _readonly(path) as conn:
-        archived = " AND archived_at IS NULL" if "archived_at" in _columns(conn) else ""
-        ids: list[str] = []
-        blobs: list[bytes] = []
-        for id_, blob in conn.execute(f"SELECT id, embedding FROM memory_episodes WHERE namespace = ?{archived} ORDER BY seq",
-                                      (namespace,)):
-            ids.append(id_)
-            blobs.append(blob)
-    if not blobs:
+    with _episode_store(path) as store:
+        seqs = store.seqs_of(namespace).tolist()
+        rows = store.rows(namespace, seqs, vectors_for=seqs)
+    live = [rows[seq] for seq in seqs if seq in rows]
+    if not live:
         return [], np.zeros((0, 0), dtype=np.float32)
-    return ids, np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(blobs), -1)
+    return [row["id"] for row in live], np.vstack([row["vector"] for row in live]).astype(np.float32)
 
 
 def _counts(path: Path, namespace: str, since: float | None = None) -> dict[str, int]:
-    with _readonly(path) as conn:
-        has_archive = "archived_at" in _columns(conn)
-        total, pinned = conn.execute(
-            "SELECT count(*), coalesce(sum(pinned), 0) FROM memory_episodes WHERE namespace = ?", (namespace,)
-        ).fetchone()
-        archived = archived_since = 0
-        if has_archive:
-            archived, archived_since = conn.execute(
-                "SELECT coalesce(sum(archived_at IS NOT NULL), 0), coalesce(sum(archived_at >= ?), 0) "
-                "FROM memory_episodes WHERE namespace = ?", (since if since is not None else math.inf, namespace),
-            ).fetchone()
-        pinned_live = conn.execute(
-            f"SELECT count(*) FROM memory_episodes WHERE namespace = ? AND pinned = 1"
-            f"{' AND archived_at IS NULL' if has_archive else ''}", (namespace,),
-        ).fetchone()[0]
-    return {"rows": int(total), "archived": int(archived), "archived_in_run": int(archived_since),
-            "live": int(total) - int(archived), "pinned": int(pinned), "pinned_live": int(pinned_live)}
+    """Episodes of ``namespace``, archived ones included, and how many are archived (since
+    ``since``, when given), pinned, live."""
+    from engram.memory.filters import SqlFilter
+
+    with _episode_store(path) as store:
+        stats = store.stats(namespace)
+        total = int(stats["episodes"]) + int(stats["archived"])
+        seqs = store.filter_seqs(namespace, SqlFilter(), total, include_archived=True)
+        if seqs is None:
+            raise RuntimeError(f"episodes were added to {namespace} while it was being counted")
+        rows = list(store.rows(namespace, seqs).values())
+    archived = [row["archived_at"] for row in rows if row["archived_at"] is not None]
+    pinned = [row for row in rows if row["pinned"]]
+    return {"rows": len(rows), "archived": len(archived),
+            "archived_in_run": sum(1 for when in archived if since is not None and when >= since),
+            "live": len(rows) - len(archived), "pinned": len(pinned),
+            "pinned_live": sum(1 for row in pinned if row["archived_at"] is None)}
 
 
 def exact_top_k(vectors: NDArray[np.float32], queries: NDArray[np.float32], k: int) -> NDArray[np.int64]:
