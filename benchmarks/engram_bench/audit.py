@@ -37,11 +37,11 @@ from engram.audit.merkle import (
     verify_consistency,
     verify_inclusion,
 )
-from engram.audit.note import Signer, Verifier, generate_signer
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
 from engram.principal import Principal
+from engram.signing import Signer, Verifier, generate_signer
 from engram.storage import Database
 from engram_bench.processes import temporary_daemon
 from engram_bench.stats import Measurement, measure

@@ -50,14 +50,14 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from engram.errors import RPCError
-from engram.inference.codec import (
+from engram.inference.manifest import check_model_name
+from engram.wire.tensors import (
     UnsupportedDtype,
     WireTensor,
     decode,
     dtype_name,
     encode,
 )
-from engram.inference.manifest import check_model_name
 
 __all__ = ["Case", "ConformanceReport", "judge", "load_cases", "node_tests_dir", "run_conformance", "select_subset"]
 

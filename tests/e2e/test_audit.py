@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from engram.audit.canonical import content_hash
 from engram.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
-from engram.audit.note import Verifier, open_checkpoint
 from engram.errors import NotFound, RPCError
+from engram.signing import Verifier, open_checkpoint
 
 pytestmark = pytest.mark.e2e
 
@@ -145,7 +145,7 @@ def test_offline_verify_catches_tampering_and_the_daemon_refuses_to_extend(make_
 
 def test_a_checkpoint_signed_by_another_key_is_reported(make_daemon, tmp_path):
     from engram.audit.checkpoints import sign_checkpoint
-    from engram.audit.note import Signer, generate_signer
+    from engram.signing import Signer, generate_signer
 
     daemon = make_daemon()
     daemon.call("plugins.list")

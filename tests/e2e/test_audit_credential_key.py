@@ -11,10 +11,10 @@ import pytest
 from engram.audit.export import StateFolderSource
 from engram.audit.keyfile import CREDENTIAL_NAME
 from engram.audit.log import origin_for
-from engram.audit.note import Verifier, generate_signer
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
 from engram.errors import RPCError
+from engram.signing import Verifier, generate_signer
 
 pytestmark = pytest.mark.e2e
 

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from engram.audit.note import generate_signer
+from engram.signing import generate_signer
 
 from tests.conftest import ENGRAMD, short_tempdir
 

@@ -14,9 +14,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
-from engram.audit.note import generate_signer
 from engram.errors import Conflict, IntegrityError, InvalidParams, NotFound, Unavailable
-from engram.inference.codec import WireTensor, decode, encode
+from engram.signing import generate_signer
+from engram.wire.tensors import WireTensor, decode, encode
 from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
 from engram_bench.toy_models import identity_model, linear_model, sequence_model
 from onnx import TensorProto

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engram.inference.bert_onnx import find_minilm_package_dir
-from engram.inference.codec import WireTensor, decode
+from engram.wire.tensors import WireTensor, decode
 
 pytestmark = [
     pytest.mark.e2e,

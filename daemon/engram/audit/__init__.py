@@ -10,7 +10,8 @@ See ``docs/audit.md``.
 Pure libraries (no I/O, no daemon state):
 
 * :mod:`engram.audit.merkle` — leaf/node hashing, the compact frontier, proofs, verification.
-* :mod:`engram.audit.note` — signer/verifier keys, signed notes, tlog checkpoints.
+* :mod:`engram.signing` (below the parts: the inference part signs model manifests with it too) —
+  signer/verifier keys, signed notes, tlog checkpoints.
 * :mod:`engram.audit.canonical` — canonical JSON (RFC 8785) and content hashes.
 * :mod:`engram.audit.entry` — what an entry says; requests and bus events as entries.
 * :mod:`engram.audit.checkpoints` — the checkpoint notes engram signs (extension lines).
@@ -28,5 +29,5 @@ Storage, the daemon part and its surfaces:
   and the audited topics.
 
 Import the submodule you need; this package imports nothing so that ``import engram.audit``
-stays free (``note`` pulls in ``cryptography``).
+stays free (``engram.signing`` pulls in ``cryptography``).
 """

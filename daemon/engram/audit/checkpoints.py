@@ -17,7 +17,7 @@ import base64
 import time
 from datetime import UTC, datetime
 
-from engram.audit.note import Checkpoint, NoteError, Signer
+from engram.signing import Checkpoint, NoteError, Signer
 
 __all__ = [
     "ROTATION_EXTENSION",

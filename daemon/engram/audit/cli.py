@@ -57,7 +57,7 @@ def _state_dir(state_dir: Path | None) -> Path:
 
 def _load_pubkeys(files: tuple[Path, ...]) -> list[Any]:
     from engram.audit.keys import read_verifier_keys
-    from engram.audit.note import NoteError
+    from engram.signing import NoteError
 
     keys = []
     for path in files:
@@ -228,7 +228,7 @@ def keygen(file: Path, state_dir: Path | None, as_json: bool) -> None:
     credential engram-audit.key): writes FILE, mode 0600, never over an existing file, and prints
     its verifier key. No daemon needed."""
     from engram.audit.log import new_install_id, origin_for
-    from engram.audit.note import generate_signer
+    from engram.signing import generate_signer
     from engram.storage.files import fsync_directory
 
     if state_dir is not None:
@@ -285,8 +285,8 @@ def prove(
         verify_consistency,
         verify_inclusion,
     )
-    from engram.audit.note import NoteError, Verifier, open_checkpoint
     from engram.client import Client
+    from engram.signing import NoteError, Verifier, open_checkpoint
 
     with errors(), Client(socket_path, timeout=timeout) as client:
         cp_data = client.call("audit.checkpoint", {"fresh": True})

@@ -36,9 +36,9 @@ from pathlib import Path
 from typing import IO, Any
 
 from engram.audit.merkle import CompactTree
-from engram.audit.note import NoteError, Verifier
 from engram.audit.store import AuditStore, StoredCheckpoint
 from engram.audit.verify import VerificationError
+from engram.signing import NoteError, Verifier
 
 __all__ = ["EXPORT_FORMAT", "ExportSource", "StateFolderSource", "write_export"]
 

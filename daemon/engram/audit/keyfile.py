@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from engram.audit.note import NoteError, Signer
 from engram.errors import StartupError
+from engram.signing import NoteError, Signer
 
 __all__ = ["CREDENTIAL_NAME", "KEY_FILE", "KeySource", "SourceKind", "locate_signing_key", "read_signing_key"]
 

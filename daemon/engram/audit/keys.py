@@ -24,8 +24,8 @@ from pathlib import Path
 import structlog
 
 from engram.audit.keyfile import KEY_FILE, KeySource, locate_signing_key, read_signing_key
-from engram.audit.note import NoteError, Signer, Verifier, generate_signer
 from engram.errors import StartupError
+from engram.signing import NoteError, Signer, Verifier, generate_signer
 from engram.storage.files import fsync_directory, make_private_dir, replace_durably
 
 __all__ = ["KEY_FILE", "PUB_FILE", "AuditKeys", "read_verifier_keys"]

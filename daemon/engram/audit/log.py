@@ -51,7 +51,6 @@ from engram.audit.events import (
 from engram.audit.export import StateFolderSource
 from engram.audit.keyfile import read_signing_key
 from engram.audit.keys import AuditKeys
-from engram.audit.note import Signer
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore, StoredCheckpoint, StoreError
 from engram.audit.verify import VerificationError, verify_log
@@ -60,6 +59,7 @@ from engram.bus.bus import OverflowPolicy, Subscription
 from engram.errors import Conflict, Overloaded, RPCError, StartupError, Unavailable
 from engram.lifecycle import BackgroundTasks
 from engram.observability.metrics import Metrics
+from engram.signing import Signer
 
 __all__ = ["ORIGIN_PREFIX", "AuditLog", "origin_for"]
 

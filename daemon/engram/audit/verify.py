@@ -41,14 +41,14 @@ from engram.audit.checkpoints import (
 )
 from engram.audit.entry import parse_entry
 from engram.audit.merkle import EMPTY_ROOT, CompactTree, leaf_hash, node_hash
-from engram.audit.note import (
+from engram.audit.store import StoredCheckpoint
+from engram.signing import (
     Checkpoint,
     NoteError,
     Verifier,
     open_checkpoint,
     open_note,
 )
-from engram.audit.store import StoredCheckpoint
 
 __all__ = ["LogSource", "VerificationError", "VerifyReport", "verify_log"]
 

@@ -11,8 +11,8 @@ The daemon's part:
   graph declares).
 - :mod:`engram.inference.sessions`: ONNX Runtime sessions (options, providers, optimized-graph cache)
   and their LRU cache; :mod:`~engram.inference.batching`: dynamic batching.
-- :mod:`engram.inference.codec`: tensors on the wire; :mod:`~engram.inference.validate`: requests
-  checked against a model's inputs.
+- :mod:`engram.inference.validate`: requests checked against a model's inputs (tensors travel as
+  :mod:`engram.wire.tensors` says).
 - :mod:`engram.inference.quantize`: the int8 variant; :mod:`~engram.inference.cli`: ``engram models``.
 
 Text models:

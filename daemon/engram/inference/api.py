@@ -6,17 +6,15 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from engram.inference.codec import WireTensor
 from engram.inference.manifest import ManifestSignature, Task
 from engram.server.methods import Params, Result
+from engram.wire.tensors import B64Tensor, ListTensor, WireTensor
 
 __all__ = [
-    "B64Tensor",
     "InferEmbedParams",
     "InferEmbedResult",
     "InferRunParams",
     "InferRunResult",
-    "ListTensor",
     "ModelInfo",
     "ModelNameParams",
     "ModelSummary",
@@ -143,18 +141,6 @@ class ModelsQuantizeResult(Result):
     comparison: dict[str, Any] | None = Field(
         description="For embedding models: cosine similarity to the full model and embeddings/s of both, batch 1 and 32."
     )
-
-
-class B64Tensor(Result):
-    dtype: str
-    shape: list[int]
-    b64: str
-
-
-class ListTensor(Result):
-    dtype: str
-    shape: list[int]
-    data: Any
 
 
 class InferRunParams(Params):

@@ -191,7 +191,7 @@ def models_keygen(key_name: str, out: Path, as_json: bool) -> None:
     """New Ed25519 key pair for signing model manifests; prints the verifier key to trust."""
     import os
 
-    from engram.audit.note import NoteError, generate_signer
+    from engram.signing import NoteError, generate_signer
 
     try:
         signer, verifier = generate_signer(key_name)
@@ -216,8 +216,8 @@ def models_keygen(key_name: str, out: Path, as_json: bool) -> None:
 @client_command
 def models_sign(name: str, key_file: Path, socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Sign model NAME's manifest here (the private key never leaves this process) and attach it."""
-    from engram.audit.note import NoteError, Signer
     from engram.inference.manifest import Manifest, sign_manifest
+    from engram.signing import NoteError, Signer
 
     try:
         signer = Signer(key_file.read_text().strip())

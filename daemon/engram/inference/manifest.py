@@ -10,7 +10,7 @@ The signed message is the domain separator ``b"engram model manifest v1\\n"`` fo
 *canonical bytes*: the manifest without its ``signature`` field, as compact JSON with sorted keys
 (UTF-8, no whitespace). The signature is a plain Ed25519 signature, stored with the signer's
 verifier key in the C2SP note key format (``name+keyid+base64``, the keys of
-:mod:`engram.audit.note`). Whether a signature is *trusted* is decided by
+:mod:`engram.signing`). Whether a signature is *trusted* is decided by
 ``inference.trusted_keys``; a signature that does not verify under its own key means the manifest
 was changed after signing, and the model is refused whatever the policy.
 """
@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from engram.audit.note import NoteError, Signer, Verifier
+from engram.signing import NoteError, Signer, Verifier
 
 __all__ = [
     "MODEL_NAME",

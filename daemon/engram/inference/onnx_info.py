@@ -13,8 +13,8 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, GraphProto, TensorProto, TypeProto, ValueInfoProto
 
-from engram.inference.codec import UnsupportedDtype, from_onnx_type
 from engram.inference.manifest import Dim, TensorSpec
+from engram.wire.tensors import UnsupportedDtype, from_onnx_type
 
 __all__ = ["OnnxInfo", "inspect_onnx", "type_name"]
 

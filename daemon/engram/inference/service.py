@@ -26,7 +26,6 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from tokenizers import Tokenizer
 
-from engram.audit.note import Verifier
 from engram.bus import EventBus
 from engram.errors import (
     IntegrityError,
@@ -36,14 +35,11 @@ from engram.errors import (
     RPCError,
     Unavailable,
 )
-from engram.inference import codec
 from engram.inference.api import (
-    B64Tensor,
     InferEmbedParams,
     InferEmbedResult,
     InferRunParams,
     InferRunResult,
-    ListTensor,
     ModelInfo,
     ModelNameParams,
     ModelsAddParams,
@@ -87,6 +83,8 @@ from engram.inference.validate import prepare_feed, select_outputs, wire_size
 from engram.lifecycle import BackgroundTasks
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
 from engram.server.methods import NoParams, RequestContext, rpc
+from engram.signing import Verifier
+from engram.wire.tensors import DTYPES, WireTensor, result_tensor
 
 __all__ = ["Inference"]
 
@@ -97,11 +95,6 @@ T = TypeVar("T")
 # Decoding or encoding more than this many base64 characters or list elements goes to a thread.
 _INLINE_WORK = 200_000
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
-
-
-def _wire(array: np.ndarray, output_format: str) -> B64Tensor | ListTensor:
-    data = codec.encode(array, output_format)  # type: ignore[arg-type]
-    return B64Tensor(**data) if "b64" in data else ListTensor(**data)
 
 
 def _no_embedder_fix() -> str:
@@ -257,7 +250,7 @@ class Inference:
         self.registry.verify(manifest)
         created = self.factory.create(manifest, self.registry.folder(name))
         exotic = any(
-            spec.dtype is not None and codec.DTYPES[spec.dtype].exotic for spec in [*manifest.inputs, *manifest.outputs]
+            spec.dtype is not None and DTYPES[spec.dtype].exotic for spec in [*manifest.inputs, *manifest.outputs]
         )
         loaded = LoadedModel(
             name=name,
@@ -394,7 +387,7 @@ class Inference:
             raise result
         return result
 
-    async def run(self, name: str, inputs: dict[str, codec.WireTensor], outputs: list[str] | None, fmt: str) -> dict[str, Any]:
+    async def run(self, name: str, inputs: dict[str, WireTensor], outputs: list[str] | None, fmt: str) -> dict[str, Any]:
         loaded = await self.cache.get(name)
         manifest = loaded.manifest
         names = select_outputs(manifest, outputs)
@@ -410,7 +403,7 @@ class Inference:
         size = sum(int(a.size) for a in result.values())
 
         def encode() -> dict[str, Any]:
-            return {out: _wire(np.asarray(result[out]), fmt) for out in names}
+            return {out: result_tensor(np.asarray(result[out]), fmt) for out in names}  # type: ignore[arg-type]
 
         return await self._thread(encode) if size > _INLINE_WORK else encode()
 
@@ -438,7 +431,8 @@ class Inference:
                 f"model {name!r} is not an embedding model (task {loaded.manifest.task})", field="model", reason="not_embed"
             )
         if not texts:
-            return InferEmbedResult(model=name, dim=info.dim, vectors=_wire(np.zeros((0, info.dim), np.float32), fmt), truncated=[])
+            empty = result_tensor(np.zeros((0, info.dim), np.float32), fmt)  # type: ignore[arg-type]
+            return InferEmbedResult(model=name, dim=info.dim, vectors=empty, truncated=[])
         # Tokenized here, alone, before joining a batch with other clients' requests: a text the
         # tokenizer refuses fails this request only (-32602), never the batch it would have joined.
         if sum(len(text) for text in texts) > _INLINE_WORK:
@@ -450,7 +444,7 @@ class Inference:
             name, "embed_batcher", encodings, len(texts),
             lambda m: run_embed_batch(m, encoder, max_batch, [encodings])[0],
         )
-        wire = _wire(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(_wire, vectors, fmt)
+        wire = result_tensor(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(result_tensor, vectors, fmt)  # type: ignore[arg-type]
         return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)
 
     # --- health ------------------------------------------------------------------------------------------

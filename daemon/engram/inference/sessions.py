@@ -34,9 +34,9 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from engram.errors import InternalError, InvalidParams, Unavailable
 from engram.inference.bert_onnx import sha256_file
-from engram.inference.codec import DTYPES
 from engram.inference.manifest import Manifest
 from engram.inference.settings import InferenceSettings
+from engram.wire.tensors import DTYPES
 
 __all__ = ["LoadedModel", "SessionCache", "SessionFactory", "provider_chain", "run_session"]
 

@@ -133,7 +133,7 @@ class InferenceSettings(_Section):
     @field_validator("trusted_keys")
     @classmethod
     def _keys_parse(cls, keys: list[str]) -> list[str]:
-        from engram.audit.note import NoteError, Verifier
+        from engram.signing import NoteError, Verifier
 
         for key in keys:
             try:

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 
 from engram.errors import InvalidParams
-from engram.inference.codec import DTYPES, WireTensor, decode, dtype_name
 from engram.inference.manifest import Manifest, TensorSpec
+from engram.wire.tensors import DTYPES, WireTensor, decode, dtype_name
 
 __all__ = ["prepare_feed", "select_outputs", "wire_size"]
 

@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from pydantic import Field
 
 from engram.errors import InvalidParams
-from engram.inference.codec import WireTensor, decode
+from engram.wire.tensors import WireTensor, decode
 
 __all__ = ["VectorIn", "from_blob", "to_blob", "unit_vector"]
 

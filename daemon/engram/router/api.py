@@ -6,11 +6,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from engram.inference.api import B64Tensor, ListTensor
-from engram.inference.codec import WireTensor
 from engram.memory.api import Namespace, Session
 from engram.router.settings import Mode
 from engram.server.methods import Params, Result
+from engram.wire.tensors import B64Tensor, ListTensor, WireTensor
 
 __all__ = [
     "AskParams",

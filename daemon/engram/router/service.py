@@ -41,8 +41,6 @@ from engram.errors import (
     Timeout,
     Unavailable,
 )
-from engram.inference import codec
-from engram.inference.api import B64Tensor, ListTensor
 from engram.inference.service import Inference
 from engram.lifecycle import BackgroundTasks
 from engram.memory.service import Memory
@@ -80,6 +78,8 @@ from engram.router.features import (
 from engram.router.novelty import EpisodicNovelty, tensor_vector
 from engram.router.settings import RouterSettings, RouteSettings
 from engram.server.methods import RequestContext, rpc
+from engram.wire import tensors as codec
+from engram.wire.tensors import B64Tensor, ListTensor
 
 __all__ = ["Router"]
 

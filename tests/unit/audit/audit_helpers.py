@@ -8,9 +8,9 @@ from pathlib import Path
 import anyio
 from engram.audit.checkpoints import sign_checkpoint
 from engram.audit.entry import Record, request_record
-from engram.audit.note import Signer, Verifier, generate_signer
 from engram.audit.store import AuditStore
 from engram.principal import Principal
+from engram.signing import Signer, Verifier, generate_signer
 from engram.storage import Database
 
 ORIGIN = "engram.local/test"

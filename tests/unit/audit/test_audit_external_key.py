@@ -18,7 +18,6 @@ from engram.audit.events import AUDIT_EVENTS
 from engram.audit.export import StateFolderSource
 from engram.audit.keyfile import CREDENTIAL_NAME, KeySource, locate_signing_key, read_signing_key
 from engram.audit.log import AuditLog, origin_for
-from engram.audit.note import Signer, Verifier, generate_signer
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
@@ -27,6 +26,7 @@ from engram.bus.events import CORE_EVENTS
 from engram.config import load_settings
 from engram.errors import Conflict, StartupError
 from engram.observability.metrics import Metrics
+from engram.signing import Signer, Verifier, generate_signer
 
 
 def write_key(path: Path, text: str, mode: int = 0o600) -> Path:

@@ -17,7 +17,6 @@ from engram.audit.canonical import content_hash
 from engram.audit.events import AUDIT_EVENTS
 from engram.audit.export import StateFolderSource
 from engram.audit.log import AuditLog
-from engram.audit.note import Verifier, open_checkpoint
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
@@ -26,6 +25,7 @@ from engram.bus.events import CORE_EVENTS, Event, PluginLoaded
 from engram.errors import Overloaded, StartupError, Unavailable
 from engram.observability.metrics import Metrics
 from engram.principal import Principal
+from engram.signing import Verifier, open_checkpoint
 
 PRINCIPAL = Principal(uid=1000, gid=1000, pid=42, user="ada")
 

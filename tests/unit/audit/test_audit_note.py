@@ -1,4 +1,4 @@
-"""engram.audit.note: C2SP signed notes, Ed25519 keys and tlog checkpoints."""
+"""engram.signing: C2SP signed notes, Ed25519 keys and tlog checkpoints."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import base64
 import hashlib
 
 import pytest
-from engram.audit.note import (
+from engram.signing import (
     Checkpoint,
     NoteError,
     Signer,

@@ -104,7 +104,7 @@ WRITER = textwrap.dedent(
     import sys
     from pathlib import Path
     from engram.audit.checkpoints import sign_checkpoint
-    from engram.audit.note import Signer
+    from engram.signing import Signer
     from engram.audit.store import AuditStore
     sys.path.insert(0, sys.argv[3])
     from audit_helpers import record, ORIGIN
@@ -123,7 +123,7 @@ WRITER = textwrap.dedent(
 
 
 def test_kill_9_during_batched_appends(audit_db: Path, tmp_path: Path) -> None:
-    from engram.audit.note import Verifier, generate_signer
+    from engram.signing import Verifier, generate_signer
 
     skey, vkey = generate_signer("engram.local/test")
     script = tmp_path / "writer.py"

@@ -15,8 +15,8 @@ from engram.audit.export import (
     StateFolderSource,
     write_export,
 )
-from engram.audit.note import Signer, Verifier, generate_signer
 from engram.audit.verify import VerificationError, VerifyReport, verify_log
+from engram.signing import Signer, Verifier, generate_signer
 
 
 def verify_state(log: Log, keys: list[Verifier] | None = None, **kwargs) -> VerifyReport:

@@ -9,7 +9,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 from engram.errors import InvalidParams
-from engram.inference.codec import (
+from engram.wire.tensors import (
     DTYPES,
     UnsupportedDtype,
     WireTensor,

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from engram.audit.note import Signer, generate_signer
 from engram.errors import Conflict, IntegrityError, InvalidParams, NotFound
 from engram.inference.manifest import (
     BadSignature,
@@ -20,6 +19,7 @@ from engram.inference.manifest import (
     signature_status,
 )
 from engram.inference.registry import ModelRegistry
+from engram.signing import Signer, generate_signer
 from engram_bench.tiny_bert import create_tiny_bert
 from engram_bench.toy_models import linear_model, sequence_model
 from onnx import TensorProto, helper, numpy_helper
@@ -228,7 +228,7 @@ def _manifest(registry: ModelRegistry, tmp_path: Path) -> Manifest:
 def test_signatures_verify_and_are_trusted_by_key(registry: ModelRegistry, tmp_path: Path) -> None:
     skey, vkey = generate_signer("models.example")
     _, other_vkey = generate_signer("someone-else")
-    from engram.audit.note import Verifier
+    from engram.signing import Verifier
 
     manifest = _manifest(registry, tmp_path)
     assert signature_status(manifest, []) == ("unsigned", None)
@@ -247,7 +247,7 @@ def test_a_changed_manifest_breaks_its_signature(registry: ModelRegistry, tmp_pa
     manifest = _manifest(registry, tmp_path)
     signed = manifest.model_copy(update={"signature": sign_manifest(manifest, Signer(skey))})
     forged = signed.model_copy(update={"files": {"model.onnx": "0" * 64}})
-    from engram.audit.note import Verifier
+    from engram.signing import Verifier
 
     with pytest.raises(BadSignature):
         signature_status(forged, [Verifier(vkey)])

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from engram.audit.note import generate_signer
 from engram.config import load_settings
 from engram.errors import ConfigError
 from engram.inference import check_package
 from engram.inference.manifest import check_model_name
 from engram.inference.settings import InferenceSettings
+from engram.signing import generate_signer
 from engram_bench.conformance import BINDING, Case, Outcome, compare, judge, model_name, select_subset
 
 

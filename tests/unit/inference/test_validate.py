@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from engram.errors import InvalidParams
-from engram.inference.codec import WireTensor, encode
 from engram.inference.manifest import Manifest, TensorSpec
 from engram.inference.validate import prepare_feed, select_outputs
+from engram.wire.tensors import WireTensor, encode
 
 
 def spec(name: str, dtype: str | None, shape, **kw) -> TensorSpec:

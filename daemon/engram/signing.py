@@ -1,5 +1,8 @@
 """C2SP signed notes and tlog checkpoints with Ed25519 keys.
 
+Below the parts, importing none of them: the audit log signs its checkpoints with these keys and
+the inference part signs and verifies model manifests with them.
+
 A *signed note* (https://c2sp.org/signed-note, the format of Go's ``golang.org/x/mod/sumdb/note``)
 is UTF-8 text ending in a newline, a blank line, then one line per signature::
 

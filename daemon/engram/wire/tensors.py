@@ -14,6 +14,10 @@ cannot exchange them.
 
 Nothing is coerced: a value that does not fit the dtype (a float for an int32, 300 for a uint8,
 ``true`` for a float) is an error naming the tensor, never a silent conversion.
+
+:class:`WireTensor` is a tensor in params; :class:`B64Tensor` and :class:`ListTensor` are one in
+a result (:func:`result_tensor` makes them). Several parts' APIs carry tensors (``infer.*``,
+``route.run``, memory's vectors), so the format lives here, below the parts.
 """
 
 from __future__ import annotations
@@ -30,9 +34,12 @@ from onnx import TensorProto
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engram.errors import InvalidParams
+from engram.server.methods import Result
 
 __all__ = [
     "DTYPES",
+    "B64Tensor",
+    "ListTensor",
     "OutputFormat",
     "WireDtype",
     "WireTensor",
@@ -40,6 +47,7 @@ __all__ = [
     "dtype_name",
     "encode",
     "from_onnx_type",
+    "result_tensor",
 ]
 
 OutputFormat = Literal["b64", "list"]
@@ -308,3 +316,21 @@ def encode(array: np.ndarray, output_format: OutputFormat = "b64") -> dict[str, 
     else:
         data = array.tolist()
     return {"dtype": name, "shape": shape, "data": data}
+
+
+class B64Tensor(Result):
+    dtype: str
+    shape: list[int]
+    b64: str
+
+
+class ListTensor(Result):
+    dtype: str
+    shape: list[int]
+    data: Any
+
+
+def result_tensor(array: np.ndarray, output_format: OutputFormat = "b64") -> B64Tensor | ListTensor:
+    """``array`` as a result's tensor (strings always as a list)."""
+    data = encode(np.asarray(array), output_format)
+    return B64Tensor(**data) if "b64" in data else ListTensor(**data)
