@@ -36,7 +36,7 @@ from engram.lazygroup import LazyGroup
 # them runs or --help lists them (engram.lazygroup): `engram ping` loads none of these modules,
 # so what one part imports at its top cannot slow the commands of the others.
 PART_COMMANDS = {
-    "ask": "engram.router.cli:ask",
+    "ask": "engram.ask.cli:ask",
     "audit": "engram.audit.cli:audit",
     "chat": "engram.providers.cli:chat",
     "generate": "engram.providers.cli:generate",

@@ -12,11 +12,14 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from engram.errors import ConfigError, DaemonUnreachable, RPCError
+from engram.errors import ConfigError, DaemonUnreachable, RPCError, error_from_wire
+
+if TYPE_CHECKING:
+    import socket
 
 EXIT_OK, EXIT_REMOTE, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 
@@ -90,3 +93,44 @@ def call(socket_path: Path | None, timeout: float, method: str, params: Any = No
 
     with errors(), Client(socket_path, timeout=timeout) as client:
         return client.call(method, params)
+
+
+def stream_call(socket_path: Path | None, timeout: float, method: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Call ``method`` (params asking for a stream) and print its ``infer.chunk`` notifications'
+    text to stdout as they come; the result.
+
+    The notifications are read off a plain socket connection: the request is the only one on
+    it, so every chunk before its answer belongs to it."""
+    from engram.client.async_client import resolve_socket
+
+    with errors():
+        sock, path = _connect(resolve_socket(socket_path), timeout)
+        with sock, sock.makefile("rb") as lines:
+            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n")
+            for line in lines:
+                message = json.loads(line)
+                if message.get("method") == "infer.chunk":
+                    click.echo(message["params"]["text"], nl=False)
+                elif message.get("id") == 1:
+                    click.echo()
+                    if "error" in message:
+                        raise error_from_wire(message["error"])
+                    return message["result"]
+        raise DaemonUnreachable("engramd closed the connection before answering", path)
+
+
+def _connect(candidates: list[Path], timeout: float) -> tuple[socket.socket, str]:
+    """The first socket that accepts, in the client's order of places."""
+    import socket  # here, not at the top: most commands never stream
+
+    problems = []
+    for candidate in candidates:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(candidate))
+            return sock, str(candidate)
+        except OSError as exc:
+            sock.close()
+            problems.append(f"{candidate}: {exc.strerror or exc}")
+    raise DaemonUnreachable(f"cannot connect to engramd ({'; '.join(problems) or 'no socket path'})", str(candidates[:1]))

@@ -30,6 +30,7 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engram import __version__, systemd
+from engram.ask.service import Ask
 from engram.audit.events import AUDIT_EVENTS
 from engram.audit.log import AuditLog
 from engram.audit.methods import AuditMethods
@@ -38,6 +39,7 @@ from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, Daemon
 from engram.bus.methods import EventMethods
 from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
+from engram.inference.arrays import ArrayModels
 from engram.inference.events import MODEL_EVENTS
 from engram.inference.service import Inference
 from engram.memory.consolidation import MemoryConsolidation
@@ -52,9 +54,9 @@ from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.providers.events import PROVIDER_EVENTS
+from engram.providers.generation import PromptGenerator
 from engram.providers.service import Providers
 from engram.provider_usage import provider_uses
-from engram.router.ask import Ask
 from engram.router.events import ROUTER_EVENTS
 from engram.router.novelty import namespace_for
 from engram.router.service import Router
@@ -182,9 +184,11 @@ class Daemon:
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
         self.bus.declare(*ROUTER_EVENTS)
-        # provider:<name> route targets call through the providers part.
-        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, self.inference, busy,
-                             memory=self.memory, providers=self.providers)
+        # Generate calls of the router's provider:<name> targets and of route.ask, through the providers part.
+        generator = PromptGenerator(self.providers)
+        # Model targets run on the inference part; each route's input vectors are kept in memory (novelty).
+        self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, ArrayModels(self.inference),
+                             busy, novelty_store=self.memory.keyed_vectors, generator=generator)
         # The policy decides every call; its default keeps owner-only methods owner-only and a
         # policy can grant them explicitly, so it takes the place of the built-in owner check.
         # Audited requests are answered only once the audit log has recorded them.
@@ -201,7 +205,7 @@ class Daemon:
                            self.audit, self.bus, self.metrics, activity=self.dispatcher, busy_timeout=busy,
                            skipped_prefixes=(namespace_for(""),))
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
-        self.ask = Ask(settings.router.ask, self.router, self.memory, self.providers, self.metrics)
+        self.ask = Ask(settings.router.ask, self.router, self.memory, generator, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

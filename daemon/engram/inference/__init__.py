@@ -12,7 +12,8 @@ The daemon's part:
 - :mod:`engram.inference.sessions`: ONNX Runtime sessions (options, providers, optimized-graph cache)
   and their LRU cache; :mod:`~engram.inference.batching`: dynamic batching.
 - :mod:`engram.inference.validate`: requests checked against a model's inputs (tensors travel as
-  :mod:`engram.wire.tensors` says).
+  :mod:`engram.wire.tensors` says); :mod:`~engram.inference.arrays`: models for in-process callers
+  that hold numpy arrays (the router's model targets).
 - :mod:`engram.inference.quantize`: the int8 variant; :mod:`~engram.inference.cli`: ``engram models``.
 
 Text models:

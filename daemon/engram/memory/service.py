@@ -15,7 +15,7 @@ every committed episode, and the next start reconciles the index with it.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Self, TypeVar
 
@@ -80,6 +80,7 @@ from engram.memory.events import (
 )
 from engram.memory.filters import SqlFilter, check_tags
 from engram.memory.index import FILE_NAME, IndexFileError, VectorIndex
+from engram.memory.keyed_vectors import KeyedVectors
 from engram.memory.namespaces import NamespaceDecider, NamespacePolicy
 from engram.memory.scoring import Weights
 from engram.memory.semantic import ConceptSpec, GraphStore, RelationSpec, concept_key
@@ -141,6 +142,7 @@ class Memory:
         self.graph = GraphStore(self.db, settings.graph)
         self.episodic = Episodic(settings, self.db, self.index, self.graph, self.metrics, embedder)
         self.episodic.on_changed.append(self._check_maintenance)
+        self.keyed_vectors = KeyedVectors(self.episodic)  # the router's input vectors (novelty, semantic cache)
         self.working = WorkingMemory(settings.working)
         self.namespaces = NamespacePolicy(owner_uid, namespace_decider)
         self._background = BackgroundTasks("memory")
@@ -385,6 +387,21 @@ class Memory:
         """What records that leave memory (events, audit entries) name texts by: keyed digests of
         the episodes' ``text_sha256``, which only the owner can match against a text."""
         return self.content_key.digests(text_sha256s)
+
+    def concept_names(self, namespace: str, names: Sequence[str]) -> list[str]:
+        """The stored names of the namespace's concepts among ``names`` (matched as concept names
+        are, case and spacing aside), in the order of ``names``; for in-process callers such as
+        route.ask (blocking: call from a worker thread)."""
+        keys = list(dict.fromkeys(concept_key(name) for name in names))
+        found: dict[str, str] = {}
+        with self.db.read() as conn:
+            for start in range(0, len(keys), 900):  # SQLite's bound on parameters per statement
+                chunk = keys[start : start + 900]
+                found.update(conn.execute(
+                    f"SELECT key, name FROM memory_concepts WHERE namespace = ? AND key IN ({','.join('?' * len(chunk))})",
+                    (namespace, *chunk),
+                ).fetchall())
+        return [found[key] for key in keys if key in found]
 
     async def forget_seqs(self, namespace: str, seqs: list[int], scope: str = "sleep", principal: Principal | None = None,
                           task_id: int | None = None) -> Forgotten:

@@ -1,54 +1,14 @@
-"""``engram generate`` and ``engram chat``: one question to a provider, streamed to the terminal.
-
-Streaming reads the daemon's ``infer.chunk`` notifications off a plain socket connection: the
-request is the only one on it, so every chunk before its answer belongs to it.
-"""
+"""``engram generate`` and ``engram chat``: one question to a provider, streamed to the terminal
+(:func:`engram.clitools.stream_call`)."""
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 from typing import Any
 
 import click
 
-from engram.clitools import Output, call, client_command, errors
-from engram.errors import DaemonUnreachable, error_from_wire
-
-
-def _stream(socket_path: Path | None, timeout: float, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    from engram.client.async_client import resolve_socket
-
-    with errors():
-        sock, path = _connect(resolve_socket(socket_path), timeout)
-        with sock, sock.makefile("rb") as lines:
-            sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n")
-            for line in lines:
-                message = json.loads(line)
-                if message.get("method") == "infer.chunk":
-                    click.echo(message["params"]["text"], nl=False)
-                elif message.get("id") == 1:
-                    click.echo()
-                    if "error" in message:
-                        raise error_from_wire(message["error"])
-                    return message["result"]
-        raise DaemonUnreachable("engramd closed the connection before answering", path)
-
-
-def _connect(candidates: list[Path], timeout: float) -> tuple[socket.socket, str]:
-    """The first socket that accepts, in the client's order of places."""
-    problems = []
-    for candidate in candidates:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect(str(candidate))
-            return sock, str(candidate)
-        except OSError as exc:
-            sock.close()
-            problems.append(f"{candidate}: {exc.strerror or exc}")
-    raise DaemonUnreachable(f"cannot connect to engramd ({'; '.join(problems) or 'no socket path'})", str(candidates[:1]))
+from engram.clitools import Output, call, client_command, stream_call
 
 
 def _options(func: Any) -> Any:
@@ -75,7 +35,7 @@ def _answer(result: dict[str, Any]) -> None:
 
 def _run(method: str, params: dict[str, Any], stream: bool, socket_path: Path | None, timeout: float, as_json: bool) -> None:
     if stream and not as_json:
-        _provenance(_stream(socket_path, timeout, method, {**params, "stream": True}), streamed=True)
+        _provenance(stream_call(socket_path, timeout, method, {**params, "stream": True}), streamed=True)
         return
     Output(as_json).emit(call(socket_path, timeout, method, params), _answer)
 

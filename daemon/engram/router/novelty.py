@@ -2,13 +2,14 @@
 namespace ``router:<route>``, and novelty is 1 - the cosine similarity of the nearest remembered
 input (a k=1 vector search of that namespace's index).
 
-The Memory part is called in-process (the daemon writes its own namespace; no RPC, no policy).
-Writes are off the request path: ``remember`` puts the vector on a bounded queue, a task in the
-router's task group writes it through the memory writer, and a full queue drops the vector and
-counts the drop. Until a queued vector is committed it still counts for novelty (the pending
-set), so a repeat sent right after its original is never "novel" because the write was slow.
-One vector per distinct input hash: the episode id derives from the hash, so a repeat is
-skipped here and, across restarts, by the memory store.
+Memory keeps the vectors (a :class:`~engram.router.ports.NoveltyStore`, called in-process: the
+daemon writes its own namespace; no RPC, no policy). Writes are off the request path: ``remember``
+puts the vector on a bounded queue, a task in the router's task group hands it to the store (the
+memory writer), and a full queue drops the vector and counts the drop. Until a queued vector is
+committed it still counts for novelty (the pending set), so a repeat sent right after its
+original is never "novel" because the write was slow.
+One vector per distinct input hash: a repeat is skipped here and, across restarts, by the store,
+which keeps a key once.
 """
 
 from __future__ import annotations
@@ -23,9 +24,7 @@ import structlog
 from prometheus_client import Counter
 
 from engram.errors import RPCError
-from engram.memory import ids as idgen
-from engram.memory.api import EpisodeIn
-from engram.memory.service import Memory
+from engram.router.ports import NoveltyStore
 
 __all__ = ["EpisodicNovelty", "namespace_for", "tensor_vector"]
 
@@ -55,8 +54,8 @@ class _Item:
 class EpisodicNovelty:
     """Novelty per route against the route's episodic namespace; the writer runs in ``run``."""
 
-    def __init__(self, memory: Memory, queue_size: int, dropped: Counter) -> None:
-        self._memory = memory
+    def __init__(self, store: NoveltyStore, queue_size: int, dropped: Counter) -> None:
+        self._store = store
         self._dropped = dropped
         self._send, self._receive = anyio.create_memory_object_stream[_Item](queue_size)
         self._pending: dict[str, dict[str, np.ndarray]] = {}  # route -> key -> vector, queued or being written
@@ -73,12 +72,8 @@ class EpisodicNovelty:
         if norm == 0 or not math.isfinite(norm):
             return 1.0
         query = (vector / norm).astype(np.float32)
-        best = -1.0
-        namespace = namespace_for(route)
-        if self._memory.index.dim(namespace) == query.shape[0]:
-            _, sims = self._memory.index.search(namespace, query, 1)
-            if sims.size:
-                best = float(sims[0])
+        remembered = self._store.best_similarity(namespace_for(route), query)
+        best = -1.0 if remembered is None else remembered
         for other in list(self._pending.get(route, {}).values()):
             if other.shape == query.shape:
                 best = max(best, float(other @ query))
@@ -93,16 +88,7 @@ class EpisodicNovelty:
         if norm == 0 or not math.isfinite(norm):
             return []
         query = (vector / norm).astype(np.float32)
-        found: dict[str, float] = {}
-        namespace = namespace_for(route)
-        if self._memory.index.dim(namespace) == query.shape[0]:
-            seqs, sims = self._memory.index.search(namespace, query, k)
-            if seqs.size:
-                rows = self._memory.episodic.store.rows(namespace, seqs.tolist())
-                for seq, sim in zip(seqs.tolist(), sims.tolist(), strict=True):
-                    row = rows.get(seq)
-                    if row is not None:
-                        found[row["text"]] = float(sim)
+        found = dict(self._store.nearest(namespace_for(route), query, k))
         for key, other in list(self._pending.get(route, {}).items()):
             if other.shape == query.shape:
                 found[key] = max(found.get(key, -1.0), float(other @ query))
@@ -142,18 +128,13 @@ class EpisodicNovelty:
 
     async def _write(self, item: _Item) -> None:
         namespace = namespace_for(item.route)
-        episodic = self._memory.episodic
-        want = episodic.expected_dim(namespace)
+        want = self._store.expected_dim(namespace)
         if want is not None and want != item.vector.shape[0]:
             log.warning("router input vector does not fit its memory namespace", route=item.route, expected=want,
                         got=int(item.vector.shape[0]))
             return
-        episode = EpisodeIn(text=item.key, vector=item.vector.tolist(), kind="observation", source="router",
-                            tags=["router"])
-        ids = [idgen.derived_id(idgen.EPISODE, namespace, item.key)]
-        rows = await episodic.prepare(namespace, [episode], ids=ids)
-        seqs = await episodic.write(rows)
-        self.written += sum(1 for s in seqs if s is not None)
+        if await self._store.put(namespace, item.key, item.vector, "router", ("router",)):
+            self.written += 1
 
     def close(self) -> None:
         self._send.close()

@@ -8,7 +8,9 @@ Targets are ``model:<name>`` (the inference registry; classify routes feed a ten
 embed routes embed text) or ``provider:<name>`` (generate routes: the Providers part's ``generate``
 capability, policy egress checks included). A provider's answer is kept in the outputs as
 ``text`` (UTF-8 bytes, shown as the result's ``text``) and, when the provider reports one,
-``score`` (its confidence in [0, 1], which the cascade compares with the threshold).
+``score`` (its confidence in [0, 1], which the cascade compares with the threshold). What the
+router needs of the inference and providers parts, and of memory (novelty), it declares in
+:mod:`engram.router.ports` and gets when it is made.
 
 The router's tables (router/migrations/) are used through one own SQLite connection in a
 worker thread (capacity 1): every statement is short, and the event loop never waits on disk.
@@ -41,11 +43,8 @@ from engram.errors import (
     Timeout,
     Unavailable,
 )
-from engram.inference.service import Inference
 from engram.lifecycle import BackgroundTasks
-from engram.memory.service import Memory
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
-from engram.plugins.protocol import Completion
 from engram.router.api import (
     CacheProvenance,
     RouteCalibrateParams,
@@ -76,10 +75,10 @@ from engram.router.features import (
     text_features,
 )
 from engram.router.novelty import EpisodicNovelty, tensor_vector
+from engram.router.ports import Generator, Models, NoveltyStore
 from engram.router.settings import RouterSettings, RouteSettings
 from engram.server.methods import RequestContext, rpc
-from engram.wire import tensors as codec
-from engram.wire.tensors import B64Tensor, ListTensor
+from engram.wire.tensors import B64Tensor, ListTensor, WireTensor, decode, encode, result_tensor
 
 __all__ = ["Router"]
 
@@ -136,16 +135,16 @@ class Router:
     """Async context manager; ``state`` is created, running or closed."""
 
     def __init__(
-        self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, inference: Inference,
-        busy_timeout: float = 5.0, memory: Memory | None = None, providers: Any = None,
+        self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, models: Models,
+        busy_timeout: float = 5.0, novelty_store: NoveltyStore | None = None, generator: Generator | None = None,
     ) -> None:
         self.settings = settings
         self.state = "created"
         self._path = database_path
         self._busy = busy_timeout
         self._bus = bus
-        self._inference = inference
-        self.providers = providers  # the Providers part: provider:<name> targets
+        self._models = models
+        self._generator = generator  # provider:<name> targets
         self._conn: sqlite3.Connection | None = None
         self._limiter: anyio.CapacityLimiter | None = None
         self.assessor: Assessor | None = None
@@ -163,7 +162,9 @@ class Router:
         dropped = Counter("engram_route_novelty_dropped", "Input vectors not remembered because the novelty queue was full.",
                           ["route"], registry=reg)
         # Novelty against the route's episodic namespace when the daemon has memory; else the RAM window.
-        self.novelty = EpisodicNovelty(memory, settings.learning.novelty_queue, dropped) if memory is not None else None
+        self.novelty = (
+            EpisodicNovelty(novelty_store, settings.learning.novelty_queue, dropped) if novelty_store is not None else None
+        )
         self._background = BackgroundTasks("router")
         self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=reg)
@@ -220,6 +221,10 @@ class Router:
             raise NotFound(f"route {name!r} is not configured (router.routes)", reason="unknown_route", route=name)
         return state
 
+    def route_settings(self, name: str) -> RouteSettings:
+        """Route ``name`` as configured; NotFound (unknown_route) when there is none."""
+        return self._route(name).settings
+
     # --- targets ---------------------------------------------------------------------------------
 
     async def _call(self, ctx: RequestContext, route: RouteSettings, target: str, given: TargetInput
@@ -235,8 +240,7 @@ class Router:
                     return await self._classify(route, name, array)
                 if route.task == "embed":
                     assert text is not None
-                    embedded = await self._inference.embed([text], name, "b64")
-                    return {"vectors": codec.decode(codec.WireTensor(**embedded.vectors.model_dump()), "vectors")}
+                    return {"vectors": await self._models.embed([text], name)}
                 raise TargetDown(target, Unavailable(
                     f"target {target}: task {route.task} needs a provider target", reason="provider_unavailable", target=target
                 ))
@@ -258,35 +262,25 @@ class Router:
             raise TargetDown(target, Unavailable(
                 f"target {target}: provider targets serve generate routes", reason="provider_unavailable", target=target
             ))
-        providers = self.providers
-        if providers is None:
+        generator = self._generator
+        if generator is None:
             raise TargetDown(target, Unavailable(f"target {target}: the daemon has no providers part",
                                                  reason="provider_unavailable", target=target))
-        limit = providers.settings.max_prompt_chars
+        limit = generator.max_prompt_chars
         if len(text) + len(system or "") > limit:
             raise InvalidParams(f"text: {len(text)} characters; at most {limit} (providers.max_prompt_chars)", field="text")
-
-        def invoke(provider: Any, sent: dict[str, Any]) -> Any:
-            return provider.generate(sent["prompt"], model=None, system=sent.get("system"), options={})
-
-        _, (completion, score), _, _ = await providers.call(
-            ctx, "generate", providers.chain("generate", name), model=None, tags=list(tags),
-            payload={"prompt": text, "system": system}, invoke=invoke, check=checked_completion,
-        )
-        out = {"text": np.frombuffer(completion.text.encode("utf-8"), dtype=np.uint8).copy()}
-        if score is not None:
-            out["score"] = np.array([score], dtype=np.float32)
+        generated = await generator.generate(ctx, text, system, tags, provider=name)
+        out = {"text": np.frombuffer(generated.text.encode("utf-8"), dtype=np.uint8).copy()}
+        if generated.score is not None:
+            out["score"] = np.array([generated.score], dtype=np.float32)
         return out
 
     async def _classify(self, route: RouteSettings, model: str, array: np.ndarray) -> dict[str, np.ndarray]:
-        loaded = await self._inference.cache.get(model)
-        inputs = [spec.name for spec in loaded.manifest.inputs]
+        inputs = await self._models.input_names(model)
         name = route.input or (inputs[0] if len(inputs) == 1 else None)
         if name is None or name not in inputs:
             raise InvalidParams(f"model {model!r} has inputs {inputs}; set the route's input", field="tensor")
-        wire = codec.WireTensor(**codec.encode(array, "b64"))
-        outputs = await self._inference.run(model, {name: wire}, None, "b64")
-        return {k: codec.decode(codec.WireTensor(**v.model_dump()), k) for k, v in outputs.items()}
+        return await self._models.run(model, {name: array})
 
     async def _call_or_fallback(
         self, ctx: RequestContext, route: RouteSettings, which: str, given: TargetInput, notes: list[str],
@@ -351,7 +345,7 @@ class Router:
         if route.task == "classify":
             if params.tensor is None:
                 raise InvalidParams(f"tensor: route {route.name} (task classify) takes a tensor", field="tensor")
-            array = codec.decode(params.tensor, "tensor")
+            array = decode(params.tensor, "tensor")
             payload = f"{array.dtype.str}{array.shape}".encode() + np.ascontiguousarray(array).tobytes()
             features, sketch = tensor_features(array), sketch_tensor(array)
         else:
@@ -462,7 +456,7 @@ class Router:
         if use_cache:
             if vector is None and text is not None and self.settings.cache.semantic:
                 vector = await self._text_vector(text)
-            answer = {"outputs": {k: codec.encode(v, "b64") for k, v in out.items()}, "labels": labels}
+            answer = {"outputs": {k: encode(v, "b64") for k, v in out.items()}, "labels": labels}
             await self._db(self.cache.put, route.name, key, decision, target, answer, vector)
         self._count(state, taken, escalated, agreed)
         self._publish(ctx, decision, route.name, mode, taken, target, escalated, agreed, conf, p_slow, features, reason)
@@ -498,11 +492,42 @@ class Router:
 
     async def _text_vector(self, text: str) -> np.ndarray | None:
         try:
-            embedded = await self._inference.embed([text], None, "b64")
+            vectors = await self._models.embed([text], None)
         except RPCError as exc:
             log.debug("no semantic cache lookup: embedding failed", error=exc.message)
             return None
-        return codec.decode(codec.WireTensor(**embedded.vectors.model_dump()), "vectors")[0]
+        return vectors[0]
+
+    # --- the pattern cache for other parts (route.ask) ------------------------------------------------
+    # Their answers are kept under a cache route of theirs (route.ask: ask:<route>:<namespace>), so
+    # they never mix with route.run's.
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether the pattern cache is on (router.cache.enabled) and open."""
+        return self.settings.cache.enabled and self.cache is not None
+
+    async def cached_answer(self, cache_route: str, text: str) -> tuple[CacheHit | None, np.ndarray | None]:
+        """The answer kept under ``cache_route`` for ``text``, or (router.cache.semantic) for a text
+        close enough; and ``text``'s embedding when the semantic lookup needed it."""
+        assert self.cache is not None
+        cache = self.cache
+        hit = await self._db(cache.exact, cache_route, input_hash(cache_route, text.encode()))
+        vector = None
+        if hit is None and self.settings.cache.semantic:
+            vector = await self._text_vector(text)
+            if vector is not None:
+                hit = await self._db(cache.semantic, cache_route, vector)
+        return hit, vector
+
+    async def keep_answer(self, cache_route: str, text: str, decision: str, target: str, answer: dict[str, Any],
+                          vector: np.ndarray | None) -> None:
+        """Keep ``answer`` to ``text`` under ``cache_route``; ``vector`` is ``text``'s embedding, if the caller has it."""
+        assert self.cache is not None
+        if vector is None and self.settings.cache.semantic:
+            vector = await self._text_vector(text)
+        key = input_hash(cache_route, text.encode())
+        await self._db(self.cache.put, cache_route, key, decision, target, answer, vector)
 
     async def _from_cache(
         self, ctx: RequestContext, state: _RouteState, mode: str, decision: str, features: dict[str, float], hit: CacheHit,
@@ -511,7 +536,7 @@ class Router:
         route = state.settings
         assert self.assessor is not None
         p_slow = await self._p_slow(route.name, features)
-        out = {k: codec.decode(codec.WireTensor(**v), k) for k, v in hit.answer["outputs"].items()}
+        out = {k: decode(WireTensor(**v), k) for k, v in hit.answer["outputs"].items()}
         reason = f"cache: {hit.kind} repeat of decision {hit.decision}" + (
             f" (similarity {hit.similarity:.3f})" if hit.kind == "semantic" else ""
         )
@@ -696,25 +721,11 @@ def _rounded(features: dict[str, float]) -> dict[str, float]:
     return {k: round(float(v), 6) for k, v in sorted(features.items())}
 
 
-def checked_completion(raw: Any) -> tuple[Completion, float | None]:
-    """The provider's Completion and the score it reports (a ``score`` key or attribute in [0, 1]), if any."""
-    score = raw.get("score") if isinstance(raw, dict) else getattr(raw, "score", None)
-    completion = raw if isinstance(raw, Completion) else Completion.model_validate(raw)
-    if isinstance(score, int | float) and not isinstance(score, bool) and 0.0 <= float(score) <= 1.0:
-        return completion, float(score)
-    return completion, None
-
-
 def _text(out: dict[str, np.ndarray]) -> str | None:
     text = out.get("text")
     return None if text is None else bytes(np.asarray(text, dtype=np.uint8)).decode("utf-8")
 
 
 def _wire(out: dict[str, np.ndarray], fmt: str) -> dict[str, B64Tensor | ListTensor]:
-    result: dict[str, B64Tensor | ListTensor] = {}
-    for name, array in out.items():
-        if name == "text":  # the generated text is the result's text field
-            continue
-        data = codec.encode(np.asarray(array), fmt)  # type: ignore[arg-type]
-        result[name] = B64Tensor(**data) if "b64" in data else ListTensor(**data)
-    return result
+    # the generated text is the result's text field
+    return {name: result_tensor(array, fmt) for name, array in out.items() if name != "text"}  # type: ignore[arg-type]

@@ -39,7 +39,7 @@ def dropped_counter() -> Counter:
 
 @asynccontextmanager
 async def novelty_on(memory: Memory, queue: int = 64) -> AsyncIterator[EpisodicNovelty]:
-    novelty = EpisodicNovelty(memory, queue, dropped_counter())
+    novelty = EpisodicNovelty(memory.keyed_vectors, queue, dropped_counter())
     novelty.open()
     async with anyio.create_task_group() as tg:
         tg.start_soon(novelty.run)
@@ -93,7 +93,7 @@ async def test_remembered_inputs_survive_a_restart_and_are_not_written_twice(tmp
 async def test_full_queue_drops_and_counts(tmp_path: Path):
     async with memory_at(tmp_path) as memory:
         counter = dropped_counter()
-        novelty = EpisodicNovelty(memory, 1, counter)  # no writer running: the queue fills
+        novelty = EpisodicNovelty(memory.keyed_vectors, 1, counter)  # no writer running: the queue fills
         assert novelty.remember("r", "k1", tensor_vector(np.array([1.0, 0.0]), 4))
         assert not novelty.remember("r", "k2", tensor_vector(np.array([0.0, 1.0]), 4))
         assert counter.labels("r")._value.get() == 1

@@ -101,7 +101,8 @@ def test_route_settings_are_checked():
 
 def test_provider_score_is_read_when_reported():
     from engram.plugins.protocol import Completion
-    from engram.router.service import checked_completion, _text
+    from engram.providers.generation import checked_completion
+    from engram.router.service import _text
 
     completion, score = checked_completion({"text": "hi", "score": 0.25})
     assert completion.text == "hi" and score == 0.25

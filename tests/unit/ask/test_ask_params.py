@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from engram.memory.api import RecallParams, WorkingListParams
-from engram.router.api import AskParams
+from engram.ask.api import AskParams
 
 
 @pytest.mark.parametrize("namespace", [";", "", "a b", "é", "x" * 129])

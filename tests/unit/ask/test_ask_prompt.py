@@ -4,7 +4,7 @@ the template filled in one pass; the concept names a question may hold; the ask 
 from __future__ import annotations
 
 import pytest
-from engram.router.ask import Source, build_prompt, concept_candidates, fill_template
+from engram.ask.prompt import Source, build_prompt, concept_candidates, fill_template
 from engram.router.settings import RouterSettings
 from pydantic import ValidationError
 
