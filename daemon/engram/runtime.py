@@ -32,6 +32,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from engram import __version__, systemd
 from engram.ask.service import Ask
 from engram.audit.events import AUDIT_EVENTS
+from engram.audit.layer import AuditRecord
 from engram.audit.log import AuditLog
 from engram.audit.methods import AuditMethods
 from engram.bus import EventBus
@@ -61,8 +62,16 @@ from engram.router.events import ROUTER_EVENTS
 from engram.router.novelty import namespace_for
 from engram.router.service import Router
 from engram.server.dispatch import Dispatcher
+from engram.server.layers.access import Guards, require_method
+from engram.server.layers.deadline import Deadline
+from engram.server.layers.errors import translate_errors
+from engram.server.layers.events import RequestEvents
+from engram.server.layers.metrics import RequestMetrics
+from engram.server.layers.params import ParamsValidation
+from engram.server.layers.tracing import Tracing
 from engram.server.methods import MethodTable, collect
 from engram.server.server import RPCServer
+from engram.sleep.activity import ForegroundActivity
 from engram.sleep.events import SLEEP_EVENTS
 from engram.sleep.service import Sleep
 from engram.storage import Database
@@ -189,20 +198,33 @@ class Daemon:
         # Model targets run on the inference part; each route's input vectors are kept in memory (novelty).
         self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, ArrayModels(self.inference),
                              busy, novelty_store=self.memory.keyed_vectors, generator=generator)
-        # The policy decides every call; its default keeps owner-only methods owner-only and a
-        # policy can grant them explicitly, so it takes the place of the built-in owner check.
-        # Audited requests are answered only once the audit log has recorded them.
+        # Foreground requests in flight and when the last one came: what sleep gives way to.
+        self.activity = ForegroundActivity()
+        # The request chain, outermost first; the method's handler comes after the last layer.
         self.dispatcher = Dispatcher(
-            self.methods, self.bus, self.metrics, tracer(self.tracer_provider, settings), lambda: self.settings.server,
-            guards=[self.policy.method_guard], recorder=self.audit,
+            self.methods,
+            [
+                RequestEvents(self.bus),  # request.received first, request.completed last of all
+                Tracing(tracer(self.tracer_provider, settings)),  # the span the rest runs in
+                RequestMetrics(self.metrics),
+                self.activity,
+                AuditRecord(self.audit),  # one entry per audited request, durable before the answer
+                translate_errors,  # inside: anything may be raised; outside: RPCErrors only
+                require_method,
+                # The policy decides every call; its default keeps owner-only methods owner-only
+                # and a policy can grant them explicitly.
+                Guards([self.policy.method_guard]),
+                ParamsValidation(),  # after the guard: a refused caller's params are never read
+                Deadline(lambda: self.settings.server),
+            ],
         )
-        # Sleep consolidation: while the daemon is idle (no foreground request in the dispatcher
-        # for a while), episodes become concepts and unimportant ones go.
+        # Sleep consolidation: while the daemon is idle (no foreground request for a while),
+        # episodes become concepts and unimportant ones go.
         self.bus.declare(*SLEEP_EVENTS)
         # It reaches memory through memory's consolidation interface, and leaves alone the
         # namespaces where the router keeps its novelty vectors (namespace_for(route) of a route).
         self.sleep = Sleep(settings.sleep, MemoryConsolidation(self.memory), settings.database_path, self.router,
-                           self.audit, self.bus, self.metrics, activity=self.dispatcher, busy_timeout=busy,
+                           self.audit, self.bus, self.metrics, activity=self.activity, busy_timeout=busy,
                            skipped_prefixes=(namespace_for(""),))
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
         self.ask = Ask(settings.router.ask, self.router, self.memory, generator, self.metrics)

@@ -64,8 +64,8 @@ FreeJsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_few_values)]
 class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Set by the dispatcher on the response of every audited method (engram.audit); absent from
-    # the responses of methods that are not audited.
+    # Set by the audit layer (engram.audit.layer) on the response of every audited method;
+    # absent from the responses of methods that are not audited.
     audit_seq: int | None = Field(
         default=None,
         description="seq of this request's entry in the signed audit log (prove it with audit.prove).",

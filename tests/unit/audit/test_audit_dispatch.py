@@ -1,20 +1,23 @@
-"""The dispatcher's side of the audit log: one entry per audited request, its seq in the answer,
-and no answer that claims an entry which was not recorded. The recorder is faked: it is the seam."""
+"""The audit log's layer of the request chain: one entry per audited request, its seq in the
+answer, and no answer that claims an entry which was not recorded. The recorder is faked: it is
+the seam."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import pytest
-from engram.bus import EventBus
-from engram.bus.events import CORE_EVENTS
-from engram.server.settings import ServerSettings
+from engram.audit.layer import AuditRecord
 from engram.errors import InternalError, NotFound, Overloaded, PolicyDenied, RPCError
-from engram.observability.metrics import Metrics
 from engram.principal import Principal
 from engram.server.dispatch import Dispatcher
 from engram.server.jsonrpc import Request
+from engram.server.layers.access import Guards, require_method
+from engram.server.layers.deadline import Deadline
+from engram.server.layers.errors import translate_errors
+from engram.server.layers.params import ParamsValidation
 from engram.server.methods import (
+    Method,
     MethodTable,
     NoParams,
     Params,
@@ -23,7 +26,7 @@ from engram.server.methods import (
     collect,
     rpc,
 )
-from opentelemetry import trace
+from engram.server.settings import ServerSettings
 
 PRINCIPAL = Principal(uid=4242, gid=4242, pid=1)
 
@@ -71,13 +74,20 @@ class Conn:
     id = 7
 
 
+async def owner_only(principal: Principal, method: Method) -> None:
+    """The guard the policy's default amounts to, for an owner of uid 1."""
+    if method.owner_only and principal.uid not in (1, 0):
+        raise PolicyDenied(f"{method.name} may only be called by the daemon's owner", reason="owner_only")
+
+
 @pytest.fixture
 def setup() -> tuple[Dispatcher, FakeRecorder]:
     table = MethodTable()
     table.add(collect(Part()))
     recorder = FakeRecorder()
-    dispatcher = Dispatcher(table, EventBus(CORE_EVENTS), Metrics(), trace.NoOpTracer(), ServerSettings, owner_uid=1,
-                            recorder=recorder)
+    layers = [AuditRecord(recorder), translate_errors, require_method, Guards([owner_only]), ParamsValidation(),
+              Deadline(ServerSettings)]
+    dispatcher = Dispatcher(table, layers)
     return dispatcher, recorder
 
 

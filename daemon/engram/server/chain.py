@@ -1,0 +1,79 @@
+"""The request chain: what a request is on its way in, and how layers wrap one another.
+
+A request runs through a chain of layers, outermost first, each with one job (tracing, metrics,
+events, the policy guard, the audit record, ...), and ends in the method's handler. A layer is an
+async callable ``layer(call, call_next)``: it may act before and after ``await call_next(call)``,
+answer instead of it by raising an :class:`~engram.errors.RPCError`, or translate what comes out
+of it (the shape of Starlette's middleware and httpx's transports). The composition root
+(:mod:`engram.runtime`) lists the layers in order; :func:`compose` binds each to the next once,
+at start, so a request pays one call per layer and allocates nothing for the chain.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import anyio
+from pydantic import BaseModel
+
+from engram.errors import InternalError, RPCError, Unavailable
+from engram.principal import Principal
+from engram.server.jsonrpc import Request
+from engram.server.methods import Connection, Method
+
+__all__ = ["Call", "CallNext", "Layer", "compose", "failure_of"]
+
+
+@dataclass(slots=True, eq=False)
+class Call:
+    """One request on its way through the chain.
+
+    ``method`` is None for a name the method table does not know (the chain still runs, so that
+    the call is traced, counted and answered -32601). Layers fill ``trace_id`` (tracing) and
+    ``params`` (params validation) for the layers inside them and for the handler."""
+
+    request: Request
+    principal: Principal
+    connection: Connection
+    serial: int  # the daemon's serial number for this request (logs, events, audit, task_id)
+    method: Method | None
+    started: float  # time.perf_counter() when the request entered the chain
+    trace_id: str | None = None
+    params: BaseModel | None = None
+
+
+# The rest of the chain, from a layer's point of view: returns the JSON-ready result.
+CallNext = Callable[[Call], Awaitable[Any]]
+
+
+class Layer(Protocol):
+    async def __call__(self, call: Call, call_next: CallNext) -> Any: ...
+
+
+def compose(layers: Sequence[Layer], endpoint: CallNext) -> CallNext:
+    """One callable running ``layers[0]`` around ``layers[1]`` ... around ``endpoint``."""
+    chain = endpoint
+    for layer in reversed(layers):
+        chain = functools.partial(layer, call_next=chain)
+    return chain
+
+
+def failure_of(exc: BaseException) -> RPCError | None:
+    """What a layer outside the error translation reports for an exception leaving the chain:
+    the RPCError itself; for a cancellation (the daemon stopping under it), the error the request
+    counts as; None for what is neither (the process is going down)."""
+    if isinstance(exc, RPCError):
+        return exc
+    if isinstance(exc, anyio.get_cancelled_exc_class()):
+        return cancelled_error()
+    if isinstance(exc, Exception):
+        return InternalError(f"unexpected {type(exc).__name__}")
+    return None
+
+
+def cancelled_error() -> Unavailable:
+    """A request cut short by the daemon stopping, as telemetry and the audit log record it."""
+    return Unavailable("request cancelled: the daemon is stopping", reason="cancelled")

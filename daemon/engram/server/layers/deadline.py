@@ -1,0 +1,28 @@
+"""The handler gets the method's own timeout, else ``server.request_timeout`` (read per request:
+a reload changes it); past it the request is cancelled and answered -32004 with ``limit_s``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+
+from engram.server.settings import ServerSettings
+from engram.errors import Timeout
+from engram.server.chain import Call, CallNext
+from engram.server.methods import Method
+
+
+class Deadline:
+    def __init__(self, settings: Callable[[], ServerSettings]) -> None:
+        self._settings = settings
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Any:
+        method: Method = call.method  # type: ignore[assignment]
+        limit = method.timeout or self._settings().request_timeout
+        try:
+            with anyio.fail_after(limit):
+                return await call_next(call)
+        except TimeoutError:
+            raise Timeout(f"{method.name} did not finish within {limit:g} s", limit_s=limit) from None

@@ -1,0 +1,33 @@
+"""Requests in flight, requests by method and outcome, and how long they took.
+
+The method label is the method's name, or ``(unknown)`` for a name the table does not know: the
+label set stays bounded whatever clients send.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from engram.observability.metrics import Metrics
+from engram.server.chain import Call, CallNext, failure_of
+
+
+class RequestMetrics:
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Any:
+        metrics = self._metrics
+        label = call.method.name if call.method else "(unknown)"
+        failed = False
+        metrics.in_flight.inc()
+        try:
+            return await call_next(call)
+        except BaseException as exc:
+            failed = failure_of(exc) is not None
+            raise
+        finally:
+            metrics.in_flight.dec()
+            metrics.requests.labels(label, "error" if failed else "ok").inc()
+            metrics.request_seconds.labels(label).observe(time.perf_counter() - call.started)

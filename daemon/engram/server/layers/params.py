@@ -1,0 +1,34 @@
+"""The request's params, validated by the method's model (:mod:`engram.server.params`) into
+``Call.params`` for the handler.
+
+A large frame's values take as long to check and validate as they took to parse: that runs in a
+worker thread too, one such request at a time, so that the loop keeps serving everyone else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import anyio
+
+from engram.server.chain import Call, CallNext
+from engram.server.methods import Method
+from engram.server.params import validate_params
+
+
+class ParamsValidation:
+    def __init__(self) -> None:
+        self._large_requests: anyio.CapacityLimiter | None = None  # made on first use: it needs the loop
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Any:
+        method: Method = call.method  # type: ignore[assignment]
+        request = call.request
+        if not request.large:
+            call.params = validate_params(method, request.params)
+        else:
+            if self._large_requests is None:
+                self._large_requests = anyio.CapacityLimiter(1)
+            call.params = await anyio.to_thread.run_sync(
+                validate_params, method, request.params, True, limiter=self._large_requests
+            )
+        return await call_next(call)

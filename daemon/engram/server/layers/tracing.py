@@ -1,0 +1,50 @@
+"""Each request runs inside an OpenTelemetry server span named after its method.
+
+The span is the current one while the inner layers and the handler run, so their own spans nest
+under it; its trace id goes to the handler (``RequestContext.trace_id``) and to
+``request.completed``. A failed request's span says so, with the JSON-RPC code and reason.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from engram.errors import RPCError
+from engram.server.chain import Call, CallNext, failure_of
+
+
+class Tracing:
+    def __init__(self, tracer: trace.Tracer) -> None:
+        self._tracer = tracer
+
+    async def __call__(self, call: Call, call_next: CallNext) -> Any:
+        request = call.request
+        with self._tracer.start_as_current_span(
+            request.method if call.method else "(unknown method)",
+            kind=SpanKind.SERVER,
+            attributes={
+                "rpc.system": "jsonrpc",
+                "rpc.method": request.method,
+                "rpc.jsonrpc.version": "2.0",
+                "engram.request": call.serial,
+                "engram.connection": call.connection.id,
+                "engram.peer.uid": call.principal.uid,
+                "engram.peer.pid": call.principal.pid or 0,
+            },
+        ) as span:
+            context = span.get_span_context()
+            call.trace_id = format(context.trace_id, "032x") if context.is_valid else None
+            error: RPCError | None = None
+            try:
+                return await call_next(call)
+            except BaseException as exc:
+                error = failure_of(exc)
+                raise
+            finally:
+                if error is not None:
+                    span.set_status(Status(StatusCode.ERROR, error.message))
+                    span.set_attribute("rpc.jsonrpc.error_code", error.code)
+                    span.set_attribute("engram.error.reason", error.reason)
