@@ -1,4 +1,4 @@
-"""What one audit entry says, and how the bus and the RPC dispatcher become entries.
+"""What one audit entry says, and how bus events and served requests become entries.
 
 An entry is a JSON object, stored and hashed as its canonical bytes (:mod:`.canonical`)::
 
@@ -30,9 +30,10 @@ are content with two optional class attributes of their event class (no change h
         task_id: int | None = None   # provenance fields are picked up by name
 
 Event fields named ``principal``, ``task_id``, ``parent_id``, ``input_hash`` and ``output_hash``
-fill the entry's own members of those names. An event with a boolean field ``audit`` that is
-false is not recorded at all: that is how a part publishes routine happenings (an allowed call,
-say) on an audited topic without filling the log with them.
+fill the entry's own members of those names. An event whose ``audit`` (a boolean field, or a
+property) is false is not recorded at all: that is how a part publishes routine happenings (an
+allowed call, say) on an audited topic without filling the log with them, and how it leaves out
+what an entry already records (one fact, one entry; see docs/audit.md).
 """
 
 from __future__ import annotations
@@ -179,7 +180,7 @@ def request_record(
 
 
 def is_audited(event: Any) -> bool:
-    """False for an event that says ``audit=False`` about itself (see the module docstring)."""
+    """False for an event that says ``audit`` false about itself (see the module docstring)."""
     return getattr(event, "audit", True) is not False
 
 

@@ -1,7 +1,10 @@
 """Bus events of memory. They carry ids and keyed digests, never text: the audit log records
-every ``memory.*`` event, and what is forgotten must not survive there. A digest is HMAC-SHA256
+``memory.*`` events, and what is forgotten must not survive there. A digest is HMAC-SHA256
 under the daemon's content key (see :mod:`engram.memory.content_key`), so a short text cannot be
-found again from it by trying candidates."""
+found again from it by trying candidates.
+
+Each fact goes into the audit log once: an event that says nothing an entry does not already
+say says ``audit`` false (a property, which subscribers do not see) and the log leaves it out."""
 
 from __future__ import annotations
 
@@ -41,6 +44,12 @@ class MemoryForgotten(Event):
     concepts: int = Field(default=0, description="Concepts deleted with them (scope all).")
     principal: Principal | None = None
     task_id: int | None = None
+
+    @property
+    def audit(self) -> bool:
+        """Not for ``sleep``: sleep makes an entry of each batch it deletes (``sleep.forget``:
+        namespace, ids, text digests, run) durable before it deletes it."""
+        return self.scope != "sleep"
 
 
 class MemoryGraphUpdated(Event):
