@@ -6,8 +6,9 @@ Started right after the database and before anything that produces entries, it
    signing key (:mod:`.keys`) and checks the whole stored log against its checkpoints
    (:func:`.verify.verify_log`); a log that fails is never extended: the daemon refuses to start
    and says which entry or checkpoint is wrong and what to do;
-2. records every audited RPC request (:meth:`AuditLog.record_request`, called by the dispatcher
-   before it answers) and every event on the audited bus topics;
+2. records every audited RPC request (:meth:`AuditLog.record_request`, called by the request
+   chain's audit layer, :mod:`.layer`, before the answer goes) and every event on the audited bus
+   topics;
 3. writes entries by *group commit*: callers enqueue into a bounded queue and wait; one writer
    task takes what is pending (up to ``audit.max_batch``, waiting at most
    ``audit.max_batch_delay_ms`` for a batch to fill), writes it in one transaction in a worker
@@ -366,7 +367,7 @@ class AuditLog:
         error: RPCError | None = None,
         connection: int | None = None,
     ) -> int:
-        """The dispatcher's recorder: one ``rpc`` entry per served request (see :mod:`.entry`)."""
+        """The audit layer's recorder: one ``rpc`` entry per served request (see :mod:`.entry`)."""
         return await self.append_record(
             request_record(
                 method=method,
