@@ -157,7 +157,7 @@ class Daemon:
         self.overrides = overrides or {}
         self.bus = EventBus(CORE_EVENTS, default_queue=settings.bus.subscriber_queue)
         self.metrics = Metrics()
-        self.tracer_provider = build_tracer_provider(settings)
+        self.tracer_provider = build_tracer_provider(settings.tracing, settings.state_dir)
         self.methods = MethodTable()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
@@ -205,7 +205,7 @@ class Daemon:
             self.methods,
             [
                 RequestEvents(self.bus),  # request.received first, request.completed last of all
-                Tracing(tracer(self.tracer_provider, settings)),  # the span the rest runs in
+                Tracing(tracer(self.tracer_provider, settings.tracing)),  # the span the rest runs in
                 RequestMetrics(self.metrics),
                 self.activity,
                 AuditRecord(self.audit),  # one entry per audited request, durable before the answer

@@ -25,8 +25,8 @@ from opentelemetry.sdk.trace.export import (
 )
 
 from engram import __version__
-from engram.config import Settings
 from engram.errors import StartupError
+from engram.observability.settings import TracingSettings
 from engram.storage.files import make_private_dir
 
 
@@ -56,21 +56,21 @@ def _private_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def build_tracer_provider(settings: Settings) -> TracerProvider:
+def build_tracer_provider(settings: TracingSettings, state_dir: Path) -> TracerProvider:
     provider = TracerProvider(resource=Resource.create({"service.name": "engramd", "service.version": __version__}))
     exporter: SpanExporter | None = None
-    if settings.tracing.exporter == "console":
+    if settings.exporter == "console":
         exporter = ConsoleSpanExporter(out=sys.stderr)
-    elif settings.tracing.exporter == "file":
-        exporter = JsonLinesSpanExporter(settings.tracing.file or settings.state_dir / "traces.jsonl")
+    elif settings.exporter == "file":
+        exporter = JsonLinesSpanExporter(settings.file or state_dir / "traces.jsonl")
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=2048, schedule_delay_millis=500))
     return provider
 
 
-def tracer(provider: TracerProvider, settings: Settings) -> trace.Tracer:
+def tracer(provider: TracerProvider, settings: TracingSettings) -> trace.Tracer:
     """The daemon's tracer; a no-op one when spans go nowhere, so that unexported spans cost
     nothing on the request path (span creation is a measurable share of a ping)."""
-    if settings.tracing.exporter == "none":
+    if settings.exporter == "none":
         return trace.NoOpTracer()
     return provider.get_tracer("engram")
