@@ -59,7 +59,7 @@ from engram.providers.generation import PromptGenerator
 from engram.providers.service import Providers
 from engram.provider_usage import provider_uses
 from engram.router.events import ROUTER_EVENTS
-from engram.router.novelty import namespace_for
+from engram.router.novelty import NAMESPACE_PREFIX as NOVELTY_NAMESPACES
 from engram.router.service import Router
 from engram.server.dispatch import Dispatcher
 from engram.server.layers.access import Guards, require_method
@@ -222,10 +222,10 @@ class Daemon:
         # episodes become concepts and unimportant ones go.
         self.bus.declare(*SLEEP_EVENTS)
         # It reaches memory through memory's consolidation interface, and leaves alone the
-        # namespaces where the router keeps its novelty vectors (namespace_for(route) of a route).
+        # namespaces where the router keeps its novelty vectors.
         self.sleep = Sleep(settings.sleep, MemoryConsolidation(self.memory), settings.database_path, self.router,
                            self.audit, self.bus, self.metrics, activity=self.activity, busy_timeout=busy,
-                           skipped_prefixes=(namespace_for(""),))
+                           skipped_prefixes=(NOVELTY_NAMESPACES,))
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
         self.ask = Ask(settings.router.ask, self.router, self.memory, generator, self.metrics)
         # Started in this order, stopped in reverse; the server comes last, after all of them.

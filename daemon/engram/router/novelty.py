@@ -26,13 +26,17 @@ from prometheus_client import Counter
 from engram.errors import RPCError
 from engram.router.ports import NoveltyStore
 
-__all__ = ["EpisodicNovelty", "namespace_for", "tensor_vector"]
+__all__ = ["NAMESPACE_PREFIX", "EpisodicNovelty", "namespace_for", "tensor_vector"]
 
 log = structlog.get_logger("engram.router")
 
 
+# Memory namespaces of this prefix hold the routes' input vectors, nobody's memories.
+NAMESPACE_PREFIX = "router:"
+
+
 def namespace_for(route: str) -> str:
-    return f"router:{route}"
+    return NAMESPACE_PREFIX + route
 
 
 def tensor_vector(array: np.ndarray, dim: int) -> np.ndarray:
