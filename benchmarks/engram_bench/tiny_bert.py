@@ -17,26 +17,15 @@ from safetensors.numpy import save_file
 from tokenizers import Tokenizer, decoders, normalizers, pre_tokenizers, processors
 from tokenizers.models import WordPiece
 
+from engram.inference.quantize import COMPARISON_TEXTS
+
 __all__ = ["TINY_CORPUS", "build_tiny_wordpiece", "create_tiny_bert"]
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 
-TINY_CORPUS = (
-    "A man is eating food.",
-    "A man is eating a piece of bread.",
-    "The girl is carrying a baby.",
-    "A man is riding a horse.",
-    "A woman is playing violin.",
-    "Two men pushed carts through the woods.",
-    "A man is riding a white horse on an enclosed ground.",
-    "A monkey is playing drums.",
-    "Someone in a gorilla costume is playing a set of drums.",
-    "The new movie is awesome, the new movie is so great.",
-    "Local-first software keeps your data on your own machine.",
-    "Memory, inference and an audit log behind one socket.",
-    "Embeddings turn sentences into vectors; similar meaning, nearby vectors.",
-    "The quick brown fox jumps over the lazy dog 0123456789 times!",
-)
+# The tiny model's vocabulary: the first fourteen of the sentences that `engram models quantize`
+# compares on, so that a quantized tiny model is compared on words it knows.
+TINY_CORPUS = COMPARISON_TEXTS[:14]
 
 
 _SUFFIXES = ("##s", "##ed", "##er", "##ing", "##ly", "##es")

@@ -26,7 +26,7 @@ import os
 import re
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import (
@@ -65,6 +65,9 @@ class Settings(BaseSettings):
         validate_default=True,
     )
 
+    # The configuration file's contents, set on the subclass that one load_settings() call makes.
+    _file_data: ClassVar[dict[str, Any]] = {}
+
     state_dir: Path = Field(default_factory=default_state_dir, description="Where state lives.")
     socket: Path | None = Field(default=None, description="Socket path (default: see the table above).")
     server: ServerSettings = Field(default_factory=ServerSettings)
@@ -95,9 +98,10 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        # Flags, then environment (the file, below both, comes in through _with_file). No .env: a
-        # file in whatever folder the daemon happens to start from must not change its behaviour.
-        return (init_settings, env_settings)
+        # Flags, then environment, then the file: a source of its own, so that it ranks below the
+        # environment (pydantic-settings ranks init arguments above everything). No .env: a file
+        # in whatever folder the daemon happens to start from must not change its behaviour.
+        return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=cls._file_data))
 
     @property
     def socket_path(self) -> Path:
@@ -123,22 +127,8 @@ class Settings(BaseSettings):
 
 
 def _with_file(file_data: dict[str, Any]) -> type[Settings]:
-    """:class:`Settings` with the configuration file's contents as a last source of its own: it
-    ranks below the environment, where pydantic-settings would rank init arguments above it."""
-
-    class SettingsWithFile(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, InitSettingsSource(settings_cls, init_kwargs=file_data))
-
-    return SettingsWithFile
+    """:class:`Settings` with the configuration file's contents as its last source."""
+    return type("SettingsWithFile", (Settings,), {"_file_data": file_data})
 
 
 REDACTED = "<redacted>"

@@ -34,7 +34,7 @@ __all__ = ["QuantizeOutcome", "compare_embedders", "quantize_model"]
 Fuse = Literal["auto", "always", "never"]
 
 # A fixed, varied set: the comparison must mean the same thing from run to run. (The first
-# fourteen are also the vocabulary of the tiny test model, engram_bench.tiny_bert.TINY_CORPUS.)
+# fourteen are also the vocabulary of the tiny test model of engram-bench.)
 COMPARISON_TEXTS: tuple[str, ...] = (
     "A man is eating food.",
     "A man is eating a piece of bread.",
