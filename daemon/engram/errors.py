@@ -3,13 +3,19 @@
 Every error the daemon can report to a client is an :class:`RPCError` subclass with a fixed
 JSON-RPC error code; the server turns it into the ``error`` member of a response, and the client
 turns that member back into the same class (:func:`error_from_wire`). Errors that never cross the
-wire (a bad configuration, a daemon that cannot be reached) sit beside it under
-:class:`EngramError`::
+wire (a bad configuration, a daemon that cannot be reached, a damaged file) sit beside it under
+:class:`EngramError`, and so does every other exception class engram defines::
 
     EngramError
     ├── ConfigError                 settings or files are invalid (CLI exit 2, daemon not started)
     ├── StartupError                the daemon cannot start (socket in use, newer schema, ...; exit 2)
     ├── DaemonUnreachable           the client could not reach the socket (CLI exit 3)
+    ├── DataError                   stored data or a file is damaged, or not what it claims to be:
+    │                               audit log verification, proofs, store, signed notes, model
+    │                               signatures and files, the vector index file, import lines
+    ├── InternalSignal              control flow inside one part (a unit gave way, a batcher
+    │                               closed, a target is down, a frame too large, ...); caught
+    │                               there or translated at its boundary, never seen by a client
     └── RPCError                    anything with a JSON-RPC error code (CLI exit 1)
         ├── ParseError              -32700  the frame is not JSON
         ├── InvalidRequest          -32600  not a JSON-RPC 2.0 request (or a frame too large)
@@ -37,6 +43,8 @@ __all__ = [
     "ConfigError",
     "StartupError",
     "DaemonUnreachable",
+    "DataError",
+    "InternalSignal",
     "RPCError",
     "ParseError",
     "InvalidRequest",
@@ -87,6 +95,20 @@ class DaemonUnreachable(EngramError):
     def __init__(self, message: str, socket_path: str) -> None:
         super().__init__(message)
         self.socket_path = socket_path
+
+
+class DataError(EngramError):
+    """Stored data or a file is damaged, or is not what it claims to be; the message says which.
+
+    Subclasses that parsers raise keep :class:`ValueError` as a second base, so that code
+    catching what a parser may raise catches them too."""
+
+
+class InternalSignal(EngramError):
+    """Raised and caught within one part to change course (retry, fall back, refuse a frame).
+
+    Never reaches a client or the command line as itself: the part handles it, or translates it
+    into an :class:`RPCError` at its boundary."""
 
 
 class RPCError(EngramError):

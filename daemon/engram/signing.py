@@ -43,6 +43,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
+from engram.errors import DataError
+
 __all__ = [
     "ALG_ED25519",
     "Checkpoint",
@@ -69,7 +71,7 @@ _KEY_ID_RE = re.compile(r"[0-9a-fA-F]{8}")
 _DECIMAL_RE = re.compile(r"0|[1-9][0-9]*")
 
 
-class NoteError(ValueError):
+class NoteError(DataError, ValueError):
     """A key, note or checkpoint is malformed, or a signature does not verify."""
 
 

@@ -30,6 +30,8 @@ import hashlib
 import hmac
 from collections.abc import Callable, Iterable, Sequence
 
+from engram.errors import DataError
+
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
@@ -69,7 +71,7 @@ PerfectHash = Callable[[int, int], bytes]
 _sha256 = hashlib.sha256
 
 
-class ProofError(ValueError):
+class ProofError(DataError, ValueError):
     """A Merkle proof (or the sizes and hashes that come with it) does not verify."""
 
 

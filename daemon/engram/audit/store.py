@@ -33,12 +33,13 @@ from engram.audit.merkle import (
     leaf_hash,
     subtree_hasher,
 )
+from engram.errors import DataError
 from engram.storage.locking import begin_immediate
 
 __all__ = ["AuditStore", "StoreError", "StoredCheckpoint"]
 
 
-class StoreError(Exception):
+class StoreError(DataError):
     """The audit tables are missing or unreadable (e.g. a database engram never started on)."""
 
 

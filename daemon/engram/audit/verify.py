@@ -42,6 +42,7 @@ from engram.audit.checkpoints import (
 from engram.audit.entry import parse_entry
 from engram.audit.merkle import EMPTY_ROOT, CompactTree, leaf_hash, node_hash
 from engram.audit.store import StoredCheckpoint
+from engram.errors import DataError
 from engram.signing import (
     Checkpoint,
     NoteError,
@@ -55,7 +56,7 @@ __all__ = ["LogSource", "VerificationError", "VerifyReport", "verify_log"]
 Progress = Callable[[int], None]
 
 
-class VerificationError(Exception):
+class VerificationError(DataError):
     """The first thing that is wrong: ``where`` names the entry or checkpoint, ``why`` says what."""
 
     def __init__(self, where: str, why: str) -> None:

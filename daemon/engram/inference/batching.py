@@ -36,7 +36,7 @@ import numpy as np
 import structlog
 from tokenizers import Encoding
 
-from engram.errors import Overloaded, RPCError, Unavailable
+from engram.errors import InternalSignal, Overloaded, RPCError, Unavailable
 from engram.inference.manifest import Manifest
 from engram.inference.sessions import LoadedModel, run_session
 from engram.inference.text_encoder import TextEncoder, padding_aware_buckets
@@ -56,7 +56,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
-class BatcherClosed(Exception):
+class BatcherClosed(InternalSignal):
     """The model was unloaded between lookup and submission; look it up again."""
 
 

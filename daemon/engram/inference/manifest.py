@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from engram.errors import DataError
 from engram.signing import NoteError, Signer, Verifier
 
 __all__ = [
@@ -154,7 +155,7 @@ def sign_manifest(manifest: Manifest, signer: Signer) -> ManifestSignature:
 SignatureStatus = Literal["unsigned", "trusted", "untrusted"]
 
 
-class BadSignature(ValueError):
+class BadSignature(DataError, ValueError):
     """The manifest's signature does not verify (or cannot be read): it was changed after signing."""
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import onnx
 from onnx import AttributeProto, GraphProto, TensorProto, TypeProto, ValueInfoProto
 
+from engram.errors import DataError
 from engram.inference.manifest import Dim, TensorSpec
 from engram.wire.tensors import UnsupportedDtype, from_onnx_type
 
@@ -24,7 +25,7 @@ _ORT_ELEM_NAMES = {
 }
 
 
-class NotOnnx(ValueError):
+class NotOnnx(DataError, ValueError):
     """The file is not a parsable ONNX model."""
 
 

@@ -28,7 +28,7 @@ from pydantic import ValidationError
 
 from engram import __version__
 from engram.client import AsyncClient
-from engram.errors import DaemonUnreachable, EngramError, RPCError
+from engram.errors import DaemonUnreachable, EngramError, InternalSignal, RPCError
 from engram.mcpserver.tools import TOOLS, input_schema, structured
 
 __all__ = ["Bridge", "BridgeSettings", "build_server", "serve_stdio"]
@@ -57,7 +57,7 @@ class BridgeSettings:
     recent: int = 20  # episodes in engram://episodes/recent
 
 
-class DaemonCallError(Exception):
+class DaemonCallError(InternalSignal):
     """A daemon call failed; ``text`` says how, for a person or a model."""
 
     def __init__(self, text: str, error: dict[str, Any]) -> None:

@@ -17,14 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from engram.errors import InvalidParams
+from engram.errors import DataError, InvalidParams
 
 __all__ = ["ExportSummary", "ImportSummary", "LineError", "export_jsonl", "import_jsonl", "read_batches"]
 
 Call = Callable[[str, dict[str, Any]], Any]
 
 
-class LineError(Exception):
+class LineError(DataError):
     """A line of the import file is unusable; ``line`` is its 1-based number."""
 
     def __init__(self, line: int, message: str) -> None:

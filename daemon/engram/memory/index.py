@@ -53,6 +53,7 @@ import structlog
 from fasteners import ReaderWriterLock  # type: ignore[import-untyped]  # fasteners ships no type hints
 from numpy.typing import NDArray
 
+from engram.errors import DataError
 from engram.memory.settings import IndexSettings
 from engram.storage.files import replace_durably
 
@@ -73,7 +74,7 @@ def _threads(count: int) -> None:
     faiss.omp_set_num_threads(count)
 
 
-class IndexFileError(Exception):
+class IndexFileError(DataError):
     """The index file is missing, truncated, corrupt or from another format."""
 
 

@@ -35,13 +35,15 @@ from typing import Any
 
 import anyio
 
+from engram.errors import InternalSignal
+
 # What the stream pump answers when the plugin's iterator is exhausted, and what the daemon's side
 # sends it when it wants no more chunks.
 _END = object()
 _CLOSE = object()
 
 
-class PluginThreadStopped(RuntimeError):
+class PluginThreadStopped(InternalSignal, RuntimeError):
     """A call was made after the plugin's thread ended (stopped, or left behind stuck)."""
 
 

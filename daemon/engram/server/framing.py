@@ -18,6 +18,8 @@ import math
 import anyio
 from typing import Protocol
 
+from engram.errors import InternalSignal
+
 CHUNK = 65536
 FREE_BYTES = 2 * CHUNK  # buffered per connection without drawing on the shared budget
 
@@ -26,13 +28,13 @@ class ByteReceiver(Protocol):
     async def receive(self, max_bytes: int = 65536) -> bytes: ...
 
 
-class FrameTooLarge(Exception):
+class FrameTooLarge(InternalSignal):
     def __init__(self, limit: int) -> None:
         super().__init__(f"frame larger than {limit} bytes")
         self.limit = limit
 
 
-class BudgetExhausted(Exception):
+class BudgetExhausted(InternalSignal):
     """The frame needed more of the shared budget than was left; it was discarded."""
 
     def __init__(self, limit: int) -> None:
@@ -57,11 +59,11 @@ class FrameBudget:
         self.used -= size
 
 
-class IdleTimeout(TimeoutError):
+class IdleTimeout(InternalSignal, TimeoutError):
     """No frame started within the idle timeout."""
 
 
-class SlowFrame(TimeoutError):
+class SlowFrame(InternalSignal, TimeoutError):
     """A frame was started but not finished within the read timeout."""
 
 

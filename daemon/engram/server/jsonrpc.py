@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from engram.errors import InvalidRequest, ParseError, RPCError
+from engram.errors import InternalSignal, InvalidRequest, ParseError, RPCError
 
 MAX_BATCH = 1000
 DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
@@ -80,7 +80,7 @@ def _check(obj: Any, large: bool = False) -> Message:
     return Request(method=method, params=params, id=request_id, large=large)
 
 
-class NonFiniteNumber(ValueError):
+class NonFiniteNumber(InternalSignal, ValueError):
     """A NaN or Infinity literal: Python's json reads them, but they are not JSON.
 
     (A literal too large for a float, 1e400, is valid JSON and reads as infinity: it is refused
@@ -148,7 +148,7 @@ def _float(text: str) -> float:
     return float(text)
 
 
-class TooManyMembers(ValueError):
+class TooManyMembers(InternalSignal, ValueError):
     pass
 
 

@@ -9,9 +9,11 @@ lives here, below the parts, because the part that writes (memory) and the part 
 
 from __future__ import annotations
 
+from engram.errors import InternalSignal
+
 __all__ = ["GaveWay"]
 
 
-class GaveWay(Exception):
+class GaveWay(InternalSignal):
     """A background transaction was rolled back to let foreground work have the write lock;
     the caller does the same work again later."""

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from importlib import resources
 
+from engram.errors import StartupError
+
 __all__ = ["LAYOUT", "LEGACY", "PARTS", "Migration", "NewerSchema", "Schema", "legacy_versions", "load_schemas", "pending"]
 
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
@@ -39,7 +41,7 @@ LEGACY: tuple[tuple[str, int], ...] = (
 LAYOUT = len(LEGACY) + 1  # user_version of a database whose parts migrate on their own
 
 
-class NewerSchema(Exception):
+class NewerSchema(StartupError):
     """The database was written by a newer engram than this one (the message says how)."""
 
 

@@ -33,7 +33,7 @@ import numpy as np
 from onnx import TensorProto
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from engram.errors import InvalidParams
+from engram.errors import DataError, InvalidParams
 from engram.server.methods import Result
 
 __all__ = [
@@ -110,7 +110,7 @@ for _name in ("FLOAT4E2M1", "INT2", "UINT2", "FLOAT8E8M0"):  # newer onnx versio
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
 
-class UnsupportedDtype(ValueError):
+class UnsupportedDtype(DataError, ValueError):
     """An ONNX element type the wire format cannot carry; ``name`` is its ONNX name."""
 
     def __init__(self, name: str) -> None:
