@@ -1,6 +1,7 @@
 """The composition root: builds the parts, starts them in order, serves, and stops them.
 
-Start order (each part is an async context manager; each is up before the next starts)::
+Start order (each part is an :class:`engram.lifecycle.Part`, an async context manager; each is
+up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
                -> RPC server (binds the socket) -> READY=1
@@ -23,7 +24,7 @@ import time
 from collections.abc import Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import anyio
 import structlog
@@ -43,6 +44,7 @@ from engram.errors import ConfigError, Conflict, StartupError
 from engram.inference.arrays import ArrayModels
 from engram.inference.events import MODEL_EVENTS
 from engram.inference.service import Inference
+from engram.lifecycle import Health, Part, PartState
 from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.embedding import InferenceEmbedder
 from engram.memory.events import MEMORY_EVENTS
@@ -56,6 +58,7 @@ from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.generation import PromptGenerator
+from engram.providers.breaker import Breakers
 from engram.providers.service import Providers
 from engram.provider_usage import provider_uses
 from engram.router.events import ROUTER_EVENTS
@@ -95,16 +98,6 @@ RESTART_REQUIRED = (
     "router",
     "sleep",
 )
-
-
-class Part(Protocol):
-    """A long-lived part of the daemon: an async context manager with a visible state."""
-
-    state: str
-
-    async def __aenter__(self) -> Any: ...
-
-    async def __aexit__(self, *exc_info: Any) -> Any: ...
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -168,8 +161,13 @@ class Daemon:
         busy = settings.storage.busy_timeout
         self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy)
         self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics)
+        # The providers part feeds each provider's breaker, plugins.list shows its state: both hold them.
+        breakers = Breakers(settings.providers.breaker, self.bus)
         self.plugins = PluginManager(
-            settings.plugins, self.bus, ProviderContext(inference=self.inference, state_dir=settings.state_dir)
+            settings.plugins,
+            self.bus,
+            ProviderContext(inference=self.inference, state_dir=settings.state_dir),
+            breakers=breakers,
         )
         plugins = self.plugins
         self.policy = Policy(
@@ -191,7 +189,9 @@ class Daemon:
             namespace_decider=self.policy,  # who may use which namespace, and forget everything
         )
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
-        self.providers = Providers(settings.providers, self.plugins, self.policy.authorize_egress, self.bus, self.metrics)
+        self.providers = Providers(
+            settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics
+        )
         self.bus.declare(*ROUTER_EVENTS)
         # Generate calls of the router's provider:<name> targets and of route.ask, through the providers part.
         generator = PromptGenerator(self.providers)
@@ -267,20 +267,17 @@ class Daemon:
 
     # --- introspection ---------------------------------------------------------------------
 
-    def part_states(self) -> dict[str, str]:
+    def part_states(self) -> dict[str, PartState]:
         states = {name: part.state for name, part in self.parts.items()}
-        return {**states, "server": self.server.state, "bus": "running"}
+        return {**states, "server": self.server.state, "bus": PartState.RUNNING}  # the bus neither starts nor stops
 
     async def health_checks(self) -> dict[str, Check]:
         checks: dict[str, Check] = {}
         for name, part in self.parts.items():
-            if (health := getattr(part, "health", None)) is not None:
-                ok, detail = await health()
-                checks[name] = Check(ok=ok, detail=detail)
-            if (more := getattr(part, "health_checks", None)) is not None:  # a part may report several
-                for check, (ok, detail) in (await more()).items():
-                    checks[check] = Check(ok=ok, detail=detail)
-        checks["server"] = Check(ok=self.server.state == "serving", detail=self.server.state)
+            checks[name] = _check(await part.health())
+            for check, health in (await part.named_checks()).items():
+                checks[check] = _check(health)
+        checks["server"] = _check(await self.server.health())
         uses = provider_uses(self.settings)
         for info in await self.plugins.infos():
             if (check := _plugin_check(info, uses.get(info.name, []))) is not None:
@@ -300,7 +297,7 @@ class Daemon:
         yield CounterMetricFamily("engram_bus_events_published", "Events published on the bus.", value=self.bus.published)
         up = GaugeMetricFamily("engram_part_up", "1 when the part is running.", labels=["part"])
         for name, state in self.part_states().items():
-            up.add_metric([name], 1.0 if state in ("open", "running", "serving") else 0.0)
+            up.add_metric([name], 1.0 if state is PartState.RUNNING else 0.0)
         yield up
         yield GaugeMetricFamily("engram_uptime_seconds", "Seconds since start.", value=time.monotonic() - self.started_monotonic)
         yield GaugeMetricFamily(
@@ -426,6 +423,10 @@ class Daemon:
         self.bus.publish(ConfigReloaded(ok=True, changed=live, restart_required=restart))
         await self.policy.reload(new.policy, trigger="reload")  # a broken file: Conflict, the old policy stays
         return live, restart
+
+
+def _check(health: Health) -> Check:
+    return Check(ok=health.ok, detail=health.detail)
 
 
 def _plugin_check(info: PluginInfo, uses: list[str]) -> Check | None:

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from engram import __version__
 from engram.config import config_file_from_env
+from engram.lifecycle import PartState
 from engram.server.methods import FreeJson, NoParams, Params, RequestContext, Result, rpc
 
 if TYPE_CHECKING:
@@ -44,7 +45,9 @@ class HelloResult(Result):
 
 class PartStatus(Result):
     name: str
-    state: str
+    state: PartState = Field(
+        description="created, starting, running (up), stopping (finishing what it holds), closed, or failed (its start failed)."
+    )
 
 
 class SubscriptionStatus(Result):

@@ -31,10 +31,12 @@ def test_core_methods_answer(daemon):
         assert client.call("system.ping") == {"pong": True, "echo": None}
         status = client.call("system.status")
         assert {p["name"] for p in status["parts"]} >= {"database", "plugins", "server", "bus"}
-        assert all(p["state"] in ("open", "running", "serving") for p in status["parts"])
+        assert all(p["state"] == "running" for p in status["parts"])  # one vocabulary for every part
         assert status["connections"] == 1 and status["pid"] == daemon.proc.pid
         health = client.call("system.health")
         assert health["status"] == "ok" and health["checks"]["database"]["ok"]
+        assert health["checks"]["server"] == {"ok": True, "detail": "running"}
+        assert health["checks"]["plugins"]["ok"] and health["checks"]["providers"]["ok"]
         metrics = client.call("system.metrics")
         assert 'engram_requests_total{method="system.ping",outcome="ok"} 1.0' in metrics["text"]
         running = [p["name"] for p in client.call("plugins.list")["plugins"] if p["state"] == "running"]

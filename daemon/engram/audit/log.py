@@ -25,6 +25,7 @@ import base64
 import secrets
 import time
 from collections import deque
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ from engram.audit.verify import VerificationError, verify_log
 from engram.bus import EventBus
 from engram.bus.bus import OverflowPolicy, Subscription
 from engram.errors import Conflict, Overloaded, RPCError, StartupError, Unavailable
-from engram.lifecycle import BackgroundTasks
+from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
 from engram.signing import Signer
 
@@ -109,8 +110,8 @@ class _Counters:
     sizes: deque[int] = field(default_factory=lambda: deque(maxlen=1024))
 
 
-class AuditLog:
-    """An async context manager; ``append``/``record_request`` work while it is ``running``."""
+class AuditLog(Part):
+    """A part; ``append``/``record_request`` work while it is ``running``."""
 
     def __init__(
         self,
@@ -121,10 +122,10 @@ class AuditLog:
         metrics: Metrics,
         busy_timeout: float = 5.0,
     ) -> None:
+        super().__init__("audit")
         self.settings = settings
         self.state_dir = state_dir
         self.database_path = database_path
-        self.state = "created"
         self.origin = ""
         self.keys = AuditKeys(state_dir / "keys", settings.signing_key_file)
         self.store = AuditStore(database_path, busy_timeout=busy_timeout)
@@ -142,7 +143,6 @@ class AuditLog:
         self._subscription: Subscription | None = None
         self._dropped_seen = 0
         self._held: Any = None
-        self._background = BackgroundTasks("audit")
         self.counters = _Counters()
         r = metrics.registry
         self._m_entries = Counter("engram_audit_entries", "Audit entries made durable, by kind.", ["kind"], registry=r)
@@ -161,7 +161,7 @@ class AuditLog:
 
     def watch(self, *patterns: str) -> None:
         """Also record the bus topics matching ``patterns`` (call before the part starts)."""
-        if self.state != "created":
+        if self.state is not PartState.CREATED:
             raise RuntimeError("audited topics are fixed once the audit log runs")
         self._topics.extend(p for p in patterns if p not in self._topics)
 
@@ -179,8 +179,7 @@ class AuditLog:
 
     # --- lifecycle -------------------------------------------------------------------------
 
-    async def __aenter__(self) -> AuditLog:
-        self.state = "starting"
+    async def setup(self, stack: AsyncExitStack) -> None:
         self._wake = anyio.Event()
         self._space = anyio.Event()
         self._writer_done = anyio.Event()
@@ -189,14 +188,14 @@ class AuditLog:
             await anyio.to_thread.run_sync(self._open)
         except BaseException:
             self.store.close()
-            self.state = "failed"
             raise
+        stack.push_async_callback(self._release)  # last: once the tasks have ended
         self._subscription = self._bus.subscribe(self._topics, self.settings.event_queue, OverflowPolicy.DROP_NEWEST)
-        await self._background.start()
-        self._background.start_soon(self._write_loop, name="audit-writer")
-        self._background.start_soon(self._pump_events, name="audit-events")
-        self._background.start_soon(self._checkpoint_timer, name="audit-checkpoints")
-        self.state = "running"
+        await self.start_tasks(stack)
+        stack.push_async_callback(self._finish_writing)  # first: while the writer still runs
+        self.start_soon(self._write_loop, name="audit-writer")
+        self.start_soon(self._pump_events, name="audit-events")
+        self.start_soon(self._checkpoint_timer, name="audit-checkpoints")
         log.info(
             "audit log open",
             origin=self.origin,
@@ -205,7 +204,6 @@ class AuditLog:
             vkey=self.keys.current.key_string(),
             key_source=self.keys.source.kind,
         )
-        return self
 
     def _open(self) -> None:
         """Blocking start-up work (worker thread): store, origin, keys, full integrity check."""
@@ -284,48 +282,41 @@ class AuditLog:
         self.keys.finish_hand_over()
         self.store.append([Record(kind=KIND_KEY_ROTATED, detail=rotation_detail(old, new, size))])
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
+    async def _finish_writing(self) -> None:
+        """What was queued and the events still on the bus become entries; the whole log is signed."""
+        with anyio.CancelScope(shield=True):
+            self._drain_events()
+            self._closing = True
+            self._kick()
+            with anyio.move_on_after(max(self.settings.append_timeout, 5.0)):
+                await self._writer_done.wait()  # type: ignore[union-attr]
+            try:
+                await self._checkpoint()  # at shutdown: the whole log is signed
+            except Exception:
+                log.exception("final audit checkpoint failed")
 
-    async def aclose(self) -> None:
-        if self.state in ("closed", "created", "failed"):
-            return
-        self.state = "stopping"
-        try:
-            with anyio.CancelScope(shield=True):
-                self._drain_events()
-                self._closing = True
-                self._kick()
-                with anyio.move_on_after(max(self.settings.append_timeout, 5.0)):
-                    await self._writer_done.wait()  # type: ignore[union-attr]
-                try:
-                    await self._checkpoint()  # at shutdown: the whole log is signed
-                except Exception:
-                    log.exception("final audit checkpoint failed")
-        finally:
-            await self._background.stop()  # here, not inside the shield: left from where it was entered
-            with anyio.CancelScope(shield=True):
-                if self._subscription is not None:
-                    self._bus.unsubscribe(self._subscription, "audit log closed")
-                for pending in self._queue:
-                    self._finish(pending, error=Unavailable("audit log closed", reason="audit_unavailable"))
-                self._queue.clear()
-                await anyio.to_thread.run_sync(self.store.close)
-                self.state = "closed"
-                log.info("audit log closed", size=self.store.size)
+    async def _release(self) -> None:
+        with anyio.CancelScope(shield=True):
+            if self._subscription is not None:
+                self._bus.unsubscribe(self._subscription, "audit log closed")
+            for pending in self._queue:
+                self._finish(pending, error=Unavailable("audit log closed", reason="audit_unavailable"))
+            self._queue.clear()
+            await anyio.to_thread.run_sync(self.store.close)
+            log.info("audit log closed", size=self.store.size)
 
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         c = self.counters
         last = self._last_checkpoint
         detail = (
             f"{self.store.size} entries, last checkpoint at size {last.size if last else 0}, "
             f"{len(self._queue)} queued, signing key from {self.keys.source.describe()}"
         )
-        if self.state != "running":
-            return False, f"{self.state}; {detail}"
+        if self.state is not PartState.RUNNING:
+            return Health(False, f"{self.state}; {detail}")
         if c.last_error is not None:
-            return False, f"last write failed: {c.last_error}; {detail}"
-        return True, detail
+            return Health(False, f"last write failed: {c.last_error}; {detail}")
+        return Health(True, detail)
 
     # --- appending -------------------------------------------------------------------------
 
@@ -382,7 +373,7 @@ class AuditLog:
         )
 
     async def append_record(self, record: Record) -> int:
-        if self.state != "running" or self._closing:
+        if self.state is not PartState.RUNNING or self._closing:
             raise Unavailable("the audit log is not running; nothing can be recorded", reason="audit_unavailable")
         if len(self._queue) >= self.settings.queue_size:
             self._m_refused.inc()
@@ -437,7 +428,7 @@ class AuditLog:
                 last = self._last_checkpoint.size if self._last_checkpoint else 0
                 if self.store.size - last >= self.settings.checkpoint_every_entries and not self._checkpoint_running:
                     self._checkpoint_running = True
-                    self._background.start_soon(self._checkpoint_task, name="audit-checkpoint")
+                    self.start_soon(self._checkpoint_task, name="audit-checkpoint")
         finally:
             self._writer_done.set()  # type: ignore[union-attr]
 
@@ -564,7 +555,7 @@ class AuditLog:
 
     async def checkpoint(self, fresh: bool = True) -> StoredCheckpoint | None:
         """The latest checkpoint; with ``fresh``, first sign one if the log grew since."""
-        if self.state != "running":
+        if self.state is not PartState.RUNNING:
             raise Unavailable("the audit log is not running", reason="audit_unavailable")
         if fresh:
             return await self._checkpoint()
@@ -572,7 +563,7 @@ class AuditLog:
 
     async def rotate_key(self) -> tuple[str, str, StoredCheckpoint]:
         """New signing key; the rotation checkpoint is signed by both keys (see :mod:`.verify`)."""
-        if self.state != "running":
+        if self.state is not PartState.RUNNING:
             raise Unavailable("the audit log is not running", reason="audit_unavailable")
         assert self._checkpoint_lock is not None
         if self.keys.source.external:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,7 +81,7 @@ from engram.inference.sessions import (
 from engram.inference.settings import BUILTIN_EMBEDDER, InferenceSettings
 from engram.inference.text_encoder import TextEncoder
 from engram.inference.validate import prepare_feed, select_outputs, wire_size
-from engram.lifecycle import BackgroundTasks
+from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
 from engram.server.methods import NoParams, RequestContext, rpc
 from engram.signing import Verifier
@@ -104,19 +105,18 @@ def _no_embedder_fix() -> str:
     )
 
 
-class Inference:
-    """Async context manager; ``state`` is created, running or closed."""
+class Inference(Part):
+    """The inference part: models, their sessions and batchers."""
 
     def __init__(self, settings: InferenceSettings, state_dir: Path, bus: EventBus, metrics: Metrics) -> None:
+        super().__init__("inference")
         self.settings = settings
-        self.state = "created"
         self.registry = ModelRegistry(state_dir / "models")
         self.factory = SessionFactory(settings)
         self.cache = SessionCache(settings, self._load, self._unloaded)
         self._bus = bus
         self._trusted = [Verifier(key) for key in settings.trusted_keys]
         self._limiter: anyio.CapacityLimiter | None = None
-        self._background = BackgroundTasks("inference")
         self._importing: dict[str, float] = {}  # model name -> when its import started
         self._start_problem: str | None = None
         r = metrics.registry
@@ -135,24 +135,13 @@ class Inference:
 
     # --- lifecycle --------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Inference:
+    async def setup(self, stack: AsyncExitStack) -> None:
         self._limiter = anyio.CapacityLimiter(self.settings.threads.workers)
         await self._thread(self.registry.ensure)
         await self._ensure_default_embedder()
-        await self._background.start()
-        self._background.spawn(self._reaper, "inference reaper")
-        self.state = "running"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self.state == "closed":
-            return
-        self.state = "closed"
-        self.cache.clear("shutdown")  # closes the batchers: they finish what is queued and return
-        await self._background.stop()
+        await self.start_tasks(stack)
+        stack.callback(self.cache.clear, "shutdown")  # closes the batchers: they finish what is queued and return
+        self.spawn(self._reaper, "inference reaper")
 
     async def _thread(self, func: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
@@ -281,7 +270,7 @@ class Inference:
             raise
         self._loads.labels("ok").inc()
         batching = self.settings.batching
-        if self.state == "running" and self._background.running and batching.enabled:
+        if self.state is PartState.RUNNING and batching.enabled:
             observe = self._observer(name)
             common: dict[str, Any] = {
                 "max_batch": batching.max_batch,
@@ -293,14 +282,14 @@ class Inference:
             if loaded.batchable:
                 tensors = Batcher(name, lambda items: run_tensor_batch(loaded, items), **common)
                 loaded.extras["batcher"] = tensors
-                self._background.spawn(tensors.run, f"batcher {name}")
+                self.spawn(tensors.run, f"batcher {name}")
             if "encoder" in loaded.extras:
                 encoder = loaded.extras["encoder"]
                 texts = Batcher(
                     name, lambda items: run_embed_batch(loaded, encoder, batching.max_batch, items), **common
                 )
                 loaded.extras["embed_batcher"] = texts
-                self._background.spawn(texts.run, f"embed batcher {name}")
+                self.spawn(texts.run, f"embed batcher {name}")
         seconds = round(time.perf_counter() - started, 4)
         log.info(
             "model loaded",
@@ -449,31 +438,31 @@ class Inference:
 
     # --- health ------------------------------------------------------------------------------------------
 
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         count = len(await self._thread(self.registry.names))
         loaded = self.cache.models
         mb = self.cache.total_bytes / 1e6
-        return self.state == "running", f"{count} models, {len(loaded)} loaded ({mb:.0f} MB)"
+        return Health(self.state is PartState.RUNNING, f"{count} models, {len(loaded)} loaded ({mb:.0f} MB)")
 
-    async def health_checks(self) -> dict[str, tuple[bool, str]]:
+    async def named_checks(self) -> dict[str, Health]:
         return {"embedder": await self._embedder_check()}
 
-    async def _embedder_check(self) -> tuple[bool, str]:
+    async def _embedder_check(self) -> Health:
         name = self.settings.default_embedder
         if name in self._importing:
-            return False, f"importing {name!r} ({time.monotonic() - self._importing[name]:.0f} s so far)"
+            return Health(False, f"importing {name!r} ({time.monotonic() - self._importing[name]:.0f} s so far)")
         try:
             manifest = await self._thread(self.registry.manifest, name)
         except NotFound:
             problem = self._start_problem or f"default embedder {name!r} is not installed"
-            return False, f"{problem}; {_no_embedder_fix()}"
+            return Health(False, f"{problem}; {_no_embedder_fix()}")
         except RPCError as exc:
-            return False, f"default embedder {name!r} is unusable: {exc.message}"
+            return Health(False, f"default embedder {name!r} is unusable: {exc.message}")
         if manifest.task != "embed" or manifest.embedding is None:
-            return False, f"{name!r} (inference.default_embedder) is not an embedding model (task {manifest.task})"
+            return Health(False, f"{name!r} (inference.default_embedder) is not an embedding model (task {manifest.task})")
         loaded = self.cache.peek(name)
         state = f"loaded on {loaded.provider}" if loaded else "not loaded yet"
-        return True, f"{name} ({manifest.embedding.dim} dimensions, {state})"
+        return Health(True, f"{name} ({manifest.embedding.dim} dimensions, {state})")
 
     # --- RPC: models.* --------------------------------------------------------------------------------------
 

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import faiss
@@ -26,7 +27,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus import EventBus
 from engram.errors import InvalidParams, NotFound
-from engram.lifecycle import BackgroundTasks
+from engram.lifecycle import Health, Part, PartState
 from engram.memory import ids as idgen
 from engram.memory.api import (
     EmbedderStats,
@@ -116,8 +117,8 @@ class _Progress:
             log.info(self.what, namespace=self.namespace, done=done, total=total)
 
 
-class Memory:
-    """Async context manager; ``state`` is created, running, stopping or closed."""
+class Memory(Part):
+    """The memory part: episodes, their index and graph, working memory, and their upkeep."""
 
     def __init__(
         self,
@@ -131,8 +132,8 @@ class Memory:
         owner_uid: int | None = None,
         namespace_decider: NamespaceDecider | None = None,
     ) -> None:
+        super().__init__("memory")
         self.settings = settings
-        self.state = "created"
         self.index_path = state_dir / "memory" / FILE_NAME
         self.content_key = ContentKey(state_dir / "keys" / CONTENT_KEY_FILE)
         self._bus = bus
@@ -145,8 +146,7 @@ class Memory:
         self.keyed_vectors = KeyedVectors(self.episodic)  # the router's input vectors (novelty, semantic cache)
         self.working = WorkingMemory(settings.working)
         self.namespaces = NamespacePolicy(owner_uid, namespace_decider)
-        self._background = BackgroundTasks("memory")
-        # anyio events need the event loop; they are made in __aenter__.
+        # anyio events need the event loop; they are made in setup.
         self._writer_done: anyio.Event | None = None
         self._purge_wanted: anyio.Event | None = None
         self._maintenance_wanted: anyio.Event | None = None
@@ -164,19 +164,18 @@ class Memory:
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def setup(self, stack: AsyncExitStack) -> None:
         self._writer_done, self._purge_wanted, self._maintenance_wanted = anyio.Event(), anyio.Event(), anyio.Event()
         self.episodic.open_writer()
         faiss.omp_set_num_threads(self.settings.index.threads)
         await anyio.to_thread.run_sync(self.content_key.load)
         await anyio.to_thread.run_sync(self.db.open)
-        try:
-            await anyio.to_thread.run_sync(self._load_index)
-        except BaseException:
-            await anyio.to_thread.run_sync(self.db.close)
-            raise
-        await self._background.start()
-        self._background.start_soon(self._run_writer, name="memory writer")
+        stack.push_async_callback(self._close_db)
+        await anyio.to_thread.run_sync(self._load_index)
+        stack.push_async_callback(self._save_state)  # once the tasks have ended
+        await self.start_tasks(stack)
+        stack.push_async_callback(self._finish_writes)  # first: while the tasks still run
+        self.start_soon(self._run_writer, name="memory writer")
         for task, name in (
             (self._saver, "memory index saver"),
             (self._maintainer, "memory index maintenance"),
@@ -184,26 +183,18 @@ class Memory:
             (self._purger, "memory purge"),
             (self._sweeper, "working memory sweeper"),
         ):
-            self._background.spawn(task, name, restart=True)
+            self.spawn(task, name, restart=True)
         for namespace in self.index.namespaces():
             self._check_maintenance(namespace)
-        self.state = "running"
-        return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self.state in ("closed", "created"):
-            self.state = "closed"
-            return
-        self.state = "stopping"
+    async def _finish_writes(self) -> None:
         self.index.abort.set()  # an HNSW build in progress stops at its next chunk
         self.episodic.close_writer()
         with anyio.CancelScope(shield=True), anyio.move_on_after(30):
             assert self._writer_done is not None
             await self._writer_done.wait()  # what is queued gets committed and answered
-        await self._background.stop()  # outside any shield: a task group is left from where it was entered
+
+    async def _save_state(self) -> None:
         with anyio.CancelScope(shield=True):
             try:
                 await anyio.to_thread.run_sync(self.episodic.flush_access)
@@ -212,8 +203,10 @@ class Memory:
                     await anyio.to_thread.run_sync(self._save)
             except Exception:
                 log.exception("saving memory state at shutdown failed; the next start reconciles the index with SQLite")
+
+    async def _close_db(self) -> None:
+        with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.db.close)
-            self.state = "closed"
 
     async def _run_writer(self) -> None:
         try:
@@ -222,7 +215,7 @@ class Memory:
             assert self._writer_done is not None
             self._writer_done.set()
 
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         namespaces = self.index.namespaces()
         vectors = sum(self.index.count(ns) for ns in namespaces)
         saved = self.index.saved_watermark
@@ -230,7 +223,7 @@ class Memory:
             f"{vectors} vectors in {len(namespaces)} namespaces; index watermark {self.index.watermark}, "
             f"saved {saved if saved is not None else 'never'}"
         )
-        return self.state == "running", detail
+        return Health(self.state is PartState.RUNNING, detail)
 
     def _collect(self) -> Iterable[Metric]:
         vectors = GaugeMetricFamily("engram_memory_index_vectors", "Vectors in the memory index, by index kind.", labels=["kind"])

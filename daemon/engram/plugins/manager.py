@@ -17,11 +17,12 @@ a plugin can still exhaust its memory or crash it.
 from __future__ import annotations
 
 import asyncio
+import collections
 import importlib.metadata as md
 import inspect
-from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import anyio
 import structlog
@@ -29,6 +30,8 @@ from pydantic import BaseModel, Field, ValidationError
 
 from engram.bus import EventBus
 from engram.bus.events import PluginFailed, PluginLoaded
+from engram.errors import InternalSignal
+from engram.lifecycle import Health, Part, PartState
 from engram.plugins.settings import PluginSettings
 from engram.plugins.isolation import IsolatedProvider, context_for_plugin_thread
 from engram.plugins.protocol import (
@@ -71,7 +74,7 @@ class PluginsListResult(Result):
     plugins: list[PluginInfo]
 
 
-class PluginFailure(Exception):
+class PluginFailure(InternalSignal):
     def __init__(self, stage: str, message: str) -> None:
         super().__init__(message)
         self.stage = stage
@@ -128,17 +131,27 @@ def _cost(provider: Any) -> CostHint | None:
         return None
 
 
-class PluginManager:
-    def __init__(self, settings: PluginSettings, bus: EventBus, context: ProviderContext | None = None) -> None:
+class BreakerStates(Protocol):
+    """The circuit breakers of the providers part, which ``plugins.list`` shows."""
+
+    def state_of(self, provider: str) -> str: ...
+
+
+class PluginManager(Part):
+    """The plugins part: starts every provider plugin it finds, and stops them."""
+
+    def __init__(
+        self, settings: PluginSettings, bus: EventBus, context: ProviderContext | None = None, *, breakers: BreakerStates
+    ) -> None:
+        super().__init__("plugins")
         self._settings = settings
         self._bus = bus
         self._context = context
-        # Set by the providers part: a provider's breaker state, shown in plugins.list.
-        self.breaker_state: Callable[[str], str | None] = lambda name: None
+        self._breakers = breakers
         self._plugins: dict[str, _Plugin] = {}
-        self.state = "created"
 
-    async def __aenter__(self) -> "PluginManager":
+    async def setup(self, stack: AsyncExitStack) -> None:
+        stack.push_async_callback(self._stop_all)
         # Plugins run on threads of their own: what the context hands them must be used on this loop.
         context = self._context and context_for_plugin_thread(self._context, asyncio.get_running_loop())
         for entry_point in md.entry_points(group=ENTRY_POINT_GROUP):
@@ -151,8 +164,6 @@ class PluginManager:
                 plugin.state = "disabled"
                 continue
             await self._start(plugin, context)
-        self.state = "running"
-        return self
 
     async def _start(self, plugin: _Plugin, context: ProviderContext | None) -> None:
         timeout = self._settings.start_timeout
@@ -216,13 +227,7 @@ class PluginManager:
             log.error("plugin thread abandoned", name=plugin.name,
                       detail=f"still busy in the plugin's code {THREAD_EXIT_GRACE:g} s after it was told to end")
 
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self.state == "stopped":
-            return
-        self.state = "stopped"
+    async def _stop_all(self) -> None:
         # Concurrently: shutdown then waits for the slowest plugin, not for the sum of them.
         with anyio.CancelScope(shield=True):
             async with anyio.create_task_group() as group:
@@ -241,6 +246,12 @@ class PluginManager:
                 log.error("provider stop failed", name=plugin.name, error=f"{type(exc).__name__}: {exc}")
             plugin.state = "stopped"
         await self._close_thread(plugin)
+
+    async def health(self) -> Health:
+        # A plugin that failed or is unhealthy has a check of its own (plugin:<name>, system.health).
+        counts = collections.Counter(plugin.state for plugin in self._plugins.values())
+        found = ", ".join(f"{counts[state]} {state}" for state in ("running", "failed", "disabled", "stopped") if counts[state])
+        return Health(self.state is PartState.RUNNING, f"plugins: {found or 'none installed'}")
 
     def providers(self) -> dict[str, Provider]:
         """The running providers, each an :class:`IsolatedProvider`: calls run on the plugin's thread."""
@@ -273,7 +284,7 @@ class PluginManager:
                     locality=provider.locality if provider else None,
                     capabilities=sorted(provider.capabilities) if provider else [],
                     health=await self._health(plugin),
-                    breaker=self.breaker_state(plugin.name) if plugin.state == "running" else None,
+                    breaker=self._breakers.state_of(plugin.name) if plugin.state == "running" else None,
                     cost=_cost(provider),
                     error=plugin.error,
                     failed_stage=plugin.stage,

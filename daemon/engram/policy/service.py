@@ -2,8 +2,8 @@
 
 Enforcement points it serves:
 
-* **dispatch** — :meth:`Policy.method_guard` is the dispatcher's guard: every request is decided
-  before its params are even read; a denial is -32001 with ``data.rule``;
+* **requests** — :meth:`Policy.method_guard` is the guard of the request chain's policy layer:
+  every request is decided before its params are even read; a denial is -32001 with ``data.rule``;
 * **memory** — :meth:`Policy.require_namespace` for the namespace a memory method touches;
 * **router and providers** — :meth:`Policy.authorize_egress` before each provider call: locality,
   rules, privacy mode, obligations (the payload comes back redacted when it must), limits.
@@ -22,6 +22,7 @@ import os
 import pwd
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus import EventBus
 from engram.errors import Conflict, PolicyDenied, StartupError
+from engram.lifecycle import Health, Part
 from engram.observability.metrics import Metrics
 from engram.policy.api import (
     ExplainParams,
@@ -60,13 +62,9 @@ log = structlog.get_logger("engram.policy")
 PRIVACY_FILE = "policy-privacy.json"  # in the state folder: the owner's privacy switch
 _READABLE_CACHE = 4096  # namespace answers kept for event filtering (cleared when full)
 
-# The method of the request being served, set by the dispatcher's guard: the guard and the
-# handler run in the same task, so parts deciding later (memory's namespace, an egress) know
-# which method they decide for without being told.
 
-
-class Policy:
-    """Async context manager; ``state`` is created, running or closed."""
+class Policy(Part):
+    """The policy part: the rules in force, the privacy switch, the rate limits."""
 
     def __init__(
         self,
@@ -81,8 +79,8 @@ class Policy:
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        super().__init__("policy")
         self.settings = settings
-        self.state = "created"
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self.privacy_path = state_dir / PRIVACY_FILE
         self._bus = bus
@@ -113,37 +111,28 @@ class Policy:
 
     # --- lifecycle -------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Policy:
+    async def setup(self, stack: AsyncExitStack) -> None:
         self._reload_lock = anyio.Lock()
         self.override = await anyio.to_thread.run_sync(self._read_override)
         try:
             policies = await anyio.to_thread.run_sync(load_policy_set, self.settings)
         except PolicyError as exc:
             self._m_reloads.labels("error").inc()
-            self.state = "failed"
             raise StartupError(f"cannot start: {exc}\nfix the policy file(s), or check them with `engram policy check FILE`") from None
         self._install(policies)
-        self.state = "running"
         self._bus.publish(PolicyReloaded(ok=True, trigger="start", files=policies.labels, rules=policies.rule_count))
         log.info("policy loaded", files=policies.labels, rules=policies.rule_count, privacy_mode=self.privacy_mode)
-        return self
 
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        self.state = "closed"
-
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         if self.engine is None:
-            return False, self.state
+            return Health(False, self.state.value)
         detail = (
             f"{self.engine.policies.rule_count} rules from {', '.join(self.engine.policies.labels) or 'no files'}; "
             f"privacy mode {'on' if self.privacy_mode else 'off'}"
         )
         if self.reload_problems:
-            return False, f"{detail}; the last reload failed and the previous policy stays in force: {self.reload_problems[0]}"
-        return True, detail
+            return Health(False, f"{detail}; the last reload failed and the previous policy stays in force: {self.reload_problems[0]}")
+        return Health(True, detail)
 
     def _install(self, policies: PolicySet) -> None:
         self.engine = PolicyEngine(
@@ -271,7 +260,8 @@ class Policy:
             log.info("policy denied", point=decision.point, rule=decision.rule, method=request.action, uid=request.principal.uid)
 
     async def method_guard(self, principal: Principal, method: Method) -> None:
-        """The dispatcher's guard: may ``principal`` call ``method``? Raises PolicyDenied if not."""
+        """The guard of the request chain (``engram.server.layers.access.Guards``): may
+        ``principal`` call ``method``? Raises PolicyDenied if not."""
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
         if decision.allowed:
             # The hot path: the same client calling the same method gets the same (cached)

@@ -4,6 +4,10 @@ closed — calls go through; ``failures`` consecutive failures open it.
 open — calls are refused (a chain skips the provider) until ``cooldown`` seconds have passed.
 half_open — one probe call is let through; success closes the breaker, failure opens it again
 for another cool-down. Time comes from a monotonic clock that tests can replace.
+
+:class:`Breakers` holds them all. The composition root makes it before the plugin manager and the
+providers part, and hands it to both: the providers part feeds the breakers with the outcome of
+each call, ``plugins.list`` shows their states.
 """
 
 from __future__ import annotations
@@ -11,6 +15,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from typing import Literal
+
+import structlog
+
+from engram.bus import EventBus
+from engram.providers.events import ProviderBreakerChanged
+from engram.providers.settings import BreakerSettings
+
+__all__ = ["Breakers", "CircuitBreaker", "State"]
+
+log = structlog.get_logger("engram.providers")
 
 State = Literal["closed", "open", "half_open"]
 
@@ -73,3 +87,30 @@ class CircuitBreaker:
     def _set(self, state: State, error: str | None) -> None:
         previous, self._state = self._state, state
         self._on_change(self.name, state, previous, self.failures, error)
+
+
+class Breakers:
+    """One breaker per provider, made when it is first asked for; every change is logged and
+    published as ``provider.breaker``."""
+
+    def __init__(self, settings: BreakerSettings, bus: EventBus, clock: Callable[[], float] = time.monotonic) -> None:
+        self.settings = settings
+        self._bus = bus
+        self._clock = clock
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def of(self, provider: str) -> CircuitBreaker:
+        breaker = self._breakers.get(provider)
+        if breaker is None:
+            breaker = CircuitBreaker(
+                provider, self.settings.failures, self.settings.cooldown, self._changed, clock=self._clock
+            )
+            self._breakers[provider] = breaker
+        return breaker
+
+    def state_of(self, provider: str) -> State:
+        return self.of(provider).state
+
+    def _changed(self, name: str, state: State, previous: State, failures: int, error: str | None) -> None:
+        log.warning("provider breaker", provider=name, state=state, previous=previous, failures=failures, error=error)
+        self._bus.publish(ProviderBreakerChanged(provider=name, state=state, previous=previous, failures=failures, error=error))

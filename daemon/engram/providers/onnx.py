@@ -14,6 +14,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from engram import __version__
+from engram.lifecycle import PartState
 from engram.plugins.protocol import CostHint, ProviderContext, ProviderHealth
 
 
@@ -46,9 +47,9 @@ class OnnxProvider:
         """Nothing of its own to release: the inference part owns the models."""
 
     async def health(self) -> ProviderHealth:
-        if self._inference.state != "running":
+        if self._inference.state != PartState.RUNNING:
             return ProviderHealth(ok=False, detail=f"inference part is {self._inference.state}")
-        ok, detail = (await self._inference.health_checks())["embedder"]
+        ok, detail = (await self._inference.named_checks())["embedder"]
         return ProviderHealth(ok=ok, detail=detail)
 
     async def embed(self, texts: list[str], *, model: str | None = None) -> list[list[float]]:

@@ -27,7 +27,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
 from engram.bus import EventBus
-from engram.errors import InvalidParams, PolicyDenied, Unavailable
+from engram.errors import InternalSignal, InvalidParams, PolicyDenied, Unavailable
+from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
 from engram.plugins.manager import PluginManager
 from engram.plugins.protocol import Completion, Provider
@@ -38,8 +39,8 @@ from engram.providers.api import (
     CompletionResult,
     GenerateParams,
 )
-from engram.providers.breaker import CircuitBreaker, State
-from engram.providers.events import ProviderBreakerChanged, ProviderCallFailed
+from engram.providers.breaker import Breakers, CircuitBreaker
+from engram.providers.events import ProviderCallFailed
 from engram.providers.settings import ProvidersSettings
 from engram.server.methods import RequestContext, rpc
 
@@ -51,33 +52,32 @@ _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 Authorize = Callable[..., Awaitable[Any]]
 
 
-class _Garbage(Exception):
+class _Garbage(InternalSignal):
     """A provider answered something that is not what the protocol says."""
 
 
-class _ClientGone(Exception):
+class _ClientGone(InternalSignal):
     """A chunk could not be pushed to the client: its connection is gone."""
 
 
-class Providers:
-    """Async context manager; ``state`` is created, running or stopped."""
+class Providers(Part):
+    """The providers part: every provider call goes through it; it holds nothing to open or close."""
 
     def __init__(
         self,
         settings: ProvidersSettings,
         plugins: PluginManager,
+        breakers: Breakers,
         authorize: Authorize,
         bus: EventBus,
         metrics: Metrics,
-        clock: Callable[[], float] | None = None,
     ) -> None:
+        super().__init__("providers")
         self.settings = settings
         self._plugins = plugins
+        self._breakers = breakers
         self._authorize = authorize
         self._bus = bus
-        self._clock = clock
-        self._breakers: dict[str, CircuitBreaker] = {}
-        self.state = "created"
         self._m_calls = Counter(
             "engram_provider_calls",
             "Provider calls by provider, capability and outcome (ok, error, timeout, garbage, policy_denied, breaker_open).",
@@ -85,30 +85,17 @@ class Providers:
             registry=metrics.registry,
         )
         metrics.add_collector(self._collect)
-        plugins.breaker_state = lambda name: self.breaker(name).state
-
-    async def __aenter__(self) -> Providers:
-        self.state = "running"
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        self.state = "stopped"
 
     # --- breakers ------------------------------------------------------------------------------
 
     def breaker(self, name: str) -> CircuitBreaker:
-        breaker = self._breakers.get(name)
-        if breaker is None:
-            extra = {"clock": self._clock} if self._clock is not None else {}
-            breaker = CircuitBreaker(
-                name, self.settings.breaker.failures, self.settings.breaker.cooldown, self._breaker_changed, **extra
-            )
-            self._breakers[name] = breaker
-        return breaker
+        return self._breakers.of(name)
 
-    def _breaker_changed(self, name: str, state: State, previous: State, failures: int, error: str | None) -> None:
-        log.warning("provider breaker", provider=name, state=state, previous=previous, failures=failures, error=error)
-        self._bus.publish(ProviderBreakerChanged(provider=name, state=state, previous=previous, failures=failures, error=error))
+    async def health(self) -> Health:
+        # An open breaker is a provider's trouble, not this part's: shown here, the part stays ok.
+        states = {name: self.breaker(name).state for name in self._plugins.providers()}
+        tripped = [f"{name} {state}" for name, state in states.items() if state != "closed"]
+        return Health(self.state is PartState.RUNNING, f"breakers: {', '.join(tripped) or 'all closed'}")
 
     def _collect(self) -> Iterable[Metric]:
         gauge = GaugeMetricFamily(

@@ -24,9 +24,10 @@ import time
 import uuid
 from collections import OrderedDict, deque
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
@@ -37,13 +38,14 @@ from engram.bus import EventBus
 from engram.errors import (
     Conflict,
     IntegrityError,
+    InternalSignal,
     InvalidParams,
     NotFound,
     RPCError,
     Timeout,
     Unavailable,
 )
-from engram.lifecycle import BackgroundTasks
+from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
 from engram.router.api import (
     CacheProvenance,
@@ -102,7 +104,7 @@ class TargetInput:
     tags: tuple[str, ...] = ()
 
 
-class TargetDown(Exception):
+class TargetDown(InternalSignal):
     def __init__(self, target: str, error: RPCError) -> None:
         super().__init__(error.message)
         self.target, self.error = target, error
@@ -131,15 +133,15 @@ class _RouteState:
     calibrated: str | None = None
 
 
-class Router:
-    """Async context manager; ``state`` is created, running or closed."""
+class Router(Part):
+    """The router part: routes, their cascades, cache and learning."""
 
     def __init__(
         self, settings: RouterSettings, database_path: Path, bus: EventBus, metrics: Metrics, models: Models,
         busy_timeout: float = 5.0, novelty_store: NoveltyStore | None = None, generator: Generator | None = None,
     ) -> None:
+        super().__init__("router")
         self.settings = settings
-        self.state = "created"
         self._path = database_path
         self._busy = busy_timeout
         self._bus = bus
@@ -165,22 +167,21 @@ class Router:
         self.novelty = (
             EpisodicNovelty(novelty_store, settings.learning.novelty_queue, dropped) if novelty_store is not None else None
         )
-        self._background = BackgroundTasks("router")
         self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=reg)
 
     # --- lifecycle ------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def setup(self, stack: AsyncExitStack) -> None:
         self._limiter = anyio.CapacityLimiter(1)
+        stack.push_async_callback(self._close_conn)
         await self._db(self._open)
         if self.novelty is not None:
             self.novelty.open()
-            await self._background.start()
-            self._background.start_soon(self.novelty.run, name="router novelty writer")
-        self.state = "running"
+            await self.start_tasks(stack)
+            stack.push_async_callback(self._finish_novelty)  # first: while its writer still runs
+            self.start_soon(self.novelty.run, name="router novelty writer")
         log.info("router ready", routes=sorted(self.routes))
-        return self
 
     def _open(self) -> None:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False, timeout=self._busy)
@@ -196,24 +197,24 @@ class Router:
             if row is not None:
                 state.threshold, state.auto_threshold, state.calibrated = row
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._background.running and self.novelty is not None:
-            self.novelty.close()  # the writer drains what is queued, then ends
-            if self.novelty.finished is not None:
-                with anyio.CancelScope(shield=True), anyio.move_on_after(10):
-                    await self.novelty.finished.wait()
-        await self._background.stop()  # outside any shield: left from where it was entered
+    async def _finish_novelty(self) -> None:
+        assert self.novelty is not None
+        self.novelty.close()  # the writer drains what is queued, then ends
+        if self.novelty.finished is not None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(10):
+                await self.novelty.finished.wait()
+
+    async def _close_conn(self) -> None:
         if self._conn is not None:
             conn, self._conn = self._conn, None
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(conn.close, limiter=self._limiter)
-        self.state = "closed"
 
     async def _db(self, func: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
 
-    async def health(self) -> tuple[bool, str]:
-        return self.state == "running", f"{len(self.routes)} routes"
+    async def health(self) -> Health:
+        return Health(self.state is PartState.RUNNING, f"{len(self.routes)} routes")
 
     def _route(self, name: str) -> _RouteState:
         state = self.routes.get(name)

@@ -16,6 +16,7 @@ from engram import systemd
 from engram.bus import EventBus
 from engram.server.settings import ServerSettings
 from engram.errors import Overloaded
+from engram.lifecycle import Health, PartState
 from engram.observability.metrics import Metrics
 from engram.server.connection import ClientConnection
 from engram.server.dispatch import Dispatcher
@@ -46,6 +47,9 @@ async def _discard_input(loop: asyncio.AbstractEventLoop, sock: socket.socket, l
 
 
 class RPCServer:
+    """Serves in :meth:`serve`, which the composition root runs: ``running`` while it accepts,
+    ``stopping`` once it drains, ``closed`` when it has returned."""
+
     def __init__(
         self,
         socket_path: Path,
@@ -67,7 +71,7 @@ class RPCServer:
         self._lingering_refusals = 0
         self.inflight = 0
         self.accepted = 0
-        self.state = "created"
+        self.state = PartState.CREATED
         self._ids = itertools.count(1)
         self._accept_scope: anyio.CancelScope | None = None  # anyio objects need the event loop
         self.batch_members: anyio.CapacityLimiter  # batch members running at once, all connections
@@ -91,13 +95,13 @@ class RPCServer:
                 self._connections_scope = connections.cancel_scope
                 self.batch_members = anyio.CapacityLimiter(self.settings().max_inflight)
                 self.large_frames = anyio.CapacityLimiter(1)
-                self.state = "serving"
+                self.state = PartState.RUNNING
                 self._accept_scope = anyio.CancelScope()
                 task_status.started()
                 with self._accept_scope:
                     await self._accept_loop(raw, connections)
         finally:
-            self.state = "stopped"
+            self.state = PartState.CLOSED
             raw.close()
             if inode is not None:
                 remove_if_ours(self.socket_path, inode)
@@ -160,7 +164,7 @@ class RPCServer:
             return
         stream = await TransportStream.wrap(sock)
         conn = ClientConnection(next(self._ids), stream, principal, self)
-        if self.state == "draining":
+        if self.state is PartState.STOPPING:
             conn.stop_reading()
         self.connections[conn.id] = conn
         self.accepted += 1
@@ -174,11 +178,14 @@ class RPCServer:
 
     def stop_accepting(self) -> None:
         """Begin draining: close the door, let every connection finish what it has started."""
-        self.state = "draining"
+        self.state = PartState.STOPPING
         if self._accept_scope is not None:
             self._accept_scope.cancel()
         for conn in list(self.connections.values()):
             conn.stop_reading()
+
+    async def health(self) -> Health:
+        return Health(self.state is PartState.RUNNING, self.state.value)
 
     def cancel(self) -> None:
         """The drain grace period is over: cancel whatever still runs."""

@@ -33,9 +33,10 @@ import datetime as dt
 import json
 import time
 from collections.abc import Callable, Iterable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -45,7 +46,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus.bus import SubscriptionClosed
 from engram.errors import Conflict, InvalidParams
-from engram.lifecycle import BackgroundTasks
+from engram.lifecycle import Health, Part, PartState
 from engram.server.methods import RequestContext, rpc
 from engram.sleep.api import (
     NextRun,
@@ -160,8 +161,8 @@ class _Pacer:
             run.yielding = False
 
 
-class Sleep:
-    """Async context manager; ``state`` is created, running, stopping or closed."""
+class Sleep(Part):
+    """The sleep part: triggers and the consolidation run in progress."""
 
     def __init__(
         self,
@@ -178,6 +179,7 @@ class Sleep:
         busy_timeout: float = 5.0,
         skipped_prefixes: tuple[str, ...] = (),
     ) -> None:
+        super().__init__("sleep")
         self.settings = settings
         self.store = store
         self.db = SleepDB(database_path, busy_timeout)
@@ -187,8 +189,8 @@ class Sleep:
         self.audit = audit
         self.bus = bus
         self.clock = clock
-        self.state = "created"
-        # Foreground requests in flight and when the last one came (the dispatcher, in the daemon).
+        # Foreground requests in flight and when the last one came (in the daemon, the
+        # ForegroundActivity layer of the request chain: engram.sleep.activity).
         self.activity: Activity = activity if activity is not None else _NoActivity()
         self._run: _Run | None = None
         self._starting = False
@@ -196,7 +198,6 @@ class Sleep:
         self._last_preemptions = 0
         self._last_finished_mono: float | None = None
         self._next_schedule: float | None = None
-        self._background = BackgroundTasks("sleep")
         self._stopping = False  # the daemon is stopping: no new runs
         kwargs: dict[str, Any] = {"registry": metrics.registry if metrics is not None else None}
         self.m_runs = Counter("engram_sleep_runs", "Consolidation runs finished, by outcome.", ["outcome"], **kwargs)
@@ -211,33 +212,20 @@ class Sleep:
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def setup(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.db.open)
-        try:
-            await anyio.to_thread.run_sync(self._recover)
-        except BaseException:
-            await anyio.to_thread.run_sync(self.db.close)
-            raise
+        stack.push_async_callback(self._close_db)
+        await anyio.to_thread.run_sync(self._recover)
         self._next_schedule = self._schedule_after(self.clock())
-        await self._background.start()
-        self._background.start_soon(self._triggers, name="sleep triggers")
+        # At close the tasks are cancelled: a run in progress is recorded as interrupted on its way out.
+        await self.start_tasks(stack)
+        self.start_soon(self._triggers, name="sleep triggers")
         if self.bus is not None:
-            self._background.start_soon(self._watch_stop, name="sleep stop watcher")
-        self.state = "running"
-        return self
+            self.start_soon(self._watch_stop, name="sleep stop watcher")
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        if self.state in ("closed", "created"):
-            self.state = "closed"
-            return
-        self.state = "stopping"
-        await self._background.stop()  # a run in progress is recorded as interrupted on its way out
+    async def _close_db(self) -> None:
         with anyio.CancelScope(shield=True):
             await anyio.to_thread.run_sync(self.db.close)
-        self.state = "closed"
 
     async def _watch_stop(self) -> None:
         """When the daemon begins to stop, the run in progress stops too (recorded interrupted),
@@ -253,12 +241,12 @@ class Sleep:
         if self._run is not None and self._run.scope is not None:
             self._run.scope.cancel()
 
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         run = self._run
         if run is not None:
-            return True, f"run {run.id} ({run.trigger}) at {run.stage or 'start'}"
+            return Health(True, f"run {run.id} ({run.trigger}) at {run.stage or 'start'}")
         last = self._last_report
-        return True, "idle" + (f"; last run {last['run']} {last['outcome']}" if last else "; no run yet")
+        return Health(True, "idle" + (f"; last run {last['run']} {last['outcome']}" if last else "; no run yet"))
 
     def _collect(self) -> Iterable[Metric]:
         state = GaugeMetricFamily("engram_sleep_state", "1 for the state consolidation is in.", labels=["state"])
@@ -299,7 +287,7 @@ class Sleep:
         if self._run is not None or self._starting:
             running = self._run.id if self._run is not None else None
             raise Conflict("a consolidation run is going already", reason="sleep_running", run=running)
-        if not self._background.running or self.state != "running" or self._stopping:
+        if self.state is not PartState.RUNNING or self._stopping:
             raise Conflict("sleep is not running (the daemon is stopping)", reason="sleep_stopped")
         chosen = [s for s in ORDER if s in (stages if stages is not None else self.settings.stages)]
         self._starting = True
@@ -309,7 +297,7 @@ class Sleep:
             self._starting = False
         run.done = anyio.Event()
         self._run = run
-        self._background.start_soon(self._execute, run, name=f"sleep run {run.id}")
+        self.start_soon(self._execute, run, name=f"sleep run {run.id}")
         return run
 
     def _insert_run(self, trigger: str, namespace: str | None, stages: list[str]) -> _Run:

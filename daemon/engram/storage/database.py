@@ -9,13 +9,14 @@ before anything is touched, rather than guessed at.
 from __future__ import annotations
 
 import sqlite3
+from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import aiosqlite
 import structlog
 
 from engram.errors import StartupError
+from engram.lifecycle import Health, Part
 from engram.storage.schema import LAYOUT, NewerSchema, Schema, legacy_versions, load_schemas, pending
 
 log = structlog.get_logger("engram.storage")
@@ -27,13 +28,13 @@ _VERSIONS_TABLE = (
 )
 
 
-class Database:
-    """An async context manager owning the connection; ``aclose()`` is idempotent."""
+class Database(Part):
+    """The connection, as a part: open while it runs; ``aclose()`` is idempotent."""
 
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        super().__init__("database")
         self.path = path
         self.busy_timeout = busy_timeout
-        self.state = "created"
         self._conn: aiosqlite.Connection | None = None
         self.versions: dict[str, int] = {}  # each part's schema version, once open
 
@@ -43,18 +44,12 @@ class Database:
             raise RuntimeError("database is not open")
         return self._conn
 
-    async def __aenter__(self) -> "Database":
-        await self.open()
-        return self
-
-    async def __aexit__(self, *exc_info: Any) -> None:
-        await self.aclose()
-
-    async def open(self) -> None:
+    async def setup(self, stack: AsyncExitStack) -> None:
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         try:
             # isolation_level=None: we issue BEGIN/COMMIT ourselves, so transactions are explicit.
             self._conn = await aiosqlite.connect(self.path, isolation_level=None, timeout=self.busy_timeout)
+            stack.push_async_callback(self._close)
             await self._conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a commit is on disk before it is acknowledged, which is what "an acknowledged
             # write survives kill -9 and power loss" needs.
@@ -62,12 +57,7 @@ class Database:
             await self._conn.execute("PRAGMA foreign_keys = ON")
             await self._migrate()
         except sqlite3.DatabaseError as exc:
-            await self.aclose()
             raise StartupError(f"cannot open database {self.path}: {exc}") from None
-        except BaseException:
-            await self.aclose()
-            raise
-        self.state = "open"
 
     async def _migrate(self) -> None:
         conn = self.conn
@@ -117,18 +107,15 @@ class Database:
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def aclose(self) -> None:
-        if self._conn is not None:
-            conn, self._conn = self._conn, None
-            try:
-                await conn.close()
-            finally:
-                self.state = "closed"
+    async def _close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()
 
-    async def health(self) -> tuple[bool, str]:
+    async def health(self) -> Health:
         try:
             async with self.conn.execute("SELECT 1") as cursor:
                 await cursor.fetchone()
         except Exception as exc:  # a health probe reports, it does not raise
-            return False, str(exc)
-        return True, "schema " + ", ".join(f"{part} {version}" for part, version in self.versions.items())
+            return Health(False, str(exc))
+        return Health(True, "schema " + ", ".join(f"{part} {version}" for part, version in self.versions.items()))

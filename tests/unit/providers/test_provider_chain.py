@@ -18,6 +18,7 @@ from engram.observability.metrics import Metrics
 from engram.plugins.protocol import Completion
 from engram.principal import Principal
 from engram.providers.api import ChatMessage, ChatParams, GenerateParams
+from engram.providers.breaker import Breakers
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.service import Providers
 from engram.providers.settings import BreakerSettings, ProvidersSettings
@@ -74,7 +75,6 @@ class Fake:
 class Plugins:
     def __init__(self, *providers: Fake) -> None:
         self._providers = {p.name: p for p in providers}
-        self.breaker_state = None
 
     def providers(self) -> dict[str, Fake]:
         return dict(self._providers)
@@ -120,11 +120,10 @@ def make(*providers: Fake, deny: set[str] = frozenset(), chain: list[str] | None
     bus = EventBus(CORE_EVENTS)
     bus.declare(*PROVIDER_EVENTS)
     policy = Policy(deny)
-    service = Providers(
-        ProvidersSettings(chains={"generate": chain or [p.name for p in providers], "chat": chain or []},
-                          breaker=BreakerSettings(failures=2, cooldown=10), **settings),
-        Plugins(*providers), policy.authorize, bus, Metrics(), clock=lambda: clock[0],
-    )
+    config = ProvidersSettings(chains={"generate": chain or [p.name for p in providers], "chat": chain or []},
+                               breaker=BreakerSettings(failures=2, cooldown=10), **settings)
+    breakers = Breakers(config.breaker, bus, clock=lambda: clock[0])
+    service = Providers(config, Plugins(*providers), breakers, policy.authorize, bus, Metrics())
     ctx = RequestContext(principal=Principal(uid=1000, gid=1000, pid=1), connection=Conn(), request=7)
     return service, ctx, policy, clock, bus
 
