@@ -4,7 +4,7 @@
   file, line and key out;
 * :mod:`.engine` — decisions (deny overrides, obligations, privacy mode, egress);
 * :mod:`.redact` — the redact obligation; :mod:`.ratelimit` — token buckets for egress limits;
-* :mod:`.service` — the Policy part: the dispatcher's guard, reload, ``policy.*`` methods.
+* :mod:`.service` — the Policy part: the request chain's method guard, reload, ``policy.*`` methods.
 
 See docs/policy.md.
 """

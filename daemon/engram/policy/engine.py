@@ -448,7 +448,7 @@ class PolicyEngine:
     def authorize_namespace(self, principal: Principal, method: str, namespace: str, check_method: bool = True) -> Decision:
         """May ``principal``, calling ``method``, read or write memory ``namespace``?
 
-        A method the principal may not call gets no namespace either (the dispatcher refuses it
+        A method the principal may not call gets no namespace either (the request chain refuses it
         first anyway; this keeps explain truthful)."""
         method_decision = self.authorize_method(principal, method) if check_method else None
         if method_decision is not None and not method_decision.allowed:

@@ -1,9 +1,10 @@
 """What the sleep part needs from the rest of the daemon, as protocols.
 
 The composition root hands sleep an implementation of each: memory's
-``engram.memory.consolidation.MemoryConsolidation`` is the :class:`ConsolidationStore`, the
-dispatcher is the :class:`Activity`, the audit log the :class:`AuditTrail`, the router the
-:class:`Recalibrator`. Sleep imports none of those parts.
+``engram.memory.consolidation.MemoryConsolidation`` is the :class:`ConsolidationStore`,
+``engram.sleep.activity.ForegroundActivity`` (a layer of the request chain) the
+:class:`Activity`, the audit log the :class:`AuditTrail`, the router the :class:`Recalibrator`.
+Sleep imports none of those parts.
 
 Memory's writes are journalled under a :class:`JournalTag` (run, namespace, stage), which sleep
 chooses and memory keeps without reading anything into it: rollback, resume and cleanup name
@@ -36,7 +37,7 @@ class JournalTag(NamedTuple):
 
 
 class Activity(Protocol):
-    """Foreground activity as the dispatcher counts it."""
+    """Foreground activity as the request chain counts it (``ForegroundActivity``)."""
 
     foreground: int  # requests in flight now
     last_foreground: float  # time.monotonic() of the last arrival or completion
