@@ -12,11 +12,12 @@ import itertools
 import json
 import os
 from collections import defaultdict, deque
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import SocketStream, TaskGroup
+from anyio.abc import SocketStream
 
 from engram.locations import default_socket_candidates
 from engram.errors import DaemonUnreachable, EngramError, RPCError, Timeout, error_from_wire
@@ -112,7 +113,7 @@ class AsyncClient:
         self.timeout = timeout
         self.connect_timeout = connect_timeout
         self._stream: SocketStream | None = None
-        self._tg: TaskGroup | None = None
+        self._reading: AsyncExitStack | None = None  # the read loop's task group, while connected
         self._ids = itertools.count(1)
         self._pending: dict[int, _Pending] = {}
         self._streams: dict[str, EventStream] = {}
@@ -144,17 +145,18 @@ class AsyncClient:
         if self._stream is None:
             where = "; ".join(tried)
             raise DaemonUnreachable(f"engramd is not running or not reachable: tried {where}", where)
-        self._tg = anyio.create_task_group()
-        await self._tg.__aenter__()
-        self._tg.start_soon(self._read_loop)
+        reading = AsyncExitStack()
+        tasks = await reading.enter_async_context(anyio.create_task_group())
+        reading.callback(tasks.cancel_scope.cancel)  # at close: the read loop is cancelled, then awaited
+        tasks.start_soon(self._read_loop)
+        self._reading = reading
 
     async def aclose(self) -> None:
-        if self._tg is None:
+        if self._reading is None:
             return
-        tg, self._tg = self._tg, None
-        tg.cancel_scope.cancel()
+        reading, self._reading = self._reading, None
         try:
-            await tg.__aexit__(None, None, None)
+            await reading.aclose()
         finally:
             if self._stream is not None:
                 await anyio.aclose_forcefully(self._stream)
