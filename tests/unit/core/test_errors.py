@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
+
 import pytest
 
 import engram
@@ -36,3 +40,26 @@ def test_config_error_lists_every_problem():
 def test_public_api_is_importable():
     for name in engram.__all__:
         assert getattr(engram, name) is not None
+
+
+def test_every_exception_engram_defines_is_an_engram_error():
+    """One hierarchy: a class that raises past its module can always be caught as EngramError."""
+    outside = []
+    for module in pkgutil.walk_packages(engram.__path__, "engram."):
+        namespace = vars(importlib.import_module(module.name))
+        for name, obj in namespace.items():
+            if inspect.isclass(obj) and issubclass(obj, Exception) and obj.__module__ == module.name:
+                if not issubclass(obj, errors.EngramError):
+                    outside.append(f"{module.name}.{name}")
+    assert outside == []
+
+
+def test_parser_errors_stay_value_errors_and_timeouts_stay_timeouts():
+    """Callers catch these by their builtin base too (json hooks, the client's read loop)."""
+    from engram.server.framing import IdleTimeout, SlowFrame
+    from engram.server.jsonrpc import NonFiniteNumber
+    from engram.signing import NoteError
+
+    assert issubclass(NoteError, errors.DataError) and issubclass(NoteError, ValueError)
+    assert issubclass(NonFiniteNumber, errors.InternalSignal) and issubclass(NonFiniteNumber, ValueError)
+    assert all(issubclass(cls, TimeoutError) and issubclass(cls, errors.InternalSignal) for cls in (IdleTimeout, SlowFrame))
