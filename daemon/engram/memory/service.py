@@ -158,10 +158,6 @@ class Memory(Part):
     def embedder(self) -> Embedder | None:
         return self.episodic.embedder
 
-    @embedder.setter
-    def embedder(self, value: Embedder | None) -> None:
-        self.episodic.embedder = value
-
     # --- lifecycle ------------------------------------------------------------------------------------
 
     async def setup(self, stack: AsyncExitStack) -> None:
