@@ -1,10 +1,16 @@
-"""The audit log's layer of the request chain: every audited request gets exactly one durable
-``rpc`` entry, whatever its outcome, before it is answered.
+"""The audit log's layer of the request chain: every audited request gets exactly one ``rpc``
+entry, whatever its outcome; a request that changes state gets it durable before it is answered.
 
 A result carries the entry's ``audit_seq``, an error carries it in ``data.audit_seq``. When the
 entry cannot be made durable, the request fails with that error instead: a response never claims
 an entry that does not exist. Unknown methods are not audited (they did nothing, and their names
 are the client's free text), nor methods declared ``audit=False``.
+
+Reads (methods declared ``read_only``) do not wait for the disk: their entry is queued and
+group-committed with the next batch, after the answer, which therefore carries no ``audit_seq``.
+A seq is only ever shown once its entry is durable, so a crash, which can lose the reads answered
+in the last group-commit window, never leaves a client holding a seq that a later entry takes.
+A read whose entry cannot even be queued (queue full, log stopped) fails with that error.
 
 It sits inside the telemetry layers, which then see the answer the client gets, and outside the
 error translation (:mod:`engram.server.layers.errors`), so that what it records is an RPCError.
@@ -27,8 +33,9 @@ log = structlog.get_logger("engram.audit")
 
 
 class RequestRecorder(Protocol):
-    """Makes a served request's entry durable and returns its seq (:class:`engram.audit.log.AuditLog`);
-    raises an RPCError when it cannot."""
+    """Records served requests (:class:`engram.audit.log.AuditLog`): ``record_request`` makes the
+    entry durable and returns its seq, ``enqueue_request`` (reads) only queues it; both raise an
+    RPCError when they cannot."""
 
     async def record_request(
         self,
@@ -42,6 +49,18 @@ class RequestRecorder(Protocol):
         connection: int | None = None,
     ) -> int: ...
 
+    def enqueue_request(
+        self,
+        *,
+        method: str,
+        principal: Principal,
+        request: int,
+        params: Any,
+        result: Any = None,
+        error: RPCError | None = None,
+        connection: int | None = None,
+    ) -> None: ...
+
 
 class AuditRecord:
     def __init__(self, recorder: RequestRecorder) -> None:
@@ -51,6 +70,8 @@ class AuditRecord:
         method = call.method
         if method is None or not method.audit:
             return await call_next(call)
+        if method.read_only:
+            return await self._answer_read(call, call_next)
         try:
             response = await call_next(call)
         except RPCError as exc:
@@ -94,3 +115,39 @@ class AuditRecord:
         except Exception as exc:
             log.exception("audit recorder failed", method=name, request=call.serial)
             raise InternalError(f"the audit entry of {name} could not be recorded ({type(exc).__name__})") from None
+
+    async def _answer_read(self, call: Call, call_next: CallNext) -> Any:
+        try:
+            response = await call_next(call)
+        except RPCError as exc:
+            failure = self._enqueue(call, error=exc)
+            if failure is None:
+                raise
+            raise failure from None
+        except anyio.get_cancelled_exc_class():
+            self._enqueue(call, error=cancelled_error())  # the cancellation is the answer either way
+            raise
+        failure = self._enqueue(call, result=response)
+        if failure is not None:
+            raise failure
+        return response
+
+    def _enqueue(self, call: Call, *, result: Any = None, error: RPCError | None = None) -> RPCError | None:
+        """Queue a read's entry; returns the error to answer with when it could not be queued."""
+        name = call.method.name  # type: ignore[union-attr]  # audited: known
+        try:
+            self._recorder.enqueue_request(
+                method=name,
+                principal=call.principal,
+                request=call.serial,
+                params=call.request.params,
+                result=result,
+                error=error,
+                connection=call.connection.id,
+            )
+        except RPCError as audit_error:
+            return audit_error
+        except Exception as exc:
+            log.exception("audit recorder failed", method=name, request=call.serial)
+            return InternalError(f"the audit entry of {name} could not be recorded ({type(exc).__name__})")
+        return None

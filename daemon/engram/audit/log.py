@@ -7,13 +7,14 @@ Started right after the database and before anything that produces entries, it
    (:func:`.verify.verify_log`); a log that fails is never extended: the daemon refuses to start
    and says which entry or checkpoint is wrong and what to do;
 2. records every audited RPC request (:meth:`AuditLog.record_request`, called by the request
-   chain's audit layer, :mod:`.layer`, before the answer goes) and every event on the audited bus
-   topics;
+   chain's audit layer, :mod:`.layer`, before the answer goes; reads' entries,
+   :meth:`AuditLog.enqueue_request`, are queued and committed with the next batch after the
+   answer) and every event on the audited bus topics;
 3. writes entries by *group commit*: callers enqueue into a bounded queue and wait; one writer
    task takes what is pending (up to ``audit.max_batch``, waiting at most
    ``audit.max_batch_delay_ms`` for a batch to fill), writes it in one transaction in a worker
    thread and, once ``COMMIT`` returned, wakes each caller with its ``seq``. Nothing is
-   acknowledged before it is durable;
+   acknowledged with a ``seq`` before it is durable;
 4. signs a checkpoint every ``audit.checkpoint_every_entries`` entries, every
    ``audit.checkpoint_every_seconds`` while entries arrive, on request, and at shutdown.
    Checkpoints are signed only over committed entries, so none is ever ahead of the log.
@@ -372,7 +373,34 @@ class AuditLog(Part):
             )
         )
 
-    async def append_record(self, record: Record) -> int:
+    def enqueue_request(
+        self,
+        *,
+        method: str,
+        principal: Any,
+        request: int,
+        params: Any,
+        result: Any = None,
+        error: RPCError | None = None,
+        connection: int | None = None,
+    ) -> None:
+        """The audit layer's recorder for reads: the ``rpc`` entry is queued and group-committed
+        with the next batch, nobody waits for it. Raises as :meth:`append_record` does when it
+        cannot even be queued (log not running, queue full)."""
+        record = request_record(
+            method=method,
+            principal=principal,
+            request=request,
+            params=params,
+            result=result,
+            error_code=error.code if error is not None else None,
+            error_reason=error.reason if error is not None else None,
+            connection=connection,
+        )
+        self._check_room()
+        self._enqueue_unwaited(record)
+
+    def _check_room(self) -> None:
         if self.state is not PartState.RUNNING or self._closing:
             raise Unavailable("the audit log is not running; nothing can be recorded", reason="audit_unavailable")
         if len(self._queue) >= self.settings.queue_size:
@@ -380,6 +408,9 @@ class AuditLog(Part):
             raise Overloaded(
                 "the audit log's queue is full; retry later", reason="audit_overloaded", queue_size=self.settings.queue_size
             )
+
+    async def append_record(self, record: Record) -> int:
+        self._check_room()
         pending = _Pending(record, anyio.Event())
         self._queue.append(pending)
         self._kick()

@@ -434,7 +434,8 @@ class Memory(Part):
         self._publish_remembered(namespace, rows, seqs, "remember", ctx.principal, ctx.request)
         return RememberResult(ids=[r.id for r in rows])
 
-    @rpc("memory.recall", summary="The episodes best matching a query text or vector: hybrid score, filters, top k.")
+    @rpc("memory.recall", summary="The episodes best matching a query text or vector: hybrid score, filters, top k.",
+         read_only=True)
     async def recall(self, ctx: RequestContext, params: RecallParams) -> RecallResult:
         started = time.perf_counter()
         namespace = self._namespace(ctx, params.namespace)
@@ -480,7 +481,7 @@ class Memory(Part):
             ],
         )
 
-    @rpc("memory.get", summary="Episodes by id (unknown ids: -32002 naming them).")
+    @rpc("memory.get", summary="Episodes by id (unknown ids: -32002 naming them).", read_only=True)
     async def get(self, ctx: RequestContext, params: GetParams) -> GetResult:
         namespace = self._namespace(ctx, params.namespace)
         self.episodic.check_count(len(params.ids), "ids")
@@ -501,7 +502,8 @@ class Memory(Part):
             episodes.append(EpisodeOut(**row, vector=vector.tolist() if vector is not None else None))
         return GetResult(episodes=episodes)
 
-    @rpc("memory.list", summary="A namespace's episodes, newest recorded first, a page at a time (optionally one session or kind).")
+    @rpc("memory.list", summary="A namespace's episodes, newest recorded first, a page at a time (optionally one session or kind).",
+         read_only=True)
     async def list_episodes(self, ctx: RequestContext, params: ListEpisodesParams) -> ListEpisodesResult:
         namespace = self._namespace(ctx, params.namespace)
         if params.limit > self.settings.max_items:
@@ -802,7 +804,7 @@ class Memory(Part):
             return {}
         return {k: rows[i] for i, (k, _) in enumerate(missing)}
 
-    @rpc("memory.graph.query", summary="A concept's neighbours and multi-hop paths, as of a time.")
+    @rpc("memory.graph.query", summary="A concept's neighbours and multi-hop paths, as of a time.", read_only=True)
     async def graph_query(self, ctx: RequestContext, params: GraphQueryParams) -> GraphQueryResult:
         namespace = self._namespace(ctx, params.namespace)
         if params.depth > self.settings.graph.max_depth:

@@ -64,8 +64,9 @@ FreeJsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_few_values)]
 class Result(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    # Set by the audit layer (engram.audit.layer) on the response of every audited method;
-    # absent from the responses of methods that are not audited.
+    # Set by the audit layer (engram.audit.layer) on the response of every audited method that is
+    # not read_only; absent from the responses of methods that are not audited, and of reads,
+    # whose entries are committed after the answer (a seq is shown only once it is durable).
     audit_seq: int | None = Field(
         default=None,
         description="seq of this request's entry in the signed audit log (prove it with audit.prove).",
@@ -118,6 +119,9 @@ class Method:
     owner_only: bool = False  # only the daemon's own uid (and root) may call it
     timeout: float | None = None  # overrides server.request_timeout (e.g. long-running work)
     audit: bool = True  # each request gets an audit entry; False only for pure introspection
+    # Changes nothing a client asked to change (access bookkeeping aside): its audit entry is
+    # group-committed after the answer instead of before it, and the answer has no audit_seq.
+    read_only: bool = False
 
 
 @dataclass
@@ -127,15 +131,22 @@ class _Declaration:
     owner_only: bool
     timeout: float | None
     audit: bool = True
+    read_only: bool = False
 
 
 def rpc(
-    name: str, *, summary: str, owner_only: bool = False, timeout: float | None = None, audit: bool = True
+    name: str,
+    *,
+    summary: str,
+    owner_only: bool = False,
+    timeout: float | None = None,
+    audit: bool = True,
+    read_only: bool = False,
 ) -> Callable:
     """Mark an async method of a part as the handler of RPC method ``name``."""
 
     def mark(func: Callable) -> Callable:
-        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout, audit)  # type: ignore[attr-defined]
+        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout, audit, read_only)  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -166,6 +177,7 @@ def collect(part: object) -> list[Method]:
                 owner_only=decl.owner_only,
                 timeout=decl.timeout,
                 audit=decl.audit,
+                read_only=decl.read_only,
             )
         )
     return methods

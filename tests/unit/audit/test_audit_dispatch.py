@@ -52,6 +52,12 @@ class Part:
     async def peek(self, ctx: RequestContext, params: NoParams) -> EchoResult:
         return EchoResult(value=1)
 
+    @rpc("t.read", summary="a read", read_only=True)
+    async def read(self, ctx: RequestContext, params: EchoParams) -> EchoResult:
+        if params.value < 0:
+            raise NotFound("negative")
+        return EchoResult(value=params.value)
+
     @rpc("t.admin", summary="owner only", owner_only=True)
     async def admin(self, ctx: RequestContext, params: NoParams) -> EchoResult:
         return EchoResult(value=2)
@@ -68,6 +74,11 @@ class FakeRecorder:
         # What the real recorder hashes before it returns (the dispatcher adds audit_seq after).
         self.calls.append({**kwargs, "result": dict(kwargs["result"]) if kwargs.get("result") else None})
         return 100 + len(self.calls)
+
+    def enqueue_request(self, **kwargs: Any) -> None:
+        if self.fail is not None:
+            raise self.fail
+        self.calls.append({**kwargs, "queued": True})
 
 
 class Conn:
@@ -137,3 +148,17 @@ async def test_a_failed_record_fails_the_request(setup) -> None:
     assert info.value.reason == "audit_overloaded"
     with pytest.raises(Overloaded):  # an error whose entry cannot be written: the audit error wins
         await call(dispatcher, "t.echo", {"value": -1})
+
+
+async def test_reads_are_queued_not_awaited_and_show_no_seq(setup) -> None:
+    dispatcher, recorder = setup
+    assert await call(dispatcher, "t.read", {"value": 5}) == {"value": 5}  # no seq before it is durable
+    with pytest.raises(NotFound) as info:
+        await call(dispatcher, "t.read", {"value": -1})
+    assert "audit_seq" not in info.value.data
+    ok, failed = recorder.calls
+    assert ok["queued"] and ok["method"] == "t.read" and ok["result"] == {"value": 5} and ok["error"] is None
+    assert failed["queued"] and failed["error"] is info.value
+    recorder.fail = Overloaded("queue full", reason="audit_overloaded")
+    with pytest.raises(Overloaded):  # a read whose entry cannot even be queued is not answered
+        await call(dispatcher, "t.read", {"value": 5})

@@ -139,6 +139,29 @@ async def test_request_records_hash_input_and_output(folder: Folder) -> None:
     assert entries[bad]["detail"]["error_code"] == -32002 and entries[bad]["detail"]["outcome"] == "error"
 
 
+async def test_queued_reads_are_committed_with_the_next_batch_and_in_order(folder: Folder) -> None:
+    async with folder.log(max_batch_delay_ms=50) as audit:
+        for request in (1, 2):
+            audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=request, params={}, result={"n": request})
+        # A write behind them waits for its own durability; the reads are committed in the same batch.
+        seq = await audit.record_request(method="x.write", principal=PRINCIPAL, request=3, params={}, result={})
+        assert seq == 2 and audit.counters.batches == 1
+    entries = folder.entries()
+    assert [(e["task_id"], e["detail"]["method"]) for e in entries] == [(1, "x.read"), (2, "x.read"), (3, "x.write")]
+    assert entries[0]["output_hash"] == content_hash({"n": 1})
+
+
+async def test_queued_reads_are_refused_when_full_or_stopped(folder: Folder) -> None:
+    audit = folder.log(queue_size=1, max_batch_delay_ms=1000)
+    with pytest.raises(Unavailable):
+        audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=1, params={})
+    async with audit:
+        audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=1, params={})
+        with pytest.raises(Overloaded):
+            audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=2, params={})
+    assert [e["task_id"] for e in folder.entries()] == [1]  # what was queued is written at close
+
+
 async def test_audited_bus_events_keep_hashes_not_content(folder: Folder) -> None:
     async with folder.log() as audit:
         folder.bus.publish(MemoryDeleted(text="my secret diary", vector=[0.5], memory_id=9, task_id=4, principal=PRINCIPAL))
