@@ -26,14 +26,17 @@ class RequestEvents:
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         principal = call.principal
-        # model_construct: the values are ours and already typed; validating them again per
-        # request is a measurable cost on the hot path.
-        self._bus.publish(
-            RequestReceived.model_construct(
-                connection=call.connection.id, request=call.serial, method=call.request.method, principal=principal,
-                time=time.time(),
+        bus = self._bus
+        # Nobody following request.* (the usual case) means no event to build. model_construct:
+        # the values are ours and already typed; validating them again per request is a
+        # measurable cost on the hot path.
+        if bus.wants(RequestReceived.topic):
+            bus.publish(
+                RequestReceived.model_construct(
+                    connection=call.connection.id, request=call.serial, method=call.request.method,
+                    principal=principal, time=time.time(),
+                )
             )
-        )
         error: RPCError | None = None
         try:
             return await call_next(call)
@@ -47,17 +50,18 @@ class RequestEvents:
                 "request", method=call.request.method, request=call.serial, uid=principal.uid, outcome=outcome, ms=ms,
                 reason=error.reason if error else None,
             )
-            self._bus.publish(
-                RequestCompleted.model_construct(
-                    time=time.time(),
-                    connection=call.connection.id,
-                    request=call.serial,
-                    method=call.request.method,
-                    outcome=outcome,
-                    error_code=error.code if error else None,
-                    error_reason=error.reason if error else None,
-                    duration_ms=ms,
-                    trace_id=call.trace_id,
-                    principal=principal,
+            if bus.wants(RequestCompleted.topic):
+                bus.publish(
+                    RequestCompleted.model_construct(
+                        time=time.time(),
+                        connection=call.connection.id,
+                        request=call.serial,
+                        method=call.request.method,
+                        outcome=outcome,
+                        error_code=error.code if error else None,
+                        error_reason=error.reason if error else None,
+                        duration_ms=ms,
+                        trace_id=call.trace_id,
+                        principal=principal,
+                    )
                 )
-            )

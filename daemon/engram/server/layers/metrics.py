@@ -16,6 +16,10 @@ from engram.server.chain import Call, CallNext, failure_of
 class RequestMetrics:
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
+        # The labelled children, looked up once per method and outcome: prometheus_client's
+        # labels() validates and locks on every call. Bounded: one entry per method name.
+        self._counters: dict[tuple[str, str], Any] = {}
+        self._histograms: dict[str, Any] = {}
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         metrics = self._metrics
@@ -29,5 +33,12 @@ class RequestMetrics:
             raise
         finally:
             metrics.in_flight.dec()
-            metrics.requests.labels(label, "error" if failed else "ok").inc()
-            metrics.request_seconds.labels(label).observe(time.perf_counter() - call.started)
+            key = (label, "error" if failed else "ok")
+            counter = self._counters.get(key)
+            if counter is None:
+                counter = self._counters[key] = metrics.requests.labels(*key)
+            counter.inc()
+            histogram = self._histograms.get(label)
+            if histogram is None:
+                histogram = self._histograms[label] = metrics.request_seconds.labels(label)
+            histogram.observe(time.perf_counter() - call.started)
