@@ -191,7 +191,11 @@ class AuditLog(Part):
             self.store.close()
             raise
         stack.push_async_callback(self._release)  # last: once the tasks have ended
-        self._subscription = self._bus.subscribe(self._topics, self.settings.event_queue, OverflowPolicy.DROP_NEWEST)
+        # admits=is_audited: routine allows (``audit: false``) never reach the queue, so the pump
+        # is not woken per request only to drop them.
+        self._subscription = self._bus.subscribe(
+            self._topics, self.settings.event_queue, OverflowPolicy.DROP_NEWEST, admits=is_audited
+        )
         await self.start_tasks(stack)
         stack.push_async_callback(self._finish_writing)  # first: while the writer still runs
         self.start_soon(self._write_loop, name="audit-writer")
