@@ -7,6 +7,7 @@ Task structure (all under the server's connection task group)::
     └── pushes task group     notification pumps (event subscriptions); cancelled last
         └── requests group    one task per accepted request (or batch); waited for on close
             read loop         this task; stops at end of stream, idle timeout or drain
+                              (one timer for its reads: LineReader.timer)
 """
 
 from __future__ import annotations
@@ -130,15 +131,32 @@ class ClientConnection:
                 await anyio.sleep(0.005)
 
     async def _read_loop(self, requests: TaskGroup) -> None:
-        settings = self._server.settings
-        budget = self._server.frame_budget
-        reader = LineReader(self._stream, settings().max_frame_bytes, budget)
+        reader = LineReader(self._stream, self._server.settings().max_frame_bytes, self._server.frame_budget)
         self.on_close(reader.close)
         while True:
-            reader.max_bytes = settings().max_frame_bytes  # reloadable
-            budget.limit = settings().max_buffered_bytes
             try:
-                line = await reader.read_line(settings().idle_timeout, settings().read_timeout)
+                with reader.timer():  # one idle/read timer for all the reads until one expires
+                    await self._read_frames(reader, requests)
+                return  # end of stream, or a drain
+            except IdleTimeout:
+                if self.inflight or self.subscriptions:
+                    continue
+                self.close_reason = "idle_timeout"
+                return
+            except SlowFrame:
+                log.warning("slow client dropped", connection=self.id, read_timeout=self._server.settings().read_timeout)
+                self.close_reason = "slow_client"
+                return
+
+    async def _read_frames(self, reader: LineReader, requests: TaskGroup) -> None:
+        settings = self._server.settings
+        budget = self._server.frame_budget
+        while True:
+            limits = settings()
+            reader.max_bytes = limits.max_frame_bytes  # reloadable
+            budget.limit = limits.max_buffered_bytes
+            try:
+                line = await reader.read_line(limits.idle_timeout, limits.read_timeout)
             except BudgetExhausted as exc:
                 self._server.metrics.frames_rejected.labels("buffered_limit").inc()
                 log.warning("frame dropped: buffered frame bytes at the limit", connection=self.id, limit=exc.limit)
@@ -157,15 +175,6 @@ class ClientConnection:
                 )
                 await self._send(error_response(None, error))
                 continue
-            except IdleTimeout:
-                if self.inflight or self.subscriptions:
-                    continue
-                self.close_reason = "idle_timeout"
-                return
-            except SlowFrame:
-                log.warning("slow client dropped", connection=self.id, read_timeout=settings().read_timeout)
-                self.close_reason = "slow_client"
-                return
             if line is None:
                 return
             if line.strip():

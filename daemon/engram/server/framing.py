@@ -14,9 +14,11 @@ finds the budget spent is discarded up to its newline like an oversized one (``B
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Protocol
 
 import anyio
-from typing import Protocol
 
 from engram.errors import InternalSignal
 
@@ -75,6 +77,8 @@ class LineReader:
         self.eof = False
         self._budget = budget
         self._drawn = 0  # bytes of the budget this reader holds
+        self._timer: anyio.CancelScope | None = None  # see timer()
+        self._expiry: type[TimeoutError] = IdleTimeout  # what the timer's deadline stands for now
 
     def _draw(self, held: int) -> bool:
         """Hold ``held`` bytes beyond the free allowance; False when the budget cannot cover them."""
@@ -93,12 +97,41 @@ class LineReader:
         self._draw(0)
         self._buffer.clear()
 
-    async def _receive(self, deadline: float) -> bytes:
+    @contextmanager
+    def timer(self) -> Iterator[None]:
+        """One timer for every :meth:`read_line` in the block, instead of a timeout per read.
+
+        A timeout per receive cost a cancel scope (and a lookup of the async backend) for every
+        frame; here one scope spans the block and each read only moves its deadline, which stays
+        off while the caller handles what it read. When a deadline passes, the read under way is
+        cancelled and the block ends with IdleTimeout or SlowFrame, like read_line without it;
+        the caller enters a new block to keep reading (the scope is spent)."""
+        with anyio.CancelScope() as scope:
+            self._timer = scope
+            try:
+                yield
+            finally:
+                self._timer = None
+        if scope.cancelled_caught:
+            raise self._expiry()
+
+    async def _receive(self, deadline: float, expiry: type[TimeoutError]) -> bytes:
+        timer = self._timer
         try:
             if deadline == math.inf:
                 return await self._stream.receive(CHUNK)
-            with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
-                return await self._stream.receive(CHUNK)
+            if timer is not None:
+                self._expiry = expiry
+                timer.deadline = deadline
+                try:
+                    return await self._stream.receive(CHUNK)
+                finally:
+                    timer.deadline = math.inf
+            try:
+                with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
+                    return await self._stream.receive(CHUNK)
+            except TimeoutError:
+                raise expiry() from None
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, ConnectionError):
             self.eof = True
             return b""
@@ -146,8 +179,8 @@ class LineReader:
             started = bool(self._buffer) or discarding is not None
             if started and frame_deadline is None:
                 frame_deadline = anyio.current_time() + read_timeout
-            try:
-                chunk = await self._receive(frame_deadline if started else idle_deadline)  # type: ignore[arg-type]
-            except TimeoutError:
-                raise (SlowFrame() if started else IdleTimeout()) from None
+            if started:
+                chunk = await self._receive(frame_deadline, SlowFrame)  # type: ignore[arg-type]
+            else:
+                chunk = await self._receive(idle_deadline, IdleTimeout)
             self._buffer += chunk

