@@ -35,6 +35,8 @@ from engram.errors import DataError
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
+    "LEAF_PREFIX",
+    "NODE_PREFIX",
     "CompactTree",
     "MerkleTree",
     "ProofError",
@@ -57,8 +59,8 @@ HASH_SIZE = 32
 EMPTY_ROOT = hashlib.sha256(b"").digest()
 """Root of the tree with no leaves: SHA-256 of the empty string (RFC 9162 §2.1.1)."""
 
-_LEAF_PREFIX = b"\x00"
-_NODE_PREFIX = b"\x01"
+LEAF_PREFIX = b"\x00"
+NODE_PREFIX = b"\x01"
 _MAX_SIZE = (1 << 64) - 1  # tree sizes are uint64 on every wire format we speak
 
 SubtreeHash = Callable[[int, int], bytes]
@@ -77,12 +79,12 @@ class ProofError(DataError, ValueError):
 
 def leaf_hash(data: bytes) -> bytes:
     """Hash of one log entry: ``SHA-256(0x00 || data)``."""
-    return _sha256(_LEAF_PREFIX + data).digest()
+    return _sha256(LEAF_PREFIX + data).digest()
 
 
 def node_hash(left: bytes, right: bytes) -> bytes:
     """Hash of an interior node: ``SHA-256(0x01 || left || right)``."""
-    return _sha256(_NODE_PREFIX + left + right).digest()
+    return _sha256(NODE_PREFIX + left + right).digest()
 
 
 def _split(n: int) -> int:
@@ -199,7 +201,7 @@ class CompactTree:
             on_node(0, size, h)
         # Each trailing 1-bit of the old size is a subtree of the same height as ``h``: merge.
         while size & 1:
-            h = _sha256(_NODE_PREFIX + frontier.pop() + h).digest()
+            h = _sha256(NODE_PREFIX + frontier.pop() + h).digest()
             size >>= 1
             level += 1
             if on_node is not None:
@@ -212,7 +214,7 @@ class CompactTree:
         # The loop is append() inlined: this is the hot path of verifying a whole exported log.
         frontier = self._hashes
         size = self._size
-        node_prefix = _NODE_PREFIX
+        node_prefix = NODE_PREFIX
         sha = _sha256
         for leaf in leaf_hashes:
             if len(leaf) != HASH_SIZE:
@@ -235,7 +237,7 @@ class CompactTree:
             return EMPTY_ROOT
         h = self._hashes[-1]
         for left in reversed(self._hashes[:-1]):
-            h = _sha256(_NODE_PREFIX + left + h).digest()
+            h = _sha256(NODE_PREFIX + left + h).digest()
         return h
 
 
@@ -328,7 +330,7 @@ def subtree_hasher(perfect_hash: PerfectHash) -> SubtreeHash:
                 lefts.append(subtree_hash(start, start + k))
             start += k
         for left in reversed(lefts):
-            h = _sha256(_NODE_PREFIX + left + h).digest()
+            h = _sha256(NODE_PREFIX + left + h).digest()
         return h
 
     return subtree_hash
@@ -375,7 +377,7 @@ class MerkleTree:
         while len(below) >= pair:
             usable = len(below) - len(below) % pair  # a trailing odd node has no parent yet
             parents = [
-                _sha256(_NODE_PREFIX + below[i : i + pair]).digest() for i in range(0, usable, pair)
+                _sha256(NODE_PREFIX + below[i : i + pair]).digest() for i in range(0, usable, pair)
             ]
             level = bytearray(b"".join(parents))
             tree._levels.append(level)
@@ -401,7 +403,7 @@ class MerkleTree:
         n, level = self._size, 0
         while n & 1 == 0:
             below = levels[level]
-            h = _sha256(_NODE_PREFIX + below[-2 * HASH_SIZE :]).digest()
+            h = _sha256(NODE_PREFIX + below[-2 * HASH_SIZE :]).digest()
             level += 1
             if level == len(levels):
                 levels.append(bytearray())
