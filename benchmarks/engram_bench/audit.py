@@ -1,8 +1,9 @@
 """``engram bench audit``: the audit log measured through the daemon and bare, in one run.
 
 1. *append* — the same kind of entry (an ``rpc`` entry with input and output hashes) appended
-   through a running engramd (C concurrent clients calling ``plugins.list``, an audited method,
-   so each request waits for its entry's group commit) and bare, in this process, through the
+   through a running engramd (C concurrent clients calling :data:`AUDITED_METHOD`, an audited
+   method that changes nothing and costs next to nothing, so each request waits for its entry's
+   group commit and the row measures the audit log, not the method) and bare, in this process, through the
    same :class:`~engram.audit.store.AuditStore` code with no daemon: one transaction per entry,
    and batches of ``audit.max_batch``. ``system.ping`` (not audited) on the same daemon shows
    the request path without an audit entry.
@@ -46,10 +47,16 @@ from engram.storage import Database
 from engram_bench.processes import temporary_daemon
 from engram_bench.stats import Measurement, measure
 
-__all__ = ["AuditBenchReport", "run_audit_bench"]
+__all__ = ["AUDITED_METHOD", "AuditBenchReport", "run_audit_bench"]
 
 _PRINCIPAL = Principal(uid=1000, gid=1000, pid=4242, user="bench")
 _ORIGIN = "engram.local/bench"
+
+# ``policy.privacy`` without parameters reports the mode from memory; it is audited and not a
+# read, so its entry is durable before the answer. (``plugins.list`` probed every plugin's health,
+# a few ms each, which capped the row at the probes' rate.)
+AUDITED_METHOD = "policy.privacy"
+_AUDITED_RESULT = {"privacy_mode": False, "source": "default", "override": None, "config": False, "policy": False}
 
 
 def _request(method: str) -> bytes:
@@ -98,7 +105,7 @@ async def _mean_batch(path: Path) -> float | None:
 
 def _record(i: int) -> Any:
     return request_record(
-        method="plugins.list", principal=_PRINCIPAL, request=i, params={}, result={"plugins": []}, connection=1
+        method=AUDITED_METHOD, principal=_PRINCIPAL, request=i, params={}, result=_AUDITED_RESULT, connection=1
     )
 
 
@@ -234,6 +241,7 @@ class AuditBenchReport:
         bare = [m for m in self.appends if m.target.startswith("bare")]
         return {
             "benchmark": "audit",
+            "audited_method": AUDITED_METHOD,
             "append": [m.as_dict() for m in self.appends],
             "append_ratios": {
                 m.target: round(daemon.throughput / m.throughput, 3) if m.throughput else None for m in bare
@@ -252,7 +260,10 @@ class AuditBenchReport:
         }
 
     def table(self) -> str:
-        lines = ["append (entries through the daemon's group commit vs the same store code in-process)"]
+        lines = [
+            "append (entries through the daemon's group commit vs the same store code in-process;"
+            f" the audited requests call {AUDITED_METHOD})"
+        ]
         lines.append(f"  {'target':<26} {'clients':>7} {'entries/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'errors':>6}")
         for m in self.appends:
             lines.append(
@@ -301,7 +312,7 @@ def run_audit_bench(
     with ExitStack() as stack, Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         task = bar.add_task("audit: daemon appends", total=None)
         sock = socket_path or stack.enter_context(temporary_daemon())
-        report.appends.append(asyncio.run(_load(sock, "engramd audited", "plugins.list", concurrency, entries, True)))
+        report.appends.append(asyncio.run(_load(sock, "engramd audited", AUDITED_METHOD, concurrency, entries, True)))
         report.appends.append(asyncio.run(_load(sock, "engramd ping (no audit)", "system.ping", concurrency, entries, False)))
         report.mean_batch = asyncio.run(_mean_batch(sock))
         bar.update(task, description="audit: bare appends")
