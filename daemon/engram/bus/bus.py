@@ -186,10 +186,15 @@ class EventBus:
             route = self._routes[topic] = tuple(sub for sub in self._subscriptions.values() if sub.matches(topic))
         return route
 
-    def wants(self, topic: str) -> bool:
+    def wants(self, topic: str, like: Event | None = None) -> bool:
         """Whether any subscription's patterns match ``topic``: a publisher on the hot path asks
-        first and builds no event that nobody would receive."""
-        return bool(self._route(topic))
+        first and builds no event that nobody would receive. With ``like`` (an event of that
+        topic the publisher already holds, differing from the next one only in its time), only
+        the subscriptions that would admit it count."""
+        route = self._route(topic)
+        if like is None:
+            return bool(route)
+        return any(sub.admits is None or sub.admits(like) for sub in route)
 
     @property
     def subscriptions(self) -> list[Subscription]:

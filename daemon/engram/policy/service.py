@@ -266,17 +266,20 @@ class Policy(Part):
         if decision.allowed:
             # The hot path: the same client calling the same method gets the same (cached)
             # decision; its event is a copy of the last one with a new time, which costs half
-            # of building it field by field.
+            # of building it field by field, and is not made at all when no subscriber would
+            # take it (a routine allow, which the audit log does not admit, and nobody following
+            # policy.* over the socket).
             key = (principal.uid, principal.gid, principal.pid, principal.user, principal.client, method.name)
             last = self._allowed_events.get(key)
-            if last is not None and last[0] is decision:
-                event = last[1].model_copy(update={"time": time.time()})
-            else:
-                event = self._event(decision, AccessRequest("method", principal, method.name, method.owner_only))
-                if len(self._allowed_events) >= 4096:
-                    self._allowed_events.clear()
-                self._allowed_events[key] = (decision, event)
             self._decision_counters[("method", "allow")].inc()
+            if last is not None and last[0] is decision:
+                if self._bus.wants(last[1].topic, like=last[1]):
+                    self._bus.publish(last[1].model_copy(update={"time": time.time()}))
+                return
+            event = self._event(decision, AccessRequest("method", principal, method.name, method.owner_only))
+            if len(self._allowed_events) >= 4096:
+                self._allowed_events.clear()
+            self._allowed_events[key] = (decision, event)
             self._bus.publish(event)
             return
         request = AccessRequest("method", principal, method.name, method.owner_only)

@@ -131,3 +131,26 @@ async def test_receive_waits_for_an_event():
 async def test_event_wire_form():
     wire = Ping(n=3, time=12.5).wire()
     assert wire == {"topic": "test.ping", "time": 12.5, "data": {"n": 3}}
+
+
+async def test_topic_routes_follow_subscribe_and_unsubscribe():
+    b = bus()
+    assert not b.wants("test.ping")  # nobody listens: publishers build no event
+    b.publish(Ping(n=0))  # resolves (and remembers) the empty route
+    sub = b.subscribe(["test.*"])
+    assert b.wants("test.ping") and not b.wants("request.completed")
+    b.publish(Ping(n=1))
+    assert sub.receive_nowait().n == 1  # type: ignore[union-attr]
+    b.unsubscribe(sub)
+    assert not b.wants("test.ping")
+    b.publish(Ping(n=2))
+    assert sub.receive_nowait() is None
+
+
+async def test_wants_like_asks_the_admission_filters():
+    b = bus()
+    b.subscribe(["test.ping"], admits=lambda event: event.n > 0)  # type: ignore[attr-defined]
+    assert b.wants("test.ping")
+    assert not b.wants("test.ping", like=Ping(n=0)) and b.wants("test.ping", like=Ping(n=1))
+    b.subscribe(["test.*"])  # a subscriber without a filter takes anything
+    assert b.wants("test.ping", like=Ping(n=0))
