@@ -19,8 +19,14 @@ from engram.server.chain import Call, CallNext, failure_of
 class Tracing:
     def __init__(self, tracer: trace.Tracer) -> None:
         self._tracer = tracer
+        # The daemon's tracer is a no-op one when spans go nowhere (tracing.exporter = none): its
+        # span would be the invalid span, with no trace id, and nothing nests under it that a
+        # missing span would not give as well; so the request skips it and its attribute dict.
+        self._records = not isinstance(tracer, trace.NoOpTracer)
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
+        if not self._records:
+            return await call_next(call)
         request = call.request
         with self._tracer.start_as_current_span(
             request.method if call.method else "(unknown method)",
