@@ -76,6 +76,28 @@ async def test_slow_frame_timeout_once_started():
         await reader.read_line(None, 0.1)
 
 
+async def test_one_timer_serves_many_reads_and_stays_off_between_them():
+    reader = LineReader(ChunkStream(b"one\n", 0.02, b"two\n", b"three\n"), 1024)
+    with reader.timer():
+        assert await reader.read_line(0.5, 0.5) == b"one"
+        await anyio.sleep(0.6)  # handling a frame: no read under way, so no deadline
+        assert await reader.read_line(0.5, 0.5) == b"two"
+        assert await reader.read_line(0.5, 0.5) == b"three"
+        assert await reader.read_line(0.5, 0.5) is None
+
+
+async def test_the_timer_ends_its_block_with_idle_or_slow():
+    idle = LineReader(ChunkStream(b"first\n", 1.0, b"late\n"), 1024)
+    with pytest.raises(IdleTimeout):
+        with idle.timer():
+            assert await idle.read_line(0.05, 5) == b"first"
+            await idle.read_line(0.05, 5)
+    slow = LineReader(ChunkStream(b"sta", 0.3, b"rted\n"), 1024)
+    with pytest.raises(SlowFrame):
+        with slow.timer():
+            await slow.read_line(5, 0.1)
+
+
 def chunked(data: bytes) -> list[bytes]:
     return [data[i : i + CHUNK] for i in range(0, len(data), CHUNK)]
 
