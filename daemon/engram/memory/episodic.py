@@ -47,7 +47,7 @@ from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
 from engram.memory.filters import SqlFilter, check_tags, compile_filter, fts_terms
 from engram.memory.index import VectorIndex
-from engram.memory.scoring import Weights, combine, recency
+from engram.memory.scoring import Weights, combine, recencies
 from engram.memory.semantic import GraphStore
 from engram.memory.settings import MemorySettings
 from engram.memory.store import EpisodeStore, Forgotten, NewEpisode
@@ -476,27 +476,36 @@ class Episodic:
         if not candidates:
             return []
         facts = self.store.facts(namespace, list(candidates), flt, vectors_for=[c for c in candidates if c not in sims])
-        scored: list[tuple[float, int, dict[str, float]]] = []
-        for seq, (when, importance, vector) in facts.items():
-            similarity = sims.get(seq)
-            if similarity is None:
-                similarity = float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0
-            parts = {
-                "vector": max(0.0, min(1.0, similarity)),
-                "keyword": keyword.get(seq, 0.0),
-                "recency": recency(when, now, s.recency_half_life),
-                "importance": importance,
-                "activation": activated.get(seq, 0.0),
-            }
-            scored.append((combine(parts, weights, bool(text), activation), seq, parts))
-        scored.sort(key=lambda h: (-h[0], -h[1]))
-        best = scored[:k]
+        if not facts:
+            return []
+        # Scored as arrays, one element per candidate: the parts of the k winners only become dicts.
+        seqs = list(facts)
+        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
+        similarity = np.array(
+            [
+                sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
+                for _, _, sim, vector in known
+            ],
+            np.float64,
+        )
+        parts = {
+            "vector": np.clip(similarity, 0.0, 1.0),
+            "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
+            "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, s.recency_half_life),
+            "importance": np.array([importance for _, importance, _, _ in known], np.float64),
+            "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
+        }
+        scores = combine(parts, weights, bool(text), activation)
+        order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k]  # best score first, then newest
+        best = [
+            (float(scores[i]), seqs[i], {name: float(values[i]) for name, values in parts.items()}) for i in order.tolist()
+        ]
         rows = self.store.rows(namespace, [seq for _, seq, _ in best], live_only=True)  # whole rows for the winners only
         hits = []
-        for score, seq, parts in best:
+        for score, seq, hit_parts in best:
             row = rows.get(seq)
             if row is not None:  # forgotten or archived between the two reads
-                hits.append({**row, "score": score, "parts": parts})
+                hits.append({**row, "score": score, "parts": hit_parts})
         return hits
 
     # --- forgetting ------------------------------------------------------------------------------------
