@@ -8,10 +8,10 @@ from typing import Any
 
 import anyio
 
-from engram.server.settings import ServerSettings
 from engram.errors import Timeout
 from engram.server.chain import Call, CallNext
 from engram.server.methods import Method
+from engram.server.settings import ServerSettings
 
 
 class Deadline:
