@@ -79,13 +79,13 @@ class Database(Part):
         async with conn.execute("SELECT part, version FROM schema_versions") as cursor:
             recorded = {str(part): int(version) for part, version in await cursor.fetchall()}
         try:
-            todo = pending(SCHEMAS, recorded)
+            to_run = pending(SCHEMAS, recorded)
         except NewerSchema as exc:
             raise StartupError(
                 f"database {self.path}: {exc}; it was written by a newer engram. Upgrade engram, or "
                 "start with another --state-dir; the database was left untouched."
             ) from None
-        for migration in todo:
+        for migration in to_run:
             log.info("migrating database", migration=migration.label, path=str(self.path))
             try:
                 await conn.executescript(
