@@ -101,15 +101,7 @@ class AuditRecord:
     async def _record(self, call: Call, *, result: Any = None, error: RPCError | None = None) -> int:
         name = call.method.name  # type: ignore[union-attr]  # audited: known
         try:
-            return await self._recorder.record_request(
-                method=name,
-                principal=call.principal,
-                request=call.serial,
-                params=call.request.params,
-                result=result,
-                error=error,
-                connection=call.connection.id,
-            )
+            return await self._recorder.record_request(**_entry(call, result, error))
         except RPCError:
             raise
         except Exception as exc:
@@ -136,18 +128,23 @@ class AuditRecord:
         """Queue a read's entry; returns the error to answer with when it could not be queued."""
         name = call.method.name  # type: ignore[union-attr]  # audited: known
         try:
-            self._recorder.enqueue_request(
-                method=name,
-                principal=call.principal,
-                request=call.serial,
-                params=call.request.params,
-                result=result,
-                error=error,
-                connection=call.connection.id,
-            )
+            self._recorder.enqueue_request(**_entry(call, result, error))
         except RPCError as audit_error:
             return audit_error
         except Exception as exc:
             log.exception("audit recorder failed", method=name, request=call.serial)
             return InternalError(f"the audit entry of {name} could not be recorded ({type(exc).__name__})")
         return None
+
+
+def _entry(call: Call, result: Any, error: RPCError | None) -> dict[str, Any]:
+    """What the recorder is told of a request, for its ``rpc`` entry."""
+    return {
+        "method": call.method.name,  # type: ignore[union-attr]  # audited: known
+        "principal": call.principal,
+        "request": call.serial,
+        "params": call.request.params,
+        "result": result,
+        "error": error,
+        "connection": call.connection.id,
+    }

@@ -364,18 +364,7 @@ class AuditLog(Part):
         connection: int | None = None,
     ) -> int:
         """The audit layer's recorder: one ``rpc`` entry per served request (see :mod:`.entry`)."""
-        return await self.append_record(
-            request_record(
-                method=method,
-                principal=principal,
-                request=request,
-                params=params,
-                result=result,
-                error_code=error.code if error is not None else None,
-                error_reason=error.reason if error is not None else None,
-                connection=connection,
-            )
-        )
+        return await self.append_record(_rpc_record(method, principal, request, params, result, error, connection))
 
     def enqueue_request(
         self,
@@ -391,16 +380,7 @@ class AuditLog(Part):
         """The audit layer's recorder for reads: the ``rpc`` entry is queued and group-committed
         with the next batch, nobody waits for it. Raises as :meth:`append_record` does when it
         cannot even be queued (log not running, queue full)."""
-        record = request_record(
-            method=method,
-            principal=principal,
-            request=request,
-            params=params,
-            result=result,
-            error_code=error.code if error is not None else None,
-            error_reason=error.reason if error is not None else None,
-            connection=connection,
-        )
+        record = _rpc_record(method, principal, request, params, result, error, connection)
         self._check_room()
         self._enqueue_unwaited(record)
 
@@ -625,3 +605,17 @@ class AuditLog(Part):
     async def read(self, func: Any, *args: Any) -> Any:
         """Run a blocking read of the store in a worker thread."""
         return await anyio.to_thread.run_sync(func, *args)
+
+
+def _rpc_record(method: str, principal: Any, request: int, params: Any, result: Any, error: RPCError | None,
+                connection: int | None) -> Record:
+    return request_record(
+        method=method,
+        principal=principal,
+        request=request,
+        params=params,
+        result=result,
+        error_code=error.code if error is not None else None,
+        error_reason=error.reason if error is not None else None,
+        connection=connection,
+    )
