@@ -13,6 +13,7 @@ finds the budget spent is discarded up to its newline like an oversized one (``B
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -69,6 +70,47 @@ class SlowFrame(InternalSignal, TimeoutError):
     """A frame was started but not finished within the read timeout."""
 
 
+class LazyDeadline:
+    """A deadline for a cancel scope that is cheap to move: most moves are two float writes.
+
+    Moving an anyio scope's deadline cancels and reschedules a loop callback; a connection's
+    reads move theirs twice per frame. Here one callback is armed at a time: when it fires it
+    cancels the scope if the deadline has passed, or re-arms itself at the deadline if that moved
+    later meanwhile (the usual case: the reads since then pushed it on). Only a move to an earlier
+    time than the armed one re-arms at once. ``math.inf`` means no deadline.
+    """
+
+    def __init__(self, scope: anyio.CancelScope) -> None:
+        self._scope = scope
+        self._loop = asyncio.get_running_loop()
+        self.now = self._loop.time  # the clock of the deadlines (anyio.current_time on asyncio)
+        self._deadline = math.inf
+        self._armed: asyncio.TimerHandle | None = None
+
+    def move(self, deadline: float) -> None:
+        self._deadline = deadline
+        armed = self._armed
+        if deadline == math.inf or (armed is not None and armed.when() <= deadline):
+            return
+        if armed is not None:
+            armed.cancel()
+        self._armed = self._loop.call_at(deadline, self._fire)
+
+    def _fire(self) -> None:
+        self._armed = None
+        if self._deadline == math.inf:
+            return
+        if self._deadline > self._loop.time():
+            self._armed = self._loop.call_at(self._deadline, self._fire)
+        else:
+            self._scope.cancel()
+
+    def close(self) -> None:
+        if self._armed is not None:
+            self._armed.cancel()
+            self._armed = None
+
+
 class LineReader:
     def __init__(self, stream: ByteReceiver, max_bytes: int, budget: FrameBudget | None = None) -> None:
         self._stream = stream
@@ -77,7 +119,7 @@ class LineReader:
         self.eof = False
         self._budget = budget
         self._drawn = 0  # bytes of the budget this reader holds
-        self._timer: anyio.CancelScope | None = None  # see timer()
+        self._timer: LazyDeadline | None = None  # see timer()
         self._expiry: type[TimeoutError] = IdleTimeout  # what the timer's deadline stands for now
 
     def _draw(self, held: int) -> bool:
@@ -102,15 +144,17 @@ class LineReader:
         """One timer for every :meth:`read_line` in the block, instead of a timeout per read.
 
         A timeout per receive cost a cancel scope (and a lookup of the async backend) for every
-        frame; here one scope spans the block and each read only moves its deadline, which stays
-        off while the caller handles what it read. When a deadline passes, the read under way is
-        cancelled and the block ends with IdleTimeout or SlowFrame, like read_line without it;
-        the caller enters a new block to keep reading (the scope is spent)."""
+        frame, and even moving one scope's deadline reschedules a loop callback each time. Here
+        a :class:`LazyDeadline` spans the block: each read only writes down when it must end,
+        which stays off while the caller handles what it read. When a deadline passes, the read
+        under way is cancelled and the block ends with IdleTimeout or SlowFrame, like read_line
+        without it; the caller enters a new block to keep reading (the scope is spent)."""
         with anyio.CancelScope() as scope:
-            self._timer = scope
+            self._timer = LazyDeadline(scope)
             try:
                 yield
             finally:
+                self._timer.close()
                 self._timer = None
         if scope.cancelled_caught:
             raise self._expiry()
@@ -122,11 +166,11 @@ class LineReader:
                 return await self._stream.receive(CHUNK)
             if timer is not None:
                 self._expiry = expiry
-                timer.deadline = deadline
+                timer.move(deadline)
                 try:
                     return await self._stream.receive(CHUNK)
                 finally:
-                    timer.deadline = math.inf
+                    timer.move(math.inf)
             try:
                 with anyio.fail_after(max(deadline - anyio.current_time(), 0)):
                     return await self._stream.receive(CHUNK)
@@ -147,7 +191,8 @@ class LineReader:
         the caller has parsed it.
         """
         self._draw(len(self._buffer))  # the previous line is parsed: only what is buffered counts
-        idle_deadline = anyio.current_time() + idle_timeout if idle_timeout is not None else math.inf
+        now = self._timer.now() if self._timer is not None else anyio.current_time()
+        idle_deadline = now + idle_timeout if idle_timeout is not None else math.inf
         frame_deadline: float | None = None
         discarding: Exception | None = None  # why the frame under way is being thrown away
         scanned = 0  # bytes of the buffer already searched for a newline
@@ -178,7 +223,7 @@ class LineReader:
                 return None  # a partial frame at end of stream is a client that went away
             started = bool(self._buffer) or discarding is not None
             if started and frame_deadline is None:
-                frame_deadline = anyio.current_time() + read_timeout
+                frame_deadline = (self._timer.now() if self._timer is not None else anyio.current_time()) + read_timeout
             if started:
                 chunk = await self._receive(frame_deadline, SlowFrame)  # type: ignore[arg-type]
             else:

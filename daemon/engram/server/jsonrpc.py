@@ -134,8 +134,11 @@ def _too_deep(max_depth: int) -> InvalidRequest:
 def _decode(frame: bytes) -> str:
     # What json.loads does with bytes (UTF-8, -16 or -32, lone surrogates let through to be
     # refused as params), done here so that the depth scan reads the same text as the parser.
+    # detect_encoding is Python code; a frame opening with "{" or "[" and then a byte other than
+    # NUL is UTF-8 to it, and that is almost every frame.
+    opens_as_utf8 = frame[:1] in (b"{", b"[") and frame[1:2] != b"\x00"
     try:
-        return frame.decode(json.detect_encoding(frame), "surrogatepass")
+        return frame.decode("utf-8" if opens_as_utf8 else json.detect_encoding(frame), "surrogatepass")
     except UnicodeDecodeError as exc:
         raise ParseError(f"frame is not valid JSON: {exc}") from None
 
@@ -164,6 +167,16 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 # cost per value.
 _YIELDING_HOOKS: dict[str, Any] = {"parse_int": _int, "parse_float": _float}
 
+# Made once: json.loads and json.dumps build a new decoder or encoder on every call that passes
+# options, which costs as much as parsing a small request.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object)
+# An object needs at least 4 bytes per member ('"":0,' less the last comma): a frame shorter than
+# this cannot hold one of more than MAX_OBJECT_MEMBERS members, and is parsed without the hook.
+_FEW_MEMBERS_BELOW = 4 * MAX_OBJECT_MEMBERS
+_SMALL_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+_YIELDING_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object, **_YIELDING_HOOKS)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # ensure_ascii: the default
+
 
 def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> tuple[list[Message], bool]:
     """Parse one line; returns the messages and whether the frame was a batch.
@@ -179,9 +192,11 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool
         raise _too_deep(max_depth)
     large = len(frame) > LARGE_FRAME
     try:
-        obj = json.loads(
-            text, parse_constant=_reject_constant, object_pairs_hook=_object, **(_YIELDING_HOOKS if yielding else {})
-        )
+        if yielding:
+            decoder = _YIELDING_DECODER
+        else:
+            decoder = _SMALL_DECODER if len(text) < _FEW_MEMBERS_BELOW else _DECODER
+        obj = decoder.decode(text)
     except NonFiniteNumber as exc:
         raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
     except TooManyMembers:
@@ -221,4 +236,4 @@ def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def encode(message: Any) -> bytes:
     # ensure_ascii keeps every frame pure ASCII, so no byte inside it can be a newline.
-    return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return _ENCODER.encode(message).encode() + b"\n"

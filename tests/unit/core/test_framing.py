@@ -126,3 +126,11 @@ async def test_a_frame_the_budget_cannot_cover_is_discarded_and_the_next_one_rea
     assert await reader.read_line(None, 5) == b"ok"
     held.close()
     assert budget.used == 0
+
+
+async def test_the_timer_follows_a_deadline_that_each_read_pushes_on():
+    # Every wait is shorter than the idle timeout, all of them together longer: the deadline
+    # armed for the first read has moved on by the time it comes, and must not end the block.
+    reader = LineReader(ChunkStream(b"a\n", 0.03, b"b\n", 0.03, b"c\n", 0.03, b"d\n"), 1024)
+    with reader.timer():
+        assert [await reader.read_line(0.05, 5) for _ in range(4)] == [b"a", b"b", b"c", b"d"]
