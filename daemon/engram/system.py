@@ -108,7 +108,7 @@ class SystemMethods:
     def __init__(self, daemon: Daemon) -> None:
         self._daemon = daemon
 
-    @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.", audit=False)
+    @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.", audit=False, instant=True)
     async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult:
         return PingResult(echo=params.echo)
 
@@ -116,6 +116,7 @@ class SystemMethods:
         "system.hello",
         summary="Name this client (unverified) for logs, events and policy conditions; returns the principal.",
         audit=False,
+        instant=True,
     )
     async def hello(self, ctx: RequestContext, params: HelloParams) -> HelloResult:
         principal = ctx.connection.declare_client(params.client)

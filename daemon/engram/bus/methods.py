@@ -60,7 +60,7 @@ class EventMethods:
         self._audience = audience
         self._owners: dict[str, tuple[Subscription, int]] = {}  # id -> (subscription, connection id)
 
-    @rpc("events.topics", summary="The event topics declared on the bus.", audit=False)
+    @rpc("events.topics", summary="The event topics declared on the bus.", audit=False, instant=True)
     async def topics(self, ctx: RequestContext, params: TopicsParams) -> TopicsResult:
         return TopicsResult(topics=self._bus.topics_matching(params.pattern))
 

@@ -7,7 +7,8 @@ Task structure (all under the server's connection task group)::
     └── pushes task group     notification pumps (event subscriptions); cancelled last
         └── requests group    one task per accepted request (or batch); waited for on close
             read loop         this task; stops at end of stream, idle timeout or drain
-                              (one timer for its reads: LineReader.timer)
+                              (one timer for its reads: LineReader.timer); runs the
+                              instant methods (Method.instant) itself
 """
 
 from __future__ import annotations
@@ -210,7 +211,12 @@ class ClientConnection:
             elif not message.is_notification:
                 await self._send(error_response(message.id, self._overloaded()))
             return
-        requests.start_soon(self._run_single, message, name=f"conn-{self.id}-frame")
+        if self._server.dispatcher.runs_inline(message):
+            # Answered before the next frame is read: a task of its own would cost more than
+            # the method, which never waits.
+            await self._run_single(message)
+        else:
+            requests.start_soon(self._run_single, message, name=f"conn-{self.id}-frame")
 
     def _admit(self, message: Message) -> bool:
         if not isinstance(message, Request):

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engram.principal import Principal
-from engram.server.chain import Call, CallNext, Layer, compose
+from engram.server.chain import Call, CallNext, Layer, LayerClock, compose
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method, MethodTable, RequestContext
 
@@ -36,10 +36,16 @@ async def call_handler(call: Call) -> Any:
 
 
 class Dispatcher:
-    def __init__(self, methods: MethodTable, layers: Sequence[Layer]) -> None:
+    def __init__(self, methods: MethodTable, layers: Sequence[Layer], clock: LayerClock | None = None) -> None:
         self.methods = methods
-        self._chain: CallNext = compose(layers, call_handler)  # bound once: nothing per request
+        self._chain: CallNext = compose(layers, call_handler, clock)  # bound once: nothing per request
         self._serial = itertools.count(1)
+
+    def runs_inline(self, request: Request) -> bool:
+        """Whether the connection may run ``request`` in its read loop: an instant method
+        (:attr:`Method.instant`) in a frame small enough to validate on the spot."""
+        method = self.methods.get(request.method)
+        return method is not None and method.instant and not request.large
 
     async def dispatch(self, request: Request, principal: Principal, connection: Connection) -> Any:
         """Run one request; returns its result or raises the RPCError to send back."""

@@ -122,6 +122,10 @@ class Method:
     # Changes nothing a client asked to change (access bookkeeping aside): its audit entry is
     # group-committed after the answer instead of before it, and the answer has no audit_seq.
     read_only: bool = False
+    # Answers without waiting on anything (no I/O, no lock, no thread, no audit entry to make
+    # durable): the connection runs it inline, with no task of its own and no cancel scope for
+    # its deadline, which it cannot overrun by waiting. Only for the cheapest introspection.
+    instant: bool = False
 
 
 @dataclass
@@ -132,6 +136,7 @@ class _Declaration:
     timeout: float | None
     audit: bool = True
     read_only: bool = False
+    instant: bool = False
 
 
 def rpc(
@@ -142,11 +147,14 @@ def rpc(
     timeout: float | None = None,
     audit: bool = True,
     read_only: bool = False,
+    instant: bool = False,
 ) -> Callable:
     """Mark an async method of a part as the handler of RPC method ``name``."""
+    if instant and audit:
+        raise ValueError(f"{name}: an instant method is not audited (its entry would be a wait)")
 
     def mark(func: Callable) -> Callable:
-        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout, audit, read_only)  # type: ignore[attr-defined]
+        func.__engram_rpc__ = _Declaration(name, summary, owner_only, timeout, audit, read_only, instant)  # type: ignore[attr-defined]
         return func
 
     return mark
@@ -178,6 +186,7 @@ def collect(part: object) -> list[Method]:
                 timeout=decl.timeout,
                 audit=decl.audit,
                 read_only=decl.read_only,
+                instant=decl.instant,
             )
         )
     return methods
