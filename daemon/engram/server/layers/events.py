@@ -7,6 +7,7 @@ facts go to the debug log.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -15,6 +16,7 @@ import structlog
 from engram.bus import EventBus
 from engram.bus.events import RequestCompleted, RequestReceived
 from engram.errors import RPCError
+from engram.observability.logging import logs_at
 from engram.server.chain import Call, CallNext, failure_of
 
 log = structlog.get_logger("engram.server")
@@ -44,24 +46,31 @@ class RequestEvents:
             error = failure_of(exc)
             raise
         finally:
-            ms = round((time.perf_counter() - call.started) * 1000, 3)
-            outcome = "ok" if error is None else "error"
+            # Both consumers are usually off: then nothing below is built.
+            debug = logs_at(logging.DEBUG)
+            if debug or bus.wants(RequestCompleted.topic):
+                self._completed(call, error, debug)
+
+    def _completed(self, call: Call, error: RPCError | None, debug: bool) -> None:
+        ms = round((time.perf_counter() - call.started) * 1000, 3)
+        outcome = "ok" if error is None else "error"
+        if debug:
             log.debug(
-                "request", method=call.request.method, request=call.serial, uid=principal.uid, outcome=outcome, ms=ms,
-                reason=error.reason if error else None,
+                "request", method=call.request.method, request=call.serial, uid=call.principal.uid, outcome=outcome,
+                ms=ms, reason=error.reason if error else None,
             )
-            if bus.wants(RequestCompleted.topic):
-                bus.publish(
-                    RequestCompleted.model_construct(
-                        time=time.time(),
-                        connection=call.connection.id,
-                        request=call.serial,
-                        method=call.request.method,
-                        outcome=outcome,
-                        error_code=error.code if error else None,
-                        error_reason=error.reason if error else None,
-                        duration_ms=ms,
-                        trace_id=call.trace_id,
-                        principal=principal,
-                    )
+        if self._bus.wants(RequestCompleted.topic):
+            self._bus.publish(
+                RequestCompleted.model_construct(
+                    time=time.time(),
+                    connection=call.connection.id,
+                    request=call.serial,
+                    method=call.request.method,
+                    outcome=outcome,
+                    error_code=error.code if error else None,
+                    error_reason=error.reason if error else None,
+                    duration_ms=ms,
+                    trace_id=call.trace_id,
+                    principal=call.principal,
                 )
+            )

@@ -20,19 +20,23 @@ class RequestMetrics:
         # labels() validates and locks on every call. Bounded: one entry per method name.
         self._counters: dict[tuple[str, str], Any] = {}
         self._histograms: dict[str, Any] = {}
+        # Counted here and read when the gauge is collected: cheaper than inc() and dec() on a
+        # locked value for every request.
+        self.executing = 0
+        metrics.in_flight.set_function(lambda: self.executing)
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         metrics = self._metrics
         label = call.method.name if call.method else "(unknown)"
         failed = False
-        metrics.in_flight.inc()
+        self.executing += 1
         try:
             return await call_next(call)
         except BaseException as exc:
             failed = failure_of(exc) is not None
             raise
         finally:
-            metrics.in_flight.dec()
+            self.executing -= 1
             key = (label, "error" if failed else "ok")
             counter = self._counters.get(key)
             if counter is None:
