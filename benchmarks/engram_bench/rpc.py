@@ -13,6 +13,7 @@ system offers neither (not Linux), the column is empty.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import struct
@@ -89,6 +90,7 @@ class RpcReport:
     # (target, concurrency) -> the server's CPU µs per request; None where it could not be read.
     # Counted in clock ticks (10 ms), so it needs a few thousand requests to mean much.
     cpu_us: dict[tuple[str, int], float | None] = field(default_factory=dict)
+    breakdown: LayerBreakdown | None = None
 
     def pairs(self) -> list[tuple[Measurement, Measurement]]:
         by_key = {(m.target, m.concurrency): m for m in self.rows}
@@ -109,6 +111,7 @@ class RpcReport:
                 }
                 for e, b in self.pairs()
             ],
+            "layers": self.breakdown.as_dict() if self.breakdown else None,
         }
 
     def table(self) -> str:
@@ -126,7 +129,77 @@ class RpcReport:
             lines.append(f"{'':>7}  {'ratio':<9} {ratio:>9.2f}x {'':>8} {engram.p99_ms / baseline.p99_ms:>7.2f}x")
         lines.append("ratio = engramd / baseline (throughput: higher is better; p99: lower is better)")
         lines.append("CPU µs/req = the server process's user + system time per request during the level")
+        if self.breakdown is not None:
+            lines += ["", self.breakdown.table()]
         return "\n".join(lines)
+
+
+@dataclass
+class LayerBreakdown:
+    """Where one client's pings spend the daemon's time, from a daemon started with
+    ``server.layer_timing`` (which adds its own clock readings to every layer)."""
+
+    requests: int
+    cpu_us: float | None  # the timed daemon's CPU µs per request, all included
+    layers_us: dict[str, float]  # each layer's own µs per request, outermost first
+
+    @property
+    def outside_us(self) -> float | None:
+        """What the chain does not account for: reading, parsing, admitting, encoding, sending,
+        the event loop, and the timing itself."""
+        return self.cpu_us - sum(self.layers_us.values()) if self.cpu_us is not None else None
+
+    def as_dict(self) -> dict:
+        return {
+            "requests": self.requests,
+            "cpu_us_per_request": _rounded(self.cpu_us),
+            "layers_us_per_request": {name: round(us, 2) for name, us in self.layers_us.items()},
+            "outside_chain_us_per_request": _rounded(self.outside_us),
+        }
+
+    def table(self) -> str:
+        lines = [f"Per layer, 1 client, {self.requests} pings, daemon started with server.layer_timing:", f"{'layer':<22} {'µs/req':>8}"]
+        lines += [f"{name:<22} {us:>8.1f}" for name, us in self.layers_us.items()]
+        if self.outside_us is not None:
+            lines.append(f"{'(outside the chain)':<22} {self.outside_us:>8.1f}")
+            lines.append(f"{'total CPU':<22} {self.cpu_us:>8.1f}")
+        lines.append("outside the chain = framing, parsing, admission, encoding, socket I/O and the event loop")
+        return "\n".join(lines)
+
+
+def _layer_seconds(path: Path) -> dict[str, float]:
+    """engram_request_layer_seconds_total of the daemon at ``path``, by layer, in chain order."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(str(path))
+        sock.sendall(b'{"jsonrpc":"2.0","id":1,"method":"system.metrics"}\n')
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            data += chunk
+    families = json.loads(data)["result"]["families"]
+    return {
+        sample["labels"]["layer"]: sample["value"]
+        for family in families
+        if family["name"] == "engram_request_layer_seconds"
+        for sample in family["samples"]
+        if sample["name"] == "engram_request_layer_seconds_total"
+    }
+
+
+async def _breakdown(path: Path, requests: int, pid: int | None) -> LayerBreakdown:
+    await _client(path, min(50, requests), [], [0])
+    before = _layer_seconds(path)
+    cpu_before = cpu_seconds(pid)
+    await _client(path, requests, [], [0])
+    cpu_after = cpu_seconds(pid)
+    after = _layer_seconds(path)
+    cpu_us = (cpu_after - cpu_before) / requests * 1e6 if cpu_before is not None and cpu_after is not None else None
+    # The metrics request itself is timed too; its share over thousands of pings is negligible.
+    # The innermost layer finishes first, so the daemon met the names innermost first.
+    layers = {name: (after[name] - before.get(name, 0.0)) / requests * 1e6 for name in reversed(after)}
+    return LayerBreakdown(requests, cpu_us, layers)
 
 
 def run_rpc_bench(requests: int, levels: list[int], socket_path: Path | None = None, progress: bool = True) -> RpcReport:
@@ -149,6 +222,10 @@ def run_rpc_bench(requests: int, levels: list[int], socket_path: Path | None = N
                     report.rows.append(row)
                     report.cpu_us[(target, concurrency)] = cpu_us
                     bar.advance(task)
+            if socket_path is None:  # a daemon of our own: a second one, timed, for the breakdown
+                bar.update(task, description="engramd per layer")
+                with temporary_daemon({"ENGRAM_SERVER__LAYER_TIMING": "true"}) as timed_sock:
+                    report.breakdown = asyncio.run(_breakdown(timed_sock, requests, server_pid(timed_sock)))
     return report
 
 

@@ -64,6 +64,7 @@ from engram.provider_usage import provider_uses
 from engram.router.events import ROUTER_EVENTS
 from engram.router.novelty import NAMESPACE_PREFIX as NOVELTY_NAMESPACES
 from engram.router.service import Router
+from engram.server.chain import LayerClock
 from engram.server.dispatch import Dispatcher
 from engram.server.layers.access import Guards, require_method
 from engram.server.layers.deadline import Deadline
@@ -217,6 +218,9 @@ class Daemon:
                 ParamsValidation(),  # after the guard: a refused caller's params are never read
                 Deadline(lambda: self.settings.server),
             ],
+            LayerClock(lambda layer: self.metrics.request_layer_seconds.labels(layer).inc)
+            if settings.server.layer_timing
+            else None,
         )
         # Sleep consolidation: while the daemon is idle (no foreground request for a while),
         # episodes become concepts and unimportant ones go.

@@ -164,3 +164,6 @@ def test_bench_rpc_smoke():
     assert all(r["throughput_ratio"] > 0 for r in report["ratios"])
     assert {row["target"] for row in report["rows"]} == {"engramd", "baseline"}
     assert all(row["errors"] == 0 and row["requests"] >= 40 for row in report["rows"])
+    layers = report["layers"]["layers_us_per_request"]  # from a second daemon, timed per layer
+    assert list(layers)[0] == "RequestEvents" and list(layers)[-1] == "call_handler"
+    assert "Guards" in layers and all(us >= 0 for us in layers.values())

@@ -36,6 +36,12 @@ class Metrics:
             "engram_request_duration_seconds", "RPC request latency.", ["method"], buckets=LATENCY_BUCKETS, registry=r
         )
         self.in_flight = Gauge("engram_requests_in_flight", "RPC requests executing now.", registry=r)
+        self.request_layer_seconds = Counter(
+            "engram_request_layer_seconds",
+            "Time spent in each layer of the request chain on its own (only with server.layer_timing).",
+            ["layer"],
+            registry=r,
+        )
         self.connections = Gauge("engram_connections", "Open client connections.", registry=r)
         self.connections_accepted = Counter("engram_connections_accepted", "Connections accepted.", registry=r)
         self.connections_refused = Counter(

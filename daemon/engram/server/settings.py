@@ -58,6 +58,11 @@ class ServerSettings(Section):
     write_timeout: PositiveSeconds = Field(
         default=10.0, description="Seconds a client may take to read a response before it is dropped."
     )
+    layer_timing: bool = Field(
+        default=False,
+        description="Add up the time each layer of the request chain spends on its own, exported as "
+        "engram_request_layer_seconds_total (costs a few µs per request; for engram bench rpc). Read at start.",
+    )
     drain_timeout: PositiveSeconds = Field(
         default=10.0, description="Grace period for in-flight requests on SIGTERM before they are cancelled."
     )

@@ -14,7 +14,7 @@ from engram.bus.events import CORE_EVENTS
 from engram.errors import MethodNotFound, PolicyDenied, RPCError
 from engram.observability.metrics import Metrics
 from engram.principal import Principal
-from engram.server.chain import Call, compose
+from engram.server.chain import Call, LayerClock, compose
 from engram.server.dispatch import Dispatcher
 from engram.server.jsonrpc import Request
 from engram.server.layers.access import Guards, require_method
@@ -204,3 +204,60 @@ async def test_compose_runs_layers_outermost_first() -> None:
     chain = compose([layer("a"), layer("b")], endpoint)
     call = Call(Request("m", None, 1), PRINCIPAL, Conn(), 1, None, time.perf_counter())  # type: ignore[arg-type]
     assert await chain(call) == "done" and seen == ["a", "b", "handler", "/b", "/a"]
+
+
+async def test_a_layer_clock_gives_each_layer_its_own_time() -> None:
+    spent: dict[str, float] = {}
+
+    def counter(name: str) -> Any:
+        def add(seconds: float) -> None:
+            spent[name] = spent.get(name, 0.0) + seconds
+
+        return add
+
+    def busy(seconds: float) -> None:  # time on the layer's own account, as a computing layer spends it
+        until = time.perf_counter() + seconds
+        while time.perf_counter() < until:
+            pass
+
+    async def outer(call: Call, call_next: Any) -> Any:
+        busy(0.02)
+        return await call_next(call)
+
+    async def inner(call: Call, call_next: Any) -> Any:
+        result = await call_next(call)
+        busy(0.01)
+        return result
+
+    async def endpoint(call: Call) -> str:
+        busy(0.03)
+        return "done"
+
+    chain = compose([outer, inner], endpoint, LayerClock(counter))
+    call = Call(Request("m", None, 1), PRINCIPAL, Conn(), 1, None, time.perf_counter())  # type: ignore[arg-type]
+    assert await chain(call) == "done"
+    assert list(spent) == ["endpoint", "inner", "outer"]  # each told once the request left it
+    # Its own time and not what it waited for inside (which would make outer at least 0.06 s).
+    assert 0.02 <= spent["outer"] < 0.04
+    assert 0.01 <= spent["inner"] < 0.03
+    assert spent["endpoint"] >= 0.03
+
+
+class Instant:
+    @rpc("t.instant", summary="instant", audit=False, instant=True)
+    async def now(self, ctx: RequestContext, params: NoParams) -> Result:
+        return Result()
+
+
+async def test_only_instant_methods_in_small_frames_run_inline(env: Env) -> None:
+    env.dispatcher.methods.add(collect(Instant()))
+    assert env.dispatcher.runs_inline(Request("t.instant", None, 1))
+    assert not env.dispatcher.runs_inline(Request("t.instant", None, 1, large=True))  # validated in a thread
+    assert not env.dispatcher.runs_inline(Request("t.work", None, 1))
+    assert not env.dispatcher.runs_inline(Request("t.nothing", None, 1))
+    assert await env.call("t.instant") == {}
+
+
+def test_an_instant_method_cannot_be_audited() -> None:
+    with pytest.raises(ValueError, match="instant"):
+        rpc("t.both", summary="both", instant=True)
