@@ -243,7 +243,7 @@ class ExportSource:
     def checkpoints(self) -> list[StoredCheckpoint]:
         return list(self._checkpoints)
 
-    def iter_entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:
+    def iter_entries(self, start: int = 0) -> Iterator[tuple[int, bytes, bytes | None]]:
         count = 0
         while (line := self._next()) is not None:
             match = _ENTRY_LINE.match(line.rstrip(b"\n")) if line.endswith(b"\n") else None
@@ -253,7 +253,8 @@ class ExportSource:
             leaf = _strict_b64(match[2].decode("ascii"))
             if leaf is None:
                 raise VerificationError(f"export line {self._line}", "has a leaf hash in non-canonical base64")
-            yield int(match[1]), match[3], leaf
+            if int(match[1]) >= start:
+                yield int(match[1]), match[3], leaf
         if count != self.size:
             raise VerificationError(
                 "export", f"the header announces {self.size} entries, the file holds {count}: the export was cut off"
@@ -265,11 +266,11 @@ class ExportSource:
     def has_nodes(self) -> bool:
         return False
 
-    def iter_leaf_hashes(self) -> Iterator[bytes]:
-        return iter(())
+    def nodes_between(self, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        return []
 
-    def iter_nodes(self, level: int) -> Iterator[tuple[int, bytes]]:
-        return iter(())
+    def first_node_from(self, level: int, start: int) -> int | None:
+        return None
 
     def max_node_level(self) -> int:
         return 0
@@ -292,9 +293,8 @@ class StateFolderSource:
         except sqlite3.Error as exc:  # e.g. a note that is no longer valid UTF-8
             raise VerificationError("checkpoints", f"cannot be read: {exc}") from None
 
-    def iter_entries(self) -> Iterator[tuple[int, bytes, bytes | None]]:
-        for seq, data, leaf in self.store.iter_entries():
-            yield seq, bytes(data), bytes(leaf)
+    def iter_entries(self, start: int = 0) -> Iterator[tuple[int, bytes, bytes | None]]:
+        return self.store.iter_entries(start)  # SQLite hands BLOBs over as bytes already
 
     def tree_state(self) -> CompactTree | None:
         try:
@@ -305,11 +305,11 @@ class StateFolderSource:
     def has_nodes(self) -> bool:
         return True
 
-    def iter_leaf_hashes(self) -> Iterator[bytes]:
-        return self.store.iter_leaf_hashes()
+    def nodes_between(self, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        return self.store.nodes_between(level, start, end)
 
-    def iter_nodes(self, level: int) -> Iterator[tuple[int, bytes]]:
-        return self.store.iter_nodes(level)
+    def first_node_from(self, level: int, start: int) -> int | None:
+        return self.store.first_node_from(level, start)
 
     def max_node_level(self) -> int:
         return self.store.max_node_level()

@@ -3,9 +3,10 @@
 Started right after the database and before anything that produces entries, it
 
 1. opens the audit tables (its own SQLite connections, see :mod:`.store`), loads or creates the
-   signing key (:mod:`.keys`) and checks the whole stored log against its checkpoints
-   (:func:`.verify.verify_log`); a log that fails is never extended: the daemon refuses to start
-   and says which entry or checkpoint is wrong and what to do;
+   signing key (:mod:`.keys`) and checks the stored log against its checkpoints
+   (:func:`.verify.verify_log`) from the last size that an earlier start verified (the *verified
+   mark*, below); a log that fails is never extended: the daemon refuses to start and says which
+   entry or checkpoint is wrong and what to do;
 2. records every audited RPC request (:meth:`AuditLog.record_request`, called by the request
    chain's audit layer, :mod:`.layer`, before the answer goes; reads' entries,
    :meth:`AuditLog.enqueue_request`, are queued and committed with the next batch after the
@@ -18,6 +19,13 @@ Started right after the database and before anything that produces entries, it
 4. signs a checkpoint every ``audit.checkpoint_every_entries`` entries, every
    ``audit.checkpoint_every_seconds`` while entries arrive, on request, and at shutdown.
    Checkpoints are signed only over committed entries, so none is ever ahead of the log.
+
+The verified mark (``meta`` key ``audit_verified``: the base64 of the compact tree at the size of
+the last stored checkpoint a start-up check verified) keeps that check proportional to what is
+new: the next start reads only the entries from there on, checks the checkpoints from there on,
+and the tree state and nodes added since; the mark itself counts only while a stored checkpoint
+of its size signs its root. What was verified before the mark is not read again at start:
+changes there are what ``engram audit verify`` (always the whole log) catches.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ from engram.audit.events import (
 from engram.audit.export import StateFolderSource
 from engram.audit.keyfile import read_signing_key
 from engram.audit.keys import AuditKeys
+from engram.audit.merkle import CompactTree
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore, StoredCheckpoint, StoreError
 from engram.audit.verify import VerificationError, verify_log
@@ -70,6 +79,7 @@ log = structlog.get_logger("engram.audit")
 
 ORIGIN_PREFIX = "engram.local/"
 INSTALL_ID_KEY = "install_id"
+VERIFIED_MARK_KEY = "audit_verified"
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096)
 _COMMIT_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
 
@@ -239,8 +249,20 @@ class AuditLog(Part):
         self._last_checkpoint = self.store.last_checkpoint()
         self.counters.checkpoints = self.store.checkpoint_count()
 
+    def _verified_mark(self) -> CompactTree | None:
+        """The tree an earlier start-up check verified (see the module docstring), if any."""
+        stored = self.store.meta(VERIFIED_MARK_KEY)
+        if stored is None:
+            return None
+        try:
+            return CompactTree.from_bytes(base64.b64decode(stored, validate=True))
+        except ValueError:
+            log.warning("the audit log's verified mark is malformed; checking the whole log")
+            return None
+
     def _check(self) -> None:
-        size_hint = self.store.count_entries()
+        mark = self._verified_mark()
+        size_hint = self.store.size - (mark.size if mark is not None else 0)
         started = time.monotonic()
         if size_hint >= 100_000:
             log.info("checking the audit log", entries=size_hint)
@@ -258,6 +280,7 @@ class AuditLog(Part):
                     progress=progress,
                     progress_every=1 << 18,
                     require_checkpoint=False,
+                    since=mark,
                 )
         except VerificationError as exc:
             db = self.database_path
@@ -268,9 +291,12 @@ class AuditLog(Part):
                 f"`engram audit export --state-dir {self.state_dir} FILE`; to start a new log, move "
                 f"{db} (with its -wal and -shm files) and {self.keys.dir} aside, or restore them from a backup."
             ) from None
+        if report.mark is not None and report.mark != mark:
+            self.store.meta_set(VERIFIED_MARK_KEY, base64.b64encode(report.mark.to_bytes()).decode("ascii"))
         log.info(
             "audit log verified",
             entries=report.entries,
+            checked_from=report.verified_from,
             checkpoints=report.checkpoints,
             unsigned_tail=report.unsigned_tail,
             seconds=round(time.monotonic() - started, 3),

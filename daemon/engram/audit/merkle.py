@@ -209,6 +209,37 @@ class CompactTree:
         frontier.append(h)
         self._size += 1
 
+    def append_subtree(
+        self, subtree: bytes, level: int, on_node: Callable[[int, int, bytes], None] | None = None
+    ) -> None:
+        """Append the hash of a perfect subtree of ``2**level`` leaves at once.
+
+        Only where such a subtree is aligned, i.e. the size is a multiple of ``2**level``: the
+        frontier then holds nothing smaller, and the subtree merges like a leaf one level up.
+        ``on_node`` is called as by :meth:`append`, for the subtree itself and every node it
+        completes above it. Used by bulk verification, which hashes aligned chunks level by level.
+        """
+        if len(subtree) != HASH_SIZE:
+            raise ValueError(f"subtree hash must be {HASH_SIZE} bytes, got {len(subtree)}")
+        width = 1 << level
+        if self._size % width:
+            raise ValueError(f"a subtree of {width} leaves does not start at an aligned size ({self._size})")
+        if self._size + width > _MAX_SIZE:
+            raise OverflowError("tree is full")
+        h = bytes(subtree)
+        index = self._size >> level
+        frontier = self._hashes
+        if on_node is not None:
+            on_node(level, index, h)
+        while index & 1:
+            h = _sha256(NODE_PREFIX + frontier.pop() + h).digest()
+            index >>= 1
+            level += 1
+            if on_node is not None:
+                on_node(level, index, h)
+        frontier.append(h)
+        self._size += width
+
     def extend(self, leaf_hashes: Iterable[bytes]) -> None:
         """Append many leaf hashes; O(1) amortised node hashes each."""
         # The loop is append() inlined: this is the hot path of verifying a whole exported log.

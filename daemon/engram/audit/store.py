@@ -149,6 +149,12 @@ class AuditStore:
             row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return str(row[0])
 
+    def meta_set(self, key: str, value: str) -> None:
+        with self._wlock:
+            self._require_writer().execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value", (key, value)
+            )
+
     # --- writing ---------------------------------------------------------------------------
 
     def _require_writer(self) -> sqlite3.Connection:
@@ -248,7 +254,7 @@ class AuditStore:
             ).fetchall()
         return [(int(seq), bytes(data), bytes(leaf)) for seq, data, leaf in rows]
 
-    def iter_entries(self, start: int = 0, end: int | None = None, batch: int = 8192) -> Iterator[tuple[int, bytes, bytes]]:
+    def iter_entries(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
         """Every stored entry from ``start`` in ``seq`` order (use inside :meth:`snapshot`)."""
         conn = self.reader
         if end is None:
@@ -257,8 +263,7 @@ class AuditStore:
             cursor = conn.execute(
                 "SELECT seq, entry, leaf_hash FROM audit_entries WHERE seq >= ? AND seq < ? ORDER BY seq", (start, end)
             )
-        while rows := cursor.fetchmany(batch):
-            yield from rows
+        return cursor  # rows one by one straight from SQLite: no Python frame per row
 
     def iter_leaf_hashes(self, batch: int = 16384) -> Iterator[bytes]:
         cursor = self.reader.execute("SELECT leaf_hash FROM audit_entries ORDER BY seq")
@@ -270,6 +275,18 @@ class AuditStore:
         cursor = self.reader.execute("SELECT idx, hash FROM audit_nodes WHERE level = ? ORDER BY idx", (level,))
         while rows := cursor.fetchmany(batch):
             yield from rows
+
+    def nodes_between(self, level: int, start: int, end: int) -> list[tuple[int, bytes]]:
+        """Stored ``(idx, hash)`` of ``level`` with ``start <= idx < end``, in order (one range scan)."""
+        return self.reader.execute(
+            "SELECT idx, hash FROM audit_nodes WHERE level = ? AND idx >= ? AND idx < ? ORDER BY idx", (level, start, end)
+        ).fetchall()
+
+    def first_node_from(self, level: int, start: int) -> int | None:
+        row = self.reader.execute(
+            "SELECT idx FROM audit_nodes WHERE level = ? AND idx >= ? ORDER BY idx LIMIT 1", (level, start)
+        ).fetchone()
+        return None if row is None else int(row[0])
 
     def max_node_level(self) -> int:
         with self._rlock:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -17,6 +18,7 @@ from engram.audit.canonical import content_hash
 from engram.audit.events import AUDIT_EVENTS
 from engram.audit.export import StateFolderSource
 from engram.audit.log import AuditLog
+from engram.audit.merkle import CompactTree
 from engram.audit.settings import AuditSettings
 from engram.audit.store import AuditStore
 from engram.audit.verify import verify_log
@@ -271,6 +273,57 @@ async def test_start_refuses_a_tampered_log(folder: Folder) -> None:
             pass
     message = str(info.value)
     assert "entry 3" in message and "engram audit verify" in message and "aside" in message
+
+
+async def test_start_checks_only_what_is_new_since_its_verified_mark(folder: Folder, monkeypatch: pytest.MonkeyPatch) -> None:
+    import engram.audit.log as audit_log
+    from engram.audit.verify import VerificationError
+
+    read: list[list[int]] = []
+    real_verify = audit_log.verify_log
+
+    def counting_verify(source: Any, *args: Any, **kwargs: Any) -> Any:
+        seqs: list[int] = []
+        entries = source.iter_entries
+        source.iter_entries = lambda start=0: (seqs.append(row[0]) or row for row in entries(start))
+        read.append(seqs)
+        return real_verify(source, *args, **kwargs)
+
+    monkeypatch.setattr(audit_log, "verify_log", counting_verify)
+    async with folder.log() as audit:
+        for _ in range(6):
+            await audit.append("test.thing", detail={"x": "y"})
+    async with folder.log() as audit:  # checks all 6, marks size 6 (the checkpoint at close)
+        for _ in range(3):
+            await audit.append("test.thing", detail={"x": "y"})
+    conn = sqlite3.connect(folder.db)
+    data = conn.execute("SELECT entry FROM audit_entries WHERE seq = 2").fetchone()[0]
+    conn.execute("UPDATE audit_entries SET entry = ? WHERE seq = 2", (data.replace(b'"y"', b'"z"'),))
+    conn.commit()
+    conn.close()
+    async with folder.log():  # entry 2 lies before the mark: not read again at start
+        pass
+    assert read == [[], list(range(6)), list(range(6, 9))]
+    with pytest.raises(VerificationError, match="entry 2"):  # the full check still sees it
+        folder.verify([Verifier((folder.root / "keys" / "audit.pub").read_text().strip())])
+
+
+async def test_start_checks_everything_when_its_mark_is_not_signed(folder: Folder) -> None:
+    async with folder.log() as audit:
+        for _ in range(6):
+            await audit.append("test.thing", detail={"x": "y"})
+    async with folder.log():
+        pass
+    conn = sqlite3.connect(folder.db)
+    data = conn.execute("SELECT entry FROM audit_entries WHERE seq = 2").fetchone()[0]
+    conn.execute("UPDATE audit_entries SET entry = ? WHERE seq = 2", (data.replace(b'"y"', b'"z"'),))
+    forged = CompactTree(6, [b"\x01" * 32, b"\x01" * 32])  # size 6 is signed, this root is not
+    conn.execute("UPDATE meta SET value = ? WHERE key = 'audit_verified'", (base64.b64encode(forged.to_bytes()).decode(),))
+    conn.commit()
+    conn.close()
+    with pytest.raises(StartupError, match="entry 2"):
+        async with folder.log():
+            pass
 
 
 async def test_start_refuses_a_checkpoint_ahead_of_the_log(folder: Folder) -> None:

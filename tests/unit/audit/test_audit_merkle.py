@@ -124,6 +124,25 @@ def test_compact_tree_extend_equals_append() -> None:
         assert a == b
 
 
+def test_compact_tree_append_subtree_equals_its_leaves() -> None:
+    # 32 leaves, then a subtree of 16, then 8 + 2 + 1 more: every node is reported as by append().
+    by_leaf, by_subtree = CompactTree(), CompactTree()
+    leaf_nodes: list[tuple[int, int, bytes]] = []
+    subtree_nodes: list[tuple[int, int, bytes]] = []
+    for leaf in LEAVES[:59]:
+        by_leaf.append(leaf, lambda *node: leaf_nodes.append(node))
+    by_subtree.extend(LEAVES[:32])
+    start = 32
+    for level in (4, 3, 1, 0):
+        by_subtree.append_subtree(mth(LEAVES[start : start + (1 << level)]), level, lambda *node: subtree_nodes.append(node))
+        start += 1 << level
+    assert start == 59 and by_subtree == by_leaf
+    assert set(subtree_nodes) <= set(leaf_nodes)
+    assert {n for n in leaf_nodes if n[0] >= 4 and n[1] << n[0] >= 32} <= set(subtree_nodes)
+    with pytest.raises(ValueError, match="aligned"):
+        by_subtree.append_subtree(LEAVES[0], 2)  # size 59 is not a multiple of 4
+
+
 def test_compact_tree_serialisation_round_trip() -> None:
     for size in range(0, 200, 7):
         tree = CompactTree.from_leaf_hashes(LEAVES[:size])

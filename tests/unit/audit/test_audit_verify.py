@@ -330,3 +330,84 @@ def test_export_with_swapped_seq_fields_is_caught(make_log, tmp_path: Path) -> N
     path.write_bytes(b"".join(lines))
     with pytest.raises(VerificationError, match="entry 1: its bytes say seq 2"):
         verify_export(path, [log.verifier])
+
+
+# --- aligned chunks and the verified mark -------------------------------------------------------
+
+
+@pytest.fixture
+def small_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunks of 4 entries, so that small logs cross many chunk boundaries (the real ones hold 4096)."""
+    import engram.audit.verify as verify
+
+    monkeypatch.setattr(verify, "_CHUNK_LEVEL", 2)
+    monkeypatch.setattr(verify, "_CHUNK", 4)
+
+
+def test_chunks_verify_every_node_and_name_failures(make_log, small_chunks) -> None:
+    log = make_log(23, 5)
+    report = verify_state(log)
+    assert report.entries == 23 and report.nodes_checked == sum(23 >> level for level in range(1, 5))
+    sql(log, "UPDATE audit_nodes SET hash = ? WHERE level = 3 AND idx = 1", b"\x07" * 32)  # above a chunk
+    assert "children" in fails(log, "tree node (level 3, index 1)")
+    log = make_log(23, 5)
+    sql(log, "DELETE FROM audit_nodes WHERE level = 1 AND idx = 9")
+    assert "missing" in fails(log, "tree node (level 1, index 9)")
+    log = make_log(23, 5)
+    sql(log, "DELETE FROM audit_entries WHERE seq = 13")
+    assert "missing" in fails(log, "entry 13")
+
+
+def test_a_bad_entry_after_a_good_checkpoint_in_one_chunk_is_named_after_it(make_log, small_chunks) -> None:
+    log = make_log(12, 3)  # checkpoints at 3, 6, 9, 12: two of them inside one chunk of 4
+    sql(log, "UPDATE audit_checkpoints SET note = note || 'x' WHERE size = 9")
+    fails(log, "checkpoint 2 (size 9")
+    log = make_log(12, 3)
+    sql(log, "DELETE FROM audit_entries WHERE seq = 7")
+    assert "missing" in fails(log, "entry 7")
+
+
+def _tree_at(log: Log, size: int):
+    from engram.audit.merkle import CompactTree, leaf_hash
+
+    with log.store() as store:
+        return CompactTree.from_leaf_hashes(leaf_hash(data) for _, data, _ in store.iter_entries(0, size))
+
+
+@pytest.mark.parametrize("chunk_level", [12, 2])
+def test_since_a_verified_mark_only_what_follows_is_read(make_log, monkeypatch, chunk_level: int) -> None:
+    import engram.audit.verify as verify
+
+    monkeypatch.setattr(verify, "_CHUNK_LEVEL", chunk_level)
+    monkeypatch.setattr(verify, "_CHUNK", 1 << chunk_level)
+    log = make_log(23, 5)
+    full = verify_state(log)
+    assert full.verified_from == 0 and full.mark == _tree_at(log, 23)
+    mark = _tree_at(log, 10)
+    # Entry 3 changed, before the mark at 10: only a run without the mark sees it.
+    sql(log, "UPDATE audit_entries SET entry = CAST(entry || ' ' AS BLOB) WHERE seq = 3")
+    read: list[int] = []
+    with log.store() as store, store.snapshot():
+        source = StateFolderSource(store, ORIGIN)
+        entries = source.iter_entries
+        source.iter_entries = lambda start=0: (  # type: ignore[method-assign]
+            read.append(row[0]) or row for row in entries(start)
+        )
+        report = verify_log(source, [log.verifier], since=mark)
+    assert report.verified_from == 10 and read == list(range(10, 23)) and report.mark == full.mark
+    assert report.nodes_checked == sum((23 >> level) - (10 >> level) for level in range(1, 5))
+    assert "stored leaf hash" in fails(log, "entry 3")
+    # After the mark everything is checked as ever.
+    sql(log, "UPDATE audit_entries SET entry = CAST(entry || ' ' AS BLOB) WHERE seq = 17")
+    with pytest.raises(VerificationError, match="entry 17"):
+        verify_state(log, since=mark)
+
+
+def test_a_mark_no_checkpoint_signs_is_ignored(make_log) -> None:
+    log = make_log(23, 5)
+    unsigned = _tree_at(log, 12)  # no checkpoint at 12
+    assert verify_state(log, since=unsigned).verified_from == 0
+    from engram.audit.merkle import CompactTree
+
+    forged = CompactTree(10, [b"\x07" * 32, b"\x07" * 32])  # size 10 is signed, this root is not
+    assert verify_state(log, since=forged).verified_from == 0
