@@ -411,3 +411,36 @@ def test_a_mark_no_checkpoint_signs_is_ignored(make_log) -> None:
 
     forged = CompactTree(10, [b"\x07" * 32, b"\x07" * 32])  # size 10 is signed, this root is not
     assert verify_state(log, since=forged).verified_from == 0
+
+
+def test_exports_across_small_chunks(make_log, tmp_path: Path, small_chunks) -> None:
+    test_export_round_trip(make_log, tmp_path)
+    test_export_removed_reordered_truncated(make_log, tmp_path)
+    test_export_with_swapped_seq_fields_is_caught(make_log, tmp_path)
+    test_reordered_entries(make_log)
+    test_truncated_log(make_log)
+    test_unsigned_tail_is_reported(make_log)
+
+
+def test_seq_is_read_from_the_entry_itself_whatever_its_members_hold(make_log) -> None:
+    from engram.audit.entry import Record
+
+    log = make_log(4, 4)
+    odd = [
+        Record(kind="x.nested", detail={"inner": {"seq": 99, "task_id": 1, "time": "t", "v": 1}}),
+        Record(kind="x.text", detail={"note": ',"seq":99,"task_id":1,"time":"t","v":1}'}),
+        Record(kind="x.task", task_id="not a number"),
+        Record(kind="x.float", task_id=1.5),
+    ]
+    with log.store(readonly=False) as store:
+        store.append(odd)
+        signed = sign_checkpoint(ORIGIN, 8, store.tree.root(), log.signer)
+        store.add_checkpoint(8, signed.checkpoint.root, signed.note, signed.key_id, signed.time)
+    assert verify_state(log).entries == 8
+    conn = sqlite3.connect(log.db)
+    rows = {s: (e, h) for s, e, h in conn.execute("SELECT seq, entry, leaf_hash FROM audit_entries WHERE seq IN (5, 6)")}
+    conn.execute("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE seq = 5", rows[6])
+    conn.execute("UPDATE audit_entries SET entry = ?, leaf_hash = ? WHERE seq = 6", rows[5])
+    conn.commit()
+    conn.close()
+    assert "its bytes say seq 6" in fails(log, "entry 5")
