@@ -12,9 +12,13 @@ The same work, in one run, through both:
 
 Measured: ingest rate with vectors given (synthetic) and with embedding (a sample of sentences
 embedded by all-MiniLM-L6-v2: the daemon's embedder against the same ONNX model run in-process),
-recall latency p50/p99 at each size (vector-only scoring, and engram's hybrid scoring with a
-query text too), recall@10 of engram's index against exact search over the same vectors, and
-forget latency. Embedding 100k texts with MiniLM takes too long on a small machine, so the sizes
+recall latency p50/p99 at each size (``recall``: a vector, vector-only scoring;
+``recall_hybrid``: a vector and a query text, engram's hybrid scoring; ``recall_text``: a query
+text alone, which the daemon embeds), recall@10 of engram's index against exact search over the
+same vectors, forget latency, and the daemon's memory (Linux, from ``/proc/<pid>/status``): its
+peak RSS through the ingest and index build, its steady RSS after the recalls (with the
+embedding model loaded once a text query ran), and, after a restart on the same state folder,
+its peak while loading the index and its steady RSS again. Embedding 100k texts with MiniLM takes too long on a small machine, so the sizes
 use synthetic vectors: unit vectors around 1000 random centres (clusters, like real embeddings),
 384 dimensions, with sentence-like texts; the report says so.
 """
@@ -25,9 +29,11 @@ import asyncio
 import base64
 import os
 import sqlite3
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -70,6 +76,7 @@ class MemoryReport:
     dim: int
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    memory: dict[str, float] = field(default_factory=dict)  # what -> MiB of the daemon (see _memory_phases)
 
     def find(self, size: int, op: str, target: str) -> Row | None:
         return next((r for r in self.rows if (r.size, r.op, r.target) == (size, op, target)), None)
@@ -97,6 +104,7 @@ class MemoryReport:
             "dim": self.dim,
             "rows": [r.as_dict() for r in self.rows],
             "ratios": self.ratios(),
+            "memory_mib": self.memory,
             "notes": self.notes,
         }
 
@@ -113,6 +121,9 @@ class MemoryReport:
             fmt = lambda v: f"{v:>8.2f}" if v is not None else f"{'-':>8}"
             lines.append(f"{ratio['size']:>7}  {ratio['op']:<14} {fmt(ratio['rate_ratio'])} {fmt(ratio['p50_ratio'])} {fmt(ratio['p99_ratio'])}")
         lines.append("rate: higher is better; latency: lower is better")
+        if self.memory:
+            lines.append("")
+            lines.append("daemon memory (MiB): " + "  ".join(f"{k} {v:.0f}" for k, v in self.memory.items()))
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
 
@@ -275,6 +286,35 @@ async def _wait_for_index(socket: Path, size: int, threshold: int, timeout: floa
     raise TimeoutError("the vector index build did not finish")
 
 
+def _daemon_pid(socket: Path) -> int | None:
+    """The pid of the engramd serving ``socket`` (Linux: found by its command line)."""
+    wanted = str(socket).encode()
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"serve" in args and wanted in args:
+            return int(entry.name)
+    return None
+
+
+def _status_mib(pid: int | None) -> dict[str, float]:
+    """VmRSS (now), VmHWM (peak so far), RssAnon and RssFile of ``pid``, in MiB ({} if unknown)."""
+    if pid is None:
+        return {}
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return {}
+    out = {}
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            out[key] = round(int(value.split()[0]) / 1024, 1)
+    return out
+
+
 def _advance(bar: Any, task: Any) -> Callable[[int], None]:
     return lambda n: bar.advance(task, n)
 
@@ -300,6 +340,40 @@ def _local_embedder(folder: Path) -> Any | None:
     return SentenceEmbedder.load(report.output_path, model_dir)
 
 
+@contextmanager
+def _daemon(folder: Path) -> Iterator[Path]:
+    """engramd on ``folder/daemon`` (kept across restarts); yields its socket."""
+    from engram_bench.processes import serving_process
+
+    state = folder / "daemon"
+    state.mkdir(mode=0o700, exist_ok=True)
+    sock = state / "engram.sock"
+    args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(state), "--socket", str(sock)]
+    with serving_process(args, sock, {"ENGRAM_LOG__LEVEL": "warning"}) as path:
+        yield path
+
+
+def _recall_text(socket: Path, size: int, texts: list[str], report: MemoryReport) -> None:
+    """``recall_text``: query texts alone, embedded by the daemon (the first one, which loads the
+    model, is left out); skipped with a note when the daemon has no embedding model."""
+    from engram.client.async_client import AsyncClient
+    from engram.errors import RPCError
+
+    async def first() -> bool:
+        async with AsyncClient(socket, timeout=600) as client:
+            try:
+                await client.call("memory.recall", {"query": "warm-up", "k": 10})
+            except RPCError as exc:
+                report.notes.append(f"recall_text skipped: {exc}")
+                return False
+            return True
+
+    if asyncio.run(first()):
+        _, lat, seconds = asyncio.run(_engram_calls(
+            socket, "memory.recall", [{"query": t, "k": 10} for t in texts], lambda n: None))
+        report.rows.append(_rows_from(size, "recall_text", "engram", len(texts), lat, seconds))
+
+
 def run_memory_bench(
     sizes: list[int],
     queries: int = 200,
@@ -315,7 +389,6 @@ def run_memory_bench(
     from rich.console import Console
     from rich.progress import Progress
 
-    from engram_bench.processes import temporary_daemon
     from engram.memory.settings import IndexSettings
 
     sizes = sorted(set(sizes))
@@ -332,7 +405,10 @@ def run_memory_bench(
     )
     with ExitStack() as stack, Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="engram-bench-memory-")))
-        socket = stack.enter_context(temporary_daemon())
+        daemon = ExitStack()
+        stack.callback(daemon.close)
+        socket = daemon.enter_context(_daemon(folder))
+        pid = _daemon_pid(socket)
         baseline = Baseline(folder, dim)
         stack.callback(baseline.close)
         engram_ids: list[str] = []
@@ -358,6 +434,10 @@ def run_memory_bench(
             waited = asyncio.run(_wait_for_index(socket, size, threshold))
             if waited > 0.5:
                 report.notes.append(f"at {size}: waited {waited:.1f} s for the background HNSW build before measuring recall")
+            if size == sizes[-1]:
+                status = _status_mib(pid)
+                if "VmHWM" in status:
+                    report.memory["peak_ingest_and_build"] = status["VmHWM"]
             position = {ident: n for n, ident in enumerate(engram_ids)}
             qvecs = data.vectors(0, queries, salt=size)
             qtexts = [" ".join(t.split()[2:5]) for t in data.texts(size, queries)]
@@ -374,6 +454,8 @@ def run_memory_bench(
                 socket, "memory.recall", [{"vector": _b64(q), "query": t, "k": 10} for q, t in zip(qvecs, qtexts)],
                 _advance(bar, task)))
             report.rows.append(_rows_from(size, "recall_hybrid", "engram", queries, lat, seconds))
+            if size == sizes[-1]:
+                _recall_text(socket, size, qtexts, report)
             lat, began = [], time.perf_counter()
             baseline_found = []
             for q in qvecs:
@@ -384,8 +466,36 @@ def run_memory_bench(
             report.rows.append(_rows_from(size, "recall", "baseline", queries, lat, time.perf_counter() - began,
                                           recall_at_10=round(_recall_at_k(baseline_found, exact, 10), 4)))
             bar.remove_task(task)
-        # Forget latency at the largest size: the oldest episodes, one per request.
+        status = _status_mib(pid)
+        if "VmRSS" in status:
+            report.memory["steady_after_recalls"] = status["VmRSS"]
+            report.memory["steady_after_recalls_file_backed"] = status["RssFile"]
+        # A restart on the same state folder: the index is loaded from its file (peak), then
+        # recalled from again (steady).
         size = sizes[-1]
+        daemon.close()
+        socket = daemon.enter_context(_daemon(folder))
+        pid = _daemon_pid(socket)
+        asyncio.run(_wait_for_index(socket, size, threshold))
+        status = _status_mib(pid)
+        if "VmHWM" in status:
+            report.memory["peak_index_load"] = status["VmHWM"]
+        qvecs = data.vectors(0, queries, salt=size + 1)
+        qtexts = [" ".join(t.split()[2:5]) for t in data.texts(size + 1, queries)]
+        asyncio.run(_engram_calls(socket, "memory.recall", [{"vector": _b64(q), "k": 10} for q in qvecs], lambda n: None))
+        if report.find(size, "recall_text", "engram") is not None:
+            asyncio.run(_engram_calls(socket, "memory.recall", [{"query": t, "k": 10} for t in qtexts], lambda n: None))
+        status = _status_mib(pid)
+        if "VmRSS" in status:
+            report.memory["steady_after_restart"] = status["VmRSS"]
+            report.memory["steady_after_restart_file_backed"] = status["RssFile"]
+        if not report.memory:
+            report.notes.append("daemon memory not measured: /proc/<pid>/status is Linux-only")
+        else:
+            report.notes.append(
+                "daemon memory: VmHWM/VmRSS of engramd; steady figures include the embedding model when recall_text ran"
+            )
+        # Forget latency at the largest size: the oldest episodes, one per request.
         count = min(forgets, len(engram_ids))
         task = bar.add_task("forget", total=count * 2)
         _, lat, seconds = asyncio.run(_engram_calls(

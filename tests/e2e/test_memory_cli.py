@@ -106,3 +106,6 @@ def test_bench_memory_smoke(tmp_path):
     recall = [r for r in report["rows"] if r["op"] == "recall" and r["target"] == "engram"]
     assert all(r["recall_at_10"] >= 0.95 for r in recall)
     assert {r["op"] for r in report["ratios"]} == {"ingest", "recall", "forget"}
+    if sys.platform == "linux":  # the daemon's memory, from /proc: through ingest, after recalls, across a restart
+        assert {"peak_ingest_and_build", "steady_after_recalls", "peak_index_load", "steady_after_restart"} <= set(report["memory_mib"])
+    assert any("recall_text skipped" in n for n in report["notes"])  # no embedding model here

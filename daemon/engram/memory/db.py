@@ -27,6 +27,9 @@ from engram.storage.locking import begin_immediate
 
 __all__ = ["MemoryDB", "json_rows"]
 
+_WRITER_CACHE = -32768  # SQLite page cache per connection, negative: KiB (32 MB)
+_READER_CACHE = -8192  # 8 MB per reader: a recall's pages, the b-tree's upper levels
+
 
 def json_rows(rows: Sequence[Any]) -> str:
     """Rows as one JSON array, for a statement that reads them with ``json_each(?)``.
@@ -80,10 +83,13 @@ class MemoryDB:
         conn.execute("PRAGMA foreign_keys = ON")
         conn.execute("PRAGMA secure_delete = ON")
         conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        # Recall reads scattered rows of a table whose rows carry 1.5 KB vectors: a larger page
-        # cache and memory-mapped reads keep those lookups off the read() system call.
-        conn.execute("PRAGMA cache_size = -32768")
-        conn.execute("PRAGMA mmap_size = 268435456")
+        # No memory-mapped reads: recall reads scattered rows, and each page fault on a mapping
+        # maps the 64 KB around it (the kernel's fault-around), so every connection's mapping grew
+        # towards the whole file (the 100k-episode table is 210 MB, ~250 MB of RSS after a few
+        # hundred recalls, once per connection). Reads go through SQLite's page cache instead,
+        # bounded: the writer's (which also batches a commit's pages) and the readers' smaller one.
+        conn.execute(f"PRAGMA cache_size = {_WRITER_CACHE}")
+        conn.execute("PRAGMA mmap_size = 0")
         return conn
 
     def open(self) -> None:
@@ -98,6 +104,7 @@ class MemoryDB:
         for _ in range(self._reader_count):
             reader = self._connect()
             reader.execute("PRAGMA query_only = ON")
+            reader.execute(f"PRAGMA cache_size = {_READER_CACHE}")
             self._all_readers.append(reader)
             self._readers.put(reader)
 

@@ -437,7 +437,8 @@ class Episodic:
 
     def recall(self, namespace: str, query: NDArray[np.float32], text: str | None, k: int, flt: SqlFilter,
                weights: Weights, activation: bool) -> list[dict[str, Any]]:
-        """The best ``k`` episodes for the query (worker thread)."""
+        """The best ``k`` episodes for the query, best first, as the fields of ``memory.recall``'s
+        hits plus ``seq`` (worker thread)."""
         s = self.settings.recall
         now = time.time()
         want = max(k * s.candidate_factor, s.min_candidates)
@@ -475,37 +476,43 @@ class Episodic:
         candidates = set(sims) | set(keyword) | set(activated)
         if not candidates:
             return []
-        facts = self.store.facts(namespace, list(candidates), flt, vectors_for=[c for c in candidates if c not in sims])
-        if not facts:
-            return []
-        # Scored as arrays, one element per candidate: the parts of the k winners only become dicts.
-        seqs = list(facts)
-        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
-        similarity = np.array(
-            [
-                sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
-                for _, _, sim, vector in known
-            ],
-            np.float64,
-        )
-        parts = {
-            "vector": np.clip(similarity, 0.0, 1.0),
-            "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
-            "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, s.recency_half_life),
-            "importance": np.array([importance for _, importance, _, _ in known], np.float64),
-            "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
-        }
-        scores = combine(parts, weights, bool(text), activation)
-        order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k]  # best score first, then newest
-        best = [
-            (float(scores[i]), seqs[i], {name: float(values[i]) for name, values in parts.items()}) for i in order.tolist()
-        ]
-        rows = self.store.rows(namespace, [seq for _, seq, _ in best], live_only=True)  # whole rows for the winners only
+        # One read transaction for the candidates' facts and the winners' rows: the rows are
+        # those the facts came from, so nothing is re-checked (archived, forgotten, filtered).
+        with self.store.snapshot() as conn:
+            facts = self.store.facts(namespace, list(candidates), flt, vectors_for=[c for c in candidates if c not in sims],
+                                     conn=conn)
+            if not facts:
+                return []
+            # Scored as arrays, one element per candidate: the parts of the k winners only become dicts.
+            seqs = list(facts)
+            known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
+            similarity = np.array(
+                [
+                    sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
+                    for _, _, sim, vector in known
+                ],
+                np.float64,
+            )
+            parts = {
+                "vector": np.clip(similarity, 0.0, 1.0),
+                "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
+                "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, s.recency_half_life),
+                "importance": np.array([importance for _, importance, _, _ in known], np.float64),
+                "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
+            }
+            scores = combine(parts, weights, bool(text), activation)
+            order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
+            winners = [seqs[i] for i in order]
+            rows = self.store.hits(conn, namespace, winners)  # whole rows for the winners only
+        columns = {name: values[order].tolist() for name, values in parts.items()}
+        best = scores[order].tolist()
         hits = []
-        for score, seq, hit_parts in best:
-            row = rows.get(seq)
-            if row is not None:  # forgotten or archived between the two reads
-                hits.append({**row, "score": score, "parts": hit_parts})
+        for n, seq in enumerate(winners):
+            hit = rows[seq]
+            hit["seq"] = seq
+            hit["score"] = best[n]
+            hit["parts"] = {name: values[n] for name, values in columns.items()}
+            hits.append(hit)
         return hits
 
     # --- forgetting ------------------------------------------------------------------------------------

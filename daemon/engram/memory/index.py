@@ -27,6 +27,14 @@ the watermark), index entries whose rows are gone (forgotten after the save, or 
 committed) are dropped. A missing, truncated or corrupt file is rebuilt from SQLite, with
 progress in the log; it is never fatal.
 
+Saving, loading and rebuilding stream, so that none of them holds a second copy of an index in
+RAM: the indexes are written to the file and read from it in 1 MiB pieces (FAISS's callback
+I/O; ``serialize_index`` would make two whole copies, ``deserialize_index`` one, and reading the
+file whole another two), and a rebuild copies the live vectors from the old index a chunk at a
+time instead of taking a snapshot of all of them. At 100k vectors of 384 dimensions each such
+copy was 150 MB. The file format (version 2) therefore has the header after the blobs, whose
+sizes are known only once written; version 1 files (header first) still load.
+
 Blocking code: call from worker threads. Each namespace has a readers-writer lock: searches share
 it (FAISS searches of one index are safe together), adds, removes and the swap after a rebuild
 hold it alone, and a waiting writer holds off new searches so that a stream of recalls cannot
@@ -64,8 +72,13 @@ log = structlog.get_logger("engram.memory")
 FILE_NAME = "vectors.idx"
 _ADD_PIECE = 16  # vectors a stoppable rebuild adds between checks (HNSW: ~2-3 ms on one core)
 _SWAP_BATCH = 64  # changes replayed under the write lock at the swap, at most (HNSW adds ~0.1 ms each)
-_MAGIC = b"ENGRAM-VECTORS\x00\x01"
+_MAGIC = b"ENGRAM-VECTORS\x00\x02"  # blobs, header, header size, trailer
+_MAGIC_V1 = b"ENGRAM-VECTORS\x00\x01"  # header size, header, blobs, trailer
 _TRAILER = 32  # SHA-256 of everything before it
+_IO_PIECE = 1 << 20  # bytes per read or write of a streamed index
+_COPY_CHUNK = 4096  # vectors a rebuild copies from the old index per read lock (6 MB at 384 dimensions)
+
+Sink = Callable[[bytes], Any]
 
 
 def _threads(count: int) -> None:
@@ -76,6 +89,51 @@ def _threads(count: int) -> None:
 
 class IndexFileError(DataError):
     """The index file is missing, truncated, corrupt or from another format."""
+
+
+def _write_faiss(index: Any, sink: Sink) -> None:
+    """Serialise a FAISS index into ``sink`` a piece at a time (no copy of it in RAM)."""
+
+    def write(piece: bytes) -> int:
+        sink(piece)
+        return len(piece)
+
+    writer = faiss.PyCallbackIOWriter(write, _IO_PIECE)
+    try:
+        faiss.write_index(index, writer)
+    finally:
+        del writer  # flushes its buffer into ``sink``
+
+
+class _Blob:
+    """One blob of an index file: a window of the open file, read a piece at a time."""
+
+    def __init__(self, file: Any, offset: int, length: int) -> None:
+        self._file, self._offset, self.length = file, offset, length
+
+    def read(self) -> bytes:
+        self._file.seek(self._offset)
+        data = self._file.read(self.length)
+        if len(data) != self.length:
+            raise IndexFileError("index file blob is truncated")
+        return bytes(data)
+
+    def index(self) -> Any:
+        """The FAISS index stored in the blob (its concrete class), read in pieces."""
+        self._file.seek(self._offset)
+        left = self.length
+
+        def read(size: int) -> bytes:
+            nonlocal left
+            piece = self._file.read(min(size, left))
+            left -= len(piece)
+            return piece  # a short read past the blob's end makes FAISS raise
+
+        reader = faiss.PyCallbackIOReader(read, _IO_PIECE)
+        try:
+            return faiss.read_index(reader)
+        finally:
+            del reader
 
 
 def _as_i64(seqs: Iterable[int] | NDArray[Any]) -> NDArray[np.int64]:
@@ -116,9 +174,16 @@ class FlatSpace:
         return labels[0][keep], sims[0][keep]
 
     def vectors(self, seqs: Sequence[int]) -> tuple[list[int], NDArray[np.float32]]:
+        wanted = _as_i64(seqs)
+        if not len(wanted):
+            return [], np.zeros((0, self.dim), np.float32)
+        try:  # all present (the common case): one call
+            return wanted.tolist(), self.index.reconstruct_batch(wanted)
+        except RuntimeError:  # some are not in the index (IndexIDMap2 knows its ids)
+            pass
         got: list[int] = []
         rows: list[NDArray[np.float32]] = []
-        for s in seqs:
+        for s in wanted.tolist():
             try:
                 rows.append(self.index.reconstruct(int(s)))
             except RuntimeError:  # not in the index (IndexIDMap2 knows its ids)
@@ -128,20 +193,15 @@ class FlatSpace:
             return [], np.zeros((0, self.dim), np.float32)
         return got, np.vstack(rows)
 
-    def snapshot(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        ids = self.ids()
-        flat = faiss.downcast_index(self.index.index)
-        data = faiss.rev_swig_ptr(flat.get_xb(), self.count * self.dim)  # type: ignore[attr-defined]  # an IndexFlat
-        return ids.copy(), np.array(data, dtype=np.float32).reshape(self.count, self.dim)
-
-    def blobs(self) -> dict[str, bytes]:
-        return {"index": faiss.serialize_index(self.index).tobytes()}
+    def parts(self) -> dict[str, Callable[[Sink], None]]:
+        """The blobs of the index file, each as a writer into a sink."""
+        return {"index": lambda sink: _write_faiss(self.index, sink)}
 
     @classmethod
-    def from_blobs(cls, dim: int, blobs: dict[str, bytes], meta: dict[str, Any]) -> FlatSpace:
-        # deserialize_index returns the concrete class already (downcasting again would hand back
-        # a second proxy while the owning one is collected)
-        index = faiss.deserialize_index(np.frombuffer(blobs["index"], dtype=np.uint8))
+    def from_blobs(cls, dim: int, blobs: dict[str, _Blob], meta: dict[str, Any]) -> FlatSpace:
+        # read_index returns the concrete class already (downcasting again would hand back a
+        # second proxy while the owning one is collected)
+        index = blobs["index"].index()
         if not isinstance(index, faiss.IndexIDMap2) or index.d != dim:
             raise IndexFileError("flat index of the wrong type or dimension")
         return cls(dim, index)
@@ -235,23 +295,19 @@ class HnswSpace:
         labels = np.array([self._label_of[s] for s in got], dtype=np.int64)
         return got, self.index.reconstruct_batch(labels)
 
-    def snapshot(self) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        ids = self.ids()
-        got, vectors = self.vectors(ids.tolist())
-        return np.asarray(got, dtype=np.int64), vectors
-
-    def blobs(self) -> dict[str, bytes]:
+    def parts(self) -> dict[str, Callable[[Sink], None]]:
+        """The blobs of the index file, each as a writer into a sink."""
         return {
-            "index": faiss.serialize_index(self.index).tobytes(),
-            "labels": self._labels[: self._n].astype("<i8").tobytes(),
+            "index": lambda sink: _write_faiss(self.index, sink),
+            "labels": lambda sink: sink(self._labels[: self._n].astype("<i8").tobytes()),
         }
 
     @classmethod
-    def from_blobs(cls, dim: int, blobs: dict[str, bytes], meta: dict[str, Any], settings: IndexSettings) -> HnswSpace:
-        index = faiss.deserialize_index(np.frombuffer(blobs["index"], dtype=np.uint8))
+    def from_blobs(cls, dim: int, blobs: dict[str, _Blob], meta: dict[str, Any], settings: IndexSettings) -> HnswSpace:
+        index = blobs["index"].index()
         if not isinstance(index, faiss.IndexHNSWFlat) or index.d != dim:
             raise IndexFileError("HNSW index of the wrong type or dimension")
-        labels = np.frombuffer(blobs["labels"], dtype="<i8").astype(np.int64)
+        labels = np.frombuffer(blobs["labels"].read(), dtype="<i8").astype(np.int64)
         if len(labels) != index.ntotal:
             raise IndexFileError("HNSW labels do not match its size")
         masked = [i for i, s in enumerate(labels.tolist()) if s < 0]
@@ -283,16 +339,20 @@ class NamespaceIndex:
 
 
 class Rebuild:
-    """A namespace's index rebuilt from a snapshot of its live vectors while searches and writes
-    go on against the old one. Add the snapshot with :meth:`add` (in chunks: the caller may pause
+    """A namespace's index rebuilt from a snapshot of its live seqs while searches and writes go
+    on against the old one. Add the snapshot with :meth:`add` (in chunks: the caller may pause
     between them), then call :meth:`catch_up` until it returns True (it has swapped the new space
-    in), and :meth:`close` in every case. Blocking: worker threads."""
+    in), and :meth:`close` in every case. Blocking: worker threads.
 
-    def __init__(self, index: VectorIndex, ns: NamespaceIndex, seqs: NDArray[np.int64], vectors: NDArray[np.float32]) -> None:
+    The snapshot holds seqs only: :meth:`add` copies their vectors from the old index a chunk at
+    a time (under its read lock), so that a rebuild needs the old and the new index in RAM but no
+    third copy of every vector. A seq forgotten before its chunk is copied is simply missing
+    from the old index then; the changes :meth:`catch_up` replays cover it either way."""
+
+    def __init__(self, index: VectorIndex, ns: NamespaceIndex, seqs: NDArray[np.int64]) -> None:
         self._index = index
         self._ns = ns
         self._seqs = seqs
-        self._vectors = vectors
         self.total = len(seqs)
         self.new: Space = index.new_space(ns.dim, len(seqs))
 
@@ -302,29 +362,32 @@ class Rebuild:
         ``stop()`` turns true: a foreground request then shares the CPU with a few milliseconds
         of this work at most. Without, in one call (which FAISS parallelises)."""
         end = min(start + size, self.total)
-        piece = _ADD_PIECE if stop is not None else max(1, end - start)
+        piece = _ADD_PIECE if stop is not None else _COPY_CHUNK
         done = start
         while done < end:
             if done > start and stop is not None and stop():
                 break
             upto = min(done + piece, end)
-            self.new.add(self._seqs[done:upto], self._vectors[done:upto])
+            with self._ns.lock.read_lock():
+                got, vectors = self._ns.space.vectors(self._seqs[done:upto].tolist())
+            if got:
+                self.new.add(_as_i64(got), vectors)
             done = upto
         return done
 
     def catch_up(self) -> bool:
         """Replay the changes made since the snapshot (or the last round) into the new space. A
-        big round is copied without holding the lock and returns False; a small one runs under the
-        write lock and swaps the new space in (True), so writers never wait long."""
+        big round is copied without holding the write lock and returns False; a small one runs
+        under the write lock and swaps the new space in (True), so writers never wait long."""
         ns = self._ns
         with ns.lock.read_lock():
-            changes = self._take()
-        if len(changes[0]) > _SWAP_BATCH:
-            self._apply(*changes)  # into the new space, which nobody searches yet: no lock
+            pending = self._take()
+        if len(pending) > _SWAP_BATCH:
+            self._apply(pending, locked=False)  # into the new space, which nobody searches yet
             return False
         with ns.lock.write_lock():
-            self._apply(*changes)
-            self._apply(*self._take())
+            self._apply(pending, locked=True)
+            self._apply(self._take(), locked=True)
             ns.space = self.new
         with self._index._lock:
             self._index.changes += 1
@@ -335,18 +398,29 @@ class Rebuild:
             self._ns.building = False
             self._ns.pending.clear()
 
-    def _take(self) -> tuple[list[int], list[int], NDArray[np.float32]]:
-        """The pending changes (cleared): every seq touched, and the live ones with their vectors
-        from the current space (caller holds a lock)."""
+    def _take(self) -> dict[int, bool]:
+        """The pending changes, cleared (caller holds a lock)."""
         pending, self._ns.pending = self._ns.pending, {}
-        got, vectors = self._ns.space.vectors([s for s, present in pending.items() if present])
-        return list(pending), got, vectors
+        return pending
 
-    def _apply(self, touched: list[int], got: list[int], vectors: NDArray[np.float32]) -> None:
-        if touched:  # removed, or re-added after a remove: out first, then the live ones back in
-            self.new.remove(_as_i64(touched))
-        if got:
-            self.new.add(_as_i64(got), vectors)
+    def _apply(self, pending: dict[int, bool], locked: bool) -> None:
+        """Every seq touched out of the new space first (removed, or re-added after a remove),
+        then the live ones back in, their vectors copied from the current space a chunk at a time
+        (under its read lock unless the caller holds the write lock). A change made meanwhile is
+        pending again, for the next round: a seq gone by the time its chunk is copied is skipped."""
+        if not pending:
+            return
+        self.new.remove(_as_i64(list(pending)))
+        present = [s for s, there in pending.items() if there]
+        for start in range(0, len(present), _COPY_CHUNK):
+            part = present[start : start + _COPY_CHUNK]
+            if locked:
+                got, vectors = self._ns.space.vectors(part)
+            else:
+                with self._ns.lock.read_lock():
+                    got, vectors = self._ns.space.vectors(part)
+            if got:
+                self.new.add(_as_i64(got), vectors)
 
 
 class VectorIndex:
@@ -486,12 +560,12 @@ class VectorIndex:
             ns.building = True
         try:
             with ns.lock.read_lock():
-                seqs, vectors = ns.space.snapshot()
+                seqs = np.sort(ns.space.ids())
         except BaseException:
             with self._lock:
                 ns.building = False
             raise
-        return Rebuild(self, ns, seqs, vectors)
+        return Rebuild(self, ns, seqs)
 
     def rebuild(self, namespace: str, progress: Callable[[int, int], None] | None = None, chunk: int = 5000) -> str | None:
         """Memory's own maintenance: rebuild a namespace's index when :meth:`maintenance_due` says
@@ -545,26 +619,12 @@ class VectorIndex:
     # --- persistence ----------------------------------------------------------------------------------
 
     def save(self, path: Path) -> int:
-        """Write every namespace's index and the watermark to ``path`` atomically; returns bytes written."""
+        """Write every namespace's index and the watermark to ``path`` atomically; returns bytes
+        written. Each index is streamed into the file under its namespace's read lock (searches go
+        on; adds wait for it, as they waited for the copy made before)."""
         with self._lock:
             watermark, changes = self.watermark, self.changes
             spaces = list(self._spaces.values())
-        parts: list[bytes] = []
-        entries = []
-        offset = 0
-        for ns in spaces:
-            with ns.lock.read_lock():
-                blobs = ns.space.blobs()
-                kind, dim = ns.space.kind, ns.dim
-            meta: dict[str, Any] = {"name": ns.name, "kind": kind, "dim": dim, "blobs": {}}
-            for key, blob in blobs.items():
-                meta["blobs"][key] = [offset, len(blob)]
-                parts.append(blob)
-                offset += len(blob)
-            entries.append(meta)
-        header = json.dumps(
-            {"version": 1, "watermark": watermark, "saved_at": time.time(), "namespaces": entries}, separators=(",", ":")
-        ).encode()
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         tmp = path.with_name(path.name + ".tmp")
         digest = hashlib.sha256()
@@ -572,10 +632,29 @@ class VectorIndex:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb") as out:
-                for piece in (_MAGIC, len(header).to_bytes(8, "little"), header, *parts):
+
+                def sink(piece: bytes) -> None:
+                    nonlocal written
                     out.write(piece)
                     digest.update(piece)
                     written += len(piece)
+
+                sink(_MAGIC)
+                entries = []
+                for ns in spaces:
+                    with ns.lock.read_lock():
+                        kind, dim = ns.space.kind, ns.dim
+                        meta: dict[str, Any] = {"name": ns.name, "kind": kind, "dim": dim, "blobs": {}}
+                        for key, write in ns.space.parts().items():
+                            offset = written
+                            write(sink)
+                            meta["blobs"][key] = [offset, written - offset]
+                    entries.append(meta)
+                header = json.dumps(
+                    {"version": 2, "watermark": watermark, "saved_at": time.time(), "namespaces": entries}, separators=(",", ":")
+                ).encode()
+                sink(header)
+                sink(len(header).to_bytes(8, "little"))
                 out.write(digest.digest())
                 out.flush()
                 os.fsync(out.fileno())
@@ -592,41 +671,71 @@ class VectorIndex:
         """Replace the in-memory indexes with the file's; returns its watermark.
         Raises :class:`IndexFileError` when the file cannot be used."""
         try:
-            data = path.read_bytes()
+            file = path.open("rb")
         except FileNotFoundError:
             raise IndexFileError(f"{path} does not exist") from None
         except OSError as exc:
             raise IndexFileError(f"{path} cannot be read: {exc.strerror}") from None
-        if len(data) < len(_MAGIC) + 8 + _TRAILER or not data.startswith(_MAGIC):
-            raise IndexFileError(f"{path} is not an engram vector index (or is truncated)")
-        body, trailer = data[:-_TRAILER], data[-_TRAILER:]
-        if hashlib.sha256(body).digest() != trailer:
-            raise IndexFileError(f"{path} is corrupt (checksum mismatch)")
-        start = len(_MAGIC)
-        size = int.from_bytes(body[start : start + 8], "little")
-        try:
-            header = json.loads(body[start + 8 : start + 8 + size])
-            base = start + 8 + size
-            spaces: dict[str, NamespaceIndex] = {}
-            for meta in header["namespaces"]:
-                blobs = {key: body[base + off : base + off + length] for key, (off, length) in meta["blobs"].items()}
-                dim = int(meta["dim"])
-                if meta["kind"] == "flat":
-                    space: Space = FlatSpace.from_blobs(dim, blobs, meta)
-                elif meta["kind"] == "hnsw":
-                    space = HnswSpace.from_blobs(dim, blobs, meta, self.settings)
-                else:
-                    raise IndexFileError(f"unknown index kind {meta['kind']!r}")
-                spaces[str(meta["name"])] = NamespaceIndex(str(meta["name"]), space)
-            watermark = int(header["watermark"])
-        except IndexFileError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - a malformed header or a FAISS blob it cannot read
-            raise IndexFileError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from None
+        with file:
+            try:
+                spaces, header = self._read(file, path)
+                watermark, saved_at = int(header["watermark"]), float(header.get("saved_at", 0.0))
+            except IndexFileError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - a malformed header or a FAISS blob it cannot read
+                raise IndexFileError(f"{path} cannot be read: {type(exc).__name__}: {exc}") from None
         with self._lock:
             self._spaces = spaces
             self.watermark = watermark
             self.saved_watermark = watermark
-            self.saved_at = float(header.get("saved_at", 0.0))
+            self.saved_at = saved_at
             self.changes = 0
         return watermark
+
+    def _read(self, file: Any, path: Path) -> tuple[dict[str, NamespaceIndex], dict[str, Any]]:
+        """The namespaces and the header of an open index file, checked against its trailer
+        first (the file is read twice, a piece at a time: never whole into RAM)."""
+        size = os.fstat(file.fileno()).st_size
+        magic = file.read(len(_MAGIC))
+        if size < len(_MAGIC) + 8 + _TRAILER or magic not in (_MAGIC, _MAGIC_V1):
+            raise IndexFileError(f"{path} is not an engram vector index (or is truncated)")
+        digest = hashlib.sha256(magic)
+        left = size - _TRAILER - len(magic)
+        while left > 0:
+            piece = file.read(min(_IO_PIECE, left))
+            if not piece:
+                raise IndexFileError(f"{path} is truncated")
+            digest.update(piece)
+            left -= len(piece)
+        if digest.digest() != file.read(_TRAILER):
+            raise IndexFileError(f"{path} is corrupt (checksum mismatch)")
+        if magic == _MAGIC_V1:  # header first; blob offsets count from its end
+            file.seek(len(magic))
+            length = int.from_bytes(file.read(8), "little")
+            base = len(magic) + 8 + length
+            end = size - _TRAILER
+        else:  # header last; blob offsets count from the start of the file
+            file.seek(size - _TRAILER - 8)
+            length = int.from_bytes(file.read(8), "little")
+            base = 0
+            end = size - _TRAILER - 8 - length
+            if end < len(magic):
+                raise IndexFileError(f"{path} has a header larger than itself")
+            file.seek(end)
+        header = json.loads(file.read(length))
+        spaces: dict[str, NamespaceIndex] = {}
+        for meta in header["namespaces"]:
+            blobs = {}
+            for key, (off, count) in meta["blobs"].items():
+                if off < 0 or count < 0 or base + off + count > end:
+                    raise IndexFileError(f"{path}: blob {key!r} lies outside the file")
+                blobs[key] = _Blob(file, base + off, count)
+            dim = int(meta["dim"])
+            if meta["kind"] == "flat":
+                space: Space = FlatSpace.from_blobs(dim, blobs, meta)
+            elif meta["kind"] == "hnsw":
+                space = HnswSpace.from_blobs(dim, blobs, meta, self.settings)
+            else:
+                raise IndexFileError(f"unknown index kind {meta['kind']!r}")
+            spaces[str(meta["name"])] = NamespaceIndex(str(meta["name"]), space)
+        return spaces, header

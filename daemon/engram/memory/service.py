@@ -46,7 +46,6 @@ from engram.memory.api import (
     GraphQueryResult,
     GraphUpsertParams,
     GraphUpsertResult,
-    Hit,
     ImportParams,
     ImportResult,
     IndexStats,
@@ -467,19 +466,12 @@ class Memory(Part):
         found = await self._thread(
             lambda: self.episodic.recall(namespace, query, text, params.k, flt, weights, params.activation)
         )
-        self.episodic.note_access([h["seq"] for h in found])
+        self.episodic.note_access([h.pop("seq") for h in found])  # the hits are Hit's fields now
         self.episodic.sample_recall(namespace, query, params.k, flt, found)
         self.metrics.recalls.inc()
         self.metrics.recall_seconds.observe(time.perf_counter() - started)
-        return RecallResult(
-            namespace=namespace,
-            hits=[
-                Hit(id=h["id"], text=h["text"], score=h["score"], parts=h["parts"], time=h["time"], session=h["session"],
-                    kind=h["kind"], tags=h["tags"], metadata=h["metadata"], source=h["source"],
-                    importance=h["importance"], pinned=h["pinned"])
-                for h in found
-            ],
-        )
+        # One validation of the whole result (in pydantic's core) rather than a model per hit.
+        return RecallResult.model_validate({"namespace": namespace, "hits": found})
 
     @rpc("memory.get", summary="Episodes by id (unknown ids: -32002 naming them).", read_only=True)
     async def get(self, ctx: RequestContext, params: GetParams) -> GetResult:

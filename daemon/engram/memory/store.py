@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -110,6 +111,17 @@ def _row_dict(row: sqlite3.Row | tuple[Any, ...]) -> dict[str, Any]:
 class EpisodeStore:
     def __init__(self, db: MemoryDB) -> None:
         self.db = db
+
+    @contextmanager
+    def snapshot(self) -> Iterator[sqlite3.Connection]:
+        """A reader connection in one read transaction: every query of the block sees the same
+        state (a recall's candidates and its winners' rows agree, with no second look)."""
+        with self.db.read() as conn:
+            conn.execute("BEGIN")
+            try:
+                yield conn
+            finally:
+                conn.execute("COMMIT")
 
     # --- writes (inside a transaction the caller holds) ------------------------------------------
 
@@ -286,13 +298,15 @@ class EpisodeStore:
         return out
 
     def facts(
-        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = ()
+        self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = (),
+        conn: sqlite3.Connection | None = None,
     ) -> dict[int, tuple[float, float, NDArray[np.float32] | None]]:
         """What scoring needs of the live episodes among ``seqs`` that pass ``flt``: (time,
-        importance, vector for the seqs in ``vectors_for`` else None)."""
+        importance, vector for the seqs in ``vectors_for`` else None). On ``conn`` when given
+        (a :meth:`snapshot`), else on a reader of its own."""
         want_vec = set(vectors_for)
         out: dict[int, tuple[float, float, NDArray[np.float32] | None]] = {}
-        with self.db.read() as conn:
+        with nullcontext(conn) if conn is not None else self.db.read() as conn:
             for chunk in _chunks(list(dict.fromkeys(seqs))):
                 for seq, when, importance in conn.execute(
                     f"SELECT e.seq, e.time, e.importance FROM memory_episodes e WHERE +e.namespace = ? "
@@ -307,6 +321,27 @@ class EpisodeStore:
                 ):
                     when, importance, _ = out[seq]
                     out[seq] = (when, importance, from_blob(blob, dim))
+        return out
+
+    @staticmethod
+    def hits(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """The fields of a recall hit (``memory.recall``'s ``Hit``, less score and parts) of
+        ``seqs`` in ``namespace``, read on ``conn`` (the recall's :meth:`snapshot`, which already
+        found them live and passing its filter)."""
+        out: dict[int, dict[str, Any]] = {}
+        for chunk in _chunks(list(seqs)):
+            marks = _marks(len(chunk))
+            for seq, id_, text, when, session, kind, metadata, source, importance, pinned in conn.execute(
+                "SELECT seq, id, text, time, session, kind, metadata, source, importance, pinned FROM memory_episodes "
+                f"WHERE +namespace = ? AND seq IN ({marks})",
+                (namespace, *chunk),
+            ):
+                out[seq] = {
+                    "id": id_, "text": text, "time": when, "session": session, "kind": kind, "tags": [],
+                    "metadata": json.loads(metadata), "source": source, "importance": importance, "pinned": bool(pinned),
+                }
+            for seq, tag in conn.execute(f"SELECT seq, tag FROM memory_episode_tags WHERE seq IN ({marks}) ORDER BY tag", tuple(chunk)):
+                out[seq]["tags"].append(tag)
         return out
 
     def filter_seqs(self, namespace: str, flt: SqlFilter, limit: int, include_pinned: bool = True,

@@ -188,3 +188,22 @@ def test_reconcile_adds_missing_rows_and_drops_entries_without_rows(rng: np.rand
     assert sorted(index.ids("a").tolist()) == [1, 2, 5, 6]
     index.reconcile("a", np.array([], dtype=np.int64), 8, fetch)
     assert index.namespaces() == []
+
+
+def test_a_version_1_file_still_loads(tmp_path: Path, rng: np.random.Generator) -> None:
+    """Version 1 files put the header before the blobs; files saved before version 2 still load."""
+    import hashlib
+    import json
+
+    index = VectorIndex(IndexSettings())
+    vectors = unit(rng, 20, 8)
+    index.add("a", list(range(1, 21)), vectors)
+    blob = faiss.serialize_index(index.get("a").space.index).tobytes()
+    header = json.dumps({"version": 1, "watermark": 20, "saved_at": 1.0,
+                         "namespaces": [{"name": "a", "kind": "flat", "dim": 8, "blobs": {"index": [0, len(blob)]}}]}).encode()
+    body = b"ENGRAM-VECTORS\x00\x01" + len(header).to_bytes(8, "little") + header + blob
+    path = tmp_path / "v1.idx"
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    loaded = VectorIndex(IndexSettings())
+    assert loaded.load(path) == 20
+    assert loaded.count("a") == 20 and loaded.search("a", vectors[3], 1)[0][0] == 4
