@@ -15,12 +15,14 @@ embedded by all-MiniLM-L6-v2: the daemon's embedder against the same ONNX model 
 recall latency p50/p99 at each size (``recall``: a vector, vector-only scoring;
 ``recall_hybrid``: a vector and a query text, engram's hybrid scoring; ``recall_text``: a query
 text alone, which the daemon embeds), recall@10 of engram's index against exact search over the
-same vectors, forget latency, and the daemon's memory (Linux, from ``/proc/<pid>/status``): its
+same vectors, the daemon's CPU time per recall (``daemon_cpu_ms``: all its threads, from
+``/proc/<pid>/stat``), forget latency, and the daemon's memory (Linux, from ``/proc/<pid>/status``): its
 peak RSS through the ingest and index build, its steady RSS after the recalls (with the
 embedding model loaded once a text query ran), and, after a restart on the same state folder,
-its peak while loading the index and its steady RSS again. Embedding 100k texts with MiniLM takes too long on a small machine, so the sizes
-use synthetic vectors: unit vectors around 1000 random centres (clusters, like real embeddings),
-384 dimensions, with sentence-like texts; the report says so.
+its peak while loading the index and its steady RSS again. Embedding 100k texts with MiniLM takes
+too long on a small machine, so the sizes use synthetic vectors: unit vectors around 1000 random
+centres (clusters, like real embeddings), 384 dimensions, with sentence-like texts; the report
+says so.
 """
 
 from __future__ import annotations
@@ -315,6 +317,26 @@ def _status_mib(pid: int | None) -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pid: int | None) -> float | None:
+    """User + system CPU seconds ``pid`` has used (Linux), None if unknown."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _cpu_ms_per_call(pid: int | None, before: float | None, calls: int) -> dict[str, float]:
+    """``daemon_cpu_ms``: the daemon's CPU time per call since ``before`` (all its threads: the
+    event loop, the workers, the audit writer), or nothing when it cannot be read."""
+    after = _cpu_seconds(pid)
+    if before is None or after is None or calls <= 0:
+        return {}
+    return {"daemon_cpu_ms": round((after - before) / calls * 1000, 3)}
+
+
 def _advance(bar: Any, task: Any) -> Callable[[int], None]:
     return lambda n: bar.advance(task, n)
 
@@ -353,7 +375,7 @@ def _daemon(folder: Path) -> Iterator[Path]:
         yield path
 
 
-def _recall_text(socket: Path, size: int, texts: list[str], report: MemoryReport) -> None:
+def _recall_text(socket: Path, pid: int | None, size: int, texts: list[str], report: MemoryReport) -> None:
     """``recall_text``: query texts alone, embedded by the daemon (the first one, which loads the
     model, is left out); skipped with a note when the daemon has no embedding model."""
     from engram.client.async_client import AsyncClient
@@ -369,9 +391,11 @@ def _recall_text(socket: Path, size: int, texts: list[str], report: MemoryReport
             return True
 
     if asyncio.run(first()):
+        cpu = _cpu_seconds(pid)
         _, lat, seconds = asyncio.run(_engram_calls(
             socket, "memory.recall", [{"query": t, "k": 10} for t in texts], lambda n: None))
-        report.rows.append(_rows_from(size, "recall_text", "engram", len(texts), lat, seconds))
+        report.rows.append(_rows_from(size, "recall_text", "engram", len(texts), lat, seconds,
+                                      **_cpu_ms_per_call(pid, cpu, len(texts))))
 
 
 def run_memory_bench(
@@ -444,18 +468,22 @@ def run_memory_bench(
             exact = baseline.exact(qvecs, 10)
             task = bar.add_task(f"recall at {size}", total=queries * 3)
             vector_only = {"vector": 1.0, "keyword": 0.0, "recency": 0.0, "importance": 0.0}
+            cpu = _cpu_seconds(pid)
             results, lat, seconds = asyncio.run(_engram_calls(
                 socket, "memory.recall", [{"vector": _b64(q), "k": 10, "weights": vector_only} for q in qvecs],
                 _advance(bar, task)))
             found = [[position.get(h["id"], -1) for h in r["hits"]] for r in results]
             report.rows.append(_rows_from(size, "recall", "engram", queries, lat, seconds,
-                                          recall_at_10=round(_recall_at_k(found, exact, 10), 4)))
+                                          recall_at_10=round(_recall_at_k(found, exact, 10), 4),
+                                          **_cpu_ms_per_call(pid, cpu, queries)))
+            cpu = _cpu_seconds(pid)
             results, lat, seconds = asyncio.run(_engram_calls(
                 socket, "memory.recall", [{"vector": _b64(q), "query": t, "k": 10} for q, t in zip(qvecs, qtexts)],
                 _advance(bar, task)))
-            report.rows.append(_rows_from(size, "recall_hybrid", "engram", queries, lat, seconds))
+            report.rows.append(_rows_from(size, "recall_hybrid", "engram", queries, lat, seconds,
+                                          **_cpu_ms_per_call(pid, cpu, queries)))
             if size == sizes[-1]:
-                _recall_text(socket, size, qtexts, report)
+                _recall_text(socket, pid, size, qtexts, report)
             lat, began = [], time.perf_counter()
             baseline_found = []
             for q in qvecs:

@@ -94,7 +94,7 @@ class IndexSettings(_Section):
     hnsw_m: int = Field(default=16, ge=4, le=128, description="HNSW graph degree (M).")
     hnsw_ef_construction: int = Field(default=64, ge=8, le=4096, description="HNSW efConstruction: build-time beam width.")
     hnsw_ef_search: int = Field(
-        default=128, ge=8, le=8192, description="HNSW efSearch: query-time beam width (raised to the candidates asked for)."
+        default=64, ge=8, le=8192, description="HNSW efSearch: query-time beam width (raised to the candidates asked for)."
     )
     rebuild_fraction: float = Field(
         default=0.25,
