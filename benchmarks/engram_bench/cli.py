@@ -117,7 +117,7 @@ def bench_audit(
 @click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
               help="Import this BERT sentence-transformers folder into the daemon first and measure it.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
-              help="intra-op threads for both sides (0: ONNX Runtime's choice).")
+              help="intra-op threads for both sides (0: the daemon's setting; the baseline tries 1 and 2).")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
 @json_option
 def bench_infer(

@@ -26,5 +26,11 @@ def test_bench_infer_smoke(tmp_path):
         assert row["requests"] == 24 and row["errors"] == 0 and row["throughput"] > 0 and row["p99_ms"] >= row["p50_ms"] > 0
     assert [r["concurrency"] for r in report["ratios"]] == [1, 4]
     assert all(r["throughput_ratio"] > 0 for r in report["ratios"])
+    # The baseline is the fastest of the thread settings tried (spinning on and off at --threads).
+    tried = report["baseline"]["tried"]
+    assert {(t["intra_op"], t["spin"]) for t in tried} == {(1, False), (1, True)}
+    assert rows[("baseline", 1)]["throughput"] == max(t["throughput"] for t in tried)
+    assert all(c["cpu_ms"] is None or c["cpu_ms"] > 0 for c in report["cpu_ms_per_text"])
     table = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
-    assert table.returncode == 0 and "baseline" in table.stdout and "ratio = engramd / baseline" in table.stdout
+    assert table.returncode == 0 and "baseline" in table.stdout and "ratio = engramd / best baseline" in table.stdout
+    assert "<- best" in table.stdout and "cpu ms/text" in table.stdout

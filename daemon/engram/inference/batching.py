@@ -8,6 +8,13 @@ clients in lock-step are served eight at a time instead of settling into two alt
 of four. It stops at ``max_batch`` rows and runs the batch in a worker thread. The queue holds ``queue_size`` requests; one more is refused at once
 with :class:`~engram.errors.Overloaded` (-32003) instead of waiting without bound.
 
+Up to ``parallel_runs`` batches run at once, each in its own worker thread on the same session
+(ONNX Runtime's ``run`` may be called from several threads). A batch is only gathered once a run
+slot is free, so while every slot is busy the queue fills up and the next batch takes all of it.
+On a small CPU a second run at one intra-op thread uses the second core better than a second
+intra-op thread inside one run: at a batch of a few short texts, the operators are too small to
+split well, and a thread that waits for its sibling either spins (burning the core) or sleeps.
+
 What a batch *is* depends on the request type:
 
 * tensors (:func:`run_tensor_batch`): requests whose inputs agree on names, dtypes and every
@@ -85,10 +92,14 @@ class Batcher(Generic[T, R]):
         queue_size: int,
         limiter: anyio.CapacityLimiter,
         observe: Observe | None = None,
+        parallel_runs: int = 1,
     ) -> None:
+        if parallel_runs < 1:
+            raise ValueError(f"parallel_runs must be >= 1, not {parallel_runs}")
         self.name = name
         self._run_batch = run_batch
         self._max_batch = max_batch
+        self._slots = anyio.Semaphore(parallel_runs)
         self._max_delay = max_delay_s
         self._limiter = limiter
         self._observe = observe
@@ -134,22 +145,37 @@ class Batcher(Generic[T, R]):
     async def run(self) -> None:
         ended = False
         try:
-            while not ended:
-                first = self._carry
-                self._carry = None
-                if first is None:
+            async with anyio.create_task_group() as runs:
+                while not ended:
+                    # Take requests only once a run can start: while all runs are busy, what
+                    # arrives waits in the queue and joins the next batch instead of one of its own.
+                    await self._slots.acquire()
                     try:
-                        first = await self._receive.receive()
-                    except anyio.EndOfStream:
-                        return
-                batch, ended = await self._collect(first)
-                await self._execute(batch)
-                # Requests that arrived while this batch ran, plus the batch's own (whose clients
-                # are likely to send again at once): an estimate of how many clients there are,
-                # and so of how much company the next batch may wait for.
-                self._expected = len(batch) + self.depth + (self._carry is not None)
+                        first = self._carry
+                        self._carry = None
+                        if first is None:
+                            try:
+                                first = await self._receive.receive()
+                            except anyio.EndOfStream:
+                                self._slots.release()
+                                return
+                        batch, ended = await self._collect(first)
+                    except BaseException:
+                        self._slots.release()
+                        raise
+                    runs.start_soon(self._execute_and_release, batch)
         finally:
             self._fail_leftovers()
+
+    async def _execute_and_release(self, batch: list[_Pending[T, R]]) -> None:
+        try:
+            await self._execute(batch)
+        finally:
+            self._slots.release()
+        # Requests that arrived while this batch ran, plus the batch's own (whose clients are
+        # likely to send again at once): an estimate of how many clients there are, and so of
+        # how much company the next batch may wait for.
+        self._expected = len(batch) + self.depth + (self._carry is not None)
 
     async def _collect(self, first: _Pending[T, R]) -> tuple[list[_Pending[T, R]], bool]:
         batch, rows = [first], first.rows

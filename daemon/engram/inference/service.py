@@ -278,6 +278,7 @@ class Inference(Part):
                 "queue_size": batching.queue_size,
                 "limiter": self._limiter,
                 "observe": observe,
+                "parallel_runs": self.settings.parallel_runs(),
             }
             if loaded.batchable:
                 tensors = Batcher(name, lambda items: run_tensor_batch(loaded, items), **common)

@@ -7,6 +7,7 @@ Pure pydantic, no I/O: :class:`engram.config.Settings` holds an :class:`Inferenc
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -46,17 +47,23 @@ class SessionSettings(_Section):
 
 
 class ThreadSettings(_Section):
+    """ONNX Runtime's threads; the defaults were chosen by measurement (docs/inference.md, "Thread settings")."""
+
     intra_op: int = Field(
-        default=0, ge=0, le=1024, description="ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per core)."
+        default=1,
+        ge=0,
+        le=1024,
+        description="ONNX Runtime threads inside one operator; 0 lets ONNX Runtime choose (one per core). "
+        "1 by default: more cores are used by running batches side by side (inference.batching.parallel_runs).",
     )
     inter_op: int = Field(
         default=0, ge=0, le=1024, description="ONNX Runtime threads running independent operators; 0 lets ONNX Runtime choose."
     )
     spin: bool = Field(
-        default=True,
+        default=False,
         description=(
-            "Let ONNX Runtime's threads spin briefly for more work after each operator (its own default): "
-            "1.4-1.8x the embedding throughput on a 2-core machine, for a few busy milliseconds per run."
+            "Let ONNX Runtime's threads spin for more work after each operator instead of sleeping (ONNX Runtime's "
+            "own default). Off by default: on a shared 2-core machine spinning doubled the CPU time per text."
         ),
     )
     workers: int = Field(
@@ -81,6 +88,13 @@ class BatchingSettings(_Section):
     )
     queue_size: int = Field(
         default=1024, ge=1, le=1_000_000, description="Requests waiting per model; one more is refused with -32003."
+    )
+    parallel_runs: int = Field(
+        default=0,
+        ge=0,
+        le=256,
+        description="Batches of one model run at once, each in its own worker thread; 0: one per core, "
+        "at most inference.threads.workers.",
     )
 
 
@@ -129,6 +143,17 @@ class InferenceSettings(_Section):
     require_signed: bool = Field(
         default=False, description="Refuse to load models whose manifest is not signed by a trusted key."
     )
+
+    def parallel_runs(self) -> int:
+        """``batching.parallel_runs``, 0 resolved to one per core this process may use, and never
+        more than ``threads.workers`` (each run holds a worker thread)."""
+        runs = self.batching.parallel_runs
+        if not runs:
+            try:
+                runs = len(os.sched_getaffinity(0))
+            except (AttributeError, OSError):
+                runs = os.cpu_count() or 1
+        return max(1, min(runs, self.threads.workers))
 
     @field_validator("trusted_keys")
     @classmethod

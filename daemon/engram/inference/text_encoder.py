@@ -21,6 +21,7 @@ from tokenizers import Encoding, Tokenizer
 from engram.errors import ConfigError, InvalidParams
 
 __all__ = [
+    "RUN_OVERHEAD_TOKENS",
     "EncodedBatch",
     "TextEncoder",
     "length_buckets",
@@ -126,13 +127,20 @@ def length_buckets(lengths: Sequence[int] | NDArray[np.integer], batch_size: int
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+RUN_OVERHEAD_TOKENS = 8
+"""The fixed cost of one run of a BERT embedder, in token-rows. Measured for all-MiniLM-L6-v2 on
+one CPU thread (docs/inference.md, "Dynamic batching"): a run of ``rows x width`` tokens took about
+4 ms plus 0.66 ms per token-row, so a run is worth about 6 token-rows; an estimate of 64 let
+batches pad away more than batching saved."""
+
+
 def padding_aware_buckets(
-    lengths: Sequence[int] | NDArray[np.integer], batch_size: int, overhead_tokens: int = 64
+    lengths: Sequence[int] | NDArray[np.integer], batch_size: int, overhead_tokens: int = RUN_OVERHEAD_TOKENS
 ) -> list[NDArray[np.intp]]:
     """Like :func:`length_buckets`, but cut where padding would cost more than another run.
 
     A run of ``rows`` texts padded to ``width`` tokens costs about ``overhead_tokens + rows * width``
-    (a run has a fixed cost, worth some tens of token-rows on a CPU). Over the texts sorted
+    (a run has a fixed cost, worth a few token-rows on a CPU). Over the texts sorted
     longest first, the cheapest split into runs of at most ``batch_size`` is found by dynamic
     programming: a handful of texts of similar length run together, a long one does not make
     thirty short ones pay for its width. For more than 1024 texts (one big request, already

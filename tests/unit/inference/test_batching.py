@@ -153,6 +153,53 @@ async def test_a_batch_that_fails_as_a_whole_fails_only_its_bad_request() -> Non
     assert b.batches == 1  # they did share a batch
 
 
+async def test_parallel_runs_overlap_and_the_queue_waits_for_a_free_run() -> None:
+    both_running = threading.Barrier(2, timeout=10)  # passes only if two batches run at once
+    release = threading.Event()
+    batches: list[list[int]] = []
+
+    def run_batch(items: list[int]) -> list[int]:
+        batches.append(list(items))
+        if len(batches) <= 2:
+            both_running.wait()
+            release.wait(10)
+        return [i * 10 for i in items]
+
+    b = Batcher("m", run_batch, max_batch=32, max_delay_s=0.0, queue_size=64, limiter=anyio.CapacityLimiter(4),
+                parallel_runs=2)
+    results: dict[int, int] = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await b.submit(i, 1)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(b.run)
+        tg.start_soon(submit, 0)
+        while len(batches) < 1:
+            await anyio.sleep(0.001)
+        tg.start_soon(submit, 1)
+        while len(batches) < 2:  # the second run starts while the first still runs
+            await anyio.sleep(0.001)
+        for i in range(2, 7):
+            tg.start_soon(submit, i)
+        while b.depth < 5:  # both runs busy: nothing is taken from the queue meanwhile
+            await anyio.sleep(0.001)
+        release.set()
+        while len(results) < 7:
+            await anyio.sleep(0.001)
+        b.close()
+    assert results == {i: i * 10 for i in range(7)}  # every result to its own requester
+    assert batches[:2] == [[0], [1]] and sorted(batches[2]) == [2, 3, 4, 5, 6]  # the waiting ones made one batch
+
+
+def test_parallel_runs_zero_is_one_per_core_at_most_the_workers() -> None:
+    settings = InferenceSettings()
+    assert settings.threads.intra_op == 1 and settings.threads.spin is False
+    assert 1 <= settings.parallel_runs() <= settings.threads.workers
+    assert InferenceSettings(batching={"parallel_runs": 3}).parallel_runs() == 3
+    assert InferenceSettings(batching={"parallel_runs": 8}, threads={"workers": 2}).parallel_runs() == 2
+
+
 # --- tensors through ONNX Runtime -------------------------------------------------------------------------
 
 
@@ -269,6 +316,9 @@ def test_padding_aware_buckets_cut_where_padding_costs_more_than_a_run() -> None
     assert [sorted(b.tolist()) for b in buckets] == [[10], list(range(10))]  # the long one alone, first
     assert sorted(len(b) for b in padding_aware_buckets([12] * 9, 4)) == [1, 4, 4]  # max_batch rows at most
     assert len(padding_aware_buckets([20, 21, 19, 22], 32)) == 1  # similar lengths: one run
+    # A run costs a few token-rows, not tens: a text twice as long as its neighbour runs apart
+    # rather than doubling the neighbour's cost with padding.
+    assert [sorted(b.tolist()) for b in padding_aware_buckets([20, 40], 32)] == [[1], [0]]
     rng = np.random.default_rng(3)
     many = rng.integers(2, 128, size=200).tolist()
     buckets = padding_aware_buckets(many, 16)
