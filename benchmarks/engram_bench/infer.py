@@ -11,7 +11,8 @@ texts; the ratio is daemon / best baseline throughput.
 
 Wall-clock rates on a shared machine move with its load, so each row also carries the CPU time
 spent per text: the daemon's (user + system of its process, from ``/proc``) and the baseline's
-(this process's). The clients' own CPU is in neither.
+(this process's). The clients' own CPU is in neither. ``texts/run`` is how many texts dynamic
+batching put into one ``session.run`` (texts over the model's runs in ``models.info``).
 """
 
 from __future__ import annotations
@@ -74,17 +75,42 @@ def _requests(texts: list[str], model: str) -> list[bytes]:
     ]
 
 
-async def _level(path: Path, concurrency: int, lines: list[bytes], pid: int | None) -> tuple[Measurement, float | None]:
+@dataclass
+class Level:
+    measurement: Measurement
+    cpu_ms_per_text: float | None
+    texts_per_run: float | None  # how many texts dynamic batching put in one session.run
+
+
+async def _model_runs(path: Path, model: str) -> int | None:
+    """``runs`` of ``models.info``: session runs of the model so far."""
+    line = json.dumps({"jsonrpc": "2.0", "id": 0, "method": "models.info", "params": {"name": model}}).encode() + b"\n"
+    reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 24)
+    try:
+        writer.write(line)
+        answer = json.loads(await reader.readline())
+    finally:
+        writer.close()
+    runs = answer.get("result", {}).get("runs")
+    return runs if isinstance(runs, int) else None
+
+
+async def _level(path: Path, concurrency: int, lines: list[bytes], pid: int | None, model: str) -> Level:
     latencies: list[float] = []
     errors = [0]
     await _client(path, lines[: min(16, len(lines))], [], [0])  # warm-up: load, arenas, kernels
     chunks = [lines[i::concurrency] for i in range(concurrency)]
+    runs_before = await _model_runs(path, model)
     cpu_before = _process_cpu_seconds(pid) if pid else None
     started = time.perf_counter()
     await asyncio.gather(*(_client(path, chunk, latencies, errors) for chunk in chunks))
     seconds = time.perf_counter() - started
     cpu = _cpu_ms_per_text(cpu_before, _process_cpu_seconds(pid) if pid else None, len(latencies))
-    return measure("engramd", concurrency, latencies, seconds, errors[0]), cpu
+    runs_after = await _model_runs(path, model)
+    per_run = None
+    if runs_before is not None and runs_after is not None and runs_after > runs_before:
+        per_run = round(len(latencies) / (runs_after - runs_before), 2)
+    return Level(measure("engramd", concurrency, latencies, seconds, errors[0]), cpu, per_run)
 
 
 @dataclass(frozen=True)
@@ -157,6 +183,7 @@ class InferReport:
     threads: int
     rows: list[Measurement] = field(default_factory=list)
     cpu_ms: dict[int, float | None] = field(default_factory=dict)  # engramd CPU per text, by concurrency
+    texts_per_run: dict[int, float | None] = field(default_factory=dict)  # by concurrency
     tries: list[BaselineTry] = field(default_factory=list)
     load_average: tuple[float, float, float] | None = None
 
@@ -183,6 +210,7 @@ class InferReport:
             "threads": self.threads,
             "load_average": list(self.load_average) if self.load_average else None,
             "rows": [m.as_dict() for m in self.rows],
+            "texts_per_run": [{"concurrency": c, "texts_per_run": self.texts_per_run.get(c)} for c in self.levels],
             "cpu_ms_per_text": [{"target": "engramd", "concurrency": c, "cpu_ms": self.cpu_ms.get(c)} for c in self.levels]
             + [{"target": "baseline", "concurrency": 1, "cpu_ms": self.best.cpu_ms_per_text}],
             "baseline": {
@@ -206,7 +234,8 @@ class InferReport:
 
     def table(self) -> str:
         base = self.baseline
-        head = f"{'clients':>7}  {'target':<9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/text':>11} {'errors':>6} {'ratio':>7}"
+        head = (f"{'clients':>7}  {'target':<9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/text':>11} "
+                f"{'texts/run':>9} {'errors':>6} {'ratio':>7}")
         lines = [
             f"embedding model {self.model}, one text per request (baseline: in-process session.run, batch 1, "
             f"best of {len(self.tries)} thread settings: {self.best.choice.label})",
@@ -216,16 +245,20 @@ class InferReport:
         def cpu(value: float | None) -> str:
             return f"{value:>11.2f}" if value is not None else f"{'-':>11}"
 
+        def per_run(value: float | None) -> str:
+            return f"{value:>9.2f}" if value is not None else f"{'-':>9}"
+
         for c in self.levels:
             m = self.daemon(c)
             r = self.ratio(c)
             ratio = f"{r:>6.2f}x" if r is not None else f"{'-':>7}"
             lines.append(
-                f"{c:>7}  {'engramd':<9} {m.throughput:>9.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {cpu(self.cpu_ms.get(c))} {m.errors:>6} {ratio}"
+                f"{c:>7}  {'engramd':<9} {m.throughput:>9.1f} {m.p50_ms:>8.2f} {m.p99_ms:>8.2f} {cpu(self.cpu_ms.get(c))} "
+                f"{per_run(self.texts_per_run.get(c))} {m.errors:>6} {ratio}"
             )
         lines.append(
             f"{1:>7}  {'baseline':<9} {base.throughput:>9.1f} {base.p50_ms:>8.2f} {base.p99_ms:>8.2f} "
-            f"{cpu(self.best.cpu_ms_per_text)} {base.errors:>6} {'1.00x':>7}"
+            f"{cpu(self.best.cpu_ms_per_text)} {per_run(1.0)} {base.errors:>6} {'1.00x':>7}"
         )
         lines.append("ratio = engramd / best baseline throughput (higher is better); "
                      f"goal at 8 clients: {GOAL_RATIO:.1f}x")
@@ -281,9 +314,10 @@ def run_infer_bench(
             task = bar.add_task("bench infer", total=len(levels) + len(choices))
             for concurrency in levels:
                 bar.update(task, description=f"engramd x{concurrency}")
-                measurement, cpu = asyncio.run(_level(sock, concurrency, lines, pid))
-                report.rows.append(measurement)
-                report.cpu_ms[concurrency] = cpu
+                level = asyncio.run(_level(sock, concurrency, lines, pid, model))
+                report.rows.append(level.measurement)
+                report.cpu_ms[concurrency] = level.cpu_ms_per_text
+                report.texts_per_run[concurrency] = level.texts_per_run
                 bar.advance(task)
             for choice in choices:
                 bar.update(task, description=f"baseline {choice.label}")

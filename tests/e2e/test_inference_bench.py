@@ -31,6 +31,7 @@ def test_bench_infer_smoke(tmp_path):
     assert {(t["intra_op"], t["spin"]) for t in tried} == {(1, False), (1, True)}
     assert rows[("baseline", 1)]["throughput"] == max(t["throughput"] for t in tried)
     assert all(c["cpu_ms"] is None or c["cpu_ms"] > 0 for c in report["cpu_ms_per_text"])
+    assert all(r["texts_per_run"] is None or r["texts_per_run"] >= 1 for r in report["texts_per_run"])
     table = subprocess.run(args, capture_output=True, text=True, timeout=300, check=False)
     assert table.returncode == 0 and "baseline" in table.stdout and "ratio = engramd / best baseline" in table.stdout
-    assert "<- best" in table.stdout and "cpu ms/text" in table.stdout
+    assert "<- best" in table.stdout and "cpu ms/text" in table.stdout and "texts/run" in table.stdout
