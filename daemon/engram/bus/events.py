@@ -27,7 +27,7 @@ class Priority(IntEnum):
 
 
 class Event(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
     topic: ClassVar[str]
     priority: ClassVar[Priority] = Priority.BULK

@@ -27,7 +27,7 @@ from engram.principal import Principal
 class Params(BaseModel):
     """Base of every params model: unknown fields are errors, not silently ignored."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
 
 # Free JSON (metadata, echoes, sample payloads) is walked by pydantic in one call into compiled
@@ -62,7 +62,7 @@ FreeJsonObject = Annotated[dict[str, JsonValue], BeforeValidator(_few_values)]
 
 
 class Result(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     # Set by the audit layer (engram.audit.layer) on the response of every audited method that is
     # not read_only; absent from the responses of methods that are not audited, and of reads,
