@@ -369,6 +369,10 @@ class PolicyEngine:
         # them change by themselves.
         self._cache_size = 0 if any(rule.timed for rule in self.rules["method"]) else cache_size
         self._cache: dict[tuple[Any, ...], Decision] = {}
+        # Namespace decisions repeat on every memory request (recall asks for each namespace it
+        # reads): the same, under the namespace rules' own time windows.
+        self._namespace_cache_size = 0 if any(rule.timed for rule in self.rules["namespace"]) else cache_size
+        self._namespace_cache: dict[tuple[Any, ...], Decision] = {}
 
     # --- helpers -------------------------------------------------------------------------------
 
@@ -385,8 +389,9 @@ class PolicyEngine:
         return names
 
     def forget_cached(self) -> None:
-        """Drop remembered method decisions (privacy mode changed)."""
+        """Drop remembered method and namespace decisions (privacy mode changed)."""
         self._cache.clear()
+        self._namespace_cache.clear()
 
     # --- the generic decision --------------------------------------------------------------------
 
@@ -454,7 +459,16 @@ class PolicyEngine:
         if method_decision is not None and not method_decision.allowed:
             reason = f"{method} itself is not allowed, so neither is a namespace for it: {method_decision.reason}"
             return replace(method_decision, point="namespace", reason=reason)
-        return self.decide(AccessRequest("namespace", principal, method, namespace=namespace))
+        if not self._namespace_cache_size:
+            return self.decide(AccessRequest("namespace", principal, method, namespace=namespace))
+        key = (principal.uid, principal.gid, principal.user, principal.client, method, namespace, self.privacy())
+        decision = self._namespace_cache.get(key)
+        if decision is None:
+            decision = self.decide(AccessRequest("namespace", principal, method, namespace=namespace))
+            if len(self._namespace_cache) >= self._namespace_cache_size:
+                self._namespace_cache.clear()
+            self._namespace_cache[key] = decision
+        return decision
 
     def decide_egress(
         self,

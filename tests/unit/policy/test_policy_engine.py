@@ -438,3 +438,35 @@ def test_an_allow_on_a_client_name_alone_is_refused():
             'version = 1\n[[rule]]\nname = "x"\neffect = "allow"\nprincipals = ["*"]\nwhen = { clients = ["a"] }\n',
             "bad.toml",
         )
+
+
+TIMED_NAMESPACE = """
+version = 1
+[[rule]]
+name = "office-hours-notes"
+effect = "allow"
+principals = ["uid:1600"]
+actions = ["memory.*"]
+namespaces = ["shared:notes"]
+[rule.when.time]
+days = ["mon", "tue", "wed", "thu", "fri"]
+start = "09:00"
+end = "17:00"
+timezone = "UTC"
+"""
+
+
+def test_namespace_decisions_are_remembered_unless_timed(make_engine, clock):
+    engine = make_engine(GRANTS)
+    first = engine.authorize_namespace(principal(1001), "memory.recall", "shared:notes")
+    assert first.allowed and engine.authorize_namespace(principal(1001), "memory.recall", "shared:notes") is first
+    private = [False]
+    switching = make_engine(GRANTS, privacy=lambda: private[0])
+    assert switching.authorize_namespace(principal(1001), "memory.recall", "shared:x").obligations == frozenset()
+    private[0] = True
+    assert switching.authorize_namespace(principal(1001), "memory.recall", "shared:x").obligations == {"local_only"}
+    timed = make_engine(GRANTS, TIMED_NAMESPACE)
+    clock.value = _at(2, 10)  # the namespace rules alone: uid 1600 is granted no method here
+    assert timed.authorize_namespace(principal(1600), "memory.recall", "shared:notes", check_method=False).allowed
+    clock.value = _at(2, 20)
+    assert not timed.authorize_namespace(principal(1600), "memory.recall", "shared:notes", check_method=False).allowed
