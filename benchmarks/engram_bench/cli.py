@@ -24,6 +24,7 @@ __all__ = [
     "bench_memory",
     "bench_policy",
     "bench_providers",
+    "bench_recall",
     "bench_route",
     "bench_rpc",
     "bench_sleep",
@@ -224,6 +225,29 @@ def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int
     with errors():
         report = run_sleep_bench(episodes, queries, clients, rate, dim, k, replay_queries, timeout, list(stages) or None,
                                  progress=not as_json and sys.stderr.isatty())
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("recall")
+@click.option("--locomo", "locomo", type=click.Path(path_type=Path, dir_okay=False), required=True,
+              help="A LoCoMo file (list of conversations), e.g. ../shared/eval/locomo/locomo-dev.json.")
+@click.option("--conversations", type=click.IntRange(min=1), help="Only the first N conversations.")
+@click.option("--questions", type=click.IntRange(min=1), help="At most N questions of each conversation.")
+@json_option
+def bench_recall(locomo: Path, conversations: int | None, questions: int | None, as_json: bool) -> None:
+    """Retrieval quality on LoCoMo (R@1/5/10/20 by category): engramd vs dense retrieval with the same model."""
+    from engram_bench.recall import MissingModel, run_recall_bench
+
+    if not locomo.is_file():
+        raise click.BadParameter(f"{locomo}: no such file (LoCoMo is read from where it lies, never shipped)",
+                                 param_hint="--locomo")
+    with errors():
+        try:
+            report = run_recall_bench(locomo, conversations, questions, progress=not as_json and sys.stderr.isatty())
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--locomo") from None
+        except MissingModel as exc:
+            raise click.ClickException(str(exc)) from None
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
