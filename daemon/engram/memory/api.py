@@ -28,6 +28,7 @@ __all__ = [
     "RelationIn",
     "RelationOut",
     "ScoreParts",
+    "SupersededFact",
     "WeightsIn",
     "WorkingItemOut",
 ]
@@ -115,7 +116,14 @@ class RememberParams(Params):
 
 
 class RememberResult(Result):
-    ids: list[str] = Field(description="The new episodes' ids, in the order of items; returned once committed.")
+    ids: list[str] = Field(
+        description="The episodes' ids, in the order of items; returned once committed. An item whose normalised text "
+        "the namespace holds already (or an earlier item of the request has) gets that episode's id."
+    )
+    duplicates: list[bool] = Field(
+        description="Per item, in the order of items: true when it was not stored because its normalised text was "
+        "(the repeat counts as an access of that episode)."
+    )
 
 
 class Filter(Params):
@@ -136,6 +144,9 @@ class WeightsIn(Params):
     recency: float | None = Field(default=None, ge=0, le=100)
     importance: float | None = Field(default=None, ge=0, le=100)
     activation: float | None = Field(default=None, ge=0, le=100)
+    superseded: float | None = Field(
+        default=None, ge=0, le=1, description="Share of its score an episode of superseded facts loses (0: none)."
+    )
 
 
 class RecallParams(Params):
@@ -156,6 +167,21 @@ class ScoreParts(_Out):
     recency: float = Field(description="0.5 ** (age / half-life).")
     importance: float
     activation: float = Field(description="Spreading activation reaching the episode (0 unless asked for).")
+    superseded: float = Field(
+        description="1 when the facts learned from the episode were all superseded by newer ones (the score is then "
+        "multiplied by 1 - weights.superseded), else 0."
+    )
+
+
+class SupersededFact(_Out):
+    """A fact learned from a recalled episode that no longer holds: why the hit's score was lowered."""
+
+    relation: str = Field(description="The relation's id.")
+    src: str
+    type: str
+    dst: str
+    valid_to: float | None = Field(description="When it stopped holding (null: a correction replaced it).")
+    superseded_by: str = Field(description="The id of the relation that superseded it.")
 
 
 class Hit(_Out):
@@ -171,6 +197,9 @@ class Hit(_Out):
     source: str | None
     importance: float
     pinned: bool
+    superseded: list[SupersededFact] = Field(
+        default_factory=list, description="When parts.superseded is 1: the superseded facts learned from this episode."
+    )
 
 
 class RecallResult(Result):
@@ -414,7 +443,9 @@ class RelationIn(Params):
     valid_from: Timestamp | None = Field(default=None, description="When the fact began to hold (default: always had).")
     valid_to: Timestamp | None = Field(default=None, description="When it stopped holding (default: still holds).")
     exclusive: bool | None = Field(
-        default=None, description="One destination per source at a time (default: whether the type is in memory.graph.exclusive_types)."
+        default=None,
+        description="One destination per source at a time: a newer fact ends the validity of the other destinations "
+        "(default: whether the type is in memory.graph.functional_types or memory.graph.exclusive_types).",
     )
     sources: list[EpisodeId] = Field(default_factory=list, description="Episodes the fact was learned from.")
 
@@ -443,6 +474,9 @@ class RelationOut(_Out):
     recorded_at: float
     retracted_at: float | None
     retracted_by: str | None
+    superseded_by: str | None = Field(
+        default=None, description="The relation that ended this one's validity or corrected it (null: none did)."
+    )
     sources: list[str]
     status: Literal["created", "unchanged", "sources_added", "existing"] = "existing"
 
@@ -451,6 +485,11 @@ class GraphUpsertResult(Result):
     concepts: list[ConceptOut]
     relations: list[RelationOut]
     retracted: list[str] = Field(description="Ids of relations retracted by these (contradicted or superseded).")
+    superseded: list[str] = Field(
+        default_factory=list,
+        description="Ids of the relations recorded to end the validity of facts these superseded (copies of the "
+        "retracted ones, valid_to = the new fact's valid_from).",
+    )
 
 
 class GraphQueryParams(Params):

@@ -74,7 +74,7 @@ def memory() -> None:
 @client_command
 def remember(texts: tuple[str, ...], tags: tuple[str, ...], kind: str | None, session: str | None, importance: float | None,
              pinned: bool, metadata: str | None, namespace: str | None, socket_path: Path | None, as_json: bool, timeout: float) -> None:
-    """Store each TEXT as an episode; prints the new ids."""
+    """Store each TEXT as an episode; prints the ids (a text remembered already: its episode's)."""
     meta = None
     if metadata is not None:
         try:
@@ -87,7 +87,8 @@ def remember(texts: tuple[str, ...], tags: tuple[str, ...], kind: str | None, se
         for t in texts
     ]
     result = call(socket_path, timeout, "memory.remember", _params(namespace, items=items))
-    Output(as_json).emit(result, lambda d: click.echo("\n".join(d["ids"])))
+    Output(as_json).emit(result, lambda d: click.echo("\n".join(
+        f"{i}  (already remembered)" if dup else i for i, dup in zip(d["ids"], d["duplicates"]))))
 
 
 @memory.command()
@@ -111,6 +112,8 @@ def recall(query: str, k: int, activation: bool, session: str | None, kinds: tup
             click.echo(f"{hit['score']:.3f}  {hit['id']}  {_short(hit['text'])}")
             click.echo(f"       vector {p['vector']:.2f} keyword {p['keyword']:.2f} recency {p['recency']:.2f} "
                        f"importance {p['importance']:.2f}" + (f" activation {p['activation']:.2f}" if activation else ""))
+            for fact in hit["superseded"]:  # why the score was lowered
+                click.echo(f"       superseded: {fact['src']} {fact['type']} {fact['dst']} (by {fact['superseded_by']})")
 
     Output(as_json).emit(result, human)
 
@@ -346,7 +349,8 @@ def graph() -> None:
 @click.argument("type_")
 @click.argument("dst")
 @click.option("--weight", type=click.FloatRange(0, 1), default=1.0, show_default=True)
-@click.option("--exclusive/--not-exclusive", default=None, help="One DST per SRC for this type (contradictions retract).")
+@click.option("--exclusive/--not-exclusive", default=None, help="One DST per SRC for this type: a newer fact ends the others' validity "
+              "(default: whether TYPE is in memory.graph.functional_types).")
 @click.option("--valid-from", help="When it began to hold (Unix seconds or ISO 8601).")
 @click.option("--valid-to", help="When it stopped holding.")
 @click.option("--source", "sources", multiple=True, help="Episode id it was learned from (repeatable).")
@@ -366,6 +370,8 @@ def graph_relate(src: str, type_: str, dst: str, weight: float, exclusive: bool 
             click.echo(f"{r['id']}  {r['src']} {r['type']} {r['dst']}  ({r['status']})")
         for rid in d["retracted"]:
             click.echo(f"retracted {rid}")
+        for rid in d["superseded"]:
+            click.echo(f"validity ended: {rid}")
 
     Output(as_json).emit(result, human)
 

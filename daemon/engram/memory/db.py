@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from engram.memory.textkey import SQL_FUNCTION, text_key
 from engram.storage.background import GaveWay
 from engram.storage.locking import begin_immediate
 
@@ -90,6 +91,8 @@ class MemoryDB:
         # bounded: the writer's (which also batches a commit's pages) and the readers' smaller one.
         conn.execute(f"PRAGMA cache_size = {_WRITER_CACHE}")
         conn.execute("PRAGMA mmap_size = 0")
+        # Statements that fill in or restore episodes' text_key compute it where the text is.
+        conn.create_function(SQL_FUNCTION, 1, text_key, deterministic=True)
         return conn
 
     def open(self) -> None:

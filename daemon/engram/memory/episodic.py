@@ -7,14 +7,18 @@ half-written. It then joins the writer's bounded queue; the writer takes every r
 (``synchronous = FULL``), and only then adds their vectors to the FAISS index and wakes the
 requests, which answer with their ids. Concurrent writers share one fsync (group commit);
 an acknowledged episode is on disk, and the index never holds a vector whose row is not.
+A row whose normalised text a live episode of its namespace holds already (an earlier row of
+the same commit included) is not written; the request learns that episode's id instead
+(:meth:`Episodic.write_deduplicated`; the rule is in :mod:`engram.memory.store`).
 
 **Recall.** Candidates are the query vector's approximate nearest neighbours (``k x
 memory.recall.candidate_factor``, at least ``min_candidates``), the full-text matches of the
 query text, and (with ``activation``) the episodes that spreading activation reaches. Filters
 are applied in SQL; when they leave at most ``exact_filter_limit`` episodes, similarity is
 computed exactly over all of them, otherwise the neighbour search widens until enough
-candidates pass. The candidates are scored (:mod:`engram.memory.scoring`) and the best k
-returned, with their score parts. The search, the SQL and the scoring run in one worker-thread
+candidates pass. The candidates are scored (:mod:`engram.memory.scoring`; the ``superseded``
+part marks those whose facts newer ones superseded, :meth:`GraphStore.superseded_episodes`) and
+the best k returned, with their score parts and, for the lowered ones, the superseded facts. The search, the SQL and the scoring run in one worker-thread
 call. Archived episodes (see :meth:`Episodic.archive_seqs`) are never candidates.
 
 **Replay log.** A sample of unfiltered recalls (``memory.replay_log.sample_rate``) is kept for
@@ -52,6 +56,7 @@ from engram.memory.semantic import GraphStore
 from engram.memory.settings import MemorySettings
 from engram.memory.store import EpisodeStore, Forgotten, NewEpisode
 from engram.memory.telemetry import MemoryMetrics
+from engram.memory.textkey import text_key
 from engram.memory.vectors import from_blob, to_blob, unit_vector
 from engram.storage.locking import begin_immediate
 
@@ -79,6 +84,7 @@ class WriteJob:
     rows: list[NewEpisode]
     done: anyio.Event = field(default_factory=anyio.Event)
     seqs: list[int | None] | None = None
+    duplicates: dict[int, tuple[int, str]] = field(default_factory=dict)  # row -> (seq, id) of the episode with its text
     error: BaseException | None = None
 
 
@@ -188,6 +194,7 @@ class Episodic:
                 namespace=namespace,
                 text=item.text,
                 text_sha256=text_sha256(item.text),
+                text_key=text_key(item.text),
                 kind=item.kind,
                 time=item.time if item.time is not None else now,
                 vector=vectors[i],  # type: ignore[arg-type]
@@ -233,7 +240,13 @@ class Episodic:
     # --- the writer ------------------------------------------------------------------------------------
 
     async def write(self, rows: list[NewEpisode]) -> list[int | None]:
-        """Commit ``rows`` (group commit); returns their seqs (None: the id existed already)."""
+        """Commit ``rows`` (group commit); returns their seqs (None: the id or the text existed already)."""
+        return (await self.write_deduplicated(rows))[0]
+
+    async def write_deduplicated(self, rows: list[NewEpisode]) -> tuple[list[int | None], dict[int, tuple[int, str]]]:
+        """:meth:`write`, and for each row not written because a live episode of its namespace
+        holds its normalised text (an earlier row of the same commit included), its position ->
+        (seq, id) of that episode."""
         if self._send is None:
             raise Unavailable("memory is not running", reason="memory_unavailable")
         job = WriteJob(rows)
@@ -253,7 +266,7 @@ class Episodic:
         if job.error is not None:
             raise job.error
         assert job.seqs is not None
-        return job.seqs
+        return job.seqs, job.duplicates
 
     def open_writer(self) -> None:
         self._send, self._receive = anyio.create_memory_object_stream[WriteJob](self.settings.write_queue)
@@ -336,7 +349,9 @@ class Episodic:
         now = time.time()
         begin_immediate(conn, self.db.busy_timeout)
         try:
-            results = [self.store.insert(conn, job.rows, now) for job in jobs]
+            for job in jobs:
+                job.duplicates = {}  # a batch that failed and is retried job by job starts over
+            results = [self.store.insert(conn, job.rows, now, job.duplicates) for job in jobs]
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
@@ -500,10 +515,13 @@ class Episodic:
                 "importance": np.array([importance for _, importance, _, _ in known], np.float64),
                 "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
             }
+            stale = self.graph.superseded_episodes(conn, seqs) if weights.superseded > 0 else set()
+            parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
             scores = combine(parts, weights, bool(text), activation)
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
             winners = [seqs[i] for i in order]
             rows = self.store.hits(conn, namespace, winners)  # whole rows for the winners only
+            reasons = self.graph.superseded_facts(conn, [seq for seq in winners if seq in stale]) if stale else {}
         columns = {name: values[order].tolist() for name, values in parts.items()}
         best = scores[order].tolist()
         hits = []
@@ -512,6 +530,7 @@ class Episodic:
             hit["seq"] = seq
             hit["score"] = best[n]
             hit["parts"] = {name: values[n] for name, values in columns.items()}
+            hit["superseded"] = reasons.get(seq, [])
             hits.append(hit)
         return hits
 

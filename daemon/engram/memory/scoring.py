@@ -7,12 +7,20 @@
   the query instead would give a lone match on "the" full marks;
 - recency: ``0.5 ** (age / half_life)``, age from the episode's time to now (future: 1);
 - importance: as stored (0..1);
-- activation: spreading activation reaching the episode.
+- activation: spreading activation reaching the episode;
+- superseded: 1 when the episode is a source of facts whose validity a newer fact ended or that a
+  correction replaced (relations with ``superseded_by``, see :mod:`engram.memory.semantic`) and
+  of no current fact, else 0. It is not averaged in: the mean is multiplied by ``1 -
+  weights.superseded x superseded`` (``memory.recall.weights.superseded``, 0.5), so an episode
+  that only states what no longer holds ("Ada lives in Paris" once she moved to Berlin) keeps
+  half its score and ranks below the one that states what holds now, and every other episode's
+  score is exactly what it would be without this part.
 
 A part that cannot apply to the query (keyword without a query text, activation when not asked
 for) has its weight left out, so that a vector-only query is not scored lower across the board.
 
-Dividing by the sum of the weights keeps scores in 0..1 whatever the weights are.
+Dividing by the sum of the weights keeps scores in 0..1 whatever the weights are (the superseded
+factor lies in 0..1 too).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ class Weights:
     recency: float
     importance: float
     activation: float
+    superseded: float = 0.0  # share of the score an episode of superseded facts loses (0..1)
 
 
 def recency(time: float, now: float, half_life: float) -> float:
@@ -57,4 +66,7 @@ def combine(parts: dict[str, Part], weights: Weights, with_keyword: bool, with_a
     if with_activation:
         total += weights.activation
         value += weights.activation * parts["activation"]
-    return value / total if total > 0 else value * 0.0
+    mean = value / total if total > 0 else value * 0.0
+    if weights.superseded and "superseded" in parts:
+        return mean * (1.0 - weights.superseded * parts["superseded"])
+    return mean

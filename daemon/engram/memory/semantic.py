@@ -2,12 +2,35 @@
 
 Two times per relation. *Valid time* (``valid_from``/``valid_to``) is when the fact held in the
 world; *transaction time* (``recorded_at``/``retracted_at``) is when engram believed it. Nothing
-is updated in place or deleted on contradiction: a relation that a new one contradicts (same
-source and exclusive type, another destination, overlapping valid time) or supersedes (same
-source, type and destination with another weight or validity) is *retracted*
-(``retracted_at``, ``retracted_by``), so ``as_of`` queries still see what engram believed then.
-Only forgetting deletes: a relation learned solely from episodes that are all forgotten goes with
-them (see :meth:`engram.memory.store.EpisodeStore.delete`).
+is updated in place or deleted on contradiction: a relation that a new one supersedes (same
+source, type and destination with another weight or validity) is *retracted* (``retracted_at``,
+``retracted_by``), so ``as_of`` queries still see what engram believed then. Only forgetting
+deletes: a relation learned solely from episodes that are all forgotten goes with them (see
+:meth:`engram.memory.store.EpisodeStore.delete`).
+
+**Beliefs that update.** A relation type is *functional* (one destination per source at a time:
+``lives_in``, ``works_at``, ...) when the upsert says ``exclusive`` or, without that flag, when
+the type is in ``memory.graph.functional_types`` or ``memory.graph.exclusive_types``. A new fact N
+of a functional type meets each believed *rival* R (same source and type, another destination,
+overlapping valid time) by comparing where their validity starts (an unknown start, NULL, counts
+as the earliest):
+
+- R starts before N ("Ada lives_in Paris" from 2021, then "Ada lives_in Berlin" from 2024): the
+  world changed. R's validity ends where N's begins: R is retracted and replaced by a copy with
+  ``valid_to`` = N's ``valid_from`` and ``superseded_by`` = N (its sources go with it). So
+  ``valid_at`` 2022 still answers Paris, ``valid_at`` now answers Berlin, and ``as_of`` a moment
+  before the upsert still shows R as it was believed then (open-ended).
+- R starts when N does (both unknown included): they cannot both hold; the newer statement is a
+  *correction*. R is retracted, ``retracted_by`` and ``superseded_by`` = N.
+- R starts after N: N is history arriving late (an old letter read today). R stays current and N
+  is recorded ending where R begins (``valid_to`` = R's ``valid_from``, ``superseded_by`` = R).
+  With several such rivals N ends at the earliest. Sending the same fact again finds that
+  recorded, clipped N and changes nothing.
+
+This is Graphiti's ``invalid_at`` model in bi-temporal form: validity is ended, the fact is kept,
+and the later-starting fact wins whatever order the two arrive in. Recall lowers episodes whose
+facts were all superseded (``superseded_by`` set) through the ``superseded`` part of its score
+(:mod:`engram.memory.scoring`).
 """
 
 from __future__ import annotations
@@ -56,12 +79,19 @@ class RelationSpec:
 
 
 _REL_COLUMNS = (
-    "r.seq, r.id, r.src, r.dst, r.type, r.weight, r.valid_from, r.valid_to, r.recorded_at, r.retracted_at, r.retracted_by"
+    "r.seq, r.id, r.src, r.dst, r.type, r.weight, r.valid_from, r.valid_to, r.recorded_at, r.retracted_at, r.retracted_by, "
+    "r.superseded_by"
 )
 
 
 def _overlaps(a_from: float | None, a_to: float | None, b_from: float | None, b_to: float | None) -> bool:
     return (a_from is None or b_to is None or a_from < b_to) and (b_from is None or a_to is None or b_from < a_to)
+
+
+def _starts_before(a: float | None, b: float | None) -> bool:
+    """Whether validity starting at ``a`` starts strictly before validity starting at ``b``
+    (None: an unknown start, the earliest)."""
+    return b is not None and (a is None or a < b)
 
 
 class GraphStore:
@@ -98,7 +128,8 @@ class GraphStore:
         embeddings for concepts that have none yet. Raises NotFound (nothing written) when an
         episode id is unknown in the namespace."""
         vectors = vectors or {}
-        out: dict[str, Any] = {"concepts": [], "relations": [], "retracted": [], "created_concepts": [], "created_relations": []}
+        out: dict[str, Any] = {"concepts": [], "relations": [], "retracted": [], "superseded": [], "created_concepts": [],
+                               "created_relations": []}
         with self.db.transaction() as conn:
             episode_ids = {e for c in concepts for e in c.episodes} | {e for r in relations for e in r.sources}
             episodes = self._resolve_episodes(conn, namespace, episode_ids)
@@ -125,9 +156,11 @@ class GraphStore:
             for r in relations:
                 src = concept(r.src, None, None, False)
                 dst = concept(r.dst, None, None, False)
-                rel, retracted = self._relation(conn, namespace, src, dst, r, [episodes[e] for e in r.sources], now)
+                rel, retracted, ended = self._relation(conn, namespace, src, dst, r, [episodes[e] for e in r.sources], now)
                 out["relations"].append(rel)
                 out["retracted"].extend(retracted)
+                out["superseded"].extend(ended)
+                out["created_relations"].extend(ended)
                 if rel["status"] == "created":
                     out["created_relations"].append(rel["id"])
         self.invalidate(namespace)
@@ -176,40 +209,81 @@ class GraphStore:
         return seq, cid, cname, ckind, False
 
     def _relation(self, conn: sqlite3.Connection, namespace: str, src: int, dst: int, spec: RelationSpec,
-                  sources: list[int], now: float) -> tuple[dict[str, Any], list[str]]:
+                  sources: list[int], now: float) -> tuple[dict[str, Any], list[str], list[str]]:
+        """Record ``spec`` (see the module's docstring for the rule); returns it, the ids retracted
+        and the ids of the closed copies of the rivals whose validity it ended."""
         retracted: list[str] = []
+        ended: list[str] = []
+        rivals: list[tuple[Any, ...]] = []
+        if spec.exclusive:
+            rivals = [
+                row for row in conn.execute(
+                    f"SELECT {_REL_COLUMNS} FROM memory_relations r WHERE r.src = ? AND r.type = ? AND r.dst != ? "
+                    "AND r.retracted_at IS NULL",
+                    (src, spec.type, dst),
+                )
+                if _overlaps(row[6], row[7], spec.valid_from, spec.valid_to)
+            ]
+        # A rival starting later ends this fact where it starts (the earliest such rival).
+        valid_to, superseded_by = spec.valid_to, None
+        for row in rivals:
+            if _starts_before(spec.valid_from, row[6]) and (valid_to is None or row[6] < valid_to):
+                valid_to, superseded_by = row[6], row[1]
         same = conn.execute(
             f"SELECT {_REL_COLUMNS} FROM memory_relations r WHERE r.src = ? AND r.type = ? AND r.dst = ? AND r.retracted_at IS NULL",
             (src, spec.type, dst),
         ).fetchall()
         for row in same:
             seq, _rid, _, _, _, weight, vfrom, vto = row[:8]
-            if weight == spec.weight and vfrom == spec.valid_from and vto == spec.valid_to:
+            if weight == spec.weight and vfrom == spec.valid_from and vto == valid_to:
                 added = self._add_sources(conn, seq, sources)
                 rel = self._relation_out(conn, seq)
                 rel["status"] = "sources_added" if added else "unchanged"
-                return rel, retracted
+                return rel, retracted, ended
         new_id = idgen.new_id(idgen.RELATION, now)
-        stale = [row for row in same if _overlaps(row[6], row[7], spec.valid_from, spec.valid_to)]
-        if spec.exclusive:
-            rivals = conn.execute(
-                f"SELECT {_REL_COLUMNS} FROM memory_relations r WHERE r.src = ? AND r.type = ? AND r.dst != ? "
-                "AND r.retracted_at IS NULL",
-                (src, spec.type, dst),
-            ).fetchall()
-            stale += [row for row in rivals if _overlaps(row[6], row[7], spec.valid_from, spec.valid_to)]
-        for row in stale:
-            conn.execute("UPDATE memory_relations SET retracted_at = ?, retracted_by = ? WHERE seq = ?", (now, new_id, row[0]))
+        for row in same:
+            if _overlaps(row[6], row[7], spec.valid_from, valid_to):
+                conn.execute("UPDATE memory_relations SET retracted_at = ?, retracted_by = ? WHERE seq = ?", (now, new_id, row[0]))
+                retracted.append(row[1])
+        for row in rivals:
+            if not _overlaps(row[6], row[7], spec.valid_from, valid_to):
+                continue  # starts after this fact, which now ends where it begins
+            if _starts_before(row[6], spec.valid_from):  # the world changed: the rival held until now
+                copy_id = self._close(conn, row, spec.valid_from, new_id, now)
+                conn.execute("UPDATE memory_relations SET retracted_at = ?, retracted_by = ? WHERE seq = ?", (now, copy_id, row[0]))
+                ended.append(copy_id)
+            else:  # the same start: a correction
+                conn.execute(
+                    "UPDATE memory_relations SET retracted_at = ?, retracted_by = ?, superseded_by = ? WHERE seq = ?",
+                    (now, new_id, new_id, row[0]),
+                )
             retracted.append(row[1])
         seq = conn.execute(
-            "INSERT INTO memory_relations (id, namespace, src, dst, type, weight, valid_from, valid_to, recorded_at, sourced) "
-            "VALUES (?,?,?,?,?,?,?,?,?,?) RETURNING seq",
-            (new_id, namespace, src, dst, spec.type, spec.weight, spec.valid_from, spec.valid_to, now, int(bool(sources))),
+            "INSERT INTO memory_relations (id, namespace, src, dst, type, weight, valid_from, valid_to, recorded_at, sourced, "
+            "superseded_by) VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING seq",
+            (new_id, namespace, src, dst, spec.type, spec.weight, spec.valid_from, valid_to, now, int(bool(sources)), superseded_by),
         ).fetchone()[0]
         self._add_sources(conn, seq, sources)
         rel = self._relation_out(conn, seq)
         rel["status"] = "created"
-        return rel, retracted
+        return rel, retracted, ended
+
+    @staticmethod
+    def _close(conn: sqlite3.Connection, row: tuple[Any, ...], at: float | None, by: str, now: float) -> str:
+        """Record a copy of relation ``row`` whose validity ends ``at``, superseded by ``by``, with
+        the same sources; returns its id (the caller retracts the original)."""
+        copy_id = idgen.new_id(idgen.RELATION, now)
+        copy = conn.execute(
+            "INSERT INTO memory_relations (id, namespace, src, dst, type, weight, valid_from, valid_to, recorded_at, sourced, "
+            "superseded_by) SELECT ?, namespace, src, dst, type, weight, valid_from, ?, ?, sourced, ? FROM memory_relations "
+            "WHERE seq = ? RETURNING seq",
+            (copy_id, at, now, by, row[0]),
+        ).fetchone()[0]
+        conn.execute(
+            "INSERT INTO memory_relation_sources (relation, episode) SELECT ?, episode FROM memory_relation_sources WHERE relation = ?",
+            (copy, row[0]),
+        )
+        return copy_id
 
     @staticmethod
     def _add_sources(conn: sqlite3.Connection, relation: int, episodes: list[int]) -> int:
@@ -238,10 +312,11 @@ class GraphStore:
                 f"JOIN memory_concepts s ON s.seq = r.src JOIN memory_concepts d ON d.seq = r.dst WHERE r.seq IN ({marks})",
                 tuple(chunk),
             ):
-                seq, rid, _, _, rtype, weight, vfrom, vto, recorded, retracted, by, sname, dname = row
+                seq, rid, _, _, rtype, weight, vfrom, vto, recorded, retracted, by, superseded_by, sname, dname = row
                 out[seq] = {
                     "id": rid, "src": sname, "dst": dname, "type": rtype, "weight": weight, "valid_from": vfrom,
-                    "valid_to": vto, "recorded_at": recorded, "retracted_at": retracted, "retracted_by": by, "sources": [],
+                    "valid_to": vto, "recorded_at": recorded, "retracted_at": retracted, "retracted_by": by,
+                    "superseded_by": superseded_by, "sources": [],
                 }
             for relation, episode_id in conn.execute(
                 f"SELECT s.relation, e.id FROM memory_relation_sources s JOIN memory_episodes e ON e.seq = s.episode "
@@ -249,6 +324,46 @@ class GraphStore:
                 tuple(chunk),
             ):
                 out[relation]["sources"].append(episode_id)
+        return out
+
+    # --- superseded beliefs, for recall ------------------------------------------------------------
+
+    @staticmethod
+    def superseded_episodes(conn: sqlite3.Connection, episodes: Sequence[int]) -> set[int]:
+        """The episodes among ``episodes`` that are sources of superseded facts (``superseded_by``
+        set) and of no current one (believed, not superseded)."""
+        found: set[int] = set()
+        wanted = sorted(set(episodes))
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            found.update(
+                episode
+                for (episode,) in conn.execute(
+                    "SELECT s.episode FROM memory_relation_sources s JOIN memory_relations r ON r.seq = s.relation "
+                    f"WHERE s.episode IN ({','.join('?' * len(chunk))}) GROUP BY s.episode "
+                    "HAVING max(r.superseded_by IS NOT NULL) = 1 AND max(r.retracted_at IS NULL AND r.superseded_by IS NULL) = 0",
+                    tuple(chunk),
+                )
+            )
+        return found
+
+    @staticmethod
+    def superseded_facts(conn: sqlite3.Connection, episodes: Sequence[int]) -> dict[int, list[dict[str, Any]]]:
+        """Episode seq -> the superseded facts learned from it (the reasons recall gives)."""
+        out: dict[int, list[dict[str, Any]]] = {}
+        wanted = sorted(set(episodes))
+        for start in range(0, len(wanted), 900):
+            chunk = wanted[start : start + 900]
+            for episode, rid, sname, rtype, dname, vto, by in conn.execute(
+                "SELECT s.episode, r.id, a.name, r.type, b.name, r.valid_to, r.superseded_by FROM memory_relation_sources s "
+                "JOIN memory_relations r ON r.seq = s.relation JOIN memory_concepts a ON a.seq = r.src "
+                f"JOIN memory_concepts b ON b.seq = r.dst WHERE s.episode IN ({','.join('?' * len(chunk))}) "
+                "AND r.superseded_by IS NOT NULL ORDER BY s.episode, r.seq",
+                tuple(chunk),
+            ):
+                out.setdefault(episode, []).append(
+                    {"relation": rid, "src": sname, "type": rtype, "dst": dname, "valid_to": vto, "superseded_by": by}
+                )
         return out
 
     # --- queries --------------------------------------------------------------------------------------

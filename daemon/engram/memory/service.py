@@ -166,6 +166,7 @@ class Memory(Part):
         await anyio.to_thread.run_sync(self.content_key.load)
         await anyio.to_thread.run_sync(self.db.open)
         stack.push_async_callback(self._close_db)
+        await anyio.to_thread.run_sync(self._key_texts)
         await anyio.to_thread.run_sync(self._load_index)
         stack.push_async_callback(self._save_state)  # once the tasks have ended
         await self.start_tasks(stack)
@@ -240,6 +241,15 @@ class Memory(Part):
         yield GaugeMetricFamily("engram_memory_working_bytes", "Working-memory content bytes held.", value=self.working.bytes)
 
     # --- the vector index -----------------------------------------------------------------------------
+
+    def _key_texts(self) -> None:
+        """Give the live episodes written before deduplication (migration 0004) their text keys,
+        so that remembering one of their texts again finds them; one statement, at start."""
+        started = time.perf_counter()
+        with self.db.transaction() as conn:
+            keyed = self.episodic.store.key_texts(conn)
+        if keyed:
+            log.info("episode texts keyed for deduplication", episodes=keyed, seconds=round(time.perf_counter() - started, 3))
 
     def _load_index(self) -> None:
         """Load the index file and reconcile it with SQLite; rebuild what cannot be loaded."""
@@ -354,7 +364,8 @@ class Memory(Part):
         base = self.settings.recall.weights
         over = params.weights
         pick = lambda name: getattr(over, name) if over is not None and getattr(over, name) is not None else getattr(base, name)
-        weights = Weights(pick("vector"), pick("keyword"), pick("recency"), pick("importance"), pick("activation"))
+        weights = Weights(pick("vector"), pick("keyword"), pick("recency"), pick("importance"), pick("activation"),
+                          pick("superseded"))
         if weights.vector + weights.recency + weights.importance <= 0:
             raise InvalidParams("weights: at least one of vector, recency, importance must be > 0",
                                 field="weights", reason="zero_weights")
@@ -425,13 +436,15 @@ class Memory(Part):
 
     # --- episodic: remember, recall, get, forget ------------------------------------------------------
 
-    @rpc("memory.remember", summary="Store episodes; answers with their ids once they are committed to disk.")
+    @rpc("memory.remember", summary="Store episodes (a text the namespace holds already is that episode); answers with their ids once committed to disk.")
     async def remember(self, ctx: RequestContext, params: RememberParams) -> RememberResult:
         namespace = self._namespace(ctx, params.namespace)
         rows = await self.episodic.prepare(namespace, params.items)
-        seqs = await self.episodic.write(rows)
+        seqs, duplicates = await self.episodic.write_deduplicated(rows)
         self._publish_remembered(namespace, rows, seqs, "remember", ctx.principal, ctx.request)
-        return RememberResult(ids=[r.id for r in rows])
+        self.episodic.note_access([seq for seq, _ in duplicates.values()])  # a repeat is an access of the episode
+        return RememberResult(ids=[duplicates[n][1] if n in duplicates else r.id for n, r in enumerate(rows)],
+                              duplicates=[n in duplicates for n in range(len(rows))])
 
     @rpc("memory.recall", summary="The episodes best matching a query text or vector: hybrid score, filters, top k.",
          read_only=True)
@@ -618,9 +631,11 @@ class Memory(Part):
                 ids=[ids[n] for n in new_positions],
                 positions=new_positions,
             )
-            seqs = await self.episodic.write(rows)
+            seqs, duplicates = await self.episodic.write_deduplicated(rows)
             imported = sum(1 for s in seqs if s is not None)
             self._publish_remembered(namespace, rows, seqs, "import", ctx.principal, ctx.request)
+            for n, (_, holder) in duplicates.items():  # a text the namespace holds already: its episode's id
+                ids[new_positions[n]] = holder
         return ImportResult(imported=imported, skipped=len(ids) - imported, ids=ids)
 
     @rpc(
@@ -679,10 +694,10 @@ class Memory(Part):
                 for start in range(0, len(items), self.settings.max_items):
                     part, members = items[start : start + self.settings.max_items], group[start : start + self.settings.max_items]
                     rows = await self.episodic.prepare(namespace, part)
-                    seqs = await self.episodic.write(rows)
+                    seqs, duplicates = await self.episodic.write_deduplicated(rows)
                     self._publish_remembered(namespace, rows, seqs, "promotion", principal, task_id)
-                    for e, row in zip(members, rows):
-                        promoted[id(e.item)] = row.id
+                    for n, (e, row) in enumerate(zip(members, rows)):
+                        promoted[id(e.item)] = duplicates[n][1] if n in duplicates else row.id
                 self.metrics.promotions.labels("ok").inc(len(group))
             except Exception as exc:  # noqa: BLE001 - a failed promotion must not fail the put that evicted it
                 self.metrics.promotions.labels("failed").inc(len(group))
@@ -737,7 +752,7 @@ class Memory(Part):
 
     # --- semantic memory ---------------------------------------------------------------------------------
 
-    @rpc("memory.graph.upsert", summary="Add or update concepts and relations; contradicted relations are retracted, not deleted.")
+    @rpc("memory.graph.upsert", summary="Add or update concepts and relations; contradicted relations are ended or retracted, not deleted.")
     async def graph_upsert(self, ctx: RequestContext, params: GraphUpsertParams) -> GraphUpsertResult:
         namespace = self._namespace(ctx, params.namespace)
         s = self.settings
@@ -761,7 +776,8 @@ class Memory(Part):
             for j, e in enumerate(r.sources):
                 if not idgen.is_id(e, idgen.EPISODE):
                     raise InvalidParams(f"relations.{i}.sources.{j}: {e!r} is not an episode id", field=f"relations.{i}.sources.{j}", reason="bad_id")
-            exclusive = r.exclusive if r.exclusive is not None else r.type in s.graph.exclusive_types
+            exclusive = r.exclusive if r.exclusive is not None else (r.type in s.graph.functional_types
+                                                                     or r.type in s.graph.exclusive_types)
             relations.append(RelationSpec(r.src, r.dst, r.type, r.weight, r.valid_from, r.valid_to, exclusive, list(r.sources)))
         vectors = await self._concept_vectors(namespace, concepts, relations)
         outcome = await self._thread(lambda: self.graph.upsert(namespace, concepts, relations, time.time(), vectors))
@@ -770,7 +786,8 @@ class Memory(Part):
                 MemoryGraphUpdated(namespace=namespace, concepts=outcome["created_concepts"], relations=outcome["created_relations"],
                                    retracted=outcome["retracted"], principal=ctx.principal, task_id=ctx.request)
             )
-        return GraphUpsertResult(concepts=outcome["concepts"], relations=outcome["relations"], retracted=outcome["retracted"])
+        return GraphUpsertResult(concepts=outcome["concepts"], relations=outcome["relations"], retracted=outcome["retracted"],
+                                 superseded=outcome["superseded"])
 
     async def _concept_vectors(self, namespace: str, concepts: list[ConceptSpec], relations: list[RelationSpec]) -> dict[str, Any]:
         """Embeddings of the names of concepts that have none yet, when an embedder is there

@@ -46,6 +46,13 @@ class RecallWeights(_Section):
         le=100,
         description="Weight of spreading activation from the query's nearest concepts (recall with activation only).",
     )
+    superseded: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Share of its score an episode loses when the facts learned from it were all superseded by newer "
+        "ones (a factor on the weighted mean, not a weight in it; 0: no demotion).",
+    )
 
 
 class RecallSettings(_Section):
@@ -155,11 +162,20 @@ class WorkingSettings(_Section):
     weights: WorkingWeights = Field(default_factory=WorkingWeights)
 
 
+FUNCTIONAL_TYPES = ["lives_in", "works_at", "married_to", "located_in", "born_in", "born_on", "died_in",
+                    "headquartered_in", "reports_to", "capital_of"]
+
+
 class GraphSettings(_Section):
+    functional_types: list[str] = Field(
+        default_factory=lambda: list(FUNCTIONAL_TYPES),
+        description="Relation types with one destination per source at a time, even when the upsert does not say "
+        "exclusive: a newer fact ends the validity of the overlapping ones with another destination "
+        "(see memory.graph.upsert).",
+    )
     exclusive_types: list[str] = Field(
         default_factory=list,
-        description="Relation types that are functional (one destination per source at a time): a new relation "
-        "of such a type retracts the overlapping ones with another destination.",
+        description="More functional relation types, added to memory.graph.functional_types.",
     )
     max_depth: int = Field(default=4, ge=1, le=8, description="Deepest multi-hop query memory.graph.query allows.")
     max_results: int = Field(

@@ -8,6 +8,14 @@ Every query names its namespace. Writers pass the connection of an open transact
 every query that feeds recall, the vector index or the live counts skips them (``_LIVE``); the
 lookups by id (``resolve``, ``owners``, ``rows``) still see them, so ``memory.get`` shows them
 and ``memory.forget`` deletes them.
+
+**One episode per text.** A row inserted with a ``text_key`` (:mod:`engram.memory.textkey`) that
+a live episode of its namespace has already is not inserted: the unique index
+``memory_episodes_ns_text_key`` refuses it inside the writer's transaction, so two concurrent
+remembers of one text (or one text twice in a batch) make one episode whichever commits first,
+and :meth:`EpisodeStore.insert` reports the episode that holds the text. Archived episodes give
+their key up (a text remembered again while its old episode awaits deletion is a new episode)
+and take it back when they are restored, unless another episode holds it by then.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from numpy.typing import NDArray
 
 from engram.memory.db import MemoryDB
 from engram.memory.filters import SqlFilter
+from engram.memory.textkey import SQL_FUNCTION
 from engram.memory.vectors import from_blob, to_blob
 
 __all__ = ["EpisodeStore", "Forgotten", "NewEpisode"]
@@ -59,6 +68,7 @@ class NewEpisode:
     importance: float = 0.5
     pinned: bool = False
     tags: list[str] = field(default_factory=list)
+    text_key: str | None = None  # the normalised text's SHA-256; None: not deduplicated
 
 
 @dataclass(slots=True)
@@ -126,22 +136,52 @@ class EpisodeStore:
     # --- writes (inside a transaction the caller holds) ------------------------------------------
 
     @staticmethod
-    def insert(conn: sqlite3.Connection, rows: Iterable[NewEpisode], recorded_at: float) -> list[int | None]:
-        """Insert ``rows``; an id that exists already is skipped (None in its place)."""
+    def insert(conn: sqlite3.Connection, rows: Iterable[NewEpisode], recorded_at: float,
+               duplicates: dict[int, tuple[int, str]] | None = None) -> list[int | None]:
+        """Insert ``rows``; a row whose id exists already, or whose ``text_key`` a live episode
+        of its namespace holds, is skipped (None in its place). ``duplicates`` gets, for each
+        row skipped for its text, its position -> (seq, id) of the episode holding the text."""
         seqs: list[int | None] = []
-        for r in rows:
+        for n, r in enumerate(rows):
             found = conn.execute(
                 "INSERT INTO memory_episodes (id, namespace, session, kind, time, recorded_at, text, text_sha256, "
-                "metadata, source, importance, pinned, embedder, dim, embedding) "
-                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO NOTHING RETURNING seq",
+                "metadata, source, importance, pinned, embedder, dim, embedding, text_key) "
+                "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING RETURNING seq",
                 (r.id, r.namespace, r.session, r.kind, r.time, recorded_at, r.text, r.text_sha256, r.metadata,
-                 r.source, r.importance, int(r.pinned), r.embedder, int(r.vector.shape[0]), to_blob(r.vector)),
+                 r.source, r.importance, int(r.pinned), r.embedder, int(r.vector.shape[0]), to_blob(r.vector), r.text_key),
             ).fetchone()
             seq = int(found[0]) if found else None
             seqs.append(seq)
+            if seq is None and r.text_key is not None and duplicates is not None:
+                holder = conn.execute(
+                    "SELECT seq, id FROM memory_episodes WHERE namespace = ? AND text_key = ?", (r.namespace, r.text_key)
+                ).fetchone()
+                if holder is not None and holder[1] != r.id:
+                    duplicates[n] = (int(holder[0]), holder[1])
             if seq is not None and r.tags:
                 conn.executemany("INSERT INTO memory_episode_tags (seq, tag) VALUES (?, ?)", [(seq, t) for t in r.tags])
         return seqs
+
+    @staticmethod
+    def key_texts(conn: sqlite3.Connection, namespace: str | None = None, seqs: Sequence[int] | None = None) -> int:
+        """Give live episodes without a ``text_key`` theirs (rows written before migration 0004,
+        restored archived ones), oldest first; a row whose text another live episode holds
+        already keeps none (a duplicate, left to sleep's merge). Returns the rows keyed."""
+        keyed = 0
+        if seqs is None:
+            where, args = ("namespace = ? AND " if namespace is not None else ""), ((namespace,) if namespace is not None else ())
+            return conn.execute(
+                f"UPDATE OR IGNORE memory_episodes SET text_key = {SQL_FUNCTION}(text) "
+                f"WHERE {where}text_key IS NULL AND archived_at IS NULL",
+                args,
+            ).rowcount
+        for chunk in _chunks(sorted(seqs)):
+            keyed += conn.execute(
+                f"UPDATE OR IGNORE memory_episodes SET text_key = {SQL_FUNCTION}(text) "
+                f"WHERE seq IN ({_marks(len(chunk))}) AND text_key IS NULL AND archived_at IS NULL",
+                tuple(chunk),
+            ).rowcount
+        return keyed
 
     @staticmethod
     def delete(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int]) -> Forgotten:
@@ -202,8 +242,8 @@ class EpisodeStore:
             done.extend(
                 s
                 for (s,) in conn.execute(
-                    f"UPDATE memory_episodes SET archived_at = ? WHERE +namespace = ? AND seq IN ({_marks(len(chunk))}) "
-                    "AND archived_at IS NULL AND pinned = 0 RETURNING seq",
+                    f"UPDATE memory_episodes SET archived_at = ?, text_key = NULL WHERE +namespace = ? "
+                    f"AND seq IN ({_marks(len(chunk))}) AND archived_at IS NULL AND pinned = 0 RETURNING seq",
                     (now, namespace, *chunk),
                 )
             )
@@ -226,6 +266,7 @@ class EpisodeStore:
                     (namespace, *chunk, *extra),
                 )
             )
+        EpisodeStore.key_texts(conn, seqs=done)  # their texts are theirs again, unless remembered anew meanwhile
         return sorted(done)
 
     # --- reads ---------------------------------------------------------------------------------------
@@ -342,6 +383,26 @@ class EpisodeStore:
                 }
             for seq, tag in conn.execute(f"SELECT seq, tag FROM memory_episode_tags WHERE seq IN ({marks}) ORDER BY tag", tuple(chunk)):
                 out[seq]["tags"].append(tag)
+        return out
+
+    @staticmethod
+    def session_neighbours(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int]) -> dict[int, tuple[str, int | None, int | None]]:
+        """For the episodes of ``seqs`` that have a session: (session, the live episode just before,
+        the one just after), in the session's order of time, then seq (recall's conversation
+        context, :mod:`engram.memory.context`). Two look-ups of the (namespace, session, time)
+        index each."""
+        out: dict[int, tuple[str, int | None, int | None]] = {}
+        for chunk in _chunks(list(seqs)):
+            for seq, session, before, after in conn.execute(
+                "SELECT e.seq, e.session, "
+                "(SELECT p.seq FROM memory_episodes p WHERE p.namespace = e.namespace AND p.session = e.session "
+                " AND (p.time, p.seq) < (e.time, e.seq) AND p.archived_at IS NULL ORDER BY p.time DESC, p.seq DESC LIMIT 1), "
+                "(SELECT n.seq FROM memory_episodes n WHERE n.namespace = e.namespace AND n.session = e.session "
+                " AND (n.time, n.seq) > (e.time, e.seq) AND n.archived_at IS NULL ORDER BY n.time, n.seq LIMIT 1) "
+                f"FROM memory_episodes e WHERE +e.namespace = ? AND e.seq IN ({_marks(len(chunk))}) AND e.session IS NOT NULL",
+                (namespace, *chunk),
+            ):
+                out[seq] = (session, before, after)
         return out
 
     def filter_seqs(self, namespace: str, flt: SqlFilter, limit: int, include_pinned: bool = True,
