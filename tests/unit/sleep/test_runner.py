@@ -58,7 +58,7 @@ async def with_sleep(tmp_path, settings: dict[str, Any], body) -> None:
     await db.open()
     bus = EventBus((*CORE_EVENTS, *MEMORY_EVENTS, *SLEEP_EVENTS))
     events = Events(bus)
-    memory = Memory(MemorySettings(), tmp_path, tmp_path / "engram.db", bus, Metrics(), embedder=None)
+    memory = Memory(MemorySettings(extraction={"enabled": False}), tmp_path, tmp_path / "engram.db", bus, Metrics(), embedder=None)
     try:
         async with memory:
             rng = np.random.default_rng(0)

@@ -1,0 +1,111 @@
+"""Knowledge extraction in the memory part: remembered text becomes concepts and relations with
+their source episodes, in the background, from a durable queue (the episodes past a watermark)."""
+
+from __future__ import annotations
+
+import time
+
+import anyio
+import pytest
+from engram.memory.api import ForgetParams, GraphQueryParams, RememberParams
+from engram.memory.extraction.model import PIPELINE_SHA256, find_pipeline_dir, pipeline_digest
+
+from tests.unit.memory.conftest import ctx
+
+ON = {"enabled": True, "start_delay": 0}
+
+
+def remember(*texts: str, times: list[float] | None = None) -> RememberParams:
+    items = [{"text": t, **({"time": times[i]} if times else {})} for i, t in enumerate(texts)]
+    return RememberParams.model_validate({"items": items})
+
+
+def query(concept: str, **params) -> GraphQueryParams:
+    return GraphQueryParams.model_validate({"concept": concept, **params})
+
+
+async def caught_up(memory, timeout: float = 30.0) -> None:
+    with anyio.fail_after(timeout):
+        while await anyio.to_thread.run_sync(memory.extraction.queue.lag):
+            await anyio.sleep(0.05)
+
+
+def triples(result) -> set[tuple[str, str, str]]:
+    return {(r.src, r.type, r.dst) for r in result.relations if r.retracted_at is None}
+
+
+def test_the_installed_pipeline_is_the_pinned_one() -> None:
+    folder = find_pipeline_dir()
+    assert folder is not None and pipeline_digest(folder) == PIPELINE_SHA256
+
+
+async def test_remembered_text_becomes_concepts_and_relations_with_its_episode(make_memory) -> None:
+    async with make_memory(extraction=ON) as (memory, events):
+        ids = (await memory.remember(ctx(), remember("Carol works at Acme Corp in Lyon."))).ids
+        await caught_up(memory)
+        carol = await memory.graph_query(ctx(), query("Carol", depth=2))
+        assert carol.concept.kind == "person"
+        assert {("Carol", "works_at", "Acme Corp"), ("Acme Corp", "located_in", "Lyon")} <= triples(carol)
+        assert all(r.sources == ids for r in carol.relations)
+        kinds = {n.concept.name: n.concept.kind for n in carol.neighbours}
+        assert kinds == {"Acme Corp": "organisation", "Lyon": "place"}
+        assert "memory.graph.updated" in [e.topic for e in events.events]
+
+
+async def test_a_move_is_a_new_fact_valid_from_its_episode(make_memory) -> None:
+    now = time.time()
+    async with make_memory(extraction=ON) as (memory, _):
+        paris = (await memory.remember(ctx(), remember("Ada lives in Paris.", times=[now - 3600]))).ids[0]
+        await caught_up(memory)
+        berlin = (await memory.remember(ctx(), remember("Ada moved to Berlin.", times=[now]))).ids[0]
+        await caught_up(memory)
+        ada = await memory.graph_query(ctx(), query("Ada", depth=1, types=["lives_in"]))
+        by_dst = {r.dst: r for r in ada.relations if r.retracted_at is None}
+        assert set(by_dst) == {"Paris", "Berlin"}
+        assert by_dst["Paris"].valid_from == pytest.approx(now - 3600) and by_dst["Paris"].sources == [paris]
+        assert by_dst["Berlin"].valid_from == pytest.approx(now) and by_dst["Berlin"].sources == [berlin]
+        then = await memory.graph_query(ctx(), query("Ada", depth=1, types=["lives_in"], valid_at=now - 60))
+        assert {r.dst for r in then.relations} == {"Paris"}
+        today = await memory.graph_query(ctx(), query("Ada", depth=1, types=["lives_in"], valid_at=now + 1))
+        assert {r.dst for r in today.relations} == {"Berlin"}
+
+
+async def test_a_fact_said_again_gains_a_source_instead_of_restarting(make_memory) -> None:
+    now = time.time()
+    async with make_memory(extraction=ON) as (memory, _):
+        first = (await memory.remember(ctx(), remember("Jim likes jazz.", times=[now - 100]))).ids[0]
+        await caught_up(memory)
+        again = (await memory.remember(ctx(), remember("Jim really likes jazz.", times=[now]))).ids[0]
+        await caught_up(memory)
+        jim = await memory.graph_query(ctx(), query("Jim", depth=1))
+        (likes,) = [r for r in jim.relations if r.type == "likes" and r.retracted_at is None]
+        assert likes.sources == [first, again] and likes.valid_from == pytest.approx(now - 100)
+
+
+async def test_episodes_written_while_off_are_extracted_after_a_restart(make_memory) -> None:
+    async with make_memory() as (memory, _):  # extraction off: the episodes wait in the table
+        await memory.remember(ctx(), remember("Maria was born in Madrid.", "Tom founded Nimbus."))
+        assert await anyio.to_thread.run_sync(memory.extraction.queue.lag) == 2
+    async with make_memory(extraction=ON) as (memory, _):
+        await caught_up(memory)
+        assert triples(await memory.graph_query(ctx(), query("Maria", depth=1))) == {("Maria", "born_in", "Madrid")}
+        assert ("Tom", "founded", "Nimbus") in triples(await memory.graph_query(ctx(), query("Tom", depth=1)))
+        assert await anyio.to_thread.run_sync(memory.extraction.queue.watermark) > 0
+
+
+async def test_a_forgotten_episode_leaves_no_fact_behind(make_memory) -> None:
+    async with make_memory(extraction=ON) as (memory, _):
+        ids = (await memory.remember(ctx(), remember("Sam is from Dublin."))).ids
+        await caught_up(memory)
+        assert triples(await memory.graph_query(ctx(), query("Sam", depth=1))) == {("Sam", "comes_from", "Dublin")}
+        await memory.forget(ctx(), ForgetParams.model_validate({"ids": ids}))
+        sam = await memory.graph_query(ctx(), query("Sam", depth=1))
+        assert triples(sam) == set()
+
+
+async def test_health_reports_the_lag(make_memory) -> None:
+    async with make_memory() as (memory, _):
+        await memory.remember(ctx(), remember("Ada lives in Paris."))
+        assert "extraction off" in (await memory.health()).detail
+    async with make_memory(extraction={"enabled": True, "start_delay": 3600}) as (memory, _):
+        assert "extraction lag 1 episodes" in (await memory.health()).detail
