@@ -216,13 +216,20 @@ def bench_route(size: str, plot: Path, as_json: bool) -> None:
               help="Seconds the index build and the consolidation may take at most.")
 @click.option("--stage", "stages", multiple=True, metavar="STAGE",
               help="Run only this stage (repeatable; default: all), to see what one stage costs foreground recall.")
+@click.option("--topics-only", is_flag=True,
+              help="Only the topic check: sleep's clustering of the labelled notes (purity, unclustered notes, names).")
 @json_option
 def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int, k: int, replay_queries: int,
-                timeout: float, stages: tuple[str, ...], as_json: bool) -> None:
-    """Recall p50/p99 while idle vs while a consolidation runs, index size and recall@k before/after."""
-    from engram_bench.sleep import run_sleep_bench
+                timeout: float, stages: tuple[str, ...], topics_only: bool, as_json: bool) -> None:
+    """Recall p50/p99 while idle vs while a consolidation runs, index size and recall@k before/after;
+    then the topics sleep finds in labelled notes (purity)."""
+    from engram_bench.sleep import run_sleep_bench, run_topic_bench, topic_lines
 
     with errors():
+        if topics_only:
+            topics = run_topic_bench(timeout=min(timeout, 600.0))
+            Output(as_json).emit(topics, lambda _: click.echo("\n".join(topic_lines(topics))))
+            return
         report = run_sleep_bench(episodes, queries, clients, rate, dim, k, replay_queries, timeout, list(stages) or None,
                                  progress=not as_json and sys.stderr.isatty())
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))

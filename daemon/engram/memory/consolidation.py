@@ -33,7 +33,7 @@ from engram.memory.index import Rebuild
 from engram.memory.journal import Tag
 from engram.memory.neighbours import index_size, nearest_other
 from engram.memory.scoring import Weights, combine, recency
-from engram.memory.topics import RelationDecay, Topics
+from engram.memory.topics import RelationDecay, TopicRef, Topics
 from engram.memory.vectors import from_blob
 
 if TYPE_CHECKING:
@@ -182,7 +182,7 @@ class MemoryConsolidation:
         return found
 
     def find_or_create_topic(self, tag: Tag, known: Topics, name: str, centroid: NDArray[np.float32], now: float,
-                             reuse_similarity: float, give_way: GiveWay = None) -> tuple[int, bool, bool]:
+                             reuse_similarity: float, give_way: GiveWay = None) -> TopicRef:
         """See :func:`engram.memory.topics.find_or_create` (one transaction)."""
         with self._db.transaction(background=True, give_way=give_way) as conn:
             return topics.find_or_create(conn, tag, known, name, centroid, now, reuse_similarity)

@@ -21,7 +21,9 @@ from engram.memory.journal import Tag
 from engram.memory.semantic import concept_key
 from engram.memory.vectors import from_blob, to_blob
 
-__all__ = ["RelationDecay", "Topics", "decay_relations", "find_or_create", "link", "strengthen_relations"]
+__all__ = [
+    "RelationDecay", "TopicRef", "Topics", "decay_relations", "find_or_create", "link", "members", "strengthen_relations",
+]
 
 # A relation's weight as it was, for the journal: 17 significant digits read back as the same double.
 _WEIGHT_BEFORE = """printf('{"weight":%!.17g,"retracted_at":null}', weight)"""
@@ -82,12 +84,21 @@ class Topics:
         return int(seqs[best]), float(sims[best])
 
 
+class TopicRef(NamedTuple):
+    """The topic concept a cluster went to: its seq, whether this call created it, whether the
+    caller's tag created it (its links then go with it on rollback), and its stored name."""
+
+    seq: int
+    created: bool
+    own: bool
+    name: str
+
+
 def find_or_create(conn: Any, tag: Tag, topics: Topics, name: str, centroid: NDArray[np.float32], now: float,
-                   reuse_similarity: float) -> tuple[int, bool, bool]:
+                   reuse_similarity: float) -> TopicRef:
     """The topic concept for a cluster: the nearest existing topic when its cosine to
-    ``centroid`` is at least ``reuse_similarity`` (which makes a repeated unit idempotent), else
-    a new one named ``name`` (made unique with a number). Returns (concept seq, created, whether
-    ``tag`` created it: its links then go with it on rollback)."""
+    ``centroid`` is at least ``reuse_similarity`` (which makes a repeated unit idempotent; it
+    keeps its name), else a new one named ``name`` (made unique with a number)."""
     _run, namespace, _stage = tag
     topics.catch_up(conn)
     best, best_sim = topics.nearest(centroid)
@@ -96,7 +107,8 @@ def find_or_create(conn: Any, tag: Tag, topics: Topics, name: str, centroid: NDA
         best, best_sim = topics.nearest(centroid)
     mine = {int(ref) for _id, _kind, ref, _before in journal.entries(conn, tag, "concept")}
     if best is not None and best_sim >= reuse_similarity:
-        return best, False, best in mine
+        (stored,) = conn.execute("SELECT name FROM memory_concepts WHERE seq = ?", (best,)).fetchone()
+        return TopicRef(best, False, best in mine, str(stored))
     base, name_, n = " ".join(name.split()), " ".join(name.split()), 1
     while conn.execute(
         "SELECT 1 FROM memory_concepts WHERE namespace = ? AND key = ?", (namespace, concept_key(name_))
@@ -110,7 +122,21 @@ def find_or_create(conn: Any, tag: Tag, topics: Topics, name: str, centroid: NDA
          int(centroid.shape[0]), to_blob(centroid)),
     ).fetchone()[0])
     journal.record(conn, tag, [("concept", concept, None)])
-    return concept, True, True
+    return TopicRef(concept, True, True, name_)
+
+
+def members(conn: Any, namespace: str) -> dict[str, list[str]]:
+    """Each topic concept of ``namespace`` by name, with the texts of the episodes linked to it
+    (in episode order): what sleep's clustering found, for the benchmark and the tests that
+    judge it."""
+    found: dict[str, list[str]] = {}
+    for name, text in conn.execute(
+        "SELECT c.name, e.text FROM memory_concepts c JOIN memory_concept_episodes l ON l.concept = c.seq "
+        "JOIN memory_episodes e ON e.seq = l.episode WHERE c.namespace = ? AND c.kind = 'topic' ORDER BY c.seq, e.seq",
+        (namespace,),
+    ):
+        found.setdefault(str(name), []).append(str(text))
+    return found
 
 
 def link(conn: Any, tag: Tag, concept: int, episodes: Sequence[tuple[int, float]], journalled: bool) -> int:

@@ -2,13 +2,16 @@
 
 1. *Recent* episodes — recorded since the previous completed run started (or within
    ``sleep.clustering.window`` when there is none), at most ``sleep.clustering.max_episodes`` —
-   are clustered with spherical FAISS k-means (k about count / ``per_cluster``, at most
-   ``max_k``), on one OpenMP thread. k-means splits a natural group when k is too large, so
-   clusters whose centroids are closer than ``reuse_similarity`` are merged afterwards.
-2. A cluster of at least ``min_size`` members whose members lie close to its centroid (mean cosine
-   at least ``min_cohesion``) becomes a concept of kind ``topic``, named after its top TF-IDF
-   terms and carrying the centroid as its vector, linked to its episodes (weight = the member's
-   cosine to the centroid). An existing topic
+   are grouped by average-linkage agglomeration of their unit vectors
+   (:mod:`engram.sleep.agglomeration`): groups merge, closest first, while the mean cosine
+   between their members is at least ``merge_similarity``, so the number of topics follows the
+   data. Above ``max_k`` episodes, spherical FAISS k-means (one OpenMP thread) first groups them
+   into ``max_k`` small groups, which are merged the same way.
+2. A group of at least ``min_size`` members whose members lie close to its centroid (mean cosine
+   at least ``min_cohesion``) becomes a concept of kind ``topic``, named after its most
+   distinctive words (class-based TF-IDF over every recent episode,
+   :mod:`engram.sleep.topic_names`) and carrying the centroid as its vector, linked to its
+   episodes (weight = the member's cosine to the centroid). An existing topic
    whose vector is within ``reuse_similarity`` of the centroid is reused instead of duplicated —
    which also makes this step idempotent when a stopped run repeats it.
 3. Every sourced relation of the namespace decays (weight × ``decay``); one that falls below
@@ -25,8 +28,6 @@ writes is memory's (:mod:`engram.memory.topics`), the choices are made here.
 
 from __future__ import annotations
 
-import math
-import re
 import zlib
 from collections import Counter
 from collections.abc import Sequence
@@ -37,10 +38,12 @@ import faiss
 import numpy as np
 from numpy.typing import NDArray
 
+from engram.sleep.agglomeration import Agglomeration
 from engram.sleep.ports import RelationDecay
 from engram.sleep.stage import StageContext
+from engram.sleep.topic_names import name_topics, tokens
 
-__all__ = ["ClusteringStage", "Gains", "choose_k", "relation_gains", "top_terms"]
+__all__ = ["ClusteringStage", "Gains", "cluster", "relation_gains"]
 
 _PAGE = 500  # episodes read per unit
 _BATCH = 300  # rows written per transaction (single statements over many rows)
@@ -48,43 +51,8 @@ _PAIRS = 10  # topic pairs per transaction
 _LINKS = 50  # episode links per transaction
 _SOURCES_PER_RELATION = 10  # evidence episodes attached to a relation per run
 
-_WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
-_STOP = frozenset((
-    "the", "and", "for", "are", "but", "not", "you", "all", "any", "can", "had", "her", "was", "one", "our",
-    "out", "day", "get", "has", "him", "his", "how", "man", "new", "now", "old", "see", "two", "way", "who",
-    "boy", "did", "its", "let", "put", "say", "she", "too", "use", "that", "with", "have", "this", "will",
-    "your", "from", "they", "know", "want", "been", "good", "much", "some", "time", "very", "when", "come",
-    "here", "just", "like", "long", "make", "many", "more", "only", "over", "such", "take", "than", "them",
-    "well", "were", "what", "into", "also", "about", "after", "again", "their", "there", "these", "those",
-    "which", "would", "could", "should", "other", "being", "where", "while", "because", "between", "through",
-    "during", "before", "under",
-))
-
-
-def tokens(text: str) -> list[str]:
-    return [w for w in (m.group(0).casefold() for m in _WORD.finditer(text)) if w not in _STOP]
-
-
-def top_terms(documents: list[list[str]], n: int) -> list[list[str]]:
-    """The ``n`` highest TF-IDF terms of each document (a document: one cluster's tokens)."""
-    df: Counter[str] = Counter()
-    for doc in documents:
-        df.update(set(doc))
-    count = len(documents)
-    out = []
-    for doc in documents:
-        tf = Counter(doc)
-        size = max(1, len(doc))
-        scored = sorted(
-            ((c / size) * (math.log((1 + count) / (1 + df[t])) + 1.0), t) for t, c in tf.items()
-        )
-        best = sorted(scored, key=lambda st: (-st[0], st[1]))[:n]
-        out.append([t for _s, t in best])
-    return out
-
-
-def choose_k(count: int, per_cluster: int, max_k: int, min_size: int) -> int:
-    return max(1, min(max_k, round(count / per_cluster), count // min_size))
+_MERGES = 64  # agglomeration merges per unit (each O(groups x dim))
+_TOPICS_SHOWN = 50  # topics named in the figures, largest first
 
 
 def _unit(x: NDArray[np.float32]) -> NDArray[np.float32]:
@@ -103,37 +71,35 @@ def kmeans_rounds(vectors: NDArray[np.float32], k: int, rounds: int, seed: int,
     return np.asarray(km.centroids, dtype=np.float32).reshape(k, dim)
 
 
-def assign(vectors: NDArray[np.float32], centroids: NDArray[np.float32], merge: float) -> NDArray[np.int64]:
-    """Each vector's nearest centroid, then clusters whose centroids have cosine >= ``merge``
-    merged (k-means splits a natural group when k is too large). Blocking (worker thread)."""
+def nearest_centroid(vectors: NDArray[np.float32], centroids: NDArray[np.float32]) -> NDArray[np.int64]:
+    """Each vector's nearest centroid, renumbered 0.. over the centroids that got any (blocking)."""
     index = faiss.IndexFlatIP(centroids.shape[1])
     index.add(np.ascontiguousarray(centroids))
     _d, nearest = index.search(np.ascontiguousarray(vectors), 1)
-    labels = nearest[:, 0].astype(np.int64)
-    present = np.unique(labels)
-    means = _unit(np.vstack([vectors[labels == c].mean(axis=0) for c in present]))
-    parent = list(range(len(present)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    sims = means @ means.T
-    for i in range(len(present)):
-        for j in range(i + 1, len(present)):
-            if sims[i, j] >= merge:
-                parent[root(j)] = root(i)
-    remap = {int(c): root(i) for i, c in enumerate(present)}
-    return np.array([remap[int(c)] for c in labels], dtype=np.int64)
+    return np.unique(nearest[:, 0], return_inverse=True)[1].astype(np.int64).reshape(len(vectors))
 
 
-def cluster(vectors: NDArray[np.float32], k: int, iterations: int, merge: float, seed: int = 1234) -> NDArray[np.int64]:
-    """Cluster labels for unit ``vectors`` in one go (the stage does the same in units)."""
-    if k <= 1 or len(vectors) <= 1:
-        return np.zeros(len(vectors), dtype=np.int64)
-    return assign(vectors, kmeans_rounds(vectors, k, iterations, seed, None), merge)
+def group_sums(vectors: NDArray[np.float32], groups: NDArray[np.int64]) -> tuple[NDArray[np.float64], NDArray[np.int64]]:
+    """The sum of the vectors of each group (numbered 0..) and its size: what average linkage needs."""
+    sizes = np.bincount(groups)
+    sums = np.zeros((len(sizes), vectors.shape[1]), dtype=np.float64)
+    np.add.at(sums, groups, vectors.astype(np.float64))
+    return sums, sizes
+
+
+def cluster(vectors: NDArray[np.float32], threshold: float, max_groups: int, iterations: int = 20,
+            seed: int = 1234) -> NDArray[np.int64]:
+    """Cluster labels for unit ``vectors`` in one go, as the stage computes them in units: above
+    ``max_groups`` vectors, spherical k-means into ``max_groups`` groups first; then average
+    linkage (:mod:`engram.sleep.agglomeration`) down to ``threshold``."""
+    if len(vectors) > max_groups:
+        first = nearest_centroid(vectors, kmeans_rounds(vectors, max_groups, iterations, seed, None))
+    else:
+        first = np.arange(len(vectors), dtype=np.int64)
+    work = Agglomeration(*group_sums(vectors, first), threshold)
+    while not work.merge(1 << 30):
+        pass
+    return work.labels()[first]
 
 
 def _first_per_key(key: NDArray[np.int64], limit: int) -> NDArray[np.int64]:
@@ -273,8 +239,8 @@ class ClusteringStage:
         cursor = dict(ctx.saved)
         now = float(cursor.setdefault("now", ctx.clock()))
         figures: dict[str, Any] = {
-            "episodes": 0, "clusters": 0, "concepts_created": 0, "concepts_reused": 0, "links": 0,
-            "relations_created": 0, "relations_strengthened": 0, "relations_decayed": 0, "relations_retracted": 0,
+            "episodes": 0, "clusters": 0, "unclustered": 0, "topics": [], "concepts_created": 0, "concepts_reused": 0,
+            "links": 0, "relations_created": 0, "relations_strengthened": 0, "relations_decayed": 0, "relations_retracted": 0,
         }
         figures.update(cursor.get("figures", {}))
 
@@ -312,27 +278,33 @@ class ClusteringStage:
             recent = await ctx.thread(same_width, recent)
         figures["episodes"] = len(recent.seqs)
         if len(recent.seqs) < s.min_size:
+            figures["unclustered"] = len(recent.seqs)
             return await self._relations(ctx, cursor, figures, recent, np.full(len(recent.seqs), -1, dtype=np.int64), now)
 
-        # 2. cluster (one unit: FAISS on one thread, in a worker thread)
+        # 2. cluster: average linkage down to merge_similarity, a few merges per unit; above
+        # max_k episodes, spherical k-means (FAISS, one thread) into max_k small groups first
         await ctx.step()
-        matrix = await ctx.thread(store.matrix, recent.blobs, recent.dims[0])
-        k = choose_k(len(recent.seqs), s.per_cluster, s.max_k, s.min_size)
+        matrix = await ctx.thread(lambda: _unit(store.matrix(recent.blobs, recent.dims[0])))
         seed = zlib.crc32(f"{ctx.run_id}:{namespace}".encode()) & 0x7FFFFFFF
-        if k <= 1:
-            labels = np.zeros(len(matrix), dtype=np.int64)
-        else:
+        if len(matrix) > s.max_k:
             # a few k-means iterations per unit: about 1e9 multiply-adds (~0.1-0.3 s on one core)
-            per_unit = max(1, int(1e9 // max(1, len(matrix) * k * matrix.shape[1])))
+            per_unit = max(1, int(1e9 // max(1, len(matrix) * s.max_k * matrix.shape[1])))
             centroids = None
             for done in range(0, s.iterations, per_unit):
                 if done:
                     await ctx.step()
                 rounds = min(per_unit, s.iterations - done)
-                centroids = await ctx.thread(kmeans_rounds, matrix, k, rounds, seed, centroids)
-                ctx.progress(done + rounds, s.iterations)
+                centroids = await ctx.thread(kmeans_rounds, matrix, s.max_k, rounds, seed, centroids)
             await ctx.step()
-            labels = await ctx.thread(assign, matrix, centroids, s.reuse_similarity)
+            first = await ctx.thread(nearest_centroid, matrix, centroids)
+        else:
+            first = np.arange(len(matrix), dtype=np.int64)
+        work = Agglomeration(*await ctx.thread(group_sums, matrix, first), s.merge_similarity)
+        groups = len(work.sizes)
+        while not await ctx.thread(work.merge, _MERGES):
+            ctx.progress(groups - int(work.alive.sum()), groups)
+            await ctx.step()
+        labels = work.labels()[first]
 
         def gather(labels: NDArray[np.int64] = labels) -> list[tuple[list[int], NDArray[np.float32], NDArray[np.float32]]]:
             # A worker thread: over tens of thousands of episodes this is tens of milliseconds of
@@ -354,34 +326,39 @@ class ClusteringStage:
         await ctx.step()
         clusters = await ctx.thread(gather)
         figures["clusters"] = len(clusters)
+        # names: every recent episode's words (they all count for how common a word is), tokenized
+        # a page per unit (pure Python), then each topic's distinctive words
         documents: list[list[str]] = []
-        for members, _c, _cos in clusters:  # tokenizing is pure Python: one cluster per unit
+        for start in range(0, len(recent.texts), _PAGE):
             await ctx.step()
-            group = [recent.texts[i] for i in members]
-            documents.append(await ctx.thread(lambda group=group: [t for text in group for t in tokens(text)]))
-        names = await ctx.thread(top_terms, documents, s.terms)
+            page = recent.texts[start : start + _PAGE]
+            documents += await ctx.thread(lambda page=page: [tokens(text) for text in page])
+        await ctx.step()
+        names = await ctx.thread(name_topics, [members for members, _c, _cos in clusters], documents, s.terms)
 
         # 3. concepts and links, short transactions (idempotent: reuse by vector, links ON CONFLICT)
         concepts = np.full(len(recent.seqs), -1, dtype=np.int64)  # each recent episode's topic
         created = reused = links = 0
+        found: list[dict[str, Any]] = []
         topics = await ctx.thread(store.topics, namespace)
         reuse = s.reuse_similarity
         for (members, centroid, cos), terms in zip(clusters, names, strict=True):
             await ctx.step()
             name = " ".join(terms) if terms else f"topic {zlib.crc32(str(recent.seqs[members[0]]).encode()):08x}"
-            concept, was_created, own = await ctx.thread(store.find_or_create_topic, ctx.tag, topics, name, centroid, now,
-                                                         reuse, ctx.preempted)
-            created += int(was_created)
-            reused += int(not was_created)
+            topic = await ctx.thread(store.find_or_create_topic, ctx.tag, topics, name, centroid, now, reuse, ctx.preempted)
+            created += int(topic.created)
+            reused += int(not topic.created)
+            found.append({"name": topic.name, "episodes": len(members), "created": topic.created})
             episodes = [(recent.seqs[i], float(max(0.0, min(1.0, c)))) for i, c in zip(members, cos.tolist(), strict=True)]
             for start in range(0, len(episodes), _LINKS):
                 await ctx.step()
                 # the links of a concept this run created go with it on rollback: not journalled
-                links += await ctx.thread(store.link_episodes, ctx.tag, concept, episodes[start : start + _LINKS], not own,
-                                          ctx.preempted)
-            concepts[members] = concept
+                links += await ctx.thread(store.link_episodes, ctx.tag, topic.seq, episodes[start : start + _LINKS],
+                                          not topic.own, ctx.preempted)
+            concepts[members] = topic.seq
         figures.update(concepts_created=figures["concepts_created"] + created, concepts_reused=reused,
-                       links=figures["links"] + links)
+                       links=figures["links"] + links, unclustered=len(recent.seqs) - sum(len(c[0]) for c in clusters),
+                       topics=sorted(found, key=lambda t: -t["episodes"])[:_TOPICS_SHOWN])
         store.graph_changed(namespace)
         return await self._relations(ctx, cursor, figures, recent, concepts, now)
 

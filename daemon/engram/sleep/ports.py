@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 
 __all__ = [
     "Activity", "AuditTrail", "ConsolidationStore", "EpisodeColumns", "IndexRebuild", "JournalTag", "Recalibrator",
-    "RecentEpisode", "RelationDecay", "ReplayQuery",
+    "RecentEpisode", "RelationDecay", "ReplayQuery", "TopicRef",
 ]
 
 GiveWay = Callable[[], bool] | None
@@ -97,6 +97,19 @@ class RelationDecay(Protocol):
     def retracted(self) -> int: ...
 
 
+class TopicRef(Protocol):
+    """The topic concept a cluster went to (memory's ``engram.memory.topics.TopicRef``)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def created(self) -> bool: ...
+    @property
+    def own(self) -> bool: ...
+    @property
+    def name(self) -> str: ...
+
+
 class ReplayQuery(Protocol):
     seq: int
     vector: NDArray[np.float32]
@@ -139,7 +152,7 @@ class ConsolidationStore(Protocol):
     def matrix(self, vectors: Sequence[bytes], dim: int) -> NDArray[np.float32]: ...
     def topics(self, namespace: str) -> Any: ...
     def find_or_create_topic(self, tag: JournalTag, known: Any, name: str, centroid: NDArray[np.float32], now: float,
-                             reuse_similarity: float, give_way: GiveWay = None) -> tuple[int, bool, bool]: ...
+                             reuse_similarity: float, give_way: GiveWay = None) -> TopicRef: ...
     def link_episodes(self, tag: JournalTag, concept: int, episodes: Sequence[tuple[int, float]], journalled: bool,
                       give_way: GiveWay = None) -> int: ...
     def decay_relations(self, tag: JournalTag, after: int, limit: int, decay: float, floor: float, now: float,

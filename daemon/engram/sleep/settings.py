@@ -59,9 +59,15 @@ class ClusteringSettings(_Section):
     )
     max_episodes: int = Field(default=20_000, ge=10, description="At most this many recent episodes are clustered per namespace.")
     min_size: int = Field(default=3, ge=2, description="Smallest cluster that becomes a topic concept.")
-    max_k: int = Field(default=64, ge=1, description="Largest number of k-means clusters.")
-    per_cluster: int = Field(default=8, ge=2, description="k is about the episode count divided by this.")
-    iterations: int = Field(default=20, ge=1, le=1000, description="k-means iterations.")
+    merge_similarity: float = Field(
+        default=0.2, ge=-1, le=1,
+        description="Average linkage merges two groups of episodes while the mean cosine between their members is at least this.",
+    )
+    max_k: int = Field(
+        default=256, ge=2, le=4096,
+        description="Above this many recent episodes, spherical k-means first groups them into this many groups, which are then merged.",
+    )
+    iterations: int = Field(default=20, ge=1, le=1000, description="k-means iterations (only above max_k episodes).")
     reuse_similarity: float = Field(
         default=0.85, ge=-1, le=1,
         description="An existing topic concept whose vector has at least this cosine to a cluster centroid is reused.",
@@ -70,7 +76,7 @@ class ClusteringSettings(_Section):
         default=0.3, ge=-1, le=1,
         description="A cluster whose members have a mean cosine to the centroid below this does not become a concept.",
     )
-    terms: int = Field(default=3, ge=1, le=10, description="Top TF-IDF terms in a topic concept's name.")
+    terms: int = Field(default=3, ge=1, le=10, description="Words in a topic concept's name (its most distinctive, by class-based TF-IDF).")
     cooccurrence_gain: float = Field(
         default=0.1, ge=0, le=1, description="Weight added to a related_to relation per session in which both topics occur."
     )
