@@ -123,14 +123,16 @@ class GraphStore:
         return found
 
     def upsert(self, namespace: str, concepts: Sequence[ConceptSpec], relations: Sequence[RelationSpec], now: float,
-               vectors: dict[str, NDArray[np.float32]] | None = None) -> dict[str, Any]:
+               vectors: dict[str, NDArray[np.float32]] | None = None, background: bool = False) -> dict[str, Any]:
         """Apply concepts then relations in one transaction. ``vectors`` maps concept keys to
         embeddings for concepts that have none yet. Raises NotFound (nothing written) when an
-        episode id is unknown in the namespace."""
+        episode id is unknown in the namespace. ``background``: work that redoes itself after a
+        crash (knowledge extraction), committed without waiting for the disk (see
+        :meth:`MemoryDB.transaction`)."""
         vectors = vectors or {}
         out: dict[str, Any] = {"concepts": [], "relations": [], "retracted": [], "superseded": [], "created_concepts": [],
                                "created_relations": []}
-        with self.db.transaction() as conn:
+        with self.db.transaction(background=background) as conn:
             episode_ids = {e for c in concepts for e in c.episodes} | {e for r in relations for e in r.sources}
             episodes = self._resolve_episodes(conn, namespace, episode_ids)
             seen: dict[str, tuple[int, str, str, str]] = {}

@@ -212,6 +212,13 @@ class ExtractionSettings(_Section):
         default=2.0, ge=0, le=3600,
         description="Seconds after memory starts before extraction catches up with waiting episodes (a remember wakes it sooner).",
     )
+    quiet: float = Field(
+        default=0.2, ge=0, le=60,
+        description="Seconds without a write that a batch waits for, so that bursts of remember are not slowed by parsing.",
+    )
+    max_defer: float = Field(
+        default=2.0, ge=0, le=600, description="Longest a batch waits for quiet (a steady stream of writes still gets extracted).",
+    )
 
 
 class ReplayLogSettings(_Section):

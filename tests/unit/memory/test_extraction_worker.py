@@ -109,3 +109,13 @@ async def test_health_reports_the_lag(make_memory) -> None:
         assert "extraction off" in (await memory.health()).detail
     async with make_memory(extraction={"enabled": True, "start_delay": 3600}) as (memory, _):
         assert "extraction lag 1 episodes" in (await memory.health()).detail
+
+
+async def test_a_batch_waits_for_a_pause_in_the_writes(make_memory) -> None:
+    async with make_memory(extraction={**ON, "quiet": 1.5, "max_defer": 30}) as (memory, _):
+        started = time.monotonic()
+        await memory.remember(ctx(), remember("Ada lives in Paris."))
+        await anyio.sleep(0.5)
+        assert await anyio.to_thread.run_sync(memory.extraction.queue.lag) == 1  # still waiting for quiet
+        await caught_up(memory)
+        assert time.monotonic() - started >= 1.5

@@ -82,8 +82,10 @@ class ExtractionQueue:
         return out
 
     def advance(self, seq: int) -> None:
-        """Move the watermark to ``seq`` (never back)."""
-        with self.db.transaction() as conn:
+        """Move the watermark to ``seq`` (never back). Committed without waiting for the disk, like
+        the batch's graph write before it: SQLite's log keeps commits in order, so a power cut that
+        loses this commit loses at most the batch too, which is then redone."""
+        with self.db.transaction(background=True) as conn:
             conn.execute(
                 "INSERT INTO memory_extraction_cursors (extractor, watermark, updated_at) VALUES (?, ?, ?) "
                 "ON CONFLICT (extractor) DO UPDATE SET watermark = max(watermark, excluded.watermark), "

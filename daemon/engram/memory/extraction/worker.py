@@ -78,6 +78,7 @@ class ExtractionWorker:
         self.unavailable: str | None = None  # why extraction cannot run, once it is known
         self._send: Any = None
         self._receive: Any = None
+        self._last_wake = 0.0
 
     def open(self) -> None:
         """The wake-up stream (needs the event loop)."""
@@ -86,6 +87,7 @@ class ExtractionWorker:
     def wake(self) -> None:
         if self._send is None:
             return
+        self._last_wake = time.monotonic()
         try:
             self._send.send_nowait(None)
         except anyio.WouldBlock:
@@ -112,8 +114,18 @@ class ExtractionWorker:
                 return done
             if self.extractor is None and not await self._open_extractor():
                 return done
+            await self._wait_for_quiet()
             await self.process(batch)
             done += len(batch)
+
+    async def _wait_for_quiet(self) -> None:
+        """Let a burst of writes pass before a batch: parsing takes the interpreter (and a core)
+        from the requests, and doubled remember's latency while it ran alongside. A batch waits
+        until no write came for ``quiet`` seconds, at most ``max_defer``, so that a steady stream
+        of writes cannot hold extraction back for ever."""
+        quiet, deadline = self.settings.quiet, time.monotonic() + self.settings.max_defer
+        while (left := quiet - (time.monotonic() - self._last_wake)) > 0 and time.monotonic() < deadline:
+            await anyio.sleep(min(left, deadline - time.monotonic()))
 
     async def _open_extractor(self) -> bool:
         started = time.process_time()
@@ -151,7 +163,7 @@ class ExtractionWorker:
             vectors = await self._vectors(namespace, concepts, relations)
             try:
                 outcome = await anyio.to_thread.run_sync(
-                    lambda: self.graph.upsert(namespace, concepts, relations, time.time(), vectors)
+                    lambda: self.graph.upsert(namespace, concepts, relations, time.time(), vectors, background=True)
                 )
             except NotFound:
                 # An episode was forgotten while it was parsed: write what the others said.
