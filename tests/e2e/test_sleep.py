@@ -76,7 +76,7 @@ def test_run_reports_status_and_events(make_daemon):
         assert result["started"] is True and report["run"] == result["run"]
         assert report["outcome"] == "completed" and report["trigger"] == "manual"
         names = [s["name"] for s in report["stages"]]
-        assert names == ["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"]
+        assert names == ["importance", "clustering", "deduplication", "forgetting", "compaction", "replay", "recalibration"]
         clustering = next(s for s in report["stages"] if s["name"] == "clustering")
         assert clustering["figures"]["concepts_created"] == 3
         assert next(s for s in report["stages"] if s["name"] == "importance")["figures"]["scored"] == 24
@@ -88,7 +88,7 @@ def test_run_reports_status_and_events(make_daemon):
             if event["topic"] == "sleep.finished":
                 assert event["data"]["outcome"] == "completed" and event["data"]["run"] == result["run"]
                 break
-        assert topics[0] == "sleep.started" and topics.count("sleep.stage") == 6
+        assert topics[0] == "sleep.started" and topics.count("sleep.stage") == 7
 
         status = client.call("sleep.status")
         assert status["state"] == "idle" and status["run"] is None
@@ -172,7 +172,9 @@ def test_kill_during_a_run_then_restart_resumes_and_memory_is_consistent(make_da
         assert again["outcome"] == "completed" and again["resumes"] == run
         importance = next(s for s in again["stages"] if s["name"] == "importance")
         assert importance["figures"]["scored"] == len(ids)
-        assert client.call("memory.stats")["episodes"] == len(ids)
+        merged = next(s for s in again["stages"] if s["name"] == "deduplication")["figures"]["merged"]
+        stats = client.call("memory.stats")  # nothing lost: merged near-duplicates wait archived
+        assert stats["episodes"] == len(ids) - merged and stats["archived"] == merged
         third = client.call("sleep.run", {"wait": True})["report"]  # rerunning is harmless
         assert third["outcome"] == "completed" and third["resumes"] is None
         assert next(s for s in third["stages"] if s["name"] == "clustering")["figures"]["concepts_created"] == 0

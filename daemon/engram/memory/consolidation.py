@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.memory import journal, topics
+from engram.memory import journal, merging, topics
 from engram.memory.episodic import ReplayQuery
 from engram.memory.filters import SqlFilter
 from engram.memory.index import Rebuild
@@ -280,6 +280,22 @@ class MemoryConsolidation:
     def unarchive(self, namespace: str, seqs: Sequence[int], archived_at: float) -> list[int]:
         """See :meth:`engram.memory.episodic.Episodic.unarchive_seqs`."""
         return self._episodic.unarchive_seqs(namespace, seqs, archived_at)
+
+    # --- near-duplicates ------------------------------------------------------------------------------
+
+    def near_duplicates(self, namespace: str, since: float, after: int, limit: int, threshold: float,
+                        stop: Callable[[], bool] | None = None) -> tuple[list[tuple[int, int, float]], int | None]:
+        """See :func:`engram.memory.merging.near_duplicates`."""
+        return merging.near_duplicates(self._episodic, namespace, since, after, limit, threshold, stop)
+
+    def merge_duplicates(self, tag: Tag, pairs: Sequence[tuple[int, int, float]], now: float,
+                         give_way: GiveWay = None) -> list[tuple[str, str, float]]:
+        """See :func:`engram.memory.merging.merge` (undone by :meth:`undo` and :meth:`unarchive`)."""
+        return merging.merge(self._episodic, tag, pairs, now, give_way)
+
+    def merged_into(self, tag: Tag) -> dict[str, str]:
+        """See :func:`engram.memory.merging.merged_into`."""
+        return merging.merged_into(self._episodic, tag)
 
     # --- dream replay -------------------------------------------------------------------------------
 

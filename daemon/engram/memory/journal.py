@@ -16,6 +16,9 @@ changed row in ``ref``, what it was in ``before``):
 * ``relation`` — a relation created (its seq); ``relation_source`` — an evidence episode added
   to an existing relation (``relation:episode``);
 * ``relation_weight`` — a relation's weight and retraction as they were;
+* ``tag`` — a tag added to an episode (``seq:tag``); ``access`` — an episode's access count and
+  last access as they were (its seq; ``before`` ``{"access_count", "last_access"}``): both from
+  merging a near-duplicate into it (:mod:`engram.memory.merging`);
 * ``archived`` — episodes archived (``before``: their seqs and the archiving time); undone by
   :meth:`engram.memory.consolidation.MemoryConsolidation.unarchive`, not by :func:`undo`, and
   kept, so that a repeated rollback finds them again and changes nothing.
@@ -91,6 +94,13 @@ def undo(conn: Any, tag: Tag, limit: int) -> Counter[str]:
         elif kind == "relation_source":
             relation, episode = (int(x) for x in ref.split(":"))
             conn.execute("DELETE FROM memory_relation_sources WHERE relation = ? AND episode = ?", (relation, episode))
+        elif kind == "tag":
+            seq, name = ref.split(":", 1)
+            conn.execute("DELETE FROM memory_episode_tags WHERE seq = ? AND tag = ?", (int(seq), name))
+        elif kind == "access":
+            old = json.loads(before)
+            conn.execute("UPDATE memory_episodes SET access_count = ?, last_access = ? WHERE seq = ? AND namespace = ?",
+                         (old["access_count"], old["last_access"], int(ref), namespace))
         elif kind == "relation_weight":
             old = json.loads(before)
             conn.execute("UPDATE memory_relations SET weight = ?, retracted_at = ? WHERE seq = ?",

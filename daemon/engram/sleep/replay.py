@@ -13,8 +13,10 @@ recall is the share of them it finds, averaged over the queries that have any. `
 ``recall_before - recall_after``. A relevant episode missing from a replay's results still counts
 as found when it is live and scores no higher than the k-th result: better-scoring episodes took
 its place (typically recent or important ones that entered recall's candidate pool once
-forgetting emptied part of it), which is ranking working, not memory lost. When ``drop`` exceeds ``sleep.replay.max_drop`` the figures say
-``worse: true`` and the runner rolls back forgetting, clustering and importance of the namespace.
+forgetting emptied part of it), which is ranking working, not memory lost. One that the
+deduplication stage merged into another counts as found when that one is. When ``drop`` exceeds ``sleep.replay.max_drop`` the figures say
+``worse: true`` and the runner rolls back forgetting, deduplication, clustering and importance of the
+namespace.
 ``overlap`` (the share of the before-results found again) is reported alongside.
 
 The snapshot is saved (sleep's table ``sleep_cursors``, stage ``replay.before``) as it goes, so a run
@@ -30,7 +32,7 @@ from typing import Any, ClassVar
 
 import structlog
 
-from engram.sleep.ports import ReplayQuery
+from engram.sleep.ports import JournalTag, ReplayQuery
 from engram.sleep.stage import StageContext
 
 __all__ = ["ReplayStage"]
@@ -158,6 +160,8 @@ class ReplayStage:
             after += await ctx.thread(_replay_some, ctx, queued, relevant_lists, len(after), snap["k"])
             ctx.progress(len(after), len(queued))
             await ctx.step()
+        # An episode this run merged into its near-duplicate is found when that one is.
+        into = await ctx.thread(ctx.store.merged_into, JournalTag(ctx.run_id, ctx.namespace, "deduplication"))
         before_recall: list[float] = []
         after_recall: list[float] = []
         overlap: list[float] = []
@@ -169,7 +173,8 @@ class ReplayStage:
             if relevant:
                 # a relevant episode rightly outranked by better-scoring ones counts as found
                 b = len((before | set(item.get("outranked_before", []))) & relevant) / len(relevant)
-                a = len((found | set(got["outranked"] if got is not None else [])) & relevant) / len(relevant)
+                reached = found | set(got["outranked"] if got is not None else [])
+                a = sum(1 for i in relevant if i in reached or into.get(i) in reached) / len(relevant)
                 before_recall.append(b)
                 after_recall.append(a)
                 worse_queries += a < b

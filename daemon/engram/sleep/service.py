@@ -77,7 +77,7 @@ __all__ = ["Sleep"]
 log = structlog.get_logger("engram.sleep")
 
 # Stages whose changes dream replay may undo, in the order they are undone.
-ROLLBACK_ORDER = ("forgetting", "clustering", "importance")
+ROLLBACK_ORDER = ("forgetting", "deduplication", "clustering", "importance")
 _PREEMPTED_EVERY = 5.0  # seconds between sleep.preempted events of one run
 _POLL = 0.01  # seconds between looks at the foreground while yielding
 _MAX_PAUSE = 10.0  # the CPU-budget pause after one unit, at most

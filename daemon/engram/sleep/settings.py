@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 __all__ = [
     "ClusteringSettings",
     "CompactionSettings",
+    "DeduplicationSettings",
     "ForgettingSettings",
     "ImportanceSettings",
     "ReplaySettings",
@@ -19,7 +20,7 @@ __all__ = [
 _DAY = 86_400.0
 
 # The stage names, in run order (engram.sleep.stages.ORDER is the same tuple).
-StageName = Literal["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"]
+StageName = Literal["importance", "clustering", "deduplication", "forgetting", "compaction", "replay", "recalibration"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -91,6 +92,20 @@ class ClusteringSettings(_Section):
     )
 
 
+class DeduplicationSettings(_Section):
+    """Merging near-duplicate episodes (engram.memory.merging)."""
+
+    similarity: float = Field(
+        default=0.97, ge=0.5, le=1,
+        description="Episodes of one namespace whose embeddings are at least this cosine-similar are merged into one.",
+    )
+    window: float = Field(
+        default=7 * _DAY, ge=0,
+        description="Seconds back from the run that episodes are looked up from (each against all of the namespace); 0: all.",
+    )
+    batch: int = Field(default=256, ge=1, le=10_000, description="Episodes looked up per unit of work.")
+
+
 class ForgettingSettings(_Section):
     """Archiving low-importance, old, unlinked episodes and deleting them after a grace period."""
 
@@ -156,12 +171,14 @@ class SleepSettings(_Section):
         "steady stream of requests slows consolidation down without starving it.",
     )
     stages: list[StageName] = Field(
-        default_factory=lambda: ["importance", "clustering", "forgetting", "compaction", "replay", "recalibration"],
+        default_factory=lambda: ["importance", "clustering", "deduplication", "forgetting", "compaction", "replay",
+                                 "recalibration"],
         description="Stages a triggered run performs (sleep.run may name others).",
     )
     keep_reports: int = Field(default=100, ge=1, description="Completed runs kept in the database.")
     importance: ImportanceSettings = Field(default_factory=ImportanceSettings)
     clustering: ClusteringSettings = Field(default_factory=ClusteringSettings)
+    deduplication: DeduplicationSettings = Field(default_factory=DeduplicationSettings)
     forgetting: ForgettingSettings = Field(default_factory=ForgettingSettings)
     replay: ReplaySettings = Field(default_factory=ReplaySettings)
     compaction: CompactionSettings = Field(default_factory=CompactionSettings)

@@ -7,7 +7,7 @@ without importing the stages themselves (and with them numpy, FAISS and ONNX Run
 
 __all__ = ["ORDER", "PER_RUN"]
 
-ORDER = ("importance", "clustering", "forgetting", "compaction", "replay", "recalibration")
+ORDER = ("importance", "clustering", "deduplication", "forgetting", "compaction", "replay", "recalibration")
 
 # Stages that run once per run rather than once per namespace.
 PER_RUN = ("recalibration",)

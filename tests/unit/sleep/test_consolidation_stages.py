@@ -83,16 +83,16 @@ async def remember(env, items: list[dict]) -> list[str]:
     return (await env.memory.remember(rpc_ctx(), params)).ids
 
 
-def groups(rng: np.random.Generator, words: list[str], per: int, spread: float = 0.05, batch: str = "") -> list[dict]:
+def groups(rng: np.random.Generator, words: list[str], per: int, spread: float = 0.05, first: int = 0) -> list[dict]:
     """One tight group of vectors per word, well apart from each other; texts name their group
-    (and ``batch``: a text remembered again would be the same episode)."""
+    and number their notes from ``first`` (a text remembered again would be the same episode)."""
     items = []
     for g, word in enumerate(words):
         centre = np.zeros(DIM, np.float32)
         centre[g] = 1.0
         for i in range(per):
             vec = centre + rng.normal(scale=spread, size=DIM).astype(np.float32)
-            items.append({"text": f"{word} note {i} about {word}{batch}", "vector": unit(vec), "session": f"s{i % 3}",
+            items.append({"text": f"{word} note {first + i} about {word}", "vector": unit(vec), "session": f"s{i % 3}",
                           "time": NOW - 60 * (len(items) + 1)})
     return items
 
@@ -178,7 +178,7 @@ async def test_clustering_rollback_removes_what_the_run_made_and_restores_weight
         concepts = env.sql("SELECT seq FROM memory_concepts ORDER BY seq")
         # a second run strengthens/decays; its rollback restores exactly the state after the first
         env.sql("INSERT INTO sleep_runs (id, trigger, stages, started_at, outcome) VALUES (1, 'manual', '[]', ?, 'completed')", 0.0)
-        await remember(env, groups(np.random.default_rng(9), ["kernel", "garden", "violin"], per=8, batch=" again"))
+        await remember(env, groups(np.random.default_rng(9), ["kernel", "garden", "violin"], per=8, first=8))
         figures = await ClusteringStage().run(env.ctx(s, run_id=2, stage="clustering"))
         assert figures["concepts_created"] == 1 and figures["concepts_reused"] == 2, figures
         live_before = [seq for seq, _w, retracted in before if retracted is None]

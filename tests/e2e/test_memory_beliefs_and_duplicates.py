@@ -88,3 +88,25 @@ def test_remembering_a_text_again_answers_the_existing_episode(make_daemon):
         time.sleep(1.0)  # access counts are written every memory.access_flush_interval seconds (a get is one too)
         got = client.call("memory.get", {"ids": [first["ids"][0], ids[0]]})["episodes"]
         assert [e["access_count"] for e in got] == [1, 5]  # each repeat counted once
+
+
+def test_sleep_merges_near_duplicates(make_daemon):
+    daemon = make_daemon(env=NO_MODEL)
+    with daemon.client(timeout=120) as client:
+        ids = client.call("memory.remember", {"items": [
+            {"text": "The meeting moved to Tuesday.", "vector": [1.0, 0.01, 0.0], "tags": ["work"]},
+            {"text": "Meeting has moved to Tuesday", "vector": [1.0, 0.02, 0.0], "tags": ["calendar"]},
+            {"text": "Buy oat milk.", "vector": [0.0, 0.0, 1.0]},
+        ]})["ids"]
+        namespace = client.call("memory.stats")["namespace"]
+        report = client.call("sleep.run", {"namespace": namespace, "stages": ["deduplication"], "wait": True})["report"]
+        figures = report["stages"][0]["figures"]
+        assert report["stages"][0]["name"] == "deduplication" and figures["merged"] == 1
+        assert [p[:2] for p in figures["pairs"]] == [ids[:2]]
+        kept, merged, other = client.call("memory.get", {"ids": ids})["episodes"]
+        assert kept["archived_at"] is None and merged["archived_at"] is not None and other["archived_at"] is None
+        assert kept["tags"] == ["calendar", "work"]
+        hits = client.call("memory.recall", {"vector": [1.0, 0.02, 0.0], "k": 3})["hits"]
+        assert [h["id"] for h in hits] == [ids[0], ids[2]]
+        stats = client.call("memory.stats")
+        assert stats["episodes"] == 2 and stats["archived"] == 1
