@@ -147,6 +147,12 @@ class WeightsIn(Params):
     superseded: float | None = Field(
         default=None, ge=0, le=1, description="Share of its score an episode of superseded facts loses (0: none)."
     )
+    neighbour: float | None = Field(
+        default=None, ge=0, le=1, description="How far an episode is lifted towards its session neighbours' score (0: not)."
+    )
+    session: float | None = Field(
+        default=None, ge=0, le=1, description="How far an episode is lifted towards its session's best score (0: not)."
+    )
 
 
 class RecallParams(Params):
@@ -170,6 +176,13 @@ class ScoreParts(_Out):
     superseded: float = Field(
         description="1 when the facts learned from the episode were all superseded by newer ones (the score is then "
         "multiplied by 1 - weights.superseded), else 0."
+    )
+    neighbour: float = Field(
+        description="The better score of the episodes just before and after it in its session (0 without a session); "
+        "the score is lifted towards it by weights.neighbour."
+    )
+    session: float = Field(
+        description="The best score in its session (0 without a session); the score is lifted towards it by weights.session."
     )
 
 

@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 from engram.errors import InvalidParams, NotFound, Overloaded, Unavailable
 from engram.memory import ids as idgen
 from engram.memory.api import EpisodeIn, Filter
+from engram.memory.context import CONTEXT_OF, lift, neighbour_scores
 from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
 from engram.memory.filters import SqlFilter, check_tags, compile_filter, fts_terms
@@ -494,33 +495,20 @@ class Episodic:
         # One read transaction for the candidates' facts and the winners' rows: the rows are
         # those the facts came from, so nothing is re-checked (archived, forgotten, filtered).
         with self.store.snapshot() as conn:
-            facts = self.store.facts(namespace, list(candidates), flt, vectors_for=[c for c in candidates if c not in sims],
-                                     conn=conn)
-            if not facts:
+            scored = self._score(conn, namespace, flt, list(candidates), sims, keyword, activated, query, now, weights,
+                                 bool(text), activation)
+            if scored is None:
                 return []
-            # Scored as arrays, one element per candidate: the parts of the k winners only become dicts.
-            seqs = list(facts)
-            known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
-            similarity = np.array(
-                [
-                    sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
-                    for _, _, sim, vector in known
-                ],
-                np.float64,
-            )
-            parts = {
-                "vector": np.clip(similarity, 0.0, 1.0),
-                "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
-                "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, s.recency_half_life),
-                "importance": np.array([importance for _, importance, _, _ in known], np.float64),
-                "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
-            }
-            stale = self.graph.superseded_episodes(conn, seqs) if weights.superseded > 0 else set()
-            parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
-            scores = combine(parts, weights, bool(text), activation)
+            seqs, parts, scores = scored
+            if weights.neighbour > 0 or weights.session > 0:
+                seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, query, now, weights,
+                                                       bool(text), activation)
+            else:
+                parts["neighbour"] = parts["session"] = np.zeros(len(seqs), np.float64)
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
             winners = [seqs[i] for i in order]
             rows = self.store.hits(conn, namespace, winners)  # whole rows for the winners only
+            stale = {seq for seq, flag in zip(seqs, parts["superseded"].tolist()) if flag}
             reasons = self.graph.superseded_facts(conn, [seq for seq in winners if seq in stale]) if stale else {}
         columns = {name: values[order].tolist() for name, values in parts.items()}
         best = scores[order].tolist()
@@ -533,6 +521,62 @@ class Episodic:
             hit["superseded"] = reasons.get(seq, [])
             hits.append(hit)
         return hits
+
+    def _score(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, candidates: list[int], sims: dict[int, float],
+               keyword: dict[int, float], activated: dict[int, float], query: NDArray[np.float32], now: float,
+               weights: Weights, with_keyword: bool, activation: bool,
+               ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]] | None:
+        """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores,
+        as arrays with one element per episode (the parts of the k winners only become dicts);
+        None when none is left."""
+        facts = self.store.facts(namespace, candidates, flt, vectors_for=[c for c in candidates if c not in sims], conn=conn)
+        if not facts:
+            return None
+        seqs = list(facts)
+        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
+        similarity = np.array(
+            [
+                sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
+                for _, _, sim, vector in known
+            ],
+            np.float64,
+        )
+        parts = {
+            "vector": np.clip(similarity, 0.0, 1.0),
+            "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
+            "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, self.settings.recall.recency_half_life),
+            "importance": np.array([importance for _, importance, _, _ in known], np.float64),
+            "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
+        }
+        stale = self.graph.superseded_episodes(conn, seqs) if weights.superseded > 0 else set()
+        parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
+        return seqs, parts, combine(parts, weights, with_keyword, activation)
+
+    def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, seqs: list[int],
+                    parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, query: NDArray[np.float32],
+                    now: float, weights: Weights, with_keyword: bool, activation: bool,
+                    ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]]:
+        """Scores lifted by conversation context (:mod:`engram.memory.context`): the best
+        candidates' session neighbours join them (scored like candidates, without a keyword or
+        activation part of their own), then every episode placed in a session is lifted."""
+        best = [seqs[i] for i in np.argsort(-scores, kind="stable")[: max(2 * k, CONTEXT_OF)].tolist()]
+        near = self.store.session_neighbours(conn, namespace, best)
+        # The best ones' neighbours are placed too, so that they can be lifted by them; those that
+        # were no candidate are scored first.
+        beside = list(dict.fromkeys(n for _, before, after in near.values() for n in (before, after)
+                                    if n is not None and n not in near))
+        known = set(seqs)
+        extra = [n for n in beside if n not in known]
+        if extra:
+            more = self._score(conn, namespace, flt, extra, {}, {}, {}, query, now, weights, with_keyword, activation)
+            if more is not None:
+                more_seqs, more_parts, more_scores = more
+                seqs = seqs + more_seqs
+                parts = {name: np.concatenate((values, more_parts[name])) for name, values in parts.items()}
+                scores = np.concatenate((scores, more_scores))
+        near.update(self.store.session_neighbours(conn, namespace, beside))
+        parts["neighbour"], parts["session"] = neighbour_scores(seqs, scores, near)
+        return seqs, parts, lift(scores, parts["neighbour"], parts["session"], weights.neighbour, weights.session)
 
     # --- forgetting ------------------------------------------------------------------------------------
 

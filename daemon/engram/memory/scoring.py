@@ -46,10 +46,14 @@ class Weights:
     importance: float
     activation: float
     superseded: float = 0.0  # share of the score an episode of superseded facts loses (0..1)
+    neighbour: float = 0.0  # conversation context (engram.memory.context): lift towards the neighbours' score (0..1)
+    session: float = 0.0  # and towards the session's best (0..1)
 
 
 def recency(time: float, now: float, half_life: float) -> float:
-    return 0.5 ** (max(0.0, now - time) / half_life)
+    # Through numpy like recencies: its vectorised pow may differ from the C library's in the
+    # last bit, and one episode must score the same whichever way it is scored.
+    return float(recencies(np.array([time], np.float64), now, half_life)[0])
 
 
 def recencies(times: NDArray[np.float64], now: float, half_life: float) -> NDArray[np.float64]:

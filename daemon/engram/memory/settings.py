@@ -35,7 +35,7 @@ class RecallWeights(_Section):
 
     vector: float = Field(default=0.6, ge=0, le=100, description="Weight of cosine similarity to the query vector.")
     keyword: float = Field(
-        default=0.2, ge=0, le=100, description="Weight of the full-text match: bm25 / (bm25 + memory.recall.keyword_saturation)."
+        default=0.6, ge=0, le=100, description="Weight of the full-text match: bm25 / (bm25 + memory.recall.keyword_saturation)."
     )
     recency: float = Field(
         default=0.1, ge=0, le=100, description="Weight of recency: 0.5 ** (age / memory.recall.recency_half_life)."
@@ -54,6 +54,20 @@ class RecallWeights(_Section):
         description="Share of its score an episode loses when the facts learned from it were all superseded by newer "
         "ones (a factor on the weighted mean, not a weight in it; 0: no demotion).",
     )
+    neighbour: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="Conversation context: how far an episode with a session is lifted towards the better score of the "
+        "episodes just before and after it in that session (0: not at all, 1: all the way).",
+    )
+    session: float = Field(
+        default=0.25,
+        ge=0,
+        le=1,
+        description="Conversation context: how far an episode with a session is lifted towards the best score in its "
+        "session (0: not at all).",
+    )
 
 
 class RecallSettings(_Section):
@@ -62,7 +76,7 @@ class RecallSettings(_Section):
         default=30 * DAY, gt=0, le=100 * 365 * DAY, description="Seconds after which an episode's recency part halves."
     )
     keyword_saturation: float = Field(
-        default=2.0,
+        default=4.0,
         gt=0,
         le=1000,
         description="The bm25 at which the keyword part is 0.5; words common in the corpus score near 0, rare ones near 1.",

@@ -21,7 +21,7 @@ from engram.memory.api import (
     WorkingPutParams,
 )
 from engram.memory.embedding import Embedder, LocalEmbedder
-from engram.memory.filters import compile_filter, fts_query
+from engram.memory.filters import compile_filter, fts_terms
 from engram.memory.importexport import LineError, import_jsonl, read_batches
 from engram.memory.namespaces import NamespacePolicy
 from engram.memory.settings import MemorySettings
@@ -68,9 +68,11 @@ def test_filters_compile_to_parameterised_sql() -> None:
     assert err.value.data["field"] == "filter.tags.0"
 
 
-def test_fts_query_quotes_every_word() -> None:
-    assert fts_query('what "did" I eat? NEAR(a b) OR *') == '"what" OR "did" OR "i" OR "eat" OR "near" OR "a" OR "b" OR "or"'
-    assert fts_query("?!  ") is None
+def test_fts_terms_quote_every_word_and_leave_out_function_words() -> None:
+    assert fts_terms('what "did" I eat? NEAR(a b) OR * x"y') == ['"eat"', '"near"', '"b"', '"x"', '"y"']
+    assert fts_terms("When did Ana adopt the kitten?") == ['"ana"', '"adopt"', '"kitten"']
+    assert fts_terms("The Who") == ['"the"', '"who"']  # nothing but function words: all of them
+    assert fts_terms("?!  ") == []
 
 
 def test_namespace_policy() -> None:
