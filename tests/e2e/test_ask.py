@@ -193,3 +193,23 @@ def test_no_generate_provider(make_daemon):
     with pytest.raises(Exception) as info:
         daemon.call("route.ask", {"question": "Hello?", "remember": False})
     assert info.value.code == -32005 and info.value.reason == "no_provider"
+
+
+def test_ask_links_partial_names_and_states_current_facts_first(asker):
+    ns = "ask-beliefs"
+    year = lambda y: f"{y}-01-01T00:00:00Z"  # noqa: E731
+    asker.call("memory.graph.upsert", {"namespace": ns, "relations": [
+        {"src": "Grace Okafor", "dst": "Lagos", "type": "lives_in", "valid_from": year(2019), "exclusive": True}]})
+    asker.call("memory.graph.upsert", {"namespace": ns, "relations": [
+        {"src": "Grace Okafor", "dst": "Toronto", "type": "lives_in", "valid_from": year(2024), "exclusive": True},
+        {"src": "Grace Okafor", "dst": "Shopify", "type": "works_at", "weight": 0.4}]})
+    answer = asker.call("route.ask", {"question": "Where does Grace live these days?", "namespace": ns, "remember": False})
+    facts = [s["text"] for s in answer["sources"] if s["tier"] == "semantic"]
+    # "Grace" names "Grace Okafor" by its first word; what holds now, then what held until 2024
+    assert facts == ["Grace Okafor works at Shopify", "Grace Okafor lives in Toronto", "Grace Okafor lives in Lagos (until 2024-01-01)"] \
+        or facts == ["Grace Okafor lives in Toronto", "Grace Okafor works at Shopify", "Grace Okafor lives in Lagos (until 2024-01-01)"]
+    [sent] = [c for c in asker.provider_calls("echo") if "Grace" in c["prompt"]]
+    prompt = sent["prompt"]
+    assert prompt.index("- [semantic] Grace Okafor lives in Toronto") < prompt.index("- [semantic] Grace Okafor lives in Lagos (until")
+    nobody = asker.call("route.ask", {"question": "Where does Gracie live?", "namespace": ns, "remember": False})
+    assert [s for s in nobody["sources"] if s["tier"] == "semantic"] == []  # "Gracie" is not a first word of "Grace Okafor"

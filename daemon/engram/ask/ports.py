@@ -74,8 +74,9 @@ class AskMemory(Protocol):
 
     async def remember(self, ctx: RequestContext, params: RememberParams) -> RememberResult: ...
 
-    def concept_names(self, namespace: str, names: Sequence[str]) -> list[str]:
-        """The stored names of the namespace's concepts among ``names`` (blocking: a worker thread)."""
+    def linked_concepts(self, namespace: str, candidates: Sequence[str], limit: int) -> list[str]:
+        """The stored names of the namespace's concepts that ``candidates`` name, wholly or by
+        their first words, at most ``limit`` (blocking: a worker thread)."""
         ...
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import anyio
@@ -54,6 +55,10 @@ from engram.server.methods import RequestContext, rpc
 __all__ = ["Ask"]
 
 log = structlog.get_logger("engram.ask")
+
+
+def _day(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d")
 
 
 class Ask:
@@ -94,25 +99,38 @@ class Ask:
         return [Source("episodic", h.id, h.text, float(h.score), tuple(h.tags)) for h in recalled.hits]
 
     def _concepts_named(self, namespace: str, question: str) -> list[str]:
-        """Names of the namespace's concepts the question names, longest first (blocking: a thread)."""
+        """The namespace's concepts the question names, wholly or by their first words, longest
+        run of words first (blocking: a thread)."""
         names = concept_candidates(question)
-        return self._memory.concept_names(namespace, names) if names else []
+        return self._memory.linked_concepts(namespace, names, self.settings.concepts) if names else []
 
     async def _semantic(self, ctx: RequestContext, namespace: str, question: str) -> list[Source]:
+        """The believed facts of the concepts the question names: those that hold now by their
+        weight, then those whose validity has ended, marked with when, and always ranked below
+        every current one (half the lowest current score), so that the prompt states what holds
+        first and what held only as history."""
         if self.settings.concepts == 0:
             return []
         names = await anyio.to_thread.run_sync(self._concepts_named, namespace, question)
-        out: dict[str, Source] = {}
-        for name in names[: self.settings.concepts]:
+        now = time.time()
+        current: dict[str, Source] = {}
+        ended: dict[str, tuple[str, float]] = {}
+        for name in names:
             try:
                 graph = await self._memory.graph_query(ctx, GraphQueryParams(concept=name, depth=1, namespace=namespace))
             except NotFound:  # forgotten since it was found
                 continue
             for rel in graph.relations:
-                if rel.retracted_at is None and rel.id not in out:
-                    text = f"{rel.src} {rel.type.replace('_', ' ')} {rel.dst}"
-                    out[rel.id] = Source("semantic", rel.id, text, float(rel.weight))
-        return list(out.values())
+                if rel.retracted_at is not None or rel.id in current or rel.id in ended:
+                    continue
+                text = f"{rel.src} {rel.type.replace('_', ' ')} {rel.dst}"
+                if rel.valid_to is not None and rel.valid_to <= now:
+                    ended[rel.id] = (f"{text} (until {_day(rel.valid_to)})", float(rel.weight))
+                else:
+                    current[rel.id] = Source("semantic", rel.id, text, float(rel.weight))
+        floor = min((s.score for s in current.values()), default=1.0)
+        past = [Source("semantic", rid, text, 0.5 * min(weight, floor)) for rid, (text, weight) in ended.items()]
+        return [*current.values(), *past]
 
     async def _sources_exist(self, ctx: RequestContext, namespace: str, sources: Sequence[dict[str, Any]]) -> bool:
         """Whether a cached answer's episodic sources are all still remembered (a forgotten memory

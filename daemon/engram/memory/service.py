@@ -84,6 +84,7 @@ from engram.memory.extraction.worker import ExtractionWorker
 from engram.memory.filters import SqlFilter, check_tags
 from engram.memory.index import FILE_NAME, IndexFileError, VectorIndex
 from engram.memory.keyed_vectors import KeyedVectors
+from engram.memory.linking import linked_concepts
 from engram.memory.namespaces import NamespaceDecider, NamespacePolicy
 from engram.memory.scoring import Weights
 from engram.memory.semantic import ConceptSpec, GraphStore, RelationSpec, concept_key
@@ -389,7 +390,7 @@ class Memory(Part):
         over = params.weights
         pick = lambda name: getattr(over, name) if over is not None and getattr(over, name) is not None else getattr(base, name)
         weights = Weights(pick("vector"), pick("keyword"), pick("recency"), pick("importance"), pick("activation"),
-                          pick("superseded"))
+                          pick("superseded"), pick("neighbour"), pick("session"))
         if weights.vector + weights.recency + weights.importance <= 0:
             raise InvalidParams("weights: at least one of vector, recency, importance must be > 0",
                                 field="weights", reason="zero_weights")
@@ -412,20 +413,12 @@ class Memory(Part):
         the episodes' ``text_sha256``, which only the owner can match against a text."""
         return self.content_key.digests(text_sha256s)
 
-    def concept_names(self, namespace: str, names: Sequence[str]) -> list[str]:
-        """The stored names of the namespace's concepts among ``names`` (matched as concept names
-        are, case and spacing aside), in the order of ``names``; for in-process callers such as
-        route.ask (blocking: call from a worker thread)."""
-        keys = list(dict.fromkeys(concept_key(name) for name in names))
-        found: dict[str, str] = {}
+    def linked_concepts(self, namespace: str, candidates: Sequence[str], limit: int) -> list[str]:
+        """The stored names of the namespace's concepts that ``candidates`` (runs of a question's
+        words, longest first) name wholly or by their first words (:mod:`engram.memory.linking`);
+        for route.ask (blocking: call from a worker thread)."""
         with self.db.read() as conn:
-            for start in range(0, len(keys), 900):  # SQLite's bound on parameters per statement
-                chunk = keys[start : start + 900]
-                found.update(conn.execute(
-                    f"SELECT key, name FROM memory_concepts WHERE namespace = ? AND key IN ({','.join('?' * len(chunk))})",
-                    (namespace, *chunk),
-                ).fetchall())
-        return [found[key] for key in keys if key in found]
+            return linked_concepts(conn, namespace, candidates, limit)
 
     async def forget_seqs(self, namespace: str, seqs: list[int], scope: str = "sleep", principal: Principal | None = None,
                           task_id: int | None = None) -> Forgotten:

@@ -15,18 +15,26 @@ def unit(*values: float) -> np.ndarray:
     return vector / np.linalg.norm(vector)
 
 
-async def test_concept_names_are_the_stored_names_in_the_order_asked(make_memory) -> None:
+async def test_linked_concepts_by_whole_name_or_first_words_in_the_order_asked(make_memory) -> None:
     async with make_memory() as (memory, _):
         request = ctx()
         await memory.graph_upsert(request, GraphUpsertParams.model_validate(
             {"relations": [{"src": "Ada  Lovelace", "type": "wrote", "dst": "Notes"}]}
         ))
+        await memory.graph_upsert(request, GraphUpsertParams.model_validate(
+            {"relations": [{"src": "Ada Byron", "type": "married", "dst": "The Notes Society"}]}
+        ))
         namespace = memory.namespaces.resolve(request.principal, request.method, None)
         asked = ["notes", "ADA lovelace", "ada", "ada  lovelace"]
-        found = await anyio.to_thread.run_sync(memory.concept_names, namespace, asked)
-        assert found == ["Notes", "Ada Lovelace"]  # matched case and spacing aside, each once
-        assert memory.concept_names("uid:2000", asked) == []  # another namespace's concepts are not these
-        assert memory.concept_names(namespace, []) == []
+        found = await anyio.to_thread.run_sync(memory.linked_concepts, namespace, asked, 10)
+        # matched case and spacing aside, each once; "ada" names both Adas by their first word,
+        # the shorter name first
+        assert found == ["Notes", "Ada Lovelace", "Ada Byron"]
+        assert memory.linked_concepts(namespace, asked, 2) == ["Notes", "Ada Lovelace"]
+        assert memory.linked_concepts(namespace, ["the"], 10) == []  # function words link whole names only
+        assert memory.linked_concepts(namespace, ["lovelace", "ad", "notes society"], 10) == []  # first words only
+        assert memory.linked_concepts("uid:2000", asked, 10) == []  # another namespace's concepts are not these
+        assert memory.linked_concepts(namespace, [], 10) == []
 
 
 async def test_keyed_vectors_keep_a_key_once_and_find_the_nearest_keys(make_memory) -> None:
