@@ -50,6 +50,10 @@ async def test_remembered_text_becomes_concepts_and_relations_with_its_episode(m
         kinds = {n.concept.name: n.concept.kind for n in carol.neighbours}
         assert kinds == {"Acme Corp": "organisation", "Lyon": "place"}
         assert "memory.graph.updated" in [e.topic for e in events.events]
+        sample = memory.extraction.metrics.registry.get_sample_value
+        assert sample("engram_memory_extraction_episodes_total") == 1 and sample("engram_memory_extraction_lag") == 0
+        assert sample("engram_memory_extraction_relations_total", {"status": "created"}) == 2
+        assert sample("engram_memory_extraction_concepts_total") == 3
 
 
 async def test_a_move_is_a_new_fact_valid_from_its_episode(make_memory) -> None:

@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import anyio
 import structlog
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from engram.errors import NotFound
 from engram.memory.extraction.local import Extraction
@@ -42,13 +42,17 @@ class Extractor(Protocol):
 
 class ExtractionMetrics:
     def __init__(self, registry: CollectorRegistry | None) -> None:
-        r = registry if registry is not None else CollectorRegistry()
+        r = self.registry = registry if registry is not None else CollectorRegistry()
         self.episodes = Counter("engram_memory_extraction_episodes", "Episodes read by knowledge extraction.", registry=r)
         self.relations = Counter(
             "engram_memory_extraction_relations", "Relations extraction sent to the graph, by outcome (created, sources_added, ...).",
             ["status"], registry=r,
         )
         self.concepts = Counter("engram_memory_extraction_concepts", "Concepts extraction created.", registry=r)
+        self.lag = Gauge(
+            "engram_memory_extraction_lag", "Episodes waiting for extraction, as counted before each batch (0 once caught up).",
+            registry=r,
+        )
         self.batch_seconds = Histogram(
             "engram_memory_extraction_batch_seconds", "Seconds per extraction batch (parse and graph write).",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -111,7 +115,9 @@ class ExtractionWorker:
         while True:
             batch = await anyio.to_thread.run_sync(self.queue.pending, self.settings.batch, self.settings.max_chars)
             if not batch:
+                self.metrics.lag.set(0)
                 return done
+            self.metrics.lag.set(await anyio.to_thread.run_sync(self.queue.lag))
             if self.extractor is None and not await self._open_extractor():
                 return done
             await self._wait_for_quiet()
