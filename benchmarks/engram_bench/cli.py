@@ -217,7 +217,7 @@ def bench_route(size: str, plot: Path, as_json: bool) -> None:
 @click.option("--stage", "stages", multiple=True, metavar="STAGE",
               help="Run only this stage (repeatable; default: all), to see what one stage costs foreground recall.")
 @click.option("--topics-only", is_flag=True,
-              help="Only the topic check: sleep's clustering of the labelled notes (purity, unclustered notes, names).")
+              help="Only the topic check: sleep's clustering of the labelled note sets (purity, unclustered notes, names).")
 @json_option
 def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int, k: int, replay_queries: int,
                 timeout: float, stages: tuple[str, ...], topics_only: bool, as_json: bool) -> None:

@@ -41,7 +41,7 @@ import random
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -446,7 +446,7 @@ class SleepBenchReport:
     recall_before: float = float("nan")
     recall_after: float = float("nan")
     replay_queries: int = 0
-    topics: dict[str, Any] | None = None  # measure_topics on the labelled notes, in a daemon of its own
+    topics: list[dict[str, Any]] | None = None  # measure_topics on each labelled set, in a daemon of its own
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -556,20 +556,18 @@ class SleepBenchReport:
         return "\n".join(lines)
 
 
-# --- topics on a labelled set ---------------------------------------------------------------------------
+# --- topics on labelled sets ----------------------------------------------------------------------------
 
 TOPIC_NAMESPACE = "bench:topics"
 TARGET_PURITY = 0.9
 
 
-def note_items(now: float) -> list[dict[str, Any]]:
-    """The labelled notes as ``memory.remember`` items: in a fixed shuffled order (subjects
-    interleave, as they do in a day), a minute apart over the past hour, five notes a session."""
-    from engram_bench.topic_notes import NOTES
-
-    order = list(range(len(NOTES)))
+def note_items(notes: Sequence[tuple[str, str]], now: float) -> list[dict[str, Any]]:
+    """Labelled notes as ``memory.remember`` items: in a fixed shuffled order (subjects
+    interleave, as they do in a day), a minute apart up to now, five notes a session."""
+    order = list(range(len(notes)))
     random.Random(5).shuffle(order)
-    return [{"text": NOTES[i][1], "time": now - 60.0 * (len(order) - n), "session": f"day-{n // 5}"}
+    return [{"text": notes[i][1], "time": now - 60.0 * (len(order) - n), "session": f"day-{n // 5}"}
             for n, i in enumerate(order)]
 
 
@@ -587,41 +585,50 @@ def _topic_members(db_path: Path, namespace: str) -> dict[str, list[str]]:
         db.close()
 
 
-def measure_topics(socket: Path, db_path: Path, namespace: str = TOPIC_NAMESPACE, timeout: float = 300.0) -> dict[str, Any]:
-    """Remember the labelled notes (embedded by the daemon's default embedder) in ``namespace``,
-    run sleep's clustering on it through ``sleep.run``, and judge the topics it linked: purity,
-    unclustered notes, labels split over several topics, and each topic's name, size and
-    majority label; with the clustering stage's figures and the embedder."""
+def measure_topics(socket: Path, db_path: Path, name: str = "notes", namespace: str | None = None,
+                   timeout: float = 300.0) -> dict[str, Any]:
+    """Remember the labelled set ``name`` of :mod:`engram_bench.topic_notes` (embedded by the
+    daemon's default embedder) in ``namespace`` (default: ``bench:topics:<name>``), run sleep's
+    clustering on it through ``sleep.run``, and judge the topics it linked: purity, unclustered
+    notes, labels split over several topics, and each topic's name, size and majority label; with
+    the clustering stage's figures and the embedder."""
     from engram.client import Client
-    from engram_bench.topic_notes import NOTES, topic_report
+    from engram_bench.topic_notes import SETS, topic_report
 
+    notes = SETS[name]
+    namespace = namespace or f"{TOPIC_NAMESPACE}:{name}"
     with Client(socket, timeout=timeout) as client:
-        client.call("memory.remember", {"items": note_items(time.time()), "namespace": namespace})
+        client.call("memory.remember", {"items": note_items(notes, time.time()), "namespace": namespace})
         result = client.call("sleep.run", {"namespace": namespace, "stages": ["clustering"], "wait": True})
         embedder = (client.call("memory.stats", {"namespace": namespace}).get("embedder") or {}).get("name")
     report = result["report"] or {}
     figures = next((s["figures"] for s in report.get("stages", []) if s["name"] == "clustering"), {})
     found = _topic_members(db_path, namespace)
-    return {**topic_report(found, {text: label for label, text in NOTES}, len(NOTES)),
-            "notes": len(NOTES), "labels": len({label for label, _t in NOTES}), "embedder": embedder,
+    return {"set": name, "namespace": namespace, **topic_report(found, {text: label for label, text in notes}, len(notes)),
+            "notes": len(notes), "labels": len({label for label, _t in notes}), "embedder": embedder,
             "outcome": report.get("outcome"), "figures": figures, "target": TARGET_PURITY}
 
 
-def run_topic_bench(env: dict[str, str] | None = None, timeout: float = 300.0) -> dict[str, Any]:
-    """:func:`measure_topics` on a fresh daemon of its own (the default embedder; nothing else in it)."""
+def run_topic_bench(env: dict[str, str] | None = None, timeout: float = 300.0) -> list[dict[str, Any]]:
+    """:func:`measure_topics` for every labelled set, on a fresh daemon of its own (the default
+    embedder; nothing else in it), one namespace per set."""
+    from engram_bench.topic_notes import SETS
+
     with tempfile.TemporaryDirectory(prefix="engram-bench-topics-") as tmp:
         state = Path(tmp)
         with _daemon(state, daemon_env(env)) as socket:
-            return measure_topics(socket, state / "engram.db", timeout=timeout)
+            return [measure_topics(socket, state / "engram.db", name, timeout=timeout) for name in SETS]
 
 
-def topic_lines(topics: dict[str, Any]) -> list[str]:
-    verdict = "PASS" if topics["purity"] >= topics["target"] else "MISS"
-    lines = [f"topics on the labelled notes ({topics['notes']} notes, {topics['labels']} subjects, embedder "
-             f"{topics['embedder']}): purity {topics['purity']:.3f} (target >= {topics['target']}) -> {verdict}; "
-             f"{topics['topics']} topics, {topics['unclustered']} notes unclustered, "
-             f"split subjects: {', '.join(topics['split_labels']) or 'none'}"]
-    lines += [f"  {t['size']:>3} notes, mostly {t['label']:<12} {t['name']}" for t in topics["by_topic"]]
+def topic_lines(results: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for topics in results:
+        verdict = "PASS" if topics["purity"] >= topics["target"] else "MISS"
+        lines.append(f"topics in labelled set {topics['set']!r} ({topics['notes']} notes, {topics['labels']} subjects, "
+                     f"embedder {topics['embedder']}): purity {topics['purity']:.3f} (target >= {topics['target']}) -> "
+                     f"{verdict}; {topics['topics']} topics, {topics['unclustered']} notes unclustered, "
+                     f"split subjects: {', '.join(topics['split_labels']) or 'none'}")
+        lines += [f"  {t['size']:>3} notes, mostly {t['label']:<12} {t['name']}" for t in topics["by_topic"]]
     return lines
 
 

@@ -50,11 +50,13 @@ def test_bench_sleep_tiny():
     assert quality["k"] == 10 and quality["queries"] == 20
     assert 0.9 <= quality["recall_before"] <= 1.0 and 0.9 <= quality["recall_after"] <= 1.0  # exact index at this size
 
-    # the topic check: sleep's clustering of the labelled notes with the default embedder
+    # the topic check: sleep's clustering of the labelled note sets with the default embedder
     topics = report["topics"]
     if topics is None:
         assert any("no topic check" in note for note in report["notes"])
     else:
-        assert topics["outcome"] == "completed" and topics["notes"] == 50 and topics["labels"] == 5
-        assert topics["purity"] >= topics["target"] == 0.9 and 0 <= topics["unclustered"] <= topics["notes"]
-        assert sum(t["size"] for t in topics["by_topic"]) + topics["unclustered"] == topics["notes"]
+        assert [t["set"] for t in topics] == ["notes", "held-out"]
+        assert [(t["notes"], t["labels"]) for t in topics] == [(50, 5), (32, 4)]
+        for t in topics:
+            assert t["outcome"] == "completed" and t["purity"] >= t["target"] == 0.9
+            assert sum(topic["size"] for topic in t["by_topic"]) + t["unclustered"] == t["notes"]

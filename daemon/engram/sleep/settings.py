@@ -65,10 +65,10 @@ class ClusteringSettings(_Section):
         description="Average linkage merges two groups of episodes while the mean cosine between their members is at least this.",
     )
     max_k: int = Field(
-        default=256, ge=2, le=4096,
+        default=1024, ge=2, le=4096,
         description="Above this many recent episodes, spherical k-means first groups them into this many groups, which are then merged.",
     )
-    iterations: int = Field(default=20, ge=1, le=1000, description="k-means iterations (only above max_k episodes).")
+    iterations: int = Field(default=10, ge=1, le=1000, description="k-means iterations (only above max_k episodes).")
     reuse_similarity: float = Field(
         default=0.85, ge=-1, le=1,
         description="An existing topic concept whose vector has at least this cosine to a cluster centroid is reused.",

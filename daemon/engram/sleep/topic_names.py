@@ -31,7 +31,7 @@ __all__ = ["STOPWORDS", "name_topics", "tokens"]
 
 _WORD = re.compile(r"[^\W\d_]{3,}", re.UNICODE)
 
-# Function words and the verbs, adverbs and time words that say nothing about a subject.
+# Function words, and the generic verbs, adverbs and units of time that say nothing about a subject.
 STOPWORDS = frozenset("""
 about above across after again against almost along already also although always among another any anyone
 anything are around back because been before behind being below beside besides between both but came can
@@ -46,6 +46,9 @@ though through thus till today tomorrow too toward towards under until upon used
 wants was way ways well went were what whatever when whenever where whether which while who whom whose
 why will with within without would yes yesterday yet you your yours yourself yourselves and all let lot
 lots new old get use two three four five six seven eight nine ten first second
+keep keeps kept check checks start starts started try tried help helps goes going come comes gave give gives
+tell told feel feels look looks know think thought left right
+time times minute minutes hour hours day days week weeks month months year years morning evening night tonight
 """.split())
 
 
