@@ -21,7 +21,7 @@ import resource
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -48,6 +48,7 @@ from engram.lifecycle import Health, Part, PartState
 from engram.memory.consolidation import MemoryConsolidation
 from engram.memory.embedding import InferenceEmbedder
 from engram.memory.events import MEMORY_EVENTS
+from engram.memory.extraction.llm import ExtractionGenerator
 from engram.memory.service import Memory
 from engram.observability.logging import configure_logging
 from engram.observability.metrics import Metrics
@@ -56,6 +57,7 @@ from engram.plugins.manager import PluginInfo, PluginManager
 from engram.plugins.protocol import ProviderContext
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
+from engram.principal import Principal
 from engram.providers.events import PROVIDER_EVENTS
 from engram.providers.generation import PromptGenerator
 from engram.providers.breaker import Breakers
@@ -73,7 +75,7 @@ from engram.server.layers.events import RequestEvents
 from engram.server.layers.metrics import RequestMetrics
 from engram.server.layers.params import ParamsValidation
 from engram.server.layers.tracing import Tracing
-from engram.server.methods import MethodTable, collect
+from engram.server.methods import MethodTable, RequestContext, collect
 from engram.server.server import RPCServer
 from engram.sleep.activity import ForegroundActivity
 from engram.sleep.events import SLEEP_EVENTS
@@ -99,6 +101,47 @@ RESTART_REQUIRED = (
     "router",
     "sleep",
 )
+
+
+EXTRACTION_METHOD = "memory.extraction"
+"""The name memory's LLM extraction has in egress decisions (it is no RPC method)."""
+
+
+class _NoConnection:
+    """The connection of work no request asked for (memory's LLM extraction): there is no client
+    to tell anything, so what a handler would send it goes nowhere."""
+
+    id = 0
+    subscriptions = 0
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def declare_client(self, name: str) -> Principal:
+        return Principal.from_ids(os.getuid(), os.getgid(), os.getpid())
+
+    def on_drain(self, pending: Callable[[], int]) -> None:
+        pass
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        pass
+
+
+def background_generate(generator: PromptGenerator) -> ExtractionGenerator:
+    """Memory's LLM extractor's way to a generate provider: the daemon's own principal, through
+    the providers part and so through the policy's egress decision, which sees the work as the
+    method ``memory.extraction`` (no request asked for it; a policy names it to allow or refuse it)
+    with the episode's tags as data tags."""
+    ctx = RequestContext(principal=Principal.from_ids(os.getuid(), os.getgid(), os.getpid()), connection=_NoConnection(),
+                         request=0, method=EXTRACTION_METHOD)
+
+    async def generate(prompt: str, system: str, provider: str, tags: tuple[str, ...]) -> str:
+        return (await generator.generate(ctx, prompt, system, tags, provider)).text
+
+    return generate
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -179,6 +222,13 @@ class Daemon:
             method_admin=lambda name: method.owner_only if (method := self.methods.get(name)) else None,
             provider_locality=lambda name: getattr(plugins.providers().get(name), "locality", None),
         )
+        # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
+        self.providers = Providers(
+            settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics
+        )
+        # Generate calls of the router's provider:<name> targets, of route.ask and of memory's LLM
+        # extractor, through the providers part.
+        generator = PromptGenerator(self.providers)
         self.memory = Memory(
             settings.memory,
             settings.state_dir,
@@ -188,14 +238,9 @@ class Daemon:
             embedder=InferenceEmbedder(self.inference),
             busy_timeout=busy,
             namespace_decider=self.policy,  # who may use which namespace, and forget everything
-        )
-        # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
-        self.providers = Providers(
-            settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics
+            generate=background_generate(generator),  # used only with memory.extraction.llm_provider
         )
         self.bus.declare(*ROUTER_EVENTS)
-        # Generate calls of the router's provider:<name> targets and of route.ask, through the providers part.
-        generator = PromptGenerator(self.providers)
         # Model targets run on the inference part; each route's input vectors are kept in memory (novelty).
         self.router = Router(settings.router, settings.database_path, self.bus, self.metrics, ArrayModels(self.inference),
                              busy, novelty_store=self.memory.keyed_vectors, generator=generator)

@@ -4,7 +4,10 @@ when it starts again, and extracts nothing twice."""
 
 from __future__ import annotations
 
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -76,3 +79,51 @@ def test_pending_extraction_survives_kill_and_runs_once(make_daemon):
             found = relations_of(client, subject)
             believed = [r for r in found["relations"] if r["retracted_at"] is None and r["src"] == subject]
             assert [(r["type"], r["dst"], r["sources"]) for r in believed] == [(type_, dst, [episode])]
+
+
+EXTRACT_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "extract_site"
+
+
+def llm_env(tmp_path: Path, provider: str) -> tuple[dict[str, str], dict[str, Path]]:
+    logs = {"reader": tmp_path / "reader.jsonl", "cloud": tmp_path / "cloud.jsonl"}
+    return {
+        **ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(EXTRACT_SITE), os.environ.get("PYTHONPATH")])),
+        "ENGRAM_PLUGINS__PROVIDERS": json.dumps({name: {"log": str(path)} for name, path in logs.items()}),
+        "ENGRAM_MEMORY__EXTRACTION__LLM_PROVIDER": provider,
+        "ENGRAM_MEMORY__EXTRACTION__QUIET": "0",
+    }, logs
+
+
+def calls(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_a_local_llm_adds_what_the_local_extractor_missed(make_daemon, tmp_path):
+    env, logs = llm_env(tmp_path, "reader")
+    daemon = make_daemon(env=env)
+    with daemon.client(timeout=30) as client:
+        ids = client.call("memory.remember", {"items": items(
+            "Ada's favourite colour is teal.", "Carol works at Acme Corp in Lyon.", "Gibberish that no model reads.")})["ids"]
+        ada = relations_of(client, "Ada")
+        assert [(r["type"], r["dst"], r["sources"]) for r in ada["relations"]] == [("favourite_colour", "teal", [ids[0]])]
+        carol = relations_of(client, "Carol", want=2)  # the local facts and the one the LLM added
+        assert {(r["src"], r["type"], r["dst"]) for r in carol["relations"]} == {
+            ("Carol", "works_at", "Acme Corp"), ("Carol", "based_in", "Lyon")}
+        acme = client.call("memory.graph.query", {"concept": "Acme Corp", "direction": "out"})
+        assert [(r["type"], r["dst"]) for r in acme["relations"]] == [("located_in", "Lyon")]
+        sent = calls(logs["reader"])
+        assert len(sent) == 3 and "- Carol | works_at | Acme Corp" in sent[1]["prompt"] and '"relations"' in sent[1]["system"]
+    assert not calls(logs["cloud"])
+
+
+def test_the_policy_keeps_episode_text_from_a_remote_llm(make_daemon, tmp_path):
+    env, logs = llm_env(tmp_path, "cloud")
+    daemon = make_daemon(env=env)
+    with daemon.client(timeout=30) as client:
+        (episode,) = client.call("memory.remember", {"items": items("Carol works at Acme Corp in Lyon.")})["ids"]
+        carol = relations_of(client, "Carol", want=2)  # the local extractor's facts, written all the same
+        assert {(r["src"], r["type"], r["dst"]) for r in carol["relations"]} == {
+            ("Carol", "works_at", "Acme Corp"), ("Acme Corp", "located_in", "Lyon")}
+    assert not calls(logs["cloud"])  # nothing left the daemon
+    assert any(r.get("event") == "LLM extraction skipped for this batch" for r in daemon.records())

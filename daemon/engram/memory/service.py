@@ -79,6 +79,7 @@ from engram.memory.events import (
     MemoryRemembered,
 )
 from engram.memory.extraction import load_local_extractor
+from engram.memory.extraction.llm import ExtractionGenerator, LLMExtractor
 from engram.memory.extraction.queue import ExtractionQueue
 from engram.memory.extraction.worker import ExtractionWorker
 from engram.memory.filters import SqlFilter, check_tags
@@ -134,6 +135,7 @@ class Memory(Part):
         busy_timeout: float = 5.0,
         owner_uid: int | None = None,
         namespace_decider: NamespaceDecider | None = None,
+        generate: ExtractionGenerator | None = None,
     ) -> None:
         super().__init__("memory")
         self.settings = settings
@@ -154,6 +156,7 @@ class Memory(Part):
             settings.extraction, lambda t: t in graph.functional_types or t in graph.exclusive_types,
             ExtractionQueue(self.db, "local"), self.graph, lambda: load_local_extractor(settings.extraction.resolve_pronouns),
             self._concept_vectors, self._extracted, metrics.registry if metrics is not None else None,
+            llm=self._llm_extractor(settings.extraction.llm_provider, generate),
         )
         # anyio events need the event loop; they are made in setup.
         self._writer_done: anyio.Event | None = None
@@ -233,6 +236,13 @@ class Memory(Part):
         )
         detail += "; " + await self._extraction_health()
         return Health(self.state is PartState.RUNNING, detail)
+
+    @staticmethod
+    def _llm_extractor(provider: str | None, generate: ExtractionGenerator | None) -> LLMExtractor | None:
+        """The LLM extractor over ``provider``, when one is named and generating is wired."""
+        if provider is None or generate is None:
+            return None
+        return LLMExtractor(lambda prompt, system, tags: generate(prompt, system, provider, tags))
 
     async def _extraction_health(self) -> str:
         if not self.settings.extraction.enabled:

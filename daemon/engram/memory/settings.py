@@ -233,6 +233,14 @@ class ExtractionSettings(_Section):
     max_defer: float = Field(
         default=2.0, ge=0, le=600, description="Longest a batch waits for quiet (a steady stream of writes still gets extracted).",
     )
+    llm_provider: str | None = Field(
+        default=None,
+        description="A generate provider (by name) asked, per episode, for the facts the local extractor missed; none: "
+        "local only. The policy decides whether the episode's text may go to it (the default keeps remote providers out).",
+    )
+    llm_timeout: float = Field(
+        default=60.0, gt=0, le=600, description="Seconds the LLM extractor waits for one episode's answer.",
+    )
 
 
 class ReplayLogSettings(_Section):

@@ -7,6 +7,7 @@ client is already queued, durably, and nothing can overflow.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ class PendingEpisode:
     namespace: str
     time: float
     text: str
+    tags: tuple[str, ...] = ()
 
 
 class ExtractionQueue:
@@ -46,14 +48,17 @@ class ExtractionQueue:
         return int(row[0])
 
     def pending(self, limit: int, max_chars: int) -> list[PendingEpisode]:
-        """The oldest episodes past the watermark, at most ``limit``, texts cut at ``max_chars``."""
+        """The oldest episodes past the watermark, at most ``limit``, texts cut at ``max_chars``,
+        with their tags (the policy's data tags, should the text go to an LLM)."""
         with self.db.read() as conn:
             rows = conn.execute(
-                "SELECT seq, id, namespace, time, substr(text, 1, ?) FROM memory_episodes WHERE seq > coalesce("
-                "(SELECT watermark FROM memory_extraction_cursors WHERE extractor = ?), 0) ORDER BY seq LIMIT ?",
+                "SELECT e.seq, e.id, e.namespace, e.time, substr(e.text, 1, ?), "
+                "(SELECT json_group_array(t.tag) FROM memory_episode_tags t WHERE t.seq = e.seq) "
+                "FROM memory_episodes e WHERE e.seq > coalesce("
+                "(SELECT watermark FROM memory_extraction_cursors WHERE extractor = ?), 0) ORDER BY e.seq LIMIT ?",
                 (max_chars, self.extractor, limit),
             ).fetchall()
-        return [PendingEpisode(*row) for row in rows]
+        return [PendingEpisode(*row[:5], tuple(json.loads(row[5]))) for row in rows]
 
     def existing(self, ids: list[str]) -> set[str]:
         """Which of ``ids`` are still there (an episode may be forgotten while it is parsed)."""

@@ -22,7 +22,8 @@ import anyio
 import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from engram.errors import NotFound
+from engram.errors import EngramError, NotFound
+from engram.memory.extraction.llm import LLMExtractor
 from engram.memory.extraction.local import Extraction
 from engram.memory.extraction.queue import ExtractionQueue, PendingEpisode
 from engram.memory.semantic import ConceptSpec, GraphStore, RelationSpec, concept_key
@@ -53,6 +54,11 @@ class ExtractionMetrics:
             "engram_memory_extraction_lag", "Episodes waiting for extraction, as counted before each batch (0 once caught up).",
             registry=r,
         )
+        self.llm = Counter(
+            "engram_memory_extraction_llm_answers", "Episodes the LLM extractor was asked about, by outcome "
+            "(added: it found more; nothing; invalid: the answer did not validate; failed: no answer).",
+            ["outcome"], registry=r,
+        )
         self.batch_seconds = Histogram(
             "engram_memory_extraction_batch_seconds", "Seconds per extraction batch (parse and graph write).",
             buckets=LATENCY_BUCKETS, registry=r,
@@ -69,7 +75,7 @@ class ExtractionWorker:
 
     def __init__(self, settings: ExtractionSettings, functional: Callable[[str], bool], queue: ExtractionQueue,
                  graph: GraphStore, load: Callable[[], Extractor], vectors: Vectors, published: Published,
-                 registry: CollectorRegistry | None = None) -> None:
+                 registry: CollectorRegistry | None = None, llm: LLMExtractor | None = None) -> None:
         self.settings = settings
         self.functional = functional
         self.queue = queue
@@ -79,6 +85,7 @@ class ExtractionWorker:
         self._published = published
         self.metrics = ExtractionMetrics(registry)
         self.extractor: Extractor | None = None
+        self.llm = llm
         self.unavailable: str | None = None  # why extraction cannot run, once it is known
         self._send: Any = None
         self._receive: Any = None
@@ -151,6 +158,8 @@ class ExtractionWorker:
         assert self.extractor is not None
         started = time.perf_counter()
         extractions = await anyio.to_thread.run_sync(self.extractor.extract_many, [e.text for e in batch])
+        if self.llm is not None:
+            await self._ask_llm(self.llm, batch, extractions)
         by_namespace: dict[str, list[tuple[PendingEpisode, Extraction]]] = {}
         for episode, extraction in zip(batch, extractions, strict=True):
             by_namespace.setdefault(episode.namespace, []).append((episode, extraction))
@@ -163,6 +172,23 @@ class ExtractionWorker:
         self.metrics.batch_seconds.observe(seconds)
         log.debug("episodes extracted", episodes=len(batch), relations=written, watermark=batch[-1].seq,
                   seconds=round(seconds, 4))
+
+    async def _ask_llm(self, llm: LLMExtractor, batch: list[PendingEpisode], extractions: list[Extraction]) -> None:
+        """What the LLM adds, episode by episode; the first failure (no provider, the policy's
+        refusal, a timeout) ends its part of the batch, which is then written as the local
+        extractor left it: the LLM adds, it is never needed."""
+        for episode, extraction in zip(batch, extractions, strict=True):
+            invalid = llm.invalid
+            try:
+                with anyio.fail_after(self.settings.llm_timeout):
+                    added = await llm.add_to(episode.text, extraction, episode.tags)
+            except (EngramError, TimeoutError) as exc:
+                self.metrics.llm.labels("failed").inc()
+                log.warning("LLM extraction skipped for this batch", episode=episode.id,
+                            problem=getattr(exc, "message", None) or type(exc).__name__)
+                return
+            outcome = "invalid" if llm.invalid > invalid else "added" if added else "nothing"
+            self.metrics.llm.labels(outcome).inc()
 
     async def _write(self, namespace: str, items: list[tuple[PendingEpisode, Extraction]]) -> int:
         for _attempt in range(2):
