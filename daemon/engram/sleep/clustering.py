@@ -287,7 +287,9 @@ class ClusteringStage:
         matrix = await ctx.thread(lambda: _unit(store.matrix(recent.blobs, recent.dims[0])))
         seed = zlib.crc32(f"{ctx.run_id}:{namespace}".encode()) & 0x7FFFFFFF
         if len(matrix) > s.max_k:
-            # a few k-means iterations per unit: about 1e9 multiply-adds (~0.1-0.3 s on one core)
+            # a few k-means iterations per unit, about 1e9 multiply-adds (~0.1-0.3 s on one core), and
+            # at least one: n x max_k x dim, at most 8e9 (20,000 episodes of 384 dimensions), which
+            # FAISS computes in the worker thread without the interpreter lock
             per_unit = max(1, int(1e9 // max(1, len(matrix) * s.max_k * matrix.shape[1])))
             centroids = None
             for done in range(0, s.iterations, per_unit):
@@ -299,12 +301,14 @@ class ClusteringStage:
             first = await ctx.thread(nearest_centroid, matrix, centroids)
         else:
             first = np.arange(len(matrix), dtype=np.int64)
-        work = Agglomeration(*await ctx.thread(group_sums, matrix, first), s.merge_similarity)
+        await ctx.step()
+        # the similarities of up to max_k groups (a matrix product): in a worker thread too
+        work = await ctx.thread(lambda: Agglomeration(*group_sums(matrix, first), s.merge_similarity))
         groups = len(work.sizes)
         while not await ctx.thread(work.merge, _MERGES):
             ctx.progress(groups - int(work.alive.sum()), groups)
             await ctx.step()
-        labels = work.labels()[first]
+        labels = await ctx.thread(lambda: work.labels()[first])
 
         def gather(labels: NDArray[np.int64] = labels) -> list[tuple[list[int], NDArray[np.float32], NDArray[np.float32]]]:
             # A worker thread: over tens of thousands of episodes this is tens of milliseconds of
