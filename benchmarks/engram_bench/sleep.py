@@ -648,9 +648,12 @@ def _daemon(state_dir: Path, env: dict[str, str]) -> Iterator[Path]:
 def daemon_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """Settings of the measured daemon: no sleep starts on its own, and forgetting as configured by
     default (spelled out, since the data is designed around it): older than 30 days, salience at
-    most 0.2, deleted 7 days after archiving."""
+    most 0.2, deleted 7 days after archiving. Knowledge extraction is off: parsing 100k synthetic
+    texts in the background would weigh on both sides of the comparison (``engram bench extract``
+    measures it)."""
     return {
         "ENGRAM_SLEEP__ENABLED": "false",
+        "ENGRAM_MEMORY__EXTRACTION__ENABLED": "false",
         "ENGRAM_SLEEP__IDLE_AFTER": str(7 * _DAY),
         "ENGRAM_SLEEP__FORGETTING__MIN_AGE": str(30 * _DAY),
         "ENGRAM_SLEEP__FORGETTING__MAX_SALIENCE": "0.2",
