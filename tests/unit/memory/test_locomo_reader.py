@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from engram_bench.locomo import evidence_ids, load, recall_at, session_time
+from engram_bench.recall import RecallReport
 
 DEV = Path(__file__).resolve().parents[3].parent / "shared" / "eval" / "locomo" / "locomo-dev.json"
 
@@ -48,3 +49,19 @@ def test_the_development_half_reads_whole():
         assert all(t.time > 1.6e9 for t in c.turns)
         missing = [e for q in c.questions for e in q.evidence if e not in ids]
         assert len(missing) <= 1  # one evidence id upstream names a turn that does not exist
+
+
+def test_the_report_table_shows_both_targets_per_category_and_the_ratio():
+    report = RecallReport("tiny.json", conversations=1, turns=6, questions=2)
+    report.scores["engram"].add(4, ["D1:1", "D1:2"], frozenset({"D1:1"}))
+    report.scores["engram"].add(2, ["D1:2", "D1:1"], frozenset({"D1:1"}))
+    report.scores["baseline"].add(4, ["D1:2", "D1:1"], frozenset({"D1:1"}))
+    report.scores["baseline"].add(2, ["D1:3", "D1:4"], frozenset({"D1:1"}))
+    report.latency_ms = {"engram": {"p50": 1.0, "p99": 2.0}, "baseline": {"p50": 0.5, "p99": 1.0}}
+    rows = {r["category"]: r for r in report.as_dict()["recall"]}
+    assert set(rows) == {"all", "single-hop", "temporal"}
+    assert rows["all"]["engram"]["r@1"] == 0.5 and rows["all"]["baseline"]["r@1"] == 0.0
+    assert rows["all"]["engram"]["r@5"] == 1.0 and rows["all"]["baseline"]["r@5"] == 0.5
+    table = report.table()
+    assert "2 questions" in table and "ratio r@10" in table and "2.00" in table  # 1.0 / 0.5 at 10
+    assert "recall latency engram" in table
