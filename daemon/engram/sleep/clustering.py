@@ -18,7 +18,9 @@
    ``floor`` is retracted.
 4. ``related_to`` relations between topics are strengthened: ``cooccurrence_gain`` per session
    in which both topics occur, ``adjacency_gain`` per pair of consecutive recent episodes (time
-   order) that belong to the two topics. New relations are created sourced, with a few of the
+   order) that belong to the two topics; a pair whose gain in the run is below ``min_gain`` is
+   left alone (one shared session among many topics is chance, and with hundreds of topics
+   every pair would get a relation). New relations are created sourced, with a few of the
    episodes that evidenced them.
 
 Steps 3 and 4 are not idempotent, so their cursor commits with each batch (memory's checkpoint
@@ -152,9 +154,10 @@ class Gains:
 
 
 def relation_gains(seqs: Sequence[int], sessions: Sequence[int], times: Sequence[float], concepts: NDArray[np.int64],
-                   cooccurrence_gain: float, adjacency_gain: float, per_pair: int) -> Gains:
+                   cooccurrence_gain: float, adjacency_gain: float, per_pair: int, min_gain: float = 0.0) -> Gains:
     """The gain of each pair of topics: ``cooccurrence_gain`` per session in which both occur
-    plus ``adjacency_gain`` per pair of consecutive episodes (time order) of the two topics; and
+    plus ``adjacency_gain`` per pair of consecutive episodes (time order) of the two topics, for
+    the pairs whose gain is positive and at least ``min_gain``; and
     up to ``per_pair`` distinct episodes that evidence it, co-occurrences first. Episode
     ``seqs[i]`` belongs to session ``sessions[i]`` (a number; -1: none) and topic ``concepts[i]``
     (-1: none).
@@ -191,7 +194,7 @@ def relation_gains(seqs: Sequence[int], sessions: Sequence[int], times: Sequence
     keys, counted = np.unique(np.concatenate([co_key, adj_key]), return_inverse=True)
     gain = (np.bincount(counted[: len(co_key)], minlength=len(keys)) * cooccurrence_gain
             + np.bincount(counted[len(co_key):], minlength=len(keys)) * adjacency_gain)
-    positive = gain > 0
+    positive = (gain > 0) & (gain >= min_gain)
 
     # evidence: both episodes of each pair's first per_pair occurrences of each kind
     # (co-occurrences first), then each pair's first per_pair distinct episodes among them
@@ -389,7 +392,7 @@ class ClusteringStage:
         # strengthen related_to between topics by co-occurrence and adjacency
         def tally() -> Gains:
             return relation_gains(recent.seqs, recent.sessions, recent.times, concepts, s.cooccurrence_gain,
-                                  s.adjacency_gain, _SOURCES_PER_RELATION)
+                                  s.adjacency_gain, _SOURCES_PER_RELATION, s.min_gain)
 
         await ctx.step()
         gains = await ctx.thread(tally)

@@ -84,6 +84,10 @@ class ClusteringSettings(_Section):
     adjacency_gain: float = Field(
         default=0.05, ge=0, le=1, description="Weight added per pair of consecutive episodes belonging to the two topics."
     )
+    min_gain: float = Field(
+        default=0.2, ge=0, le=1,
+        description="A topic pair whose gain in a run (sessions shared, neighbours in time) is below this gets no relation and no strengthening.",
+    )
     decay: float = Field(
         default=0.95, gt=0, le=1, description="Every sourced relation's weight is multiplied by this once per run."
     )

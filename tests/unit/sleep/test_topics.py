@@ -8,7 +8,7 @@ import itertools
 import numpy as np
 import pytest
 from engram.sleep.agglomeration import Agglomeration, average_linkage
-from engram.sleep.clustering import cluster, group_sums
+from engram.sleep.clustering import cluster, group_sums, relation_gains
 from engram.sleep.topic_names import name_topics, tokens
 
 
@@ -123,3 +123,15 @@ def test_name_words_skip_function_words_and_ties_do_not_depend_on_order():
     docs = [["tomato", "basil"], ["basil", "tomato"], ["kernel"], ["module"]]
     assert name_topics([[0, 1], [2, 3]], docs, 2) == [["basil", "tomato"], ["kernel", "module"]]
     assert name_topics([[3, 2], [1, 0]], docs, 2) == [["kernel", "module"], ["basil", "tomato"]]
+
+
+def test_topic_pairs_below_the_least_gain_get_no_relation():
+    # topics 1 and 2 share two sessions (0.2); topics 1 and 3 one (0.1); no adjacency counted
+    seqs, sessions = [1, 2, 3, 4, 5, 6], [0, 0, 1, 1, 2, 2]
+    concepts = np.array([1, 2, 1, 2, 1, 3], dtype=np.int64)
+    every = relation_gains(seqs, sessions, [float(s) for s in seqs], concepts, 0.1, 0.0, per_pair=4)
+    assert sorted(zip(every.a.tolist(), every.b.tolist(), every.gain.round(3).tolist())) == [(1, 2, 0.2), (1, 3, 0.1)]
+    kept = relation_gains(seqs, sessions, [float(s) for s in seqs], concepts, 0.1, 0.0, per_pair=4, min_gain=0.2)
+    assert list(zip(kept.a.tolist(), kept.b.tolist())) == [(1, 2)]
+    pairs, evidence = kept.rows(0, len(kept))
+    assert pairs == [[1, 2, pytest.approx(0.2)]] and {e for _a, _b, e in evidence} == {1, 2, 3, 4}
