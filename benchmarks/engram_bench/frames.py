@@ -63,7 +63,9 @@ async def _stall(path: Path, target: str, shape: str, frame: bytes) -> Stall:
     async def pinger() -> None:
         reader, writer = await asyncio.open_unix_connection(str(path), limit=1 << 20)
         try:
-            while not done.is_set():
+            # At least one ping after the frame went out, even when the frame was answered within
+            # one ping's gap: a stall shorter than that still shows as that ping's wait.
+            while not done.is_set() or not latencies:
                 started = time.perf_counter()
                 writer.write(PING)
                 await reader.readline()
@@ -83,7 +85,7 @@ async def _stall(path: Path, target: str, shape: str, frame: bytes) -> Stall:
     writer.close()
     done.set()
     await pinging
-    values = np.asarray(latencies or [float("nan")]) * 1000
+    values = np.asarray(latencies) * 1000
     p50, p99 = np.percentile(values, [50, 99])
     return Stall(target, shape, len(frame), seconds, len(latencies), float(p50), float(p99), float(values.max()))
 
