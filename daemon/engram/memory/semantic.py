@@ -64,6 +64,9 @@ class ConceptSpec:
     kind: str | None = None  # None: keep (or 'entity' for a new concept)
     vector: NDArray[np.float32] | None = None
     episodes: list[str] = field(default_factory=list)  # episode ids
+    # The kind is a guess (knowledge extraction's): it names a new concept, never changes a
+    # stored one, so that a topic sleep made, or a kind a client set, stays what it is.
+    kind_if_new: bool = False
 
 
 @dataclass(slots=True)
@@ -137,11 +140,13 @@ class GraphStore:
             episodes = self._resolve_episodes(conn, namespace, episode_ids)
             seen: dict[str, tuple[int, str, str, str]] = {}
 
-            def concept(name: str, kind: str | None, vector: NDArray[np.float32] | None, report: bool) -> int:
+            def concept(name: str, kind: str | None, vector: NDArray[np.float32] | None, report: bool,
+                        kind_if_new: bool = False) -> int:
                 key = concept_key(name)
                 if key in seen and not report and kind is None and vector is None:
                     return seen[key][0]
-                seq, cid, cname, ckind, created = self._concept(conn, namespace, name, key, kind, vector if vector is not None else vectors.get(key), now)
+                seq, cid, cname, ckind, created = self._concept(conn, namespace, name, key, kind, vector if vector is not None else vectors.get(key), now,
+                                                                kind_if_new)
                 seen[key] = (seq, cid, cname, ckind)
                 if created:
                     out["created_concepts"].append(cid)
@@ -150,7 +155,7 @@ class GraphStore:
                 return seq
 
             for c in concepts:
-                seq = concept(c.name, c.kind, c.vector, True)
+                seq = concept(c.name, c.kind, c.vector, True, c.kind_if_new)
                 conn.executemany(
                     "INSERT INTO memory_concept_episodes (concept, episode) VALUES (?, ?) ON CONFLICT DO NOTHING",
                     [(seq, episodes[e]) for e in c.episodes],
@@ -187,7 +192,7 @@ class GraphStore:
 
     @staticmethod
     def _concept(conn: sqlite3.Connection, namespace: str, name: str, key: str, kind: str | None,
-                 vector: NDArray[np.float32] | None, now: float) -> tuple[int, str, str, str, bool]:
+                 vector: NDArray[np.float32] | None, now: float, kind_if_new: bool = False) -> tuple[int, str, str, str, bool]:
         row = conn.execute(
             "SELECT seq, id, name, kind, embedding IS NOT NULL FROM memory_concepts WHERE namespace = ? AND key = ?",
             (namespace, key),
@@ -203,7 +208,7 @@ class GraphStore:
             ).fetchone()[0]
             return seq, cid, " ".join(name.split()), ckind, True
         seq, cid, cname, ckind, _has_vector = row
-        if kind is not None and kind != ckind:
+        if kind is not None and kind != ckind and not kind_if_new:
             conn.execute("UPDATE memory_concepts SET kind = ? WHERE seq = ?", (kind, seq))
             ckind = kind
         if vector is not None:

@@ -161,3 +161,16 @@ def test_spread_keeps_the_strongest_activation() -> None:
     assert act == pytest.approx({1: 1.0, 2: 0.5, 3: 0.125, 4: 0.025})  # 4: two hops, through the weak 1-3 edge
     assert spread({1: 1.0}, edges_of, depth=1, decay=0.5) == pytest.approx({1: 1.0, 2: 0.5, 3: 0.05})
     assert spread({1: 1.0}, edges_of, depth=0, decay=0.5) == {1: 1.0}
+
+
+async def test_a_guessed_kind_names_new_concepts_and_never_changes_stored_ones(make_memory) -> None:
+    from engram.memory.semantic import ConceptSpec
+
+    async with make_memory() as (memory, _):
+        await memory.graph_upsert(ctx(), upsert(concepts=[{"name": "kernel", "kind": "topic"}]))
+        namespace = memory.namespaces.resolve(ctx().principal, "memory.graph.upsert", None)
+        guesses = [ConceptSpec("Kernel", "organisation", kind_if_new=True), ConceptSpec("Lyon", "place", kind_if_new=True)]
+        out = await anyio.to_thread.run_sync(lambda: memory.graph.upsert(namespace, guesses, [], time.time()))
+        assert [(c["name"], c["kind"], c["created"]) for c in out["concepts"]] == [("kernel", "topic", False), ("Lyon", "place", True)]
+        told = await memory.graph_upsert(ctx(), upsert(concepts=[{"name": "kernel", "kind": "software"}]))
+        assert told.concepts[0].kind == "software"  # a kind a client states still changes it

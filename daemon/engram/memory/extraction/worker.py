@@ -234,7 +234,7 @@ class ExtractionWorker:
                 key = concept_key(entity.name)
                 spec = concepts.get(key)
                 if spec is None:
-                    spec = concepts[key] = ConceptSpec(entity.name, entity.kind, None, [])
+                    spec = concepts[key] = ConceptSpec(entity.name, entity.kind, None, [], kind_if_new=True)
                 if episode.id not in spec.episodes:
                     spec.episodes.append(episode.id)
             for t in extraction.triples:
