@@ -483,7 +483,7 @@ class Episodic:
         keyword: dict[int, float] = {}
         if text and weights.keyword > 0 and (terms := fts_terms(text)):
             saturation = s.keyword_saturation
-            found = self.store.keyword(namespace, terms, flt, want, s.keyword_max_df)
+            found = self.store.keyword(namespace, terms, flt, want, s.keyword_max_df, self.index.count(namespace))
             keyword = {seq: score / (score + saturation) for seq, score in found if score > 0}
         activated: dict[int, float] = {}
         if activation:

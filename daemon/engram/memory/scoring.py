@@ -2,9 +2,10 @@
 
 - vector: cosine similarity to the query, clipped at 0 (unrelated and opposite count the same);
 - keyword: ``bm25 / (bm25 + memory.recall.keyword_saturation)`` of the full-text match (0 without
-  one). bm25 already weighs words by their rarity in the corpus, so a match on a word most
-  episodes contain scores near 0 and a match on rare words near 1; dividing by the best match of
-  the query instead would give a lone match on "the" full marks;
+  one; :func:`bm25`, with the namespace's own statistics). bm25 already weighs words by their
+  rarity in the namespace, so a match on a word most episodes contain scores near 0 and a match
+  on rare words near 1; dividing by the best match of the query instead would give a lone match
+  on "the" full marks;
 - recency: ``0.5 ** (age / half_life)``, age from the episode's time to now (future: 1);
 - importance: as stored (0..1);
 - activation: spreading activation reaching the episode;
@@ -25,13 +26,15 @@ factor lies in 0..1 too).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Weights", "combine", "recencies", "recency"]
+__all__ = ["BM25_B", "BM25_K1", "Weights", "bm25", "combine", "recencies", "recency"]
 
 # combine works on one candidate's parts (floats) or on every candidate's at once (arrays): the
 # same arithmetic in the same order, so a recall scored over arrays ranks as one scored by hand.
@@ -74,3 +77,31 @@ def combine(parts: dict[str, Part], weights: Weights, with_keyword: bool, with_a
     if weights.superseded and "superseded" in parts:
         return mean * (1.0 - weights.superseded * parts["superseded"])
     return mean
+
+
+BM25_K1 = 1.2  # the usual Okapi BM25 constants (Lucene's defaults)
+BM25_B = 0.75
+
+
+def bm25(matches: Sequence[Sequence[tuple[int, int]]], episodes: int) -> dict[int, float]:
+    """Okapi BM25 of the episodes matching a query, with a namespace's own statistics.
+
+    ``matches`` holds, per query word, the (seq, text length) of the namespace's episodes that
+    contain it; ``episodes`` is the namespace's size. A word counts once per episode (episodes are
+    short: a repeat says little more), the inverse document frequency is Lucene's
+    ``ln(1 + (N - n + 0.5) / (n + 0.5))`` (never negative, so a word in most episodes still adds a
+    little), and a text's length is compared with the mean length of the matched texts: the
+    namespace's own mean would need a scan of it per recall, and the matched texts are those
+    being told apart."""
+    if not matches:
+        return {}
+    lengths = {seq: length for rows in matches for seq, length in rows}
+    mean = max(sum(lengths.values()) / len(lengths), 1.0)
+    total = max(episodes, max(len(rows) for rows in matches))
+    scores: dict[int, float] = {}
+    for rows in matches:
+        idf = math.log(1.0 + (total - len(rows) + 0.5) / (len(rows) + 0.5))
+        for seq, length in rows:
+            norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length / mean)
+            scores[seq] = scores.get(seq, 0.0) + idf * (BM25_K1 + 1.0) / (1.0 + norm)
+    return scores

@@ -76,7 +76,7 @@ class RecallSettings(_Section):
         default=30 * DAY, gt=0, le=100 * 365 * DAY, description="Seconds after which an episode's recency part halves."
     )
     keyword_saturation: float = Field(
-        default=4.0,
+        default=6.0,
         gt=0,
         le=1000,
         description="The bm25 at which the keyword part is 0.5; words common in the corpus score near 0, rare ones near 1.",

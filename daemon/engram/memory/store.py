@@ -32,6 +32,7 @@ from numpy.typing import NDArray
 
 from engram.memory.db import MemoryDB
 from engram.memory.filters import SqlFilter
+from engram.memory.scoring import bm25
 from engram.memory.textkey import SQL_FUNCTION
 from engram.memory.vectors import from_blob, to_blob
 
@@ -435,30 +436,41 @@ class EpisodeStore:
                 )
         return out
 
-    def keyword(self, namespace: str, terms: Sequence[str], flt: SqlFilter, limit: int, max_df: int) -> list[tuple[int, float]]:
-        """Full-text matches of any of ``terms``, best first, as (seq, -bm25) (larger is better).
+    def keyword(self, namespace: str, terms: Sequence[str], flt: SqlFilter, limit: int, max_df: int,
+                episodes: int) -> list[tuple[int, float]]:
+        """Full-text matches of any of ``terms`` in ``namespace`` that pass ``flt``, best first, as
+        (seq, bm25) with the namespace's own statistics (:func:`engram.memory.scoring.bm25`;
+        ``episodes``: the namespace's live episodes). FTS5's own bm25 would weigh each word by
+        its rarity in the whole database, all namespaces together: a name common in one
+        namespace but rare elsewhere would count as rare there, and one namespace's texts would
+        move another's ranking.
 
-        Terms found in more than ``max_df`` episodes are left out, like stop words: they say
-        little about relevance, and ranking the tens of thousands of rows they match would cost
-        more than the rest of a recall. Counting stops at ``max_df + 1``, so the check is cheap."""
+        Terms found in more than ``max_df`` episodes of the database are left out, like stop
+        words: they say little about relevance, and reading the tens of thousands of rows they
+        match would cost more than the rest of a recall. Counting stops at ``max_df + 1``, so the
+        check is cheap."""
+        matches: list[list[tuple[int, int]]] = []
         with self.db.read() as conn:
-            kept = []
             for term in terms:
                 (found,) = conn.execute(
                     "SELECT count(*) FROM (SELECT rowid FROM memory_fts WHERE memory_fts MATCH ? LIMIT ?)", (term, max_df + 1)
                 ).fetchone()
-                if 0 < found <= max_df:
-                    kept.append(term)
-            if not kept:
-                return []
-            return [
-                (seq, -score)
-                for seq, score in conn.execute(
-                    "SELECT f.rowid, bm25(memory_fts) AS s FROM memory_fts f JOIN memory_episodes e ON e.seq = f.rowid "
-                    f"WHERE memory_fts MATCH ? AND e.namespace = ?{_LIVE}{flt.sql} ORDER BY s LIMIT ?",
-                    (" OR ".join(kept), namespace, *flt.args, limit),
-                )
-            ]
+                if not 0 < found <= max_df:
+                    continue
+                # CROSS JOIN keeps the full-text match outermost: the planner would otherwise walk
+                # the namespace's episodes and run the match once for each.
+                rows = conn.execute(
+                    "SELECT f.rowid, length(e.text) FROM memory_fts f CROSS JOIN memory_episodes e ON e.seq = f.rowid "
+                    f"WHERE memory_fts MATCH ? AND +e.namespace = ?{_LIVE}",
+                    (term, namespace),
+                ).fetchall()
+                if rows:
+                    matches.append(rows)
+        scores = bm25(matches, episodes)
+        if not flt.empty and scores:
+            passing = self.matching(namespace, list(scores), flt)
+            scores = {seq: score for seq, score in scores.items() if seq in passing}
+        return sorted(scores.items(), key=lambda kv: (-kv[1], -kv[0]))[:limit]
 
     def page(self, namespace: str, after: int, limit: int, with_vectors: bool) -> tuple[list[dict[str, Any]], int]:
         """Live episodes with seq > ``after``, in seq order, and the namespace's live total

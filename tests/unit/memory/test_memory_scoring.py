@@ -20,3 +20,34 @@ def test_array_scores_equal_the_per_candidate_ones() -> None:
                 one = {name: float(values[i]) for name, values in parts.items()}
                 assert one["recency"] == recency(float(times[i]), now, half_life)
                 assert float(scores[i]) == combine(one, weights, with_keyword, with_activation)
+
+
+def test_bm25_weighs_rare_words_and_short_texts_up() -> None:
+    from engram.memory.scoring import bm25
+
+    # "otter" in 1 of 100 episodes (seq 1), "river" in 10 (seqs 2..11); all texts 40 long but seq 3
+    scores = bm25([[(1, 40)], [(2, 40), (3, 20), *((s, 40) for s in range(4, 12))]], 100)
+    assert scores[1] > scores[2]  # the rarer word weighs more
+    assert scores[3] > scores[2]  # the same word in a shorter text
+    both = bm25([[(1, 40)], [(1, 40), (2, 40)]], 100)
+    assert both[1] > bm25([[(1, 40)]], 100)[1]  # each word matched adds
+    assert bm25([], 100) == {}
+    assert all(v > 0 for v in bm25([[(s, 10) for s in range(100)]], 100).values())  # a word everywhere still adds a little
+
+
+async def test_keyword_scores_ignore_other_namespaces(make_memory) -> None:
+    from engram.memory.api import RecallParams, RememberParams
+
+    from tests.unit.memory.conftest import ctx
+
+    def remember(texts: list[str], namespace: str) -> RememberParams:
+        return RememberParams.model_validate({"items": [{"text": t} for t in texts], "namespace": namespace})
+
+    query = RecallParams.model_validate({"query": "the heron by the weir", "k": 1, "namespace": "uid:1000"})
+    async with make_memory() as (memory, _):
+        await memory.remember(ctx(), remember(["a heron stood by the weir", "bread rises overnight", "the bus was late"],
+                                              "uid:1000"))
+        before = (await memory.recall(ctx(), query)).hits[0].parts.keyword
+        await memory.remember(ctx(uid=0), remember([f"heron sighting number {i}" for i in range(40)], "uid:2000"))
+        after = (await memory.recall(ctx(), query)).hits[0].parts.keyword
+        assert before > 0 and after == before  # another namespace's herons do not make them common here
