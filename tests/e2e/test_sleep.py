@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from engram.errors import RPCError
 
+from tests.e2e.sleep_notes import DIM, groups
+
 pytestmark = pytest.mark.e2e
 
-DIM = 16
 BASE = {"ENGRAM_INFERENCE__AUTO_IMPORT": "false", "ENGRAM_LOG__LEVEL": "info"}
 # A run that takes a while on a few hundred episodes: small units, a tiny CPU budget.
 SLOW = {
@@ -26,19 +27,6 @@ SLOW = {
     "ENGRAM_SLEEP__QUIET_GAP": "1.0",
     "ENGRAM_SLEEP__IMPORTANCE__BATCH": "10",
 }
-
-
-def groups(words: list[str], per: int, seed: int = 1) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    items = []
-    for g, word in enumerate(words):
-        centre = np.zeros(DIM, np.float32)
-        centre[g] = 1.0
-        for i in range(per):
-            vec = centre + rng.normal(scale=0.05, size=DIM).astype(np.float32)
-            items.append({"text": f"{word} note {i} on {word}", "vector": (vec / np.linalg.norm(vec)).tolist(),
-                          "session": f"s{i % 3}"})
-    return items
 
 
 def many(count: int, seed: int = 2) -> list[dict]:

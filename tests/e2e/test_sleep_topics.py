@@ -9,16 +9,16 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
-import numpy as np
 import pytest
 from engram.inference.bert_onnx import find_minilm_package_dir
 from engram.sleep.topic_names import tokens
 from engram_bench.sleep import TARGET_PURITY, _topic_members, measure_topics
 from engram_bench.topic_notes import SETS
 
+from tests.e2e.sleep_notes import groups
+
 pytestmark = pytest.mark.e2e
 
-DIM = 16
 
 
 def counts(value: Any, where: str = "") -> Iterator[tuple[str, int]]:
@@ -56,33 +56,19 @@ def test_sleep_finds_each_subject_of_labelled_notes_and_names_it_with_its_own_wo
     assert all(n >= 0 for _w, n in counts(result["figures"])), result["figures"]
 
 
-def groups(words: list[str], per: int, seed: int) -> list[dict]:
-    rng = np.random.default_rng(seed)
-    items = []
-    for g, word in enumerate(words):
-        centre = np.zeros(DIM, np.float32)
-        centre[g] = 1.0
-        for i in range(per):
-            # members about 0.7 apart in cosine: one subject, but no two near-duplicates to merge
-            vec = centre + rng.normal(scale=0.15, size=DIM).astype(np.float32)
-            items.append({"text": f"{word} note {i} on {word} {seed}", "vector": (vec / np.linalg.norm(vec)).tolist(),
-                          "session": f"s{i % 3}"})
-    return items
-
-
 def test_report_counts_stay_counts_when_episodes_are_forgotten_between_sleeps(make_daemon):
     daemon = make_daemon(env={"ENGRAM_INFERENCE__AUTO_IMPORT": "false", "ENGRAM_SLEEP__ENABLED": "false"})
     reports = []
     with daemon.client(timeout=120) as client:
-        first = client.call("memory.remember", {"items": groups(["kernel", "garden", "violin"], per=8, seed=1)})["ids"]
+        first = client.call("memory.remember", {"items": groups(["kernel", "garden", "violin"], per=8, seed=1, spread=0.15, label=" 1")})["ids"]
         reports.append(client.call("sleep.run", {"wait": True})["report"])
         # forget a whole topic's episodes and part of another's: links, relations and sources go with them
         client.call("memory.forget", {"ids": first[:8] + first[8:11]})
-        client.call("memory.remember", {"items": groups(["kernel", "garden", "violin", "harbour"], per=6, seed=2)})
+        client.call("memory.remember", {"items": groups(["kernel", "garden", "violin", "harbour"], per=6, seed=2, spread=0.15, label=" 2")})
         reports.append(client.call("sleep.run", {"wait": True})["report"])
         # and everything (concepts and relations too), then two episodes: too few for a topic
         client.call("memory.forget", {"all": True})
-        client.call("memory.remember", {"items": groups(["kernel"], per=2, seed=3)})
+        client.call("memory.remember", {"items": groups(["kernel"], per=2, seed=3, spread=0.15, label=" 3")})
         reports.append(client.call("sleep.run", {"wait": True})["report"])
         stored = client.call("sleep.reports", {"limit": 3})["reports"]
 
