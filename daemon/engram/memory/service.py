@@ -151,9 +151,8 @@ class Memory(Part):
         self.keyed_vectors = KeyedVectors(self.episodic)  # the router's input vectors (novelty, semantic cache)
         self.working = WorkingMemory(settings.working)
         self.namespaces = NamespacePolicy(owner_uid, namespace_decider)
-        graph = settings.graph
         self.extraction = ExtractionWorker(
-            settings.extraction, lambda t: t in graph.functional_types or t in graph.exclusive_types,
+            settings.extraction, settings.graph.functional,
             ExtractionQueue(self.db, "local"), self.graph, lambda: load_local_extractor(settings.extraction.resolve_pronouns),
             self._concept_vectors, self._extracted, metrics.registry if metrics is not None else None,
             llm=self._llm_extractor(settings.extraction.llm_provider, generate),
@@ -804,8 +803,7 @@ class Memory(Part):
             for j, e in enumerate(r.sources):
                 if not idgen.is_id(e, idgen.EPISODE):
                     raise InvalidParams(f"relations.{i}.sources.{j}: {e!r} is not an episode id", field=f"relations.{i}.sources.{j}", reason="bad_id")
-            exclusive = r.exclusive if r.exclusive is not None else (r.type in s.graph.functional_types
-                                                                     or r.type in s.graph.exclusive_types)
+            exclusive = r.exclusive if r.exclusive is not None else s.graph.functional(r.type)
             relations.append(RelationSpec(r.src, r.dst, r.type, r.weight, r.valid_from, r.valid_to, exclusive, list(r.sources)))
         vectors = await self._concept_vectors(namespace, concepts, relations)
         outcome = await self._thread(lambda: self.graph.upsert(namespace, concepts, relations, time.time(), vectors))

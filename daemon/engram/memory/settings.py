@@ -203,6 +203,10 @@ class GraphSettings(_Section):
         default=0.2, ge=-1, le=1, description="Concepts less similar to the query than this do not seed activation."
     )
 
+    def functional(self, relation_type: str) -> bool:
+        """Whether a relation of this type has one destination per source at a time."""
+        return relation_type in self.functional_types or relation_type in self.exclusive_types
+
 
 class ExtractionSettings(_Section):
     """Knowledge extraction: concepts and relations from remembered text, in the background."""
