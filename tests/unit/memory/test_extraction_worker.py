@@ -25,8 +25,11 @@ def query(concept: str, **params) -> GraphQueryParams:
 
 
 async def caught_up(memory, timeout: float = 30.0) -> None:
+    """Until nothing waits in the table and the worker has counted its last batch: it sets the
+    lag gauge before each batch and back to 0 only when it finds nothing more to do."""
+    gauge = memory.extraction.metrics.registry.get_sample_value
     with anyio.fail_after(timeout):
-        while await anyio.to_thread.run_sync(memory.extraction.queue.lag):
+        while await anyio.to_thread.run_sync(memory.extraction.queue.lag) or gauge("engram_memory_extraction_lag"):
             await anyio.sleep(0.05)
 
 
