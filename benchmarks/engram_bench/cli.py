@@ -28,6 +28,7 @@ __all__ = [
     "bench_route",
     "bench_rpc",
     "bench_sleep",
+    "bench_startup",
     "models_conformance",
 ]
 
@@ -85,6 +86,18 @@ def bench_cli(runs: int, socket_path: Path | None, as_json: bool) -> None:
 
     with errors():
         report = run_cli_bench(runs, socket_path, progress=not as_json and sys.stderr.isatty())
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("startup")
+@click.option("--runs", "-n", type=click.IntRange(min=1), default=10, show_default=True, help="Starts of engramd.")
+@json_option
+def bench_startup(runs: int, as_json: bool) -> None:
+    """Time from spawning engramd until it answers a ping, its CPU and RSS then, vs `python -c pass`."""
+    from engram_bench.ready import run_startup_bench
+
+    with errors():
+        report = run_startup_bench(runs, progress=not as_json and sys.stderr.isatty())
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 

@@ -1,6 +1,7 @@
-"""``engram bench cli`` and ``engram bench frames`` at a tiny size: ``engram --help`` and
-``engram ping`` against ``python -c pass``, and pings beside a large frame, engramd against the
-echo server, in one run. Sanity of the figures only; no timing assertions."""
+"""``engram bench cli``, ``engram bench frames`` and ``engram bench startup`` at a tiny size:
+``engram --help`` and ``engram ping`` against ``python -c pass``, pings beside a large frame
+(engramd against the echo server), and engramd's start until it answers a ping against
+``python -c pass``, each in one run. Sanity of the figures only; no timing assertions."""
 
 from __future__ import annotations
 
@@ -55,3 +56,21 @@ def test_bench_frames_tiny():
     for row in report["rows"]:
         assert row["frame_bytes"] > 256 * 1024 and row["seconds"] > 0 and row["worst_ms"] >= row["p50_ms"]
     assert [r["shape"] for r in report["ratios"]] == ["texts", "object"] and all(r["worst_ratio"] > 0 for r in report["ratios"])
+
+
+def test_bench_startup_tiny():
+    out = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "bench", "startup", "-n", "1", "--json"],
+        check=False, capture_output=True, text=True, timeout=300,
+    )
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["benchmark"] == "startup"
+    rows = {row["target"]: row for row in report["rows"]}
+    assert set(rows) == {"baseline", "engramd"}
+    for row in rows.values():
+        assert row["runs"] == 1 and row["p95_ms"] >= row["p50_ms"] > 0 and row["rss_p50_mb"] > 0
+    # A daemon that answered a ping has imported far more than a bare interpreter.
+    assert rows["engramd"]["rss_p50_mb"] > rows["baseline"]["rss_p50_mb"]
+    assert len(report["load_before"]) == len(report["load_after"]) == 3
+    assert report["verdict"]["target"] == "engramd" and report["verdict"]["limit_ms"] == 1500.0
