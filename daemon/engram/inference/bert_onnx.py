@@ -26,16 +26,19 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import onnx
 from numpy.typing import NDArray
-from onnx import TensorProto, helper
 from safetensors import safe_open
 
 from engram.errors import ConfigError, EngramError
 from engram.inference.text_encoder import resolve_max_seq_len
+
+if TYPE_CHECKING:
+    # onnx is imported where a graph is built or saved: the daemon imports this module at every
+    # start (the registry, the built-in model's package) and builds a graph only on an import.
+    import onnx
 
 __all__ = [
     "MINILM_DISTRIBUTION",
@@ -293,6 +296,8 @@ class _GraphBuilder:
         return self._add_initializer(name, array)
 
     def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
+        from onnx import helper
+
         self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
         return name
 
@@ -303,6 +308,8 @@ class _GraphBuilder:
         would copy every tensor twice more: the difference between 2 and 4 times the model's size in
         memory for a large model.
         """
+        from onnx import helper
+
         for name, array in self._initializers.items():
             tensor = graph.initializer.add()
             tensor.name = name
@@ -352,6 +359,8 @@ def _additive_mask(g: _GraphBuilder) -> str:
     -10000 rather than float32's minimum: exp() of it is already exactly 0 in float32, and it
     cannot overflow to -inf when added to a score.
     """
+    from onnx import TensorProto
+
     mask = g.op("Unsqueeze", ["attention_mask", g.const([1])], "mask.unsqueeze1")
     mask = g.op("Unsqueeze", [mask, g.const([2])], "mask.unsqueeze2")
     mask = g.op("Cast", [mask], "mask.float", to=TensorProto.FLOAT)
@@ -396,6 +405,8 @@ def _encoder_layer(g: _GraphBuilder, x: str, mask: str, cfg: BertConfig, n: int)
 
 def _mean_pool_normalize(g: _GraphBuilder, hidden: str) -> str:
     """Mean over real tokens, then x / max(‖x‖, 1e-12), as sentence-transformers computes it."""
+    from onnx import TensorProto
+
     mask_float = g.op("Cast", ["attention_mask"], "pool.mask_float", to=TensorProto.FLOAT)
     mask = g.op("Unsqueeze", [mask_float, g.const([-1])], "pool.mask")
     summed = g.op("ReduceSum", [g.op("Mul", [hidden, mask], "pool.masked"), g.const([1])], "pool.sum", keepdims=0)
@@ -417,6 +428,8 @@ def build_graph(
     metadata: Mapping[str, str] | None = None,
 ) -> onnx.ModelProto:
     """The ONNX model for ``cfg`` with ``weights`` (canonical names) as initializers."""
+    from onnx import TensorProto, helper
+
     g = _GraphBuilder(weights)
     hidden = _embeddings(g, cfg)
     mask = _additive_mask(g)  # computed once, shared by every layer
@@ -472,6 +485,8 @@ def _save_atomically(model: onnx.ModelProto, out_path: Path, external: bool) -> 
     external data the model refers to ``<name>.data`` by that relative name, so both files are
     written under their final names in the scratch directory and the model is moved last.
     """
+    import onnx
+
     data_path = out_path.with_name(f"{out_path.name}.data")
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as scratch:
         staged = Path(scratch) / out_path.name

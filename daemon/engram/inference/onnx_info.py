@@ -9,19 +9,23 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import onnx
-from onnx import AttributeProto, GraphProto, TensorProto, TypeProto, ValueInfoProto
+from typing import TYPE_CHECKING
 
 from engram.errors import DataError
 from engram.inference.manifest import Dim, TensorSpec
+from engram.wire.onnx_types import OnnxType
 from engram.wire.tensors import UnsupportedDtype, from_onnx_type
+
+if TYPE_CHECKING:
+    # onnx is imported by the functions that parse a model: the registry imports this module at
+    # every daemon start, and a model is parsed only when one is added.
+    from onnx import GraphProto, TensorProto, TypeProto, ValueInfoProto
 
 __all__ = ["OnnxInfo", "inspect_onnx", "type_name"]
 
 _ORT_ELEM_NAMES = {
-    TensorProto.FLOAT: "float",
-    TensorProto.DOUBLE: "double",
+    OnnxType.FLOAT: "float",
+    OnnxType.DOUBLE: "double",
 }
 
 
@@ -32,6 +36,8 @@ class NotOnnx(DataError, ValueError):
 def _elem_name(elem_type: int) -> str:
     if elem_type in _ORT_ELEM_NAMES:
         return _ORT_ELEM_NAMES[elem_type]
+    from onnx import TensorProto
+
     try:
         return TensorProto.DataType.Name(elem_type).lower()
     except ValueError:
@@ -97,6 +103,8 @@ class OnnxInfo:
 
 
 def _tensors(graph: GraphProto) -> Iterator[TensorProto]:
+    from onnx import AttributeProto
+
     yield from graph.initializer
     for sparse in graph.sparse_initializer:
         yield sparse.values
@@ -117,6 +125,9 @@ def _tensors(graph: GraphProto) -> Iterator[TensorProto]:
 def inspect_onnx(path: Path, shown_as: Path | None = None) -> OnnxInfo:
     """What the graph at ``path`` declares. ``shown_as`` is the file errors name: the user's own
     path when ``path`` is the registry's copy of it, whose name (model.onnx) they never chose."""
+    import onnx
+    from onnx import TensorProto
+
     shown = shown_as if shown_as is not None else path.name
     try:
         model = onnx.load(str(path), load_external_data=False)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import importlib.metadata
 import json
 import os
 import secrets
@@ -25,7 +26,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import onnx
 import structlog
 
 from engram import __version__
@@ -58,8 +58,14 @@ _STAGING_PREFIX = ".staging-"
 _TRASH_PREFIX = ".trash-"
 # The files of a sentence-transformers folder an embedding model keeps beside its graph.
 _TEXT_FILES = ("tokenizer.json", "config.json", "sentence_bert_config.json", "tokenizer_config.json")
-# Changes whenever the graph the importer writes could change, so that cached builds are not reused.
-BUILDER_ID = f"engram {__version__} bert_onnx opset {OPSET} onnx {onnx.__version__}"
+
+
+def builder_id() -> str:
+    """What built an imported model's graph, in its import-cache key: it changes whenever the graph
+    the importer writes could change (engram, the opset, onnx), so that cached builds are not reused.
+    onnx's version comes from its metadata, not its import: an import that finds its graph in the
+    cache needs nothing else of onnx."""
+    return f"engram {__version__} bert_onnx opset {OPSET} onnx {importlib.metadata.version('onnx')}"
 
 
 def now_iso() -> str:
@@ -359,7 +365,7 @@ class ModelRegistry:
                 reason="hash_mismatch",
                 file="model.safetensors",
             )
-        key = hashlib.sha256(json.dumps({"builder": BUILDER_ID, "inputs": inputs}, sort_keys=True).encode()).hexdigest()
+        key = hashlib.sha256(json.dumps({"builder": builder_id(), "inputs": inputs}, sort_keys=True).encode()).hexdigest()
         with self.staging() as staged:
             target = staged / MODEL_FILE
             build = _cached_build(cache_dir, key, target) if cache_dir is not None else None

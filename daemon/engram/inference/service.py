@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import anyio
 import numpy as np
-import onnxruntime as ort
 import structlog
 from prometheus_client import Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -70,7 +69,6 @@ from engram.inference.bert_onnx import (
 )
 from engram.inference.events import ModelAdded, ModelLoaded, ModelRemoved, ModelUnloaded
 from engram.inference.manifest import BadSignature, Manifest, signature_status
-from engram.inference.quantize import compare_embedders, quantize_model
 from engram.inference.registry import ModelRegistry, default_import_cache_dir
 from engram.inference.sessions import (
     LoadedModel,
@@ -498,6 +496,8 @@ class Inference(Part):
         return await self._thread(work)
 
     async def _info(self, name: str) -> ModelInfo:
+        import onnxruntime as ort  # loaded at the first model or models.info, not at start
+
         manifest = await self._thread(self.registry.manifest, name)
         size = await self._thread(self.registry.size, manifest)
         loaded = self.cache.peek(name)
@@ -664,6 +664,10 @@ class Inference(Part):
         threads = self.settings.threads.intra_op
 
         def work() -> ModelsQuantizeResult:
+            # Quantizing needs onnx, ONNX Runtime's quantization tools and more, which a daemon that
+            # never quantizes should not load at start.
+            from engram.inference.quantize import compare_embedders, quantize_model
+
             started = time.perf_counter()
             base = self.registry.manifest(params.name)
             self.registry.check_new(out, params.overwrite)

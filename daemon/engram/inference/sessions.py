@@ -24,13 +24,11 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import numpy as np
-import onnxruntime as ort
 import structlog
-from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from engram.errors import InternalError, InvalidParams, Unavailable
 from engram.inference.bert_onnx import sha256_file
@@ -38,21 +36,29 @@ from engram.inference.manifest import Manifest
 from engram.inference.settings import InferenceSettings
 from engram.wire.tensors import DTYPES
 
+if TYPE_CHECKING:
+    # ONNX Runtime is imported by the functions that create and run sessions: the daemon makes its
+    # session cache at every start, and needs the runtime only when a model is loaded.
+    import onnxruntime as ort
+
 __all__ = ["LoadedModel", "SessionCache", "SessionFactory", "provider_chain", "run_session"]
 
 log = structlog.get_logger("engram.inference")
 
+# inference.graph_optimization -> the name of its ort.GraphOptimizationLevel.
 _LEVELS = {
-    "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+    "disable": "ORT_DISABLE_ALL",
+    "basic": "ORT_ENABLE_BASIC",
+    "extended": "ORT_ENABLE_EXTENDED",
+    "all": "ORT_ENABLE_ALL",
 }
 _CPU = "CPUExecutionProvider"
 
 
 def provider_chain(preferred: list[str], available: list[str] | None = None) -> list[str]:
     """The preferred providers this ONNX Runtime has, in order, with the CPU as the last resort."""
+    import onnxruntime as ort
+
     available = ort.get_available_providers() if available is None else available
     chain = [p for p in preferred if p in available and p != _CPU]
     return [*chain, _CPU]
@@ -71,9 +77,11 @@ class SessionFactory:
         self.settings = settings
 
     def options(self, level: str) -> ort.SessionOptions:
+        import onnxruntime as ort
+
         s = self.settings
         options = ort.SessionOptions()
-        options.graph_optimization_level = _LEVELS[level]
+        options.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
         if s.threads.intra_op:
             options.intra_op_num_threads = s.threads.intra_op
         if s.threads.inter_op:
@@ -87,6 +95,8 @@ class SessionFactory:
         return options
 
     def create(self, manifest: Manifest, folder: Path) -> CreatedSession:
+        import onnxruntime as ort
+
         started = time.perf_counter()
         providers = provider_chain(self.settings.providers)
         model_path = folder / manifest.model_file
@@ -125,6 +135,8 @@ class SessionFactory:
         return CreatedSession(session, session.get_providers(), "off", time.perf_counter() - started)
 
     def _session(self, path: Path, options: ort.SessionOptions, providers: list[str], name: str) -> ort.InferenceSession:
+        import onnxruntime as ort
+
         try:
             return ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime's pybind errors: unsupported IR, unknown op, bad graph
@@ -137,6 +149,8 @@ class SessionFactory:
             ) from None
 
     def _cache_paths(self, manifest: Manifest, folder: Path, providers: list[str]) -> tuple[Path, Path]:
+        import onnxruntime as ort
+
         s = self.settings
         key = "|".join(
             [manifest.files[manifest.model_file], ort.__version__, s.graph_optimization, ",".join(providers)]
@@ -158,6 +172,8 @@ def _cache_valid(cached: Path, meta: Path) -> bool:
 
 
 def _ort_value(array: np.ndarray, dtype: str) -> ort.OrtValue:
+    import onnxruntime as ort
+
     wire = DTYPES[dtype]
     # np.require, not np.ascontiguousarray: the latter turns a 0-d array (a scalar input) into shape (1,).
     contiguous = np.require(array, requirements="C")
@@ -189,6 +205,8 @@ def run_session(
     exotic: bool,
 ) -> dict[str, np.ndarray]:
     """One ``session.run``; ONNX Runtime's errors become engram's (blocking: use a worker thread)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
     try:
         if not exotic:
             values = session.run(outputs, feed)

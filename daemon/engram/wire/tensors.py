@@ -30,11 +30,11 @@ from typing import Any, Literal
 
 import ml_dtypes
 import numpy as np
-from onnx import TensorProto
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from engram.errors import DataError, InvalidParams
 from engram.server.methods import Result
+from engram.wire.onnx_types import OnnxType
 
 __all__ = [
     "DTYPES",
@@ -57,7 +57,7 @@ OutputFormat = Literal["b64", "list"]
 class WireDtype:
     name: str
     numpy: np.dtype
-    onnx: int  # TensorProto.DataType
+    onnx: int  # ONNX's TensorProto.DataType, an OnnxType's value
     exotic: bool = False  # needs OrtValue with an explicit ONNX type to cross into ONNX Runtime
 
     @property
@@ -69,43 +69,36 @@ class WireDtype:
 
 
 def _d(name: str, numpy: Any, onnx: int, exotic: bool = False) -> WireDtype:
-    return WireDtype(name, np.dtype(numpy), onnx, exotic)
+    return WireDtype(name, np.dtype(numpy), int(onnx), exotic)
 
 
 DTYPES: dict[str, WireDtype] = {
     d.name: d
     for d in (
-        _d("float32", np.float32, TensorProto.FLOAT),
-        _d("float64", np.float64, TensorProto.DOUBLE),
-        _d("float16", np.float16, TensorProto.FLOAT16),
-        _d("bfloat16", ml_dtypes.bfloat16, TensorProto.BFLOAT16, True),
-        _d("float8e4m3fn", ml_dtypes.float8_e4m3fn, TensorProto.FLOAT8E4M3FN, True),
-        _d("float8e4m3fnuz", ml_dtypes.float8_e4m3fnuz, TensorProto.FLOAT8E4M3FNUZ, True),
-        _d("float8e5m2", ml_dtypes.float8_e5m2, TensorProto.FLOAT8E5M2, True),
-        _d("float8e5m2fnuz", ml_dtypes.float8_e5m2fnuz, TensorProto.FLOAT8E5M2FNUZ, True),
-        _d("int8", np.int8, TensorProto.INT8),
-        _d("int16", np.int16, TensorProto.INT16),
-        _d("int32", np.int32, TensorProto.INT32),
-        _d("int64", np.int64, TensorProto.INT64),
-        _d("uint8", np.uint8, TensorProto.UINT8),
-        _d("uint16", np.uint16, TensorProto.UINT16),
-        _d("uint32", np.uint32, TensorProto.UINT32),
-        _d("uint64", np.uint64, TensorProto.UINT64),
-        _d("bool", np.bool_, TensorProto.BOOL),
-        _d("string", object, TensorProto.STRING),
+        _d("float32", np.float32, OnnxType.FLOAT),
+        _d("float64", np.float64, OnnxType.DOUBLE),
+        _d("float16", np.float16, OnnxType.FLOAT16),
+        _d("bfloat16", ml_dtypes.bfloat16, OnnxType.BFLOAT16, True),
+        _d("float8e4m3fn", ml_dtypes.float8_e4m3fn, OnnxType.FLOAT8E4M3FN, True),
+        _d("float8e4m3fnuz", ml_dtypes.float8_e4m3fnuz, OnnxType.FLOAT8E4M3FNUZ, True),
+        _d("float8e5m2", ml_dtypes.float8_e5m2, OnnxType.FLOAT8E5M2, True),
+        _d("float8e5m2fnuz", ml_dtypes.float8_e5m2fnuz, OnnxType.FLOAT8E5M2FNUZ, True),
+        _d("int8", np.int8, OnnxType.INT8),
+        _d("int16", np.int16, OnnxType.INT16),
+        _d("int32", np.int32, OnnxType.INT32),
+        _d("int64", np.int64, OnnxType.INT64),
+        _d("uint8", np.uint8, OnnxType.UINT8),
+        _d("uint16", np.uint16, OnnxType.UINT16),
+        _d("uint32", np.uint32, OnnxType.UINT32),
+        _d("uint64", np.uint64, OnnxType.UINT64),
+        _d("bool", np.bool_, OnnxType.BOOL),
+        _d("string", object, OnnxType.STRING),
     )
 }
 _BY_ONNX = {d.onnx: d for d in DTYPES.values()}
 _BY_NUMPY = {d.numpy: d for d in DTYPES.values()}
-_NO_WIRE = {
-    TensorProto.INT4: "int4",
-    TensorProto.UINT4: "uint4",
-    TensorProto.COMPLEX64: "complex64",
-    TensorProto.COMPLEX128: "complex128",
-}
-for _name in ("FLOAT4E2M1", "INT2", "UINT2", "FLOAT8E8M0"):  # newer onnx versions only
-    if hasattr(TensorProto, _name):
-        _NO_WIRE[getattr(TensorProto, _name)] = _name.lower()
+# Every other ONNX type, by its ONNX name: 4-bit, 2-bit, 6-bit and e8m0 floats, complex numbers.
+_NO_WIRE = {t.value: t.name.lower() for t in OnnxType if t.value not in _BY_ONNX and t is not OnnxType.UNDEFINED}
 
 _SPECIAL_FLOATS = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
 
@@ -124,6 +117,10 @@ def from_onnx_type(elem_type: int) -> WireDtype:
         return _BY_ONNX[elem_type]
     name = _NO_WIRE.get(elem_type)
     if name is None:
+        # A type newer than OnnxType: the installed onnx may know its name. Only a model's
+        # inspection gets here, and that has imported onnx already.
+        from onnx import TensorProto
+
         try:
             name = TensorProto.DataType.Name(elem_type).lower()
         except ValueError:
