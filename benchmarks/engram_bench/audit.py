@@ -47,7 +47,7 @@ from engram.storage import Database
 from engram_bench.processes import temporary_daemon
 from engram_bench.stats import Measurement, measure
 
-__all__ = ["AUDITED_METHOD", "AuditBenchReport", "run_audit_bench"]
+__all__ = ["AUDITED_METHOD", "UNAUDITED_METHOD", "AuditBenchReport", "run_audit_bench"]
 
 _PRINCIPAL = Principal(uid=1000, gid=1000, pid=4242, user="bench")
 _ORIGIN = "engram.local/bench"
@@ -56,6 +56,9 @@ _ORIGIN = "engram.local/bench"
 # read, so its entry is durable before the answer. (``plugins.list`` probed every plugin's health,
 # a few ms each, which capped the row at the probes' rate.)
 AUDITED_METHOD = "policy.privacy"
+# The same daemon's request path without an audit entry: what the audited row adds to it is the
+# audit log's cost (policy.privacy's own work, a dict from memory, is a few microseconds).
+UNAUDITED_METHOD = "system.ping"
 _AUDITED_RESULT = {"privacy_mode": False, "source": "default", "override": None, "config": False, "policy": False}
 
 
@@ -236,6 +239,17 @@ class AuditBenchReport:
     def _row(self, target: str) -> Measurement:
         return next(m for m in self.appends if m.target == target)
 
+    def audit_cost(self) -> dict[str, Any]:
+        """The audited row against the unaudited one, both through the same daemon."""
+        audited, unaudited = self._row("engramd audited"), self._row("engramd ping (no audit)")
+        return {
+            "audited_method": AUDITED_METHOD,
+            "unaudited_method": UNAUDITED_METHOD,
+            "throughput_ratio": round(audited.throughput / unaudited.throughput, 3) if unaudited.throughput else None,
+            "p50_added_ms": round(audited.p50_ms - unaudited.p50_ms, 3),
+            "p99_added_ms": round(audited.p99_ms - unaudited.p99_ms, 3),
+        }
+
     def as_dict(self) -> dict[str, Any]:
         daemon = self._row("engramd audited")
         bare = [m for m in self.appends if m.target.startswith("bare")]
@@ -243,6 +257,7 @@ class AuditBenchReport:
             "benchmark": "audit",
             "audited_method": AUDITED_METHOD,
             "append": [m.as_dict() for m in self.appends],
+            "audit_cost": self.audit_cost(),
             "append_ratios": {
                 m.target: round(daemon.throughput / m.throughput, 3) if m.throughput else None for m in bare
             },
@@ -270,6 +285,12 @@ class AuditBenchReport:
                 f"  {m.target:<26} {m.concurrency:>7} {m.throughput:>11.0f} {m.p50_ms:>8.3f} {m.p99_ms:>8.3f} {m.errors:>6}"
             )
         daemon = self._row("engramd audited")
+        cost = self.audit_cost()
+        if cost["throughput_ratio"] is not None:
+            lines.append(
+                f"  ratio engramd audited ({AUDITED_METHOD}) / unaudited ({UNAUDITED_METHOD}): {cost['throughput_ratio']:.2f}x,"
+                f" p50 +{cost['p50_added_ms']:.3f} ms, p99 +{cost['p99_added_ms']:.3f} ms"
+            )
         for m in self.appends:
             if m.target.startswith("bare") and m.throughput:
                 lines.append(f"  ratio engramd / {m.target}: {daemon.throughput / m.throughput:.2f}x")
@@ -313,7 +334,7 @@ def run_audit_bench(
         task = bar.add_task("audit: daemon appends", total=None)
         sock = socket_path or stack.enter_context(temporary_daemon())
         report.appends.append(asyncio.run(_load(sock, "engramd audited", AUDITED_METHOD, concurrency, entries, True)))
-        report.appends.append(asyncio.run(_load(sock, "engramd ping (no audit)", "system.ping", concurrency, entries, False)))
+        report.appends.append(asyncio.run(_load(sock, "engramd ping (no audit)", UNAUDITED_METHOD, concurrency, entries, False)))
         report.mean_batch = asyncio.run(_mean_batch(sock))
         bar.update(task, description="audit: bare appends")
         with tempfile.TemporaryDirectory(prefix="engram-audit-bench-") as tmp:

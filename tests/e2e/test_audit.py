@@ -266,8 +266,12 @@ def test_bench_audit_smoke(daemon):
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     targets = {row["target"] for row in report["append"]}
-    assert {"engramd audited", "bare batch=1", "bare batch=256"} <= targets
+    assert {"engramd audited", "engramd ping (no audit)", "bare batch=1", "bare batch=256"} <= targets
     assert all(row["errors"] == 0 for row in report["append"])
+    # The audited row calls a cheap audited method, compared with an unaudited one on the same daemon.
+    cost = report["audit_cost"]
+    assert report["audited_method"] == cost["audited_method"] == "policy.privacy"
+    assert cost["unaudited_method"] == "system.ping" and cost["throughput_ratio"] > 0
     assert report["verify"]["entries"] == 300 and report["verify"]["seconds"] > 0
     assert len(report["proofs"]) == 6
 
