@@ -15,7 +15,9 @@ Started right after the database and before anything that produces entries, it
    task takes what is pending (up to ``audit.max_batch``, waiting at most
    ``audit.max_batch_delay_ms`` for a batch to fill), writes it in one transaction in a worker
    thread and, once ``COMMIT`` returned, wakes each caller with its ``seq``. Nothing is
-   acknowledged with a ``seq`` before it is durable;
+   acknowledged with a ``seq`` before it is durable. Entries nobody waits for (reads', bus
+   events') gather for up to ``audit.read_commit_delay_ms`` first, until one that somebody waits
+   for arrives, so that a stream of reads costs one commit per window rather than one each;
 4. signs a checkpoint every ``audit.checkpoint_every_entries`` entries, every
    ``audit.checkpoint_every_seconds`` while entries arrive, on request, and at shutdown.
    Checkpoints are signed only over committed entries, so none is ever ahead of the log.
@@ -143,6 +145,7 @@ class AuditLog(Part):
         self._bus = bus
         self._topics: list[str] = list(AUDITED_TOPICS)
         self._queue: deque[_Pending] = deque()
+        self._waited = 0  # entries in the queue whose callers wait for their seq
         self._wake: anyio.Event | None = None
         self._space: anyio.Event | None = None
         self._closing = False
@@ -333,6 +336,7 @@ class AuditLog(Part):
             for pending in self._queue:
                 self._finish(pending, error=Unavailable("audit log closed", reason="audit_unavailable"))
             self._queue.clear()
+            self._waited = 0
             await anyio.to_thread.run_sync(self.store.close)
             log.info("audit log closed", size=self.store.size)
 
@@ -423,6 +427,7 @@ class AuditLog(Part):
         self._check_room()
         pending = _Pending(record, anyio.Event())
         self._queue.append(pending)
+        self._waited += 1
         self._kick()
         limit = self.settings.append_timeout
         with anyio.move_on_after(limit):
@@ -437,7 +442,12 @@ class AuditLog(Part):
 
     def _enqueue_unwaited(self, record: Record) -> None:
         self._queue.append(_Pending(record))
-        self._kick()
+        # The writer only needs waking when this entry starts a batch or fills one: while it
+        # gathers entries nobody waits for, waking it for each of them would cost a task switch
+        # per read for nothing.
+        queued = len(self._queue)
+        if queued == 1 or queued >= self.settings.max_batch:
+            self._kick()
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -458,12 +468,14 @@ class AuditLog(Part):
                         return
                     self._wake = anyio.Event()
                     await self._wake.wait()
+                await self._gather_unwaited()
                 if delay and len(self._queue) < max_batch and not self._closing:
                     with anyio.move_on_after(delay):
                         while len(self._queue) < max_batch:
                             self._wake = anyio.Event()
                             await self._wake.wait()
                 batch = [self._queue.popleft() for _ in range(min(max_batch, len(self._queue)))]
+                self._waited -= sum(pending.done is not None for pending in batch)
                 self._signal_space()
                 await self._write(batch)
                 last = self._last_checkpoint.size if self._last_checkpoint else 0
@@ -472,6 +484,19 @@ class AuditLog(Part):
                     self.start_soon(self._checkpoint_task, name="audit-checkpoint")
         finally:
             self._writer_done.set()  # type: ignore[union-attr]
+
+    async def _gather_unwaited(self) -> None:
+        """While nobody waits for the queued entries (reads', events'), let more join them for up
+        to ``audit.read_commit_delay_ms``: one commit, one thread hop and one fsync for many reads
+        instead of one each. An entry someone waits for, a full batch or shutdown ends the wait."""
+        window = self.settings.read_commit_delay_ms / 1000
+        max_batch = self.settings.max_batch
+        if not window or self._waited or self._closing or len(self._queue) >= max_batch:
+            return
+        with anyio.move_on_after(window):
+            while not (self._waited or self._closing or len(self._queue) >= max_batch):
+                self._wake = anyio.Event()
+                await self._wake.wait()
 
     async def _write(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()

@@ -53,6 +53,17 @@ class AuditSettings(BaseModel):
             "the next batch, which is group commit without added latency."
         ),
     )
+    read_commit_delay_ms: float = Field(
+        default=50.0,
+        ge=0,
+        le=1000,
+        description=(
+            "How long the entries nobody waits for (reads' rpc entries, audited bus events) may gather "
+            "before they are committed, so that one commit carries many; a crash can lose the reads "
+            "answered in this window. An entry someone waits for (any other audited request) is "
+            "committed at once, with everything queued before it. 0: no gathering."
+        ),
+    )
     queue_size: int = Field(
         default=16_384,
         ge=1,

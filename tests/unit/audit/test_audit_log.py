@@ -153,6 +153,25 @@ async def test_queued_reads_are_committed_with_the_next_batch_and_in_order(folde
     assert entries[0]["output_hash"] == content_hash({"n": 1})
 
 
+async def test_queued_reads_gather_into_one_commit(folder: Folder) -> None:
+    async with folder.log(read_commit_delay_ms=1000) as audit:
+        for request in (1, 2, 3):
+            audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=request, params={}, result={})
+            await anyio.sleep(0.01)  # the writer runs between them: without gathering it commits each
+        assert audit.size == 0
+    assert audit.counters.batches == 1  # closing the log ended the window
+    assert [e["task_id"] for e in folder.entries()] == [1, 2, 3]
+
+
+async def test_an_entry_someone_waits_for_ends_the_gathering_of_reads(folder: Folder) -> None:
+    # The write's caller would time out if it waited for the reads' window (1 s) to end.
+    async with folder.log(read_commit_delay_ms=1000, append_timeout=0.5) as audit:
+        audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=1, params={})
+        await anyio.sleep(0.01)
+        seq = await audit.record_request(method="x.write", principal=PRINCIPAL, request=2, params={}, result={})
+        assert seq == 1 and audit.counters.batches == 1
+
+
 async def test_queued_reads_are_refused_when_full_or_stopped(folder: Folder) -> None:
     audit = folder.log(queue_size=1, max_batch_delay_ms=1000)
     with pytest.raises(Unavailable):
