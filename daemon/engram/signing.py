@@ -41,7 +41,6 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from engram.errors import DataError
 
@@ -212,7 +211,9 @@ class Signer:
         # Error messages never echo the key data: it is secret.
         kid, seed = _parse_key_fields(name, kid_hex, data, "signer key")
         key = Ed25519PrivateKey.from_private_bytes(seed)
-        public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+        # public_bytes_raw rather than public_bytes(Encoding.Raw, ...): cryptography's serialization
+        # package imports every cipher (SSH key support), a sizeable share of a daemon's start.
+        public = key.public_key().public_bytes_raw()
         if key_id(name, public) != kid:
             raise NoteError("signer key: key ID does not match the name and public key")
         self.name = name
