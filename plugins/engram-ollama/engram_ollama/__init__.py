@@ -11,11 +11,16 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from engram.plugins import Completion, CostHint, ProviderHealth, http_client_options, locality_of
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    # httpx is imported, and the client made, at the first request: a daemon starts every
+    # installed provider, and importing httpx and building a client (TLS context included) for
+    # each took a tenth of a second or more of every start, for providers most starts never call.
+    import httpx
 
 __all__ = ["OllamaConfig", "OllamaError", "OllamaProvider"]
 __version__ = "0.1.0"
@@ -54,31 +59,39 @@ class OllamaProvider:
         self.config = config
         self.locality = locality_of(config.base_url, config.locality, config.proxy)
         self._transport = transport
+        self._started = False
         self._client: httpx.AsyncClient | None = None
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         # No request here: a stopped Ollama is a health problem, not a reason to refuse to load.
-        self._client = httpx.AsyncClient(
-            base_url=self.config.base_url.rstrip("/"),
-            timeout=self.config.timeout,
-            transport=self._transport,
-            **http_client_options(self.config.proxy),
-        )
+        self._started = True
 
     async def stop(self) -> None:
+        self._started = False
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+        if not self._started:
             raise OllamaError("provider not started")
+        if self._client is None:
+            import httpx
+
+            self._client = httpx.AsyncClient(
+                base_url=self.config.base_url.rstrip("/"),
+                timeout=self.config.timeout,
+                transport=self._transport,
+                **http_client_options(self.config.proxy),
+            )
         return self._client
 
     async def health(self) -> ProviderHealth:
+        import httpx
+
         try:
             models = await self.list_models()
         except (httpx.HTTPError, OllamaError) as exc:

@@ -104,3 +104,17 @@ async def test_a_configured_proxy_is_used_and_makes_it_remote(fake):
         finally:
             await p.stop()
         assert [path for _, path, _ in proxy.requests] == [f"{fake.url}/api/tags"] and fake.requests == []
+
+
+async def test_requests_work_between_start_and_stop_and_starting_sends_none(fake):
+    p = OllamaProvider(OllamaConfig(base_url=fake.url))
+    with pytest.raises(OllamaError, match="not started"):
+        await p.generate("hi")
+    for _ in range(2):  # a stopped provider starts again
+        await p.start()
+        assert fake.requests == []  # the client is made at the first request, not at start
+        assert (await p.generate("hi")).text == "echo: hi"
+        await p.stop()
+        with pytest.raises(OllamaError, match="not started"):
+            await p.generate("hi")
+        fake.requests.clear()

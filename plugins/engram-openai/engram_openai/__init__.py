@@ -14,11 +14,16 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import httpx
 from engram.plugins import Completion, CostHint, ProviderHealth, http_client_options, locality_of
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+if TYPE_CHECKING:
+    # httpx is imported, and the client made, at the first request: a daemon starts every
+    # installed provider, and importing httpx and building a client (TLS context included) for
+    # each took a tenth of a second or more of every start, for providers most starts never call.
+    import httpx
 
 __all__ = ["OpenAIConfig", "OpenAIError", "OpenAIProvider"]
 __version__ = "0.1.0"
@@ -63,6 +68,7 @@ class OpenAIProvider:
             usd_per_1k_output_tokens=config.usd_per_1k_output_tokens,
         )
         self._transport = transport
+        self._started = False
         self._client: httpx.AsyncClient | None = None
 
     def _api_key(self) -> str | None:
@@ -71,30 +77,35 @@ class OpenAIProvider:
         return os.environ.get(self.config.api_key_env) or None
 
     async def start(self) -> None:
-        headers = {"Authorization": f"Bearer {key}"} if (key := self._api_key()) else {}
-        self._client = httpx.AsyncClient(
-            base_url=self.config.base_url.rstrip("/"),
-            timeout=self.config.timeout,
-            headers=headers,
-            transport=self._transport,
-            **http_client_options(self.config.proxy),
-        )
+        self._started = True
 
     async def stop(self) -> None:
+        self._started = False
         if self._client is not None:
             await self._client.aclose()
             self._client = None
 
     @property
     def client(self) -> httpx.AsyncClient:
-        if self._client is None:
+        if not self._started:
             raise OpenAIError("provider not started")
+        if self._client is None:
+            import httpx
+
+            headers = {"Authorization": f"Bearer {key}"} if (key := self._api_key()) else {}
+            self._client = httpx.AsyncClient(
+                base_url=self.config.base_url.rstrip("/"),
+                timeout=self.config.timeout,
+                headers=headers,
+                transport=self._transport,
+                **http_client_options(self.config.proxy),
+            )
         return self._client
 
     async def health(self) -> ProviderHealth:
         key = "an API key" if self._api_key() else f"no API key (set {self.config.api_key_env} or api_key)"
         return ProviderHealth(
-            ok=self._client is not None,
+            ok=self._started,
             detail=f"{self.locality} endpoint {self.config.base_url}, {key}; not contacted by health checks",
         )
 

@@ -104,3 +104,19 @@ async def test_a_configured_proxy_is_used_and_makes_it_remote(fake):
         finally:
             await p.stop()
         assert [path for path, _, _ in proxy.requests] == [f"{fake.url}/embeddings"] and fake.requests == []
+
+
+async def test_requests_work_between_start_and_stop_and_starting_sends_none(fake):
+    p = OpenAIProvider(OpenAIConfig(base_url=fake.url, api_key="sk-test", model="gpt-test"))
+    messages = [{"role": "user", "content": "hello"}]
+    with pytest.raises(OpenAIError, match="not started"):
+        await p.chat(messages)
+    assert not (await p.health()).ok
+    for _ in range(2):  # a stopped provider starts again
+        await p.start()
+        assert fake.requests == [] and (await p.health()).ok  # the client is made at the first request
+        assert (await p.chat(messages)).text == "echo: hello"
+        await p.stop()
+        with pytest.raises(OpenAIError, match="not started"):
+            await p.chat(messages)
+        fake.requests.clear()
