@@ -16,7 +16,8 @@ recall latency p50/p99 at each size (``recall``: a vector, vector-only scoring;
 ``recall_hybrid``: a vector and a query text, engram's hybrid scoring; ``recall_text``: a query
 text alone, which the daemon embeds), recall@10 of engram's index against exact search over the
 same vectors, the daemon's CPU time per recall (``daemon_cpu_ms``: all its threads, from
-``/proc/<pid>/stat``), forget latency, and the daemon's memory (Linux, from ``/proc/<pid>/status``): its
+``/proc/<pid>/stat``; recalls start once the daemon is idle after the ingest, its index built
+and saved), forget latency, and the daemon's memory (Linux, from ``/proc/<pid>/status``): its
 peak RSS through the ingest and index build, its steady RSS after the recalls (with the
 embedding model loaded once a text query ran), and, after a restart on the same state folder,
 its peak while loading the index and its steady RSS again. Embedding 100k texts with MiniLM takes
@@ -337,6 +338,23 @@ def _cpu_ms_per_call(pid: int | None, before: float | None, calls: int) -> dict[
     return {"daemon_cpu_ms": round((after - before) / calls * 1000, 3)}
 
 
+def _wait_until_idle(pid: int | None, busy_below: float = 0.05, timeout: float = 120.0) -> float:
+    """Wait until the daemon uses less than ``busy_below`` of a core for two quarter-second
+    intervals in a row (an index build ends with saving the index, which takes a core for a
+    while and would be counted in the recalls' CPU); returns seconds waited."""
+    began = time.perf_counter()
+    quiet = 0
+    last = _cpu_seconds(pid)
+    while last is not None and quiet < 2 and time.perf_counter() - began < timeout:
+        time.sleep(0.25)
+        now = _cpu_seconds(pid)
+        if now is None:
+            break
+        quiet = quiet + 1 if now - last < busy_below * 0.25 else 0
+        last = now
+    return time.perf_counter() - began
+
+
 def _advance(bar: Any, task: Any) -> Callable[[int], None]:
     return lambda n: bar.advance(task, n)
 
@@ -460,6 +478,9 @@ def run_memory_bench(
             waited = asyncio.run(_wait_for_index(socket, size, threshold))
             if waited > 0.5:
                 report.notes.append(f"at {size}: waited {waited:.1f} s for the background HNSW build before measuring recall")
+            waited = _wait_until_idle(pid)
+            if waited > 1.0:
+                report.notes.append(f"at {size}: waited {waited:.1f} s for the daemon's background work (index save) to end")
             if size == sizes[-1]:
                 status = _status_mib(pid)
                 if "VmHWM" in status:
