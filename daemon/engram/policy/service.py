@@ -264,34 +264,42 @@ class Policy(Part):
         ``principal`` call ``method``? Raises PolicyDenied if not."""
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
         if decision.allowed:
-            # The hot path: the same client calling the same method gets the same (cached)
-            # decision; its event is a copy of the last one with a new time, which costs half
-            # of building it field by field, and is not made at all when no subscriber would
-            # take it (a routine allow, which the audit log does not admit, and nobody following
-            # policy.* over the socket).
-            key = (principal.uid, principal.gid, principal.pid, principal.user, principal.client, method.name)
-            last = self._allowed_events.get(key)
-            self._decision_counters[("method", "allow")].inc()
-            if last is not None and last[0] is decision:
-                if self._bus.wants(last[1].topic, like=last[1]):
-                    self._bus.publish(last[1].model_copy(update={"time": time.time()}))
-                return
-            event = self._event(decision, AccessRequest("method", principal, method.name, method.owner_only))
-            if len(self._allowed_events) >= 4096:
-                self._allowed_events.clear()
-            self._allowed_events[key] = (decision, event)
-            self._bus.publish(event)
+            key = ("method", principal.uid, principal.gid, principal.pid, principal.user, principal.client, method.name)
+            self._record_allowed(key, decision, lambda: AccessRequest("method", principal, method.name, method.owner_only))
             return
         request = AccessRequest("method", principal, method.name, method.owner_only)
         self._record(decision, request)
         raise decision.denial(request)
+
+    def _record_allowed(self, key: tuple[Any, ...], decision: Decision, request: Callable[[], AccessRequest]) -> None:
+        """:meth:`_record` for an allow, on the hot path of every request: the same client asking
+        the same thing (``key``) gets the same (cached) decision; its event is a copy of the last
+        one with a new time, which costs half of building it field by field, and is not made at
+        all when no subscriber would take it (a routine allow, which the audit log does not
+        admit, and nobody following policy.* over the socket)."""
+        self._decision_counters[(decision.point, decision.effect)].inc()
+        last = self._allowed_events.get(key)
+        if last is not None and last[0] is decision:
+            if self._bus.wants(last[1].topic, like=last[1]):
+                self._bus.publish(last[1].model_copy(update={"time": time.time()}))
+            return
+        event = self._event(decision, request())
+        if len(self._allowed_events) >= 4096:
+            self._allowed_events.clear()
+        self._allowed_events[key] = (decision, event)
+        self._bus.publish(event)
 
     def authorize_namespace(self, principal: Principal, method: str | None, namespace: str) -> Decision:
         """May ``principal``, calling ``method``, use ``namespace``?"""
         # Outside a request (no method known) only the namespace rules speak, for memory.* as a whole.
         action = method or "memory.*"
         decision = self._engine().authorize_namespace(principal, action, namespace, check_method=method is not None)
-        self._record(decision, AccessRequest("namespace", principal, action, namespace=namespace))
+        request = lambda: AccessRequest("namespace", principal, action, namespace=namespace)  # noqa: E731
+        if decision.allowed:
+            key = ("namespace", principal.uid, principal.gid, principal.pid, principal.user, principal.client, action, namespace)
+            self._record_allowed(key, decision, request)
+        else:
+            self._record(decision, request())
         return decision
 
     def admin_action_allowed(self, principal: Principal, action: str) -> bool:

@@ -177,6 +177,23 @@ async def test_namespace_check_uses_the_method_it_is_given(tmp_path):
         assert info.value.data["namespace"] == "shared:x" and info.value.data["method"] == "memory.write"
 
 
+async def test_namespace_allows_are_published_only_when_someone_takes_them(tmp_path):
+    h = Harness(tmp_path)
+    async with h.part:
+        h.drain()
+        for _ in range(2):
+            assert h.part.namespace_allowed(principal(OWNER), "memory.write", "uid:1")
+        first, second = h.drain()
+        assert (first.point, first.effect, first.method, first.namespace) == ("namespace", "allow", "memory.write", "uid:1")
+        assert (second.point, second.namespace) == ("namespace", "uid:1") and second is not first
+        # Only a subscriber like the audit log's, which admits no routine allow: none is made.
+        h.bus.unsubscribe(h.events, "test over")
+        h.bus.subscribe(["policy.*"], 10, admits=lambda event: event.audit)
+        published = h.bus.published
+        assert h.part.namespace_allowed(principal(OWNER), "memory.write", "uid:1")
+        assert h.bus.published == published
+
+
 async def test_explain(tmp_path):
     h = Harness(tmp_path)
     (h.dir / "remote.toml").write_text(REMOTE)
