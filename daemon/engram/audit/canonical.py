@@ -83,7 +83,7 @@ def _sort_key(key: str) -> bytes:
 def _sorted_keys(obj: dict) -> list[str]:
     keys = list(obj)
     for key in keys:
-        if type(key) is not str:
+        if not isinstance(key, str):
             raise TypeError(f"JSON object keys must be strings, not {type(key).__name__}")
         if not key.isascii():
             # Rare: sort by UTF-16 code units as JCS says (differs from code points above U+FFFF).
@@ -92,45 +92,98 @@ def _sorted_keys(obj: dict) -> list[str]:
     return keys
 
 
+# What precedes each member's value, per set of keys (see _members). Bounded: clients' metadata
+# can bring any number of shapes; starting afresh costs only the sorting it saved.
+_MEMBERS_LIMIT = 4096
+_members_by_keys: dict[tuple[str, ...], tuple[tuple[str, str], ...]] = {}
+
+
+def _members(obj: dict) -> tuple[tuple[str, str], ...]:
+    """Each key of ``obj`` in canonical order, with the text before its value (the ``,`` between
+    members, the escaped key and ``:``). Worked out once per set of keys: what engram hashes
+    repeats a few shapes (every hit of a recall has the same keys, in the same order)."""
+    keys = tuple(obj)
+    members = _members_by_keys.get(keys)
+    if members is None:
+        members = tuple((key, ("," if n else "") + _string(key) + ":") for n, key in enumerate(_sorted_keys(obj)))
+        if len(_members_by_keys) >= _MEMBERS_LIMIT:
+            _members_by_keys.clear()
+        _members_by_keys[keys] = members
+    return members
+
+
+_float_repr = float.__repr__
+_int_repr = int.__repr__
+
+
 def _encode(value: Any, out: list[str]) -> None:
+    # The hot path of the audit writer (every request's params and result are hashed), so the
+    # common scalars are written inline in the loops over members and items rather than through
+    # a call each, which costs more than writing them; anything else recurses.
+    append = out.append
     kind = type(value)
-    if kind is str:
-        out.append(_string(value))
-    elif kind is dict:
-        out.append("{")
+    if kind is dict:
+        append("{")
+        for key, before in _members(value):
+            append(before)
+            item = value[key]
+            kind = type(item)
+            if kind is str:
+                append(_string(item))
+            elif kind is float:
+                text = _float_repr(item)
+                if "e" in text or "n" in text:  # exponent form, nan, inf
+                    text = format_float(item)
+                elif text[-2:] == ".0":
+                    text = text[:-2] if item else "0"  # -0.0 too
+                append(text)
+            elif item is None:
+                append("null")
+            elif item is True:
+                append("true")
+            elif item is False:
+                append("false")
+            elif kind is int:
+                append(_int_repr(item))
+            else:
+                _encode(item, out)
+        append("}")
+    elif kind is list or kind is tuple:
+        append("[")
         first = True
-        for key in _sorted_keys(value):
+        for item in value:
             if first:
                 first = False
             else:
-                out.append(",")
-            out.append(_string(key))
-            out.append(":")
-            _encode(value[key], out)
-        out.append("}")
+                append(",")
+            kind = type(item)
+            if kind is str:
+                append(_string(item))
+            elif kind is float:
+                append(format_float(item))
+            elif kind is int:
+                append(_int_repr(item))
+            else:
+                _encode(item, out)
+        append("]")
+    elif kind is str:
+        append(_string(value))
     elif value is None:
-        out.append("null")
+        append("null")
     elif value is True:
-        out.append("true")
+        append("true")
     elif value is False:
-        out.append("false")
+        append("false")
     elif kind is int:
-        out.append(int.__repr__(value))
+        append(_int_repr(value))
     elif kind is float:
-        out.append(format_float(value))
-    elif kind is list or kind is tuple:
-        out.append("[")
-        for i, item in enumerate(value):
-            if i:
-                out.append(",")
-            _encode(item, out)
-        out.append("]")
+        append(format_float(value))
     elif isinstance(value, str):
-        out.append(_string(str(value)))
+        append(_string(str(value)))
     elif isinstance(value, int):  # IntEnum and other int subclasses: their integer value
-        out.append(int.__repr__(value))
+        append(int.__repr__(value))
     elif isinstance(value, float):
-        out.append(format_float(float(value)))
+        append(format_float(float(value)))
     elif isinstance(value, dict):
         _encode(dict(value), out)
     elif isinstance(value, (list, tuple)):

@@ -8,6 +8,8 @@ import math
 import struct
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from engram.audit.canonical import canonical_json, content_hash, format_float
 
 # RFC 8785 appendix B: IEEE 754 bit patterns and their ECMAScript string forms.
@@ -97,3 +99,40 @@ def test_rejects_non_json() -> None:
 
 def test_content_hash() -> None:
     assert content_hash({"b": 1, "a": [1.0]}) == hashlib.sha256(b'{"a":[1],"b":1}').hexdigest()
+
+
+def _plain_jcs(value: object) -> str:
+    """RFC 8785 written out the plain recursive way, for valid Unicode: what the encoder, which
+    takes shortcuts for speed, must agree with."""
+    if isinstance(value, dict):
+        keys = sorted(value, key=lambda key: key.encode("utf-16-be"))
+        return "{" + ",".join(json.dumps(key, ensure_ascii=False) + ":" + _plain_jcs(value[key]) for key in keys) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_plain_jcs(item) for item in value) + "]"
+    if isinstance(value, float):
+        return format_float(value)
+    return json.dumps(value, ensure_ascii=False)  # str, int, bool, None
+
+
+_json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@given(_json_values)
+def test_agrees_with_the_plain_recursive_definition(value: object) -> None:
+    assert canonical_json(value) == _plain_jcs(value).encode()
+
+
+@given(st.floats())
+def test_floats_are_written_alike_as_members_items_and_alone(value: float) -> None:
+    alone = format_float(value)
+    assert canonical_json(value).decode() == alone
+    assert canonical_json([value]).decode() == f"[{alone}]"
+    assert canonical_json({"x": value}).decode() == f'{{"x":{alone}}}'
+
+
+def test_objects_of_the_same_keys_in_another_order_are_sorted_alike() -> None:
+    assert canonical_json([{"b": 1, "a": 2}, {"a": 3, "b": 4}, {"b": 5, "a": 6}]) == b'[{"a":2,"b":1},{"a":3,"b":4},{"a":6,"b":5}]'
