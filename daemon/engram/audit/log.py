@@ -445,9 +445,12 @@ class AuditLog(Part):
         # The writer only needs waking when this entry starts a batch or fills one: while it
         # gathers entries nobody waits for, waking it for each of them would cost a task switch
         # per read for nothing.
-        queued = len(self._queue)
-        if queued == 1 or queued >= self.settings.max_batch:
+        if len(self._queue) == 1 or self._batch_full():
             self._kick()
+
+    def _batch_full(self) -> bool:
+        """Whether the queue holds a whole batch, or as much as it may hold at all."""
+        return len(self._queue) >= min(self.settings.max_batch, self.settings.queue_size)
 
     def _kick(self) -> None:
         if self._wake is not None:
@@ -490,11 +493,10 @@ class AuditLog(Part):
         to ``audit.read_commit_delay_ms``: one commit, one thread hop and one fsync for many reads
         instead of one each. An entry someone waits for, a full batch or shutdown ends the wait."""
         window = self.settings.read_commit_delay_ms / 1000
-        max_batch = self.settings.max_batch
-        if not window or self._waited or self._closing or len(self._queue) >= max_batch:
+        if not window or self._waited or self._closing or self._batch_full():
             return
         with anyio.move_on_after(window):
-            while not (self._waited or self._closing or len(self._queue) >= max_batch):
+            while not (self._waited or self._closing or self._batch_full()):
                 self._wake = anyio.Event()
                 await self._wake.wait()
 

@@ -172,6 +172,16 @@ async def test_an_entry_someone_waits_for_ends_the_gathering_of_reads(folder: Fo
         assert seq == 1 and audit.counters.batches == 1
 
 
+async def test_a_full_queue_of_reads_is_committed_without_waiting_for_the_window(folder: Folder) -> None:
+    async with folder.log(queue_size=2, read_commit_delay_ms=1000) as audit:
+        for request in (1, 2):
+            audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=request, params={})
+        with anyio.fail_after(0.5):  # well inside the 1 s window
+            while audit.size < 2:
+                await anyio.sleep(0.01)
+        audit.enqueue_request(method="x.read", principal=PRINCIPAL, request=3, params={})  # room again
+
+
 async def test_queued_reads_are_refused_when_full_or_stopped(folder: Folder) -> None:
     audit = folder.log(queue_size=1, max_batch_delay_ms=1000)
     with pytest.raises(Unavailable):
