@@ -6,8 +6,9 @@ The graph is written by hand with ``onnx.helper`` from ``config.json`` and ``mod
     → N layers of [self-attention → dense → residual + LayerNorm → dense → erf GELU → dense → residual + LayerNorm]
     → mean pooling over the attention mask → L2 normalisation
 
-Inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64 ``[batch, sequence]``);
-the output is ``sentence_embedding`` (float32 ``[batch, hidden]``, unit rows), optionally with
+Inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64 ``[batch, sequence]``;
+MPNet models, ``model_type`` "mpnet", take no ``token_type_ids`` and add a relative position bias
+to their attention: :mod:`engram.inference.mpnet_onnx`); the output is ``sentence_embedding`` (float32 ``[batch, hidden]``, unit rows), optionally with
 ``token_embeddings`` (the last hidden state). Node shapes follow what ``torch.onnx.export`` emits
 for Hugging Face's ``BertModel`` so that ONNX Runtime's transformer optimizer recognises the
 attention, LayerNorm and GELU patterns and can fuse them.
@@ -19,7 +20,6 @@ import hashlib
 import importlib.metadata
 import importlib.util
 import json
-import math
 import os
 import tempfile
 import time
@@ -33,6 +33,17 @@ from numpy.typing import NDArray
 from safetensors import safe_open
 
 from engram.errors import ConfigError, EngramError
+from engram.inference.mpnet_onnx import mpnet_encoder, mpnet_shapes
+from engram.inference.onnx_graph import (
+    GraphBuilder,
+    Weights,
+    additive_mask,
+    dense,
+    gelu,
+    layer_norm,
+    mean_pool_normalize,
+    self_attention,
+)
 from engram.inference.text_encoder import resolve_max_seq_len
 
 if TYPE_CHECKING:
@@ -53,6 +64,7 @@ __all__ = [
     "build_graph",
     "build_minilm_onnx",
     "find_minilm_package_dir",
+    "graph_inputs",
     "load_bert_weights",
     "sha256_file",
 ]
@@ -88,9 +100,12 @@ class WeightsHashMismatch(ModelImportError):
 # ---------------------------------------------------------------------------------------------
 
 
+_MODEL_TYPES = ("bert", "mpnet")
+
+
 @dataclass(frozen=True)
 class BertConfig:
-    """The part of a Hugging Face BERT ``config.json`` that shapes the graph."""
+    """The part of a Hugging Face BERT or MPNet ``config.json`` that shapes the graph."""
 
     vocab_size: int
     hidden_size: int
@@ -100,6 +115,11 @@ class BertConfig:
     max_position_embeddings: int
     type_vocab_size: int
     layer_norm_eps: float
+    model_type: str = "bert"
+    pad_token_id: int = 0
+    """MPNet's padding_idx: its position ids count from ``pad_token_id + 1``."""
+    relative_attention_num_buckets: int = 32
+    """MPNet's relative position bias buckets."""
 
     @property
     def head_size(self) -> int:
@@ -108,9 +128,9 @@ class BertConfig:
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], source: str = "config.json") -> BertConfig:
         model_type = raw.get("model_type", "bert")
-        if model_type != "bert":
-            # RoBERTa-style models offset position ids by padding_idx + 1 and would embed wrongly.
-            raise ModelImportError(f"{source}: model_type {model_type!r} is not supported, only 'bert'")
+        if model_type not in _MODEL_TYPES:
+            # RoBERTa and others differ in ways the graph does not know (position ids, layers).
+            raise ModelImportError(f"{source}: model_type {model_type!r} is not supported, only 'bert' or 'mpnet'")
         if raw.get("hidden_act", "gelu") != "gelu":
             raise ModelImportError(f"{source}: hidden_act {raw.get('hidden_act')!r} is not supported, only 'gelu'")
         if raw.get("position_embedding_type", "absolute") != "absolute":
@@ -128,6 +148,10 @@ class BertConfig:
                 raise ModelImportError(f"{source}: {key} must be a small positive number, got {value!r}")
             return float(value)
 
+        mpnet = model_type == "mpnet"
+        pad_token_id = raw.get("pad_token_id", 1 if mpnet else 0)
+        if not isinstance(pad_token_id, int) or isinstance(pad_token_id, bool) or pad_token_id < 0:
+            raise ModelImportError(f"{source}: pad_token_id must be a non-negative integer, got {pad_token_id!r}")
         config = cls(
             vocab_size=integer("vocab_size"),
             hidden_size=integer("hidden_size"),
@@ -136,8 +160,13 @@ class BertConfig:
             intermediate_size=integer("intermediate_size"),
             max_position_embeddings=integer("max_position_embeddings"),
             type_vocab_size=integer("type_vocab_size", 2),
-            layer_norm_eps=number("layer_norm_eps", 1e-12),
+            layer_norm_eps=number("layer_norm_eps", 1e-5 if mpnet else 1e-12),
+            model_type=model_type,
+            pad_token_id=pad_token_id,
+            relative_attention_num_buckets=integer("relative_attention_num_buckets", 32),
         )
+        if mpnet and config.pad_token_id >= config.max_position_embeddings:
+            raise ModelImportError(f"{source}: pad_token_id {pad_token_id} is not below max_position_embeddings")
         if config.hidden_size % config.num_attention_heads:
             raise ModelImportError(
                 f"{source}: hidden_size {config.hidden_size} is not a multiple of "
@@ -161,8 +190,17 @@ def sha256_file(path: Path) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
+def graph_inputs(cfg: BertConfig) -> tuple[str, ...]:
+    """The graph's int64 ``[batch, sequence]`` inputs: MPNet has no token types."""
+    if cfg.model_type == "mpnet":
+        return ("input_ids", "attention_mask")
+    return ("input_ids", "attention_mask", "token_type_ids")
+
+
 def _expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
     """Canonical (prefix-free) Hugging Face tensor names the graph needs, with their shapes."""
+    if cfg.model_type == "mpnet":
+        return mpnet_shapes(cfg)
     h, i = cfg.hidden_size, cfg.intermediate_size
     shapes: dict[str, tuple[int, ...]] = {
         "embeddings.word_embeddings.weight": (cfg.vocab_size, h),
@@ -258,84 +296,11 @@ def load_bert_weights(path: Path, cfg: BertConfig) -> dict[str, NDArray[np.float
 # Graph
 # ---------------------------------------------------------------------------------------------
 
-Weights = Mapping[str, NDArray[np.float32]]
+# The node shapes follow torch.onnx.export's rendering of Hugging Face's BertModel (see
+# engram.inference.onnx_graph); MPNet's embeddings, position bias and layers are in mpnet_onnx.
 
 
-class _GraphBuilder:
-    """Collects nodes and initializers; every node has one output, named after the node."""
-
-    def __init__(self, weights: Weights) -> None:
-        self.nodes: list[onnx.NodeProto] = []
-        self._weights = weights
-        self._initializers: dict[str, NDArray[Any]] = {}
-        self._constants: dict[tuple[str, tuple[float, ...]], str] = {}
-
-    def _add_initializer(self, name: str, array: NDArray[Any]) -> str:
-        if name in self._initializers:
-            raise ValueError(f"duplicate initializer {name!r}")
-        self._initializers[name] = array
-        return name
-
-    def param(self, key: str, *, transpose: bool = False) -> str:
-        """The checkpoint tensor ``key`` as an initializer of the same name."""
-        array = self._weights[key]
-        return self._add_initializer(key, array.T if transpose else array)
-
-    def const(self, values: float | list[int]) -> str:
-        """A float32 scalar or an int64 vector, shared by every node that needs the same value."""
-        key: tuple[str, tuple[float, ...]]
-        if isinstance(values, list):
-            key, array = ("i64", tuple(values)), np.array(values, dtype=np.int64)
-        else:
-            key, array = ("f32", (values,)), np.array(values, dtype=np.float32)
-        if key not in self._constants:
-            self._constants[key] = self._add_initializer(f"const.{len(self._constants)}", array)
-        return self._constants[key]
-
-    def table(self, name: str, array: NDArray[Any]) -> str:
-        return self._add_initializer(name, array)
-
-    def op(self, op_type: str, inputs: list[str], name: str, **attrs: Any) -> str:
-        from onnx import helper
-
-        self.nodes.append(helper.make_node(op_type, inputs, [name], name=name, **attrs))
-        return name
-
-    def write_initializers(self, graph: onnx.GraphProto) -> None:
-        """Serialise the weights straight into ``graph``.
-
-        Built field by field rather than with ``numpy_helper.from_array`` + ``make_graph``, which
-        would copy every tensor twice more: the difference between 2 and 4 times the model's size in
-        memory for a large model.
-        """
-        from onnx import helper
-
-        for name, array in self._initializers.items():
-            tensor = graph.initializer.add()
-            tensor.name = name
-            tensor.data_type = helper.np_dtype_to_tensor_dtype(array.dtype)
-            tensor.dims.extend(array.shape)
-            # ONNX raw_data is little-endian, C order; tobytes() also linearises transposed views.
-            tensor.raw_data = array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
-
-
-# The node shapes below follow torch.onnx.export's rendering of Hugging Face's BertModel, because
-# that is what onnxruntime.transformers' fusions (EmbedLayerNormalization, Attention,
-# SkipLayerNormalization, BiasGelu) look for.
-
-
-def _dense(g: _GraphBuilder, x: str, key: str) -> str:
-    """x·Wᵀ + b, with W stored transposed (in, out) like the exporter stores it."""
-    product = g.op("MatMul", [x, g.param(f"{key}.weight", transpose=True)], f"{key}.matmul")
-    return g.op("Add", [product, g.param(f"{key}.bias")], f"{key}.out")
-
-
-def _layer_norm(g: _GraphBuilder, x: str, key: str, eps: float) -> str:
-    inputs = [x, g.param(f"{key}.weight"), g.param(f"{key}.bias")]
-    return g.op("LayerNormalization", inputs, f"{key}.out", axis=-1, epsilon=eps)
-
-
-def _embeddings(g: _GraphBuilder, cfg: BertConfig) -> str:
+def _embeddings(g: GraphBuilder, cfg: BertConfig) -> str:
     words = g.op("Gather", [g.param("embeddings.word_embeddings.weight"), "input_ids"], "embeddings.words")
     types = g.op("Gather", [g.param("embeddings.token_type_embeddings.weight"), "token_type_ids"],
                  "embeddings.token_types")
@@ -350,74 +315,28 @@ def _embeddings(g: _GraphBuilder, cfg: BertConfig) -> str:
     positions = g.op("Gather", [g.param("embeddings.position_embeddings.weight"), position_ids],
                      "embeddings.positions")
     summed = g.op("Add", [g.op("Add", [words, types], "embeddings.words_types"), positions], "embeddings.sum")
-    return _layer_norm(g, summed, "embeddings.LayerNorm", cfg.layer_norm_eps)
+    return layer_norm(g, summed, "embeddings.LayerNorm", cfg.layer_norm_eps)
 
 
-def _additive_mask(g: _GraphBuilder) -> str:
-    """[batch, 1, 1, seq] float: 0 where attended, -10000 at padding.
-
-    -10000 rather than float32's minimum: exp() of it is already exactly 0 in float32, and it
-    cannot overflow to -inf when added to a score.
-    """
-    from onnx import TensorProto
-
-    mask = g.op("Unsqueeze", ["attention_mask", g.const([1])], "mask.unsqueeze1")
-    mask = g.op("Unsqueeze", [mask, g.const([2])], "mask.unsqueeze2")
-    mask = g.op("Cast", [mask], "mask.float", to=TensorProto.FLOAT)
-    mask = g.op("Sub", [g.const(1.0), mask], "mask.inverted")
-    return g.op("Mul", [mask, g.const(-10000.0)], "mask.additive")
-
-
-def _heads(g: _GraphBuilder, x: str, cfg: BertConfig, name: str, perm: list[int]) -> str:
-    # Reshape's 0 keeps that dimension, so one constant shape serves every batch and length.
-    split = g.op("Reshape", [x, g.const([0, 0, cfg.num_attention_heads, cfg.head_size])], f"{name}.heads")
-    return g.op("Transpose", [split], f"{name}.transposed", perm=perm)
-
-
-def _attention(g: _GraphBuilder, x: str, mask: str, cfg: BertConfig, layer: str) -> str:
-    p = f"{layer}.attention.self"
-    q = _heads(g, _dense(g, x, f"{p}.query"), cfg, f"{p}.q", [0, 2, 1, 3])
-    k = _heads(g, _dense(g, x, f"{p}.key"), cfg, f"{p}.k", [0, 2, 3, 1])  # [b, h, d, s]: Q·Kᵀ is one MatMul
-    v = _heads(g, _dense(g, x, f"{p}.value"), cfg, f"{p}.v", [0, 2, 1, 3])
-    scores = g.op("Div", [g.op("MatMul", [q, k], f"{p}.qk"), g.const(math.sqrt(cfg.head_size))], f"{p}.scaled")
-    probs = g.op("Softmax", [g.op("Add", [scores, mask], f"{p}.masked")], f"{p}.probs", axis=-1)
-    context = g.op("Transpose", [g.op("MatMul", [probs, v], f"{p}.context")], f"{p}.context_t", perm=[0, 2, 1, 3])
-    merged = g.op("Reshape", [context, g.const([0, 0, cfg.hidden_size])], f"{p}.merged")
-    out = _dense(g, merged, f"{layer}.attention.output.dense")
-    return g.op("Add", [out, x], f"{layer}.attention.output.residual")
-
-
-def _gelu(g: _GraphBuilder, x: str, name: str) -> str:
-    """Exact GELU, x·(1 + erf(x/√2))·½ (BERT's "gelu"; the tanh form differs by up to 1e-3)."""
-    erf = g.op("Erf", [g.op("Div", [x, g.const(math.sqrt(2.0))], f"{name}.scaled")], f"{name}.erf")
-    gated = g.op("Mul", [x, g.op("Add", [erf, g.const(1.0)], f"{name}.gate")], f"{name}.gated")
-    return g.op("Mul", [gated, g.const(0.5)], f"{name}.out")
-
-
-def _encoder_layer(g: _GraphBuilder, x: str, mask: str, cfg: BertConfig, n: int) -> str:
+def _encoder_layer(g: GraphBuilder, x: str, mask: str, cfg: BertConfig, n: int) -> str:
     layer = f"encoder.layer.{n}"
     eps = cfg.layer_norm_eps
-    attended = _layer_norm(g, _attention(g, x, mask, cfg, layer), f"{layer}.attention.output.LayerNorm", eps)
-    inner = _gelu(g, _dense(g, attended, f"{layer}.intermediate.dense"), f"{layer}.intermediate.gelu")
-    residual = g.op("Add", [_dense(g, inner, f"{layer}.output.dense"), attended], f"{layer}.output.residual")
-    return _layer_norm(g, residual, f"{layer}.output.LayerNorm", eps)
+    p = f"{layer}.attention.self"
+    attended = self_attention(
+        g, x, mask, heads=cfg.num_attention_heads, head_size=cfg.head_size,
+        q=f"{p}.query", k=f"{p}.key", v=f"{p}.value", out=f"{layer}.attention.output.dense", name=p,
+    )
+    attended = layer_norm(g, attended, f"{layer}.attention.output.LayerNorm", eps)
+    inner = gelu(g, dense(g, attended, f"{layer}.intermediate.dense"), f"{layer}.intermediate.gelu")
+    residual = g.op("Add", [dense(g, inner, f"{layer}.output.dense"), attended], f"{layer}.output.residual")
+    return layer_norm(g, residual, f"{layer}.output.LayerNorm", eps)
 
 
-def _mean_pool_normalize(g: _GraphBuilder, hidden: str) -> str:
-    """Mean over real tokens, then x / max(‖x‖, 1e-12), as sentence-transformers computes it."""
-    from onnx import TensorProto
-
-    mask_float = g.op("Cast", ["attention_mask"], "pool.mask_float", to=TensorProto.FLOAT)
-    mask = g.op("Unsqueeze", [mask_float, g.const([-1])], "pool.mask")
-    summed = g.op("ReduceSum", [g.op("Mul", [hidden, mask], "pool.masked"), g.const([1])], "pool.sum", keepdims=0)
-    count = g.op("ReduceSum", [mask, g.const([1])], "pool.count", keepdims=0)
-    # An all-padding row would divide by 0; sentence-transformers clamps the count at 1e-9 too.
-    count = g.op("Max", [count, g.const(1e-9)], "pool.count_clamped")
-    mean = g.op("Div", [summed, count], "pool.mean")
-    squares = g.op("ReduceSum", [g.op("Mul", [mean, mean], "norm.squares"), g.const([1])], "norm.sum_squares",
-                   keepdims=1)
-    length = g.op("Max", [g.op("Sqrt", [squares], "norm.length"), g.const(1e-12)], "norm.clamped")
-    return g.op("Div", [mean, length], "sentence_embedding")
+def _bert_encoder(g: GraphBuilder, cfg: BertConfig, mask: str) -> str:
+    hidden = _embeddings(g, cfg)
+    for n in range(cfg.num_hidden_layers):
+        hidden = _encoder_layer(g, hidden, mask, cfg, n)
+    return hidden
 
 
 def build_graph(
@@ -430,15 +349,14 @@ def build_graph(
     """The ONNX model for ``cfg`` with ``weights`` (canonical names) as initializers."""
     from onnx import TensorProto, helper
 
-    g = _GraphBuilder(weights)
-    hidden = _embeddings(g, cfg)
-    mask = _additive_mask(g)  # computed once, shared by every layer
-    for n in range(cfg.num_hidden_layers):
-        hidden = _encoder_layer(g, hidden, mask, cfg, n)
-    embedding = _mean_pool_normalize(g, hidden)
+    g = GraphBuilder(weights)
+    mask = additive_mask(g)  # computed once, shared by every layer
+    encoder = mpnet_encoder if cfg.model_type == "mpnet" else _bert_encoder
+    hidden = encoder(g, cfg, mask)
+    embedding = mean_pool_normalize(g, hidden)
 
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "sequence"])
-              for name in ("input_ids", "attention_mask", "token_type_ids")]
+              for name in graph_inputs(cfg)]
     outputs = [helper.make_tensor_value_info(embedding, TensorProto.FLOAT, ["batch", cfg.hidden_size])]
     if token_embeddings:
         g.op("Identity", [hidden], "token_embeddings")
