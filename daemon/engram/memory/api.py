@@ -169,7 +169,7 @@ class RecallParams(Params):
 
 class ScoreParts(_Out):
     vector: float = Field(description="Cosine similarity to the query vector, clipped to 0..1.")
-    keyword: float = Field(description="bm25 / (bm25 + memory.recall.keyword_saturation) of the full-text match; 0 without one.")
+    keyword: float = Field(description="bm25 / max(the query's best bm25, memory.recall.keyword_full_marks) of the full-text match; 0 without one.")
     recency: float = Field(description="0.5 ** (age / half-life).")
     importance: float
     activation: float = Field(description="Spreading activation reaching the episode (0 unless asked for).")

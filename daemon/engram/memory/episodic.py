@@ -52,7 +52,7 @@ from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
 from engram.memory.filters import SqlFilter, check_tags, compile_filter, fts_terms
 from engram.memory.index import VectorIndex
-from engram.memory.scoring import Weights, combine, recencies
+from engram.memory.scoring import Weights, combine, keyword_parts, recencies
 from engram.memory.semantic import GraphStore
 from engram.memory.settings import MemorySettings
 from engram.memory.store import EpisodeStore, Forgotten, NewEpisode
@@ -482,9 +482,8 @@ class Episodic:
                 sims.update((s_, v) for s_, v in zip(seqs.tolist(), values.tolist()) if s_ in passing)
         keyword: dict[int, float] = {}
         if text and weights.keyword > 0 and (terms := fts_terms(text)):
-            saturation = s.keyword_saturation
             found = self.store.keyword(namespace, terms, flt, want, s.keyword_max_df, self.index.count(namespace))
-            keyword = {seq: score / (score + saturation) for seq, score in found if score > 0}
+            keyword = keyword_parts(found, s.keyword_full_marks)
         activated: dict[int, float] = {}
         if activation:
             reached = self.graph.activate(namespace, query)

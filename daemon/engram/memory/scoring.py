@@ -1,11 +1,13 @@
 """The hybrid score of a recall hit: a weighted mean of parts that each lie in 0..1.
 
 - vector: cosine similarity to the query, clipped at 0 (unrelated and opposite count the same);
-- keyword: ``bm25 / (bm25 + memory.recall.keyword_saturation)`` of the full-text match (0 without
-  one; :func:`bm25`, with the namespace's own statistics). bm25 already weighs words by their
-  rarity in the namespace, so a match on a word most episodes contain scores near 0 and a match
-  on rare words near 1; dividing by the best match of the query instead would give a lone match
-  on "the" full marks;
+- keyword: ``bm25 / max(best, memory.recall.keyword_full_marks)`` of the full-text match, where
+  ``best`` is the bm25 of the query's best match in the namespace (0 without a match;
+  :func:`bm25`, with the namespace's own statistics). Relative to the best match, because how
+  high bm25 runs depends on the query (how many words it has, how rare they are): the episode
+  that matches a query best is the query's full keyword match, whatever the absolute figure. The
+  floor keeps a query whose best match is only on words most episodes contain (a lone "Ada" in
+  a namespace about Ada) from giving that match full marks (:func:`keyword_parts`);
 - recency: ``0.5 ** (age / half_life)``, age from the episode's time to now (future: 1);
 - importance: as stored (0..1);
 - activation: spreading activation reaching the episode;
@@ -34,7 +36,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["BM25_B", "BM25_K1", "Weights", "bm25", "combine", "recencies", "recency"]
+__all__ = ["BM25_B", "BM25_K1", "Weights", "bm25", "combine", "keyword_parts", "recencies", "recency"]
 
 # combine works on one candidate's parts (floats) or on every candidate's at once (arrays): the
 # same arithmetic in the same order, so a recall scored over arrays ranks as one scored by hand.
@@ -105,3 +107,10 @@ def bm25(matches: Sequence[Sequence[tuple[int, int]]], episodes: int) -> dict[in
             norm = BM25_K1 * (1.0 - BM25_B + BM25_B * length / mean)
             scores[seq] = scores.get(seq, 0.0) + idf * (BM25_K1 + 1.0) / (1.0 + norm)
     return scores
+
+
+def keyword_parts(matches: Sequence[tuple[int, float]], full_marks: float) -> dict[int, float]:
+    """The keyword part of each matching episode: its bm25 over the query's best bm25, that best
+    taken as at least ``full_marks`` (see the module's docstring)."""
+    scale = max([score for _, score in matches] + [full_marks])
+    return {seq: score / scale for seq, score in matches if score > 0}

@@ -35,7 +35,10 @@ class RecallWeights(_Section):
 
     vector: float = Field(default=0.6, ge=0, le=100, description="Weight of cosine similarity to the query vector.")
     keyword: float = Field(
-        default=0.6, ge=0, le=100, description="Weight of the full-text match: bm25 / (bm25 + memory.recall.keyword_saturation)."
+        default=0.3,
+        ge=0,
+        le=100,
+        description="Weight of the full-text match: bm25 / max(the query's best bm25, memory.recall.keyword_full_marks).",
     )
     recency: float = Field(
         default=0.1, ge=0, le=100, description="Weight of recency: 0.5 ** (age / memory.recall.recency_half_life)."
@@ -75,11 +78,12 @@ class RecallSettings(_Section):
     recency_half_life: float = Field(
         default=30 * DAY, gt=0, le=100 * 365 * DAY, description="Seconds after which an episode's recency part halves."
     )
-    keyword_saturation: float = Field(
-        default=6.0,
+    keyword_full_marks: float = Field(
+        default=8.0,
         gt=0,
         le=1000,
-        description="The bm25 at which the keyword part is 0.5; words common in the corpus score near 0, rare ones near 1.",
+        description="The bm25 a query's best full-text match needs for a keyword part of 1: the part is bm25 / max(the "
+        "query's best bm25, this), so a query whose best match is only on common words gives no match full marks.",
     )
     keyword_max_df: int = Field(
         default=1000,

@@ -35,6 +35,17 @@ def test_bm25_weighs_rare_words_and_short_texts_up() -> None:
     assert all(v > 0 for v in bm25([[(s, 10) for s in range(100)]], 100).values())  # a word everywhere still adds a little
 
 
+def test_keyword_parts_are_relative_to_the_best_match_with_a_floor() -> None:
+    from engram.memory.scoring import keyword_parts
+
+    # A query whose matches run high: its best match gets full marks, the others their share.
+    assert keyword_parts([(1, 20.0), (2, 5.0)], 8.0) == {1: 1.0, 2: 0.25}
+    # A query matched only weakly (common words): nothing gets full marks.
+    assert keyword_parts([(1, 2.0), (2, 1.0)], 8.0) == {1: 0.25, 2: 0.125}
+    assert keyword_parts([(1, 0.0)], 8.0) == {}
+    assert keyword_parts([], 8.0) == {}
+
+
 async def test_keyword_scores_ignore_other_namespaces(make_memory) -> None:
     from engram.memory.api import RecallParams, RememberParams
 
