@@ -253,8 +253,11 @@ def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int
               help="A LoCoMo file (list of conversations), e.g. ../shared/eval/locomo/locomo-dev.json.")
 @click.option("--conversations", type=click.IntRange(min=1), help="Only the first N conversations.")
 @click.option("--questions", type=click.IntRange(min=1), help="At most N questions of each conversation.")
+@click.option("--embedder", help="The daemon's embedding model, for memory and the baseline alike "
+              "(default: inference.default_embedder), e.g. all-mpnet-base-v2.")
 @json_option
-def bench_recall(locomo: Path, conversations: int | None, questions: int | None, as_json: bool) -> None:
+def bench_recall(locomo: Path, conversations: int | None, questions: int | None, embedder: str | None,
+                 as_json: bool) -> None:
     """Retrieval quality on LoCoMo (R@1/5/10/20 by category): engramd vs dense retrieval with the same model."""
     from engram_bench.recall import MissingModel, run_recall_bench
 
@@ -263,7 +266,8 @@ def bench_recall(locomo: Path, conversations: int | None, questions: int | None,
                                  param_hint="--locomo")
     with errors():
         try:
-            report = run_recall_bench(locomo, conversations, questions, progress=not as_json and sys.stderr.isatty())
+            report = run_recall_bench(locomo, conversations, questions, progress=not as_json and sys.stderr.isatty(),
+                                      embedder=embedder)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--locomo") from None
         except MissingModel as exc:

@@ -7,7 +7,9 @@ The same work, in one run, through both:
   ``session`` = ``"<conversation>/<session number>"``), through ``memory.remember``; each question
   is one ``memory.recall`` (its text alone, default settings, top 20).
 - **baseline**: plain dense retrieval, what most memory layers start from: the same texts and
-  questions embedded in-process by the same all-MiniLM-L6-v2 model, exact cosine search.
+  questions embedded by the same daemon's model (``infer.embed``: the default embedder, or the one
+  ``--embedder`` names, which the daemon then also uses for memory), exact cosine search in the
+  benchmark's process.
 
 Printed: R@1/5/10/20 (the paper's metric, :func:`engram_bench.locomo.recall_at`) overall and by
 category, for both, and recall latency percentiles. The paper's DRAGON retriever reaches R@5
@@ -39,7 +41,7 @@ _BATCH = 64  # episodes per memory.remember (memory.max_items allows more; this 
 
 
 class MissingModel(Exception):
-    """The default embedding model, which the baseline runs in-process, is not installed."""
+    """The daemon has no embedding model (the default one, or the one asked for)."""
 
 
 def episode_text(turn: Turn) -> str:
@@ -141,24 +143,68 @@ async def _recall(socket: Path, namespace: str, questions: list[str], tick: Call
     return found, latencies
 
 
+async def _embed(client: Any, texts: list[str], model: str | None) -> tuple[str, np.ndarray]:
+    """The daemon's embeddings of ``texts`` (its default model, or ``model``) and the model's name."""
+    from engram.errors import RPCError
+
+    rows, name = [], ""
+    for begin in range(0, len(texts), _BATCH):
+        params = {"texts": texts[begin : begin + _BATCH], "model": model, "output_format": "list"}
+        try:
+            result = await client.call("infer.embed", params)
+        except RPCError as exc:
+            raise MissingModel(f"the daemon cannot embed: {exc.message} (`make install-model`)") from None
+        rows.append(np.asarray(result["vectors"]["data"], dtype=np.float32).reshape(result["vectors"]["shape"]))
+        name = result["model"]
+    return name, np.concatenate(rows)
+
+
+async def _model_name(socket: Path, model: str | None) -> str:
+    """The model the daemon embeds with; :class:`MissingModel` when it has none."""
+    from engram.client.async_client import AsyncClient
+
+    async with AsyncClient(socket, timeout=600) as client:
+        return (await _embed(client, ["ready"], model))[0]
+
+
+async def _baseline(socket: Path, conversation: Conversation, questions: list[str], model: str | None,
+                    tick: Callable[[], None]) -> tuple[str, list[list[str]], list[float]]:
+    """Dense retrieval: the turns and each question embedded by the daemon, exact cosine here."""
+    from engram.client.async_client import AsyncClient
+
+    found, latencies = [], []
+    async with AsyncClient(socket, timeout=600) as client:
+        name, turns = await _embed(client, [episode_text(t) for t in conversation.turns], model)
+        for q in questions:
+            began = time.perf_counter()
+            query = (await _embed(client, [q], model))[1][0]
+            order = np.argsort(-(turns @ query), kind="stable")[: max(KS)]
+            latencies.append(time.perf_counter() - began)
+            found.append([conversation.turns[i].dia_id for i in order])
+            tick()
+    return name, found, latencies
+
+
 @contextmanager
-def _daemon(folder: Path) -> Iterator[Path]:
+def _daemon(folder: Path, embedder: str | None) -> Iterator[Path]:
     from engram_bench.processes import serving_process
 
     sock = folder / "engram.sock"
     args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(folder), "--socket", str(sock)]
-    with serving_process(args, sock, {"ENGRAM_LOG__LEVEL": "warning"}) as path:
+    env = {"ENGRAM_LOG__LEVEL": "warning"}
+    if embedder is not None:
+        env["ENGRAM_INFERENCE__DEFAULT_EMBEDDER"] = embedder
+    with serving_process(args, sock, env) as path:
         yield path
 
 
 def run_recall_bench(path: Path, conversations: int | None = None, questions: int | None = None,
-                     progress: bool = True) -> RecallReport:
+                     progress: bool = True, embedder: str | None = None) -> RecallReport:
     """Run every (or the first ``conversations``) conversation of the LoCoMo file at ``path``,
-    at most ``questions`` questions of each."""
+    at most ``questions`` questions of each; ``embedder`` names the daemon's embedding model
+    (default: its own default)."""
     from rich.console import Console
     from rich.progress import Progress
-
-    from engram_bench.memory import _local_embedder
 
     data = load(path)[:conversations]
     report = RecallReport(str(path))
@@ -166,12 +212,10 @@ def run_recall_bench(path: Path, conversations: int | None = None, questions: in
     baseline_latencies: list[float] = []
     with ExitStack() as stack, Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
         folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="engram-bench-recall-")))
-        embedder = _local_embedder(folder)
-        if embedder is None:
-            raise MissingModel("the default embedding model is not installed: run `make install-model`")
         state = folder / "daemon"
         state.mkdir(mode=0o700)
-        socket = stack.enter_context(_daemon(state))
+        socket = stack.enter_context(_daemon(state, embedder))
+        model = asyncio.run(_model_name(socket, embedder))  # before any work: fails fast without a model
         for n, conversation in enumerate(data):
             asked = conversation.questions[:questions]
             namespace = f"locomo-{n + 1}"
@@ -182,14 +226,11 @@ def run_recall_bench(path: Path, conversations: int | None = None, questions: in
             engram_latencies += latencies
             for q, hits in zip(asked, found):
                 report.scores["engram"].add(q.category, [by_id.get(h, "") for h in hits], q.evidence)
-            turns = np.asarray(embedder.embed([episode_text(t) for t in conversation.turns]), dtype=np.float32)
-            for q in asked:
-                began = time.perf_counter()
-                query = np.asarray(embedder.embed([q.text]), dtype=np.float32)[0]
-                order = np.argsort(-(turns @ query), kind="stable")[: max(KS)]
-                baseline_latencies.append(time.perf_counter() - began)
-                report.scores["baseline"].add(q.category, [conversation.turns[i].dia_id for i in order], q.evidence)
-                bar.advance(task)
+            _, dense, latencies = asyncio.run(_baseline(socket, conversation, [q.text for q in asked], embedder,
+                                                            lambda: bar.advance(task)))
+            baseline_latencies += latencies
+            for q, hits in zip(asked, dense):
+                report.scores["baseline"].add(q.category, hits, q.evidence)
             bar.remove_task(task)
             report.conversations += 1
             report.turns += len(conversation.turns)
@@ -197,7 +238,8 @@ def run_recall_bench(path: Path, conversations: int | None = None, questions: in
     for target, latencies in (("engram", engram_latencies), ("baseline", baseline_latencies)):
         m = measure(target, 1, latencies, sum(latencies))
         report.latency_ms[target] = {"p50": round(m.p50_ms, 3), "p99": round(m.p99_ms, 3)}
-    report.notes.append("engram: memory.recall over the socket, default settings; baseline: all-MiniLM-L6-v2 "
-                        "in-process, exact cosine over the conversation's turns (query embedding included)")
+    report.notes.append(f"engram: memory.recall over the socket, default settings, embedder {model}; baseline: the "
+                        f"same model through infer.embed, exact cosine over the conversation's turns (query "
+                        f"embedding included)")
     report.notes.append("reference (paper, DRAGON over turns, all ten conversations): r@5 0.567, r@10 0.662")
     return report

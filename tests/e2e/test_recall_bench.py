@@ -58,6 +58,7 @@ def test_bench_recall_scores_engram_and_the_dense_baseline(tmp_path):
     assert rows["all"]["engram"]["r@5"] == 1.0 and rows["all"]["baseline"]["r@5"] == 1.0
     assert rows["all"]["engram"]["r@1"] >= 0.8
     assert set(report["latency_ms"]) == {"engram", "baseline"}
+    assert "embedder all-minilm-l6-v2" in report["notes"][0]
 
 
 def test_bench_recall_refuses_a_missing_or_foreign_file(tmp_path):
@@ -67,3 +68,11 @@ def test_bench_recall_refuses_a_missing_or_foreign_file(tmp_path):
     foreign.write_text('{"not": "locomo"}')
     wrong = bench("--locomo", str(foreign))
     assert wrong.returncode == 2 and "not a LoCoMo file" in wrong.stderr
+
+
+def test_bench_recall_says_when_the_daemon_cannot_embed_with_the_model_asked_for(tmp_path):
+    data = tmp_path / "tiny.json"
+    write_conversation(data)
+    out = bench("--locomo", str(data), "--embedder", "no-such-model")
+    assert out.returncode == 1
+    assert "cannot embed" in out.stderr and "no-such-model" in out.stderr
