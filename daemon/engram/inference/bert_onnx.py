@@ -8,8 +8,9 @@ The graph is written by hand with ``onnx.helper`` from ``config.json`` and ``mod
 
 Inputs are ``input_ids``, ``attention_mask`` and ``token_type_ids`` (int64 ``[batch, sequence]``;
 MPNet models, ``model_type`` "mpnet", take no ``token_type_ids`` and add a relative position bias
-to their attention: :mod:`engram.inference.mpnet_onnx`); the output is ``sentence_embedding`` (float32 ``[batch, hidden]``, unit rows), optionally with
-``token_embeddings`` (the last hidden state). Node shapes follow what ``torch.onnx.export`` emits
+to their attention: :mod:`engram.inference.mpnet_onnx`); the output is ``sentence_embedding``
+(float32 ``[batch, hidden]``, unit rows), optionally with ``token_embeddings`` (the last hidden
+state). Node shapes follow what ``torch.onnx.export`` emits
 for Hugging Face's ``BertModel`` so that ONNX Runtime's transformer optimizer recognises the
 attention, LayerNorm and GELU patterns and can fuse them.
 """

@@ -72,7 +72,8 @@ def relative_position_buckets(length: int, num_buckets: int, max_distance: int =
     n = np.abs(n)
     # float32 as in the reference (torch computes this in float32); max(n, 1) only keeps log() off
     # zero, where the exact branch is taken anyway.
-    scaled = np.log(np.maximum(n, 1).astype(np.float32) / np.float32(exact)) / np.float32(math.log(max_distance / exact))
+    ratio = np.maximum(n, 1).astype(np.float32) / np.float32(exact)
+    scaled = np.log(ratio) / np.float32(math.log(max_distance / exact))
     large = np.minimum(exact + (scaled * np.float32(half - exact)).astype(np.int64), half - 1)
     return buckets + np.where(n < exact, n, large)
 
