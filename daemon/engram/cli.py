@@ -46,6 +46,7 @@ PART_COMMANDS = {
     "policy": "engram.policy.cli:policy",
     "route": "engram.router.cli:route",
     "sleep": "engram.sleep.cli:sleep",
+    "task": "engram.tasks.cli:task",
 }
 
 

@@ -51,6 +51,7 @@ from engram.router.settings import RouterSettings
 from engram.server.settings import ServerSettings
 from engram.sleep.settings import SleepSettings
 from engram.storage.settings import StorageSettings
+from engram.tasks.settings import TaskSettings
 
 __all__ = ["MAX_UNIX_PATH", "Settings", "config_file_from_env", "default_socket_candidates", "load_settings"]
 
@@ -83,6 +84,7 @@ class Settings(BaseSettings):
     router: RouterSettings = Field(default_factory=RouterSettings)
     policy: PolicySettings = Field(default_factory=PolicySettings)
     sleep: SleepSettings = Field(default_factory=SleepSettings)
+    tasks: TaskSettings = Field(default_factory=TaskSettings)
 
     @field_validator("state_dir", "socket", mode="after")
     @classmethod

@@ -4,7 +4,7 @@ Start order (each part is an :class:`engram.lifecycle.Part`, an async context ma
 up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
-               -> RPC server (binds the socket) -> READY=1
+               -> tasks -> RPC server (binds the socket) -> READY=1
 
 Parts are made in the order their needs allow and get what they need as constructor arguments
 (no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
@@ -83,6 +83,8 @@ from engram.sleep.service import Sleep
 from engram.storage import Database
 from engram.storage.files import PRIVATE_UMASK, make_private_dir
 from engram.system import Check, SystemMethods
+from engram.tasks.service import Tasks
+from engram.tasks.tools import MethodTools
 
 log = structlog.get_logger("engram.daemon")
 
@@ -100,6 +102,7 @@ RESTART_REQUIRED = (
     "memory",
     "router",
     "sleep",
+    "tasks",
 )
 
 
@@ -277,6 +280,11 @@ class Daemon:
                            skipped_prefixes=(NOVELTY_NAMESPACES,))
         # route.ask: memories as context, then the router (cache, route) or the generate chain.
         self.ask = Ask(settings.router.ask, self.router, self.memory, generator, self.metrics)
+        # Tasks: plans whose steps call built-in tools, engram's own methods, through the request
+        # chain above as the principal that submitted them (policy, audit and params as for a
+        # direct call).
+        self.tasks = Tasks(settings.tasks, settings.database_path, MethodTools(self.dispatcher.dispatch, self.methods),
+                           busy, owner_uid=os.getuid())
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,
@@ -288,6 +296,7 @@ class Daemon:
             "sleep": self.sleep,  # after memory and router: it consolidates them when idle
             "plugins": self.plugins,
             "providers": self.providers,
+            "tasks": self.tasks,  # last: its resumed tasks call the methods of every part before it
         }
         self.server = RPCServer(
             settings.socket_path,
@@ -308,6 +317,7 @@ class Daemon:
             self.ask,
             self.plugins,
             self.providers,
+            self.tasks,
         ):
             self.methods.add(collect(part))
         self.metrics.add_collector(self._collect_metrics)

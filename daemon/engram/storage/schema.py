@@ -31,6 +31,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     ("memory", "engram.memory.migrations"),
     ("router", "engram.router.migrations"),
     ("sleep", "engram.sleep.migrations"),
+    ("tasks", "engram.tasks.migrations"),
 )
 
 # The single series of old, in order: user_version N meant the first N of these had run.

@@ -22,7 +22,7 @@ HEAVY_PACKAGES = {"faiss", "onnxruntime", "ml_dtypes", "numpy", "onnx", "pydanti
 
 COMMANDS = {
     "ask", "audit", "bench", "call", "chat", "config", "events", "generate", "health", "mcp", "memory", "metrics",
-    "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status",
+    "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status", "task",
 }
 BENCHMARKS = {"audit", "cli", "extract", "frames", "infer", "memory", "policy", "providers", "recall", "route", "rpc", "sleep", "startup"}
 # What engram-bench (benchmarks/, installed by make test) adds to `engram bench` and `engram models`.

@@ -27,7 +27,7 @@ def _versions(path: Path) -> dict[str, int]:
 
 
 def test_each_part_has_its_own_series_and_a_fresh_database_gets_all_of_them(tmp_path: Path) -> None:
-    assert [s.part for s in SCHEMAS] == ["base", "audit", "memory", "router", "sleep"]
+    assert [s.part for s in SCHEMAS] == ["base", "audit", "memory", "router", "sleep", "tasks"]
     path = tmp_path / "engram.db"
     expected = {s.part: s.version for s in SCHEMAS}
     assert _open(path) == expected
@@ -35,7 +35,7 @@ def test_each_part_has_its_own_series_and_a_fresh_database_gets_all_of_them(tmp_
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA user_version").fetchone()[0] == LAYOUT
         tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_schema WHERE type = 'table'")}
-    assert {"meta", "audit_entries", "memory_episodes", "router_weights", "sleep_runs"} <= tables
+    assert {"meta", "audit_entries", "memory_episodes", "router_weights", "sleep_runs", "tasks_runs"} <= tables
 
 
 def test_a_database_of_the_single_series_converts_without_running_anything_twice(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Tasks: plans of tool calls that the daemon runs in the background and keeps across restarts."""

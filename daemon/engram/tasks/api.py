@@ -1,0 +1,113 @@
+"""Params and results of the ``task.*`` RPC methods (the wire contract)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from engram.server.methods import FreeJsonObject, Params, Result
+
+__all__ = [
+    "StepError",
+    "StepOut",
+    "TaskCancelParams",
+    "TaskCancelResult",
+    "TaskGetParams",
+    "TaskGetResult",
+    "TaskListParams",
+    "TaskListResult",
+    "TaskState",
+    "TaskSubmitParams",
+    "TaskSubmitResult",
+    "TaskSummary",
+]
+
+TaskState = Literal["queued", "running", "done", "failed", "cancelled"]
+StepState = Literal["pending", "running", "done", "failed", "cancelled", "skipped"]
+TaskId = Field(min_length=1, max_length=64, pattern=r"^tk_[0-9a-f]{1,61}$", description="A task id (tk_...).")
+
+
+class _Out(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskSubmitParams(Params):
+    plan: FreeJsonObject | None = Field(
+        default=None,
+        description='The plan: {"steps": [{"id", "tool", "args", "needs"?, "timeout"?}]} (see docs/tasks.md). '
+        "Required: no planner makes plans yet.",
+    )
+    namespace: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,128}$",
+        description="Memory namespace filled into the calls of tools that take one and whose args name none.",
+    )
+    deadline: float | None = Field(
+        default=None, gt=0, le=31_536_000, description="Seconds from now within which the task must finish, or it fails."
+    )
+
+
+class TaskSubmitResult(Result):
+    task_id: str
+    state: TaskState
+
+
+class StepError(_Out):
+    code: int = Field(description="The JSON-RPC error code the step's call got (or the executor's: -32004 timeout, ...).")
+    message: str
+    reason: str = Field(description="data.reason of that error.")
+    data: dict[str, Any] = Field(default_factory=dict, description="The rest of the error's data.")
+
+
+class StepOut(_Out):
+    id: str
+    tool: str
+    state: StepState
+    output_hash: str | None = Field(description="SHA-256 (hex) of the output's canonical JSON, once done.")
+    output_size: int | None = Field(description="Bytes of that JSON.")
+    output: Any = Field(default=None, description="The output itself, when task.get was asked for outputs.")
+    error: StepError | None = None
+    started_at: float | None
+    finished_at: float | None
+
+
+class TaskSummary(_Out):
+    task_id: str
+    state: TaskState
+    namespace: str | None
+    steps: int = Field(description="Steps in the plan.")
+    steps_done: int
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    deadline_at: float | None = Field(description="Unix time by which it must finish (None: no deadline).")
+    error: StepError | None = Field(description="Why it failed or was cancelled.")
+
+
+class TaskGetParams(Params):
+    task_id: str = TaskId
+    outputs: bool = Field(default=False, description="Include the outputs of the done steps.")
+
+
+class TaskGetResult(Result):
+    task: TaskSummary
+    plan: dict[str, Any] = Field(description="The plan as accepted.")
+    steps: list[StepOut] = Field(description="The steps in the order they run.")
+
+
+class TaskListParams(Params):
+    states: list[TaskState] | None = Field(default=None, min_length=1, description="Only tasks in one of these states.")
+    limit: int = Field(default=50, ge=1, le=1000)
+
+
+class TaskListResult(Result):
+    tasks: list[TaskSummary] = Field(description="Newest first.")
+
+
+class TaskCancelParams(Params):
+    task_id: str = TaskId
+
+
+class TaskCancelResult(Result):
+    task_id: str
+    state: TaskState = Field(description="Its state after the cancel: cancelled, or the final state it reached first.")

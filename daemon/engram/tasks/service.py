@@ -1,0 +1,290 @@
+"""The tasks part: takes plans (``task.submit``), runs them in the background, keeps them across
+restarts.
+
+A submitted task waits in a bounded queue (``tasks.queue``; past it: -32003) for one of
+``tasks.concurrency`` workers. A worker runs the task's steps one at a time, in the plan's
+dependency order, each a tool call (:mod:`engram.tasks.tools`) as the principal that submitted
+the task, under the step's timeout; the task's deadline and ``task.cancel`` reach the step in
+flight through the task's cancel scope. Every state change, and each step's output together with
+its ``done`` state, is committed before the next step starts (:mod:`engram.tasks.store`): a task
+that a stop or a crash cut short is queued again at start and goes on at its first step that is
+not done.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+import anyio.abc
+import structlog
+
+from engram.errors import Conflict, InternalError, InvalidParams, NotFound, Overloaded, RPCError, Timeout
+from engram.lifecycle import Part
+from engram.principal import Principal
+from engram.server.methods import RequestContext, rpc
+from engram.tasks.api import (
+    StepError,
+    StepOut,
+    TaskCancelParams,
+    TaskCancelResult,
+    TaskGetParams,
+    TaskGetResult,
+    TaskListParams,
+    TaskListResult,
+    TaskSubmitParams,
+    TaskSubmitResult,
+    TaskSummary,
+)
+from engram.tasks.plan import Plan, UnresolvedReference, execution_order, resolve_args, validate_plan
+from engram.tasks.settings import TaskSettings
+from engram.tasks.store import UNFINISHED, StepRow, TaskRow, TaskStore, canonical_json, digest_of
+from engram.tasks.tools import Tools
+
+__all__ = ["Tasks"]
+
+log = structlog.get_logger("engram.tasks")
+
+
+def _step_error(exc: RPCError) -> dict[str, Any]:
+    data = {key: value for key, value in exc.data.items() if key != "reason"}
+    return {"code": exc.code, "message": exc.message, "reason": exc.reason, "data": data}
+
+
+class Tasks(Part):
+    def __init__(
+        self, settings: TaskSettings, database_path: Any, tools: Tools, busy_timeout: float = 5.0,
+        owner_uid: int | None = None,
+    ) -> None:
+        super().__init__("tasks")
+        self.settings = settings
+        self.store = TaskStore(database_path, busy_timeout)
+        self.tools = tools
+        self.owner_uid = owner_uid
+        self._send: anyio.abc.ObjectSendStream[str] | None = None
+        self._waiting = 0  # tasks admitted and not yet taken by a worker
+        self._scopes: dict[str, anyio.CancelScope] = {}  # tasks a worker holds, by id
+        self._ended: dict[str, anyio.Event] = {}  # set when the worker lets go of the task
+        self._cancelled: set[str] = set()  # ids task.cancel asked to stop, until their worker ends them
+
+    async def setup(self, stack: AsyncExitStack) -> None:
+        await anyio.to_thread.run_sync(self.store.open)
+        stack.callback(self.store.close)
+        await anyio.to_thread.run_sync(self.store.requeue_interrupted)
+        resumed = await anyio.to_thread.run_sync(self.store.unfinished)
+        # Room for every admitted task: the workers' and the queue's; admission counts _waiting.
+        send, receive = anyio.create_memory_object_stream[str](self.settings.queue + self.settings.concurrency)
+        self._send = send
+        stack.callback(send.close)
+        await self.start_tasks(stack)
+        for number in range(self.settings.concurrency):
+            self.spawn(lambda: self._work(receive), f"worker-{number}", restart=True)
+        for task in resumed:
+            if self._waiting >= self.settings.queue + self.settings.concurrency:
+                # Only when tasks.queue was made smaller than the tasks that were waiting.
+                await self._finish(task.id, "failed", Overloaded(
+                    "the task did not fit the queue at restart (tasks.queue is smaller now)", reason="queue_full",
+                ))
+                continue
+            self._admit(task.id)
+        if resumed:
+            log.info("tasks resumed", count=len(resumed))
+
+    def _admit(self, task_id: str) -> None:
+        assert self._send is not None
+        self._waiting += 1
+        self._send.send_nowait(task_id)  # never full: admission keeps _waiting within the buffer
+
+    # --- the workers -------------------------------------------------------------------------------
+
+    async def _work(self, receive: anyio.abc.ObjectReceiveStream[str]) -> None:
+        async for task_id in receive:
+            self._waiting -= 1
+            scope = self._scopes[task_id] = anyio.CancelScope()
+            ended = self._ended.setdefault(task_id, anyio.Event())
+            try:
+                await self._run(task_id, scope)
+            finally:
+                self._scopes.pop(task_id, None)
+                self._ended.pop(task_id, None)
+                self._cancelled.discard(task_id)
+                ended.set()
+
+    async def _run(self, task_id: str, scope: anyio.CancelScope) -> None:
+        task = await anyio.to_thread.run_sync(self.store.task, task_id)
+        if task is None or task.state not in UNFINISHED or task_id in self._cancelled:
+            return  # cancelled while it waited: task.cancel has recorded that
+        if task.deadline_at is not None:
+            scope.deadline = anyio.current_time() + (task.deadline_at - time.time())
+        current: list[str] = []  # the step in flight, for the record of a cancel or a deadline
+        outcome: tuple[str, RPCError | None] = ("failed", None)
+        try:
+            with scope:
+                await anyio.to_thread.run_sync(self.store.set_task_state, task_id, "running", time.time())
+                outcome = await self._steps(task, current)
+        except Exception as exc:  # a fault of the executor: the task fails, the worker goes on
+            log.exception("task failed in the executor", task=task_id)
+            outcome = ("failed", InternalError(f"the executor failed: {exc}", reason="executor_failed"))
+        if scope.cancelled_caught:
+            if task_id in self._cancelled:
+                outcome = ("cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
+            else:
+                outcome = ("failed", Timeout("the task's deadline passed", reason="deadline"))
+        state, error = outcome
+        if current and error is not None:
+            step_state = "cancelled" if state == "cancelled" else "failed"
+            await anyio.to_thread.run_sync(
+                self.store.step_ended, task_id, current[0], step_state, _step_error(error), time.time()
+            )
+        await self._finish(task_id, state, error)
+
+    async def _finish(self, task_id: str, state: str, error: RPCError | None) -> None:
+        record = None if error is None else _step_error(error)
+        await anyio.to_thread.run_sync(self.store.set_task_state, task_id, state, time.time(), record)
+        log.info("task ended", task=task_id, state=state, reason=None if error is None else error.reason)
+
+    async def _steps(self, task: TaskRow, current: list[str]) -> tuple[str, RPCError | None]:
+        """Run the steps that are not done, in order; the task's outcome. A cancel or deadline
+        leaves through the task's scope with the step in flight named in ``current``."""
+        plan = Plan.model_validate(task.plan)
+        done = {row.step_id for row in await anyio.to_thread.run_sync(self.store.steps, task.id) if row.state == "done"}
+        outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id)
+        positions = {step.id: position for position, step in enumerate(plan.steps)}
+        for step in execution_order(plan):
+            if step.id in done:
+                continue
+            current[:] = [step.id]
+            await anyio.to_thread.run_sync(self.store.step_started, task.id, step.id, time.time())
+            error = await self._step(task, step, positions[step.id], outputs)
+            if error is not None:
+                await anyio.to_thread.run_sync(
+                    self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time()
+                )
+                current.clear()
+                return "failed", error
+            current.clear()
+        return "done", None
+
+    async def _step(self, task: TaskRow, step: Any, position: int, outputs: dict[str, Any]) -> RPCError | None:
+        """Call one step's tool and commit its output; the error that failed it, or None."""
+        try:
+            args = resolve_args(step.args, outputs, f"plan.steps.{position}.args")
+        except UnresolvedReference as exc:
+            return InvalidParams(str(exc), reason="unresolved_reference", field=exc.field)
+        if task.namespace is not None and "namespace" not in args and self.tools.takes_namespace(step.tool):
+            args["namespace"] = task.namespace
+        limit = step.timeout or self.settings.step_timeout
+        output: Any = None
+        with anyio.move_on_after(limit) as timer:
+            try:
+                output = await self.tools.call(step.tool, args, task.principal)
+            except RPCError as exc:
+                return exc
+        if timer.cancelled_caught:
+            return Timeout(f"step {step.id!r} did not finish within {limit:g} s", reason="step_timeout", limit_s=limit)
+        body = canonical_json(output)
+        if len(body) > self.settings.max_output_bytes:
+            return Conflict(
+                f"step {step.id!r} returned {len(body)} bytes, more than tasks.max_output_bytes",
+                reason="output_too_large", size=len(body), limit=self.settings.max_output_bytes,
+            )
+        digest = digest_of(body)
+        await anyio.to_thread.run_sync(self.store.step_done, task.id, step.id, body, digest, time.time())
+        outputs[step.id] = output
+        return None
+
+    # --- methods -----------------------------------------------------------------------------------
+
+    def _sees_all(self, principal: Principal) -> bool:
+        return principal.uid == 0 or (self.owner_uid is not None and principal.uid == self.owner_uid)
+
+    async def _visible(self, ctx: RequestContext, task_id: str) -> TaskRow:
+        task = await anyio.to_thread.run_sync(self.store.task, task_id)
+        if task is None or (task.principal.uid != ctx.principal.uid and not self._sees_all(ctx.principal)):
+            raise NotFound(f"no task {task_id}", reason="unknown_task", task_id=task_id)
+        return task
+
+    @rpc("task.submit", summary="Queue a task: a plan of tool calls run in the background; returns its id at once.")
+    async def submit(self, ctx: RequestContext, params: TaskSubmitParams) -> TaskSubmitResult:
+        if params.plan is None:
+            raise InvalidParams(
+                "a task needs a plan: no planner exists to make one from a goal", reason="no_planner", field="plan"
+            )
+        plan = validate_plan(params.plan, self.tools.names, self.settings.max_steps, self.settings.max_step_timeout)
+        if self._waiting >= self.settings.queue:
+            raise Overloaded(
+                f"{self._waiting} tasks wait already (tasks.queue); retry later", reason="queue_full",
+                limit=self.settings.queue,
+            )
+        now = time.time()
+        task = TaskRow(
+            id=f"tk_{secrets.token_hex(12)}", state="queued", plan=plan.model_dump(mode="json", exclude_defaults=True),
+            namespace=params.namespace, principal=ctx.principal,
+            deadline_at=None if params.deadline is None else now + params.deadline, created_at=now,
+            started_at=None, finished_at=None, error=None,
+        )
+        self._waiting += 1  # held while the insert is awaited: a concurrent submit sees it
+        try:
+            await anyio.to_thread.run_sync(
+                self.store.insert, task, [(step.id, step.tool) for step in execution_order(plan)]
+            )
+        finally:
+            self._waiting -= 1
+        self._admit(task.id)
+        return TaskSubmitResult(task_id=task.id, state="queued")
+
+    @rpc("task.get", summary="A task: its state, plan, and each step's state, output hash and error.", read_only=True)
+    async def get(self, ctx: RequestContext, params: TaskGetParams) -> TaskGetResult:
+        task = await self._visible(ctx, params.task_id)
+        rows = await anyio.to_thread.run_sync(self.store.steps, task.id)
+        outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id) if params.outputs else {}
+        return TaskGetResult(
+            task=_summary(task, rows),
+            plan=task.plan,
+            steps=[_step_out(row, outputs.get(row.step_id)) for row in rows],
+        )
+
+    @rpc("task.list", summary="Tasks, newest first: yours (the daemon's owner: everyone's).", read_only=True)
+    async def list_tasks(self, ctx: RequestContext, params: TaskListParams) -> TaskListResult:
+        uid = None if self._sees_all(ctx.principal) else ctx.principal.uid
+        tasks = await anyio.to_thread.run_sync(self.store.tasks, uid, params.states, params.limit)
+        summaries = []
+        for task in tasks:
+            summaries.append(_summary(task, await anyio.to_thread.run_sync(self.store.steps, task.id)))
+        return TaskListResult(tasks=summaries)
+
+    @rpc("task.cancel", summary="Stop a task: a queued one never starts, a running one's step in flight is cancelled.")
+    async def cancel(self, ctx: RequestContext, params: TaskCancelParams) -> TaskCancelResult:
+        task = await self._visible(ctx, params.task_id)
+        if task.state in UNFINISHED:
+            self._cancelled.add(task.id)
+            scope = self._scopes.get(task.id)
+            if scope is not None:  # a worker holds it: cancel it there and wait for the record
+                ended = self._ended[task.id]
+                scope.cancel()
+                with anyio.move_on_after(self.settings.cancel_wait):
+                    await ended.wait()
+            else:  # still queued: its worker will skip it
+                await self._finish(task.id, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
+            task = await self._visible(ctx, params.task_id)
+        return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
+
+
+def _summary(task: TaskRow, rows: list[StepRow]) -> TaskSummary:
+    return TaskSummary(
+        task_id=task.id, state=task.state, namespace=task.namespace,  # type: ignore[arg-type]
+        steps=len(rows), steps_done=sum(row.state == "done" for row in rows),
+        created_at=task.created_at, started_at=task.started_at, finished_at=task.finished_at,
+        deadline_at=task.deadline_at, error=StepError(**task.error) if task.error else None,
+    )
+
+
+def _step_out(row: StepRow, output: Any) -> StepOut:
+    return StepOut(
+        id=row.step_id, tool=row.tool, state=row.state, output_hash=row.output_hash,  # type: ignore[arg-type]
+        output_size=row.output_size, output=output, error=StepError(**row.error) if row.error else None,
+        started_at=row.started_at, finished_at=row.finished_at,
+    )

@@ -1,0 +1,239 @@
+"""The tasks part's own tables (``tasks/migrations/``): tasks, their steps, and step outputs
+stored content-addressed.
+
+One sqlite3 connection, used from worker threads one at a time (a lock), with ``synchronous =
+FULL``: a step recorded as done is on disk before the next step starts, which is what "a finished
+step never runs again after kill -9" rests on. A step's output and its ``done`` state commit in
+one transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from engram.principal import Principal
+from engram.storage.locking import begin_immediate
+
+__all__ = ["StepRow", "TaskRow", "TaskStore", "canonical_json", "digest_of"]
+
+UNFINISHED = ("queued", "running")
+
+
+def canonical_json(value: Any) -> bytes:
+    """The bytes an output is hashed and stored as: sorted keys, no spaces, UTF-8."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+@dataclass(frozen=True)
+class StepRow:
+    step_id: str
+    position: int
+    tool: str
+    state: str
+    output_hash: str | None
+    output_size: int | None
+    error: dict[str, Any] | None
+    started_at: float | None
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: str
+    state: str
+    plan: dict[str, Any]
+    namespace: str | None
+    principal: Principal
+    deadline_at: float | None
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    error: dict[str, Any] | None
+
+
+_TASK_COLUMNS = "id, state, plan, namespace, principal, deadline_at, created_at, started_at, finished_at, error"
+
+
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    return TaskRow(
+        id=row[0], state=row[1], plan=json.loads(row[2]), namespace=row[3],
+        principal=Principal.model_validate_json(row[4]), deadline_at=row[5], created_at=row[6],
+        started_at=row[7], finished_at=row[8], error=json.loads(row[9]) if row[9] else None,
+    )
+
+
+def _error(error: dict[str, Any] | None) -> str | None:
+    return None if error is None else json.dumps(error, separators=(",", ":"))
+
+
+class TaskStore:
+    def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
+        self.path = Path(path)
+        self.busy_timeout = busy_timeout
+        self._conn: sqlite3.Connection | None = None
+        self._lock = threading.Lock()
+
+    def open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = FULL")
+        conn.execute("PRAGMA foreign_keys = ON")
+        self._conn = conn
+
+    def close(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                conn, self._conn = self._conn, None
+                conn.close()
+
+    @contextmanager
+    def _held(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            if self._conn is None:
+                raise RuntimeError("the tasks database connection is closed")
+            yield self._conn
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._held() as conn:
+            begin_immediate(conn, self.busy_timeout)
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    # --- writes ----------------------------------------------------------------------------------
+
+    def insert(self, task: TaskRow, steps: list[tuple[str, str]]) -> None:
+        """A new queued task with its steps (``(step_id, tool)`` in execution order), pending."""
+        with self._transaction() as conn:
+            conn.execute(
+                f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (task.id, task.state, json.dumps(task.plan, separators=(",", ":")), task.namespace,
+                 task.principal.model_dump_json(), task.deadline_at, task.created_at, None, None, None),
+            )
+            conn.executemany(
+                "INSERT INTO tasks_steps (task_id, step_id, position, tool, state) VALUES (?, ?, ?, ?, 'pending')",
+                [(task.id, step_id, position, tool) for position, (step_id, tool) in enumerate(steps)],
+            )
+
+    def set_task_state(self, task_id: str, state: str, at: float, error: dict[str, Any] | None = None) -> None:
+        """Move a task to ``state``: 'running' sets started_at (once); a final state sets
+        finished_at and the error, and skips the steps that never ran."""
+        with self._transaction() as conn:
+            if state == "running":
+                conn.execute(
+                    "UPDATE tasks_runs SET state = 'running', started_at = coalesce(started_at, ?) WHERE id = ?",
+                    (at, task_id),
+                )
+                return
+            conn.execute(
+                "UPDATE tasks_runs SET state = ?, finished_at = ?, error = ? WHERE id = ?", (state, at, _error(error), task_id)
+            )
+            if state != "queued":
+                conn.execute(
+                    "UPDATE tasks_steps SET state = 'skipped' WHERE task_id = ? AND state = 'pending'", (task_id,)
+                )
+
+    def step_started(self, task_id: str, step_id: str, at: float) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE tasks_steps SET state = 'running', started_at = ?, error = NULL WHERE task_id = ? AND step_id = ?",
+                (at, task_id, step_id),
+            )
+
+    def step_done(self, task_id: str, step_id: str, body: bytes, digest: str, at: float) -> None:
+        """The step's output (stored once per digest) and its 'done' state, in one commit."""
+        with self._transaction() as conn:
+            conn.execute(
+                "INSERT INTO tasks_outputs (hash, size, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING",
+                (digest, len(body), body),
+            )
+            conn.execute(
+                "UPDATE tasks_steps SET state = 'done', output_hash = ?, finished_at = ? WHERE task_id = ? AND step_id = ?",
+                (digest, at, task_id, step_id),
+            )
+
+    def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> None:
+        """A running step that did not finish: 'failed' or 'cancelled', with why (a step whose
+        output was committed just before a cancel reached it stays done)."""
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE tasks_steps SET state = ?, error = ?, finished_at = ? "
+                "WHERE task_id = ? AND step_id = ? AND state = 'running'",
+                (state, _error(error), at, task_id, step_id),
+            )
+
+    def requeue_interrupted(self) -> None:
+        """At start: tasks a stop or crash cut short are queued again, and a step that was
+        running then is pending again (it never finished, so it runs again)."""
+        with self._transaction() as conn:
+            conn.execute("UPDATE tasks_runs SET state = 'queued' WHERE state = 'running'")
+            conn.execute("UPDATE tasks_steps SET state = 'pending', started_at = NULL WHERE state = 'running'")
+
+    # --- reads -----------------------------------------------------------------------------------
+
+    def task(self, task_id: str) -> TaskRow | None:
+        with self._held() as conn:
+            row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks_runs WHERE id = ?", (task_id,)).fetchone()
+        return _task(row) if row else None
+
+    def tasks(self, uid: int | None, states: list[str] | None, limit: int) -> list[TaskRow]:
+        """Newest first; ``uid`` None: everyone's."""
+        where, args = [], []
+        if uid is not None:
+            where.append("json_extract(principal, '$.uid') = ?")
+            args.append(uid)
+        if states:
+            where.append(f"state IN ({', '.join('?' * len(states))})")
+            args += states
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        with self._held() as conn:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks_runs {clause} ORDER BY created_at DESC, id LIMIT ?", (*args, limit)
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def unfinished(self) -> list[TaskRow]:
+        """Tasks a stop or crash cut short, oldest first: they are queued again at start."""
+        with self._held() as conn:
+            rows = conn.execute(
+                f"SELECT {_TASK_COLUMNS} FROM tasks_runs WHERE state IN (?, ?) ORDER BY created_at, id", UNFINISHED
+            ).fetchall()
+        return [_task(row) for row in rows]
+
+    def steps(self, task_id: str) -> list[StepRow]:
+        with self._held() as conn:
+            rows = conn.execute(
+                "SELECT s.step_id, s.position, s.tool, s.state, s.output_hash, o.size, s.error, s.started_at, "
+                "s.finished_at FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
+                "WHERE s.task_id = ? ORDER BY s.position",
+                (task_id,),
+            ).fetchall()
+        return [
+            StepRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7], r[8]) for r in rows
+        ]
+
+    def outputs(self, task_id: str) -> dict[str, Any]:
+        """The outputs of a task's done steps, by step id."""
+        with self._held() as conn:
+            rows = conn.execute(
+                "SELECT s.step_id, o.body FROM tasks_steps s JOIN tasks_outputs o ON o.hash = s.output_hash "
+                "WHERE s.task_id = ? AND s.state = 'done'",
+                (task_id,),
+            ).fetchall()
+        return {step_id: json.loads(body) for step_id, body in rows}
+
+
+def digest_of(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()

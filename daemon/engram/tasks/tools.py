@@ -1,0 +1,91 @@
+"""The tools a plan's steps may call, and how a step reaches one.
+
+Built-in tools are engram's own RPC methods, named after them. A step's call goes through the
+same request chain as a client's request (:meth:`engram.server.dispatch.Dispatcher.dispatch`),
+as the principal that submitted the task: the policy decides it, the audit log records it, its
+params are validated, and the method's own timeout applies, exactly as for a direct call. Only
+the methods of :data:`BUILTIN_TOOLS` are tools: they read and write memory, embed, and answer;
+none of them administers the daemon.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+from engram.principal import Principal
+from engram.server.jsonrpc import Request
+from engram.server.methods import Connection, MethodTable
+
+__all__ = ["BUILTIN_TOOLS", "MethodTools", "Tools"]
+
+BUILTIN_TOOLS = (
+    "infer.embed",
+    "memory.get",
+    "memory.graph.query",
+    "memory.recall",
+    "memory.remember",
+    "route.ask",
+)
+
+
+class Tools(Protocol):
+    """What the executor needs of its tools."""
+
+    @property
+    def names(self) -> frozenset[str]: ...
+
+    def takes_namespace(self, tool: str) -> bool:
+        """Whether the tool has a ``namespace`` argument (a task's namespace is filled into it)."""
+
+    async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
+        """The tool's result as JSON values; raises the RPCError a direct call would get."""
+
+
+class _TaskConnection:
+    """The connection of a step's call: no client waits on it, so what a handler would send it
+    (notifications, stream chunks) goes nowhere; it has id 0 in events and audit entries."""
+
+    id = 0
+    subscriptions = 0
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def declare_client(self, name: str) -> Principal:
+        return Principal.from_ids(os.getuid(), os.getgid(), os.getpid())
+
+    def on_drain(self, pending: Callable[[], int]) -> None:
+        pass
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        pass
+
+
+Dispatch = Callable[[Request, Principal, Connection], Awaitable[Any]]
+
+
+class MethodTools:
+    """Built-in tools: the methods named in ``allowed``, called through ``dispatch``."""
+
+    def __init__(self, dispatch: Dispatch, methods: MethodTable, allowed: tuple[str, ...] = BUILTIN_TOOLS) -> None:
+        self._dispatch = dispatch
+        self._methods = methods
+        self._allowed = frozenset(allowed)
+        self._connection = _TaskConnection()
+
+    @property
+    def names(self) -> frozenset[str]:
+        # Read when asked, not when made: the table is filled after the parts are built.
+        return frozenset(name for name in self._allowed if self._methods.get(name) is not None)
+
+    def takes_namespace(self, tool: str) -> bool:
+        method = self._methods.get(tool)
+        return method is not None and "namespace" in method.params.model_fields
+
+    async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
+        return await self._dispatch(Request(method=tool, params=args, id=None), principal, self._connection)
