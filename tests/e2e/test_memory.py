@@ -34,7 +34,7 @@ def test_remember_recall_forget_with_the_real_embedder(make_daemon):
                                    ("What is the name of the pet?", 2)):
             hits = client.call("memory.recall", {"query": question, "k": 2})["hits"]
             assert hits[0]["id"] == ids[expected], (question, hits)
-            assert set(hits[0]["parts"]) == {"vector", "keyword", "recency", "importance", "activation", "superseded", "neighbour", "session"}
+            assert set(hits[0]["parts"]) == {"vector", "keyword", "recency", "importance", "activation", "superseded", "neighbour", "session", "period"}
         stats = client.call("memory.stats")
         assert stats["embedder"] == {"name": "all-minilm-l6-v2", "dim": 384, "available": True}
         assert stats["index"]["dim"] == 384 and stats["episodes"] == 4

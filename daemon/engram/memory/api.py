@@ -153,6 +153,9 @@ class WeightsIn(Params):
     session: float | None = Field(
         default=None, ge=0, le=1, description="How far an episode is lifted towards its session's best score (0: not)."
     )
+    period: float | None = Field(
+        default=None, ge=0, le=100, description="Weight of the episode's time lying in a period the query names."
+    )
 
 
 class RecallParams(Params):
@@ -183,6 +186,9 @@ class ScoreParts(_Out):
     )
     session: float = Field(
         description="The best score in its session (0 without a session); the score is lifted towards it by weights.session."
+    )
+    period: float = Field(
+        description="1 when the episode's time lies in a period the query text names (\"in July 2023\", \"yesterday\"), else 0."
     )
 
 

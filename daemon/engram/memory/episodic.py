@@ -52,6 +52,7 @@ from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
 from engram.memory.filters import SqlFilter, check_tags, compile_filter, fts_terms
 from engram.memory.index import VectorIndex
+from engram.memory.periods import Named, in_periods, named_periods, spans
 from engram.memory.scoring import Weights, combine, keyword_parts, recencies
 from engram.memory.semantic import GraphStore
 from engram.memory.settings import MemorySettings
@@ -488,6 +489,9 @@ class Episodic:
         if activation:
             reached = self.graph.activate(namespace, query)
             activated = dict(sorted(reached.items(), key=lambda kv: -kv[1])[:want])
+        periods = named_periods(text, now) if text and weights.period > 0 else []
+        if periods:
+            sims.update(self._from_periods(namespace, query, flt, periods, want))
         candidates = set(sims) | set(keyword) | set(activated)
         if not candidates:
             return []
@@ -495,13 +499,13 @@ class Episodic:
         # those the facts came from, so nothing is re-checked (archived, forgotten, filtered).
         with self.store.snapshot() as conn:
             scored = self._score(conn, namespace, flt, list(candidates), sims, keyword, activated, query, now, weights,
-                                 bool(text), activation)
+                                 bool(text), activation, periods)
             if scored is None:
                 return []
             seqs, parts, scores = scored
             if weights.neighbour > 0 or weights.session > 0:
                 seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, query, now, weights,
-                                                       bool(text), activation)
+                                                       bool(text), activation, periods)
             else:
                 parts["neighbour"] = parts["session"] = np.zeros(len(seqs), np.float64)
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
@@ -521,9 +525,27 @@ class Episodic:
             hits.append(hit)
         return hits
 
+    def _from_periods(self, namespace: str, query: NDArray[np.float32], flt: SqlFilter, periods: list[Named],
+                      want: int) -> dict[int, float]:
+        """The ``want`` episodes most similar to the query among those of the periods it names: an
+        answer from then need not be among the nearest of all. Left out when the periods hold
+        more than ``memory.recall.exact_filter_limit`` episodes (the period part still counts)."""
+        known = self.store.time_range(namespace)
+        if known is None:
+            return {}
+        windows = [(span.start, span.end) for span in spans(periods, *known)]
+        inside = self.store.seqs_between(namespace, windows, flt, self.settings.recall.exact_filter_limit)
+        if not inside:
+            return {}
+        got, vectors = self.index.vectors(namespace, inside)
+        if not got:
+            return {}
+        values = vectors @ query
+        return {got[i]: float(values[i]) for i in np.argsort(-values)[:want]}
+
     def _score(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, candidates: list[int], sims: dict[int, float],
                keyword: dict[int, float], activated: dict[int, float], query: NDArray[np.float32], now: float,
-               weights: Weights, with_keyword: bool, activation: bool,
+               weights: Weights, with_keyword: bool, activation: bool, periods: list[Named],
                ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]] | None:
         """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores,
         as arrays with one element per episode (the parts of the k winners only become dicts);
@@ -540,20 +562,22 @@ class Episodic:
             ],
             np.float64,
         )
+        times = np.array([when for when, _, _, _ in known], np.float64)
         parts = {
             "vector": np.clip(similarity, 0.0, 1.0),
             "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
-            "recency": recencies(np.array([when for when, _, _, _ in known], np.float64), now, self.settings.recall.recency_half_life),
+            "recency": recencies(times, now, self.settings.recall.recency_half_life),
             "importance": np.array([importance for _, importance, _, _ in known], np.float64),
             "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
+            "period": in_periods(times, periods),
         }
         stale = self.graph.superseded_episodes(conn, seqs) if weights.superseded > 0 else set()
         parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
-        return seqs, parts, combine(parts, weights, with_keyword, activation)
+        return seqs, parts, combine(parts, weights, with_keyword, activation, bool(periods))
 
     def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, seqs: list[int],
                     parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, query: NDArray[np.float32],
-                    now: float, weights: Weights, with_keyword: bool, activation: bool,
+                    now: float, weights: Weights, with_keyword: bool, activation: bool, periods: list[Named],
                     ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]]:
         """Scores lifted by conversation context (:mod:`engram.memory.context`): the best
         candidates' session neighbours join them (scored like candidates, without a keyword or
@@ -567,7 +591,8 @@ class Episodic:
         known = set(seqs)
         extra = [n for n in beside if n not in known]
         if extra:
-            more = self._score(conn, namespace, flt, extra, {}, {}, {}, query, now, weights, with_keyword, activation)
+            more = self._score(conn, namespace, flt, extra, {}, {}, {}, query, now, weights, with_keyword, activation,
+                               periods)
             if more is not None:
                 more_seqs, more_parts, more_scores = more
                 seqs = seqs + more_seqs

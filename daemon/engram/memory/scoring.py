@@ -10,6 +10,9 @@
   a namespace about Ada) from giving that match full marks (:func:`keyword_parts`);
 - recency: ``0.5 ** (age / half_life)``, age from the episode's time to now (future: 1);
 - importance: as stored (0..1);
+- period: 1 when the episode's time lies in a period the query text names ("in July 2023",
+  "yesterday": :mod:`engram.memory.periods`), else 0; its weight counts only for a query that
+  names one;
 - activation: spreading activation reaching the episode;
 - superseded: 1 when the episode is a source of facts whose validity a newer fact ended or that a
   correction replaced (relations with ``superseded_by``, see :mod:`engram.memory.semantic`) and
@@ -53,6 +56,7 @@ class Weights:
     superseded: float = 0.0  # share of the score an episode of superseded facts loses (0..1)
     neighbour: float = 0.0  # conversation context (engram.memory.context): lift towards the neighbours' score (0..1)
     session: float = 0.0  # and towards the session's best (0..1)
+    period: float = 0.0  # episodes from a period the query names
 
 
 def recency(time: float, now: float, half_life: float) -> float:
@@ -66,7 +70,8 @@ def recencies(times: NDArray[np.float64], now: float, half_life: float) -> NDArr
     return 0.5 ** (np.maximum(0.0, now - times) / half_life)
 
 
-def combine(parts: dict[str, Part], weights: Weights, with_keyword: bool, with_activation: bool) -> Part:
+def combine(parts: dict[str, Part], weights: Weights, with_keyword: bool, with_activation: bool,
+            with_period: bool = False) -> Part:
     total = weights.vector + weights.recency + weights.importance
     value = weights.vector * parts["vector"] + weights.recency * parts["recency"] + weights.importance * parts["importance"]
     if with_keyword:
@@ -75,6 +80,9 @@ def combine(parts: dict[str, Part], weights: Weights, with_keyword: bool, with_a
     if with_activation:
         total += weights.activation
         value += weights.activation * parts["activation"]
+    if with_period:
+        total += weights.period
+        value += weights.period * parts["period"]
     mean = value / total if total > 0 else value * 0.0
     if weights.superseded and "superseded" in parts:
         return mean * (1.0 - weights.superseded * parts["superseded"])

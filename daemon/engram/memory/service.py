@@ -399,7 +399,7 @@ class Memory(Part):
         over = params.weights
         pick = lambda name: getattr(over, name) if over is not None and getattr(over, name) is not None else getattr(base, name)
         weights = Weights(pick("vector"), pick("keyword"), pick("recency"), pick("importance"), pick("activation"),
-                          pick("superseded"), pick("neighbour"), pick("session"))
+                          pick("superseded"), pick("neighbour"), pick("session"), pick("period"))
         if weights.vector + weights.recency + weights.importance <= 0:
             raise InvalidParams("weights: at least one of vector, recency, importance must be > 0",
                                 field="weights", reason="zero_weights")

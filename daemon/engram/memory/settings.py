@@ -71,6 +71,13 @@ class RecallWeights(_Section):
         description="Conversation context: how far an episode with a session is lifted towards the best score in its "
         "session (0: not at all).",
     )
+    period: float = Field(
+        default=0.2,
+        ge=0,
+        le=100,
+        description="Weight of the episode's time lying in a period the query text names (\"in July 2023\", \"yesterday\"); "
+        "counts only for a query that names one.",
+    )
 
 
 class RecallSettings(_Section):

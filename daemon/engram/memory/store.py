@@ -422,6 +422,34 @@ class EpisodeStore:
             ]
         return None if len(found) > limit else found
 
+    def seqs_between(self, namespace: str, spans: Sequence[tuple[float, float]], flt: SqlFilter,
+                     limit: int) -> list[int] | None:
+        """Seqs of the live episodes whose time lies in one of ``spans`` ([start, end)) and that
+        pass ``flt``; None when there are more than ``limit`` (the ``(namespace, time)`` index
+        finds them)."""
+        found: list[int] = []
+        with self.db.read() as conn:
+            for start, end in spans:
+                found += [
+                    seq
+                    for (seq,) in conn.execute(
+                        f"SELECT e.seq FROM memory_episodes e WHERE e.namespace = ? AND e.time >= ? AND e.time < ?"
+                        f"{flt.sql}{_LIVE} LIMIT ?",
+                        (namespace, start, end, *flt.args, limit + 1 - len(found)),
+                    )
+                ]
+                if len(found) > limit:
+                    return None
+        return found
+
+    def time_range(self, namespace: str) -> tuple[float, float] | None:
+        """The earliest and latest time of the namespace's episodes; None when it has none."""
+        with self.db.read() as conn:
+            first, last = conn.execute(
+                "SELECT min(time), max(time) FROM memory_episodes WHERE namespace = ?", (namespace,)
+            ).fetchone()
+        return None if first is None else (float(first), float(last))
+
     def matching(self, namespace: str, seqs: Sequence[int], flt: SqlFilter) -> set[int]:
         """Those of ``seqs`` that are live in ``namespace`` and pass ``flt``."""
         out: set[int] = set()
