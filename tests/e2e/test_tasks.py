@@ -195,9 +195,12 @@ def test_a_step_timeout_and_a_task_deadline_fail_the_task(make_daemon, tmp_path)
     assert (error["code"], error["reason"], error["data"]["limit_s"]) == (-32004, "step_timeout", 0.5)
     assert _steps(result)["ask"]["state"] == "failed"
 
-    late = daemon.call("task.submit", {"deadline": 0.5, "plan": {"steps": [
+    # the deadline (long enough for the step to have started) cancels the step in flight
+    late = daemon.call("task.submit", {"deadline": 3, "plan": {"steps": [
         {"id": "ask", "tool": "route.ask", "args": _ask("wait again")},
     ]}})["task_id"]
+    result = _poll(daemon, late, lambda r: _ended(r) or _steps(r)["ask"]["state"] == "running")
+    assert _steps(result)["ask"]["state"] == "running", result
     result = _poll(daemon, late, _ended)
     assert result["task"]["state"] == "failed" and result["task"]["error"]["reason"] == "deadline"
     assert _steps(result)["ask"]["state"] == "failed"
