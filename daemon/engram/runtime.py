@@ -83,6 +83,7 @@ from engram.sleep.service import Sleep
 from engram.storage import Database
 from engram.storage.files import PRIVATE_UMASK, make_private_dir
 from engram.system import Check, SystemMethods
+from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
 from engram.tasks.tools import MethodTools
 
@@ -283,8 +284,9 @@ class Daemon:
         # Tasks: plans whose steps call built-in tools, engram's own methods, through the request
         # chain above as the principal that submitted them (policy, audit and params as for a
         # direct call).
+        self.bus.declare(*TASK_EVENTS)
         self.tasks = Tasks(settings.tasks, settings.database_path, MethodTools(self.dispatcher.dispatch, self.methods),
-                           busy, owner_uid=os.getuid())
+                           self.bus, busy, owner_uid=os.getuid())
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

@@ -91,7 +91,16 @@ def _engram(daemon: Any, *args: str) -> subprocess.CompletedProcess[str]:
 
 def test_a_three_step_plan_runs_to_done_and_each_output_is_stored_by_its_hash(make_daemon, tmp_path):
     daemon = make_daemon(env=_env(tmp_path))
-    task_id = daemon.call("task.submit", {"plan": THREE_STEPS, "namespace": "tasks-e2e"})["task_id"]
+    with daemon.client() as watcher:
+        events = watcher.subscribe(["task.*"])
+        task_id = daemon.call("task.submit", {"plan": THREE_STEPS, "namespace": "tasks-e2e"})["task_id"]
+        progress = []
+        while not progress or progress[-1][0] != "task.ended":
+            event = events.receive(timeout=30)
+            progress.append((event["topic"], event["data"].get("step"), event["data"]["state"]))
+    assert progress == [
+        *[("task.step", step, state) for step in "abc" for state in ("running", "done")], ("task.ended", None, "done"),
+    ]
     result = _poll(daemon, task_id, _ended)
     assert result["task"]["state"] == "done" and result["task"]["steps_done"] == 3, result
     steps = _steps(result)

@@ -16,12 +16,14 @@ from __future__ import annotations
 import secrets
 import time
 from contextlib import AsyncExitStack
+from pathlib import Path
 from typing import Any
 
 import anyio
 import anyio.abc
 import structlog
 
+from engram.bus import EventBus
 from engram.errors import Conflict, InternalError, InvalidParams, NotFound, Overloaded, RPCError, Timeout
 from engram.lifecycle import Part
 from engram.principal import Principal
@@ -39,7 +41,8 @@ from engram.tasks.api import (
     TaskSubmitResult,
     TaskSummary,
 )
-from engram.tasks.plan import Plan, UnresolvedReference, execution_order, resolve_args, validate_plan
+from engram.tasks.plan import Plan, Step, UnresolvedReference, execution_order, resolve_args, validate_plan
+from engram.tasks.events import TaskEnded, TaskStep
 from engram.tasks.settings import TaskSettings
 from engram.tasks.store import UNFINISHED, StepRow, TaskRow, TaskStore, canonical_json, digest_of
 from engram.tasks.tools import Tools
@@ -56,13 +59,14 @@ def _step_error(exc: RPCError) -> dict[str, Any]:
 
 class Tasks(Part):
     def __init__(
-        self, settings: TaskSettings, database_path: Any, tools: Tools, busy_timeout: float = 5.0,
+        self, settings: TaskSettings, database_path: Path, tools: Tools, bus: EventBus, busy_timeout: float = 5.0,
         owner_uid: int | None = None,
     ) -> None:
         super().__init__("tasks")
         self.settings = settings
         self.store = TaskStore(database_path, busy_timeout)
         self.tools = tools
+        self.bus = bus
         self.owner_uid = owner_uid
         self._send: anyio.abc.ObjectSendStream[str] | None = None
         self._waiting = 0  # tasks admitted and not yet taken by a worker
@@ -85,7 +89,7 @@ class Tasks(Part):
         for task in resumed:
             if self._waiting >= self.settings.queue + self.settings.concurrency:
                 # Only when tasks.queue was made smaller than the tasks that were waiting.
-                await self._finish(task.id, "failed", Overloaded(
+                await self._finish(task, "failed", Overloaded(
                     "the task did not fit the queue at restart (tasks.queue is smaller now)", reason="queue_full",
                 ))
                 continue
@@ -119,7 +123,7 @@ class Tasks(Part):
             return  # cancelled while it waited: task.cancel has recorded that
         if task.deadline_at is not None:
             scope.deadline = anyio.current_time() + (task.deadline_at - time.time())
-        current: list[str] = []  # the step in flight, for the record of a cancel or a deadline
+        current: list[Step] = []  # the step in flight, for the record of a cancel or a deadline
         outcome: tuple[str, RPCError | None] = ("failed", None)
         try:
             with scope:
@@ -137,16 +141,24 @@ class Tasks(Part):
         if current and error is not None:
             step_state = "cancelled" if state == "cancelled" else "failed"
             await anyio.to_thread.run_sync(
-                self.store.step_ended, task_id, current[0], step_state, _step_error(error), time.time()
+                self.store.step_ended, task_id, current[0].id, step_state, _step_error(error), time.time()
             )
-        await self._finish(task_id, state, error)
+            self._step_event(task, current[0], step_state, reason=error.reason)
+        await self._finish(task, state, error)
 
-    async def _finish(self, task_id: str, state: str, error: RPCError | None) -> None:
+    async def _finish(self, task: TaskRow, state: str, error: RPCError | None) -> None:
         record = None if error is None else _step_error(error)
-        await anyio.to_thread.run_sync(self.store.set_task_state, task_id, state, time.time(), record)
-        log.info("task ended", task=task_id, state=state, reason=None if error is None else error.reason)
+        await anyio.to_thread.run_sync(self.store.set_task_state, task.id, state, time.time(), record)
+        reason = None if error is None else error.reason
+        log.info("task ended", task=task.id, state=state, reason=reason)
+        self.bus.publish(TaskEnded(task_id=task.id, uid=task.principal.uid, state=state, reason=reason))  # type: ignore[arg-type]
 
-    async def _steps(self, task: TaskRow, current: list[str]) -> tuple[str, RPCError | None]:
+    def _step_event(self, task: TaskRow, step: Step, state: str, output_hash: str | None = None,
+                    reason: str | None = None) -> None:
+        self.bus.publish(TaskStep(task_id=task.id, uid=task.principal.uid, step=step.id, tool=step.tool,
+                                  state=state, output_hash=output_hash, reason=reason))  # type: ignore[arg-type]
+
+    async def _steps(self, task: TaskRow, current: list[Step]) -> tuple[str, RPCError | None]:
         """Run the steps that are not done, in order; the task's outcome. A cancel or deadline
         leaves through the task's scope with the step in flight named in ``current``."""
         plan = Plan.model_validate(task.plan)
@@ -156,19 +168,21 @@ class Tasks(Part):
         for step in execution_order(plan):
             if step.id in done:
                 continue
-            current[:] = [step.id]
+            current[:] = [step]
             await anyio.to_thread.run_sync(self.store.step_started, task.id, step.id, time.time())
+            self._step_event(task, step, "running")
             error = await self._step(task, step, positions[step.id], outputs)
             if error is not None:
                 await anyio.to_thread.run_sync(
                     self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time()
                 )
                 current.clear()
+                self._step_event(task, step, "failed", reason=error.reason)
                 return "failed", error
             current.clear()
         return "done", None
 
-    async def _step(self, task: TaskRow, step: Any, position: int, outputs: dict[str, Any]) -> RPCError | None:
+    async def _step(self, task: TaskRow, step: Step, position: int, outputs: dict[str, Any]) -> RPCError | None:
         """Call one step's tool and commit its output; the error that failed it, or None."""
         try:
             args = resolve_args(step.args, outputs, f"plan.steps.{position}.args")
@@ -194,6 +208,7 @@ class Tasks(Part):
         digest = digest_of(body)
         await anyio.to_thread.run_sync(self.store.step_done, task.id, step.id, body, digest, time.time())
         outputs[step.id] = output
+        self._step_event(task, step, "done", output_hash=digest)
         return None
 
     # --- methods -----------------------------------------------------------------------------------
@@ -268,7 +283,7 @@ class Tasks(Part):
                 with anyio.move_on_after(self.settings.cancel_wait):
                     await ended.wait()
             else:  # still queued: its worker will skip it
-                await self._finish(task.id, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
+                await self._finish(task, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
 

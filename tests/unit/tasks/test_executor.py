@@ -11,11 +11,13 @@ from typing import Any
 
 import anyio
 import pytest
+from engram.bus import EventBus
 from engram.errors import NotFound, Overloaded
 from engram.principal import Principal
 from engram.server.methods import RequestContext
 from engram.storage import Database
 from engram.tasks.api import TaskCancelParams, TaskGetParams, TaskListParams, TaskSubmitParams
+from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
 from engram.tasks.settings import TaskSettings
 
@@ -95,9 +97,18 @@ async def db(tmp_path: Path) -> Path:
 
 async def test_steps_run_after_their_needs_with_references_and_the_namespace_filled_in(db):
     tools = FakeTools()
-    async with Tasks(_settings(), db, tools, owner_uid=OWNER.uid) as tasks:
+    bus = EventBus(TASK_EVENTS)
+    events = bus.subscribe(["task.*"])
+    async with Tasks(_settings(), db, tools, bus, owner_uid=OWNER.uid) as tasks:
         submitted = await tasks.submit(_ctx(), TaskSubmitParams(plan=PLAN, namespace="ns1"))
         result = await _until_ended(tasks, submitted.task_id)
+    seen = []
+    while (event := events.receive_nowait()) is not None:
+        seen.append((event.topic, getattr(event, "step", None), event.state, event.uid))
+    assert seen == [
+        *[("task.step", step, state, OWNER.uid) for step in "abc" for state in ("running", "done")],
+        ("task.ended", None, "done", OWNER.uid),
+    ]
     assert result.task.state == "done" and result.task.steps_done == 3
     assert tools.calls == [
         ("put", {"text": "t"}, OWNER.uid),
@@ -121,7 +132,7 @@ async def test_a_failed_step_fails_the_task_and_skips_the_rest(db, tool, code, r
         {"id": "b", "tool": tool, "needs": ["a"]},
         {"id": "c", "tool": "put", "needs": ["b"]},
     ]}
-    async with Tasks(_settings(), db, tools) as tasks:
+    async with Tasks(_settings(), db, tools, EventBus(TASK_EVENTS)) as tasks:
         result = await _until_ended(tasks, (await tasks.submit(_ctx(), TaskSubmitParams(plan=plan))).task_id)
     assert result.task.state == "failed"
     assert [step.state for step in result.steps] == ["done", "failed", "skipped"]
@@ -132,7 +143,7 @@ async def test_a_failed_step_fails_the_task_and_skips_the_rest(db, tool, code, r
 
 async def test_a_step_past_its_timeout_fails_and_its_call_is_cancelled(db):
     tools = FakeTools(held=frozenset({"slow"}))
-    async with Tasks(_settings(), db, tools) as tasks:
+    async with Tasks(_settings(), db, tools, EventBus(TASK_EVENTS)) as tasks:
         plan = {"steps": [{"id": "s", "tool": "slow", "timeout": 0.05}]}
         result = await _until_ended(tasks, (await tasks.submit(_ctx(), TaskSubmitParams(plan=plan))).task_id)
     assert result.task.state == "failed" and tools.cancelled == 1
@@ -141,7 +152,9 @@ async def test_a_step_past_its_timeout_fails_and_its_call_is_cancelled(db):
 
 async def test_cancel_reaches_the_call_in_flight_and_a_queued_task_never_starts(db):
     tools = FakeTools(held=frozenset({"slow"}))
-    async with Tasks(_settings(queue=1, concurrency=1), db, tools) as tasks:
+    bus = EventBus(TASK_EVENTS)
+    events = bus.subscribe(["task.ended"])
+    async with Tasks(_settings(queue=1, concurrency=1), db, tools, bus) as tasks:
         plan = {"steps": [{"id": "s", "tool": "slow"}, {"id": "t", "tool": "put", "needs": ["s"]}]}
         running = (await tasks.submit(_ctx(), TaskSubmitParams(plan=plan))).task_id
         with anyio.fail_after(10):
@@ -162,6 +175,8 @@ async def test_cancel_reaches_the_call_in_flight_and_a_queued_task_never_starts(
     assert [step.state for step in never.steps] == ["skipped", "skipped"] and never.task.started_at is None
     assert after.task.state == "done"
     assert [call[0] for call in tools.calls] == ["slow", "slow", "put"]
+    ended = [(e.task_id, e.state, e.reason) for e in iter(events.receive_nowait, None)]
+    assert ended == [(queued, "cancelled", "cancelled"), (running, "cancelled", "cancelled"), (after.task.task_id, "done", None)]
 
 
 async def test_a_task_cut_short_goes_on_at_its_first_unfinished_step_after_a_restart(db):
@@ -171,7 +186,7 @@ async def test_a_task_cut_short_goes_on_at_its_first_unfinished_step_after_a_res
         {"id": "s", "tool": "slow", "needs": ["a"]},
         {"id": "b", "tool": "find", "args": {"id": {"$from": "a.ids.0"}}, "needs": ["s"]},
     ]}
-    async with Tasks(_settings(), db, first) as tasks:
+    async with Tasks(_settings(), db, first, EventBus(TASK_EVENTS)) as tasks:
         task_id = (await tasks.submit(_ctx(), TaskSubmitParams(plan=plan))).task_id
         with anyio.fail_after(10):
             await first.waiting.wait()
@@ -179,7 +194,7 @@ async def test_a_task_cut_short_goes_on_at_its_first_unfinished_step_after_a_res
     assert first.cancelled == 1 and [call[0] for call in first.calls] == ["put", "slow"]
 
     second = FakeTools()
-    async with Tasks(_settings(), db, second) as tasks:
+    async with Tasks(_settings(), db, second, EventBus(TASK_EVENTS)) as tasks:
         result = await _until_ended(tasks, task_id)
     assert result.task.state == "done"
     # a ran once, before the stop; s ran again (it never finished); b used a's stored output
@@ -188,7 +203,7 @@ async def test_a_task_cut_short_goes_on_at_its_first_unfinished_step_after_a_res
 
 
 async def test_a_client_sees_only_its_own_tasks_and_the_owner_sees_all(db):
-    async with Tasks(_settings(), db, FakeTools(), owner_uid=OWNER.uid) as tasks:
+    async with Tasks(_settings(), db, FakeTools(), EventBus(TASK_EVENTS), owner_uid=OWNER.uid) as tasks:
         mine = (await tasks.submit(_ctx(OWNER), TaskSubmitParams(plan=PLAN))).task_id
         theirs = (await tasks.submit(_ctx(OTHER), TaskSubmitParams(plan=PLAN))).task_id
         await _until_ended(tasks, mine)

@@ -1,0 +1,36 @@
+"""Bus events of the task executor (topics ``task.*``): a task's progress as it happens.
+
+Each names the uid that submitted the task, so a subscriber who is not the daemon's owner sees
+the progress of their own tasks only (:mod:`engram.bus.audience`)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from engram.bus.events import Event
+
+__all__ = ["TASK_EVENTS", "TaskEnded", "TaskStep"]
+
+
+class TaskStep(Event):
+    topic = "task.step"
+    task_id: str
+    uid: int = Field(description="The uid that submitted the task.")
+    step: str = Field(description="The step's id.")
+    tool: str
+    state: Literal["running", "done", "failed", "cancelled"] = Field(description="The state the step entered.")
+    output_hash: str | None = Field(default=None, description="SHA-256 of its output, once done.")
+    reason: str | None = Field(default=None, description="data.reason of the error that failed or cancelled it.")
+
+
+class TaskEnded(Event):
+    topic = "task.ended"
+    task_id: str
+    uid: int = Field(description="The uid that submitted the task.")
+    state: Literal["done", "failed", "cancelled"]
+    reason: str | None = Field(default=None, description="data.reason of the error that ended it (None: done).")
+
+
+TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded)
