@@ -138,13 +138,16 @@ class Tasks(Part):
             else:
                 outcome = ("failed", Timeout("the task's deadline passed", reason="deadline"))
         state, error = outcome
-        if current and error is not None:
-            step_state = "cancelled" if state == "cancelled" else "failed"
-            await anyio.to_thread.run_sync(
-                self.store.step_ended, task_id, current[0].id, step_state, _step_error(error), time.time()
-            )
-            self._step_event(task, current[0], step_state, reason=error.reason)
-        await self._finish(task, state, error)
+        # Shielded: a stop arriving now must not leave a task ended here recorded as running,
+        # which the next start would run again.
+        with anyio.CancelScope(shield=True):
+            if current and error is not None:
+                step_state = "cancelled" if state == "cancelled" else "failed"
+                if await anyio.to_thread.run_sync(
+                    self.store.step_ended, task_id, current[0].id, step_state, _step_error(error), time.time()
+                ):
+                    self._step_event(task, current[0], step_state, reason=error.reason)
+            await self._finish(task, state, error)
 
     async def _finish(self, task: TaskRow, state: str, error: RPCError | None) -> None:
         record = None if error is None else _step_error(error)

@@ -164,15 +164,15 @@ class TaskStore:
                 (digest, at, task_id, step_id),
             )
 
-    def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> None:
+    def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> bool:
         """A running step that did not finish: 'failed' or 'cancelled', with why (a step whose
-        output was committed just before a cancel reached it stays done)."""
+        output was committed just before a cancel reached it stays done); whether it was running."""
         with self._transaction() as conn:
-            conn.execute(
+            return conn.execute(
                 "UPDATE tasks_steps SET state = ?, error = ?, finished_at = ? "
                 "WHERE task_id = ? AND step_id = ? AND state = 'running'",
                 (state, _error(error), at, task_id, step_id),
-            )
+            ).rowcount > 0
 
     def requeue_interrupted(self) -> None:
         """At start: tasks a stop or crash cut short are queued again, and a step that was
