@@ -81,6 +81,19 @@ class ReplayQuery:
     seq: int = 0  # its row in memory_replay_queries (0: not written yet)
 
 
+@dataclass(frozen=True, slots=True)
+class _Query:
+    """What scoring needs of one recall besides its candidates."""
+
+    vector: NDArray[np.float32]
+    now: float
+    weights: Weights
+    with_keyword: bool  # the query has a text: the keyword weight counts
+    activation: bool
+    keyword: dict[int, float]  # every full-text match's keyword part
+    periods: list[Named]
+
+
 @dataclass
 class WriteJob:
     rows: list[NewEpisode]
@@ -482,9 +495,13 @@ class Episodic:
                     asked = min(asked * 4, size)
                 sims.update((s_, v) for s_, v in zip(seqs.tolist(), values.tolist()) if s_ in passing)
         keyword: dict[int, float] = {}
+        keyword_best: list[int] = []
         if text and weights.keyword > 0 and (terms := fts_terms(text)):
-            found = self.store.keyword(namespace, terms, flt, want, s.keyword_max_df, self.index.count(namespace))
+            # Every match keeps its keyword part, so that a candidate found by its vector scores
+            # its words too; the best ``want`` matches are candidates themselves.
+            found = self.store.keyword(namespace, terms, flt, s.keyword_max_df, self.index.count(namespace))
             keyword = keyword_parts(found, s.keyword_full_marks)
+            keyword_best = [seq for seq, _ in found[:want]]
         activated: dict[int, float] = {}
         if activation:
             reached = self.graph.activate(namespace, query)
@@ -492,20 +509,19 @@ class Episodic:
         periods = named_periods(text, now) if text and weights.period > 0 else []
         if periods:
             sims.update(self._from_periods(namespace, query, flt, periods, want))
-        candidates = set(sims) | set(keyword) | set(activated)
+        candidates = set(sims) | set(keyword_best) | set(activated)
         if not candidates:
             return []
         # One read transaction for the candidates' facts and the winners' rows: the rows are
         # those the facts came from, so nothing is re-checked (archived, forgotten, filtered).
         with self.store.snapshot() as conn:
-            scored = self._score(conn, namespace, flt, list(candidates), sims, keyword, activated, query, now, weights,
-                                 bool(text), activation, periods)
+            q = _Query(query, now, weights, bool(text), activation, keyword, periods)
+            scored = self._score(conn, namespace, flt, list(candidates), sims, activated, q)
             if scored is None:
                 return []
             seqs, parts, scores = scored
             if weights.neighbour > 0 or weights.session > 0:
-                seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, query, now, weights,
-                                                       bool(text), activation, periods)
+                seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, q)
             else:
                 parts["neighbour"] = parts["session"] = np.zeros(len(seqs), np.float64)
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
@@ -544,8 +560,7 @@ class Episodic:
         return {got[i]: float(values[i]) for i in np.argsort(-values)[:want]}
 
     def _score(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, candidates: list[int], sims: dict[int, float],
-               keyword: dict[int, float], activated: dict[int, float], query: NDArray[np.float32], now: float,
-               weights: Weights, with_keyword: bool, activation: bool, periods: list[Named],
+               activated: dict[int, float], q: _Query,
                ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]] | None:
         """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores,
         as arrays with one element per episode (the parts of the k winners only become dicts);
@@ -557,7 +572,7 @@ class Episodic:
         known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
         similarity = np.array(
             [
-                sim if sim is not None else (float(vector @ query) if vector is not None and vector.shape == query.shape else 0.0)
+                sim if sim is not None else (float(vector @ q.vector) if vector is not None and vector.shape == q.vector.shape else 0.0)
                 for _, _, sim, vector in known
             ],
             np.float64,
@@ -565,23 +580,22 @@ class Episodic:
         times = np.array([when for when, _, _, _ in known], np.float64)
         parts = {
             "vector": np.clip(similarity, 0.0, 1.0),
-            "keyword": np.array([keyword.get(seq, 0.0) for seq in seqs], np.float64),
-            "recency": recencies(times, now, self.settings.recall.recency_half_life),
+            "keyword": np.array([q.keyword.get(seq, 0.0) for seq in seqs], np.float64),
+            "recency": recencies(times, q.now, self.settings.recall.recency_half_life),
             "importance": np.array([importance for _, importance, _, _ in known], np.float64),
             "activation": np.array([activated.get(seq, 0.0) for seq in seqs], np.float64),
-            "period": in_periods(times, periods),
+            "period": in_periods(times, q.periods),
         }
-        stale = self.graph.superseded_episodes(conn, seqs) if weights.superseded > 0 else set()
+        stale = self.graph.superseded_episodes(conn, seqs) if q.weights.superseded > 0 else set()
         parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
-        return seqs, parts, combine(parts, weights, with_keyword, activation, bool(periods))
+        return seqs, parts, combine(parts, q.weights, q.with_keyword, q.activation, bool(q.periods))
 
     def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, seqs: list[int],
-                    parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, query: NDArray[np.float32],
-                    now: float, weights: Weights, with_keyword: bool, activation: bool, periods: list[Named],
+                    parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, q: _Query,
                     ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]]:
         """Scores lifted by conversation context (:mod:`engram.memory.context`): the best
-        candidates' session neighbours join them (scored like candidates, without a keyword or
-        activation part of their own), then every episode placed in a session is lifted."""
+        candidates' session neighbours join them (scored like candidates, without an activation
+        part of their own), then every episode placed in a session is lifted."""
         best = [seqs[i] for i in np.argsort(-scores, kind="stable")[: max(2 * k, CONTEXT_OF)].tolist()]
         near = self.store.session_neighbours(conn, namespace, best)
         # The best ones' neighbours are placed too, so that they can be lifted by them; those that
@@ -591,8 +605,7 @@ class Episodic:
         known = set(seqs)
         extra = [n for n in beside if n not in known]
         if extra:
-            more = self._score(conn, namespace, flt, extra, {}, {}, {}, query, now, weights, with_keyword, activation,
-                               periods)
+            more = self._score(conn, namespace, flt, extra, {}, {}, q)
             if more is not None:
                 more_seqs, more_parts, more_scores = more
                 seqs = seqs + more_seqs
@@ -600,7 +613,7 @@ class Episodic:
                 scores = np.concatenate((scores, more_scores))
         near.update(self.store.session_neighbours(conn, namespace, beside))
         parts["neighbour"], parts["session"] = neighbour_scores(seqs, scores, near)
-        return seqs, parts, lift(scores, parts["neighbour"], parts["session"], weights.neighbour, weights.session)
+        return seqs, parts, lift(scores, parts["neighbour"], parts["session"], q.weights.neighbour, q.weights.session)
 
     # --- forgetting ------------------------------------------------------------------------------------
 

@@ -464,10 +464,10 @@ class EpisodeStore:
                 )
         return out
 
-    def keyword(self, namespace: str, terms: Sequence[str], flt: SqlFilter, limit: int, max_df: int,
+    def keyword(self, namespace: str, terms: Sequence[str], flt: SqlFilter, max_df: int,
                 episodes: int) -> list[tuple[int, float]]:
-        """Full-text matches of any of ``terms`` in ``namespace`` that pass ``flt``, best first, as
-        (seq, bm25) with the namespace's own statistics (:func:`engram.memory.scoring.bm25`;
+        """Every full-text match of any of ``terms`` in ``namespace`` that passes ``flt``, best
+        first, as (seq, bm25) with the namespace's own statistics (:func:`engram.memory.scoring.bm25`;
         ``episodes``: the namespace's live episodes). FTS5's own bm25 would weigh each word by
         its rarity in the whole database, all namespaces together: a name common in one
         namespace but rare elsewhere would count as rare there, and one namespace's texts would
@@ -498,7 +498,7 @@ class EpisodeStore:
         if not flt.empty and scores:
             passing = self.matching(namespace, list(scores), flt)
             scores = {seq: score for seq, score in scores.items() if seq in passing}
-        return sorted(scores.items(), key=lambda kv: (-kv[1], -kv[0]))[:limit]
+        return sorted(scores.items(), key=lambda kv: (-kv[1], -kv[0]))
 
     def page(self, namespace: str, after: int, limit: int, with_vectors: bool) -> tuple[list[dict[str, Any]], int]:
         """Live episodes with seq > ``after``, in seq order, and the namespace's live total

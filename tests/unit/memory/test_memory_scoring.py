@@ -62,3 +62,20 @@ async def test_keyword_scores_ignore_other_namespaces(make_memory) -> None:
         await memory.remember(ctx(uid=0), remember([f"heron sighting number {i}" for i in range(40)], "uid:2000"))
         after = (await memory.recall(ctx(), query)).hits[0].parts.keyword
         assert before > 0 and after == before  # another namespace's herons do not make them common here
+
+
+async def test_a_candidate_found_by_its_vector_keeps_its_keyword_part(make_memory) -> None:
+    from engram.memory.api import RecallParams, RememberParams
+
+    from tests.unit.memory.conftest import ctx
+
+    # Two candidates per source: the two short "heron" texts by bm25, the long one by its vector.
+    short = [{"text": f"a heron {word}", "vector": [0, 1]} for word in ("stood", "fished", "flew", "waited")]
+    long = {"text": "by the old mill in the rain a grey heron stood for an hour watching the water", "vector": [1, 0]}
+    query = RecallParams.model_validate({"query": "heron", "vector": [1, 0], "k": 2})
+    async with make_memory(recall={"min_candidates": 1, "candidate_factor": 1}) as (memory, _):
+        await memory.remember(ctx(), RememberParams.model_validate({"items": [*short, long]}))
+        hits = (await memory.recall(ctx(), query)).hits
+    found = next(h for h in hits if h.text == long["text"])
+    assert found.parts.vector == 1.0
+    assert 0 < found.parts.keyword < max(h.parts.keyword for h in hits)  # its own share of the best match
