@@ -132,10 +132,12 @@ def bench_audit(
               help="Import this BERT sentence-transformers folder into the daemon first and measure it.")
 @click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True,
               help="intra-op threads for both sides (0: the daemon's setting; the baseline tries 1 and 2).")
+@click.option("--int8", is_flag=True,
+              help="Make the model's int8 variant first (models.quantize): the default embedder's fast route.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
 @json_option
 def bench_infer(
-    requests: int, concurrency: str, model: str | None, source: Path | None, threads: int,
+    requests: int, concurrency: str, model: str | None, source: Path | None, threads: int, int8: bool,
     socket_path: Path | None, as_json: bool,
 ) -> None:
     """Single-text embedding throughput and latency through engramd vs an in-process session.run loop."""
@@ -143,7 +145,7 @@ def bench_infer(
 
     levels = _levels(concurrency, "--concurrency")
     with errors():
-        report = run_infer_bench(requests, levels, model, source, socket_path, threads, progress=not as_json)
+        report = run_infer_bench(requests, levels, model, source, socket_path, threads, progress=not as_json, int8=int8)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
@@ -155,8 +157,12 @@ def bench_infer(
               help="Sentences embedded for the with-embedding ingest rate (0: skip it).")
 @click.option("--batch", type=click.IntRange(min=1), default=500, show_default=True, help="Episodes per memory.remember.")
 @click.option("--clients", type=click.IntRange(min=1), default=4, show_default=True, help="Concurrent connections for ingest.")
+@click.option("--int8", is_flag=True,
+              help="Make the default embedder's int8 variant (its fast route) before the with-embedding ingest.")
 @json_option
-def bench_memory(sizes: str, queries: int, forgets: int, embed_sample: int, batch: int, clients: int, as_json: bool) -> None:
+def bench_memory(
+    sizes: str, queries: int, forgets: int, embed_sample: int, batch: int, clients: int, int8: bool, as_json: bool
+) -> None:
     """Ingest, recall, recall@10 and forget through engramd vs sqlite3 + faiss flat in-process."""
     from engram_bench.memory import run_memory_bench
 
@@ -167,7 +173,7 @@ def bench_memory(sizes: str, queries: int, forgets: int, embed_sample: int, batc
     if not levels or min(levels) < 10:
         raise click.BadParameter("a comma-separated list of sizes of at least 10", param_hint="--sizes")
     with errors():
-        report = run_memory_bench(levels, queries, forgets, embed_sample, batch, clients, progress=not as_json)
+        report = run_memory_bench(levels, queries, forgets, embed_sample, batch, clients, progress=not as_json, int8=int8)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 

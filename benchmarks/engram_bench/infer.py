@@ -13,6 +13,11 @@ Wall-clock rates on a shared machine move with its load, so each row also carrie
 spent per text: the daemon's (user + system of its process, from ``/proc``) and the baseline's
 (this process's). The clients' own CPU is in neither. ``texts/run`` is how many texts dynamic
 batching put into one ``session.run`` (texts over the model's runs in ``models.info``).
+
+With ``int8`` the daemon first makes the model's int8 variant (``models.quantize``); requests for
+the default embedder then run on it where ``inference.fast_embed`` lets them. The baseline loop is
+then tried on both ONNX files, and the ratio is against the fastest loop of either; the ratio to
+the full model's fastest loop (what a script using the model as published gets) is printed too.
 """
 
 from __future__ import annotations
@@ -68,11 +73,13 @@ async def _client(path: Path, lines: list[bytes], latencies: list[float], errors
         writer.close()
 
 
-def _requests(texts: list[str], model: str) -> list[bytes]:
-    return [
-        json.dumps({"jsonrpc": "2.0", "id": i, "method": "infer.embed", "params": {"texts": [t], "model": model}}).encode() + b"\n"
-        for i, t in enumerate(texts)
-    ]
+def _requests(texts: list[str], model: str | None) -> list[bytes]:
+    """One ``infer.embed`` line per text; without ``model`` the daemon picks (its default route)."""
+    lines = []
+    for i, text in enumerate(texts):
+        params: dict[str, Any] = {"texts": [text]} if model is None else {"texts": [text], "model": model}
+        lines.append(json.dumps({"jsonrpc": "2.0", "id": i, "method": "infer.embed", "params": params}).encode() + b"\n")
+    return lines
 
 
 @dataclass
@@ -115,21 +122,23 @@ async def _level(path: Path, concurrency: int, lines: list[bytes], pid: int | No
 
 @dataclass(frozen=True)
 class ThreadChoice:
-    """One session setting the baseline is tried with."""
+    """One session setting (and ONNX file) the baseline is tried with."""
 
     intra_op: int
     spin: bool
+    model: str = ""
 
     @property
     def label(self) -> str:
-        return f"intra_op={self.intra_op} spin={'on' if self.spin else 'off'}"
+        threads = f"intra_op={self.intra_op} spin={'on' if self.spin else 'off'}"
+        return f"{self.model} {threads}" if self.model else threads
 
 
-def baseline_choices(threads: int) -> list[ThreadChoice]:
+def baseline_choices(threads: int, models: tuple[str, ...] = ("",)) -> list[ThreadChoice]:
     """The settings tried for the baseline: ``threads`` intra-op threads (0: one, and one per
-    core up to two), each with spinning on and off."""
+    core up to two), each with spinning on and off, on each of ``models``."""
     counts = [threads] if threads else sorted({1, min(2, os.cpu_count() or 1)})
-    return [ThreadChoice(count, spin) for count in counts for spin in (False, True)]
+    return [ThreadChoice(count, spin, model) for model in models for count in counts for spin in (False, True)]
 
 
 def _baseline(
@@ -181,6 +190,7 @@ class InferReport:
     model: str
     levels: list[int]
     threads: int
+    served: str = ""  # the model that served the daemon's requests (the int8 variant, with int8)
     rows: list[Measurement] = field(default_factory=list)
     cpu_ms: dict[int, float | None] = field(default_factory=dict)  # engramd CPU per text, by concurrency
     texts_per_run: dict[int, float | None] = field(default_factory=dict)  # by concurrency
@@ -190,6 +200,15 @@ class InferReport:
     @property
     def best(self) -> BaselineTry:
         return max(self.tries, key=lambda t: t.measurement.throughput)
+
+    @property
+    def best_full(self) -> BaselineTry:
+        """The fastest loop on the full model's ONNX file."""
+        return max((t for t in self.tries if t.choice.model in ("", self.model)), key=lambda t: t.measurement.throughput)
+
+    def full_ratio(self, concurrency: int) -> float | None:
+        base = self.best_full.measurement.throughput
+        return self.daemon(concurrency).throughput / base if base else None
 
     @property
     def baseline(self) -> Measurement:
@@ -207,6 +226,7 @@ class InferReport:
         return {
             "benchmark": "infer",
             "model": self.model,
+            "served_by": self.served or self.model,
             "threads": self.threads,
             "load_average": list(self.load_average) if self.load_average else None,
             "rows": [m.as_dict() for m in self.rows],
@@ -214,10 +234,11 @@ class InferReport:
             "cpu_ms_per_text": [{"target": "engramd", "concurrency": c, "cpu_ms": self.cpu_ms.get(c)} for c in self.levels]
             + [{"target": "baseline", "concurrency": 1, "cpu_ms": self.best.cpu_ms_per_text}],
             "baseline": {
-                "chosen": {"intra_op": self.best.choice.intra_op, "spin": self.best.choice.spin},
+                "chosen": {"intra_op": self.best.choice.intra_op, "spin": self.best.choice.spin,
+                           "model": self.best.choice.model or self.model},
                 "tried": [
-                    {"intra_op": t.choice.intra_op, "spin": t.choice.spin, "cpu_ms_per_text": t.cpu_ms_per_text,
-                     **t.measurement.as_dict()}
+                    {"intra_op": t.choice.intra_op, "spin": t.choice.spin, "model": t.choice.model or self.model,
+                     "cpu_ms_per_text": t.cpu_ms_per_text, **t.measurement.as_dict()}
                     for t in self.tries
                 ],
             },
@@ -227,6 +248,7 @@ class InferReport:
                     "concurrency": c,
                     "throughput_ratio": round(r, 3) if (r := self.ratio(c)) is not None else None,
                     "p50_ratio": round(self.daemon(c).p50_ms / base.p50_ms, 3) if base.p50_ms else None,
+                    "full_model_ratio": round(r, 3) if (r := self.full_ratio(c)) is not None else None,
                 }
                 for c in self.levels
             ],
@@ -236,8 +258,9 @@ class InferReport:
         base = self.baseline
         head = (f"{'clients':>7}  {'target':<9} {'texts/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'cpu ms/text':>11} "
                 f"{'texts/run':>9} {'errors':>6} {'ratio':>7}")
+        served = f" (served by {self.served})" if self.served and self.served != self.model else ""
         lines = [
-            f"embedding model {self.model}, one text per request (baseline: in-process session.run, batch 1, "
+            f"embedding model {self.model}{served}, one text per request (baseline: in-process session.run, batch 1, "
             f"best of {len(self.tries)} thread settings: {self.best.choice.label})",
             head,
         ]
@@ -262,6 +285,9 @@ class InferReport:
         )
         lines.append("ratio = engramd / best baseline throughput (higher is better); "
                      f"goal at 8 clients: {GOAL_RATIO:.1f}x")
+        if self.best_full is not self.best:
+            lines.append(f"against the full model's best loop ({self.best_full.choice.label}): " + ", ".join(
+                f"{r:.2f}x at {c}" for c in self.levels if (r := self.full_ratio(c)) is not None))
         lines.append("baseline thread settings tried:")
         for t in self.tries:
             m = t.measurement
@@ -283,8 +309,10 @@ def run_infer_bench(
     socket_path: Path | None = None,
     threads: int = 0,
     progress: bool = True,
+    int8: bool = False,
 ) -> InferReport:
-    """Measure; ``source`` is a BERT folder imported into the daemon first (as ``model``)."""
+    """Measure; ``source`` is a BERT folder imported into the daemon first (as ``model``); with
+    ``int8`` the model's int8 variant is made first (see the module docstring)."""
     from rich.progress import Progress
 
     from engram.client import Client
@@ -301,27 +329,36 @@ def run_infer_bench(
             if source is not None:
                 model = model or BENCH_MODEL
                 client.call("models.import", {"name": model, "path": str(source.resolve()), "overwrite": True})
+            named = model  # None: the requests name no model and the daemon routes them
             if model is None:
                 model = client.call("models.list")["default_embedder"]
             info = client.call("models.load", {"name": model})
+            if info["task"] != "embed":
+                raise ValueError(f"model {model!r} is not an embedding model")
+            if int8:
+                client.call("models.quantize", {"name": model, "overwrite": True})
+            served = client.call("infer.embed", {"texts": ["which model"], **({"model": named} if named else {})})["model"]
+            paths = {model: (Path(info["path"]), info["manifest"])}
+            if served != model:
+                served_info = client.call("models.info", {"name": served})
+                paths[served] = (Path(served_info["path"]), served_info["manifest"])
             pid = client.call("system.status").get("pid")
-        if info["task"] != "embed":
-            raise ValueError(f"model {model!r} is not an embedding model")
-        report = InferReport(model, levels, threads, load_average=os.getloadavg())
-        lines = _requests(texts, model)
-        choices = baseline_choices(threads)
+        report = InferReport(model, levels, threads, served=served, load_average=os.getloadavg())
+        lines = _requests(texts, named)
+        choices = baseline_choices(threads, (model, served) if served != model else ("",))
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("bench infer", total=len(levels) + len(choices))
             for concurrency in levels:
                 bar.update(task, description=f"engramd x{concurrency}")
-                level = asyncio.run(_level(sock, concurrency, lines, pid, model))
+                level = asyncio.run(_level(sock, concurrency, lines, pid, served))
                 report.rows.append(level.measurement)
                 report.cpu_ms[concurrency] = level.cpu_ms_per_text
                 report.texts_per_run[concurrency] = level.texts_per_run
                 bar.advance(task)
             for choice in choices:
                 bar.update(task, description=f"baseline {choice.label}")
-                measurement, cpu = _baseline(Path(info["path"]), info["manifest"], texts, choice)
+                folder, manifest = paths[choice.model or model]
+                measurement, cpu = _baseline(folder, manifest, texts, choice)
                 report.tries.append(BaselineTry(choice, measurement, cpu))
                 bar.advance(task)
             report.rows.append(report.best.measurement)

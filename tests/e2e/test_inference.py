@@ -329,6 +329,12 @@ def test_quantize_makes_a_smaller_close_variant(make_daemon, files):
     assert info["task"] == "embed" and info["manifest"]["source"]["kind"] == "quantize"
     vectors = tensor(daemon.call("infer.embed", {"texts": ["A man is eating food."], "model": "tiny-int8"})["vectors"])
     assert vectors.shape == (1, 32)
+    # The comparison is kept with the variant, and decides whether it serves the default embedder.
+    comparison = report["comparison"]
+    assert info["manifest"]["source"]["comparison"] == comparison
+    qualifies = comparison["cosine_min"] >= 0.97 and comparison["variant_batch1_per_s"] > comparison["full_batch1_per_s"]
+    served = daemon.call("infer.embed", {"texts": ["A man is eating food."]})["model"]
+    assert served == ("tiny-int8" if qualifies else "tiny")
 
 
 def test_cli_models_commands(make_daemon, files):

@@ -90,7 +90,7 @@ from engram.server.methods import NoParams, RequestContext, rpc
 from engram.signing import Verifier
 from engram.wire.tensors import DTYPES, WireTensor, result_tensor
 
-__all__ = ["Inference"]
+__all__ = ["Inference", "fast_variant_problem"]
 
 log = structlog.get_logger("engram.inference")
 
@@ -112,6 +112,28 @@ def _is_packaged(name: str) -> bool:
     return name == BUILTIN_EMBEDDER or name in PACKAGED_MODELS
 
 
+def fast_variant_problem(base: Manifest, variant: Manifest, min_cosine: float) -> str | None:
+    """Why ``variant`` may not serve requests for ``base`` in its place; None when it may.
+
+    It may where it is an int8 variant made by ``models.quantize`` from ``base``'s current weights,
+    its vectors were no further than ``min_cosine`` from ``base``'s on the comparison sentences,
+    and it was faster at batch 1 on this machine (without a fast int8 dot product it is not).
+    """
+    source = variant.source
+    if source.get("kind") != "quantize" or source.get("base") != base.name:
+        return f"{variant.name!r} is not a quantized variant of {base.name!r}"
+    if source.get("base_sha256") != base.files.get(base.model_file):
+        return f"{variant.name!r} was made from other weights than {base.name!r} has now"
+    comparison = source.get("comparison") or {}
+    cosine = comparison.get("cosine_min")
+    if not isinstance(cosine, int | float) or cosine < min_cosine:
+        return f"{variant.name!r}: lowest cosine to the full model {cosine}, below {min_cosine} (inference.fast_embed_min_cosine)"
+    full, fast = comparison.get("full_batch1_per_s") or 0, comparison.get("variant_batch1_per_s") or 0
+    if fast <= full:
+        return f"{variant.name!r} was not faster than the full model here ({fast} against {full} embeddings/s)"
+    return None
+
+
 class Inference(Part):
     """The inference part: models, their sessions and batchers."""
 
@@ -126,6 +148,8 @@ class Inference(Part):
         self._limiter: anyio.CapacityLimiter | None = None
         self._importing: dict[str, float] = {}  # model name -> when its import started
         self._start_problem: str | None = None
+        # (the settings it was chosen under, the model that serves the default embedder); None: choose again
+        self._route: tuple[tuple[str, bool, float], str] | None = None
         r = metrics.registry
         self._runs = Counter("engram_inference_batches", "Batches run, by model.", ["model"], registry=r)
         self._batch_requests = Histogram(
@@ -220,6 +244,7 @@ class Inference(Part):
         cache_dir = (self.settings.import_cache_dir or default_import_cache_dir()) if self.settings.import_cache else None
         log.info("importing model", model=name, source=str(model_dir))
         self._importing[name] = time.monotonic()
+        self._route = None
         started = time.perf_counter()
         try:
             async with self.cache.lock(name):
@@ -445,7 +470,7 @@ class Inference(Part):
                 f"texts: {len(texts)} texts in one request; at most {self.settings.embed_max_texts} (inference.embed_max_texts)",
                 field="texts",
             )
-        name = model or self.settings.default_embedder
+        name = model or await self._default_route()
         try:
             loaded = await self.cache.get(name)
         except NotFound:
@@ -480,6 +505,30 @@ class Inference(Part):
         return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)
 
     # --- health ------------------------------------------------------------------------------------------
+
+    async def _default_route(self) -> str:
+        """The model that serves requests naming none: the default embedder or its int8 variant."""
+        s = self.settings
+        key = (s.default_embedder, s.fast_embed, s.fast_embed_min_cosine)
+        if self._route is None or self._route[0] != key:
+            self._route = (key, await self._thread(self._choose_route, s.default_embedder))
+        return self._route[1]
+
+    def _choose_route(self, name: str) -> str:
+        variant = f"{name}-int8"[:64]  # the name models.quantize gives it
+        if not self.settings.fast_embed or not self.registry.exists(variant):
+            return name
+        try:
+            problem = fast_variant_problem(
+                self.registry.manifest(name), self.registry.manifest(variant), self.settings.fast_embed_min_cosine
+            )
+        except RPCError as exc:  # either manifest is missing or unreadable: the full model says why, if it is
+            problem = exc.message
+        if problem is not None:
+            log.info("default embedder runs the full model", model=name, why=problem)
+            return name
+        log.info("default embedder runs its int8 variant", model=name, variant=variant)
+        return variant
 
     async def health(self) -> Health:
         count = len(await self._thread(self.registry.names))
@@ -593,6 +642,7 @@ class Inference(Part):
             )
             if replaced:
                 self.cache.unload(params.name, "replaced")
+        self._route = None
         size = await self._thread(self.registry.size, manifest)
         log.info("model added", model=params.name, source=str(source), size_bytes=size, uid=ctx.principal.uid)
         self._bus.publish(
@@ -646,6 +696,7 @@ class Inference(Part):
             manifest = await self._thread(self.registry.manifest, params.name)
             self.cache.unload(params.name, "removed")
             await self._thread(self.registry.remove, params.name)
+        self._route = None
         log.info("model removed", model=params.name, uid=ctx.principal.uid)
         self._bus.publish(ModelRemoved(name=params.name, sha256=manifest.files.get(manifest.model_file, ""), uid=ctx.principal.uid))
         return ModelsRemoveResult(name=params.name)
@@ -739,6 +790,8 @@ class Inference(Part):
                         "weights": "int8",
                         "per_channel": params.per_channel,
                         "fused_operators": outcome.fused_operators,
+                        # What lets the variant serve the default embedder (fast_variant_problem).
+                        "comparison": comparison,
                     },
                 )
             return ModelsQuantizeResult(
@@ -758,6 +811,7 @@ class Inference(Part):
             result = await self._thread(work)
             if replaced:
                 self.cache.unload(out, "replaced")
+        self._route = None
         manifest = await self._thread(self.registry.manifest, out)
         log.info("model quantized", model=out, base=params.name, size_bytes=result.size_bytes_after,
                  comparison=result.comparison, uid=ctx.principal.uid)

@@ -136,6 +136,20 @@ class InferenceSettings(_Section):
         description="Where built imports, and packaged models' extracted folders, are cached (default: "
         "$CACHE_DIRECTORY, else $XDG_CACHE_HOME/engram/imports, else ~/.cache/engram/imports).",
     )
+    fast_embed: bool = Field(
+        default=True,
+        description="Requests for the default embedder that name no model run on its int8 variant "
+        "(<default_embedder>-int8, made by models.quantize) where that variant was made from the default's "
+        "weights, was faster at batch 1 on this machine, and its vectors stayed within fast_embed_min_cosine "
+        "of the full model's; false always runs the full model.",
+    )
+    fast_embed_min_cosine: float = Field(
+        default=0.97,
+        ge=0,
+        le=1,
+        description="The lowest cosine similarity to the full model's vector, over models.quantize's comparison "
+        "sentences, that lets the int8 variant serve the default embedder (docs/inference.md, \"Fast variant\").",
+    )
     embed_max_texts: int = Field(default=2048, ge=1, le=1_000_000, description="Texts one infer.embed request may carry.")
     trusted_keys: list[str] = Field(
         default_factory=list,

@@ -115,6 +115,7 @@ class InferenceEmbedder:
         return self._dim
 
     async def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+        name = self.name
         try:
             result = await self._inference.embed(list(texts), None, "b64")
         except Unavailable as exc:
@@ -126,5 +127,6 @@ class InferenceEmbedder:
         vectors = result.vectors
         raw = base64.b64decode(vectors.b64)
         rows = np.frombuffer(raw, dtype="<f4").reshape(vectors.shape)
-        self._dim, self._dim_for = int(result.dim), str(result.model)
+        # For the default's name: its int8 variant, which may have served the request, has its dimension.
+        self._dim, self._dim_for = int(result.dim), name
         return _unit_rows(rows)

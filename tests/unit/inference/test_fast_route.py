@@ -1,0 +1,45 @@
+"""When the int8 variant may serve requests for the default embedder in its place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from engram.inference.manifest import Manifest
+from engram.inference.service import fast_variant_problem
+
+BASE = Manifest(name="mini", files={"model.onnx": "a" * 64}, inputs=[], outputs=[])
+GOOD = {"cosine_min": 0.98, "full_batch1_per_s": 180.0, "variant_batch1_per_s": 470.0}
+
+
+def variant(**changes: Any) -> Manifest:
+    source: dict[str, Any] = {"kind": "quantize", "base": "mini", "base_sha256": "a" * 64}
+    comparison = changes.pop("comparison", {})
+    source["comparison"] = None if comparison is None else {**GOOD, **comparison}
+    source.update(changes)
+    return Manifest(name="mini-int8", files={"model.onnx": "b" * 64}, inputs=[], outputs=[], source=source)
+
+
+def test_a_close_faster_variant_of_the_current_weights_may_serve() -> None:
+    assert fast_variant_problem(BASE, variant(), 0.97) is None
+
+
+def test_a_variant_too_far_from_the_full_model_may_not() -> None:
+    problem = fast_variant_problem(BASE, variant(comparison={"cosine_min": 0.95}), 0.97)
+    assert problem is not None and "0.95" in problem and "fast_embed_min_cosine" in problem
+    assert fast_variant_problem(BASE, variant(comparison={"cosine_min": 0.95}), 0.9) is None
+
+
+def test_a_variant_no_faster_here_may_not() -> None:
+    problem = fast_variant_problem(BASE, variant(comparison={"variant_batch1_per_s": 175.0}), 0.97)
+    assert problem is not None and "not faster" in problem
+
+
+def test_a_variant_of_other_weights_or_another_model_may_not() -> None:
+    assert "other weights" in (fast_variant_problem(BASE, variant(base_sha256="c" * 64), 0.97) or "")
+    assert "not a quantized variant" in (fast_variant_problem(BASE, variant(base="other"), 0.97) or "")
+    assert "not a quantized variant" in (fast_variant_problem(BASE, variant(kind="add"), 0.97) or "")
+
+
+def test_a_variant_made_without_a_comparison_may_not() -> None:
+    # Variants quantized before the comparison was recorded, or of models without a tokenizer.
+    assert fast_variant_problem(BASE, variant(comparison=None), 0.97) is not None
