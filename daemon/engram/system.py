@@ -109,8 +109,9 @@ class SystemMethods:
         self._daemon = daemon
 
     @rpc("system.ping", summary="Check that the daemon answers; echoes any JSON value back.", audit=False, instant=True)
-    async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult:
-        return PingResult(echo=params.echo)
+    async def ping(self, ctx: RequestContext, params: PingParams) -> PingResult | dict[str, Any]:
+        # PingResult as it would dump: sent as it is, with no model to build and dump again.
+        return {"pong": True, "echo": params.echo}
 
     @rpc(
         "system.hello",

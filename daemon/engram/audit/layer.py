@@ -26,6 +26,7 @@ import structlog
 from engram.errors import InternalError, RPCError
 from engram.principal import Principal
 from engram.server.chain import Call, CallNext, cancelled_error
+from engram.server.methods import Method
 
 __all__ = ["AuditRecord", "RequestRecorder"]
 
@@ -65,6 +66,9 @@ class RequestRecorder(Protocol):
 class AuditRecord:
     def __init__(self, recorder: RequestRecorder) -> None:
         self._recorder = recorder
+
+    def passes(self, method: Method) -> bool:
+        return not method.audit
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         method = call.method

@@ -7,6 +7,10 @@ answer instead of it by raising an :class:`~engram.errors.RPCError`, or translat
 of it (the shape of Starlette's middleware and httpx's transports). The composition root
 (:mod:`engram.runtime`) lists the layers in order; :func:`compose` binds each to the next once,
 at start, so a request pays one call per layer and allocates nothing for the chain.
+
+A layer that has nothing to do for some methods (the audit record of a method that is not
+audited, the deadline of an instant method) says so with ``passes(method)``; the dispatcher
+leaves it out of that method's chain (:func:`passes_through`), which then does not pay for it.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from engram.principal import Principal
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method
 
-__all__ = ["Call", "CallNext", "Layer", "LayerClock", "compose", "failure_of", "layer_name"]
+__all__ = ["Call", "CallNext", "Layer", "LayerClock", "compose", "failure_of", "layer_name", "passes_through"]
 
 
 @dataclass(slots=True, eq=False)
@@ -65,6 +69,13 @@ def compose(layers: Sequence[Layer], endpoint: CallNext, clock: LayerClock | Non
             layer = clock.timed(layer_name(layer), layer)
         chain = functools.partial(layer, call_next=chain)
     return chain
+
+
+def passes_through(layer: Layer, method: Method) -> bool:
+    """Whether ``layer`` only hands ``method``'s calls on, unchanged and unobserved (its optional
+    ``passes(method)``), so that a chain built for that method may leave it out."""
+    passes = getattr(layer, "passes", None)
+    return passes is not None and bool(passes(method))
 
 
 def layer_name(layer: Callable[..., Any]) -> str:

@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from engram.principal import Principal
-from engram.server.chain import Call, CallNext, Layer, LayerClock, compose
+from engram.server.chain import Call, CallNext, Layer, LayerClock, compose, passes_through
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, Method, MethodTable, RequestContext
 
@@ -38,8 +38,22 @@ async def call_handler(call: Call) -> Any:
 class Dispatcher:
     def __init__(self, methods: MethodTable, layers: Sequence[Layer], clock: LayerClock | None = None) -> None:
         self.methods = methods
-        self._chain: CallNext = compose(layers, call_handler, clock)  # bound once: nothing per request
+        self._layers = tuple(layers)
+        self._clock = clock
+        # Bound once, not per request: the whole chain for names the table does not know, and for
+        # each method, on its first request, a chain without the layers that pass it through.
+        self._chain: CallNext = compose(layers, call_handler, clock)
+        self._chains: dict[str, tuple[Method, CallNext]] = {}
         self._serial = itertools.count(1)
+
+    def _chain_for(self, method: Method | None) -> CallNext:
+        if method is None:
+            return self._chain
+        bound = self._chains.get(method.name)
+        if bound is None or bound[0] is not method:
+            layers = [layer for layer in self._layers if not passes_through(layer, method)]
+            bound = self._chains[method.name] = (method, compose(layers, call_handler, self._clock))
+        return bound[1]
 
     def runs_inline(self, request: Request) -> bool:
         """Whether the connection may run ``request`` in its read loop: an instant method
@@ -49,7 +63,6 @@ class Dispatcher:
 
     async def dispatch(self, request: Request, principal: Principal, connection: Connection) -> Any:
         """Run one request; returns its result or raises the RPCError to send back."""
-        call = Call(
-            request, principal, connection, next(self._serial), self.methods.get(request.method), time.perf_counter()
-        )
-        return await self._chain(call)
+        method = self.methods.get(request.method)
+        call = Call(request, principal, connection, next(self._serial), method, time.perf_counter())
+        return await self._chain_for(method)(call)

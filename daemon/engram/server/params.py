@@ -97,8 +97,10 @@ def validate_params(method: Method, raw: dict[str, Any] | list[Any] | None, larg
                 field=None,
             )
         raw = dict(zip(names, raw, strict=False))  # fewer positional params than fields is fine
-    raw = raw or {}
-    check_values(raw)
+    if raw:  # no params: nothing to check but the model's defaults
+        check_values(raw)
+    else:
+        raw = {}
     if large:
         raw = _validate_lists_in_slices(method.params, raw)
     try:

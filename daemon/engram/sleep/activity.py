@@ -15,6 +15,7 @@ import time
 from typing import Any
 
 from engram.server.chain import Call, CallNext
+from engram.server.methods import Method
 
 __all__ = ["BACKGROUND_PREFIXES", "ForegroundActivity"]
 
@@ -25,6 +26,9 @@ class ForegroundActivity:
     def __init__(self) -> None:
         self.foreground = 0  # requests in flight now
         self.last_foreground = time.monotonic()  # when the last one arrived or finished
+
+    def passes(self, method: Method) -> bool:
+        return method.name.startswith(BACKGROUND_PREFIXES)
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         if call.request.method.startswith(BACKGROUND_PREFIXES):

@@ -261,3 +261,39 @@ async def test_only_instant_methods_in_small_frames_run_inline(env: Env) -> None
 def test_an_instant_method_cannot_be_audited() -> None:
     with pytest.raises(ValueError, match="instant"):
         rpc("t.both", summary="both", instant=True)
+
+
+async def test_a_layer_that_passes_a_method_is_left_out_of_its_chain_only() -> None:
+    calls: list[str] = []
+
+    class SkipsSystem:
+        def passes(self, method: Method) -> bool:
+            return method.name.startswith("system.")
+
+        async def __call__(self, call: Call, call_next: Any) -> Any:
+            calls.append(call.request.method)
+            return await call_next(call)
+
+    table = MethodTable()
+    table.add(collect(Part()))
+    dispatcher = Dispatcher(table, [SkipsSystem(), require_method, ParamsValidation()])
+    for name in ("system.look", "t.work", "t.nothing", "system.look"):
+        try:
+            await dispatcher.dispatch(Request(name, None, 1), PRINCIPAL, Conn())  # type: ignore[arg-type]
+        except MethodNotFound:
+            pass
+    # An unknown name runs the whole chain: no method to ask about.
+    assert calls == ["t.work", "t.nothing"]
+
+
+class Plain:
+    @rpc("t.plain", summary="answers with its result model's JSON form", audit=False, instant=True)
+    async def plain(self, ctx: RequestContext, params: WorkParams) -> WorkResult | dict[str, Any]:
+        return {"value": params.value, "foreground": 0, "trace_id": None, "request": ctx.request}
+
+
+async def test_a_handler_may_answer_with_its_result_models_json_form(env: Env) -> None:
+    (method,) = collect(Plain())
+    assert method.result is WorkResult  # the schema is the model's
+    env.dispatcher.methods.add([method])
+    assert await env.call("t.plain", {"value": 4}) == {"value": 4, "foreground": 0, "trace_id": None, "request": 1}

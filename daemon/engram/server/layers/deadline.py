@@ -2,7 +2,8 @@
 a reload changes it); past it the request is cancelled and answered -32004 with ``limit_s``.
 
 An instant method (``Method.instant``) gets no cancel scope: it never waits, so nothing could
-cancel it before it is done anyway, and the scope would be a third of its cost."""
+cancel it before it is done anyway, and the scope would be a third of its cost. Its chain leaves
+this layer out (``passes``)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from engram.server.settings import ServerSettings
 class Deadline:
     def __init__(self, settings: Callable[[], ServerSettings]) -> None:
         self._settings = settings
+
+    def passes(self, method: Method) -> bool:
+        return method.instant
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         method: Method = call.method  # type: ignore[assignment]

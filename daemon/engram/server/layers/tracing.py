@@ -14,6 +14,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from engram.errors import RPCError
 from engram.server.chain import Call, CallNext, failure_of
+from engram.server.methods import Method
 
 
 class Tracing:
@@ -23,6 +24,9 @@ class Tracing:
         # span would be the invalid span, with no trace id, and nothing nests under it that a
         # missing span would not give as well; so the request skips it and its attribute dict.
         self._records = not isinstance(tracer, trace.NoOpTracer)
+
+    def passes(self, method: Method) -> bool:
+        return not self._records
 
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         if not self._records:
