@@ -75,7 +75,7 @@ from engram.server.layers.events import RequestEvents
 from engram.server.layers.metrics import RequestMetrics
 from engram.server.layers.params import ParamsValidation
 from engram.server.layers.tracing import Tracing
-from engram.server.methods import MethodTable, RequestContext, collect
+from engram.server.methods import MethodTable, NoClient, RequestContext, collect
 from engram.server.server import RPCServer
 from engram.sleep.activity import ForegroundActivity
 from engram.sleep.events import SLEEP_EVENTS
@@ -111,35 +111,12 @@ EXTRACTION_METHOD = "memory.extraction"
 """The name memory's LLM extraction has in egress decisions (it is no RPC method)."""
 
 
-class _NoConnection:
-    """The connection of work no request asked for (memory's LLM extraction): there is no client
-    to tell anything, so what a handler would send it goes nowhere."""
-
-    id = 0
-    subscriptions = 0
-
-    async def notify(self, method: str, params: dict[str, Any]) -> None:
-        pass
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        pass
-
-    def declare_client(self, name: str) -> Principal:
-        return Principal.from_ids(os.getuid(), os.getgid(), os.getpid())
-
-    def on_drain(self, pending: Callable[[], int]) -> None:
-        pass
-
-    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
-        pass
-
-
 def background_generate(generator: PromptGenerator) -> ExtractionGenerator:
     """Memory's LLM extractor's way to a generate provider: the daemon's own principal, through
     the providers part and so through the policy's egress decision, which sees the work as the
     method ``memory.extraction`` (no request asked for it; a policy names it to allow or refuse it)
     with the episode's tags as data tags."""
-    ctx = RequestContext(principal=Principal.from_ids(os.getuid(), os.getgid(), os.getpid()), connection=_NoConnection(),
+    ctx = RequestContext(principal=Principal.from_ids(os.getuid(), os.getgid(), os.getpid()), connection=NoClient(),
                          request=0, method=EXTRACTION_METHOD)
 
     async def generate(prompt: str, system: str, provider: str, tags: tuple[str, ...]) -> str:

@@ -13,6 +13,7 @@ schema, and cannot be documented without existing.
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from collections.abc import Awaitable, Callable, Iterable
@@ -96,6 +97,30 @@ class Connection(Protocol):
         """Register a count of messages still to push; closing waits (briefly) for it to be 0."""
 
     def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None: ...
+
+
+class NoClient:
+    """The :class:`Connection` of work no client waits on (a task's steps, memory's LLM
+    extraction): what a handler would send it goes nowhere; it has id 0 in events and audit
+    entries, and the daemon's own user as principal."""
+
+    id = 0
+    subscriptions = 0
+
+    async def notify(self, method: str, params: dict[str, Any]) -> None:
+        pass
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        pass
+
+    def declare_client(self, name: str) -> Principal:
+        return Principal.from_ids(os.getuid(), os.getgid(), os.getpid())
+
+    def on_drain(self, pending: Callable[[], int]) -> None:
+        pass
+
+    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
+        pass
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,13 +10,12 @@ none of them administers the daemon.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from engram.principal import Principal
 from engram.server.jsonrpc import Request
-from engram.server.methods import Connection, MethodTable
+from engram.server.methods import Connection, MethodTable, NoClient
 
 __all__ = ["BUILTIN_TOOLS", "MethodTools", "Tools"]
 
@@ -43,29 +42,6 @@ class Tools(Protocol):
         """The tool's result as JSON values; raises the RPCError a direct call would get."""
 
 
-class _TaskConnection:
-    """The connection of a step's call: no client waits on it, so what a handler would send it
-    (notifications, stream chunks) goes nowhere; it has id 0 in events and audit entries."""
-
-    id = 0
-    subscriptions = 0
-
-    async def notify(self, method: str, params: dict[str, Any]) -> None:
-        pass
-
-    def on_close(self, callback: Callable[[], None]) -> None:
-        pass
-
-    def declare_client(self, name: str) -> Principal:
-        return Principal.from_ids(os.getuid(), os.getgid(), os.getpid())
-
-    def on_drain(self, pending: Callable[[], int]) -> None:
-        pass
-
-    def start_soon(self, func: Callable[[], Awaitable[None]], name: str) -> None:
-        pass
-
-
 Dispatch = Callable[[Request, Principal, Connection], Awaitable[Any]]
 
 
@@ -76,7 +52,7 @@ class MethodTools:
         self._dispatch = dispatch
         self._methods = methods
         self._allowed = frozenset(allowed)
-        self._connection = _TaskConnection()
+        self._connection = NoClient()
 
     @property
     def names(self) -> frozenset[str]:
