@@ -37,13 +37,12 @@ from engram.errors import ConfigError, EngramError
 from engram.inference.mpnet_onnx import mpnet_encoder, mpnet_shapes
 from engram.inference.onnx_graph import (
     GraphBuilder,
+    LayerNames,
     Weights,
     additive_mask,
-    dense,
-    gelu,
+    encoder_layer,
     layer_norm,
     mean_pool_normalize,
-    self_attention,
 )
 from engram.inference.text_encoder import resolve_max_seq_len
 
@@ -186,6 +185,12 @@ class BertConfig:
         return cls.from_dict(raw, str(path))
 
 
+BERT_LAYER = LayerNames(q="attention.self.query", k="attention.self.key", v="attention.self.value",
+                        out="attention.output.dense", attention_norm="attention.output.LayerNorm",
+                        attention="attention.self")
+"""Where Hugging Face's ``BertModel`` keeps a layer's attention tensors."""
+
+
 def sha256_file(path: Path) -> str:
     with open(path, "rb") as fh:
         return hashlib.file_digest(fh, "sha256").hexdigest()
@@ -211,20 +216,7 @@ def _expected_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
         "embeddings.LayerNorm.bias": (h,),
     }
     for n in range(cfg.num_hidden_layers):
-        layer = f"encoder.layer.{n}"
-        for proj in ("query", "key", "value"):
-            shapes[f"{layer}.attention.self.{proj}.weight"] = (h, h)
-            shapes[f"{layer}.attention.self.{proj}.bias"] = (h,)
-        shapes[f"{layer}.attention.output.dense.weight"] = (h, h)
-        shapes[f"{layer}.attention.output.dense.bias"] = (h,)
-        shapes[f"{layer}.attention.output.LayerNorm.weight"] = (h,)
-        shapes[f"{layer}.attention.output.LayerNorm.bias"] = (h,)
-        shapes[f"{layer}.intermediate.dense.weight"] = (i, h)
-        shapes[f"{layer}.intermediate.dense.bias"] = (i,)
-        shapes[f"{layer}.output.dense.weight"] = (h, i)
-        shapes[f"{layer}.output.dense.bias"] = (h,)
-        shapes[f"{layer}.output.LayerNorm.weight"] = (h,)
-        shapes[f"{layer}.output.LayerNorm.bias"] = (h,)
+        shapes.update(BERT_LAYER.shapes(n, h, i))
     return shapes
 
 
@@ -319,24 +311,11 @@ def _embeddings(g: GraphBuilder, cfg: BertConfig) -> str:
     return layer_norm(g, summed, "embeddings.LayerNorm", cfg.layer_norm_eps)
 
 
-def _encoder_layer(g: GraphBuilder, x: str, mask: str, cfg: BertConfig, n: int) -> str:
-    layer = f"encoder.layer.{n}"
-    eps = cfg.layer_norm_eps
-    p = f"{layer}.attention.self"
-    attended = self_attention(
-        g, x, mask, heads=cfg.num_attention_heads, head_size=cfg.head_size,
-        q=f"{p}.query", k=f"{p}.key", v=f"{p}.value", out=f"{layer}.attention.output.dense", name=p,
-    )
-    attended = layer_norm(g, attended, f"{layer}.attention.output.LayerNorm", eps)
-    inner = gelu(g, dense(g, attended, f"{layer}.intermediate.dense"), f"{layer}.intermediate.gelu")
-    residual = g.op("Add", [dense(g, inner, f"{layer}.output.dense"), attended], f"{layer}.output.residual")
-    return layer_norm(g, residual, f"{layer}.output.LayerNorm", eps)
-
-
 def _bert_encoder(g: GraphBuilder, cfg: BertConfig, mask: str) -> str:
     hidden = _embeddings(g, cfg)
     for n in range(cfg.num_hidden_layers):
-        hidden = _encoder_layer(g, hidden, mask, cfg, n)
+        hidden = encoder_layer(g, hidden, mask, n, BERT_LAYER, heads=cfg.num_attention_heads, head_size=cfg.head_size,
+                               eps=cfg.layer_norm_eps)
     return hidden
 
 

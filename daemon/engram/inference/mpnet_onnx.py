@@ -20,12 +20,16 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.inference.onnx_graph import GraphBuilder, dense, gelu, layer_norm, self_attention
+from engram.inference.onnx_graph import GraphBuilder, LayerNames, encoder_layer, layer_norm
 
 if TYPE_CHECKING:
     from engram.inference.bert_onnx import BertConfig
 
 __all__ = ["MAX_DISTANCE", "mpnet_encoder", "mpnet_shapes", "relative_position_buckets"]
+
+MPNET_LAYER = LayerNames(q="attention.attn.q", k="attention.attn.k", v="attention.attn.v", out="attention.attn.o",
+                         attention_norm="attention.LayerNorm", attention="attention.attn")
+"""Where Hugging Face's ``MPNetModel`` keeps a layer's attention tensors."""
 
 MAX_DISTANCE = 128
 """Relative distances from this on share the last bucket (fixed in ``modeling_mpnet``)."""
@@ -42,18 +46,7 @@ def mpnet_shapes(cfg: BertConfig) -> dict[str, tuple[int, ...]]:
         "encoder.relative_attention_bias.weight": (cfg.relative_attention_num_buckets, cfg.num_attention_heads),
     }
     for n in range(cfg.num_hidden_layers):
-        layer = f"encoder.layer.{n}"
-        for proj in ("q", "k", "v", "o"):
-            shapes[f"{layer}.attention.attn.{proj}.weight"] = (h, h)
-            shapes[f"{layer}.attention.attn.{proj}.bias"] = (h,)
-        shapes[f"{layer}.attention.LayerNorm.weight"] = (h,)
-        shapes[f"{layer}.attention.LayerNorm.bias"] = (h,)
-        shapes[f"{layer}.intermediate.dense.weight"] = (i, h)
-        shapes[f"{layer}.intermediate.dense.bias"] = (i,)
-        shapes[f"{layer}.output.dense.weight"] = (h, i)
-        shapes[f"{layer}.output.dense.bias"] = (h,)
-        shapes[f"{layer}.output.LayerNorm.weight"] = (h,)
-        shapes[f"{layer}.output.LayerNorm.bias"] = (h,)
+        shapes.update(MPNET_LAYER.shapes(n, h, i))
     return shapes
 
 
@@ -106,20 +99,6 @@ def _position_bias(g: GraphBuilder, cfg: BertConfig) -> str:
     return g.op("Unsqueeze", [per_head, g.const([0])], "bias.out")
 
 
-def _encoder_layer(g: GraphBuilder, x: str, additive: str, cfg: BertConfig, n: int) -> str:
-    layer = f"encoder.layer.{n}"
-    eps = cfg.layer_norm_eps
-    attn = f"{layer}.attention.attn"
-    attended = self_attention(
-        g, x, additive, heads=cfg.num_attention_heads, head_size=cfg.head_size,
-        q=f"{attn}.q", k=f"{attn}.k", v=f"{attn}.v", out=f"{attn}.o", name=attn,
-    )
-    attended = layer_norm(g, attended, f"{layer}.attention.LayerNorm", eps)
-    inner = gelu(g, dense(g, attended, f"{layer}.intermediate.dense"), f"{layer}.intermediate.gelu")
-    residual = g.op("Add", [dense(g, inner, f"{layer}.output.dense"), attended], f"{layer}.output.residual")
-    return layer_norm(g, residual, f"{layer}.output.LayerNorm", eps)
-
-
 def mpnet_encoder(g: GraphBuilder, cfg: BertConfig, mask: str) -> str:
     """The last hidden state ``[batch, seq, hidden]`` from ``input_ids`` and ``attention_mask``.
 
@@ -129,5 +108,6 @@ def mpnet_encoder(g: GraphBuilder, cfg: BertConfig, mask: str) -> str:
     hidden = _embeddings(g, cfg)
     additive = g.op("Add", [mask, _position_bias(g, cfg)], "bias.masked")
     for n in range(cfg.num_hidden_layers):
-        hidden = _encoder_layer(g, hidden, additive, cfg, n)
+        hidden = encoder_layer(g, hidden, additive, n, MPNET_LAYER, heads=cfg.num_attention_heads,
+                               head_size=cfg.head_size, eps=cfg.layer_norm_eps)
     return hidden

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "GraphBuilder",
+    "LayerNames",
     "Weights",
     "additive_mask",
     "dense",
+    "encoder_layer",
     "gelu",
     "layer_norm",
     "mean_pool_normalize",
@@ -167,3 +170,47 @@ def mean_pool_normalize(g: GraphBuilder, hidden: str) -> str:
                    keepdims=1)
     length = g.op("Max", [g.op("Sqrt", [squares], "norm.length"), g.const(1e-12)], "norm.clamped")
     return g.op("Div", [mean, length], "sentence_embedding")
+
+
+@dataclass(frozen=True, slots=True)
+class LayerNames:
+    """Where an encoder layer keeps its attention tensors, under ``encoder.layer.N.``: BERT and
+    MPNet name them differently and agree on the rest (``intermediate.dense``, ``output.dense``,
+    ``output.LayerNorm``)."""
+
+    q: str
+    k: str
+    v: str
+    out: str  # the attention's output projection
+    attention_norm: str  # the LayerNorm after the attention's residual
+    attention: str  # the attention block's node name prefix
+
+    def shapes(self, n: int, hidden: int, intermediate: int) -> dict[str, tuple[int, ...]]:
+        """Layer ``n``'s tensor names with their shapes."""
+        layer = f"encoder.layer.{n}"
+        shapes: dict[str, tuple[int, ...]] = {}
+        for proj in (self.q, self.k, self.v, self.out):
+            shapes[f"{layer}.{proj}.weight"] = (hidden, hidden)
+            shapes[f"{layer}.{proj}.bias"] = (hidden,)
+        for norm in (self.attention_norm, "output.LayerNorm"):
+            shapes[f"{layer}.{norm}.weight"] = (hidden,)
+            shapes[f"{layer}.{norm}.bias"] = (hidden,)
+        shapes[f"{layer}.intermediate.dense.weight"] = (intermediate, hidden)
+        shapes[f"{layer}.intermediate.dense.bias"] = (intermediate,)
+        shapes[f"{layer}.output.dense.weight"] = (hidden, intermediate)
+        shapes[f"{layer}.output.dense.bias"] = (hidden,)
+        return shapes
+
+
+def encoder_layer(g: GraphBuilder, x: str, mask: str, n: int, names: LayerNames, *, heads: int, head_size: int,
+                  eps: float) -> str:
+    """Layer ``n``: self-attention → residual + LayerNorm → dense → GELU → dense → residual + LayerNorm."""
+    layer = f"encoder.layer.{n}"
+    attended = self_attention(
+        g, x, mask, heads=heads, head_size=head_size, q=f"{layer}.{names.q}", k=f"{layer}.{names.k}",
+        v=f"{layer}.{names.v}", out=f"{layer}.{names.out}", name=f"{layer}.{names.attention}",
+    )
+    attended = layer_norm(g, attended, f"{layer}.{names.attention_norm}", eps)
+    inner = gelu(g, dense(g, attended, f"{layer}.intermediate.dense"), f"{layer}.intermediate.gelu")
+    residual = g.op("Add", [dense(g, inner, f"{layer}.output.dense"), attended], f"{layer}.output.residual")
+    return layer_norm(g, residual, f"{layer}.output.LayerNorm", eps)
