@@ -335,6 +335,8 @@ def test_quantize_makes_a_smaller_close_variant(make_daemon, files):
     qualifies = comparison["cosine_min"] >= 0.97 and comparison["variant_batch1_per_s"] > comparison["full_batch1_per_s"]
     served = daemon.call("infer.embed", {"texts": ["A man is eating food."]})["model"]
     assert served == ("tiny-int8" if qualifies else "tiny")
+    detail = daemon.call("system.health")["checks"]["embedder"]["detail"]
+    assert ("served by its int8 variant tiny-int8" in detail) == qualifies and "loaded on CPUExecutionProvider" in detail
 
 
 def test_cli_models_commands(make_daemon, files):

@@ -552,9 +552,11 @@ class Inference(Part):
             return Health(False, f"default embedder {name!r} is unusable: {exc.message}")
         if manifest.task != "embed" or manifest.embedding is None:
             return Health(False, f"{name!r} (inference.default_embedder) is not an embedding model (task {manifest.task})")
-        loaded = self.cache.peek(name)
+        route = await self._default_route()
+        loaded = self.cache.peek(route)
         state = f"loaded on {loaded.provider}" if loaded else "not loaded yet"
-        return Health(True, f"{name} ({manifest.embedding.dim} dimensions, {state})")
+        served = f", served by its int8 variant {route}" if route != name else ""
+        return Health(True, f"{name} ({manifest.embedding.dim} dimensions{served}, {state})")
 
     # --- RPC: models.* --------------------------------------------------------------------------------------
 

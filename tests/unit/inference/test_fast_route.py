@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+from engram.bus import EventBus
 from engram.inference.manifest import Manifest
-from engram.inference.service import fast_variant_problem
+from engram.inference.service import Inference, fast_variant_problem
+from engram.inference.settings import InferenceSettings
+from engram.observability.metrics import Metrics
+from engram_bench.tiny_bert import create_tiny_bert
 
 BASE = Manifest(name="mini", files={"model.onnx": "a" * 64}, inputs=[], outputs=[])
 GOOD = {"cosine_min": 0.98, "full_batch1_per_s": 180.0, "variant_batch1_per_s": 470.0}
@@ -43,3 +48,20 @@ def test_a_variant_of_other_weights_or_another_model_may_not() -> None:
 def test_a_variant_made_without_a_comparison_may_not() -> None:
     # Variants quantized before the comparison was recorded, or of models without a tokenizer.
     assert fast_variant_problem(BASE, variant(comparison=None), 0.97) is not None
+
+
+def test_the_default_embedder_is_served_by_its_variant_only_where_settings_allow(tmp_path: Path) -> None:
+    def route(**settings: Any) -> str:
+        inference = Inference(InferenceSettings(default_embedder="tiny", **settings), tmp_path, EventBus(), Metrics())
+        inference.registry.ensure()
+        return inference._choose_route("tiny")
+
+    assert route() == "tiny"  # no variant yet
+    registry = Inference(InferenceSettings(), tmp_path, EventBus(), Metrics()).registry
+    registry.ensure()
+    base, _ = registry.import_bert("tiny", create_tiny_bert(tmp_path / "bert"))
+    source = {"kind": "quantize", "base": "tiny", "base_sha256": base.files[base.model_file], "comparison": GOOD}
+    registry.add_derived(base, "tiny-int8", registry.folder("tiny") / base.model_file, source=source)
+    assert route() == "tiny-int8"
+    assert route(fast_embed=False) == "tiny"
+    assert route(fast_embed_min_cosine=0.99) == "tiny"
