@@ -23,7 +23,7 @@ import typing
 from collections.abc import Iterator
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, JsonValue
 
 from engram.errors import InvalidParams
 
@@ -132,12 +132,31 @@ def _out_of_range(value: Any, path: Path) -> Iterator[Path]:
             yield from _out_of_range(item, (*path, key))
 
 
+def _may_hold_model(annotation: Any) -> bool:
+    """Whether a field's type may hold a model (whose integers are checked in turn): a model, or
+    a union, container or Annotated of one. Free JSON and plain classes hold none; a type this
+    does not know counts as one that may."""
+    if annotation is JsonValue:
+        return False
+    origin = typing.get_origin(annotation)
+    if origin is None:
+        return not isinstance(annotation, type) or issubclass(annotation, BaseModel)
+    if origin is typing.Literal:
+        return False
+    if origin is typing.Annotated:
+        return _may_hold_model(typing.get_args(annotation)[0])
+    return any(_may_hold_model(arg) for arg in typing.get_args(annotation) if arg is not Ellipsis)
+
+
 @functools.cache
 def _fields(model: type[BaseModel]) -> tuple[tuple[str, str, bool], ...]:
-    """(attribute, name on the wire, declares integers) of each field: worked out once per
-    params class, not on every request."""
+    """(attribute, name on the wire, declares integers) of each field that declares integers or
+    may hold a model: worked out once per params class, not on every request. The others (text,
+    flags, free JSON) are never looked at."""
     return tuple(
-        (name, field.alias or name, _declares_int(field.annotation)) for name, field in model.model_fields.items()
+        (name, field.alias or name, _declares_int(field.annotation))
+        for name, field in model.model_fields.items()
+        if _declares_int(field.annotation) or _may_hold_model(field.annotation)
     )
 
 
@@ -157,6 +176,8 @@ def _declared_ints_out_of_range(model: BaseModel, path: Path) -> Iterator[Path]:
 def check_integers(params: BaseModel) -> None:
     """Raise InvalidParams (``integer_out_of_range``) naming the first integer the validated
     ``params`` declare that SQLite cannot store."""
+    if not _fields(type(params)):  # e.g. system.ping's: nothing to walk
+        return
     for path in _declared_ints_out_of_range(params, ()):
         field = _dotted(path)
         raise InvalidParams(

@@ -67,6 +67,7 @@ class Model(BaseModel):
     ids: list[int] = Field(default_factory=list)
     bounded: Annotated[int, Field(ge=0)] = 0
     inner: Inner | None = None
+    wrapped: Annotated[Inner | None, Field(description="a model behind Annotated and a union")] = None
     items: list[Inner] = Field(default_factory=list)
     metadata: dict[str, JsonValue] = Field(default_factory=dict)
     data: Any = None
@@ -81,6 +82,7 @@ class Model(BaseModel):
         ({"ids": [1, 2**63]}, "ids.1"),
         ({"bounded": 10**30}, "bounded"),
         ({"inner": {"offset": 2**63}}, "inner.offset"),
+        ({"wrapped": {"offset": 2**63}}, "wrapped.offset"),
         ({"items": [{}, {"offset": 2**63}]}, "items.1.offset"),
     ],
 )
