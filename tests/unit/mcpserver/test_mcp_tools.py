@@ -9,6 +9,7 @@ from pydantic import ValidationError
 METHODS = {
     "remember": "memory.remember", "recall": "memory.recall", "forget": "memory.forget", "ask": "route.ask",
     "graph_query": "memory.graph.query", "audit_prove": "audit.prove", "status": "system.status",
+    "execute": "task.submit", "task_status": "task.get",
 }
 
 
@@ -40,6 +41,12 @@ def test_params_sent_to_the_daemon():
     assert params("forget", ids=["ep_1"]) == {"ids": ["ep_1"]}
     assert params("audit_prove", seq=4) == {"seq": 4}
     assert params("status") == {}
+    plan = {"steps": [{"id": "a", "tool": "memory.recall", "args": {"query": "q"}},
+                      {"id": "b", "tool": "memory.get", "args": {"ids": [{"$from": "a.hits.0.id"}]}, "needs": ["a"]}]}
+    sent = {"steps": [{**plan["steps"][0], "needs": []}, plan["steps"][1]]}
+    assert params("execute", plan=plan) == {"plan": sent}
+    assert params("execute", plan=plan, deadline=30, namespace="n") == {"plan": sent, "deadline": 30, "namespace": "n"}
+    assert params("task_status", task_id="tk_1f") == {"task_id": "tk_1f", "outputs": False}
 
 
 @pytest.mark.parametrize(
@@ -53,6 +60,10 @@ def test_params_sent_to_the_daemon():
         ("graph_query", {"concept": "x", "direction": "up"}),
         ("status", {"verbose": True}),
         ("recall", {"query": "x", "namespace": "has space"}),
+        ("execute", {"plan": {"steps": []}}),
+        ("execute", {"plan": {"steps": [{"id": "a"}]}}),
+        ("execute", {"plan": {"steps": [{"id": "a", "tool": "memory.recall", "colour": "red"}]}}),
+        ("task_status", {"task_id": "not-a-task"}),
     ],
 )
 def test_arguments_outside_the_schema_are_refused(tool, arguments):
@@ -70,3 +81,12 @@ def test_texts_for_the_model():
     answer = {"answer": "42.", "sources": [{"tier": "episodic", "id": "ep_9", "text": "t", "score": 1.0}]}
     assert TOOLS["ask"].text(answer) == "42.\n\nSources: ep_9 (episodic)"
     assert structured([1, 2]) == {"result": [1, 2]} and structured({"a": 1}) == {"a": 1}
+    assert TOOLS["execute"].text({"task_id": "tk_1", "state": "queued"}) == "Task tk_1 is queued; task_status tells how it goes."
+    failed = {"code": -32004, "reason": "step_timeout", "message": "step b ran past 5 s"}
+    status = {"task": {"task_id": "tk_1", "state": "failed", "steps": 2, "steps_done": 1, "error": failed},
+              "steps": [{"id": "a", "tool": "memory.recall", "state": "done"},
+                        {"id": "b", "tool": "memory.get", "state": "failed", "error": failed}]}
+    assert TOOLS["task_status"].text(status) == (
+        "Task tk_1: failed, 1/2 steps done.\n- a (memory.recall): done\n"
+        "- b (memory.get): failed, error -32004 step_timeout: step b ran past 5 s"
+    )
