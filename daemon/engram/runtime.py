@@ -260,10 +260,10 @@ class Daemon:
         self.ask = Ask(settings.router.ask, self.router, self.memory, generator, self.metrics)
         # Tasks: plans whose steps call built-in tools, engram's own methods, through the request
         # chain above as the principal that submitted them (policy, audit and params as for a
-        # direct call).
+        # direct call). Each finished step's provenance goes into the audit log, which proves it.
         self.bus.declare(*TASK_EVENTS)
         self.tasks = Tasks(settings.tasks, settings.database_path, MethodTools(self.dispatcher.dispatch, self.methods),
-                           self.bus, busy, owner_uid=os.getuid())
+                           self.bus, busy, owner_uid=os.getuid(), audit=self.audit)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

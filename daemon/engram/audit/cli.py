@@ -1,7 +1,8 @@
 """``engram audit ...``.
 
 ``verify`` and ``export --state-dir`` read the state folder's database directly (read-only) and
-need no daemon; the other commands talk to the running daemon.
+need no daemon, nor does ``verify-bundle`` (a proof bundle file and a public key are all it
+reads); the other commands talk to the running daemon.
 """
 
 from __future__ import annotations
@@ -508,3 +509,45 @@ def verify(
         click.echo(f"({data['seconds']:.2f} s)")
 
     Output(as_json).emit(result, human)
+
+
+@audit.command("verify-bundle")
+@click.argument("bundle_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option(
+    "--pubkey",
+    "pubkey_files",
+    type=click.Path(path_type=Path, dir_okay=False),
+    multiple=True,
+    required=True,
+    help="Verifier key file(s) to trust (one C2SP key per line); repeat for several.",
+)
+@json_option
+def verify_bundle(bundle_file: Path, pubkey_files: tuple[Path, ...], as_json: bool) -> None:
+    """Check a proof bundle (task.prove) offline: each entry's leaf hash and inclusion proof, the
+    checkpoint's signature by the given key, and that every entry is the bundle's task's.
+
+    Prints OK or FAIL per check; exit 0 only when every check holds, else 1.
+    """
+    from engram.audit.bundle import bundle_ok
+    from engram.audit.bundle import verify_bundle as check_bundle
+
+    keys = _load_pubkeys(pubkey_files)
+    try:
+        bundle = json.loads(bundle_file.read_bytes())
+    except OSError as exc:
+        fail(EXIT_USAGE, f"cannot read {bundle_file}: {exc.strerror}")
+    except ValueError as exc:
+        fail(EXIT_USAGE, f"{bundle_file} is not JSON: {exc}")
+    checks = check_bundle(bundle, keys)
+    ok = bundle_ok(checks)
+    result = {"ok": ok, "file": str(bundle_file), "checks": [check.as_dict() for check in checks]}
+
+    def human(data: dict[str, Any]) -> None:
+        for check in checks:
+            click.echo(f"OK    {check.what}" if check.ok else f"FAIL  {check.what}: {check.why}")
+        verdict = "verifies" if ok else "does NOT verify"
+        click.echo(f"{bundle_file} {verdict}")
+
+    Output(as_json).emit(result, human)
+    if not ok:
+        sys.exit(EXIT_REMOTE)

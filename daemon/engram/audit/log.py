@@ -45,6 +45,7 @@ import anyio
 import structlog
 from prometheus_client import Counter, Gauge, Histogram
 
+from engram.audit.bundle import ProvenEntries
 from engram.audit.checkpoints import sign_checkpoint
 from engram.audit.entry import (
     KIND_GAP,
@@ -70,7 +71,7 @@ from engram.audit.store import AuditStore, StoredCheckpoint, StoreError
 from engram.audit.verify import VerificationError, verify_log
 from engram.bus import EventBus
 from engram.bus.bus import OverflowPolicy, Subscription
-from engram.errors import Conflict, Overloaded, RPCError, StartupError, Unavailable
+from engram.errors import Conflict, IntegrityError, NotFound, Overloaded, RPCError, StartupError, Unavailable
 from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
 from engram.signing import Signer
@@ -658,6 +659,34 @@ class AuditLog(Part):
     async def read(self, func: Any, *args: Any) -> Any:
         """Run a blocking read of the store in a worker thread."""
         return await anyio.to_thread.run_sync(func, *args)
+
+    async def prove_entries(self, seqs: list[int]) -> ProvenEntries:
+        """The entries at ``seqs`` with their inclusion proofs in the tree of the latest checkpoint,
+        signed first if the last one does not cover them all (a proof bundle, :mod:`.bundle`)."""
+        size = self.size
+        bad = [seq for seq in seqs if not 0 <= seq < size]
+        if bad:
+            raise NotFound(f"no audit entry {bad[0]}; the log has {size} entries", seq=bad[0], size=size)
+        checkpoint = await self.checkpoint(fresh=False)
+        if checkpoint is None or any(seq >= checkpoint.size for seq in seqs):
+            checkpoint = await self.checkpoint(fresh=True)
+        assert checkpoint is not None  # the log holds the entries asked for
+        store, tree_size = self.store, checkpoint.size
+
+        def read() -> list[tuple[int, bytes, list[bytes]]]:
+            proven = []
+            for seq in seqs:
+                found = store.entry(seq)
+                if found is None:
+                    raise LookupError(f"entry {seq} is missing")
+                proven.append((seq, found[0], store.inclusion_proof(seq, tree_size)))
+            return proven
+
+        try:
+            entries = await anyio.to_thread.run_sync(read)
+        except LookupError as exc:
+            raise IntegrityError(f"the audit tree is incomplete: {exc}", reason="audit_node_missing") from None
+        return ProvenEntries(self.origin, checkpoint, entries)
 
 
 def _rpc_record(method: str, principal: Any, request: int, params: Any, result: Any, error: RPCError | None,

@@ -17,6 +17,8 @@ __all__ = [
     "TaskGetResult",
     "TaskListParams",
     "TaskListResult",
+    "TaskProveParams",
+    "TaskProveResult",
     "TaskState",
     "TaskSubmitParams",
     "TaskSubmitResult",
@@ -111,3 +113,30 @@ class TaskCancelParams(Params):
 class TaskCancelResult(Result):
     task_id: str
     state: TaskState = Field(description="Its state after the cancel: cancelled, or the final state it reached first.")
+
+
+class TaskProveParams(Params):
+    task_id: str = TaskId
+
+
+class ProofCheckpoint(_Out):
+    note: str = Field(description="The signed checkpoint (C2SP tlog-checkpoint signed note).")
+    size: int = Field(description="Entries the checkpoint covers.")
+    root: str = Field(description="Base64 Merkle root at that size.")
+    key_id: str = Field(description="Hex key ID of the key that signed it.")
+    time: str = Field(description="When it was signed (RFC 3339, UTC).")
+
+
+class ProvenStep(_Out):
+    step_id: str
+    seq: int = Field(description="The seq of the step's task.step audit entry.")
+    canonical: str = Field(description="Base64 of the entry's canonical JSON bytes, exactly as hashed.")
+    proof: list[str] = Field(description="Base64 RFC 9162 inclusion proof of the entry in the checkpoint's tree.")
+
+
+class TaskProveResult(Result):
+    format: Literal["engram.task-proof/1"]
+    task_id: str
+    origin: str = Field(description="The audit log's origin line; the checkpoint must name it.")
+    checkpoint: ProofCheckpoint
+    entries: list[ProvenStep] = Field(description="The task.step entries of the task's done steps, in the order they ran.")

@@ -1,4 +1,5 @@
-"""``engram task run|status|list|cancel``: submit a plan, follow it, see and stop tasks."""
+"""``engram task run|status|list|cancel|prove``: submit a plan, follow it, see and stop tasks,
+and fetch a finished task's proof bundle."""
 
 from __future__ import annotations
 
@@ -112,4 +113,28 @@ def cancel(task_id: str, socket_path: Path | None, as_json: bool, timeout: float
     """Stop a task (a running step is cancelled); prints the state it ended in."""
     Output(as_json).emit(
         call(socket_path, timeout, "task.cancel", {"task_id": task_id}), lambda d: click.echo(f"{d['task_id']}: {d['state']}")
+    )
+
+
+@task.command()
+@click.argument("task_id")
+@click.option("-o", "--output", "out_file", type=click.Path(path_type=Path, dir_okay=False), default=None,
+              help="Write the bundle to this file (default: print it).")
+@client_command
+def prove(task_id: str, out_file: Path | None, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """A finished task's proof bundle (task.prove), to check offline with `engram audit verify-bundle`."""
+    bundle = call(socket_path, timeout, "task.prove", {"task_id": task_id})
+    bundle.pop("audit_seq", None)
+    text = json.dumps(bundle, indent=2) + "\n"
+    if out_file is None:
+        click.echo(text, nl=False)
+        return
+    try:
+        out_file.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        fail(EXIT_USAGE, f"cannot write {out_file}: {exc.strerror}")
+    Output(as_json).emit(
+        {"file": str(out_file), "task_id": task_id, "entries": len(bundle["entries"]), "size": bundle["checkpoint"]["size"]},
+        lambda d: click.echo(f"wrote the proof of {d['entries']} step entries of {task_id} to {d['file']} "
+                             f"(checkpoint of size {d['size']})"),
     )

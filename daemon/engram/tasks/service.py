@@ -9,10 +9,18 @@ flight through the task's cancel scope. Every state change, and each step's outp
 its ``done`` state, is committed before the next step starts (:mod:`engram.tasks.store`): a task
 that a stop or a crash cut short is queued again at start and goes on at its first step that is
 not done.
+
+With an audit log (the composition root hands it over), each step that finishes gets an audit
+entry of its own, kind ``task.step``, with its provenance: the task, the steps it needs, the tool,
+the hashes of its resolved input and of its output (both stored content-addressed), and the
+provider that answered where the output names one. The entry is durable before the step is
+recorded as done, and its seq is kept with the step: ``task.prove`` proves those entries against
+one signed checkpoint (:mod:`engram.audit.bundle`).
 """
 
 from __future__ import annotations
 
+import base64
 import secrets
 import time
 from contextlib import AsyncExitStack
@@ -24,11 +32,14 @@ import anyio.abc
 import structlog
 
 from engram.bus import EventBus
-from engram.errors import Conflict, InternalError, InvalidParams, NotFound, Overloaded, RPCError, Timeout
+from engram.audit.bundle import BUNDLE_FORMAT, KIND_TASK_STEP
+from engram.errors import Conflict, InternalError, InvalidParams, NotFound, Overloaded, RPCError, Timeout, Unavailable
 from engram.lifecycle import Part
 from engram.principal import Principal
 from engram.server.methods import RequestContext, rpc
 from engram.tasks.api import (
+    ProofCheckpoint,
+    ProvenStep,
     StepError,
     StepOut,
     TaskCancelParams,
@@ -37,12 +48,15 @@ from engram.tasks.api import (
     TaskGetResult,
     TaskListParams,
     TaskListResult,
+    TaskProveParams,
+    TaskProveResult,
     TaskSubmitParams,
     TaskSubmitResult,
     TaskSummary,
 )
 from engram.tasks.plan import Plan, Step, UnresolvedReference, execution_order, resolve_args, validate_plan
 from engram.tasks.events import TaskEnded, TaskStep
+from engram.tasks.ports import AuditTrail
 from engram.tasks.settings import TaskSettings
 from engram.tasks.store import UNFINISHED, StepRow, TaskRow, TaskStore, canonical_json, digest_of
 from engram.tasks.tools import Tools
@@ -60,9 +74,10 @@ def _step_error(exc: RPCError) -> dict[str, Any]:
 class Tasks(Part):
     def __init__(
         self, settings: TaskSettings, database_path: Path, tools: Tools, bus: EventBus, busy_timeout: float = 5.0,
-        owner_uid: int | None = None,
+        owner_uid: int | None = None, audit: AuditTrail | None = None,
     ) -> None:
         super().__init__("tasks")
+        self.audit = audit
         self.settings = settings
         self.store = TaskStore(database_path, busy_timeout)
         self.tools = tools
@@ -193,6 +208,12 @@ class Tasks(Part):
             return InvalidParams(str(exc), reason="unresolved_reference", field=exc.field)
         if task.namespace is not None and "namespace" not in args and self.tools.takes_namespace(step.tool):
             args["namespace"] = task.namespace
+        input_body = canonical_json(args)
+        if len(input_body) > self.settings.max_output_bytes:
+            return Conflict(
+                f"step {step.id!r} has {len(input_body)} bytes of input, more than tasks.max_output_bytes",
+                reason="input_too_large", size=len(input_body), limit=self.settings.max_output_bytes,
+            )
         limit = step.timeout or self.settings.step_timeout
         output: Any = None
         with anyio.move_on_after(limit) as timer:
@@ -209,7 +230,20 @@ class Tasks(Part):
                 reason="output_too_large", size=len(body), limit=self.settings.max_output_bytes,
             )
         digest = digest_of(body)
-        await anyio.to_thread.run_sync(self.store.step_done, task.id, step.id, body, digest, time.time())
+        input_hash = digest_of(input_body)
+        seq = None
+        if self.audit is not None:
+            try:
+                seq = await self.audit.append(
+                    KIND_TASK_STEP, task.principal, task_id=task.id, parent_id=list(step.needs) or None,
+                    input_hash=input_hash, output_hash=digest,
+                    detail={"step_id": step.id, "tool": step.tool, "provider": _provider(output)},
+                )
+            except RPCError as exc:  # no step done without its provenance entry
+                return exc
+        await anyio.to_thread.run_sync(
+            self.store.step_done, task.id, step.id, body, digest, time.time(), input_body, input_hash, seq
+        )
         outputs[step.id] = output
         self._step_event(task, step, "done", output_hash=digest)
         return None
@@ -274,6 +308,38 @@ class Tasks(Part):
             summaries.append(_summary(task, await anyio.to_thread.run_sync(self.store.steps, task.id)))
         return TaskListResult(tasks=summaries)
 
+    @rpc(
+        "task.prove",
+        summary="A finished task's proof bundle: its steps' audit entries, their inclusion proofs and a signed checkpoint.",
+        read_only=True,
+    )
+    async def prove(self, ctx: RequestContext, params: TaskProveParams) -> TaskProveResult:
+        task = await self._visible(ctx, params.task_id)
+        if task.state in UNFINISHED:
+            raise Conflict(
+                f"task {task.id} is {task.state}; only a finished task can be proven", reason="not_finished",
+                task_id=task.id, state=task.state,
+            )
+        if self.audit is None:
+            raise Unavailable("this daemon keeps no audit log, so there is nothing to prove", reason="audit_unavailable")
+        rows = [row for row in await anyio.to_thread.run_sync(self.store.steps, task.id) if row.audit_seq is not None]
+        if not rows:
+            raise Conflict(
+                f"task {task.id} has no step with an audit entry (none finished)", reason="nothing_to_prove", task_id=task.id
+            )
+        proven = await self.audit.prove_entries([row.audit_seq for row in rows])  # type: ignore[misc]
+        cp = proven.checkpoint
+        return TaskProveResult(
+            format=BUNDLE_FORMAT, task_id=task.id, origin=proven.origin,
+            checkpoint=ProofCheckpoint(
+                note=cp.note, size=cp.size, root=_b64(cp.root), key_id=cp.key_id, time=cp.time
+            ),
+            entries=[
+                ProvenStep(step_id=row.step_id, seq=seq, canonical=_b64(data), proof=[_b64(p) for p in proof])
+                for row, (seq, data, proof) in zip(rows, proven.entries, strict=True)
+            ],
+        )
+
     @rpc("task.cancel", summary="Stop a task: a queued one never starts, a running one's step in flight is cancelled.")
     async def cancel(self, ctx: RequestContext, params: TaskCancelParams) -> TaskCancelResult:
         task = await self._visible(ctx, params.task_id)
@@ -289,6 +355,16 @@ class Tasks(Part):
                 await self._finish(task, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+def _provider(output: Any) -> str | None:
+    """The provider that produced a step's output, where the output names one (route.ask does)."""
+    provider = output.get("provider") if isinstance(output, dict) else None
+    return provider if isinstance(provider, str) else None
 
 
 def _summary(task: TaskRow, rows: list[StepRow]) -> TaskSummary:

@@ -1,5 +1,5 @@
-"""The tasks part's own tables (``tasks/migrations/``): tasks, their steps, and step outputs
-stored content-addressed.
+"""The tasks part's own tables (``tasks/migrations/``): tasks, their steps, and step inputs and
+outputs stored content-addressed.
 
 One sqlite3 connection, used from worker threads one at a time (a lock), with ``synchronous =
 FULL``: a step recorded as done is on disk before the next step starts, which is what "a finished
@@ -43,6 +43,8 @@ class StepRow:
     error: dict[str, Any] | None
     started_at: float | None
     finished_at: float | None
+    input_hash: str | None = None
+    audit_seq: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,16 +154,23 @@ class TaskStore:
                 (at, task_id, step_id),
             )
 
-    def step_done(self, task_id: str, step_id: str, body: bytes, digest: str, at: float) -> None:
-        """The step's output (stored once per digest) and its 'done' state, in one commit."""
+    def step_done(
+        self, task_id: str, step_id: str, body: bytes, digest: str, at: float,
+        input_body: bytes | None = None, input_hash: str | None = None, audit_seq: int | None = None,
+    ) -> None:
+        """The step's output and resolved input (each stored once per digest), the seq of its
+        audit entry and its 'done' state, in one commit."""
         with self._transaction() as conn:
-            conn.execute(
-                "INSERT INTO tasks_outputs (hash, size, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING",
-                (digest, len(body), body),
+            stored = [(digest, len(body), body)]
+            if input_body is not None:
+                stored.append((input_hash, len(input_body), input_body))
+            conn.executemany(
+                "INSERT INTO tasks_outputs (hash, size, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING", stored
             )
             conn.execute(
-                "UPDATE tasks_steps SET state = 'done', output_hash = ?, finished_at = ? WHERE task_id = ? AND step_id = ?",
-                (digest, at, task_id, step_id),
+                "UPDATE tasks_steps SET state = 'done', output_hash = ?, input_hash = ?, audit_seq = ?, finished_at = ? "
+                "WHERE task_id = ? AND step_id = ?",
+                (digest, input_hash, audit_seq, at, task_id, step_id),
             )
 
     def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> bool:
@@ -216,12 +225,13 @@ class TaskStore:
         with self._held() as conn:
             rows = conn.execute(
                 "SELECT s.step_id, s.position, s.tool, s.state, s.output_hash, o.size, s.error, s.started_at, "
-                "s.finished_at FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
+                "s.finished_at, s.input_hash, s.audit_seq FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
                 "WHERE s.task_id = ? ORDER BY s.position",
                 (task_id,),
             ).fetchall()
         return [
-            StepRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7], r[8]) for r in rows
+            StepRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7], r[8], r[9], r[10])
+            for r in rows
         ]
 
     def outputs(self, task_id: str) -> dict[str, Any]:
