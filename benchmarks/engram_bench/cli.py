@@ -27,6 +27,7 @@ __all__ = [
     "bench_recall",
     "bench_route",
     "bench_rpc",
+    "bench_sequence",
     "bench_sleep",
     "bench_startup",
     "bench_tasks",
@@ -217,6 +218,30 @@ def bench_route(size: str, plot: Path, as_json: bool) -> None:
 
     with errors():
         report = run_route_bench(size, plot, progress=not as_json)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
+@click.command("sequence")
+@click.option("--stored", "-n", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Stored stretches of the query's length (sessions of --session-length episodes).")
+@click.option("--length", type=click.IntRange(min=2, max=256), default=16, show_default=True, help="Elements of the query sequence.")
+@click.option("--window", type=click.IntRange(min=0), default=2, show_default=True, help="Sakoe–Chiba band.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=5, show_default=True, help="Stretches returned.")
+@click.option("--dim", type=click.IntRange(min=2), default=384, show_default=True, help="Vector dimension.")
+@click.option("--session-length", type=click.IntRange(min=2), default=200, show_default=True, help="Episodes per session.")
+@click.option("--planted", type=click.IntRange(min=0), default=10, show_default=True,
+              help="Noisy copies of the query planted in the sessions (a recurring routine).")
+@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True, help="Runs of each search (median shown).")
+@json_option
+def bench_sequence(stored: int, length: int, window: int, k: int, dim: int, session_length: int, planted: int, repeats: int,
+                   as_json: bool) -> None:
+    """Sequence recall: the pruned DTW search (lower bounds, early abandoning) vs DTW of every stored stretch."""
+    from engram_bench.sequence import run_sequence_bench
+
+    if session_length < length:
+        raise click.BadParameter("at least --length", param_hint="--session-length")
+    with errors():
+        report = run_sequence_bench(stored, length, window, k, dim, session_length, planted, repeats)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 

@@ -373,6 +373,36 @@ class ExportResult(Result):
     total: int = Field(description="Episodes in the namespace.")
 
 
+class SequenceParams(Params):
+    """Exactly one of episodes and vectors: the query sequence, in order."""
+
+    episodes: list[EpisodeId] | None = Field(
+        default=None, description="Episodes whose vectors, in this order, are the query (their stretch is never returned)."
+    )
+    vectors: list[VectorIn] | None = Field(default=None, description="The query's vectors, in order.")
+    k: int = Field(default=5, ge=1, description="Stretches to return at most (memory.max_k).")
+    window: int | None = Field(
+        default=None, ge=0, description="Sakoe–Chiba band: how many steps apart matched elements may be (default: "
+        "a tenth of the query's length, rounded up)."
+    )
+    namespace: Namespace = None
+
+
+class SequenceMatch(_Out):
+    session: str | None = Field(description="The stretch's session (null: the episodes without one, as one stream).")
+    episodes: list[str] = Field(description="Its episodes' ids, in time order (as many as the query has).")
+    distance: float = Field(description="DTW distance to the query: the sum of 1 - cosine along the best warping path.")
+    next: list[str] = Field(description="The episodes that followed it in its session (at most as many as the query has).")
+
+
+class SequenceResult(Result):
+    matches: list[SequenceMatch] = Field(description="Nearest first (ties: the session that sorts first, then the earlier stretch).")
+    namespace: str
+    window: int = Field(description="The band used.")
+    candidates: int = Field(description="Stretches of the query's length compared.")
+    computed: int = Field(description="Of them, those whose DTW was computed; the rest were pruned by a lower bound.")
+
+
 # --- working memory ---------------------------------------------------------------------------------
 
 

@@ -22,7 +22,9 @@ from typing import Any, TypeVar
 
 import anyio
 import faiss
+import numpy as np
 import structlog
+from numpy.typing import NDArray
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from engram.bus import EventBus
@@ -55,6 +57,9 @@ from engram.memory.api import (
     RecallResult,
     RememberParams,
     RememberResult,
+    SequenceMatch,
+    SequenceParams,
+    SequenceResult,
     StatsParams,
     StatsResult,
     WorkingClearParams,
@@ -88,6 +93,8 @@ from engram.memory.keyed_vectors import KeyedVectors
 from engram.memory.linking import linked_concepts
 from engram.memory.namespaces import NamespaceDecider, NamespacePolicy
 from engram.memory.scoring import Weights
+from engram.memory.sequence import MAX_LENGTH as SEQUENCE_MAX_LENGTH
+from engram.memory.sequence import search as sequence_search
 from engram.memory.semantic import ConceptSpec, GraphStore, RelationSpec, concept_key
 from engram.memory.settings import MemorySettings
 from engram.memory.store import Forgotten
@@ -566,6 +573,75 @@ class Memory(Part):
                 )
             ]
         return seqs, store.rows(namespace, seqs)
+
+    @rpc("memory.sequence", summary="The past stretches of the namespace's session streams most like a sequence (DTW), with what came next.",
+         read_only=True)
+    async def sequence(self, ctx: RequestContext, params: SequenceParams) -> SequenceResult:
+        namespace = self._namespace(ctx, params.namespace)
+        s = self.settings
+        given = [name for name, value in (("episodes", params.episodes), ("vectors", params.vectors)) if value is not None]
+        if len(given) != 1:
+            raise InvalidParams("give exactly one of episodes and vectors" + (" (got both)" if given else ""),
+                                field=given[1] if given else "episodes", reason="sequence_query")
+        field = given[0]
+        length = len(params.episodes if params.episodes is not None else params.vectors or [])
+        if not 2 <= length <= SEQUENCE_MAX_LENGTH:
+            raise InvalidParams(f"{field}: {length} elements; a sequence has 2 to {SEQUENCE_MAX_LENGTH}", field=field,
+                                reason="sequence_length")
+        if params.k > s.max_k:
+            raise InvalidParams(f"k: {params.k}; at most {s.max_k} (memory.max_k)", field="k", reason="k_too_large")
+        window = params.window if params.window is not None else -(-length // 10)
+        dim = self.index.dim(namespace)
+        skip: set[int] = set()
+        if params.vectors is not None:
+            query = np.vstack([unit_vector(v, f"vectors.{i}", s.max_dim, dim) for i, v in enumerate(params.vectors)])
+        else:
+            found = await self._thread(self.episodic.resolve_ids, namespace, params.episodes, "episodes")
+            seqs = [found[i] for i in params.episodes or []]
+            rows = await self._thread(lambda: self.episodic.store.rows(namespace, seqs, vectors_for=seqs))
+            missing = [i for i, q in zip(params.episodes or [], seqs) if q not in rows]
+            if missing:  # forgotten between the two reads
+                raise NotFound(f"unknown episode ids: {', '.join(missing[:10])}", reason="unknown_ids", ids=missing)
+            if dim is not None and any(rows[q]["dim"] != dim for q in seqs):
+                raise InvalidParams(f"episodes: vectors of another dimension than this namespace's ({dim})", field="episodes",
+                                    reason="dimension_mismatch")
+            query = np.vstack([rows[q]["vector"] for q in seqs])
+            skip = set(seqs)
+        if dim is None:
+            return SequenceResult(matches=[], namespace=namespace, window=window, candidates=0, computed=0)
+        streams = await self._thread(self._streams, namespace, length)
+        result = await self._thread(
+            sequence_search, query, [v for _, _, _, v in streams], params.k, window,
+            [[p for p, q in enumerate(seqs_) if q in skip] for _, seqs_, _, _ in streams],
+        )
+        matches = []
+        for m in result.matches:
+            session, _, ids, _ = streams[m.stream]
+            end = m.start + length
+            matches.append(SequenceMatch(session=session, episodes=ids[m.start : end], distance=m.distance,
+                                         next=ids[end : end + length]))
+        return SequenceResult(matches=matches, namespace=namespace, window=window, candidates=result.candidates,
+                              computed=result.computed)
+
+    def _streams(self, namespace: str, length: int) -> list[tuple[str | None, list[int], list[str], NDArray[np.float32]]]:
+        """The namespace's session streams at least ``length`` long, with their vectors from the
+        index (an episode not in it yet is left out of its stream); a worker thread."""
+        out = []
+        for session, seqs, ids in self.episodic.store.streams(namespace):
+            if len(seqs) < length:
+                continue
+            got, vectors = self.index.vectors(namespace, seqs)
+            if len(got) != len(seqs):
+                row = {q: n for n, q in enumerate(got)}
+                keep = [n for n, q in enumerate(seqs) if q in row]
+                seqs, ids = [seqs[n] for n in keep], [ids[n] for n in keep]
+                vectors = vectors[[row[q] for q in seqs]] if seqs else vectors[:0]
+            elif got != seqs:
+                row = {q: n for n, q in enumerate(got)}
+                vectors = vectors[[row[q] for q in seqs]]
+            if len(seqs) >= length:
+                out.append((session, seqs, ids, vectors))
+        return out
 
     @rpc("memory.forget", summary="Forget episodes by id, by filter, or the whole namespace; immediate and complete.")
     async def forget(self, ctx: RequestContext, params: ForgetParams) -> ForgetResult:

@@ -339,6 +339,23 @@ class EpisodeStore:
                     out[seq]["vector"] = from_blob(blob, dim)
         return out
 
+    def streams(self, namespace: str) -> list[tuple[str | None, list[int], list[str]]]:
+        """The live episodes of ``namespace`` as streams: one per session (the episodes without
+        a session make one more, session None), each (session, seqs, ids) in the order of time,
+        then seq (sequence recall, :mod:`engram.memory.sequence`)."""
+        out: list[tuple[str | None, list[int], list[str]]] = []
+        with self.db.read() as conn:
+            for session, seq, id_ in conn.execute(
+                "SELECT e.session, e.seq, e.id FROM memory_episodes e WHERE e.namespace = ?" + _LIVE
+                + " ORDER BY e.session, e.time, e.seq",
+                (namespace,),
+            ):
+                if not out or out[-1][0] != session:
+                    out.append((session, [], []))
+                out[-1][1].append(seq)
+                out[-1][2].append(id_)
+        return out
+
     def facts(
         self, namespace: str, seqs: Sequence[int], flt: SqlFilter = _NO_FILTER, vectors_for: Iterable[int] = (),
         conn: sqlite3.Connection | None = None,
