@@ -37,6 +37,7 @@ from engram.errors import (
     RPCError,
     Unavailable,
 )
+from engram.heap import release_free_memory
 from engram.inference.api import (
     InferEmbedParams,
     InferEmbedResult,
@@ -305,6 +306,7 @@ class Inference(Part):
         status, signer = self._check_signature(manifest)
         self.registry.verify(manifest)
         created = self.factory.create(manifest, self.registry.folder(name))
+        release_free_memory()  # the graph's protobuf and optimisation copies, freed but still in RSS
         exotic = any(
             spec.dtype is not None and DTYPES[spec.dtype].exotic for spec in [*manifest.inputs, *manifest.outputs]
         )

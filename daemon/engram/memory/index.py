@@ -64,6 +64,7 @@ from fasteners import ReaderWriterLock  # type: ignore[import-untyped]  # fasten
 from numpy.typing import NDArray
 
 from engram.errors import DataError
+from engram.heap import release_free_memory
 from engram.memory.settings import IndexSettings
 from engram.storage.files import replace_durably
 
@@ -591,6 +592,7 @@ class VectorIndex:
                 pass
         finally:
             job.close()
+        release_free_memory()  # the old index is gone: its pages would stay in RSS, free, until trimmed
         return job.new.kind
 
     def reconcile(self, namespace: str, seqs: NDArray[np.int64], dim: int | None,
@@ -692,6 +694,7 @@ class VectorIndex:
             self.saved_watermark = watermark
             self.saved_at = saved_at
             self.changes = 0
+        release_free_memory()  # the read pieces and any indexes replaced
         return watermark
 
     def _read(self, file: Any, path: Path) -> tuple[dict[str, NamespaceIndex], dict[str, Any]]:

@@ -58,6 +58,16 @@ def test_optimized_graph_is_cached_and_reused(registry: ModelRegistry, tmp_path:
     assert off.optimized_cache == "off"
 
 
+def test_a_newly_optimized_graph_is_served_from_its_saved_file(registry: ModelRegistry, tmp_path: Path) -> None:
+    # The session that optimised and saved the graph keeps more memory for its life than one
+    # opened from the saved file, so the factory hands out the latter.
+    manifest = registry.add_onnx("linear", linear_model(tmp_path / "l.onnx"))
+    created = SessionFactory(InferenceSettings()).create(manifest, registry.folder("linear"))
+    (cached,) = (registry.folder("linear") / "cache").glob("*.onnx")
+    assert created.optimized_cache == "stored"
+    assert created.session._model_path == str(cached)
+
+
 def test_a_model_onnxruntime_cannot_load_is_unavailable(registry: ModelRegistry, tmp_path: Path) -> None:
     import onnx
     from onnx import helper
