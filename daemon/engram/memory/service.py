@@ -609,7 +609,13 @@ class Memory(Part):
             skip = set(seqs)
         if dim is None:
             return SequenceResult(matches=[], namespace=namespace, window=window, candidates=0, computed=0)
-        streams = await self._thread(self._streams, namespace, length)
+        streams = await self._thread(self._streams, namespace, length, s.sequence_max_episodes)
+        if streams is None:
+            raise InvalidParams(
+                f"{field}: the namespace holds more than {s.sequence_max_episodes} episodes "
+                "(memory.sequence_max_episodes), too many to compare in memory at once",
+                field=field, reason="too_many_episodes",
+            )
         result = await self._thread(
             sequence_search, query, [v for _, _, _, v in streams], params.k, window,
             [[p for p, q in enumerate(seqs_) if q in skip] for _, seqs_, _, _ in streams],
@@ -623,11 +629,16 @@ class Memory(Part):
         return SequenceResult(matches=matches, namespace=namespace, window=window, candidates=result.candidates,
                               computed=result.computed)
 
-    def _streams(self, namespace: str, length: int) -> list[tuple[str | None, list[int], list[str], NDArray[np.float32]]]:
+    def _streams(self, namespace: str, length: int, most: int,
+                 ) -> list[tuple[str | None, list[int], list[str], NDArray[np.float32]]] | None:
         """The namespace's session streams at least ``length`` long, with their vectors from the
-        index (an episode not in it yet is left out of its stream); a worker thread."""
+        index (an episode not in it yet is left out of its stream); None when the namespace holds
+        more than ``most`` episodes, found before any vector is read (a worker thread)."""
+        streams = self.episodic.store.streams(namespace, most)
+        if streams is None:
+            return None
         out = []
-        for session, seqs, ids in self.episodic.store.streams(namespace):
+        for session, seqs, ids in streams:
             if len(seqs) < length:
                 continue
             got, vectors = self.index.vectors(namespace, seqs)

@@ -282,6 +282,13 @@ class MemorySettings(_Section):
         default=1000, ge=1, le=100_000, description="Items one memory.remember, memory.import, get or forget-by-id call may carry."
     )
     max_k: int = Field(default=1000, ge=1, le=100_000, description="Largest k (hits) memory.recall returns.")
+    sequence_max_episodes: int = Field(
+        default=20_000,
+        ge=2,
+        le=10_000_000,
+        description="Largest namespace (live episodes) memory.sequence searches: their vectors and a cost matrix of "
+        "sequence length x episodes are held in RAM while it runs.",
+    )
     max_tags: int = Field(default=32, ge=0, le=1024, description="Tags per episode.")
     max_tag_length: int = Field(default=64, ge=1, le=1024, description="Characters per tag.")
     max_metadata_bytes: int = Field(

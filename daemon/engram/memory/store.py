@@ -339,12 +339,19 @@ class EpisodeStore:
                     out[seq]["vector"] = from_blob(blob, dim)
         return out
 
-    def streams(self, namespace: str) -> list[tuple[str | None, list[int], list[str]]]:
+    def streams(self, namespace: str, most: int) -> list[tuple[str | None, list[int], list[str]]] | None:
         """The live episodes of ``namespace`` as streams: one per session (the episodes without
         a session make one more, session None), each (session, seqs, ids) in the order of time,
-        then seq (sequence recall, :mod:`engram.memory.sequence`)."""
+        then seq (sequence recall, :mod:`engram.memory.sequence`); None when there are more than
+        ``most``."""
         out: list[tuple[str | None, list[int], list[str]]] = []
         with self.db.read() as conn:
+            (count,) = conn.execute(
+                "SELECT count(*) FROM (SELECT 1 FROM memory_episodes e WHERE e.namespace = ?" + _LIVE + " LIMIT ?)",
+                (namespace, most + 1),
+            ).fetchone()
+            if count > most:
+                return None
             for session, seq, id_ in conn.execute(
                 "SELECT e.session, e.seq, e.id FROM memory_episodes e WHERE e.namespace = ?" + _LIVE
                 + " ORDER BY e.session, e.time, e.seq",

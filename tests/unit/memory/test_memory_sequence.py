@@ -209,3 +209,19 @@ async def test_memory_sequence_finds_the_stretch_and_what_came_next(make_memory)
 
         empty = await memory.sequence(ctx(uid=1001), SequenceParams.model_validate({"vectors": routine.tolist()}))
         assert empty.matches == [] and empty.candidates == 0
+
+
+async def test_a_namespace_over_the_episode_bound_is_refused_before_its_vectors_are_read(make_memory) -> None:
+    rng = np.random.default_rng(5)
+    stream = walk(rng, 12, 8)
+    items = [{"text": f"step {i}", "session": "s", "time": 1_700_000_000 + i, "vector": v.tolist()}
+             for i, v in enumerate(stream)]
+    query = SequenceParams.model_validate({"vectors": stream[2:5].tolist(), "k": 1})
+    async with make_memory(sequence_max_episodes=12) as (memory, _):
+        await memory.remember(ctx(), RememberParams.model_validate({"items": items}))
+        assert len((await memory.sequence(ctx(), query)).matches) == 1  # 12 episodes: at the bound
+        await memory.remember(ctx(), RememberParams.model_validate(
+            {"items": [{"text": "one more", "session": "t", "time": 1_700_000_100, "vector": stream[0].tolist()}]}))
+        with pytest.raises(InvalidParams) as refused:
+            await memory.sequence(ctx(), query)
+    assert refused.value.data["reason"] == "too_many_episodes" and refused.value.data["field"] == "vectors"
