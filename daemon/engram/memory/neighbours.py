@@ -87,7 +87,8 @@ def index_size(index: VectorIndex, namespace: str) -> dict[str, Any]:
         if isinstance(space, HnswSpace):
             total = int(space.index.ntotal)
             links = int(space.index.hnsw.neighbors.size()) * 4
-            size = total * ns.dim * 4 + links + total * (8 + 8 + 4)  # vectors, graph, labels/offsets/levels
+            code = int(space.index.storage.sa_code_size())  # bytes per vector: float16, or float32 in an older file
+            size = total * code + links + total * (8 + 8 + 4)  # vectors, graph, labels/offsets/levels
         else:
             total = int(space.index.ntotal) if hasattr(space, "index") else space.count
             size = total * (ns.dim * 4 + 8)

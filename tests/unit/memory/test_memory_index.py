@@ -8,7 +8,7 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from engram.memory.index import IndexFileError, VectorIndex
+from engram.memory.index import HnswSpace, IndexFileError, NamespaceIndex, VectorIndex
 from engram.memory.settings import IndexSettings
 
 
@@ -115,8 +115,8 @@ def test_forgotten_hnsw_vectors_are_zeroed_and_never_returned(rng: np.random.Gen
     index.remove("a", forgotten)
     space = index.get("a").space
     storage = faiss.downcast_index(space.index.storage)
-    data = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * 16).reshape(-1, 16)
-    assert np.count_nonzero(np.abs(data).sum(axis=1) == 0) == 100  # the data is gone, not just hidden
+    codes = faiss.rev_swig_ptr(storage.codes.data(), storage.ntotal * storage.code_size).reshape(storage.ntotal, -1)
+    assert np.count_nonzero(codes.any(axis=1) == 0) == 100  # the data is gone, not just hidden
     for q in vectors[:100]:
         assert not set(index.search("a", q, 20)[0].tolist()) & set(forgotten)
     assert index.stats("a")["masked"] == 100 and index.maintenance_due("a") is None
@@ -158,6 +158,31 @@ def test_save_and_load_round_trip(tmp_path: Path, rng: np.random.Generator, kind
     assert loaded.stats("a")["kind"] == kind and loaded.count("a") == 149 and loaded.dim("b") == 4
     assert loaded.search("a", vectors[9], 1)[0][0] == 10
     assert 5 not in loaded.ids("a")
+
+
+def test_a_float32_hnsw_file_still_loads_and_turns_float16_at_its_rebuild(tmp_path: Path, rng: np.random.Generator) -> None:
+    """HNSW files saved before the vectors were stored as float16 hold an IndexHNSWFlat."""
+    settings = IndexSettings(hnsw_threshold=100, rebuild_fraction=0.1)
+    index = VectorIndex(settings)
+    vectors = unit(rng, 200, 8)
+    old = HnswSpace(8, 16, 64, 64, index=faiss.IndexHNSWFlat(8, 16, faiss.METRIC_INNER_PRODUCT))
+    old.add(np.arange(1, 201, dtype=np.int64), vectors)
+    index._spaces["a"] = NamespaceIndex("a", old)
+    path = tmp_path / "vectors.idx"
+    index.save(path)
+    loaded = VectorIndex(settings)
+    loaded.load(path)
+    space = loaded.get("a").space
+    assert isinstance(space.index, faiss.IndexHNSWFlat) and loaded.search("a", vectors[9], 1)[0][0] == 10
+    assert faiss.downcast_index(space.index.storage).code_size == 8 * 4  # float32
+    loaded.remove("a", list(range(1, 31)))
+    storage = faiss.downcast_index(space.index.storage)
+    data = faiss.rev_swig_ptr(storage.get_xb(), storage.ntotal * 8).reshape(-1, 8)
+    assert np.count_nonzero(np.abs(data).sum(axis=1) == 0) == 30
+    assert loaded.rebuild("a") == "hnsw"
+    rebuilt = loaded.get("a").space.index
+    assert isinstance(rebuilt, faiss.IndexHNSWSQ) and faiss.downcast_index(rebuilt.storage).code_size == 8 * 2
+    assert loaded.search("a", vectors[99], 1)[0][0] == 100 and loaded.count("a") == 170
 
 
 def test_corrupt_truncated_or_missing_files_are_refused(tmp_path: Path, rng: np.random.Generator) -> None:
