@@ -11,73 +11,17 @@ them.
 from __future__ import annotations
 
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from engram.storage.locking import begin_immediate
+from engram.storage.connection import OneConnection
 
 __all__ = ["SleepDB"]
 
 
-class SleepDB:
+class SleepDB(OneConnection):
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = FULL")
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                conn.close()
-
-    @contextmanager
-    def _held(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("sleep's database connection is closed")
-            yield self._conn
-
-    @contextmanager
-    def read(self) -> Iterator[sqlite3.Connection]:
-        with self._held() as conn:
-            yield conn
-
-    @contextmanager
-    def transaction(self, background: bool = False) -> Iterator[sqlite3.Connection]:
-        """One write transaction: committed when the block ends, rolled back if it raises.
-
-        ``background=True`` is for what a run redoes after a crash anyway (a stage's cursor):
-        its commit skips the fsync, and the pages it wrote are checkpointed by it, passively,
-        rather than by whichever audited request's commit next pushes the log past SQLite's
-        auto-checkpoint threshold."""
-        with self._held() as conn:
-            if background:
-                conn.execute("PRAGMA synchronous = NORMAL")
-            try:
-                begin_immediate(conn, self.busy_timeout)
-                try:
-                    yield conn
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-                conn.execute("COMMIT")
-                if background:
-                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
-            finally:
-                if background:
-                    conn.execute("PRAGMA synchronous = FULL")
+        super().__init__(path, busy_timeout, name="sleep")
 
     # --- what the stages read and write ----------------------------------------------------------------
 

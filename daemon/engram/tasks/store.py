@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from engram.principal import Principal
-from engram.storage.locking import begin_immediate
+from engram.storage.connection import OneConnection
 
 __all__ = ["StepRow", "TaskRow", "TaskStore", "canonical_json", "digest_of"]
 
@@ -76,49 +72,15 @@ def _error(error: dict[str, Any] | None) -> str | None:
     return None if error is None else json.dumps(error, separators=(",", ":"))
 
 
-class TaskStore:
+class TaskStore(OneConnection):
     def __init__(self, path: Path, busy_timeout: float = 5.0) -> None:
-        self.path = Path(path)
-        self.busy_timeout = busy_timeout
-        self._conn: sqlite3.Connection | None = None
-        self._lock = threading.Lock()
-
-    def open(self) -> None:
-        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=self.busy_timeout)
-        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
-        conn.execute("PRAGMA synchronous = FULL")
-        conn.execute("PRAGMA foreign_keys = ON")
-        self._conn = conn
-
-    def close(self) -> None:
-        with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                conn.close()
-
-    @contextmanager
-    def _held(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            if self._conn is None:
-                raise RuntimeError("the tasks database connection is closed")
-            yield self._conn
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._held() as conn:
-            begin_immediate(conn, self.busy_timeout)
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        super().__init__(path, busy_timeout, name="the tasks part", foreign_keys=True)
 
     # --- writes ----------------------------------------------------------------------------------
 
     def insert(self, task: TaskRow, steps: list[tuple[str, str]]) -> None:
         """A new queued task with its steps (``(step_id, tool)`` in execution order), pending."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (task.id, task.state, json.dumps(task.plan, separators=(",", ":")), task.namespace,
@@ -132,7 +94,7 @@ class TaskStore:
     def set_task_state(self, task_id: str, state: str, at: float, error: dict[str, Any] | None = None) -> None:
         """Move a task to ``state``: 'running' sets started_at (once); a final state sets
         finished_at and the error, and skips the steps that never ran."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             if state == "running":
                 conn.execute(
                     "UPDATE tasks_runs SET state = 'running', started_at = coalesce(started_at, ?) WHERE id = ?",
@@ -148,7 +110,7 @@ class TaskStore:
                 )
 
     def step_started(self, task_id: str, step_id: str, at: float) -> None:
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute(
                 "UPDATE tasks_steps SET state = 'running', started_at = ?, error = NULL WHERE task_id = ? AND step_id = ?",
                 (at, task_id, step_id),
@@ -160,7 +122,7 @@ class TaskStore:
     ) -> None:
         """The step's output and resolved input (each stored once per digest), the seq of its
         audit entry and its 'done' state, in one commit."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             stored = [(digest, len(body), body)]
             if input_body is not None:
                 stored.append((input_hash, len(input_body), input_body))
@@ -176,7 +138,7 @@ class TaskStore:
     def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> bool:
         """A running step that did not finish: 'failed' or 'cancelled', with why (a step whose
         output was committed just before a cancel reached it stays done); whether it was running."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             return conn.execute(
                 "UPDATE tasks_steps SET state = ?, error = ?, finished_at = ? "
                 "WHERE task_id = ? AND step_id = ? AND state = 'running'",
@@ -186,14 +148,14 @@ class TaskStore:
     def requeue_interrupted(self) -> None:
         """At start: tasks a stop or crash cut short are queued again, and a step that was
         running then is pending again (it never finished, so it runs again)."""
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             conn.execute("UPDATE tasks_runs SET state = 'queued' WHERE state = 'running'")
             conn.execute("UPDATE tasks_steps SET state = 'pending', started_at = NULL WHERE state = 'running'")
 
     # --- reads -----------------------------------------------------------------------------------
 
     def task(self, task_id: str) -> TaskRow | None:
-        with self._held() as conn:
+        with self.read() as conn:
             row = conn.execute(f"SELECT {_TASK_COLUMNS} FROM tasks_runs WHERE id = ?", (task_id,)).fetchone()
         return _task(row) if row else None
 
@@ -207,7 +169,7 @@ class TaskStore:
             where.append(f"state IN ({', '.join('?' * len(states))})")
             args += states
         clause = f"WHERE {' AND '.join(where)}" if where else ""
-        with self._held() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks_runs {clause} ORDER BY created_at DESC, id LIMIT ?", (*args, limit)
             ).fetchall()
@@ -215,14 +177,14 @@ class TaskStore:
 
     def unfinished(self) -> list[TaskRow]:
         """Tasks a stop or crash cut short, oldest first: they are queued again at start."""
-        with self._held() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 f"SELECT {_TASK_COLUMNS} FROM tasks_runs WHERE state IN (?, ?) ORDER BY created_at, id", UNFINISHED
             ).fetchall()
         return [_task(row) for row in rows]
 
     def steps(self, task_id: str) -> list[StepRow]:
-        with self._held() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 "SELECT s.step_id, s.position, s.tool, s.state, s.output_hash, o.size, s.error, s.started_at, "
                 "s.finished_at, s.input_hash, s.audit_seq FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
@@ -236,7 +198,7 @@ class TaskStore:
 
     def outputs(self, task_id: str) -> dict[str, Any]:
         """The outputs of a task's done steps, by step id."""
-        with self._held() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 "SELECT s.step_id, o.body FROM tasks_steps s JOIN tasks_outputs o ON o.hash = s.output_hash "
                 "WHERE s.task_id = ? AND s.state = 'done'",
