@@ -97,6 +97,8 @@ class RouteStats(Result):
     latency_ms: dict[str, float] = Field(description="mean, p50, p99 of the requests since start.")
     assessor_updates: int
     consolidations: int
+    learning_rate: float = Field(description="The assessor's learning rate in force: the configured one, lowered at each revert.")
+    reverts: int = Field(description="Times the assessor's diverged weights were put back to the last stable snapshot.")
 
 
 class RouteStatsResult(Result):

@@ -10,7 +10,9 @@ row that the migration writes. Two sets of weights, as in fast/slow-weight learn
 
 The effective weights are slow + fast, every weight clipped to ±``max_weight`` and every step to
 ±``max_step``, so no stream of outcomes can push the router far in one go; ``reset`` returns a
-route to the prior. Blocking code: call it from a worker thread.
+route to the prior. Every step is watched (:mod:`engram.router.stability`): weights that diverge
+are put back to the last stable snapshot and the route's learning rate is lowered. Blocking code:
+call it from a worker thread.
 """
 
 from __future__ import annotations
@@ -22,10 +24,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from engram.router.features import FEATURES
 from engram.router.settings import RouterLearningSettings
+from engram.router.stability import Readings, Snapshot, Watch
 
-__all__ = ["PRIOR", "Assessor", "Weights"]
+__all__ = ["PRIOR", "Assessor", "Revert", "Weights"]
 
 PRIOR = "*prior"
 
@@ -39,6 +44,19 @@ class Weights:
 
     def effective(self, bound: float) -> dict[str, float]:
         return {k: _clip(self.slow.get(k, 0.0) + self.fast.get(k, 0.0), bound) for k in FEATURES}
+
+
+@dataclass(frozen=True)
+class Revert:
+    """Diverged weights put back to the last stable snapshot."""
+
+    route: str
+    readings: Readings
+    rate_before: float
+    rate_after: float
+    snapshot_updates: int  # the update count when the snapshot was taken
+    updates: int  # the update count at the revert
+    reverts: int  # the route's reverts so far, this one included
 
 
 def _clip(value: float, bound: float) -> float:
@@ -58,6 +76,7 @@ class Assessor:
         self.settings = settings
         self._lock = threading.Lock()
         self._weights: dict[str, Weights] = {}
+        self._watches: dict[str, Watch] = {}
 
     def _load(self, route: str) -> Weights:
         found = self._weights.get(route)
@@ -96,16 +115,24 @@ class Assessor:
 
     def update(self, route: str, features: dict[str, float], slow_needed: bool) -> float:
         """One bounded online step towards ``slow_needed``; returns the probability before it."""
+        return self.learn(route, features, slow_needed)[0]
+
+    def learn(self, route: str, features: dict[str, float], slow_needed: bool) -> tuple[float, Revert | None]:
+        """One bounded online step towards ``slow_needed``, watched: the probability before it, and
+        the revert when the step made the weights diverge."""
         p = self.probability(route, features)
         if not self.settings.enabled:
-            return p
+            return p, None
         error = (1.0 if slow_needed else 0.0) - p
         bound, step = self.settings.max_weight, self.settings.max_step
+        x = {k: 1.0 if k == "bias" else float(features.get(k, 0.0)) for k in FEATURES}
+        revert = None
         with self._lock:
             weights = self._load(route)
+            watch = self._watch(route, weights)
+            rate = watch.rate if watch is not None else self.settings.rate
             for k in FEATURES:
-                x = 1.0 if k == "bias" else float(features.get(k, 0.0))
-                delta = _clip(self.settings.rate * error * x, step)
+                delta = _clip(rate * error * x[k], step)
                 # The fast weight may move only as far as keeps slow + fast within the bound.
                 total = _clip(weights.slow.get(k, 0.0) + weights.fast.get(k, 0.0) + delta, bound)
                 weights.fast[k] = total - weights.slow.get(k, 0.0)
@@ -113,11 +140,63 @@ class Assessor:
             every = self.settings.consolidate_every
             if every and weights.updates % every == 0:
                 self._consolidate(weights)
+            stability = None
+            if watch is not None:
+                readings = watch.observe(weights.effective(bound), np.array([x[k] for k in FEATURES]), slow_needed)
+                if not readings.stable:
+                    snap = watch.snapshot
+                    weights.slow, weights.fast = dict(snap.slow), dict(snap.fast)
+                    before = watch.rate
+                    revert = Revert(route, readings, before, watch.reverted(), snap.updates, weights.updates, watch.reverts)
+                    stability = self._stability_row(route, watch)
+                elif watch.due(readings, weights.updates):
+                    watch.take(Snapshot(dict(weights.slow), dict(weights.fast), watch.rate, weights.updates))
+                    stability = self._stability_row(route, watch)
             copy = Weights(dict(weights.slow), dict(weights.fast), weights.updates, weights.consolidations)
         # Written outside the lock: probability() may run on the event loop and must not wait on disk.
         # Writers are serialised by the caller (one worker thread), so copies land in order.
         self._save(route, copy)
-        return p
+        if stability is not None:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO router_stability (route, slow, fast, snapshot_rate, snapshot_updates, rate, reverts, "
+                "updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", stability,
+            )
+        return p, revert
+
+    def _watch(self, route: str, weights: Weights) -> Watch | None:
+        """The route's watch (None when router.learning.stability is off); a route never watched
+        before starts from its current weights as the stable snapshot, at the configured rate."""
+        settings = self.settings.stability
+        if not settings.enabled:
+            return None
+        found = self._watches.get(route)
+        if found is not None:
+            return found
+        row = self._conn.execute(
+            "SELECT slow, fast, snapshot_rate, snapshot_updates, rate, reverts FROM router_stability WHERE route = ?", (route,)
+        ).fetchone()
+        rate = self.settings.rate
+        if row is None:
+            watch = Watch(settings, Snapshot(dict(weights.slow), dict(weights.fast), rate, weights.updates),
+                          self.settings.max_weight, rate)
+        else:
+            # A lowered rate holds across restarts (until route.reset); a lower configured one wins.
+            snapshot = Snapshot(json.loads(row[0]), json.loads(row[1]), row[2], row[3])
+            watch = Watch(settings, snapshot, self.settings.max_weight, min(rate, row[4]), row[5])
+        self._watches[route] = watch
+        return watch
+
+    @staticmethod
+    def _stability_row(route: str, watch: Watch) -> tuple[object, ...]:
+        snap = watch.snapshot
+        return (route, json.dumps(snap.slow), json.dumps(snap.fast), snap.rate, snap.updates, watch.rate, watch.reverts,
+                time.time())
+
+    def stability(self, route: str) -> tuple[float, int]:
+        """The route's learning rate in force and its reverts so far."""
+        with self._lock:
+            watch = self._watch(route, self._load(route))
+            return (watch.rate, watch.reverts) if watch is not None else (self.settings.rate, 0)
 
     def _consolidate(self, weights: Weights) -> None:
         bound = self.settings.max_weight
@@ -138,7 +217,9 @@ class Assessor:
     def reset(self, route: str) -> None:
         with self._lock:
             self._conn.execute("DELETE FROM router_weights WHERE route = ?", (route,))
+            self._conn.execute("DELETE FROM router_stability WHERE route = ?", (route,))
             self._weights.pop(route, None)
+            self._watches.pop(route, None)
 
     def snapshot(self, route: str) -> Weights:
         with self._lock:

@@ -7,7 +7,7 @@ from pydantic import Field
 from engram.bus.events import Event
 from engram.principal import Principal
 
-__all__ = ["ROUTER_EVENTS", "RouteCalibrated", "RouteDecided", "RouteReset"]
+__all__ = ["ROUTER_EVENTS", "RouteCalibrated", "RouteDecided", "RouteReset", "RouteReverted"]
 
 
 class RouteDecided(Event):
@@ -43,4 +43,21 @@ class RouteCalibrated(Event):
     samples: int
 
 
-ROUTER_EVENTS: tuple[type[Event], ...] = (RouteDecided, RouteReset, RouteCalibrated)
+class RouteReverted(Event):
+    topic = "route.reverted"
+    route: str
+    reason: str = Field(description="norm (the weights' norm passed max_norm) or unstable (oscillating or diverging "
+                        "trajectory while replay accuracy fell below the snapshot's).")
+    norm: float = Field(description="Euclidean norm of the diverged weights.")
+    oscillation: float | None = Field(description="Share of recent steps that reversed direction.")
+    lyapunov: float | None = Field(description="Largest-Lyapunov-exponent estimate of the recent weight trajectory (nats per step).")
+    accuracy: float | None = Field(description="Accuracy of the diverged weights on the replay set.")
+    stable_accuracy: float | None = Field(description="Accuracy of the restored snapshot on the same replay set.")
+    rate_before: float
+    rate_after: float = Field(description="The learning rate from now on.")
+    snapshot_updates: int = Field(description="The route's update count when the restored snapshot was taken.")
+    updates: int = Field(description="The route's update count at the revert.")
+    reverts: int = Field(description="The route's reverts so far, this one included.")
+
+
+ROUTER_EVENTS: tuple[type[Event], ...] = (RouteDecided, RouteReset, RouteCalibrated, RouteReverted)

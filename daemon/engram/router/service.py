@@ -63,11 +63,11 @@ from engram.router.api import (
     RouteStats,
     RouteStatsResult,
 )
-from engram.router.assessor import Assessor
+from engram.router.assessor import Assessor, Revert
 from engram.router.cache import CacheHit, PatternCache
 from engram.router.calibrate import calibrate
 from engram.router.cascade import agreement, confidence, probabilities, score_output
-from engram.router.events import RouteCalibrated, RouteDecided, RouteReset
+from engram.router.events import RouteCalibrated, RouteDecided, RouteReset, RouteReverted
 from engram.router.features import (
     NoveltyWindow,
     input_hash,
@@ -167,6 +167,8 @@ class Router(Part):
         self.novelty = (
             EpisodicNovelty(novelty_store, settings.learning.novelty_queue, dropped) if novelty_store is not None else None
         )
+        self._reverts = Counter("engram_route_reverts", "Diverged assessor weights put back to the last stable snapshot.",
+                                ["route", "reason"], registry=reg)
         self._seconds = Histogram("engram_route_duration_seconds", "Seconds per routed request.", ["route"],
                                   buckets=LATENCY_BUCKETS, registry=reg)
 
@@ -448,7 +450,7 @@ class Router(Part):
                 reason = f"{mode}: fast target down"
         agreed = agreement(route.task, fast_out, slow_out, route.output) if fast_out is not None and slow_out is not None else None
         if agreed is not None:
-            await self._db(self.assessor.update, route.name, features, not agreed)
+            await self._learn(route.name, features, not agreed)
         if notes:
             reason += "; " + "; ".join(notes)
         target = route.fast if taken == "fast" else route.slow
@@ -613,6 +615,7 @@ class Router(Part):
             state = self.routes[name]
             s, r = state.stats, state.settings
             weights = await self._db(self.assessor.snapshot, name)
+            rate, reverts = await self._db(self.assessor.stability, name)
             lat = np.asarray(s.latencies, dtype=np.float64) * 1000
             latency = (
                 {"mean": round(float(lat.mean()), 3), "p50": round(float(np.percentile(lat, 50)), 3),
@@ -625,6 +628,7 @@ class Router(Part):
                 taken=dict(s.taken), escalation_rate=round(s.escalated / n, 6), slow_share=round(s.taken["slow"] / n, 6),
                 agreement_rate=round(s.agreed / s.both_ran, 6) if s.both_ran else None, both_ran=s.both_ran,
                 errors=s.errors, latency_ms=latency, assessor_updates=weights.updates, consolidations=weights.consolidations,
+                learning_rate=rate, reverts=reverts,
             ))
         return RouteStatsResult(routes=out)
 
@@ -648,10 +652,34 @@ class Router(Part):
                                             ("correct" if params.correct else "wrong", params.decision)))
         learned = taken == "fast" and route in self.routes
         if learned:
-            p = await self._db(self.assessor.update, route, features, not params.correct)
+            p = await self._learn(route, features, not params.correct)
         else:
             p = await self._db(self.assessor.probability, route, features)
         return RouteFeedbackResult(decision=params.decision, route=route, learned=learned, p_slow_before=round(p, 6))
+
+    async def _learn(self, route: str, features: dict[str, float], slow_needed: bool) -> float:
+        """One watched online step of the assessor; a revert is counted, logged and published
+        (``route.*`` events become audit entries). Returns the probability before the step."""
+        assert self.assessor is not None
+        p, revert = await self._db(self.assessor.learn, route, features, slow_needed)
+        if revert is not None:
+            self._reverted(revert)
+        return p
+
+    def _reverted(self, revert: Revert) -> None:
+        r = revert.readings
+        reason = r.diverged
+        assert reason is not None  # a revert is made only of diverged readings
+        self._reverts.labels(revert.route, reason).inc()
+        log.warning("router weights diverged; reverted to the last stable snapshot", route=revert.route, reason=reason,
+                    norm=r.norm, oscillation=r.oscillation, lyapunov=r.lyapunov, accuracy=r.accuracy,
+                    stable_accuracy=r.stable_accuracy, rate=revert.rate_after)
+        self._bus.publish(RouteReverted(
+            route=revert.route, reason=reason, norm=round(r.norm, 6), oscillation=_round(r.oscillation),
+            lyapunov=_round(r.lyapunov), accuracy=_round(r.accuracy), stable_accuracy=_round(r.stable_accuracy),
+            rate_before=revert.rate_before, rate_after=revert.rate_after, snapshot_updates=revert.snapshot_updates,
+            updates=revert.updates, reverts=revert.reverts,
+        ))
 
     async def consolidate(self, route: str | None = None) -> list[str]:
         """Fold the fast weights into the slow weights (the sleep cycle calls this)."""
@@ -716,6 +744,10 @@ class Router(Part):
                                           target=target, samples=samples))
         return RouteCalibrateResult(route=params.route, threshold=threshold, auto_threshold=auto_threshold, samples=samples,
                                     expected_slow_share=round(share, 6))
+
+
+def _round(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
 
 
 def _rounded(features: dict[str, float]) -> dict[str, float]:

@@ -6,7 +6,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-__all__ = ["RouteSettings", "RouterAskSettings", "RouterCacheSettings", "RouterLearningSettings", "RouterSettings"]
+__all__ = [
+    "RouteSettings", "RouterAskSettings", "RouterCacheSettings", "RouterLearningSettings", "RouterSettings",
+    "RouterStabilitySettings",
+]
 
 Mode = Literal["fast", "slow", "auto", "cascade"]
 Task = Literal["classify", "embed", "generate"]
@@ -75,6 +78,38 @@ class RouterCacheSettings(_Section):
     )
 
 
+class RouterStabilitySettings(_Section):
+    """Watching online learning: when the weights diverge, back to the last stable snapshot at a lower rate."""
+
+    enabled: bool = Field(default=True, description="Watch every online step and revert diverged weights.")
+    window: int = Field(default=32, ge=8, le=4096, description="Recent weight vectors per route that the readings are taken over.")
+    horizon: int = Field(default=4, ge=1, le=64, description="Steps over which the Lyapunov estimate follows neighbouring states.")
+    replay: int = Field(default=64, ge=1, le=10_000, description="Recent labelled outcomes per route kept to measure accuracy on.")
+    min_replay: int = Field(default=16, ge=1, le=10_000, description="Outcomes the replay set needs before accuracy is compared.")
+    max_norm: float = Field(default=30.0, gt=0, description="Weights whose Euclidean norm passes this have diverged.")
+    max_oscillation: float = Field(
+        default=0.75, ge=0, le=1, description="Share of steps reversing direction above which the trajectory counts as unstable."
+    )
+    max_lyapunov: float = Field(
+        default=0.3, description="Lyapunov estimate (nats per step) above which the trajectory counts as unstable."
+    )
+    max_accuracy_drop: float = Field(
+        default=0.2, ge=0, le=1,
+        description="An unstable trajectory has diverged when its replay accuracy is this far below the snapshot's.",
+    )
+    snapshot_every: int = Field(default=16, ge=1, le=1_000_000, description="Steps between stable snapshots, at least.")
+    rate_factor: float = Field(default=0.5, gt=0, lt=1, description="The learning rate is multiplied by this at each revert.")
+    min_rate: float = Field(default=0.001, gt=0, le=1, description="The learning rate never goes below this.")
+
+    @model_validator(mode="after")
+    def _fits(self) -> RouterStabilitySettings:
+        if self.min_replay > self.replay:
+            raise ValueError("min_replay is larger than replay")
+        if self.horizon + 2 >= self.window:
+            raise ValueError("window must be larger than horizon + 2")
+        return self
+
+
 class RouterLearningSettings(_Section):
     """How the assessor learns from outcomes; every update is bounded."""
 
@@ -104,6 +139,7 @@ class RouterLearningSettings(_Section):
         description="Input vectors waiting to be written to episodic memory; when full, new ones are dropped and counted "
         "(engram_route_novelty_dropped).",
     )
+    stability: RouterStabilitySettings = Field(default_factory=RouterStabilitySettings)
 
 
 DEFAULT_ASK_SYSTEM = (
