@@ -178,6 +178,7 @@ def test_cli(router):
     assert "fast (model:fast)" in out.stdout and "reason:" in out.stdout
     out = engram("route", "stats")
     assert out.returncode == 0 and "escalation" in out.stdout and "agree (cascade" in out.stdout
+    assert "learning rate 0.05, 0 reverts" in out.stdout
     out = engram("route", "calibrate", "agree", "--slow-share", "0.2")
     assert out.returncode == 1 and "too_few_outcomes" in out.stderr
     out = engram("route", "reset", "agree", "--json")

@@ -93,6 +93,7 @@ def stats(name: str | None, socket_path: Path | None, as_json: bool, timeout: fl
             click.echo(f"  latency {latency}")
             click.echo(f"  thresholds cascade {s['threshold']:g}, auto {s['auto_threshold']:g}"
                        + (f" (calibrated for {s['calibrated']})" if s["calibrated"] else ""))
+            click.echo(f"  learning rate {s['learning_rate']:g}, {s['reverts']} reverts to a stable snapshot")
 
     Output(as_json).emit(result, human)
 
