@@ -23,6 +23,7 @@ class TaskStep(Event):
     state: Literal["running", "done", "failed", "cancelled"] = Field(description="The state the step entered.")
     output_hash: str | None = Field(default=None, description="SHA-256 of its output, once done.")
     reason: str | None = Field(default=None, description="data.reason of the error that failed or cancelled it.")
+    attempts: int | None = Field(default=None, description="Calls of the tool it took, once done or failed.")
 
 
 class TaskEnded(Event):

@@ -16,13 +16,23 @@ the hashes of its resolved input and of its output (both stored content-addresse
 provider that answered where the output names one. The entry is durable before the step is
 recorded as done, and its seq is kept with the step: ``task.prove`` proves those entries against
 one signed checkpoint (:mod:`engram.audit.bundle`).
+
+A tool call that fails with a retryable error (-32003, -32004, -32005) is made again, at most
+``tasks.retries`` times, when the tool is idempotent (:meth:`Tools.idempotent`); the pauses
+between the calls grow from ``tasks.retry_backoff`` and are never allowed past the step's
+timeout or the task's deadline. Each tool sits behind a circuit breaker
+(:class:`engram.providers.breaker.CircuitBreaker`): ``tasks.breaker_failures`` retryable
+failures in a row open it, and for ``tasks.breaker_cooldown`` seconds a step calling the tool
+fails at once with -32005 ``breaker_open``; then one call is let through to probe it.
 """
 
 from __future__ import annotations
 
 import base64
+import random
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
@@ -36,6 +46,7 @@ from engram.audit.bundle import BUNDLE_FORMAT, KIND_TASK_STEP
 from engram.errors import Conflict, InternalError, InvalidParams, NotFound, Overloaded, RPCError, Timeout, Unavailable
 from engram.lifecycle import Part
 from engram.principal import Principal
+from engram.providers.breaker import CircuitBreaker, State
 from engram.server.methods import RequestContext, rpc
 from engram.tasks.api import (
     ProofCheckpoint,
@@ -65,6 +76,10 @@ __all__ = ["Tasks"]
 
 log = structlog.get_logger("engram.tasks")
 
+# Errors that say the tool could not answer now, not that the call was wrong: worth another
+# call, and counted by the tool's breaker.
+RETRYABLE = (Overloaded, Timeout, Unavailable)
+
 
 def _step_error(exc: RPCError) -> dict[str, Any]:
     data = {key: value for key, value in exc.data.items() if key != "reason"}
@@ -75,8 +90,16 @@ class Tasks(Part):
     def __init__(
         self, settings: TaskSettings, database_path: Path, tools: Tools, bus: EventBus, busy_timeout: float = 5.0,
         owner_uid: int | None = None, audit: AuditTrail | None = None,
+        clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        jitter: Callable[[], float] = random.random,
     ) -> None:
+        """``clock`` times the breakers, ``sleep`` waits out a retry's pause, ``jitter`` (in
+        [0, 1)) spreads the pauses; tests replace them."""
         super().__init__("tasks")
+        self._clock = clock
+        self._sleep = sleep
+        self._jitter = jitter
+        self._breakers: dict[str, CircuitBreaker] = {}
         self.audit = audit
         self.settings = settings
         self.store = TaskStore(database_path, busy_timeout)
@@ -172,9 +195,10 @@ class Tasks(Part):
         self.bus.publish(TaskEnded(task_id=task.id, uid=task.principal.uid, state=state, reason=reason))  # type: ignore[arg-type]
 
     def _step_event(self, task: TaskRow, step: Step, state: str, output_hash: str | None = None,
-                    reason: str | None = None) -> None:
+                    reason: str | None = None, attempts: int | None = None) -> None:
         self.bus.publish(TaskStep(task_id=task.id, uid=task.principal.uid, step=step.id, tool=step.tool,
-                                  state=state, output_hash=output_hash, reason=reason))  # type: ignore[arg-type]
+                                  state=state, output_hash=output_hash, reason=reason,  # type: ignore[arg-type]
+                                  attempts=attempts))
 
     async def _steps(self, task: TaskRow, current: list[Step]) -> tuple[str, RPCError | None]:
         """Run the steps that are not done, in order; the task's outcome. A cancel or deadline
@@ -195,7 +219,7 @@ class Tasks(Part):
                     self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time()
                 )
                 current.clear()
-                self._step_event(task, step, "failed", reason=error.reason)
+                self._step_event(task, step, "failed", reason=error.reason, attempts=error.data.get("attempts"))
                 return "failed", error
             current.clear()
         return "done", None
@@ -215,14 +239,16 @@ class Tasks(Part):
                 reason="input_too_large", size=len(input_body), limit=self.settings.max_output_bytes,
             )
         limit = step.timeout or self.settings.step_timeout
-        output: Any = None
+        calls = _Calls()
         with anyio.move_on_after(limit) as timer:
-            try:
-                output = await self.tools.call(step.tool, args, task.principal)
-            except RPCError as exc:
-                return exc
+            output, error = await self._call(task, step, args, calls)
         if timer.cancelled_caught:
-            return Timeout(f"step {step.id!r} did not finish within {limit:g} s", reason="step_timeout", limit_s=limit)
+            if calls.in_flight:  # the tool did not answer in time: its breaker counts that
+                self.breaker(step.tool).failure("step_timeout")
+            error = Timeout(f"step {step.id!r} did not finish within {limit:g} s", reason="step_timeout", limit_s=limit)
+        if error is not None:
+            error.data["attempts"] = calls.made
+            return error
         body = canonical_json(output)
         if len(body) > self.settings.max_output_bytes:
             return Conflict(
@@ -245,8 +271,60 @@ class Tasks(Part):
             self.store.step_done, task.id, step.id, body, digest, time.time(), input_body, input_hash, seq
         )
         outputs[step.id] = output
-        self._step_event(task, step, "done", output_hash=digest)
+        self._step_event(task, step, "done", output_hash=digest, attempts=calls.made)
         return None
+
+    # --- retries and breakers ----------------------------------------------------------------------
+
+    def breaker(self, tool: str) -> CircuitBreaker:
+        breaker = self._breakers.get(tool)
+        if breaker is None:
+            breaker = self._breakers[tool] = CircuitBreaker(
+                tool, self.settings.breaker_failures, self.settings.breaker_cooldown, _breaker_changed, clock=self._clock
+            )
+        return breaker
+
+    async def _call(self, task: TaskRow, step: Step, args: dict[str, Any], calls: _Calls) -> tuple[Any, RPCError | None]:
+        """Call the step's tool, again after a retryable error while retries are left; its output,
+        or the error that ended the calls. ``calls`` counts them for the caller."""
+        breaker = self.breaker(step.tool)
+        retries = self.settings.retries if self.tools.idempotent(step.tool) else 0
+        while True:
+            if not breaker.allow():
+                return None, Unavailable(
+                    f"tool {step.tool!r} failed {breaker.failures} times in a row; its circuit breaker is open",
+                    reason="breaker_open", tool=step.tool,
+                )
+            calls.made += 1
+            calls.in_flight = True
+            try:
+                output = await self.tools.call(step.tool, args, task.principal)
+            except RETRYABLE as exc:
+                error: RPCError = exc
+            except RPCError as exc:  # the call was wrong, not the tool: no verdict for the breaker
+                calls.in_flight = False
+                breaker.release()
+                return None, exc
+            except BaseException:
+                # Cancelled, or a fault of the tool. in_flight stays set: if the step's timeout
+                # cancelled the call, _step counts that against the tool.
+                breaker.release()
+                raise
+            else:
+                calls.in_flight = False
+                breaker.success()
+                return output, None
+            calls.in_flight = False
+            breaker.failure(error.reason)
+            if calls.made > retries:
+                return None, error
+            # Exponential backoff with jitter: a pause in [delay/2, delay), so retries of tasks
+            # that failed together do not arrive together.
+            pause = self.settings.retry_backoff * 2 ** (calls.made - 1) * (1 + self._jitter()) / 2
+            if anyio.current_time() + pause >= anyio.current_effective_deadline():
+                return None, error  # the step's timeout or the task's deadline would cut the retry short
+            log.info("tool call retried", task=task.id, step=step.id, tool=step.tool, reason=error.reason, pause=pause)
+            await self._sleep(pause)
 
     # --- methods -----------------------------------------------------------------------------------
 
@@ -355,6 +433,18 @@ class Tasks(Part):
                 await self._finish(task, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
+
+
+class _Calls:
+    """A step's tool calls so far, and whether one is waiting for its answer."""
+
+    def __init__(self) -> None:
+        self.made = 0
+        self.in_flight = False
+
+
+def _breaker_changed(tool: str, state: State, previous: State, failures: int, error: str | None) -> None:
+    log.warning("tool breaker", tool=tool, state=state, previous=previous, failures=failures, error=error)
 
 
 def _b64(raw: bytes) -> str:

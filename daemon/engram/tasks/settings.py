@@ -19,3 +19,15 @@ class TaskSettings(BaseModel):
         default=1_048_576, ge=1024, description="Largest output a step may have (canonical JSON bytes); past it the step fails."
     )
     cancel_wait: float = Field(default=10.0, gt=0, description="Seconds task.cancel waits for a running step to stop.")
+    retries: int = Field(
+        default=2, ge=0, le=10, description="Calls made again after a retryable error (-32003, -32004, -32005), idempotent tools only."
+    )
+    retry_backoff: float = Field(
+        default=0.5, gt=0, description="Seconds before the first retry; doubled for each further one, with jitter."
+    )
+    breaker_failures: int = Field(
+        default=5, ge=1, description="Consecutive retryable failures of a tool that open its circuit breaker."
+    )
+    breaker_cooldown: float = Field(
+        default=30.0, gt=0, description="Seconds an open breaker refuses calls before it lets one probe through."
+    )

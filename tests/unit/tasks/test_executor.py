@@ -40,6 +40,9 @@ class FakeTools:
     def takes_namespace(self, tool: str) -> bool:
         return tool == "find"
 
+    def idempotent(self, tool: str) -> bool:
+        return tool == "find"
+
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         self.calls.append((tool, args, principal.uid))
         if tool in self.held:

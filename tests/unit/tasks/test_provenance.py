@@ -53,6 +53,9 @@ class Tools:
     def takes_namespace(self, tool: str) -> bool:
         return False
 
+    def idempotent(self, tool: str) -> bool:
+        return False
+
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         if tool == "held":
             await self.release.wait()
