@@ -69,6 +69,9 @@ class StepOut(_Out):
     output_size: int | None = Field(description="Bytes of that JSON.")
     output: Any = Field(default=None, description="The output itself, when task.get was asked for outputs.")
     error: StepError | None = None
+    attempts: int | None = Field(
+        default=None, description="Calls of its tool it made (more than one: retried), once done or failed by its call."
+    )
     started_at: float | None
     finished_at: float | None
 

@@ -216,7 +216,8 @@ class Tasks(Part):
             error = await self._step(task, step, positions[step.id], outputs)
             if error is not None:
                 await anyio.to_thread.run_sync(
-                    self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time()
+                    self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time(),
+                    error.data.get("attempts"),
                 )
                 current.clear()
                 self._step_event(task, step, "failed", reason=error.reason, attempts=error.data.get("attempts"))
@@ -268,7 +269,7 @@ class Tasks(Part):
             except RPCError as exc:  # no step done without its provenance entry
                 return exc
         await anyio.to_thread.run_sync(
-            self.store.step_done, task.id, step.id, body, digest, time.time(), input_body, input_hash, seq
+            self.store.step_done, task.id, step.id, body, digest, time.time(), input_body, input_hash, seq, calls.made
         )
         outputs[step.id] = output
         self._step_event(task, step, "done", output_hash=digest, attempts=calls.made)
@@ -470,5 +471,5 @@ def _step_out(row: StepRow, output: Any) -> StepOut:
     return StepOut(
         id=row.step_id, tool=row.tool, state=row.state, output_hash=row.output_hash,  # type: ignore[arg-type]
         output_size=row.output_size, output=output, error=StepError(**row.error) if row.error else None,
-        started_at=row.started_at, finished_at=row.finished_at,
+        attempts=row.attempts, started_at=row.started_at, finished_at=row.finished_at,
     )

@@ -41,6 +41,7 @@ class StepRow:
     finished_at: float | None
     input_hash: str | None = None
     audit_seq: int | None = None
+    attempts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -119,6 +120,7 @@ class TaskStore(OneConnection):
     def step_done(
         self, task_id: str, step_id: str, body: bytes, digest: str, at: float,
         input_body: bytes | None = None, input_hash: str | None = None, audit_seq: int | None = None,
+        attempts: int | None = None,
     ) -> None:
         """The step's output and resolved input (each stored once per digest), the seq of its
         audit entry and its 'done' state, in one commit."""
@@ -130,19 +132,21 @@ class TaskStore(OneConnection):
                 "INSERT INTO tasks_outputs (hash, size, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING", stored
             )
             conn.execute(
-                "UPDATE tasks_steps SET state = 'done', output_hash = ?, input_hash = ?, audit_seq = ?, finished_at = ? "
+                "UPDATE tasks_steps SET state = 'done', output_hash = ?, input_hash = ?, audit_seq = ?, attempts = ?, finished_at = ? "
                 "WHERE task_id = ? AND step_id = ?",
-                (digest, input_hash, audit_seq, at, task_id, step_id),
+                (digest, input_hash, audit_seq, attempts, at, task_id, step_id),
             )
 
-    def step_ended(self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float) -> bool:
+    def step_ended(
+        self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float, attempts: int | None = None,
+    ) -> bool:
         """A running step that did not finish: 'failed' or 'cancelled', with why (a step whose
         output was committed just before a cancel reached it stays done); whether it was running."""
         with self.transaction() as conn:
             return conn.execute(
-                "UPDATE tasks_steps SET state = ?, error = ?, finished_at = ? "
+                "UPDATE tasks_steps SET state = ?, error = ?, attempts = ?, finished_at = ? "
                 "WHERE task_id = ? AND step_id = ? AND state = 'running'",
-                (state, _error(error), at, task_id, step_id),
+                (state, _error(error), attempts, at, task_id, step_id),
             ).rowcount > 0
 
     def requeue_interrupted(self) -> None:
@@ -187,12 +191,12 @@ class TaskStore(OneConnection):
         with self.read() as conn:
             rows = conn.execute(
                 "SELECT s.step_id, s.position, s.tool, s.state, s.output_hash, o.size, s.error, s.started_at, "
-                "s.finished_at, s.input_hash, s.audit_seq FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
+                "s.finished_at, s.input_hash, s.audit_seq, s.attempts FROM tasks_steps s LEFT JOIN tasks_outputs o ON o.hash = s.output_hash "
                 "WHERE s.task_id = ? ORDER BY s.position",
                 (task_id,),
             ).fetchall()
         return [
-            StepRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7], r[8], r[9], r[10])
+            StepRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]) if r[6] else None, r[7], r[8], r[9], r[10], r[11])
             for r in rows
         ]
 

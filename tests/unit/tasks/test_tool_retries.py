@@ -100,6 +100,7 @@ async def test_an_idempotent_tool_is_retried_with_growing_pauses_and_succeeds(db
     async with _tasks(db, tools, bus, pauses, retries=2, retry_backoff=1.0) as tasks:
         result = await _run(tasks, "read")
     assert result.task.state == "done" and result.steps[0].output == {"calls": 3}
+    assert result.steps[0].attempts == 3
     assert tools.calls == 3
     assert pauses.taken == [0.5, 1.0]  # backoff 1 s then 2 s, jitter 0: half of each
     seen = []
@@ -115,6 +116,7 @@ async def test_retries_end_when_they_are_used_up_and_the_error_says_how_many_cal
     error = result.steps[0].error
     assert result.task.state == "failed" and tools.calls == 3
     assert (error.code, error.reason, error.data["attempts"]) == (-32005, "provider_down", 3)
+    assert result.steps[0].attempts == 3
 
 
 async def test_a_tool_that_is_not_idempotent_is_called_once(db):
@@ -122,7 +124,7 @@ async def test_a_tool_that_is_not_idempotent_is_called_once(db):
     async with _tasks(db, tools, pauses=pauses, retries=2) as tasks:
         result = await _run(tasks, "write")
     assert result.task.state == "failed" and tools.calls == 1 and pauses.taken == []
-    assert result.steps[0].error.data["attempts"] == 1
+    assert result.steps[0].error.data["attempts"] == result.steps[0].attempts == 1
 
 
 async def test_an_error_that_is_not_retryable_is_not_retried(db):
@@ -150,7 +152,7 @@ async def test_the_breaker_opens_after_failures_in_a_row_fails_fast_then_lets_on
         refused = await _run(tasks, "read")
         error = refused.steps[0].error
         assert (error.code, error.reason, error.data["tool"]) == (-32005, "breaker_open", "read")
-        assert tools.calls == 3  # refused without a call
+        assert tools.calls == 3 and refused.steps[0].attempts == 0  # refused without a call
         clock[0] += 30.0
         assert tasks.breaker("read").state == "half_open"
         probe = await _run(tasks, "read")
