@@ -85,7 +85,7 @@ from engram.storage.files import PRIVATE_UMASK, make_private_dir
 from engram.system import Check, SystemMethods
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
-from engram.tasks.tools import MethodTools
+from engram.tasks.tools import CombinedTools, MethodTools, PluginTools
 
 log = structlog.get_logger("engram.daemon")
 
@@ -262,7 +262,11 @@ class Daemon:
         # chain above as the principal that submitted them (policy, audit and params as for a
         # direct call). Each finished step's provenance goes into the audit log, which proves it.
         self.bus.declare(*TASK_EVENTS)
-        self.tasks = Tasks(settings.tasks, settings.database_path, MethodTools(self.dispatcher.dispatch, self.methods),
+        # Plugin tools (engram.tools, named plugin:<name>) are called directly, each call decided
+        # by the policy as the submitting principal first.
+        tools = CombinedTools(MethodTools(self.dispatcher.dispatch, self.methods),
+                              PluginTools(self.plugins.tools, self.policy.tool_guard))
+        self.tasks = Tasks(settings.tasks, settings.database_path, tools,
                            self.bus, busy, owner_uid=os.getuid(), audit=self.audit)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
@@ -318,6 +322,10 @@ class Daemon:
         checks["server"] = _check(await self.server.health())
         uses = provider_uses(self.settings)
         for info in await self.plugins.infos():
+            if info.kind == "tool":
+                if info.state == "failed":  # plans cannot call it; the daemon runs on without it
+                    checks[f"tool:{info.name}"] = Check(ok=True, detail=f"not loaded, failed at {info.failed_stage}: {info.error}")
+                continue
             if (check := _plugin_check(info, uses.get(info.name, []))) is not None:
                 checks[f"plugin:{info.name}"] = check
         return checks

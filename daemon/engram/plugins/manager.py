@@ -1,4 +1,7 @@
-"""Discovers, validates, starts and stops provider plugins.
+"""Discovers, validates, starts and stops provider plugins and tool plugins.
+
+Providers come from the ``engram.providers`` entry-point group, tools (:mod:`engram.plugins.tools`)
+from ``engram.tools``; both follow the rules below.
 
 A plugin that fails at any stage (import, configuration, construction, start) is recorded with
 the stage and the error, reported in ``plugins.list``, logged and published as
@@ -30,7 +33,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from engram.bus import EventBus
 from engram.bus.events import PluginFailed, PluginLoaded
-from engram.errors import InternalSignal
+from engram.errors import InternalSignal, InvalidParams
 from engram.lifecycle import Health, Part, PartState
 from engram.plugins.settings import PluginSettings
 from engram.plugins.isolation import IsolatedProvider, context_for_plugin_thread
@@ -43,7 +46,9 @@ from engram.plugins.protocol import (
     ProviderContext,
     ProviderHealth,
 )
+from engram.plugins.tools import TOOL_ENTRY_POINT_GROUP, TOOL_PREFIX, ToolContext, ToolInvalid, ToolPlugin, check_tool
 from engram.plugins.worker import PluginThread
+from engram.principal import Principal
 from engram.server.methods import NoParams, RequestContext, Result, rpc
 
 log = structlog.get_logger("engram.plugins")
@@ -56,7 +61,8 @@ THREAD_EXIT_GRACE = 1.0
 
 
 class PluginInfo(BaseModel):
-    name: str = Field(description="Entry-point name; the provider's name in routes and policies.")
+    name: str = Field(description="Entry-point name; the provider's name in routes and policies, or the tool's (plugin:<name> in plans).")
+    kind: Literal["provider", "tool"] = Field(default="provider", description="Entry-point group: engram.providers or engram.tools.")
     entry_point: str = Field(description="module:attribute the entry point refers to.")
     distribution: str | None = None
     version: str | None = None
@@ -68,6 +74,8 @@ class PluginInfo(BaseModel):
     cost: CostHint | None = Field(default=None, description="The provider's own cost estimate, when it gives one.")
     error: str | None = Field(default=None, description="Why the plugin is not running (state failed).")
     failed_stage: str | None = Field(default=None, description="import, config, construct, validate or start.")
+    description: str | None = Field(default=None, description="What the tool does (running tools).")
+    idempotent: bool | None = Field(default=None, description="Whether the tool may be retried (running tools).")
 
 
 class PluginsListResult(Result):
@@ -84,6 +92,44 @@ class PluginFailure(InternalSignal):
 class _Plugin:
     entry_point: md.EntryPoint
     provider: IsolatedProvider | None = None
+    thread: PluginThread | None = None
+    state: State = "stopped"
+    error: str | None = None
+    stage: str | None = None
+
+    @property
+    def name(self) -> str:
+        return self.entry_point.name
+
+    @property
+    def distribution(self) -> md.Distribution | None:
+        return getattr(self.entry_point, "dist", None)
+
+
+class LoadedTool:
+    """A running tool plugin: its arguments are validated here, its code runs on its own thread."""
+
+    def __init__(self, tool: ToolPlugin, thread: PluginThread) -> None:
+        self.name = TOOL_PREFIX + tool.name
+        self.description: str = tool.description
+        self.idempotent: bool = tool.idempotent
+        self._tool = tool
+        self._thread = thread
+
+    async def call(self, args: dict[str, Any], principal: Principal) -> Any:
+        try:
+            params = self._tool.params.model_validate(args)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            field = ".".join(str(p) for p in first["loc"])
+            raise InvalidParams(f"{self.name}: {field or 'args'}: {first['msg']}", field=field or None) from exc
+        return await self._thread.call(self._tool.call, params, ToolContext(principal))
+
+
+@dataclass
+class _Tool:
+    entry_point: md.EntryPoint
+    tool: LoadedTool | None = None
     thread: PluginThread | None = None
     state: State = "stopped"
     error: str | None = None
@@ -149,6 +195,7 @@ class PluginManager(Part):
         self._context = context
         self._breakers = breakers
         self._plugins: dict[str, _Plugin] = {}
+        self._tools: dict[str, _Tool] = {}
 
     async def setup(self, stack: AsyncExitStack) -> None:
         stack.push_async_callback(self._stop_all)
@@ -164,6 +211,67 @@ class PluginManager(Part):
                 plugin.state = "disabled"
                 continue
             await self._start(plugin, context)
+        for entry_point in md.entry_points(group=TOOL_ENTRY_POINT_GROUP):
+            if entry_point.name in self._tools:
+                log.error("duplicate tool name; second one ignored", name=entry_point.name, value=entry_point.value)
+                continue
+            tool = _Tool(entry_point)
+            self._tools[tool.name] = tool
+            if TOOL_PREFIX + tool.name in self._settings.disabled:
+                tool.state = "disabled"
+                continue
+            await self._load_tool(tool)
+
+    async def _load_tool(self, tool: _Tool) -> None:
+        timeout = self._settings.start_timeout
+        tool.thread = thread = PluginThread(TOOL_PREFIX + tool.name)
+        try:
+            await thread.start()
+            with anyio.fail_after(timeout):  # importing and constructing run plugin code
+                tool.tool = LoadedTool(await thread.call(self._construct_tool, tool), thread)
+        except TimeoutError:
+            await self._fail_tool(tool, "construct", f"loading and construction took longer than {timeout:g} s")
+        except PluginFailure as exc:
+            await self._fail_tool(tool, exc.stage, str(exc))
+        except Exception as exc:  # third-party code may raise anything
+            await self._fail_tool(tool, "construct", f"{type(exc).__name__}: {exc}")
+        else:
+            tool.state = "running"
+            dist = tool.distribution
+            self._bus.publish(PluginLoaded(name=TOOL_PREFIX + tool.name, version=dist.version if dist else None))
+            log.info("tool loaded", name=tool.name)
+
+    @staticmethod
+    def _construct_tool(tool: _Tool) -> ToolPlugin:
+        """Import, build and check the tool; runs on the tool's thread."""
+        try:
+            factory = tool.entry_point.load()
+        except Exception as exc:
+            raise PluginFailure("import", f"{type(exc).__name__}: {exc}") from exc
+        try:
+            obj = factory()
+        except Exception as exc:
+            raise PluginFailure("construct", f"{type(exc).__name__}: {exc}") from exc
+        try:
+            return check_tool(obj, tool.name)
+        except ToolInvalid as exc:
+            raise PluginFailure("validate", str(exc)) from exc
+
+    async def _fail_tool(self, tool: _Tool, stage: str, error: str) -> None:
+        tool.state, tool.stage, tool.error = "failed", stage, error
+        log.error("tool failed", name=tool.name, stage=stage, error=error)
+        self._bus.publish(PluginFailed(name=TOOL_PREFIX + tool.name, stage=stage, error=error))
+        await self._close_tool_thread(tool)
+
+    async def _close_tool_thread(self, tool: _Tool) -> None:
+        thread, tool.thread = tool.thread, None
+        if thread is not None and not await thread.close(THREAD_EXIT_GRACE):
+            log.error("plugin thread abandoned", name=TOOL_PREFIX + tool.name,
+                      detail=f"still busy in the plugin's code {THREAD_EXIT_GRACE:g} s after it was told to end")
+
+    def tools(self) -> dict[str, LoadedTool]:
+        """The loaded tool plugins by their name in plans (``plugin:<name>``)."""
+        return {t.tool.name: t.tool for t in self._tools.values() if t.state == "running" and t.tool is not None}
 
     async def _start(self, plugin: _Plugin, context: ProviderContext | None) -> None:
         timeout = self._settings.start_timeout
@@ -233,6 +341,8 @@ class PluginManager(Part):
             async with anyio.create_task_group() as group:
                 for plugin in self._plugins.values():
                     group.start_soon(self._stop, plugin)
+                for tool in self._tools.values():
+                    group.start_soon(self._close_tool_thread, tool)
 
     async def _stop(self, plugin: _Plugin) -> None:
         if plugin.state == "running" and plugin.provider is not None:
@@ -249,7 +359,7 @@ class PluginManager(Part):
 
     async def health(self) -> Health:
         # A plugin that failed or is unhealthy has a check of its own (plugin:<name>, system.health).
-        counts = collections.Counter(plugin.state for plugin in self._plugins.values())
+        counts = collections.Counter(plugin.state for plugin in [*self._plugins.values(), *self._tools.values()])
         found = ", ".join(f"{counts[state]} {state}" for state in ("running", "failed", "disabled", "stopped") if counts[state])
         return Health(self.state is PartState.RUNNING, f"plugins: {found or 'none installed'}")
 
@@ -290,8 +400,19 @@ class PluginManager(Part):
                     failed_stage=plugin.stage,
                 )
             )
+        for tool in self._tools.values():
+            dist = tool.distribution
+            infos.append(
+                PluginInfo(
+                    name=tool.name, kind="tool", entry_point=tool.entry_point.value,
+                    distribution=dist.metadata["Name"] if dist else None, version=dist.version if dist else None,
+                    state=tool.state, error=tool.error, failed_stage=tool.stage,
+                    description=tool.tool.description if tool.tool else None,
+                    idempotent=tool.tool.idempotent if tool.tool else None,
+                )
+            )
         return infos
 
-    @rpc("plugins.list", summary="Installed provider plugins: version, locality, capabilities, state, health.")
+    @rpc("plugins.list", summary="Installed plugins, providers and tools: version, locality, capabilities, state, health.")
     async def list_plugins(self, ctx: RequestContext, params: NoParams) -> PluginsListResult:
         return PluginsListResult(plugins=await self.infos())

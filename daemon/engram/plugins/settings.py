@@ -12,7 +12,7 @@ __all__ = ["PluginSettings"]
 
 
 class PluginSettings(Section):
-    disabled: list[str] = Field(default_factory=list, description="Entry-point names of providers not to load.")
+    disabled: list[str] = Field(default_factory=list, description="Entry-point names of providers, and plugin:<name> of tools, not to load.")
     start_timeout: PositiveSeconds = Field(
         default=10.0, description="Seconds a provider may take to load (import and construct), to start, and to stop."
     )

@@ -271,6 +271,20 @@ class Policy(Part):
         self._record(decision, request)
         raise decision.denial(request)
 
+    def tool_guard(self, principal: Principal, tool: str) -> None:
+        """May ``principal`` use the plugin tool ``tool`` (``plugin:<name>``) in a task's step?
+        Decided at the method point with the tool's name as the action, not an admin one: the
+        owner's rule for ``*`` grants it, another principal needs a rule naming it. Raises
+        PolicyDenied if not."""
+        decision = self._engine().authorize_method(principal, tool, False)
+        request = AccessRequest("method", principal, tool, False)
+        if decision.allowed:
+            key = ("method", principal.uid, principal.gid, principal.pid, principal.user, principal.client, tool)
+            self._record_allowed(key, decision, lambda: request)
+            return
+        self._record(decision, request)
+        raise decision.denial(request)
+
     def _record_allowed(self, key: tuple[Any, ...], decision: Decision, request: Callable[[], AccessRequest]) -> None:
         """:meth:`_record` for an allow, on the hot path of every request: the same client asking
         the same thing (``key``) gets the same (cached) decision; its event is a copy of the last

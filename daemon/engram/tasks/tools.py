@@ -11,18 +11,27 @@ A tool is idempotent when calling it twice has the effect of calling it once, so
 may retry it: the methods marked ``read_only``, and ``memory.remember``, whose repeat finds the
 episode the first call wrote (one live episode per normalised text and namespace) and returns
 its id instead of writing another.
+
+Plugin tools (:mod:`engram.plugins.tools`, the ``engram.tools`` entry-point group) are named
+``plugin:<name>``, which no method name can be. They do not go through the request chain: before
+each call :class:`PluginTools` asks the policy whether the submitting principal may use the tool
+(the method point, with the tool's name as the action: the owner's ``*`` grants every tool, any
+other principal needs a rule naming it), and the plugins part validates the arguments against
+the tool's params model. Whether one may be retried is the plugin's word (its ``idempotent``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
+from engram.errors import NotFound
+from engram.plugins.tools import TOOL_PREFIX
 from engram.principal import Principal
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, MethodTable, NoClient
 
-__all__ = ["BUILTIN_TOOLS", "IDEMPOTENT_WRITES", "MethodTools", "Tools"]
+__all__ = ["BUILTIN_TOOLS", "IDEMPOTENT_WRITES", "CombinedTools", "MethodTools", "PluginTool", "PluginTools", "Tools"]
 
 BUILTIN_TOOLS = (
     "infer.embed",
@@ -80,3 +89,67 @@ class MethodTools:
 
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         return await self._dispatch(Request(method=tool, params=args, id=None), principal, self._connection)
+
+
+class PluginTool(Protocol):
+    """A loaded tool plugin, as the plugins part hands it over."""
+
+    name: str
+    idempotent: bool
+
+    async def call(self, args: dict[str, Any], principal: Principal) -> Any: ...
+
+
+ToolGuard = Callable[[Principal, str], None]
+"""Raises PolicyDenied when the principal may not use the tool (``Policy.tool_guard``)."""
+
+
+class PluginTools:
+    """Plugin tools: those ``loaded()`` returns, each call first decided by ``guard``."""
+
+    def __init__(self, loaded: Callable[[], Mapping[str, PluginTool]], guard: ToolGuard) -> None:
+        self._loaded = loaded
+        self._guard = guard
+
+    @property
+    def names(self) -> frozenset[str]:
+        # Read when asked: the plugins part loads its tools when it starts, after this is made.
+        return frozenset(self._loaded())
+
+    def takes_namespace(self, tool: str) -> bool:
+        return False
+
+    def idempotent(self, tool: str) -> bool:
+        found = self._loaded().get(tool)
+        return found is not None and found.idempotent
+
+    async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
+        found = self._loaded().get(tool)
+        if found is None:
+            raise NotFound(f"tool {tool!r} is not loaded", reason="unknown_tool", tool=tool)
+        self._guard(principal, tool)
+        return await found.call(args, principal)
+
+
+class CombinedTools:
+    """Built-in tools and plugin tools under one :class:`Tools`; their names never overlap."""
+
+    def __init__(self, builtin: Tools, plugins: PluginTools) -> None:
+        self._builtin = builtin
+        self._plugins = plugins
+
+    def _of(self, tool: str) -> Tools:
+        return self._plugins if tool.startswith(TOOL_PREFIX) else self._builtin
+
+    @property
+    def names(self) -> frozenset[str]:
+        return self._builtin.names | self._plugins.names
+
+    def takes_namespace(self, tool: str) -> bool:
+        return self._of(tool).takes_namespace(tool)
+
+    def idempotent(self, tool: str) -> bool:
+        return self._of(tool).idempotent(tool)
+
+    async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
+        return await self._of(tool).call(tool, args, principal)
