@@ -25,7 +25,7 @@ import importlib.metadata as md
 import inspect
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, Protocol
 
 import anyio
 import structlog
@@ -89,21 +89,35 @@ class PluginFailure(InternalSignal):
 
 
 @dataclass
-class _Plugin:
+class _Entry:
+    """One entry point of a plugin group, and how loading it went."""
+
     entry_point: md.EntryPoint
-    provider: IsolatedProvider | None = None
     thread: PluginThread | None = None
     state: State = "stopped"
     error: str | None = None
     stage: str | None = None
+
+    kind: ClassVar[str]  # in log lines: "provider", "tool"
 
     @property
     def name(self) -> str:
         return self.entry_point.name
 
     @property
+    def label(self) -> str:
+        """Its name in events and logs."""
+        return self.name
+
+    @property
     def distribution(self) -> md.Distribution | None:
         return getattr(self.entry_point, "dist", None)
+
+
+@dataclass
+class _Plugin(_Entry):
+    provider: IsolatedProvider | None = None
+    kind: ClassVar[str] = "provider"
 
 
 class LoadedTool:
@@ -127,21 +141,13 @@ class LoadedTool:
 
 
 @dataclass
-class _Tool:
-    entry_point: md.EntryPoint
+class _Tool(_Entry):
     tool: LoadedTool | None = None
-    thread: PluginThread | None = None
-    state: State = "stopped"
-    error: str | None = None
-    stage: str | None = None
+    kind: ClassVar[str] = "tool"
 
     @property
-    def name(self) -> str:
-        return self.entry_point.name
-
-    @property
-    def distribution(self) -> md.Distribution | None:
-        return getattr(self.entry_point, "dist", None)
+    def label(self) -> str:
+        return TOOL_PREFIX + self.name  # plugin:<name>, as plans call it
 
 
 def _check_provider(obj: Any, name: str) -> Provider:
@@ -217,28 +223,28 @@ class PluginManager(Part):
                 continue
             tool = _Tool(entry_point)
             self._tools[tool.name] = tool
-            if TOOL_PREFIX + tool.name in self._settings.disabled:
+            if tool.label in self._settings.disabled:
                 tool.state = "disabled"
                 continue
             await self._load_tool(tool)
 
     async def _load_tool(self, tool: _Tool) -> None:
         timeout = self._settings.start_timeout
-        tool.thread = thread = PluginThread(TOOL_PREFIX + tool.name)
+        tool.thread = thread = PluginThread(tool.label)
         try:
             await thread.start()
             with anyio.fail_after(timeout):  # importing and constructing run plugin code
                 tool.tool = LoadedTool(await thread.call(self._construct_tool, tool), thread)
         except TimeoutError:
-            await self._fail_tool(tool, "construct", f"loading and construction took longer than {timeout:g} s")
+            await self._fail(tool, "construct", f"loading and construction took longer than {timeout:g} s")
         except PluginFailure as exc:
-            await self._fail_tool(tool, exc.stage, str(exc))
+            await self._fail(tool, exc.stage, str(exc))
         except Exception as exc:  # third-party code may raise anything
-            await self._fail_tool(tool, "construct", f"{type(exc).__name__}: {exc}")
+            await self._fail(tool, "construct", f"{type(exc).__name__}: {exc}")
         else:
             tool.state = "running"
             dist = tool.distribution
-            self._bus.publish(PluginLoaded(name=TOOL_PREFIX + tool.name, version=dist.version if dist else None))
+            self._bus.publish(PluginLoaded(name=tool.label, version=dist.version if dist else None))
             log.info("tool loaded", name=tool.name)
 
     @staticmethod
@@ -256,18 +262,6 @@ class PluginManager(Part):
             return check_tool(obj, tool.name)
         except ToolInvalid as exc:
             raise PluginFailure("validate", str(exc)) from exc
-
-    async def _fail_tool(self, tool: _Tool, stage: str, error: str) -> None:
-        tool.state, tool.stage, tool.error = "failed", stage, error
-        log.error("tool failed", name=tool.name, stage=stage, error=error)
-        self._bus.publish(PluginFailed(name=TOOL_PREFIX + tool.name, stage=stage, error=error))
-        await self._close_tool_thread(tool)
-
-    async def _close_tool_thread(self, tool: _Tool) -> None:
-        thread, tool.thread = tool.thread, None
-        if thread is not None and not await thread.close(THREAD_EXIT_GRACE):
-            log.error("plugin thread abandoned", name=TOOL_PREFIX + tool.name,
-                      detail=f"still busy in the plugin's code {THREAD_EXIT_GRACE:g} s after it was told to end")
 
     def tools(self) -> dict[str, LoadedTool]:
         """The loaded tool plugins by their name in plans (``plugin:<name>``)."""
@@ -323,16 +317,16 @@ class PluginManager(Part):
             raise PluginFailure("construct", f"{type(exc).__name__}: {exc}") from exc
         return IsolatedProvider(_check_provider(provider, plugin.name), thread)
 
-    async def _fail(self, plugin: _Plugin, stage: str, error: str) -> None:
-        plugin.state, plugin.stage, plugin.error = "failed", stage, error
-        log.error("provider failed", name=plugin.name, stage=stage, error=error)
-        self._bus.publish(PluginFailed(name=plugin.name, stage=stage, error=error))
-        await self._close_thread(plugin)
+    async def _fail(self, entry: _Entry, stage: str, error: str) -> None:
+        entry.state, entry.stage, entry.error = "failed", stage, error
+        log.error(f"{entry.kind} failed", name=entry.name, stage=stage, error=error)
+        self._bus.publish(PluginFailed(name=entry.label, stage=stage, error=error))
+        await self._close_thread(entry)
 
-    async def _close_thread(self, plugin: _Plugin) -> None:
-        thread, plugin.thread = plugin.thread, None
+    async def _close_thread(self, entry: _Entry) -> None:
+        thread, entry.thread = entry.thread, None
         if thread is not None and not await thread.close(THREAD_EXIT_GRACE):
-            log.error("plugin thread abandoned", name=plugin.name,
+            log.error("plugin thread abandoned", name=entry.label,
                       detail=f"still busy in the plugin's code {THREAD_EXIT_GRACE:g} s after it was told to end")
 
     async def _stop_all(self) -> None:
@@ -342,7 +336,7 @@ class PluginManager(Part):
                 for plugin in self._plugins.values():
                     group.start_soon(self._stop, plugin)
                 for tool in self._tools.values():
-                    group.start_soon(self._close_tool_thread, tool)
+                    group.start_soon(self._close_thread, tool)
 
     async def _stop(self, plugin: _Plugin) -> None:
         if plugin.state == "running" and plugin.provider is not None:
