@@ -95,12 +95,20 @@ def call(socket_path: Path | None, timeout: float, method: str, params: Any = No
         return client.call(method, params)
 
 
-def stream_call(socket_path: Path | None, timeout: float, method: str, params: dict[str, Any]) -> dict[str, Any]:
-    """Call ``method`` (params asking for a stream) and print its ``infer.chunk`` notifications'
-    text to stdout as they come; the result.
+def _print_chunk(method: str, params: dict[str, Any]) -> None:
+    if method == "infer.chunk":
+        click.echo(params["text"], nl=False)
+
+
+def stream_call(
+    socket_path: Path | None, timeout: float, method: str, params: dict[str, Any],
+    notified: Callable[[str, dict[str, Any]], None] = _print_chunk,
+) -> dict[str, Any]:
+    """Call ``method`` (params asking for a stream) and hand each notification that comes before
+    its answer to ``notified`` (by default: print ``infer.chunk`` text to stdout); the result.
 
     The notifications are read off a plain socket connection: the request is the only one on
-    it, so every chunk before its answer belongs to it."""
+    it, so every notification before its answer belongs to it. ``timeout`` bounds each read."""
     from engram.client.async_client import resolve_socket
 
     with errors():
@@ -109,10 +117,11 @@ def stream_call(socket_path: Path | None, timeout: float, method: str, params: d
             sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}).encode() + b"\n")
             for line in lines:
                 message = json.loads(line)
-                if message.get("method") == "infer.chunk":
-                    click.echo(message["params"]["text"], nl=False)
+                if "method" in message and "id" not in message:
+                    notified(message["method"], message.get("params") or {})
                 elif message.get("id") == 1:
-                    click.echo()
+                    if notified is _print_chunk:
+                        click.echo()  # the chunks' line ends with the answer
                     if "error" in message:
                         raise error_from_wire(message["error"])
                     return message["result"]

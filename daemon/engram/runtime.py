@@ -267,7 +267,7 @@ class Daemon:
         tools = CombinedTools(MethodTools(self.dispatcher.dispatch, self.methods),
                               PluginTools(self.plugins.tools, self.policy.tool_guard))
         self.tasks = Tasks(settings.tasks, settings.database_path, tools,
-                           self.bus, busy, owner_uid=os.getuid(), audit=self.audit)
+                           self.bus, busy, owner_uid=os.getuid(), audit=self.audit, activity=self.activity)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

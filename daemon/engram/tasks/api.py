@@ -11,14 +11,19 @@ from engram.server.methods import FreeJsonObject, Params, Result
 __all__ = [
     "StepError",
     "StepOut",
+    "ReplayedStepOut",
     "TaskCancelParams",
     "TaskCancelResult",
+    "TaskFollowParams",
+    "TaskFollowResult",
     "TaskGetParams",
     "TaskGetResult",
     "TaskListParams",
     "TaskListResult",
     "TaskProveParams",
     "TaskProveResult",
+    "TaskReplayParams",
+    "TaskReplayResult",
     "TaskState",
     "TaskSubmitParams",
     "TaskSubmitResult",
@@ -74,6 +79,10 @@ class StepOut(_Out):
     )
     started_at: float | None
     finished_at: float | None
+    differs: bool | None = Field(
+        default=None,
+        description="In a live replay: whether its output differs from the replayed task's step (None: nothing to compare).",
+    )
 
 
 class TaskSummary(_Out):
@@ -87,6 +96,7 @@ class TaskSummary(_Out):
     finished_at: float | None
     deadline_at: float | None = Field(description="Unix time by which it must finish (None: no deadline).")
     error: StepError | None = Field(description="Why it failed or was cancelled.")
+    replay_of: str | None = Field(default=None, description="A live replay: the task whose plan it runs again.")
 
 
 class TaskGetParams(Params):
@@ -143,3 +153,57 @@ class TaskProveResult(Result):
     origin: str = Field(description="The audit log's origin line; the checkpoint must name it.")
     checkpoint: ProofCheckpoint
     entries: list[ProvenStep] = Field(description="The task.step entries of the task's done steps, in the order they ran.")
+
+
+FOLLOW_NOTIFICATION = "task.progress"
+MAX_FOLLOW_WAIT = 3600.0
+
+
+class TaskFollowParams(Params):
+    task_id: str = TaskId
+    wait: float = Field(
+        default=600.0, gt=0, le=MAX_FOLLOW_WAIT,
+        description="Seconds to follow at most; then the answer comes with ended false (the task goes on).",
+    )
+
+
+class TaskFollowResult(Result):
+    task: TaskSummary
+    steps: list[StepOut]
+    ended: bool = Field(description="Whether the task had ended when the answer was made.")
+    notified: int = Field(description="task.progress notifications sent before the answer.")
+    missed: int = Field(description="Events that did not fit the follower's queue and were not sent.")
+
+
+class TaskReplayParams(Params):
+    task_id: str = TaskId
+    mode: Literal["recorded", "live"] = Field(
+        default="recorded",
+        description="recorded: the plan against the recorded outputs, no tool called; live: a new task calls the tools again.",
+    )
+
+
+class ReplayedStepOut(_Out):
+    id: str
+    tool: str
+    outcome: Literal["match", "differs", "not_recorded"]
+    reason: str | None = Field(
+        description="Why it differs (input_differs, output_differs, unresolved_reference, stored_input_corrupt, "
+        "stored_output_corrupt), or the state of a step that recorded no output."
+    )
+    recorded_input_hash: str | None
+    input_hash: str | None = Field(description="SHA-256 of the input the replay built.")
+    recorded_output_hash: str | None
+    output_hash: str | None = Field(description="SHA-256 of the output the replay got.")
+
+
+class TaskReplayResult(Result):
+    mode: Literal["recorded", "live"]
+    task_id: str = Field(description="The task replayed.")
+    replay_task_id: str | None = Field(
+        default=None, description="live: the new task that runs the plan again (task.get shows each step's differs)."
+    )
+    matches: bool | None = Field(
+        default=None, description="recorded: every step that recorded an output was reproduced, hash for hash."
+    )
+    steps: list[ReplayedStepOut] = Field(default_factory=list, description="recorded: each step, in execution order.")

@@ -1,5 +1,5 @@
-"""``engram task run|status|list|cancel|prove``: submit a plan, follow it, see and stop tasks,
-and fetch a finished task's proof bundle."""
+"""``engram task run|status|list|follow|cancel|prove|replay``: submit a plan, follow it, see and
+stop tasks, fetch a finished task's proof bundle, and replay a finished task."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from typing import Any
 
 import click
 
-from engram.clitools import EXIT_REMOTE, EXIT_USAGE, Output, call, client_command, errors, fail
+from engram.clitools import EXIT_REMOTE, EXIT_USAGE, Output, call, client_command, fail, stream_call
+from engram.tasks.api import MAX_FOLLOW_WAIT
 
 __all__ = ["task"]
 
 FINAL = ("done", "failed", "cancelled")
-POLL_INTERVAL = 0.25  # seconds between task.get calls while following
+EXIT_DIFFERS = 3  # replay: an output differs from the one recorded
 
 
 def _error_text(error: dict[str, Any] | None) -> str:
@@ -27,7 +28,8 @@ def _task_lines(result: dict[str, Any]) -> None:
     click.echo(f"{task['task_id']}: {task['state']}, {task['steps_done']}/{task['steps']} steps done{_error_text(task['error'])}")
     for step in result["steps"]:
         digest = f" sha256:{step['output_hash'][:16]} ({step['output_size']} B)" if step["output_hash"] else ""
-        click.echo(f"  {step['id']:<16} {step['tool']:<20} {step['state']}{digest}{_error_text(step['error'])}")
+        differs = {True: "  DIFFERS from the replayed task", False: "  same as the replayed task"}.get(step.get("differs"), "")
+        click.echo(f"  {step['id']:<16} {step['tool']:<20} {step['state']}{digest}{differs}{_error_text(step['error'])}")
 
 
 def _list_lines(result: dict[str, Any]) -> None:
@@ -48,12 +50,12 @@ def task() -> None:
 @click.option("--namespace", default=None, help="Namespace for the tool calls that name none.")
 @click.option("--deadline", type=float, default=None, help="Seconds within which the task must finish.")
 @click.option("--follow", is_flag=True, help="Show the steps' progress until the task ends.")
-@click.option("--max-wait", type=float, default=86_400.0, show_default=True, help="Seconds --follow waits at most.")
+@click.option("--max-wait", type=float, default=MAX_FOLLOW_WAIT, show_default=True,
+              help="Seconds --follow waits at most.")
 @client_command
 def run(plan_file: Path, namespace: str | None, deadline: float | None, follow: bool, max_wait: float,
         socket_path: Path | None, as_json: bool, timeout: float) -> None:
     """Submit the plan in PLAN_FILE (JSON: {"steps": [...]}; see docs/tasks.md)."""
-    from engram.client import Client
 
     try:
         plan = json.loads(plan_file.read_text(encoding="utf-8"))
@@ -61,25 +63,35 @@ def run(plan_file: Path, namespace: str | None, deadline: float | None, follow: 
         fail(EXIT_USAGE, f"{plan_file}: not a JSON plan: {exc}")
     out = Output(as_json)
     params = {"plan": plan, "namespace": namespace, "deadline": deadline}
-    with errors(), Client(socket_path, timeout=timeout) as client:
-        submitted = client.call("task.submit", {k: v for k, v in params.items() if v is not None})
-        if not follow:
-            out.emit(submitted, lambda d: click.echo(d["task_id"]))
-            return
-        task_id, shown = submitted["task_id"], ""
-        until = time.monotonic() + max_wait
-        while True:
-            result = client.call("task.get", {"task_id": task_id})
-            progress = " ".join(f"{s['id']}:{s['state']}" for s in result["steps"])
-            if not as_json and progress != shown:
-                click.echo(f"{result['task']['state']}  {progress}", err=True)
-                shown = progress
-            if result["task"]["state"] in FINAL or time.monotonic() >= until:
-                break
-            time.sleep(POLL_INTERVAL)
+    submitted = call(socket_path, timeout, "task.submit", {k: v for k, v in params.items() if v is not None})
+    if not follow:
+        out.emit(submitted, lambda d: click.echo(d["task_id"]))
+        return
+    _follow(submitted["task_id"], max_wait, socket_path, timeout, out)
+
+
+def _progress(method: str, params: dict[str, Any]) -> None:
+    """One task.progress notification (an event: topic, time, data) as a line on stderr."""
+    if method != "task.progress":
+        return
+    topic, data = params.get("topic"), params.get("data") or {}
+    if topic == "task.step":
+        extra = f" ({data['reason']})" if data.get("reason") else ""
+        click.echo(f"  {data['step']:<16} {data['tool']:<20} {data['state']}{extra}", err=True)
+    elif topic == "task.heartbeat" and data.get("step"):
+        click.echo(f"  {data['step']:<16} still running after {data['elapsed']:.0f} s", err=True)
+
+
+def _follow(task_id: str, max_wait: float, socket_path: Path | None, timeout: float, out: Output) -> None:
+    """Show a task's progress until it ends (task.follow), then its steps; exit 1 unless done."""
+    wait = min(max_wait, MAX_FOLLOW_WAIT)
+    # Each read waits for the next notification: heartbeats come every tasks.heartbeat seconds
+    # while the task runs, none while it is queued, hence the whole wait as the read timeout.
+    result = stream_call(socket_path, max(timeout, wait + 30), "task.follow", {"task_id": task_id, "wait": wait},
+                         notified=lambda m, p: None if out.as_json else _progress(m, p))
     out.emit(result, _task_lines)
-    if result["task"]["state"] not in FINAL:
-        fail(EXIT_REMOTE, f"{task_id} did not end within {max_wait:g} s (it goes on; see `engram task status {task_id}`)")
+    if not result["ended"]:
+        fail(EXIT_REMOTE, f"{task_id} did not end within {wait:g} s (it goes on; see `engram task status {task_id}`)")
     if result["task"]["state"] != "done":
         raise SystemExit(EXIT_REMOTE)
 
@@ -138,3 +150,46 @@ def prove(task_id: str, out_file: Path | None, socket_path: Path | None, as_json
         lambda d: click.echo(f"wrote the proof of {d['entries']} step entries of {task_id} to {d['file']} "
                              f"(checkpoint of size {d['size']})"),
     )
+
+
+@task.command("follow")
+@click.argument("task_id")
+@click.option("--max-wait", type=float, default=MAX_FOLLOW_WAIT, show_default=True, help="Seconds to follow at most.")
+@client_command
+def follow_task(task_id: str, max_wait: float, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Show a task's steps as they run (stderr) until it ends, then its steps; exit 1 unless done."""
+    _follow(task_id, max_wait, socket_path, timeout, Output(as_json))
+
+
+def _replay_lines(result: dict[str, Any]) -> None:
+    verdict = "every recorded step reproduced" if result["matches"] else "NOT reproduced"
+    click.echo(f"{result['task_id']}: recorded replay, {verdict}")
+    for step in result["steps"]:
+        reason = f" ({step['reason']})" if step["reason"] else ""
+        digest = f" sha256:{step['output_hash'][:16]}" if step["output_hash"] else ""
+        click.echo(f"  {step['id']:<16} {step['tool']:<20} {step['outcome']}{reason}{digest}")
+
+
+@task.command()
+@click.argument("task_id")
+@click.option("--live", is_flag=True, help="Call the tools again in a new task, and compare its outputs.")
+@click.option("--max-wait", type=float, default=MAX_FOLLOW_WAIT, show_default=True, help="Seconds --live waits at most.")
+@client_command
+def replay(task_id: str, live: bool, max_wait: float, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Replay a finished task: by default against its recorded outputs (no tool is called), every
+    input and output hash reproduced or not; with --live, as a new task whose step outputs are
+    compared with the original's. Exit 3 when an output differs."""
+    out = Output(as_json)
+    result = call(socket_path, timeout, "task.replay", {"task_id": task_id, "mode": "live" if live else "recorded"})
+    if not live:
+        out.emit(result, _replay_lines)
+        if not result["matches"]:
+            raise SystemExit(EXIT_DIFFERS)
+        return
+    replay_id = result["replay_task_id"]
+    if not as_json:
+        click.echo(f"replaying {task_id} live as {replay_id}", err=True)
+    _follow(replay_id, max_wait, socket_path, timeout, out)
+    followed = call(socket_path, timeout, "task.get", {"task_id": replay_id})
+    if any(step["differs"] for step in followed["steps"]):
+        raise SystemExit(EXIT_DIFFERS)

@@ -1,4 +1,5 @@
-"""Bus events of the task executor (topics ``task.*``): a task's progress as it happens.
+"""Bus events of the task executor (topics ``task.*``): a task's progress as it happens, and a
+heartbeat every ``tasks.heartbeat`` seconds while it runs.
 
 Each names the uid that submitted the task, so a subscriber who is not the daemon's owner sees
 the progress of their own tasks only (:mod:`engram.bus.audience`)."""
@@ -11,7 +12,7 @@ from pydantic import Field
 
 from engram.bus.events import Event
 
-__all__ = ["TASK_EVENTS", "TaskEnded", "TaskStep"]
+__all__ = ["TASK_EVENTS", "TaskEnded", "TaskHeartbeat", "TaskStep"]
 
 
 class TaskStep(Event):
@@ -34,4 +35,12 @@ class TaskEnded(Event):
     reason: str | None = Field(default=None, description="data.reason of the error that ended it (None: done).")
 
 
-TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded)
+class TaskHeartbeat(Event):
+    topic = "task.heartbeat"
+    task_id: str
+    uid: int = Field(description="The uid that submitted the task.")
+    step: str | None = Field(description="The step in flight (None: between steps).")
+    elapsed: float = Field(description="Seconds the step has run.")
+
+
+TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded, TaskHeartbeat)

@@ -8,13 +8,14 @@ directly or through them, so that its output exists by then.
 :func:`validate_plan` checks all of this when the plan is submitted, so a plan that is accepted
 cannot fail on its own shape later; every problem is an :class:`InvalidParams` whose
 ``data.field`` is the dotted path of the culprit under ``plan``. :func:`execution_order` is the
-order the executor runs the steps in; :func:`resolve_args` fills the references in.
+order the executor runs the steps in; :func:`resolve_args` fills the references in, and
+:func:`step_input` makes a step's whole input.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -22,7 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from engram.errors import InternalSignal, InvalidParams
 
 __all__ = [
-    "FROM_KEY", "Plan", "Reference", "Step", "UnresolvedReference", "execution_order", "resolve_args", "validate_plan",
+    "FROM_KEY", "Plan", "Reference", "Step", "UnresolvedReference", "execution_order", "resolve_args", "step_input",
+    "validate_plan",
 ]
 
 FROM_KEY = "$from"
@@ -195,3 +197,15 @@ def resolve_args(args: dict[str, Any], outputs: Mapping[str, Any], field: str = 
         return value
 
     return resolve(args, field)
+
+
+def step_input(
+    step: Step, position: int, outputs: Mapping[str, Any], namespace: str | None, takes_namespace: Callable[[str], bool]
+) -> dict[str, Any]:
+    """The arguments a step's tool is called with: its args resolved against ``outputs``, and the
+    task's namespace filled in where the tool takes one and the args name none. The executor and
+    a recorded replay build a step's input with this one function, so their input hashes agree."""
+    args = resolve_args(step.args, outputs, f"plan.steps.{position}.args")
+    if namespace is not None and "namespace" not in args and takes_namespace(step.tool):
+        args["namespace"] = namespace
+    return args

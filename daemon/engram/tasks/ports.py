@@ -1,5 +1,7 @@
-"""What the tasks part needs of the audit log, handed to it by the composition root: appending a
-step's provenance entry, and proving a set of entries against one signed checkpoint."""
+"""What the tasks part needs of the rest of the daemon, handed to it by the composition root: of
+the audit log, appending a step's provenance entry and proving a set of entries against one
+signed checkpoint; of the request chain, how many foreground requests are in flight (the tasks
+give way to them, as sleep does)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ from typing import Any, Protocol
 
 from engram.audit.bundle import ProvenEntries
 
-__all__ = ["AuditTrail"]
+__all__ = ["Activity", "AuditTrail"]
 
 
 class AuditTrail(Protocol):
@@ -27,4 +29,13 @@ class AuditTrail(Protocol):
 
     async def prove_entries(self, seqs: list[int]) -> ProvenEntries:
         """The entries with their inclusion proofs in the tree of one signed checkpoint."""
+        ...
+
+
+class Activity(Protocol):
+    """Foreground requests as the request chain counts them (``engram.sleep.activity``)."""
+
+    @property
+    def foreground(self) -> int:
+        """Requests of clients in flight now."""
         ...

@@ -24,11 +24,21 @@ timeout or the task's deadline. Each tool sits behind a circuit breaker
 (:class:`engram.providers.breaker.CircuitBreaker`): ``tasks.breaker_failures`` retryable
 failures in a row open it, and for ``tasks.breaker_cooldown`` seconds a step calling the tool
 fails at once with -32005 ``breaker_open``; then one call is let through to probe it.
+
+Tasks are background work: before each step a task gives way (at most ``tasks.yield_max``
+seconds) to the requests clients sent that are in flight. A watchdog looks at the running tasks
+every ``tasks.heartbeat`` seconds: it publishes a ``task.heartbeat`` for each, and gives up a step
+that has not stopped ``tasks.stuck_grace`` seconds after it was due (its call swallowed the
+cancel), failing its task and starting a worker in the place of the one still inside the call.
+
+``task.follow`` streams a task's events to its caller; ``task.replay`` replays a finished task
+against its recorded outputs (:mod:`engram.tasks.replay`) or runs its plan again as a new task.
 """
 
 from __future__ import annotations
 
 import base64
+import math
 import random
 import secrets
 import time
@@ -49,25 +59,33 @@ from engram.principal import Principal
 from engram.providers.breaker import CircuitBreaker, State
 from engram.server.methods import RequestContext, rpc
 from engram.tasks.api import (
+    FOLLOW_NOTIFICATION,
+    MAX_FOLLOW_WAIT,
     ProofCheckpoint,
     ProvenStep,
+    ReplayedStepOut,
     StepError,
     StepOut,
     TaskCancelParams,
     TaskCancelResult,
+    TaskFollowParams,
+    TaskFollowResult,
     TaskGetParams,
     TaskGetResult,
     TaskListParams,
     TaskListResult,
     TaskProveParams,
     TaskProveResult,
+    TaskReplayParams,
+    TaskReplayResult,
     TaskSubmitParams,
     TaskSubmitResult,
     TaskSummary,
 )
-from engram.tasks.plan import Plan, Step, UnresolvedReference, execution_order, resolve_args, validate_plan
-from engram.tasks.events import TaskEnded, TaskStep
-from engram.tasks.ports import AuditTrail
+from engram.tasks.plan import Plan, Step, UnresolvedReference, execution_order, step_input, validate_plan
+from engram.tasks.events import TaskEnded, TaskHeartbeat, TaskStep
+from engram.tasks.ports import Activity, AuditTrail
+from engram.tasks.replay import live_differences, replay_recorded
 from engram.tasks.settings import TaskSettings
 from engram.tasks.store import UNFINISHED, StepRow, TaskRow, TaskStore, canonical_json, digest_of
 from engram.tasks.tools import Tools
@@ -80,6 +98,9 @@ log = structlog.get_logger("engram.tasks")
 # call, and counted by the tool's breaker.
 RETRYABLE = (Overloaded, Timeout, Unavailable)
 
+FOLLOW_QUEUE = 256  # events a follower may lag behind by; the oldest go first past it (counted as missed)
+_YIELD_POLL = 0.01  # seconds between looks at the foreground while a task gives way
+
 
 def _step_error(exc: RPCError) -> dict[str, Any]:
     data = {key: value for key, value in exc.data.items() if key != "reason"}
@@ -89,7 +110,7 @@ def _step_error(exc: RPCError) -> dict[str, Any]:
 class Tasks(Part):
     def __init__(
         self, settings: TaskSettings, database_path: Path, tools: Tools, bus: EventBus, busy_timeout: float = 5.0,
-        owner_uid: int | None = None, audit: AuditTrail | None = None,
+        owner_uid: int | None = None, audit: AuditTrail | None = None, activity: Activity | None = None,
         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
         jitter: Callable[[], float] = random.random,
     ) -> None:
@@ -101,6 +122,7 @@ class Tasks(Part):
         self._jitter = jitter
         self._breakers: dict[str, CircuitBreaker] = {}
         self.audit = audit
+        self.activity = activity
         self.settings = settings
         self.store = TaskStore(database_path, busy_timeout)
         self.tools = tools
@@ -108,9 +130,10 @@ class Tasks(Part):
         self.owner_uid = owner_uid
         self._send: anyio.abc.ObjectSendStream[str] | None = None
         self._waiting = 0  # tasks admitted and not yet taken by a worker
-        self._scopes: dict[str, anyio.CancelScope] = {}  # tasks a worker holds, by id
-        self._ended: dict[str, anyio.Event] = {}  # set when the worker lets go of the task
+        self._running: dict[str, _Running] = {}  # tasks a worker holds, by id
         self._cancelled: set[str] = set()  # ids task.cancel asked to stop, until their worker ends them
+        self._receive: anyio.abc.ObjectReceiveStream[str] | None = None
+        self._replacements = 0  # workers started in the place of stuck ones
 
     async def setup(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.store.open)
@@ -119,11 +142,12 @@ class Tasks(Part):
         resumed = await anyio.to_thread.run_sync(self.store.unfinished)
         # Room for every admitted task: the workers' and the queue's; admission counts _waiting.
         send, receive = anyio.create_memory_object_stream[str](self.settings.queue + self.settings.concurrency)
-        self._send = send
+        self._send, self._receive = send, receive
         stack.callback(send.close)
         await self.start_tasks(stack)
         for number in range(self.settings.concurrency):
-            self.spawn(lambda: self._work(receive), f"worker-{number}", restart=True)
+            self.spawn(self._work, f"worker-{number}", restart=True)
+        self.spawn(self._watch, "watchdog", restart=True)
         for task in resumed:
             if self._waiting >= self.settings.queue + self.settings.concurrency:
                 # Only when tasks.queue was made smaller than the tasks that were waiting.
@@ -142,36 +166,41 @@ class Tasks(Part):
 
     # --- the workers -------------------------------------------------------------------------------
 
-    async def _work(self, receive: anyio.abc.ObjectReceiveStream[str]) -> None:
-        async for task_id in receive:
+    async def _work(self) -> None:
+        assert self._receive is not None
+        async for task_id in self._receive:
             self._waiting -= 1
-            scope = self._scopes[task_id] = anyio.CancelScope()
-            ended = self._ended.setdefault(task_id, anyio.Event())
+            run = self._running[task_id] = _Running(task_id)
             try:
-                await self._run(task_id, scope)
+                await self._run(run)
             finally:
-                self._scopes.pop(task_id, None)
-                self._ended.pop(task_id, None)
+                if self._running.get(task_id) is run:
+                    del self._running[task_id]
                 self._cancelled.discard(task_id)
-                ended.set()
+                run.ended.set()
+            if run.abandoned:
+                return  # the watchdog gave this worker up and started another in its place
 
-    async def _run(self, task_id: str, scope: anyio.CancelScope) -> None:
-        task = await anyio.to_thread.run_sync(self.store.task, task_id)
-        if task is None or task.state not in UNFINISHED or task_id in self._cancelled:
+    async def _run(self, run: _Running) -> None:
+        task = await anyio.to_thread.run_sync(self.store.task, run.task_id)
+        if task is None or task.state not in UNFINISHED or run.task_id in self._cancelled:
             return  # cancelled while it waited: task.cancel has recorded that
+        run.task = task
+        scope = run.scope
         if task.deadline_at is not None:
             scope.deadline = anyio.current_time() + (task.deadline_at - time.time())
-        current: list[Step] = []  # the step in flight, for the record of a cancel or a deadline
         outcome: tuple[str, RPCError | None] = ("failed", None)
         try:
             with scope:
-                await anyio.to_thread.run_sync(self.store.set_task_state, task_id, "running", time.time())
-                outcome = await self._steps(task, current)
+                await anyio.to_thread.run_sync(self.store.set_task_state, task.id, "running", time.time())
+                outcome = await self._steps(task, run)
         except Exception as exc:  # a fault of the executor: the task fails, the worker goes on
-            log.exception("task failed in the executor", task=task_id)
+            log.exception("task failed in the executor", task=task.id)
             outcome = ("failed", InternalError(f"the executor failed: {exc}", reason="executor_failed"))
+        if run.abandoned:
+            return  # the watchdog recorded the task's end when it gave the step up
         if scope.cancelled_caught:
-            if task_id in self._cancelled:
+            if task.id in self._cancelled:
                 outcome = ("cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
             else:
                 outcome = ("failed", Timeout("the task's deadline passed", reason="deadline"))
@@ -179,17 +208,70 @@ class Tasks(Part):
         # Shielded: a stop arriving now must not leave a task ended here recorded as running,
         # which the next start would run again.
         with anyio.CancelScope(shield=True):
-            if current and error is not None:
-                step_state = "cancelled" if state == "cancelled" else "failed"
-                if await anyio.to_thread.run_sync(
-                    self.store.step_ended, task_id, current[0].id, step_state, _step_error(error), time.time()
-                ):
-                    self._step_event(task, current[0], step_state, reason=error.reason)
-            await self._finish(task, state, error)
+            await self._end(task, run.step, state, error)
+
+    async def _end(self, task: TaskRow, step: Step | None, state: str, error: RPCError | None) -> None:
+        """Record a task's end, and that of its step in flight (``step``) when an error ended it."""
+        if step is not None and error is not None:
+            step_state = "cancelled" if state == "cancelled" else "failed"
+            if await anyio.to_thread.run_sync(
+                self.store.step_ended, task.id, step.id, step_state, _step_error(error), time.time()
+            ):
+                self._step_event(task, step, step_state, reason=error.reason)
+        await self._finish(task, state, error)
+
+    # --- heartbeats and the watchdog ---------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        """Every ``tasks.heartbeat`` seconds: a ``task.heartbeat`` event per running task, and the
+        steps that did not stop within ``tasks.stuck_grace`` of being due (their time limit, the
+        task's deadline or a cancel) are given up. Such a step's call swallowed its cancellation or
+        waits in a thread that cannot be interrupted; its task fails (``stuck``), and a new worker
+        takes its worker's place so that the executor keeps its concurrency."""
+        while True:
+            await anyio.sleep(self.settings.heartbeat)
+            now = anyio.current_time()
+            for run in list(self._running.values()):
+                if run.task is None or run.abandoned:
+                    continue
+                if run.step is not None and now > min(run.due, run.scope.deadline) + self.settings.stuck_grace:
+                    await self._abandon(run, now)
+                elif self.bus.wants(TaskHeartbeat.topic):
+                    self.bus.publish(TaskHeartbeat(
+                        task_id=run.task_id, uid=run.task.principal.uid,  # type: ignore[arg-type]
+                        step=run.step.id if run.step else None, elapsed=round(now - run.since, 3) if run.step else 0.0,
+                    ))
+
+    async def _abandon(self, run: _Running, now: float) -> None:
+        assert run.task is not None and run.step is not None
+        run.abandoned = True
+        self._running.pop(run.task_id, None)
+        overdue = now - min(run.due, run.scope.deadline)
+        log.error("task step stuck; its worker is given up", task=run.task_id, step=run.step.id, tool=run.step.tool,
+                  overdue=round(overdue, 3))
+        error = Timeout(
+            f"step {run.step.id!r} did not stop within {self.settings.stuck_grace:g} s of being due (tasks.stuck_grace)",
+            reason="stuck", overdue_s=round(overdue, 3),
+        )
+        with anyio.CancelScope(shield=True):
+            await self._end(run.task, run.step, "failed", error)
+        run.ended.set()  # a task.cancel waiting for the task hears of its end now
+        self._replacements += 1
+        self.spawn(self._work, f"worker-replacement-{self._replacements}", restart=True)
+
+    async def _give_way(self) -> None:
+        """Before a step: wait, at most ``tasks.yield_max`` seconds, while foreground requests are
+        in flight, so that background work does not slow what a client waits for."""
+        if self.activity is None or self.settings.yield_max == 0:
+            return
+        until = anyio.current_time() + self.settings.yield_max
+        while self.activity.foreground > 0 and anyio.current_time() < until:
+            await anyio.sleep(_YIELD_POLL)
 
     async def _finish(self, task: TaskRow, state: str, error: RPCError | None) -> None:
         record = None if error is None else _step_error(error)
-        await anyio.to_thread.run_sync(self.store.set_task_state, task.id, state, time.time(), record)
+        if not await anyio.to_thread.run_sync(self.store.set_task_state, task.id, state, time.time(), record):
+            return  # it had ended already (the watchdog ended it, or a cancel of a queued task)
         reason = None if error is None else error.reason
         log.info("task ended", task=task.id, state=state, reason=reason)
         self.bus.publish(TaskEnded(task_id=task.id, uid=task.principal.uid, state=state, reason=reason))  # type: ignore[arg-type]
@@ -200,9 +282,9 @@ class Tasks(Part):
                                   state=state, output_hash=output_hash, reason=reason,  # type: ignore[arg-type]
                                   attempts=attempts))
 
-    async def _steps(self, task: TaskRow, current: list[Step]) -> tuple[str, RPCError | None]:
+    async def _steps(self, task: TaskRow, run: _Running) -> tuple[str, RPCError | None]:
         """Run the steps that are not done, in order; the task's outcome. A cancel or deadline
-        leaves through the task's scope with the step in flight named in ``current``."""
+        leaves through the task's scope with the step in flight named in ``run.step``."""
         plan = Plan.model_validate(task.plan)
         done = {row.step_id for row in await anyio.to_thread.run_sync(self.store.steps, task.id) if row.state == "done"}
         outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id)
@@ -210,36 +292,39 @@ class Tasks(Part):
         for step in execution_order(plan):
             if step.id in done:
                 continue
-            current[:] = [step]
+            await self._give_way()
+            limit = step.timeout or self.settings.step_timeout
+            run.begin(step, limit)
             await anyio.to_thread.run_sync(self.store.step_started, task.id, step.id, time.time())
             self._step_event(task, step, "running")
-            error = await self._step(task, step, positions[step.id], outputs)
+            error = await self._step(task, step, positions[step.id], outputs, limit, run)
+            if run.abandoned:
+                return "failed", None  # the watchdog has recorded the end
             if error is not None:
                 await anyio.to_thread.run_sync(
                     self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time(),
                     error.data.get("attempts"),
                 )
-                current.clear()
+                run.step = None
                 self._step_event(task, step, "failed", reason=error.reason, attempts=error.data.get("attempts"))
                 return "failed", error
-            current.clear()
+            run.step = None
         return "done", None
 
-    async def _step(self, task: TaskRow, step: Step, position: int, outputs: dict[str, Any]) -> RPCError | None:
+    async def _step(
+        self, task: TaskRow, step: Step, position: int, outputs: dict[str, Any], limit: float, run: _Running
+    ) -> RPCError | None:
         """Call one step's tool and commit its output; the error that failed it, or None."""
         try:
-            args = resolve_args(step.args, outputs, f"plan.steps.{position}.args")
+            args = step_input(step, position, outputs, task.namespace, self.tools.takes_namespace)
         except UnresolvedReference as exc:
             return InvalidParams(str(exc), reason="unresolved_reference", field=exc.field)
-        if task.namespace is not None and "namespace" not in args and self.tools.takes_namespace(step.tool):
-            args["namespace"] = task.namespace
         input_body = canonical_json(args)
         if len(input_body) > self.settings.max_output_bytes:
             return Conflict(
                 f"step {step.id!r} has {len(input_body)} bytes of input, more than tasks.max_output_bytes",
                 reason="input_too_large", size=len(input_body), limit=self.settings.max_output_bytes,
             )
-        limit = step.timeout or self.settings.step_timeout
         calls = _Calls()
         with anyio.move_on_after(limit) as timer:
             output, error = await self._call(task, step, args, calls)
@@ -258,6 +343,8 @@ class Tasks(Part):
             )
         digest = digest_of(body)
         input_hash = digest_of(input_body)
+        if run.abandoned:
+            return None  # given up as stuck: its end is recorded, and no provenance is made for it
         seq = None
         if self.audit is not None:
             try:
@@ -268,9 +355,10 @@ class Tasks(Part):
                 )
             except RPCError as exc:  # no step done without its provenance entry
                 return exc
-        await anyio.to_thread.run_sync(
+        if not await anyio.to_thread.run_sync(
             self.store.step_done, task.id, step.id, body, digest, time.time(), input_body, input_hash, seq, calls.made
-        )
+        ):
+            return None  # the watchdog failed the step meanwhile; that record stands
         outputs[step.id] = output
         self._step_event(task, step, "done", output_hash=digest, attempts=calls.made)
         return None
@@ -345,6 +433,13 @@ class Tasks(Part):
                 "a task needs a plan: no planner exists to make one from a goal", reason="no_planner", field="plan"
             )
         plan = validate_plan(params.plan, self.tools.names, self.settings.max_steps, self.settings.max_step_timeout)
+        task = await self._enqueue(ctx.principal, plan, params.namespace, params.deadline)
+        return TaskSubmitResult(task_id=task.id, state="queued")
+
+    async def _enqueue(
+        self, principal: Principal, plan: Plan, namespace: str | None, deadline: float | None, replay_of: str | None = None
+    ) -> TaskRow:
+        """A new task, stored and admitted to the queue (-32003 when the queue is full)."""
         if self._waiting >= self.settings.queue:
             raise Overloaded(
                 f"{self._waiting} tasks wait already (tasks.queue); retry later", reason="queue_full",
@@ -353,9 +448,8 @@ class Tasks(Part):
         now = time.time()
         task = TaskRow(
             id=f"tk_{secrets.token_hex(12)}", state="queued", plan=plan.model_dump(mode="json", exclude_defaults=True),
-            namespace=params.namespace, principal=ctx.principal,
-            deadline_at=None if params.deadline is None else now + params.deadline, created_at=now,
-            started_at=None, finished_at=None, error=None,
+            namespace=namespace, principal=principal, deadline_at=None if deadline is None else now + deadline,
+            created_at=now, started_at=None, finished_at=None, error=None, replay_of=replay_of,
         )
         self._waiting += 1  # held while the insert is awaited: a concurrent submit sees it
         try:
@@ -365,17 +459,83 @@ class Tasks(Part):
         finally:
             self._waiting -= 1
         self._admit(task.id)
-        return TaskSubmitResult(task_id=task.id, state="queued")
+        return task
 
     @rpc("task.get", summary="A task: its state, plan, and each step's state, output hash and error.", read_only=True)
     async def get(self, ctx: RequestContext, params: TaskGetParams) -> TaskGetResult:
         task = await self._visible(ctx, params.task_id)
+        summary, steps = await self._details(task, params.outputs)
+        return TaskGetResult(task=summary, plan=task.plan, steps=steps)
+
+    async def _details(self, task: TaskRow, with_outputs: bool = False) -> tuple[TaskSummary, list[StepOut]]:
+        """A task's summary and steps; a live replay's steps say whether their outputs differ."""
         rows = await anyio.to_thread.run_sync(self.store.steps, task.id)
-        outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id) if params.outputs else {}
-        return TaskGetResult(
-            task=_summary(task, rows),
-            plan=task.plan,
-            steps=[_step_out(row, outputs.get(row.step_id)) for row in rows],
+        outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id) if with_outputs else {}
+        differs: dict[str, bool | None] = {}
+        if task.replay_of is not None:
+            differs = live_differences(await anyio.to_thread.run_sync(self.store.steps, task.replay_of), rows)
+        return _summary(task, rows), [_step_out(row, outputs.get(row.step_id), differs.get(row.step_id)) for row in rows]
+
+    @rpc(
+        "task.follow",
+        summary="Follow a task: its progress as task.progress notifications on this connection, then its state once it ends.",
+        read_only=True, timeout=MAX_FOLLOW_WAIT + 30,
+    )
+    async def follow(self, ctx: RequestContext, params: TaskFollowParams) -> TaskFollowResult:
+        task = await self._visible(ctx, params.task_id)
+        # Subscribed before the state is read again: an end that comes between is not missed.
+        subscription = self.bus.subscribe(
+            ("task.*",), maxsize=FOLLOW_QUEUE, admits=lambda event: getattr(event, "task_id", None) == task.id
+        )
+        notified = 0
+        try:
+            task = await self._visible(ctx, params.task_id)
+            ended = task.state not in UNFINISHED
+            with anyio.move_on_after(params.wait):
+                while not ended:
+                    event = await subscription.receive()
+                    await ctx.connection.notify(FOLLOW_NOTIFICATION, event.wire())
+                    notified += 1
+                    ended = event.topic == TaskEnded.topic
+        finally:
+            self.bus.unsubscribe(subscription)
+        task = await self._visible(ctx, params.task_id)
+        summary, steps = await self._details(task)
+        return TaskFollowResult(
+            task=summary, steps=steps, ended=task.state not in UNFINISHED, notified=notified, missed=subscription.dropped
+        )
+
+    @rpc(
+        "task.replay",
+        summary="Replay a finished task: recorded (its plan against its recorded outputs, hash for hash) or live (run again).",
+    )
+    async def replay(self, ctx: RequestContext, params: TaskReplayParams) -> TaskReplayResult:
+        task = await self._visible(ctx, params.task_id)
+        if task.state in UNFINISHED:
+            raise Conflict(
+                f"task {task.id} is {task.state}; only a finished task can be replayed", reason="not_finished",
+                task_id=task.id, state=task.state,
+            )
+        if params.mode == "live":
+            # Checked again as a new submission would be: a tool may have gone since (a plugin removed).
+            plan = validate_plan(task.plan, self.tools.names, self.settings.max_steps, self.settings.max_step_timeout)
+            replay = await self._enqueue(ctx.principal, plan, task.namespace, None, replay_of=task.id)
+            log.info("task replayed live", task=task.id, replay=replay.id)
+            return TaskReplayResult(mode="live", task_id=task.id, replay_task_id=replay.id)
+        rows = await anyio.to_thread.run_sync(self.store.steps, task.id)
+        if not any(row.state == "done" for row in rows):
+            raise Conflict(
+                f"task {task.id} has no done step, so nothing was recorded to replay", reason="nothing_to_replay",
+                task_id=task.id,
+            )
+        hashes = [digest for row in rows for digest in (row.input_hash, row.output_hash) if digest is not None]
+        bodies = await anyio.to_thread.run_sync(self.store.bodies, hashes)
+        replayed = replay_recorded(Plan.model_validate(task.plan), task.namespace, rows, bodies, self.tools.takes_namespace)
+        matches = all(step.outcome != "differs" for step in replayed)
+        log.info("task replayed from its records", task=task.id, matches=matches)
+        return TaskReplayResult(
+            mode="recorded", task_id=task.id, matches=matches,
+            steps=[ReplayedStepOut(**vars(step)) for step in replayed],
         )
 
     @rpc("task.list", summary="Tasks, newest first: yours (the daemon's owner: everyone's).", read_only=True)
@@ -424,16 +584,36 @@ class Tasks(Part):
         task = await self._visible(ctx, params.task_id)
         if task.state in UNFINISHED:
             self._cancelled.add(task.id)
-            scope = self._scopes.get(task.id)
-            if scope is not None:  # a worker holds it: cancel it there and wait for the record
-                ended = self._ended[task.id]
-                scope.cancel()
+            run = self._running.get(task.id)
+            if run is not None:  # a worker holds it: cancel it there and wait for the record
+                run.due = min(run.due, anyio.current_time())  # the watchdog's clock for a stuck step
+                run.scope.cancel()
                 with anyio.move_on_after(self.settings.cancel_wait):
-                    await ended.wait()
+                    await run.ended.wait()
             else:  # still queued: its worker will skip it
                 await self._finish(task, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
+
+
+class _Running:
+    """A task a worker holds: its cancel scope (task.cancel and the deadline reach the step in flight
+    through it), the step in flight, since when and when it is due to end (the watchdog's view)."""
+
+    def __init__(self, task_id: str) -> None:
+        self.task_id = task_id
+        self.task: TaskRow | None = None  # once the worker has read it
+        self.scope = anyio.CancelScope()
+        self.ended = anyio.Event()  # set when the task's end is recorded and its worker let go
+        self.step: Step | None = None
+        self.since = 0.0
+        self.due = math.inf
+        self.abandoned = False  # given up by the watchdog as stuck
+
+    def begin(self, step: Step, limit: float) -> None:
+        self.step = step
+        self.since = anyio.current_time()
+        self.due = self.since + limit
 
 
 class _Calls:
@@ -463,13 +643,13 @@ def _summary(task: TaskRow, rows: list[StepRow]) -> TaskSummary:
         task_id=task.id, state=task.state, namespace=task.namespace,  # type: ignore[arg-type]
         steps=len(rows), steps_done=sum(row.state == "done" for row in rows),
         created_at=task.created_at, started_at=task.started_at, finished_at=task.finished_at,
-        deadline_at=task.deadline_at, error=StepError(**task.error) if task.error else None,
+        deadline_at=task.deadline_at, error=StepError(**task.error) if task.error else None, replay_of=task.replay_of,
     )
 
 
-def _step_out(row: StepRow, output: Any) -> StepOut:
+def _step_out(row: StepRow, output: Any, differs: bool | None = None) -> StepOut:
     return StepOut(
         id=row.step_id, tool=row.tool, state=row.state, output_hash=row.output_hash,  # type: ignore[arg-type]
         output_size=row.output_size, output=output, error=StepError(**row.error) if row.error else None,
-        attempts=row.attempts, started_at=row.started_at, finished_at=row.finished_at,
+        attempts=row.attempts, started_at=row.started_at, finished_at=row.finished_at, differs=differs,
     )

@@ -31,3 +31,15 @@ class TaskSettings(BaseModel):
     breaker_cooldown: float = Field(
         default=30.0, gt=0, description="Seconds an open breaker refuses calls before it lets one probe through."
     )
+    heartbeat: float = Field(
+        default=5.0, gt=0, le=3600,
+        description="Seconds between a running task's task.heartbeat events, and between the watchdog's looks for stuck steps.",
+    )
+    stuck_grace: float = Field(
+        default=10.0, gt=0,
+        description="Seconds a step may go on past its time limit (or a cancel) before the watchdog fails it as stuck.",
+    )
+    yield_max: float = Field(
+        default=1.0, ge=0, le=60,
+        description="Seconds a task waits at most, before each step, for foreground requests in flight to finish (0: never).",
+    )

@@ -56,16 +56,17 @@ class TaskRow:
     started_at: float | None
     finished_at: float | None
     error: dict[str, Any] | None
+    replay_of: str | None = None  # a live replay: the task whose plan it runs again
 
 
-_TASK_COLUMNS = "id, state, plan, namespace, principal, deadline_at, created_at, started_at, finished_at, error"
+_TASK_COLUMNS = "id, state, plan, namespace, principal, deadline_at, created_at, started_at, finished_at, error, replay_of"
 
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
     return TaskRow(
         id=row[0], state=row[1], plan=json.loads(row[2]), namespace=row[3],
         principal=Principal.model_validate_json(row[4]), deadline_at=row[5], created_at=row[6],
-        started_at=row[7], finished_at=row[8], error=json.loads(row[9]) if row[9] else None,
+        started_at=row[7], finished_at=row[8], error=json.loads(row[9]) if row[9] else None, replay_of=row[10],
     )
 
 
@@ -83,32 +84,36 @@ class TaskStore(OneConnection):
         """A new queued task with its steps (``(step_id, tool)`` in execution order), pending."""
         with self.transaction() as conn:
             conn.execute(
-                f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (task.id, task.state, json.dumps(task.plan, separators=(",", ":")), task.namespace,
-                 task.principal.model_dump_json(), task.deadline_at, task.created_at, None, None, None),
+                 task.principal.model_dump_json(), task.deadline_at, task.created_at, None, None, None, task.replay_of),
             )
             conn.executemany(
                 "INSERT INTO tasks_steps (task_id, step_id, position, tool, state) VALUES (?, ?, ?, ?, 'pending')",
                 [(task.id, step_id, position, tool) for position, (step_id, tool) in enumerate(steps)],
             )
 
-    def set_task_state(self, task_id: str, state: str, at: float, error: dict[str, Any] | None = None) -> None:
-        """Move a task to ``state``: 'running' sets started_at (once); a final state sets
-        finished_at and the error, and skips the steps that never ran."""
+    def set_task_state(self, task_id: str, state: str, at: float, error: dict[str, Any] | None = None) -> bool:
+        """Move an unfinished task to ``state``: 'running' sets started_at (once); a final state
+        sets finished_at and the error, and skips the steps that never ran. Whether it moved: a
+        task that has ended stays as it ended (a stuck step's worker may come back after the
+        watchdog ended its task)."""
         with self.transaction() as conn:
             if state == "running":
-                conn.execute(
-                    "UPDATE tasks_runs SET state = 'running', started_at = coalesce(started_at, ?) WHERE id = ?",
-                    (at, task_id),
-                )
-                return
-            conn.execute(
-                "UPDATE tasks_runs SET state = ?, finished_at = ?, error = ? WHERE id = ?", (state, at, _error(error), task_id)
-            )
-            if state != "queued":
+                return conn.execute(
+                    "UPDATE tasks_runs SET state = 'running', started_at = coalesce(started_at, ?) "
+                    "WHERE id = ? AND state IN (?, ?)",
+                    (at, task_id, *UNFINISHED),
+                ).rowcount > 0
+            moved = conn.execute(
+                "UPDATE tasks_runs SET state = ?, finished_at = ?, error = ? WHERE id = ? AND state IN (?, ?)",
+                (state, at, _error(error), task_id, *UNFINISHED),
+            ).rowcount > 0
+            if moved and state != "queued":
                 conn.execute(
                     "UPDATE tasks_steps SET state = 'skipped' WHERE task_id = ? AND state = 'pending'", (task_id,)
                 )
+            return moved
 
     def step_started(self, task_id: str, step_id: str, at: float) -> None:
         with self.transaction() as conn:
@@ -121,9 +126,10 @@ class TaskStore(OneConnection):
         self, task_id: str, step_id: str, body: bytes, digest: str, at: float,
         input_body: bytes | None = None, input_hash: str | None = None, audit_seq: int | None = None,
         attempts: int | None = None,
-    ) -> None:
+    ) -> bool:
         """The step's output and resolved input (each stored once per digest), the seq of its
-        audit entry and its 'done' state, in one commit."""
+        audit entry and its 'done' state, in one commit; whether the step was still running (a
+        step the watchdog failed as stuck stays failed)."""
         with self.transaction() as conn:
             stored = [(digest, len(body), body)]
             if input_body is not None:
@@ -131,11 +137,11 @@ class TaskStore(OneConnection):
             conn.executemany(
                 "INSERT INTO tasks_outputs (hash, size, body) VALUES (?, ?, ?) ON CONFLICT (hash) DO NOTHING", stored
             )
-            conn.execute(
+            return conn.execute(
                 "UPDATE tasks_steps SET state = 'done', output_hash = ?, input_hash = ?, audit_seq = ?, attempts = ?, finished_at = ? "
-                "WHERE task_id = ? AND step_id = ?",
+                "WHERE task_id = ? AND step_id = ? AND state = 'running'",
                 (digest, input_hash, audit_seq, attempts, at, task_id, step_id),
-            )
+            ).rowcount > 0
 
     def step_ended(
         self, task_id: str, step_id: str, state: str, error: dict[str, Any], at: float, attempts: int | None = None,
@@ -209,6 +215,18 @@ class TaskStore(OneConnection):
                 (task_id,),
             ).fetchall()
         return {step_id: json.loads(body) for step_id, body in rows}
+
+    def bodies(self, hashes: list[str]) -> dict[str, bytes]:
+        """Stored inputs and outputs by their hashes (those it has), exactly as stored."""
+        found: dict[str, bytes] = {}
+        with self.read() as conn:
+            for start in range(0, len(hashes), 500):  # within SQLite's limit of bound parameters
+                chunk = hashes[start : start + 500]
+                rows = conn.execute(
+                    f"SELECT hash, body FROM tasks_outputs WHERE hash IN ({', '.join('?' * len(chunk))})", chunk
+                ).fetchall()
+                found.update((digest, bytes(body)) for digest, body in rows)
+        return found
 
 
 def digest_of(body: bytes) -> str:
