@@ -1,5 +1,6 @@
-"""What the tasks part needs of the audit log, handed to it by the composition root: appending a
-step's provenance entry, and proving a set of entries against one signed checkpoint."""
+"""What the tasks part needs of other parts, handed to it by the composition root: of the audit
+log, appending a step's provenance entry and proving a set of entries against one signed
+checkpoint; of the policy, the egress decision for the tools of a remote MCP server."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Any, Protocol
 
 from engram.audit.bundle import ProvenEntries
 
-__all__ = ["AuditTrail"]
+__all__ = ["AuditTrail", "Egress"]
 
 
 class AuditTrail(Protocol):
@@ -28,3 +29,13 @@ class AuditTrail(Protocol):
     async def prove_entries(self, seqs: list[int]) -> ProvenEntries:
         """The entries with their inclusion proofs in the tree of one signed checkpoint."""
         ...
+
+
+class Egress(Protocol):
+    """The policy's egress decision (``Policy.require_egress``), for tools whose server is remote:
+    raises PolicyDenied unless a rule lets the data go there; the allowed payload (redacted where
+    a rule obliges it) is the decision's ``payload``."""
+
+    async def require_egress(
+        self, principal: Any, *, method: str | None = None, provider: str, locality: Any = None, payload: Any = None,
+    ) -> Any: ...
