@@ -61,7 +61,7 @@ async def test_tools_are_listed_called_and_checked(tmp_path, monkeypatch):
     policy = _policy(tmp_path)
     servers = {"fx": _server(timeout=0.5, env={"GIVEN": "yes"}, idempotent=["wait"])}
     async with policy, McpTools(servers, policy.tool_guard, policy) as mcp:
-        assert mcp.names == {"mcp:fx.shout", "mcp:fx.fail", "mcp:fx.wait", "mcp:fx.env", "mcp:fx.exit"}
+        assert mcp.names == {"mcp:fx.shout", "mcp:fx.fail", "mcp:fx.wait", "mcp:fx.env", "mcp:fx.pid", "mcp:fx.exit"}
         # readOnlyHint makes a tool idempotent, and so does the setting; nothing else does.
         assert [mcp.idempotent(name) for name in ("mcp:fx.shout", "mcp:fx.wait", "mcp:fx.fail")] == [True, True, False]
         assert (await mcp.named_checks())["mcp:fx"].ok
@@ -126,7 +126,7 @@ async def test_a_server_that_died_fails_calls_then_is_started_again(tmp_path):
                 await anyio.sleep(0.01)
         down = await _error(mcp.call("mcp:fx.shout", {"text": "a"}, OWNER))
         assert isinstance(down, Unavailable) and down.data["server"] == "fx"
-        assert mcp.names == {"mcp:fx.shout", "mcp:fx.fail", "mcp:fx.wait", "mcp:fx.env", "mcp:fx.exit"}  # kept
+        assert mcp.names == {"mcp:fx.shout", "mcp:fx.fail", "mcp:fx.wait", "mcp:fx.env", "mcp:fx.pid", "mcp:fx.exit"}  # kept
         with anyio.fail_after(20):
             while not (await mcp.named_checks())["mcp:fx"].ok:
                 await anyio.sleep(0.05)
