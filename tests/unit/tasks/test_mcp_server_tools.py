@@ -14,6 +14,7 @@ import anyio
 import pytest
 from engram.bus import EventBus
 from engram.bus.events import CORE_EVENTS
+from engram.config import REDACTED, load_settings
 from engram.errors import Conflict, InvalidParams, NotFound, PolicyDenied, Timeout, Unavailable
 from engram.observability.metrics import Metrics
 from engram.policy.events import POLICY_EVENTS
@@ -144,6 +145,15 @@ async def test_a_server_that_cannot_start_leaves_its_tools_absent(tmp_path):
         assert checks["mcp:fx"].ok and not checks["mcp:broken"].ok and not checks["mcp:mute"].ok
         assert "No such file" in checks["mcp:broken"].detail or "FileNotFoundError" in checks["mcp:broken"].detail
         assert "start_timeout" in checks["mcp:mute"].detail
+
+
+def test_a_servers_secret_variables_are_redacted_where_settings_are_shown(tmp_path):
+    config = tmp_path / "engram.toml"
+    config.write_text('[tasks.mcp_servers.search]\ncommand = ["search-mcp"]\n'
+                      '[tasks.mcp_servers.search.env]\nSEARCH_API_KEY = "sk-123"\nSEARCH_LANG = "en"\n')
+    shown, redacted = load_settings(config, state_dir=tmp_path / "s").redacted_dict()
+    assert shown["tasks"]["mcp_servers"]["search"]["env"] == {"SEARCH_API_KEY": REDACTED, "SEARCH_LANG": "en"}
+    assert redacted == ["tasks.mcp_servers.search.env.SEARCH_API_KEY"]
 
 
 def test_server_names_and_commands_are_checked():
