@@ -201,3 +201,29 @@ async def test_a_plan_uses_an_mcp_tool_with_what_an_earlier_step_returned(tmp_pa
                     assert result.task.state in ("queued", "running"), result
                     await anyio.sleep(0.01)
     assert result.steps[1].output == {"text": "THE HERON NESTS", "words": 3} and result.steps[1].attempts == 1
+
+
+async def test_a_read_only_tool_is_retried_until_its_server_is_back(tmp_path):
+    """The server has just died: the step's first call fails with tool_unavailable, and the
+    executor calls the read-only tool again after its pauses, until the restarted server answers."""
+    database = tmp_path / "engram.db"
+    async with Database(database):
+        pass
+    bus = EventBus((*CORE_EVENTS, *POLICY_EVENTS, *TASK_EVENTS))
+    policy = _policy(tmp_path)
+    ctx = RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
+    plan = {"steps": [{"id": "a", "tool": "mcp:fx.shout", "args": {"text": "again"}}]}
+    settings = TaskSettings(retries=6, retry_backoff=0.5)
+    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy) as mcp:
+        tools = CombinedTools(Builtin(), PluginTools(dict, policy.tool_guard), mcp)
+        async with Tasks(settings, database, tools, bus, owner_uid=OWNER.uid) as tasks:
+            await _error(mcp.call("mcp:fx.exit", {}, OWNER))
+            task_id = (await tasks.submit(ctx, TaskSubmitParams(plan=plan))).task_id
+            with anyio.fail_after(30):
+                while (result := await tasks.get(ctx, TaskGetParams(task_id=task_id, outputs=True))).task.state in (
+                    "queued", "running",
+                ):
+                    await anyio.sleep(0.02)
+    step = result.steps[0]
+    assert result.task.state == "done", result
+    assert step.output == {"text": "AGAIN", "words": 1} and step.attempts > 1
