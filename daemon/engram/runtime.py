@@ -269,7 +269,7 @@ class Daemon:
         # by the policy as the submitting principal first. So are the tools of the MCP servers of
         # tasks.mcp_servers (mcp:<server>.<tool>), whose part runs them as child processes; a
         # remote server's calls also need the policy's egress decision, as a remote provider's do.
-        self.mcp = _mcp_servers(settings, self.policy)
+        self.mcp = _mcp_servers(settings, self.policy, self.bus)
         tools = CombinedTools(MethodTools(self.dispatcher.dispatch, self.methods),
                               PluginTools(self.plugins.tools, self.policy.tool_guard), self.mcp)
         self.tasks = Tasks(settings.tasks, settings.database_path, tools,
@@ -478,7 +478,7 @@ class Daemon:
         return live, restart
 
 
-def _mcp_servers(settings: Settings, policy: Policy) -> McpTools | None:
+def _mcp_servers(settings: Settings, policy: Policy, bus: EventBus) -> McpTools | None:
     """The part of the MCP servers that ``tasks.mcp_servers`` names, or None when it names none.
     Imported here: the MCP client costs the daemon's start a noticeable import time, which only a
     configuration that uses it should pay."""
@@ -486,7 +486,7 @@ def _mcp_servers(settings: Settings, policy: Policy) -> McpTools | None:
         return None
     from engram.tasks.mcp_tools import McpTools
 
-    return McpTools(settings.tasks.mcp_servers, policy.tool_guard, policy)
+    return McpTools(settings.tasks.mcp_servers, policy.tool_guard, policy, bus)
 
 
 def _check(health: Health) -> Check:

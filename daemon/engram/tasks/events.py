@@ -1,7 +1,9 @@
 """Bus events of the task executor (topics ``task.*``): a task's progress as it happens.
 
 Each names the uid that submitted the task, so a subscriber who is not the daemon's owner sees
-the progress of their own tasks only (:mod:`engram.bus.audience`)."""
+the progress of their own tasks only (:mod:`engram.bus.audience`). ``mcp.server`` tells when an
+MCP server whose tools plans call (``tasks.mcp_servers``) came up or went down; it names no uid,
+so only the owner sees it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ from pydantic import Field
 
 from engram.bus.events import Event
 
-__all__ = ["TASK_EVENTS", "TaskEnded", "TaskStep"]
+__all__ = ["TASK_EVENTS", "McpServerChanged", "TaskEnded", "TaskStep"]
 
 
 class TaskStep(Event):
@@ -34,4 +36,14 @@ class TaskEnded(Event):
     reason: str | None = Field(default=None, description="data.reason of the error that ended it (None: done).")
 
 
-TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded)
+class McpServerChanged(Event):
+    topic = "mcp.server"
+    server: str = Field(description="The server's name in tasks.mcp_servers.")
+    state: Literal["running", "down"] = Field(description="running: started and its tools listed; down: not running.")
+    tools: int = Field(description="Tools of its last listing (kept while it is down).")
+    starts: int = Field(description="Times it has been started and listed its tools.")
+    error: str | None = Field(default=None, description="Why it is down: the start that failed, or its exit.")
+    restart_in_s: float | None = Field(default=None, description="Seconds until it is started again, when down.")
+
+
+TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded, McpServerChanged)

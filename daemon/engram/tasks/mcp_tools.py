@@ -47,9 +47,11 @@ from mcp.shared.exceptions import MCPError
 from mcp.shared.message import SessionMessage
 from pydantic import ValidationError
 
+from engram.bus import EventBus
 from engram.errors import Conflict, InvalidParams, NotFound, RPCError, Timeout, Unavailable
 from engram.lifecycle import Health, Part
 from engram.principal import Principal
+from engram.tasks.events import McpServerChanged
 from engram.tasks.ports import Egress
 from engram.tasks.settings import McpServerSettings
 from engram.tasks.tools import MCP_PREFIX, ToolGuard
@@ -89,9 +91,10 @@ def _describe(exc: BaseException) -> str:
 class McpServer:
     """One configured server: its child process and session, restarted when it ends."""
 
-    def __init__(self, name: str, settings: McpServerSettings, errlog: TextIO) -> None:
+    def __init__(self, name: str, settings: McpServerSettings, bus: EventBus, errlog: TextIO) -> None:
         self.name = name
         self.settings = settings
+        self._bus = bus
         self._errlog = errlog
         self.tools: dict[str, McpTool] = {}  # by mcp:<server>.<tool>; the last listing, kept across restarts
         self.session: ClientSession | None = None  # while connected
@@ -126,6 +129,8 @@ class McpServer:
             if time.monotonic() - began >= MAX_RESTART_BACKOFF:
                 backoff = RESTART_BACKOFF
             log.warning("mcp server not running", server=self.name, error=self.error, restart_in_s=backoff)
+            self._bus.publish(McpServerChanged(server=self.name, state="down", tools=len(self.tools), starts=self.starts,
+                                               error=self.error, restart_in_s=backoff))
             await anyio.sleep(backoff)
             backoff = min(backoff * 2, MAX_RESTART_BACKOFF)
 
@@ -151,6 +156,8 @@ class McpServer:
                     self.error = None
                     self.first_attempt.set()
                     log.info("mcp server started", server=self.name, tools=sorted(listed), starts=self.starts)
+                    self._bus.publish(McpServerChanged(server=self.name, state="running", tools=len(listed),
+                                                       starts=self.starts))
                     await ended.wait()
                     self.session = None
                 tasks.cancel_scope.cancel()
@@ -217,13 +224,14 @@ class McpTools(Part):
     """The part that holds the configured servers; a :class:`engram.tasks.tools.Tools` of theirs."""
 
     def __init__(
-        self, servers: Mapping[str, McpServerSettings], guard: ToolGuard, egress: Egress, errlog: TextIO | None = None,
+        self, servers: Mapping[str, McpServerSettings], guard: ToolGuard, egress: Egress, bus: EventBus,
+        errlog: TextIO | None = None,
     ) -> None:
         super().__init__("mcp")
         self._guard = guard
         self._egress = egress
         stream = errlog or sys.__stderr__ or sys.stderr  # the servers' stderr: the daemon's own
-        self.servers = {name: McpServer(name, settings, stream) for name, settings in servers.items()}
+        self.servers = {name: McpServer(name, settings, bus, stream) for name, settings in servers.items()}
 
     async def setup(self, stack: AsyncExitStack) -> None:
         if not self.servers:

@@ -33,6 +33,7 @@ from pydantic import ValidationError
 
 OWNER = Principal(uid=os.getuid(), gid=os.getgid(), pid=1)
 OTHER = Principal(uid=os.getuid() + 4242, gid=os.getgid() + 4242, pid=2)
+BUS = EventBus((*CORE_EVENTS, *TASK_EVENTS))
 SERVER = Path(__file__).resolve().parents[2] / "fixtures" / "mcp_server" / "stdio_server.py"
 
 
@@ -61,7 +62,7 @@ async def test_tools_are_listed_called_and_checked(tmp_path, monkeypatch):
     monkeypatch.setenv("ENGRAM_TEST_SECRET", "the daemon's")
     policy = _policy(tmp_path)
     servers = {"fx": _server(timeout=0.5, env={"GIVEN": "yes"}, idempotent=["wait"])}
-    async with policy, McpTools(servers, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools(servers, policy.tool_guard, policy, BUS) as mcp:
         assert mcp.names == {"mcp:fx.shout", "mcp:fx.fail", "mcp:fx.wait", "mcp:fx.env", "mcp:fx.pid", "mcp:fx.exit"}
         # readOnlyHint makes a tool idempotent, and so does the setting; nothing else does.
         assert [mcp.idempotent(name) for name in ("mcp:fx.shout", "mcp:fx.wait", "mcp:fx.fail")] == [True, True, False]
@@ -93,7 +94,7 @@ async def test_tools_are_listed_called_and_checked(tmp_path, monkeypatch):
 async def test_the_policy_decides_who_may_use_a_tool(tmp_path):
     grant = f'[[rule]]\nname = "grant-shout"\neffect = "allow"\nprincipals = ["uid:{OTHER.uid}"]\nactions = ["mcp:fx.shout"]\n'
     policy = _policy(tmp_path, grant)
-    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy, BUS) as mcp:
         assert await mcp.call("mcp:fx.shout", {"text": "a"}, OTHER) == {"text": "A", "words": 1}
         denied = await _error(mcp.call("mcp:fx.env", {"name": "HOME"}, OTHER))
         assert isinstance(denied, PolicyDenied)
@@ -103,14 +104,14 @@ async def test_the_policy_decides_who_may_use_a_tool(tmp_path):
 async def test_a_remote_server_needs_the_policys_egress_allow(tmp_path):
     servers = {"far": _server(locality="remote")}
     policy = _policy(tmp_path)
-    async with policy, McpTools(servers, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools(servers, policy.tool_guard, policy, BUS) as mcp:
         refused = await _error(mcp.call("mcp:far.shout", {"text": "a"}, OWNER))
         assert isinstance(refused, PolicyDenied)
         assert (refused.data["point"], refused.data["provider"], refused.data["locality"]) == ("egress", "mcp:far", "remote")
     allow = ('[[rule]]\nname = "far-ok"\neffect = "allow"\nprincipals = ["owner"]\nproviders = ["mcp:far"]\n'
              'locality = ["remote"]\nobligations = ["redact"]\n')
     policy = _policy(tmp_path / "allowed", allow)
-    async with policy, McpTools(servers, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools(servers, policy.tool_guard, policy, BUS) as mcp:
         # Allowed, and what leaves is redacted as the rule obliges.
         assert await mcp.call("mcp:far.shout", {"text": "mail ada@example.org"}, OWNER) == {
             "text": "MAIL [REDACTED:EMAIL]", "words": 2,
@@ -119,7 +120,9 @@ async def test_a_remote_server_needs_the_policys_egress_allow(tmp_path):
 
 async def test_a_server_that_died_fails_calls_then_is_started_again(tmp_path):
     policy = _policy(tmp_path)
-    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy) as mcp:
+    bus = EventBus((*CORE_EVENTS, *TASK_EVENTS))
+    changes = bus.subscribe(["mcp.server"], 100)
+    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy, bus) as mcp:
         gone = await _error(mcp.call("mcp:fx.exit", {}, OWNER))
         assert isinstance(gone, Unavailable) and gone.reason == "tool_unavailable"
         with anyio.fail_after(2):
@@ -133,13 +136,17 @@ async def test_a_server_that_died_fails_calls_then_is_started_again(tmp_path):
                 await anyio.sleep(0.05)
         assert await mcp.call("mcp:fx.shout", {"text": "back"}, OWNER) == {"text": "BACK", "words": 1}
         assert mcp.servers["fx"].starts == 2
+    events = []
+    while (event := changes.receive_nowait()) is not None:
+        events.append((event.state, event.starts, event.tools, event.restart_in_s))
+    assert events == [("running", 1, 6, None), ("down", 1, 6, 1.0), ("running", 2, 6, None)]
 
 
 async def test_a_server_that_cannot_start_leaves_its_tools_absent(tmp_path):
     servers = {"fx": _server(), "broken": McpServerSettings(command=[str(tmp_path / "no-such-program")]),
                "mute": McpServerSettings(command=[sys.executable, "-c", "import time; time.sleep(60)"], start_timeout=0.5)}
     policy = _policy(tmp_path)
-    async with policy, McpTools(servers, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools(servers, policy.tool_guard, policy, BUS) as mcp:
         assert {name.partition(".")[0] for name in mcp.names} == {"mcp:fx"}
         checks = await mcp.named_checks()
         assert checks["mcp:fx"].ok and not checks["mcp:broken"].ok and not checks["mcp:mute"].ok
@@ -192,7 +199,7 @@ async def test_a_plan_uses_an_mcp_tool_with_what_an_earlier_step_returned(tmp_pa
         {"id": "b", "tool": "mcp:fx.shout", "args": {"text": {"$from": "a.stored.text"}}, "needs": ["a"]},
     ]}
     ctx = RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
-    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy, BUS) as mcp:
         tools = CombinedTools(Builtin(), PluginTools(dict, policy.tool_guard), mcp)
         async with Tasks(TaskSettings(), database, tools, bus, owner_uid=OWNER.uid) as tasks:
             task_id = (await tasks.submit(ctx, TaskSubmitParams(plan=plan))).task_id
@@ -214,7 +221,7 @@ async def test_a_read_only_tool_is_retried_until_its_server_is_back(tmp_path):
     ctx = RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
     plan = {"steps": [{"id": "a", "tool": "mcp:fx.shout", "args": {"text": "again"}}]}
     settings = TaskSettings(retries=6, retry_backoff=0.5)
-    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy) as mcp:
+    async with policy, McpTools({"fx": _server()}, policy.tool_guard, policy, BUS) as mcp:
         tools = CombinedTools(Builtin(), PluginTools(dict, policy.tool_guard), mcp)
         async with Tasks(settings, database, tools, bus, owner_uid=OWNER.uid) as tasks:
             await _error(mcp.call("mcp:fx.exit", {}, OWNER))
