@@ -284,13 +284,15 @@ def bench_sleep(episodes: int, queries: int, clients: int, rate: float, dim: int
 @click.option("--runs", "-n", type=click.IntRange(min=1), default=200, show_default=True, help="Runs each way.")
 @click.option("--steps", type=click.IntRange(min=1, max=100), default=10, show_default=True,
               help="Steps of each run: memory.remember and memory.get in turn (tasks.max_steps is 100).")
+@click.option("--mcp", is_flag=True,
+              help="Steps call an MCP server's echo tool instead; direct calls go through the MCP SDK's client.")
 @json_option
-def bench_tasks(runs: int, steps: int, as_json: bool) -> None:
+def bench_tasks(runs: int, steps: int, mcp: bool, as_json: bool) -> None:
     """The task executor's overhead per step: a plan of tool calls as one task vs the same calls made directly."""
     from engram_bench.tasks import run_tasks_bench
 
     with errors():
-        report = run_tasks_bench(runs, steps, progress=not as_json and sys.stderr.isatty())
+        report = run_tasks_bench(runs, steps, progress=not as_json and sys.stderr.isatty(), mcp=mcp)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 

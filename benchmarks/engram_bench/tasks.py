@@ -11,7 +11,12 @@ parsing of the stored texts lands in the figures):
   up to its interval and add its own requests to the daemon's work while the task runs.
 
 The steps alternate ``memory.remember`` of a short, new text with an explicit 8-dimensional
-vector (no embedding model needed) and ``memory.get`` of the id it returned. The two ways take
+vector (no embedding model needed) and ``memory.get`` of the id it returned. With ``mcp`` every
+step is instead the ``echo`` tool of an MCP server (:mod:`engram_bench.mcp_echo`) that the daemon
+runs (``tasks.mcp_servers``), each step echoing what the one before returned; the direct calls
+then go through the MCP SDK's own client (``ClientSession`` over stdio) to a second copy of the
+server that the bench starts itself: the figure is what a task step adds to calling the server
+directly. The two ways take
 turns, one run each, so that load changing during the bench falls on both alike. A run's time per
 step is its wall time over S; the executor's overhead per step is the task's minus the direct
 calls' at the median. The daemon's CPU time per step (``/proc/<pid>/stat``, Linux) is beside
@@ -21,8 +26,11 @@ them, since it moves less than wall time when the machine is shared.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,8 @@ __all__ = ["TasksReport", "run_tasks_bench"]
 
 DIM = 8
 EVENT_WAIT = 60.0  # seconds a task may take before the run counts it as an error
+MCP_SERVER = Path(__file__).resolve().parent / "mcp_echo.py"
+MCP_TOOL = "mcp:bench.echo"
 
 
 def _vector(step: int) -> list[float]:
@@ -53,6 +63,36 @@ def _steps(run: int, count: int, side: str) -> list[tuple[str, dict[str, Any]]]:
         else:
             steps.append(("memory.get", {"ids": [{"$from": f"s{i - 1}.ids.0"}]}))
     return steps
+
+
+def _mcp_steps(run: int, count: int, side: str) -> list[tuple[str, dict[str, Any]]]:
+    """Echo steps: the first is given a new text, each later one what the one before returned."""
+    first = (MCP_TOOL, {"text": f"bench mcp {side} run {run}"})
+    return [first, *((MCP_TOOL, {"text": {"$from": f"s{i - 1}.text"}}) for i in range(1, count))]
+
+
+async def _direct_mcp(session: Any, steps: list[tuple[str, dict[str, Any]]]) -> None:
+    """The echo steps as calls through the MCP SDK's client, each given the text the last returned."""
+    text = steps[0][1]["text"]
+    for _ in steps:
+        result = await session.call_tool("echo", {"text": text}, read_timeout_seconds=EVENT_WAIT)
+        if result.is_error or result.structured_content is None:
+            raise RuntimeError(f"the echo tool failed: {result.content}")
+        text = result.structured_content["text"]
+
+
+async def _mcp_session(stack: AsyncExitStack) -> Any:
+    """A client session with a copy of the echo server of the bench's own."""
+    from mcp.client import ClientSession
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    read, write = await stack.enter_async_context(
+        stdio_client(StdioServerParameters(command=sys.executable, args=[str(MCP_SERVER)]))
+    )
+    session = await stack.enter_async_context(ClientSession(read, write))
+    await session.initialize()
+    await session.list_tools()  # as the daemon does: the client then knows the tool's output schema
+    return session
 
 
 def _plan(steps: list[tuple[str, dict[str, Any]]]) -> dict[str, Any]:
@@ -89,6 +129,7 @@ async def _task(client: Any, events: Any, steps: list[tuple[str, dict[str, Any]]
 class TasksReport:
     runs: int
     steps: int
+    mcp: bool = False  # the steps call an MCP server's echo tool
     direct: Measurement | None = None  # latencies: seconds per step of each run
     task: Measurement | None = None
     submit: Measurement | None = None  # task.submit's round trip alone, per task
@@ -110,6 +151,7 @@ class TasksReport:
         assert self.direct is not None and self.task is not None and self.submit is not None
         return {
             "benchmark": "tasks",
+            "tool": MCP_TOOL if self.mcp else "memory",
             "runs": self.runs,
             "steps": self.steps,
             "rows": [
@@ -128,7 +170,8 @@ class TasksReport:
 
     def table(self) -> str:
         assert self.direct is not None and self.task is not None and self.submit is not None
-        lines = [f"{self.runs} runs of {self.steps} steps each way (memory.remember, memory.get, ...)",
+        what = f"{MCP_TOOL}; direct: the MCP SDK's client" if self.mcp else "memory.remember, memory.get, ..."
+        lines = [f"{self.runs} runs of {self.steps} steps each way ({what})",
                  f"{'target':<7} {'p50 ms/step':>11} {'p99 ms/step':>11} {'runs/s':>8} {'CPU ms/step':>11} {'errors':>6}"]
         for m in (self.direct, self.task):
             cpu = self.cpu_ms_per_step.get(m.target)
@@ -144,6 +187,16 @@ class TasksReport:
 
 
 async def _bench(sock: Path, runs: int, count: int, report: TasksReport, progress: Any) -> None:
+    async with AsyncExitStack() as stack:
+        if report.mcp:
+            session = await _mcp_session(stack)
+            await _measure(sock, runs, count, report, progress, _mcp_steps, lambda client, steps: _direct_mcp(session, steps))
+        else:
+            await _measure(sock, runs, count, report, progress, _steps, _direct)
+
+
+async def _measure(sock: Path, runs: int, count: int, report: TasksReport, progress: Any, make_steps: Any,
+                   direct: Any) -> None:
     from engram.client.async_client import AsyncClient
 
     pid = server_pid(sock)
@@ -155,15 +208,15 @@ async def _bench(sock: Path, runs: int, count: int, report: TasksReport, progres
     async with AsyncClient(sock, timeout=EVENT_WAIT) as client:
         events = await client.subscribe(["task.ended"])
         # One untimed run each way first: connection set-up, first writes, the workers' first task.
-        await _direct(client, _steps(-1, count, "direct"))
-        await _task(client, events, _steps(-1, count, "task"))
+        await direct(client, make_steps(-1, count, "direct"))
+        await _task(client, events, make_steps(-1, count, "task"))
         for run in range(runs):
             for side in ("direct", "task"):
-                steps = _steps(run, count, side)
+                steps = make_steps(run, count, side)
                 cpu_before = cpu_seconds(pid)
                 started = time.perf_counter()
                 if side == "direct":
-                    await _direct(client, steps)
+                    await direct(client, steps)
                 else:
                     submitted, done = await _task(client, events, steps)
                     submits.append(submitted)
@@ -181,11 +234,14 @@ async def _bench(sock: Path, runs: int, count: int, report: TasksReport, progres
     report.cpu_ms_per_step = {side: cpu[side] / (runs * count) * 1000 if pid is not None else None for side in cpu}
 
 
-def run_tasks_bench(runs: int, steps: int, progress: bool = True) -> TasksReport:
+def run_tasks_bench(runs: int, steps: int, progress: bool = True, mcp: bool = False) -> TasksReport:
     from rich.progress import Progress
 
-    report = TasksReport(runs, steps, load_before=os.getloadavg())
-    with temporary_daemon({"ENGRAM_MEMORY__EXTRACTION__ENABLED": "false"}) as sock, \
+    report = TasksReport(runs, steps, mcp=mcp, load_before=os.getloadavg())
+    env = {"ENGRAM_MEMORY__EXTRACTION__ENABLED": "false"}
+    if mcp:
+        env["ENGRAM_TASKS__MCP_SERVERS"] = json.dumps({"bench": {"command": [sys.executable, str(MCP_SERVER)]}})
+    with temporary_daemon(env) as sock, \
             Progress(transient=True, disable=not progress) as bar:
         task = bar.add_task("bench tasks", total=runs)
         asyncio.run(_bench(sock, runs, steps, report, lambda done: bar.update(task, completed=done)))

@@ -4,7 +4,7 @@ Start order (each part is an :class:`engram.lifecycle.Part`, an async context ma
 up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
-               -> tasks -> RPC server (binds the socket) -> READY=1
+               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> RPC server (binds the socket) -> READY=1
 
 Parts are made in the order their needs allow and get what they need as constructor arguments
 (no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
@@ -24,7 +24,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import structlog
@@ -86,6 +86,9 @@ from engram.system import Check, SystemMethods
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
 from engram.tasks.tools import CombinedTools, MethodTools, PluginTools
+
+if TYPE_CHECKING:
+    from engram.tasks.mcp_tools import McpTools
 
 log = structlog.get_logger("engram.daemon")
 
@@ -263,9 +266,12 @@ class Daemon:
         # direct call). Each finished step's provenance goes into the audit log, which proves it.
         self.bus.declare(*TASK_EVENTS)
         # Plugin tools (engram.tools, named plugin:<name>) are called directly, each call decided
-        # by the policy as the submitting principal first.
+        # by the policy as the submitting principal first. So are the tools of the MCP servers of
+        # tasks.mcp_servers (mcp:<server>.<tool>), whose part runs them as child processes; a
+        # remote server's calls also need the policy's egress decision, as a remote provider's do.
+        self.mcp = _mcp_servers(settings, self.policy, self.bus)
         tools = CombinedTools(MethodTools(self.dispatcher.dispatch, self.methods),
-                              PluginTools(self.plugins.tools, self.policy.tool_guard))
+                              PluginTools(self.plugins.tools, self.policy.tool_guard), self.mcp)
         self.tasks = Tasks(settings.tasks, settings.database_path, tools,
                            self.bus, busy, owner_uid=os.getuid(), audit=self.audit, activity=self.activity)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
@@ -279,6 +285,7 @@ class Daemon:
             "sleep": self.sleep,  # after memory and router: it consolidates them when idle
             "plugins": self.plugins,
             "providers": self.providers,
+            **({"mcp": self.mcp} if self.mcp is not None else {}),  # before tasks: its plans call their tools
             "tasks": self.tasks,  # last: its resumed tasks call the methods of every part before it
         }
         self.server = RPCServer(
@@ -469,6 +476,17 @@ class Daemon:
         self.bus.publish(ConfigReloaded(ok=True, changed=live, restart_required=restart))
         await self.policy.reload(new.policy, trigger="reload")  # a broken file: Conflict, the old policy stays
         return live, restart
+
+
+def _mcp_servers(settings: Settings, policy: Policy, bus: EventBus) -> McpTools | None:
+    """The part of the MCP servers that ``tasks.mcp_servers`` names, or None when it names none.
+    Imported here: the MCP client costs the daemon's start a noticeable import time, which only a
+    configuration that uses it should pay."""
+    if not settings.tasks.mcp_servers:
+        return None
+    from engram.tasks.mcp_tools import McpTools
+
+    return McpTools(settings.tasks.mcp_servers, policy.tool_guard, policy, bus)
 
 
 def _check(health: Health) -> Check:

@@ -47,3 +47,14 @@ def test_bench_tasks_prints_a_table_for_a_single_step():
 def test_bench_tasks_refuses_more_steps_than_a_plan_may_have():
     out = _bench("--steps", "101")
     assert out.returncode == 2 and "--steps" in out.stderr
+
+
+def test_bench_tasks_with_an_mcp_servers_tool():
+    out = _bench("--mcp", "-n", "2", "--steps", "3", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert report["tool"] == "mcp:bench.echo" and report["steps"] == 3
+    rows = {row["target"]: row for row in report["rows"]}
+    # errors counts the tasks that did not end done: a step of the MCP tool that failed would.
+    assert rows["task"]["errors"] == 0 and rows["direct"]["errors"] == 0
+    assert rows["task"]["p50_ms_per_step"] > 0 and rows["direct"]["p50_ms_per_step"] > 0

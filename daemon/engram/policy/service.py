@@ -272,10 +272,10 @@ class Policy(Part):
         raise decision.denial(request)
 
     def tool_guard(self, principal: Principal, tool: str) -> None:
-        """May ``principal`` use the plugin tool ``tool`` (``plugin:<name>``) in a task's step?
-        Decided at the method point with the tool's name as the action, not an admin one: the
-        owner's rule for ``*`` grants it, another principal needs a rule naming it. Raises
-        PolicyDenied if not."""
+        """May ``principal`` use the tool ``tool`` (a plugin's ``plugin:<name>``, an MCP server's
+        ``mcp:<server>.<tool>``) in a task's step? Decided at the method point with the tool's name
+        as the action, not an admin one: the owner's rule for ``*`` grants it, another principal
+        needs a rule naming it. Raises PolicyDenied if not."""
         decision = self._engine().authorize_method(principal, tool, False)
         request = AccessRequest("method", principal, tool, False)
         if decision.allowed:

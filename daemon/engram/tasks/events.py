@@ -2,7 +2,9 @@
 heartbeat every ``tasks.heartbeat`` seconds while it runs.
 
 Each names the uid that submitted the task, so a subscriber who is not the daemon's owner sees
-the progress of their own tasks only (:mod:`engram.bus.audience`)."""
+the progress of their own tasks only (:mod:`engram.bus.audience`). ``mcp.server`` tells when an
+MCP server whose tools plans call (``tasks.mcp_servers``) came up or went down; it names no uid,
+so only the owner sees it."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from pydantic import Field
 
 from engram.bus.events import Event
 
-__all__ = ["TASK_EVENTS", "TaskEnded", "TaskHeartbeat", "TaskStep"]
+__all__ = ["TASK_EVENTS", "McpServerChanged", "TaskEnded", "TaskHeartbeat", "TaskStep"]
 
 
 class TaskStep(Event):
@@ -43,4 +45,14 @@ class TaskHeartbeat(Event):
     elapsed: float = Field(description="Seconds the step has run.")
 
 
-TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded, TaskHeartbeat)
+class McpServerChanged(Event):
+    topic = "mcp.server"
+    server: str = Field(description="The server's name in tasks.mcp_servers.")
+    state: Literal["running", "down"] = Field(description="running: started and its tools listed; down: not running.")
+    tools: int = Field(description="Tools of its last listing (kept while it is down).")
+    starts: int = Field(description="Times it has been started and listed its tools.")
+    error: str | None = Field(default=None, description="Why it is down: the start that failed, or its exit.")
+    restart_in_s: float | None = Field(default=None, description="Seconds until it is started again, when down.")
+
+
+TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded, TaskHeartbeat, McpServerChanged)

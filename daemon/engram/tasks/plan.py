@@ -36,7 +36,10 @@ class Step(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     id: str = Field(pattern=f"^{STEP_ID}$", description="The step's name, unique in the plan.")
-    tool: str = Field(min_length=1, max_length=128, description="The tool it calls (a built-in tool: a method name).")
+    tool: str = Field(
+        min_length=1, max_length=200,
+        description="The tool it calls: a method name, plugin:<name> or mcp:<server>.<tool>.",
+    )
     args: dict[str, Any] = Field(default_factory=dict, description="The tool's arguments; values may be {\"$from\": ...}.")
     needs: list[str] = Field(default_factory=list, description="Steps that must be done before this one.")
     timeout: float | None = Field(default=None, gt=0, description="Seconds this step may run (default: tasks.step_timeout).")

@@ -1,10 +1,52 @@
-"""The ``tasks`` section of the configuration: the executor's queue, concurrency and limits."""
+"""The ``tasks`` section of the configuration: the executor's queue, concurrency and limits, and
+the external MCP servers whose tools plans may call."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+import re
+from pathlib import Path
+from typing import Literal
 
-__all__ = ["TaskSettings"]
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["MCP_SERVER_NAME", "McpServerSettings", "TaskSettings"]
+
+MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+"""A server's name: it is the ``<server>`` of ``mcp:<server>.<tool>``, so it holds no dot."""
+
+
+class McpServerSettings(BaseModel):
+    """One external MCP server, started as a child process and spoken to over its stdin/stdout."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    command: list[str] = Field(
+        min_length=1, description="The program and its arguments (argv: no shell, no splitting of strings)."
+    )
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="Extra environment variables for the server; it gets only these and HOME, LOGNAME, PATH, SHELL, TERM, USER.",
+    )
+    cwd: Path | None = Field(default=None, description="The server's working folder (default: the daemon's).")
+    timeout: float = Field(default=30.0, gt=0, description="Seconds one tool call may take; past it: -32004 tool_timeout.")
+    start_timeout: float = Field(
+        default=10.0, gt=0, description="Seconds the server has to answer its initialization and tool listing at each start."
+    )
+    idempotent: list[str] = Field(
+        default_factory=list,
+        description="Its tools that may be retried (besides those it annotates readOnlyHint or idempotentHint).",
+    )
+    locality: Literal["local", "remote"] = Field(
+        default="local",
+        description="remote: what its tools are given leaves this machine, and each call needs the policy's egress allow.",
+    )
+
+    @field_validator("command")
+    @classmethod
+    def _program_named(cls, command: list[str]) -> list[str]:
+        if not command[0]:
+            raise ValueError("the program (the first element) must not be empty")
+        return command
 
 
 class TaskSettings(BaseModel):
@@ -43,3 +85,15 @@ class TaskSettings(BaseModel):
         default=1.0, ge=0, le=60,
         description="Seconds a task waits at most, before each step, for foreground requests in flight to finish (0: never).",
     )
+    mcp_servers: dict[str, McpServerSettings] = Field(
+        default_factory=dict,
+        description="External MCP servers (stdio) by name; their tools are mcp:<server>.<tool> in plans.",
+    )
+
+    @field_validator("mcp_servers")
+    @classmethod
+    def _server_names(cls, servers: dict[str, McpServerSettings]) -> dict[str, McpServerSettings]:
+        for name in servers:
+            if not MCP_SERVER_NAME.match(name):
+                raise ValueError(f"server name {name!r}: 1 to 64 letters, digits, '_' or '-'")
+        return servers

@@ -18,6 +18,9 @@ each call :class:`PluginTools` asks the policy whether the submitting principal 
 (the method point, with the tool's name as the action: the owner's ``*`` grants every tool, any
 other principal needs a rule naming it), and the plugins part validates the arguments against
 the tool's params model. Whether one may be retried is the plugin's word (its ``idempotent``).
+
+The tools of external MCP servers (:mod:`engram.tasks.mcp_tools`) are named
+``mcp:<server>.<tool>``; :class:`CombinedTools` routes each name to its kind by its prefix.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from engram.principal import Principal
 from engram.server.jsonrpc import Request
 from engram.server.methods import Connection, MethodTable, NoClient
 
-__all__ = ["BUILTIN_TOOLS", "IDEMPOTENT_WRITES", "CombinedTools", "MethodTools", "PluginTool", "PluginTools", "Tools"]
+__all__ = [
+    "BUILTIN_TOOLS", "IDEMPOTENT_WRITES", "MCP_PREFIX", "CombinedTools", "MethodTools", "PluginTool", "PluginTools", "Tools",
+]
 
 BUILTIN_TOOLS = (
     "infer.embed",
@@ -44,6 +49,10 @@ BUILTIN_TOOLS = (
 
 # Tools that write and still may be retried (see the module's docstring).
 IDEMPOTENT_WRITES = frozenset({"memory.remember"})
+
+# The tools of MCP servers: mcp:<server>.<tool>. Here rather than in mcp_tools, whose imports (the
+# MCP SDK) the daemon pays for only when tasks.mcp_servers names a server.
+MCP_PREFIX = "mcp:"
 
 
 class Tools(Protocol):
@@ -137,18 +146,22 @@ class PluginTools:
 
 
 class CombinedTools:
-    """Built-in tools and plugin tools under one :class:`Tools`; their names never overlap."""
+    """Built-in tools, plugin tools and MCP servers' tools under one :class:`Tools`; their names
+    never overlap (``plugin:`` and ``mcp:`` prefixes, which no method name has)."""
 
-    def __init__(self, builtin: Tools, plugins: PluginTools) -> None:
+    def __init__(self, builtin: Tools, plugins: Tools, mcp: Tools | None = None) -> None:
         self._builtin = builtin
-        self._plugins = plugins
+        self._by_prefix: dict[str, Tools] = {TOOL_PREFIX: plugins}
+        if mcp is not None:
+            self._by_prefix[MCP_PREFIX] = mcp
 
     def _of(self, tool: str) -> Tools:
-        return self._plugins if tool.startswith(TOOL_PREFIX) else self._builtin
+        prefix, colon, _ = tool.partition(":")
+        return self._by_prefix.get(prefix + colon, self._builtin) if colon else self._builtin
 
     @property
     def names(self) -> frozenset[str]:
-        return self._builtin.names | self._plugins.names
+        return self._builtin.names.union(*(tools.names for tools in self._by_prefix.values()))
 
     def takes_namespace(self, tool: str) -> bool:
         return self._of(tool).takes_namespace(tool)
