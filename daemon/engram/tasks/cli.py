@@ -1,5 +1,5 @@
-"""``engram task run|status|list|cancel|prove``: submit a plan, follow it, see and stop tasks,
-and fetch a finished task's proof bundle."""
+"""``engram task run|plan|status|list|cancel|prove``: submit a plan (or a goal to plan), see the
+plan the planner makes, follow a task, see and stop tasks, and fetch a finished task's proof bundle."""
 
 from __future__ import annotations
 
@@ -44,23 +44,28 @@ def task() -> None:
 
 
 @task.command()
-@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--goal", default=None, help="What the task is for: without PLAN_FILE the daemon's planner plans it.")
 @click.option("--namespace", default=None, help="Namespace for the tool calls that name none.")
 @click.option("--deadline", type=float, default=None, help="Seconds within which the task must finish.")
 @click.option("--follow", is_flag=True, help="Show the steps' progress until the task ends.")
 @click.option("--max-wait", type=float, default=86_400.0, show_default=True, help="Seconds --follow waits at most.")
 @client_command
-def run(plan_file: Path, namespace: str | None, deadline: float | None, follow: bool, max_wait: float,
-        socket_path: Path | None, as_json: bool, timeout: float) -> None:
-    """Submit the plan in PLAN_FILE (JSON: {"steps": [...]}; see docs/tasks.md)."""
+def run(plan_file: Path | None, goal: str | None, namespace: str | None, deadline: float | None, follow: bool,
+        max_wait: float, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Submit the plan in PLAN_FILE (JSON: {"steps": [...]}; see docs/tasks.md), or a --goal to plan."""
     from engram.client import Client
 
-    try:
-        plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        fail(EXIT_USAGE, f"{plan_file}: not a JSON plan: {exc}")
+    if plan_file is None and goal is None:
+        fail(EXIT_USAGE, "give PLAN_FILE or --goal TEXT")
+    plan = None
+    if plan_file is not None:
+        try:
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            fail(EXIT_USAGE, f"{plan_file}: not a JSON plan: {exc}")
     out = Output(as_json)
-    params = {"plan": plan, "namespace": namespace, "deadline": deadline}
+    params = {"plan": plan, "goal": goal, "namespace": namespace, "deadline": deadline}
     with errors(), Client(socket_path, timeout=timeout) as client:
         submitted = client.call("task.submit", {k: v for k, v in params.items() if v is not None})
         if not follow:
@@ -82,6 +87,22 @@ def run(plan_file: Path, namespace: str | None, deadline: float | None, follow: 
         fail(EXIT_REMOTE, f"{task_id} did not end within {max_wait:g} s (it goes on; see `engram task status {task_id}`)")
     if result["task"]["state"] != "done":
         raise SystemExit(EXIT_REMOTE)
+
+
+@task.command("plan")
+@click.argument("goal")
+@click.option("--namespace", default=None, help="Namespace whose past tasks are recalled as examples.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the plan here, ready for `engram task run`.")
+@client_command
+def plan_goal(goal: str, namespace: str | None, out_file: Path | None, socket_path: Path | None, as_json: bool,
+              timeout: float) -> None:
+    """The plan the daemon's planner makes for GOAL, without running it."""
+    params = {"goal": goal, "namespace": namespace}
+    result = call(socket_path, timeout, "task.plan", {k: v for k, v in params.items() if v is not None})
+    if out_file is not None:
+        out_file.write_text(json.dumps(result["plan"], indent=2) + "\n", encoding="utf-8")
+    Output(as_json).emit(result, lambda d: click.echo(json.dumps(d["plan"], indent=2)))
 
 
 @task.command()

@@ -11,7 +11,7 @@ from pydantic import Field
 
 from engram.bus.events import Event
 
-__all__ = ["TASK_EVENTS", "TaskEnded", "TaskStep"]
+__all__ = ["TASK_EVENTS", "TaskEnded", "TaskPlanned", "TaskStep"]
 
 
 class TaskStep(Event):
@@ -26,6 +26,18 @@ class TaskStep(Event):
     attempts: int | None = Field(default=None, description="Calls of the tool it took, once done or failed.")
 
 
+class TaskPlanned(Event):
+    topic = "task.planned"
+    task_id: str
+    uid: int = Field(description="The uid that submitted the task.")
+    plans: int = Field(description="Plans the planner has made for the task: 1 the first, more after failed steps.")
+    steps: int = Field(description="New steps the plan brought.")
+    kept: int = Field(description="Steps done before, kept (a replan).")
+    replies: int = Field(description="Replies it took (more than one: invalid replies were asked again).")
+    provider: str | None = Field(default=None, description="The provider (or route target) that answered last.")
+    examples: int = Field(description="Past tasks shown to the planner as examples.")
+
+
 class TaskEnded(Event):
     topic = "task.ended"
     task_id: str
@@ -34,4 +46,4 @@ class TaskEnded(Event):
     reason: str | None = Field(default=None, description="data.reason of the error that ended it (None: done).")
 
 
-TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded)
+TASK_EVENTS: tuple[type[Event], ...] = (TaskPlanned, TaskStep, TaskEnded)

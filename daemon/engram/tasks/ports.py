@@ -1,13 +1,23 @@
-"""What the tasks part needs of the audit log, handed to it by the composition root: appending a
-step's provenance entry, and proving a set of entries against one signed checkpoint."""
+"""What the tasks part needs of other parts, handed to it by the composition root:
+
+- :class:`AuditTrail`: appending a step's provenance entry, and proving a set of entries against
+  one signed checkpoint (the audit log).
+- :class:`MethodCalls`: calling a method as a principal through the request chain, for the
+  planner and teaching (``infer.generate``, ``route.run``, ``memory.recall``, ...); a
+  :class:`engram.tasks.tools.MethodTools` limited to those methods.
+- :class:`GenerateReadiness`: whether any generate provider could answer for a principal now,
+  so that a goal no planner could plan is refused at once (the providers part).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from engram.audit.bundle import ProvenEntries
+from engram.principal import Principal
 
-__all__ = ["AuditTrail"]
+__all__ = ["AuditTrail", "GenerateReadiness", "MethodCalls"]
 
 
 class AuditTrail(Protocol):
@@ -27,4 +37,17 @@ class AuditTrail(Protocol):
 
     async def prove_entries(self, seqs: list[int]) -> ProvenEntries:
         """The entries with their inclusion proofs in the tree of one signed checkpoint."""
+        ...
+
+
+class MethodCalls(Protocol):
+    async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
+        """The method's result as JSON values; raises the RPCError a direct call would get."""
+        ...
+
+
+class GenerateReadiness(Protocol):
+    def unready(self, principal: Principal, capability: str, method: str, tags: Sequence[str] = ()) -> str | None:
+        """Why no provider of the capability's chain could answer ``method`` for ``principal``
+        (none configured or running, or the policy allows none); None when one could."""
         ...
