@@ -10,10 +10,14 @@ names the goal), and records every prompt it was sent."""
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,6 +35,7 @@ pytestmark = [
 ]
 
 WAIT = 60.0
+TASK_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "task_site"
 NAMESPACE = "planner-e2e"
 
 
@@ -44,7 +49,7 @@ class ScriptedModel:
         self.systems: list[str | None] = []
 
     def __call__(self, prompt: str, body: dict[str, Any]) -> str:
-        goal = prompt.split("\n", 1)[0].removeprefix("Goal: ")
+        goal = re.search(r"^Goal: (.*)$", prompt, re.MULTILINE)[1]  # type: ignore[index]
         self.systems.append(body.get("system"))
         self.prompts[goal].append(prompt)
         replies = self.script[goal]
@@ -264,3 +269,59 @@ def test_a_goal_with_no_generate_chain_is_refused_and_a_plan_is_still_taken(daem
     result = _poll(daemon, submitted["task_id"])
     assert result["task"]["state"] == "done" and result["task"]["goal"] == HERON and result["task"]["plans"] == 0
 
+
+
+def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcome_teaches_the_route(
+    make_daemon, tmp_path, state_dir,
+):
+    # The planner plans through the route "plan" (its fast target: the fake Ollama); the step
+    # "ask" is held in flight by the gate provider (tests/fixtures/task_site) until the gate file exists.
+    plan = {"steps": [
+        {"id": "note", "tool": "memory.remember", "args": {"items": [{"text": "Resume after the crash."}]}},
+        {"id": "ask", "tool": "route.ask", "args": {"question": "wait for the restart", "k": 0, "remember": False},
+         "needs": ["note"]},
+        {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["ask"]},
+    ]}
+    model = ScriptedModel({HERON: [json.dumps(plan)]})
+    with FakeOllama(responder=model) as ollama:
+        env = {
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(TASK_SITE), os.environ.get("PYTHONPATH")])),
+            "ENGRAM_PLUGINS__DISABLED": "[]",
+            "ENGRAM_PLUGINS__PROVIDERS": json.dumps({
+                "ollama": {"base_url": ollama.url}, "gate": {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")},
+            }),
+            "ENGRAM_PROVIDERS__CHAINS": json.dumps({"generate": ["gate"], "chat": [], "embed": ["onnx"]}),
+            "ENGRAM_ROUTER__ROUTES": json.dumps([
+                {"name": "plan", "task": "generate", "fast": "provider:ollama", "slow": "provider:ollama", "mode": "fast"},
+            ]),
+            "ENGRAM_TASKS__PLANNER__ROUTE": "plan",
+        }
+        daemon = make_daemon(env=env)
+        task_id = daemon.call("task.submit", {"goal": HERON, "namespace": NAMESPACE})["task_id"]
+        deadline = time.monotonic() + WAIT
+        while not (tmp_path / "gate.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        before = daemon.call("task.get", {"task_id": task_id})
+        assert _steps(before)["ask"]["state"] == "running" and before["task"]["plans"] == 1, before
+        assert before["planned_by"] == ["provider:ollama"]
+        daemon.signal(signal.SIGKILL)
+        daemon.wait()
+
+        (tmp_path / "gate").touch()
+        restarted = make_daemon(env=env, state=state_dir)
+        result = _poll(restarted, task_id)
+        assert result["task"]["state"] == "done" and result["task"]["plans"] == 1, result
+        assert len(model.prompts[HERON]) == 1  # the plan kept with the task: not planned again
+        assert model.prompts[HERON][0].startswith("You plan tasks for engram")  # route.run's text: system, then prompt
+        # the outcome went back to the route as route.feedback of the planning decision: the
+        # fast target's answer was right, and the assessor learned from it
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            page = restarted.call("audit.entries", {"limit": 1000})["entries"]
+            feedback = [e for e in page if e["entry"]["kind"] == "rpc" and e["entry"]["detail"]["method"] == "route.feedback"]
+            if feedback:
+                break
+            time.sleep(0.1)
+        assert len(feedback) == 1
+        [stats] = restarted.call("route.stats", {"route": "plan"})["routes"]
+        assert stats["assessor_updates"] == 1
