@@ -2,7 +2,9 @@
 provider (the true outside seam: the model). A goal is planned, run and remembered, and the next
 similar goal's prompt shows it as an example; a reply that is not a plan is asked again with its
 error; a failed step gets the rest of the task planned again, within tasks.planner.replans; with
-no generate provider, or only a remote one the default policy refuses, a goal is refused at once.
+no generate provider, or only a remote one the default policy refuses, a goal is refused at once;
+a planned task killed mid-run goes on without being planned again, and planning through a route
+feeds the task's outcome back to it; the MCP plan and execute tools take a goal.
 
 The fake model answers each planner prompt from a script kept per goal (the prompt's first line
 names the goal), and records every prompt it was sent."""
@@ -21,7 +23,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from contextlib import asynccontextmanager
 from engram.errors import InvalidParams
+from mcp.client.session import ClientSession
+from mcp.client.stdio import StdioServerParameters, stdio_client
 from engram.inference.bert_onnx import find_minilm_package_dir
 
 pytest.importorskip("engram_ollama", reason="make test installs plugins/engram-ollama")
@@ -325,3 +330,39 @@ def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcom
         assert len(feedback) == 1
         [stats] = restarted.call("route.stats", {"route": "plan"})["routes"]
         assert stats["assessor_updates"] == 1
+
+
+@asynccontextmanager
+async def _mcp(socket: Path):
+    # This process's environment: the server runs the engram these tests run (PYTHONPATH included).
+    params = StdioServerParameters(command=sys.executable, args=["-m", "engram.cli", "mcp", "--socket", str(socket)],
+                                   env=dict(os.environ))
+    async with stdio_client(params) as (read, write), ClientSession(read, write, read_timeout_seconds=60) as session:
+        await session.initialize()
+        yield session
+
+
+def _text(result: Any) -> str:
+    return "\n".join(block.text for block in result.content if block.type == "text")
+
+
+async def test_mcp_plan_shows_the_plan_and_execute_runs_a_goal(make_daemon):
+    model = ScriptedModel({HERON: [json.dumps(HERON_PLAN)], OTTER: ["no plan here"]})
+    with FakeOllama(responder=model) as ollama:
+        daemon = make_daemon(env=_env(ollama, examples="0"))
+        async with _mcp(daemon.socket) as session:
+            planned = await session.call_tool("plan", {"goal": HERON, "namespace": NAMESPACE})
+            assert not planned.is_error, _text(planned)
+            assert planned.structured_content["plan"] == HERON_PLAN
+            assert "Plan of 2 step(s), made by ollama in 1 reply(ies)" in _text(planned)
+            assert daemon.call("task.list")["tasks"] == []  # planned, not run
+            # what plan answered runs as it is
+            submitted = await session.call_tool("execute", {"plan": planned.structured_content["plan"]})
+            assert not submitted.is_error and _poll(daemon, submitted.structured_content["task_id"])["task"]["state"] == "done"
+            # a goal through execute: planned by the worker (the model is asked again)
+            submitted = await session.call_tool("execute", {"goal": HERON, "namespace": NAMESPACE})
+            assert not submitted.is_error, _text(submitted)
+            result = _poll(daemon, submitted.structured_content["task_id"])
+            assert result["task"]["state"] == "done" and result["task"]["plans"] == 1 and len(model.prompts[HERON]) == 2
+            failed = await session.call_tool("plan", {"goal": OTTER})
+            assert failed.is_error and "-32007" in _text(failed) and "plan_invalid" in _text(failed)
