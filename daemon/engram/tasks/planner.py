@@ -38,7 +38,10 @@ from engram.tasks.settings import TaskPlannerSettings
 from engram.tasks.teaching import Example
 from engram.tasks.tools import Tools
 
-__all__ = ["GENERATE_METHOD", "PLANNER_METHODS", "PLANNER_TAGS", "Failure", "Made", "Observation", "Planner"]
+__all__ = [
+    "GENERATE_METHOD", "PLANNER_METHODS", "PLANNER_TAGS", "Failure", "Made", "Observation", "Planner", "compact_schema",
+    "extract_json", "write_prompt",
+]
 
 log = structlog.get_logger("engram.tasks.planner")
 
@@ -101,8 +104,6 @@ class Planner:
         self._max_steps = max_steps
         self._max_step_timeout = max_step_timeout
 
-    # --- the prompt ------------------------------------------------------------------------------
-
     def catalogue(self) -> str:
         """The tools a plan may call: name, what it does, its arguments (compact)."""
         lines = []
@@ -110,58 +111,6 @@ class Planner:
             summary, schema = self._tools.describe(name)
             lines.append(f"- {name}: {summary}\n  args: {compact_schema(schema)}")
         return "\n".join(lines)
-
-    def _prompt(self, goal: str, examples: Sequence[Example], done: Sequence[Observation], failure: Failure | None,
-                reserved: Collection[str], retry: tuple[str, str] | None) -> str:
-        """The prompt, within max_prompt_chars: examples are dropped first, then each
-        observation is cut shorter; InvalidParams when even then it does not fit."""
-        limit = self.settings.max_prompt_chars
-        budget = self.settings.observation_chars
-        kept = list(examples)
-        while True:
-            text = self._compose(goal, kept, done, failure, reserved, retry, budget)
-            if len(text) <= limit:
-                return text
-            if kept:
-                kept.pop()
-            elif done and budget > 100:
-                budget //= 2
-            else:
-                raise InvalidParams(
-                    f"the planner's prompt needs {len(text)} characters, more than tasks.planner.max_prompt_chars",
-                    reason="prompt_too_long", field="goal", size=len(text), limit=limit,
-                )
-
-    def _compose(self, goal: str, examples: Sequence[Example], done: Sequence[Observation], failure: Failure | None,
-                 reserved: Collection[str], retry: tuple[str, str] | None, budget: int) -> str:
-        parts = [f"Goal: {goal}", f"Tools:\n{self.catalogue()}"]
-        if examples:
-            shown = "\n".join(f"Goal: {e.goal}\nPlan: {_json(e.plan)}" for e in examples)
-            parts.append(f"Plans of past tasks that reached a similar goal:\n{shown}")
-        if failure is not None:
-            lines = [
-                f"- {o.step.id} ({o.step.tool}) output: {_cut(_json(o.output), budget)}" for o in done
-            ]
-            parts.append(
-                "The task ran part of a plan. Steps done (do not repeat them; their outputs can be used with "
-                "$from and their ids in needs):\n" + ("\n".join(lines) or "(none)")
-            )
-            err = failure.error
-            parts.append(
-                f"Step {failure.step.id} ({failure.step.tool}, args {_cut(_json(failure.step.args), budget)}) failed: "
-                f"{err.get('message')} (code {err.get('code')}, reason {err.get('reason')})."
-            )
-            parts.append(
-                "Write only the steps that remain to reach the goal, with ids not used so far "
-                f"({', '.join(sorted(reserved))})."
-            )
-        if retry is not None:
-            reply, error = retry
-            parts.append(
-                f"Your previous reply was not a valid plan: {error}\nIt began: {_cut(reply, PREVIOUS_REPLY_CHARS)}\n"
-                "Answer again with the corrected JSON object only."
-            )
-        return "\n\n".join(parts)
 
     # --- planning --------------------------------------------------------------------------------
 
@@ -174,8 +123,9 @@ class Planner:
         made = Made(steps=[], replies=0)
         retry: tuple[str, str] | None = None
         system = SYSTEM % self._max_steps
+        catalogue = self.catalogue()
         for attempt in range(1, self.settings.attempts + 1):
-            prompt = self._prompt(goal, examples, done, failure, reserved, retry)
+            prompt = write_prompt(self.settings, catalogue, goal, examples, done, failure, reserved, retry)
             reply = await self._generate(principal, prompt, system, made)
             made.replies = attempt
             try:
@@ -248,6 +198,60 @@ class Planner:
                     await self._calls.call("route.feedback", {"decision": decision, "correct": succeeded}, principal)
             except (RPCError, TimeoutError) as exc:
                 log.warning("route feedback of a planned task failed", decision=decision, error=str(exc))
+
+
+def write_prompt(settings: TaskPlannerSettings, catalogue: str, goal: str, examples: Sequence[Example],
+                 done: Sequence[Observation] = (), failure: Failure | None = None, reserved: Collection[str] = (),
+                 retry: tuple[str, str] | None = None) -> str:
+    """The planner's prompt, within ``settings.max_prompt_chars``: examples are dropped first,
+    then each observation is cut shorter; InvalidParams ``prompt_too_long`` when even then it
+    does not fit."""
+    limit = settings.max_prompt_chars
+    budget = settings.observation_chars
+    kept = list(examples)
+    while True:
+        text = _compose(catalogue, goal, kept, done, failure, reserved, retry, budget)
+        if len(text) <= limit:
+            return text
+        if kept:
+            kept.pop()
+        elif done and budget > 100:
+            budget //= 2
+        else:
+            raise InvalidParams(
+                f"the planner's prompt needs {len(text)} characters, more than tasks.planner.max_prompt_chars",
+                reason="prompt_too_long", field="goal", size=len(text), limit=limit,
+            )
+
+
+def _compose(catalogue: str, goal: str, examples: Sequence[Example], done: Sequence[Observation],
+             failure: Failure | None, reserved: Collection[str], retry: tuple[str, str] | None, budget: int) -> str:
+    parts = [f"Goal: {goal}", f"Tools:\n{catalogue}"]
+    if examples:
+        shown = "\n".join(f"Goal: {e.goal}\nPlan: {_json(e.plan)}" for e in examples)
+        parts.append(f"Plans of past tasks that reached a similar goal:\n{shown}")
+    if failure is not None:
+        lines = [f"- {o.step.id} ({o.step.tool}) output: {_cut(_json(o.output), budget)}" for o in done]
+        parts.append(
+            "The task ran part of a plan. Steps done (do not repeat them; their outputs can be used with "
+            "$from and their ids in needs):\n" + ("\n".join(lines) or "(none)")
+        )
+        err = failure.error
+        parts.append(
+            f"Step {failure.step.id} ({failure.step.tool}, args {_cut(_json(failure.step.args), budget)}) failed: "
+            f"{err.get('message')} (code {err.get('code')}, reason {err.get('reason')})."
+        )
+        parts.append(
+            "Write only the steps that remain to reach the goal, with ids not used so far "
+            f"({', '.join(sorted(reserved))})."
+        )
+    if retry is not None:
+        reply, error = retry
+        parts.append(
+            f"Your previous reply was not a valid plan: {error}\nIt began: {_cut(reply, PREVIOUS_REPLY_CHARS)}\n"
+            "Answer again with the corrected JSON object only."
+        )
+    return "\n\n".join(parts)
 
 
 def extract_json(reply: str) -> Any:

@@ -1,5 +1,5 @@
-"""The planner's reading of a model's reply, its compact tool arguments, and the store's
-replacement of a task's plan on a replan (a real database)."""
+"""The planner's reading of a model's reply, its compact tool arguments, the bounds of its
+prompt, and the store's replacement of a task's plan on a replan (a real database)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,12 @@ import pytest
 from engram.memory.api import RecallParams
 from engram.principal import Principal
 from engram.storage import Database
-from engram.tasks.planner import compact_schema, extract_json
+from engram.errors import InvalidParams
+from engram.tasks.plan import Step
+from engram.tasks.planner import Failure, Observation, compact_schema, extract_json, write_prompt
+from engram.tasks.settings import TaskPlannerSettings
 from engram.tasks.store import TaskRow, TaskStore
+from engram.tasks.teaching import Example
 
 
 @pytest.mark.parametrize(("reply", "expected"), [
@@ -64,3 +68,28 @@ async def test_a_replan_keeps_the_steps_that_ran_and_replaces_those_that_did_not
         ]
     finally:
         store.close()
+
+
+def test_a_prompt_past_its_limit_loses_examples_then_shortens_outputs_then_is_refused():
+    catalogue = "- memory.recall: Recall.\n  args: query: string"
+    examples = [Example(goal=f"goal {n}", plan={"steps": [{"id": "a", "tool": "memory.recall", "note": "x" * 400}]})
+                for n in range(3)]
+    done = [Observation(Step(id="a", tool="memory.recall"), output={"text": "y" * 6000})]
+    failure = Failure(Step(id="b", tool="memory.get"), {"message": "no such id", "code": -32602, "reason": "bad_id"})
+    roomy = TaskPlannerSettings(max_prompt_chars=100_000, observation_chars=3000)
+    full = write_prompt(roomy, catalogue, "find it", examples, done, failure, {"a", "b"})
+    assert full.count("Goal: goal ") == 3 and "y" * 2900 in full and "ids not used so far (a, b)" in full
+
+    # room for the outputs cut to 3000 characters but not for the examples: they go, all of them
+    no_examples = write_prompt(roomy, catalogue, "find it", [], done, failure, {"a", "b"})
+    tight = TaskPlannerSettings(max_prompt_chars=len(no_examples), observation_chars=3000)
+    prompt = write_prompt(tight, catalogue, "find it", examples, done, failure, {"a", "b"})
+    assert prompt == no_examples and "y" * 2900 in prompt
+    # less room still: the outputs are cut shorter (to half)
+    tighter = TaskPlannerSettings(max_prompt_chars=max(2000, len(no_examples) - 100), observation_chars=3000)
+    prompt = write_prompt(tighter, catalogue, "find it", examples, done, failure, {"a", "b"})
+    assert "y" * 1600 not in prompt and "y" * 1400 in prompt and len(prompt) <= tighter.max_prompt_chars
+    # a goal that cannot fit is refused, saying why
+    with pytest.raises(InvalidParams) as caught:
+        write_prompt(tighter, catalogue, "g" * 5000, examples)
+    assert caught.value.reason == "prompt_too_long" and caught.value.data["limit"] == tighter.max_prompt_chars
