@@ -153,8 +153,10 @@ class Planner:
                         principal,
                     )
                 else:
-                    result = await self._calls.call(ROUTE_METHOD, {"route": route, "text": f"{system}\n\n{prompt}"},
-                                                    principal)
+                    # Not from the pattern cache: a plan that failed must not come back for the same goal.
+                    result = await self._calls.call(
+                        ROUTE_METHOD, {"route": route, "text": f"{system}\n\n{prompt}", "use_cache": False}, principal
+                    )
                     made.decisions.append(result["decision"])
         except TimeoutError:
             raise Timeout(
