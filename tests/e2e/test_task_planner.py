@@ -101,6 +101,7 @@ def _fenced(plan: dict[str, Any]) -> str:
     return f"Here is a plan for that.\n```json\n{json.dumps(plan, indent=2)}\n```\nIt stores the note, then finds it."
 
 
+OWL = "Find out where the owl hunts"
 HERON = "Note where the heron nests, then find that note again"
 HERON_PLAN = {"steps": [
     {"id": "keep", "tool": "memory.remember", "args": {"items": [{"text": "The heron nests by the mill pond."}]}},
@@ -220,6 +221,7 @@ def test_a_failed_step_gets_the_rest_planned_again_within_the_replans(make_daemo
     model = ScriptedModel({
         OTTER: [json.dumps(lookup), json.dumps(reuses_done_id), json.dumps(rest)],
         HERON: [broken],
+        OWL: [json.dumps(lookup), "Sorry, I have no better idea."],
     })
     with FakeOllama(responder=model) as ollama:
         daemon = make_daemon(env=_env(ollama, examples="0"))
@@ -245,6 +247,12 @@ def test_a_failed_step_gets_the_rest_planned_again_within_the_replans(make_daemo
         assert [(s["id"], s["state"]) for s in result["steps"]] == [("try1", "failed"), ("try2", "failed"), ("try3", "failed")]
         assert result["task"]["error"]["code"] == -32602 and len(model.prompts[HERON]) == 3
         assert "ids not used so far (try1, try2)" in model.prompts[HERON][2]
+
+        # A replan that gives no valid plan: the task fails with the step's error, which says why.
+        result = _poll(daemon, daemon.call("task.submit", {"goal": OWL})["task_id"])
+        error = result["task"]["error"]
+        assert result["task"]["state"] == "failed" and result["task"]["plans"] == 1 and len(model.prompts[OWL]) == 4
+        assert error["reason"] == "unresolved_reference" and error["data"]["replan"]["reason"] == "plan_invalid"
 
 
 def test_a_goal_without_a_provider_the_policy_allows_is_refused_at_once(make_daemon):

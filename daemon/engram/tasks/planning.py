@@ -17,6 +17,7 @@ already ran.
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import anyio
@@ -68,11 +69,11 @@ class TaskPlanning:
         made = await self.planner.plan(principal, goal, examples)
         return Plan(steps=made.steps), made, len(examples)
 
-    async def replan(self, task: TaskRow, plan: Plan, failed: Step, error: dict[str, Any],
+    async def replan(self, task: TaskRow, plan: Plan, failed: Step, error: RPCError,
                      outputs: dict[str, Any]) -> TaskRow | None:
         """The task with a new plan for its rest after ``failed`` failed with ``error``,
         committed; None when it gets none (a plan that came with it, no replans left, or
-        planning failed: then ``error["data"]["replan"]`` says why)."""
+        planning failed: then ``error.data["replan"]`` says why)."""
         if task.goal is None or task.plans == 0:
             return None
         if task.plans - 1 >= self.planner.settings.replans:
@@ -86,18 +87,19 @@ class TaskPlanning:
             examples = await self.teaching.examples(task.principal, task.namespace, task.goal)
             made = await self.planner.plan(
                 task.principal, task.goal, examples, kept=kept,
-                done=[Observation(step, outputs.get(step.id)) for step in kept], failure=Failure(failed, error),
+                done=[Observation(step, outputs.get(step.id)) for step in kept],
+                failure=Failure(failed, {"code": error.code, "message": error.message, "reason": error.reason}),
                 reserved=reserved,
             )
         except RPCError as exc:
             log.warning("replanning failed", task=task.id, reason=exc.reason, error=exc.message)
-            error.setdefault("data", {})["replan"] = {"code": exc.code, "message": exc.message, "reason": exc.reason}
+            error.data["replan"] = {"code": exc.code, "message": exc.message, "reason": exc.reason}
             return None
         return await self._commit(task, Plan(steps=[*kept, *made.steps]), made, kept=kept, examples=len(examples))
 
-    async def _commit(self, task: TaskRow, plan: Plan, made: Made, kept: Any, examples: int) -> TaskRow:
+    async def _commit(self, task: TaskRow, plan: Plan, made: Made, kept: Sequence[Step], examples: int) -> TaskRow:
         kept_ids = {step.id for step in kept}
-        record = dict(task.planner or {})
+        record = task.planner or {}
         record = {
             "providers": [*record.get("providers", []), *made.providers],
             "decisions": [*record.get("decisions", []), *made.decisions],

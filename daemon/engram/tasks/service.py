@@ -231,9 +231,7 @@ class Tasks(Part):
             if failed is None:
                 return "done", None
             step, error = failed
-            replanned = None if self.planning is None else await self.planning.replan(
-                task, plan, step, _step_error(error), outputs
-            )
+            replanned = None if self.planning is None else await self.planning.replan(task, plan, step, error, outputs)
             if replanned is None:
                 return "failed", error
             task = replanned
