@@ -295,7 +295,7 @@ def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcom
          "needs": ["note"]},
         {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["ask"]},
     ]}
-    model = ScriptedModel({HERON: [json.dumps(plan)]})
+    model = ScriptedModel({HERON: ["Let us talk about herons first.", json.dumps(plan)]})
     with FakeOllama(responder=model) as ollama:
         env = {
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TASK_SITE), os.environ.get("PYTHONPATH")])),
@@ -316,7 +316,7 @@ def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcom
             time.sleep(0.05)
         before = daemon.call("task.get", {"task_id": task_id})
         assert _steps(before)["ask"]["state"] == "running" and before["task"]["plans"] == 1, before
-        assert before["planned_by"] == ["provider:ollama"]
+        assert before["planned_by"] == ["provider:ollama"] * 2
         daemon.signal(signal.SIGKILL)
         daemon.wait()
 
@@ -324,20 +324,21 @@ def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcom
         restarted = make_daemon(env=env, state=state_dir)
         result = _poll(restarted, task_id)
         assert result["task"]["state"] == "done" and result["task"]["plans"] == 1, result
-        assert len(model.prompts[HERON]) == 1  # the plan kept with the task: not planned again
+        assert len(model.prompts[HERON]) == 2  # the plan kept with the task: not planned again
         assert model.prompts[HERON][0].startswith("You plan tasks for engram")  # route.run's text: system, then prompt
-        # the outcome went back to the route as route.feedback of the planning decision: the
-        # fast target's answer was right, and the assessor learned from it
+        # The reply that was no plan went back to the route as a wrong answer at once (before the
+        # kill); the task's outcome as route.feedback of the decision whose plan ran: the fast
+        # target's answer was right. The assessor learned from both.
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
             page = restarted.call("audit.entries", {"limit": 1000})["entries"]
             feedback = [e for e in page if e["entry"]["kind"] == "rpc" and e["entry"]["detail"]["method"] == "route.feedback"]
-            if feedback:
+            if len(feedback) == 2:
                 break
             time.sleep(0.1)
-        assert len(feedback) == 1
+        assert len(feedback) == 2
         [stats] = restarted.call("route.stats", {"route": "plan"})["routes"]
-        assert stats["assessor_updates"] == 1
+        assert stats["assessor_updates"] == 2  # kept across the restart: the wrong reply, the task's outcome
 
 
 @asynccontextmanager

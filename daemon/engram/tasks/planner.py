@@ -17,7 +17,7 @@ the methods' own checks see it as they would see that principal's own call: ``in
 Everything is bounded: the prompt (``tasks.planner.max_prompt_chars``; examples go first, then
 observations are cut shorter, before the prompt is refused), the reply read
 (``max_reply_chars``), each call (``timeout``), the replies per plan (``attempts``) and the plans
-per task (``replans``, counted by the executor).
+per task (``replans``, counted by :mod:`engram.tasks.planning`).
 """
 
 from __future__ import annotations
@@ -87,7 +87,8 @@ class Failure:
 @dataclass
 class Made:
     """A plan the planner made: the steps (for a replan: the new ones only), who answered, and
-    the router's decision ids (``tasks.planner.route``), which the task's outcome is fed back to."""
+    the router's decision id of the reply taken (``tasks.planner.route``), which the task's
+    outcome is fed back to (a reply that was no plan is fed back as wrong at once)."""
 
     steps: list[Step]
     replies: int
@@ -126,14 +127,19 @@ class Planner:
         catalogue = self.catalogue()
         for attempt in range(1, self.settings.attempts + 1):
             prompt = write_prompt(self.settings, catalogue, goal, examples, done, failure, reserved, retry)
-            reply = await self._generate(principal, prompt, system, made)
+            reply, decision = await self._generate(principal, prompt, system, made)
             made.replies = attempt
             try:
                 made.steps = self._checked(reply, kept, reserved)
-                return made
             except InvalidParams as exc:
                 log.info("planner reply is not a valid plan", attempt=attempt, reason=exc.reason, error=exc.message)
                 retry = (reply, exc.message)
+                if decision is not None:  # the route's answer was wrong: the router hears it now
+                    await self.outcome(principal, [decision], succeeded=False)
+                continue
+            if decision is not None:  # judged by the task's outcome, when it ends
+                made.decisions.append(decision)
+            return made
         assert retry is not None
         raise Conflict(
             f"the planner gave no valid plan in {self.settings.attempts} replies (tasks.planner.attempts); "
@@ -142,8 +148,10 @@ class Planner:
             providers=made.providers,
         )
 
-    async def _generate(self, principal: Principal, prompt: str, system: str, made: Made) -> str:
+    async def _generate(self, principal: Principal, prompt: str, system: str, made: Made) -> tuple[str, str | None]:
+        """The reply's text, and the router's decision id when it came through the route."""
         route = self.settings.route
+        decision = None
         try:
             with anyio.fail_after(self.settings.timeout):
                 if route is None:
@@ -157,14 +165,14 @@ class Planner:
                     result = await self._calls.call(
                         ROUTE_METHOD, {"route": route, "text": f"{system}\n\n{prompt}", "use_cache": False}, principal
                     )
-                    made.decisions.append(result["decision"])
+                    decision = str(result["decision"])
         except TimeoutError:
             raise Timeout(
                 f"the planner's generate call did not answer within {self.settings.timeout:g} s (tasks.planner.timeout)",
                 reason="planner_timeout", limit_s=self.settings.timeout,
             ) from None
         made.providers.append(str(result.get("provider") or result.get("target")))
-        return str(result.get("text") or "")
+        return str(result.get("text") or ""), decision
 
     def _checked(self, reply: str, kept: Sequence[Step], reserved: Collection[str]) -> list[Step]:
         """The new steps a reply holds, checked together with the steps kept; else InvalidParams."""
