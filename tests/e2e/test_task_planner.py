@@ -355,7 +355,7 @@ def _text(result: Any) -> str:
     return "\n".join(block.text for block in result.content if block.type == "text")
 
 
-async def test_mcp_plan_shows_the_plan_and_execute_runs_a_goal(make_daemon):
+async def test_mcp_plan_shows_the_plan_and_execute_runs_a_goal(make_daemon, tmp_path):
     model = ScriptedModel({HERON: [json.dumps(HERON_PLAN)], OTTER: ["no plan here"]})
     with FakeOllama(responder=model) as ollama:
         daemon = make_daemon(env=_env(ollama, examples="0"))
@@ -375,3 +375,12 @@ async def test_mcp_plan_shows_the_plan_and_execute_runs_a_goal(make_daemon):
             assert result["task"]["state"] == "done" and result["task"]["plans"] == 1 and len(model.prompts[HERON]) == 2
             failed = await session.call_tool("plan", {"goal": OTTER})
             assert failed.is_error and "-32007" in _text(failed) and "plan_invalid" in _text(failed)
+
+        # the command line: engram task plan writes the plan for engram task run; run needs one or the other
+        out = tmp_path / "heron-plan.json"
+        cli = [sys.executable, "-m", "engram.cli", "--socket", str(daemon.socket), "task"]
+        planned = subprocess.run([*cli, "plan", HERON, "--out", str(out)], capture_output=True, text=True, timeout=120, check=False)
+        assert planned.returncode == 0, planned.stderr
+        assert json.loads(planned.stdout) == HERON_PLAN == json.loads(out.read_text())
+        neither = subprocess.run([*cli, "run"], capture_output=True, text=True, timeout=120, check=False)
+        assert neither.returncode == 2 and "give PLAN_FILE or --goal TEXT" in neither.stderr
