@@ -4,7 +4,8 @@ similar goal's prompt shows it as an example; a reply that is not a plan is aske
 error; a failed step gets the rest of the task planned again, within tasks.planner.replans; with
 no generate provider, or only a remote one the default policy refuses, a goal is refused at once;
 a planned task killed mid-run goes on without being planned again, and planning through a route
-feeds the task's outcome back to it; the MCP plan and execute tools take a goal.
+feeds the task's outcome back to it; a model too slow fails the task, and a cancel reaches a task
+being planned; the MCP plan and execute tools and the command line take a goal.
 
 The fake model answers each planner prompt from a script kept per goal (the prompt's first line
 names the goal), and records every prompt it was sent."""
@@ -384,3 +385,25 @@ async def test_mcp_plan_shows_the_plan_and_execute_runs_a_goal(make_daemon, tmp_
         assert json.loads(planned.stdout) == HERON_PLAN == json.loads(out.read_text())
         neither = subprocess.run([*cli, "run"], capture_output=True, text=True, timeout=120, check=False)
         assert neither.returncode == 2 and "give PLAN_FILE or --goal TEXT" in neither.stderr
+
+
+def test_a_model_that_does_not_answer_in_time_fails_the_task_and_cancel_reaches_planning(make_daemon):
+    def slow(prompt: str) -> str:
+        time.sleep(4)
+        return json.dumps(HERON_PLAN)
+
+    model = ScriptedModel({HERON: [slow], OTTER: [slow]})
+    with FakeOllama(responder=model) as ollama:
+        daemon = make_daemon(env=_env(ollama, examples="0", timeout="1"))
+        result = _poll(daemon, daemon.call("task.submit", {"goal": HERON})["task_id"])
+        error = result["task"]["error"]
+        assert result["task"]["state"] == "failed" and (error["code"], error["reason"]) == (-32004, "planner_timeout")
+        assert error["data"]["limit_s"] == 1 and result["steps"] == []
+
+        task_id = daemon.call("task.submit", {"goal": OTTER})["task_id"]
+        deadline = time.monotonic() + WAIT
+        while not model.prompts[OTTER] and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert daemon.call("task.get", {"task_id": task_id})["task"]["state"] == "running"  # planning
+        assert daemon.call("task.cancel", {"task_id": task_id})["state"] == "cancelled"
+        assert daemon.call("task.get", {"task_id": task_id})["task"]["error"]["reason"] == "cancelled"
