@@ -84,7 +84,10 @@ from engram.storage import Database
 from engram.storage.files import PRIVATE_UMASK, make_private_dir
 from engram.system import Check, SystemMethods
 from engram.tasks.events import TASK_EVENTS
+from engram.tasks.planner import PLANNER_METHODS, Planner
+from engram.tasks.planning import TaskPlanning
 from engram.tasks.service import Tasks
+from engram.tasks.teaching import Teaching
 from engram.tasks.tools import CombinedTools, MethodTools, PluginTools
 
 if TYPE_CHECKING:
@@ -208,7 +211,8 @@ class Daemon:
         )
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(
-            settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics
+            settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics,
+            preview=self.policy.preview_egress,
         )
         # Generate calls of the router's provider:<name> targets, of route.ask and of memory's LLM
         # extractor, through the providers part.
@@ -272,8 +276,17 @@ class Daemon:
         self.mcp = _mcp_servers(settings, self.policy, self.bus)
         tools = CombinedTools(MethodTools(self.dispatcher.dispatch, self.methods),
                               PluginTools(self.plugins.tools, self.policy.tool_guard), self.mcp)
-        self.tasks = Tasks(settings.tasks, settings.database_path, tools,
-                           self.bus, busy, owner_uid=os.getuid(), audit=self.audit, activity=self.activity)
+        # The planner (task.submit with a goal) and teaching call methods through the same chain
+        # as the submitting principal: infer.generate or route.run, memory.recall and .remember.
+        calls = MethodTools(self.dispatcher.dispatch, self.methods, allowed=PLANNER_METHODS)
+        planner_settings = settings.tasks.planner
+
+        def planning(store: Any) -> TaskPlanning:
+            planner = Planner(planner_settings, tools, calls, settings.tasks.max_steps, settings.tasks.max_step_timeout)
+            return TaskPlanning(planner, Teaching(planner_settings, calls), self.providers, store, self.bus)
+
+        self.tasks = Tasks(settings.tasks, settings.database_path, tools, self.bus, busy, owner_uid=os.getuid(),
+                           audit=self.audit, activity=self.activity, planning=planning)
         # Started in this order, stopped in reverse; the server comes last, after all of them.
         self.parts: dict[str, Part] = {
             "database": self.database,

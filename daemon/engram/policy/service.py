@@ -362,6 +362,17 @@ class Policy(Part):
             return "remote"
         return "remote" if "remote" in (declared, known) else "local"
 
+    def preview_egress(
+        self, principal: Principal, *, method: str, provider: str, data_tags: Iterable[str] = ()
+    ) -> Decision:
+        """What the rules would decide for an egress to ``provider`` (its known locality), with
+        no limit token taken and nothing recorded: for refusing at once work that no provider
+        could be allowed to do (the planner of ``task.submit``)."""
+        _, decision = self._engine().decide_egress(
+            principal, method=method, provider=provider, locality=self.locality_of(provider), data_tags=data_tags
+        )
+        return decision
+
     async def authorize_egress(
         self,
         principal: Principal,

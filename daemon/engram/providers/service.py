@@ -16,7 +16,7 @@ ends the call with -32005 (``reason: stream_broken``).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -41,6 +41,7 @@ from engram.providers.api import (
 )
 from engram.providers.breaker import Breakers, CircuitBreaker
 from engram.providers.events import ProviderCallFailed
+from engram.principal import Principal
 from engram.providers.settings import ProvidersSettings
 from engram.server.methods import RequestContext, rpc
 
@@ -50,6 +51,8 @@ _STATE_VALUE = {"closed": 0.0, "half_open": 1.0, "open": 2.0}
 
 # (principal, method, provider, locality, model, tags, payload) -> EgressDecision; Policy.authorize_egress
 Authorize = Callable[..., Awaitable[Any]]
+# (principal, method=, provider=, data_tags=) -> Decision, no token taken; Policy.preview_egress
+Preview = Callable[..., Any]
 
 
 class _Garbage(InternalSignal):
@@ -71,9 +74,11 @@ class Providers(Part):
         authorize: Authorize,
         bus: EventBus,
         metrics: Metrics,
+        preview: Preview | None = None,
     ) -> None:
         super().__init__("providers")
         self.settings = settings
+        self._preview = preview
         self._plugins = plugins
         self._breakers = breakers
         self._authorize = authorize
@@ -118,6 +123,29 @@ class Providers(Part):
                 capability=capability,
             )
         return list(names)
+
+    def unready(self, principal: Principal, capability: str, method: str, tags: Sequence[str] = ()) -> str | None:
+        """Why no provider of the capability's chain could answer ``method`` for ``principal``
+        now (none configured, none running with the capability, the policy allows none); None
+        when one could. Decided without calling anything: a provider may still fail when called."""
+        names = self.settings.chains.get(capability, [])
+        if not names:
+            return f"providers.chains.{capability} is empty"
+        running = [
+            name for name in names
+            if (provider := self._plugins.providers().get(name)) is not None and capability in provider.capabilities
+        ]
+        if not running:
+            return f"no provider of providers.chains.{capability} ({', '.join(names)}) is running with {capability}"
+        if self._preview is None:
+            return None
+        denials = []
+        for name in running:
+            decision = self._preview(principal, method=method, provider=name, data_tags=tags)
+            if decision.allowed:
+                return None
+            denials.append(f"{name}: {decision.reason}")
+        return f"the policy allows no provider of providers.chains.{capability} for {method}: {'; '.join(denials)}"
 
     async def _admit(
         self, ctx: RequestContext, capability: str, name: str, model: str | None, tags: list[str], payload: Any,

@@ -20,6 +20,8 @@ __all__ = [
     "TaskGetResult",
     "TaskListParams",
     "TaskListResult",
+    "TaskPlanParams",
+    "TaskPlanResult",
     "TaskProveParams",
     "TaskProveResult",
     "TaskReplayParams",
@@ -43,7 +45,12 @@ class TaskSubmitParams(Params):
     plan: FreeJsonObject | None = Field(
         default=None,
         description='The plan: {"steps": [{"id", "tool", "args", "needs"?, "timeout"?}]} (see docs/tasks.md). '
-        "Required: no planner makes plans yet.",
+        "Absent: the planner makes it from the goal.",
+    )
+    goal: str | None = Field(
+        default=None, min_length=1, max_length=4000,
+        description="What the task is for, in words. Without a plan the planner plans it (a generate provider the "
+        "policy allows must be there, else -32602 no_planner); the planner also replans it after a failed step.",
     )
     namespace: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,128}$",
@@ -52,6 +59,21 @@ class TaskSubmitParams(Params):
     deadline: float | None = Field(
         default=None, gt=0, le=31_536_000, description="Seconds from now within which the task must finish, or it fails."
     )
+
+
+class TaskPlanParams(Params):
+    goal: str = Field(min_length=1, max_length=4000, description="What the plan is for, in words.")
+    namespace: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_.:@-]{1,128}$",
+        description="Memory namespace whose past tasks the planner recalls as examples (default: the caller's).",
+    )
+
+
+class TaskPlanResult(Result):
+    plan: dict[str, Any] = Field(description="The plan, valid for task.submit.")
+    planned_by: list[str] = Field(description="The provider (or route target) that answered each of the planner's calls.")
+    replies: int = Field(description="Replies it took (more than one: invalid replies were asked again).")
+    examples: int = Field(description="Past tasks shown to the planner as examples.")
 
 
 class TaskSubmitResult(Result):
@@ -96,6 +118,11 @@ class TaskSummary(_Out):
     finished_at: float | None
     deadline_at: float | None = Field(description="Unix time by which it must finish (None: no deadline).")
     error: StepError | None = Field(description="Why it failed or was cancelled.")
+    goal: str | None = Field(default=None, description="The goal it was submitted with.")
+    plans: int = Field(
+        default=0, description="Plans the planner made for it: 0 the plan came with it (or is not made yet), "
+        "1 planned, more: replanned after failed steps."
+    )
     replay_of: str | None = Field(default=None, description="A live replay: the task whose plan it runs again.")
 
 
@@ -106,7 +133,13 @@ class TaskGetParams(Params):
 
 class TaskGetResult(Result):
     task: TaskSummary
-    plan: dict[str, Any] = Field(description="The plan as accepted.")
+    plan: dict[str, Any] = Field(
+        description='The plan as accepted, or as the planner made it (a replan: the steps done and the new ones); '
+        '{"steps": []} until a task with a goal is planned.'
+    )
+    planned_by: list[str] = Field(
+        default_factory=list, description="The provider (or route target) that answered each of the planner's calls."
+    )
     steps: list[StepOut] = Field(description="The steps in the order they run.")
 
 

@@ -1,5 +1,6 @@
-"""``engram task run|status|list|follow|cancel|prove|replay``: submit a plan, follow it, see and
-stop tasks, fetch a finished task's proof bundle, and replay a finished task."""
+"""``engram task run|plan|status|list|follow|cancel|prove|replay``: submit a plan (or a goal to
+plan), see the plan the planner makes, follow a task, see and stop tasks, fetch a finished task's
+proof bundle, and replay a finished task."""
 
 from __future__ import annotations
 
@@ -46,23 +47,28 @@ def task() -> None:
 
 
 @task.command()
-@click.argument("plan_file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.argument("plan_file", required=False, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--goal", default=None, help="What the task is for: without PLAN_FILE the daemon's planner plans it.")
 @click.option("--namespace", default=None, help="Namespace for the tool calls that name none.")
 @click.option("--deadline", type=float, default=None, help="Seconds within which the task must finish.")
 @click.option("--follow", is_flag=True, help="Show the steps' progress until the task ends.")
 @click.option("--max-wait", type=float, default=MAX_FOLLOW_WAIT, show_default=True,
               help="Seconds --follow waits at most.")
 @client_command
-def run(plan_file: Path, namespace: str | None, deadline: float | None, follow: bool, max_wait: float,
-        socket_path: Path | None, as_json: bool, timeout: float) -> None:
-    """Submit the plan in PLAN_FILE (JSON: {"steps": [...]}; see docs/tasks.md)."""
+def run(plan_file: Path | None, goal: str | None, namespace: str | None, deadline: float | None, follow: bool,
+        max_wait: float, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Submit the plan in PLAN_FILE (JSON: {"steps": [...]}; see docs/tasks.md), or a --goal to plan."""
 
-    try:
-        plan = json.loads(plan_file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        fail(EXIT_USAGE, f"{plan_file}: not a JSON plan: {exc}")
+    if plan_file is None and goal is None:
+        fail(EXIT_USAGE, "give PLAN_FILE or --goal TEXT")
+    plan = None
+    if plan_file is not None:
+        try:
+            plan = json.loads(plan_file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            fail(EXIT_USAGE, f"{plan_file}: not a JSON plan: {exc}")
     out = Output(as_json)
-    params = {"plan": plan, "namespace": namespace, "deadline": deadline}
+    params = {"plan": plan, "goal": goal, "namespace": namespace, "deadline": deadline}
     submitted = call(socket_path, timeout, "task.submit", {k: v for k, v in params.items() if v is not None})
     if not follow:
         out.emit(submitted, lambda d: click.echo(d["task_id"]))
@@ -78,6 +84,9 @@ def _progress(method: str, params: dict[str, Any]) -> None:
     if topic == "task.step":
         extra = f" ({data['reason']})" if data.get("reason") else ""
         click.echo(f"  {data['step']:<16} {data['tool']:<20} {data['state']}{extra}", err=True)
+    elif topic == "task.planned":
+        kind = "planned" if data["plans"] == 1 else f"replanned ({data['kept']} done steps kept)"
+        click.echo(f"  {kind}: {data['steps']} steps by {data['provider'] or 'the planner'}", err=True)
     elif topic == "task.heartbeat" and data.get("step"):
         click.echo(f"  {data['step']:<16} still running after {data['elapsed']:.0f} s", err=True)
 
@@ -94,6 +103,22 @@ def _follow(task_id: str, max_wait: float, socket_path: Path | None, timeout: fl
         fail(EXIT_REMOTE, f"{task_id} did not end within {wait:g} s (it goes on; see `engram task status {task_id}`)")
     if result["task"]["state"] != "done":
         raise SystemExit(EXIT_REMOTE)
+
+
+@task.command("plan")
+@click.argument("goal")
+@click.option("--namespace", default=None, help="Namespace whose past tasks are recalled as examples.")
+@click.option("--out", "out_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also write the plan here, ready for `engram task run`.")
+@client_command
+def plan_goal(goal: str, namespace: str | None, out_file: Path | None, socket_path: Path | None, as_json: bool,
+              timeout: float) -> None:
+    """The plan the daemon's planner makes for GOAL, without running it."""
+    params = {"goal": goal, "namespace": namespace}
+    result = call(socket_path, timeout, "task.plan", {k: v for k, v in params.items() if v is not None})
+    if out_file is not None:
+        out_file.write_text(json.dumps(result["plan"], indent=2) + "\n", encoding="utf-8")
+    Output(as_json).emit(result, lambda d: click.echo(json.dumps(d["plan"], indent=2)))
 
 
 @task.command()

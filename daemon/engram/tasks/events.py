@@ -14,7 +14,7 @@ from pydantic import Field
 
 from engram.bus.events import Event
 
-__all__ = ["TASK_EVENTS", "McpServerChanged", "TaskEnded", "TaskHeartbeat", "TaskStep"]
+__all__ = ["TASK_EVENTS", "McpServerChanged", "TaskEnded", "TaskHeartbeat", "TaskPlanned", "TaskStep"]
 
 
 class TaskStep(Event):
@@ -27,6 +27,18 @@ class TaskStep(Event):
     output_hash: str | None = Field(default=None, description="SHA-256 of its output, once done.")
     reason: str | None = Field(default=None, description="data.reason of the error that failed or cancelled it.")
     attempts: int | None = Field(default=None, description="Calls of the tool it took, once done or failed.")
+
+
+class TaskPlanned(Event):
+    topic = "task.planned"
+    task_id: str
+    uid: int = Field(description="The uid that submitted the task.")
+    plans: int = Field(description="Plans the planner has made for the task: 1 the first, more after failed steps.")
+    steps: int = Field(description="New steps the plan brought.")
+    kept: int = Field(description="Steps done before, kept (a replan).")
+    replies: int = Field(description="Replies it took (more than one: invalid replies were asked again).")
+    provider: str | None = Field(default=None, description="The provider (or route target) that answered last.")
+    examples: int = Field(description="Past tasks shown to the planner as examples.")
 
 
 class TaskEnded(Event):
@@ -55,4 +67,4 @@ class McpServerChanged(Event):
     restart_in_s: float | None = Field(default=None, description="Seconds until it is started again, when down.")
 
 
-TASK_EVENTS: tuple[type[Event], ...] = (TaskStep, TaskEnded, TaskHeartbeat, McpServerChanged)
+TASK_EVENTS: tuple[type[Event], ...] = (TaskPlanned, TaskStep, TaskEnded, TaskHeartbeat, McpServerChanged)

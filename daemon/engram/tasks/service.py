@@ -74,6 +74,8 @@ from engram.tasks.api import (
     TaskGetResult,
     TaskListParams,
     TaskListResult,
+    TaskPlanParams,
+    TaskPlanResult,
     TaskProveParams,
     TaskProveResult,
     TaskReplayParams,
@@ -83,6 +85,7 @@ from engram.tasks.api import (
     TaskSummary,
 )
 from engram.tasks.plan import Plan, Step, UnresolvedReference, execution_order, step_input, validate_plan
+from engram.tasks.planning import TaskPlanning
 from engram.tasks.events import TaskEnded, TaskHeartbeat, TaskStep
 from engram.tasks.ports import Activity, AuditTrail
 from engram.tasks.replay import live_differences, replay_recorded
@@ -112,7 +115,7 @@ class Tasks(Part):
         self, settings: TaskSettings, database_path: Path, tools: Tools, bus: EventBus, busy_timeout: float = 5.0,
         owner_uid: int | None = None, audit: AuditTrail | None = None, activity: Activity | None = None,
         clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
-        jitter: Callable[[], float] = random.random,
+        jitter: Callable[[], float] = random.random, planning: Callable[[TaskStore], TaskPlanning] | None = None,
     ) -> None:
         """``clock`` times the breakers, ``sleep`` waits out a retry's pause, ``jitter`` (in
         [0, 1)) spreads the pauses; tests replace them."""
@@ -125,6 +128,8 @@ class Tasks(Part):
         self.activity = activity
         self.settings = settings
         self.store = TaskStore(database_path, busy_timeout)
+        # Plans from goals, replans and teaching (None: every task brings its plan).
+        self.planning = None if planning is None else planning(self.store)
         self.tools = tools
         self.bus = bus
         self.owner_uid = owner_uid
@@ -210,6 +215,13 @@ class Tasks(Part):
         with anyio.CancelScope(shield=True):
             await self._end(task, run.step, state, error)
 
+        await self._teach(task.id, state, error)
+
+    async def _teach(self, task_id: str, state: str, error: RPCError | None) -> None:
+        """Teaching, once the end is recorded: outside the shield, so a stop need not wait for it."""
+        if self.planning is not None:
+            await self.planning.ended(task_id, state, None if error is None else error.reason)
+
     async def _end(self, task: TaskRow, step: Step | None, state: str, error: RPCError | None) -> None:
         """Record a task's end, and that of its step in flight (``step``) when an error ended it."""
         if step is not None and error is not None:
@@ -256,6 +268,7 @@ class Tasks(Part):
         with anyio.CancelScope(shield=True):
             await self._end(run.task, run.step, "failed", error)
         run.ended.set()  # a task.cancel waiting for the task hears of its end now
+        await self._teach(run.task_id, "failed", error)
         self._replacements += 1
         self.spawn(self._work, f"worker-replacement-{self._replacements}", restart=True)
 
@@ -284,13 +297,35 @@ class Tasks(Part):
 
     async def _steps(self, task: TaskRow, run: _Running) -> tuple[str, RPCError | None]:
         """Run the steps that are not done, in order; the task's outcome. A cancel or deadline
-        leaves through the task's scope with the step in flight named in ``run.step``."""
-        plan = Plan.model_validate(task.plan)
-        done = {row.step_id for row in await anyio.to_thread.run_sync(self.store.steps, task.id) if row.state == "done"}
+        leaves through the task's scope with the step in flight named in ``run.step``. A task
+        without its plan is planned first; a failed step of a planned task may be planned anew
+        (:mod:`engram.tasks.planning`)."""
+        if not task.planned:
+            if self.planning is None:
+                return "failed", Unavailable("the task has a goal and this daemon has no planner", reason="no_planner")
+            try:
+                task = await self.planning.first_plan(task)
+            except RPCError as exc:
+                return "failed", exc
         outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id)
-        positions = {step.id: position for position, step in enumerate(plan.steps)}
+        while True:
+            plan = Plan.model_validate(task.plan)
+            positions = {step.id: position for position, step in enumerate(plan.steps)}
+            failed = await self._run_plan(task, plan, positions, outputs, run)
+            if failed is None:
+                return "done", None
+            step, error = failed
+            replanned = None if self.planning is None else await self.planning.replan(task, plan, step, error, outputs)
+            if replanned is None:
+                return "failed", error
+            task = replanned
+
+    async def _run_plan(self, task: TaskRow, plan: Plan, positions: dict[str, int], outputs: dict[str, Any],
+                        run: _Running) -> tuple[Step, RPCError] | None:
+        """Run the plan's steps that are not done; the step that failed and its error, or None (all
+        done, or the step in flight given up by the watchdog, which has recorded the task's end)."""
         for step in execution_order(plan):
-            if step.id in done:
+            if step.id in outputs:
                 continue
             await self._give_way()
             limit = step.timeout or self.settings.step_timeout
@@ -299,7 +334,7 @@ class Tasks(Part):
             self._step_event(task, step, "running")
             error = await self._step(task, step, positions[step.id], outputs, limit, run)
             if run.abandoned:
-                return "failed", None  # the watchdog has recorded the end
+                return None
             if error is not None:
                 await anyio.to_thread.run_sync(
                     self.store.step_ended, task.id, step.id, "failed", _step_error(error), time.time(),
@@ -307,9 +342,9 @@ class Tasks(Part):
                 )
                 run.step = None
                 self._step_event(task, step, "failed", reason=error.reason, attempts=error.data.get("attempts"))
-                return "failed", error
+                return step, error
             run.step = None
-        return "done", None
+        return None
 
     async def _step(
         self, task: TaskRow, step: Step, position: int, outputs: dict[str, Any], limit: float, run: _Running
@@ -429,15 +464,16 @@ class Tasks(Part):
     @rpc("task.submit", summary="Queue a task: a plan of tool calls run in the background; returns its id at once.")
     async def submit(self, ctx: RequestContext, params: TaskSubmitParams) -> TaskSubmitResult:
         if params.plan is None:
-            raise InvalidParams(
-                "a task needs a plan: no planner exists to make one from a goal", reason="no_planner", field="plan"
-            )
-        plan = validate_plan(params.plan, self.tools.names, self.settings.max_steps, self.settings.max_step_timeout)
-        task = await self._enqueue(ctx.principal, plan, params.namespace, params.deadline)
+            self._plannable(ctx.principal, params.goal)
+            plan = Plan.model_construct(steps=[])  # made by the worker that takes the task
+        else:
+            plan = validate_plan(params.plan, self.tools.names, self.settings.max_steps, self.settings.max_step_timeout)
+        task = await self._enqueue(ctx.principal, plan, params.namespace, params.deadline, goal=params.goal)
         return TaskSubmitResult(task_id=task.id, state="queued")
 
     async def _enqueue(
-        self, principal: Principal, plan: Plan, namespace: str | None, deadline: float | None, replay_of: str | None = None
+        self, principal: Principal, plan: Plan, namespace: str | None, deadline: float | None,
+        goal: str | None = None, replay_of: str | None = None,
     ) -> TaskRow:
         """A new task, stored and admitted to the queue (-32003 when the queue is full)."""
         if self._waiting >= self.settings.queue:
@@ -449,7 +485,7 @@ class Tasks(Part):
         task = TaskRow(
             id=f"tk_{secrets.token_hex(12)}", state="queued", plan=plan.model_dump(mode="json", exclude_defaults=True),
             namespace=namespace, principal=principal, deadline_at=None if deadline is None else now + deadline,
-            created_at=now, started_at=None, finished_at=None, error=None, replay_of=replay_of,
+            created_at=now, started_at=None, finished_at=None, error=None, goal=goal, replay_of=replay_of,
         )
         self._waiting += 1  # held while the insert is awaited: a concurrent submit sees it
         try:
@@ -461,11 +497,31 @@ class Tasks(Part):
         self._admit(task.id)
         return task
 
+    def _plannable(self, principal: Principal, goal: str | None) -> None:
+        """Refuses at once a task without a plan that no planner could plan (-32602 no_planner)."""
+        if goal is None:
+            raise InvalidParams("a task needs a plan or a goal to plan it from", reason="no_planner", field="plan")
+        why = "this daemon has no planner" if self.planning is None else self.planning.refusal(principal)
+        if why is not None:
+            raise InvalidParams(
+                f"no planner can make a plan from the goal: {why}; give a plan instead", reason="no_planner", field="goal"
+            )
+
+    @rpc("task.plan", summary="The plan the planner would make for a goal, without running it.", timeout=900)
+    async def plan_goal(self, ctx: RequestContext, params: TaskPlanParams) -> TaskPlanResult:
+        self._plannable(ctx.principal, params.goal)
+        assert self.planning is not None
+        plan, made, examples = await self.planning.dry_plan(ctx.principal, params.namespace, params.goal)
+        return TaskPlanResult(plan=plan.model_dump(mode="json", exclude_defaults=True), planned_by=made.providers,
+                              replies=made.replies, examples=examples)
+
     @rpc("task.get", summary="A task: its state, plan, and each step's state, output hash and error.", read_only=True)
     async def get(self, ctx: RequestContext, params: TaskGetParams) -> TaskGetResult:
         task = await self._visible(ctx, params.task_id)
         summary, steps = await self._details(task, params.outputs)
-        return TaskGetResult(task=summary, plan=task.plan, steps=steps)
+        return TaskGetResult(
+            task=summary, plan=task.plan, planned_by=(task.planner or {}).get("providers", []), steps=steps
+        )
 
     async def _details(self, task: TaskRow, with_outputs: bool = False) -> tuple[TaskSummary, list[StepOut]]:
         """A task's summary and steps; a live replay's steps say whether their outputs differ."""
@@ -591,7 +647,9 @@ class Tasks(Part):
                 with anyio.move_on_after(self.settings.cancel_wait):
                     await run.ended.wait()
             else:  # still queued: its worker will skip it
-                await self._finish(task, "cancelled", Conflict("cancelled by task.cancel", reason="cancelled"))
+                cancelled = Conflict("cancelled by task.cancel", reason="cancelled")
+                await self._finish(task, "cancelled", cancelled)
+                await self._teach(task.id, "cancelled", cancelled)
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
 
@@ -643,7 +701,8 @@ def _summary(task: TaskRow, rows: list[StepRow]) -> TaskSummary:
         task_id=task.id, state=task.state, namespace=task.namespace,  # type: ignore[arg-type]
         steps=len(rows), steps_done=sum(row.state == "done" for row in rows),
         created_at=task.created_at, started_at=task.started_at, finished_at=task.finished_at,
-        deadline_at=task.deadline_at, error=StepError(**task.error) if task.error else None, replay_of=task.replay_of,
+        deadline_at=task.deadline_at, error=StepError(**task.error) if task.error else None,
+        goal=task.goal, plans=task.plans, replay_of=task.replay_of,
     )
 
 

@@ -1,5 +1,5 @@
-"""The ``tasks`` section of the configuration: the executor's queue, concurrency and limits, and
-the external MCP servers whose tools plans may call."""
+"""The ``tasks`` section of the configuration: the executor's queue, concurrency and limits, the
+planner's bounds, and the external MCP servers whose tools plans may call."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["MCP_SERVER_NAME", "McpServerSettings", "TaskSettings"]
+__all__ = ["MCP_SERVER_NAME", "McpServerSettings", "TaskPlannerSettings", "TaskSettings"]
 
 MCP_SERVER_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 """A server's name: it is the ``<server>`` of ``mcp:<server>.<tool>``, so it holds no dot."""
@@ -47,6 +47,41 @@ class McpServerSettings(BaseModel):
         if not command[0]:
             raise ValueError("the program (the first element) must not be empty")
         return command
+
+
+class TaskPlannerSettings(BaseModel):
+    """The planner: plans made from a goal by a generate provider, and what finished tasks teach."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    attempts: int = Field(
+        default=3, ge=1, le=10, description="Replies asked for one plan: a reply that is not a valid plan is asked again with the error."
+    )
+    replans: int = Field(
+        default=2, ge=0, le=10, description="New plans for the rest of a task after a failed step, at most, per task."
+    )
+    timeout: float = Field(default=120.0, gt=0, le=3600, description="Seconds one generate call of the planner may take.")
+    max_prompt_chars: int = Field(
+        default=24_000, ge=2000, le=1_000_000,
+        description="Characters of prompt the planner writes at most (also bounded by providers.max_prompt_chars).",
+    )
+    max_reply_chars: int = Field(
+        default=32_000, ge=100, le=1_000_000, description="Characters of a reply read at most; a longer one is not a plan."
+    )
+    observation_chars: int = Field(
+        default=1500, ge=100, le=100_000, description="Characters of each done step's output shown when replanning."
+    )
+    examples: int = Field(
+        default=2, ge=0, le=10, description="Past tasks that succeeded, recalled from memory as examples for a plan (0: none)."
+    )
+    remember: bool = Field(
+        default=True, description="Remember each finished task as a memory episode of kind task (its goal, plan and outcome)."
+    )
+    route: str | None = Field(
+        default=None, pattern=r"^[a-z0-9][a-z0-9._-]{0,63}$",
+        description="A generate route of router.routes to plan through (route.run); each task's outcome is then "
+        "fed back as route.feedback. None: the providers' generate chain (infer.generate).",
+    )
 
 
 class TaskSettings(BaseModel):
@@ -97,3 +132,6 @@ class TaskSettings(BaseModel):
             if not MCP_SERVER_NAME.match(name):
                 raise ValueError(f"server name {name!r}: 1 to 64 letters, digits, '_' or '-'")
         return servers
+    planner: TaskPlannerSettings = Field(
+        default_factory=TaskPlannerSettings, description="The planner (task.submit with a goal) and teaching."
+    )

@@ -56,17 +56,29 @@ class TaskRow:
     started_at: float | None
     finished_at: float | None
     error: dict[str, Any] | None
+    goal: str | None = None
+    plans: int = 0  # plans the planner made for it (0: the plan came with it)
+    planner: dict[str, Any] | None = None  # how it planned: {"providers": [...], "decisions": [...]}
     replay_of: str | None = None  # a live replay: the task whose plan it runs again
 
+    @property
+    def planned(self) -> bool:
+        """Whether it has its plan (a task submitted with a goal has none until a worker plans it)."""
+        return bool(self.plan.get("steps"))
 
-_TASK_COLUMNS = "id, state, plan, namespace, principal, deadline_at, created_at, started_at, finished_at, error, replay_of"
+
+_TASK_COLUMNS = (
+    "id, state, plan, namespace, principal, deadline_at, created_at, started_at, finished_at, error, goal, plans, planner, "
+    "replay_of"
+)
 
 
 def _task(row: tuple[Any, ...]) -> TaskRow:
     return TaskRow(
         id=row[0], state=row[1], plan=json.loads(row[2]), namespace=row[3],
         principal=Principal.model_validate_json(row[4]), deadline_at=row[5], created_at=row[6],
-        started_at=row[7], finished_at=row[8], error=json.loads(row[9]) if row[9] else None, replay_of=row[10],
+        started_at=row[7], finished_at=row[8], error=json.loads(row[9]) if row[9] else None,
+        goal=row[10], plans=row[11], planner=json.loads(row[12]) if row[12] else None, replay_of=row[13],
     )
 
 
@@ -84,13 +96,34 @@ class TaskStore(OneConnection):
         """A new queued task with its steps (``(step_id, tool)`` in execution order), pending."""
         with self.transaction() as conn:
             conn.execute(
-                f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                f"INSERT INTO tasks_runs ({_TASK_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, NULL, ?)",
                 (task.id, task.state, json.dumps(task.plan, separators=(",", ":")), task.namespace,
-                 task.principal.model_dump_json(), task.deadline_at, task.created_at, None, None, None, task.replay_of),
+                 task.principal.model_dump_json(), task.deadline_at, task.created_at, None, None, None, task.goal,
+                 task.replay_of),
             )
             conn.executemany(
                 "INSERT INTO tasks_steps (task_id, step_id, position, tool, state) VALUES (?, ?, ?, ?, 'pending')",
                 [(task.id, step_id, position, tool) for position, (step_id, tool) in enumerate(steps)],
+            )
+
+    def set_plan(
+        self, task_id: str, plan: dict[str, Any], new_steps: list[tuple[str, str]], planner: dict[str, Any]
+    ) -> None:
+        """A plan the planner made: ``plan`` (the done steps and the new ones) replaces the task's,
+        its pending steps go, ``new_steps`` (``(step_id, tool)`` in execution order) come after
+        the steps that stay, pending; the count of plans grows by one. One commit."""
+        with self.transaction() as conn:
+            conn.execute(
+                "UPDATE tasks_runs SET plan = ?, plans = plans + 1, planner = ? WHERE id = ?",
+                (json.dumps(plan, separators=(",", ":")), json.dumps(planner, separators=(",", ":")), task_id),
+            )
+            conn.execute("DELETE FROM tasks_steps WHERE task_id = ? AND state = 'pending'", (task_id,))
+            start = conn.execute(
+                "SELECT coalesce(max(position) + 1, 0) FROM tasks_steps WHERE task_id = ?", (task_id,)
+            ).fetchone()[0]
+            conn.executemany(
+                "INSERT INTO tasks_steps (task_id, step_id, position, tool, state) VALUES (?, ?, ?, ?, 'pending')",
+                [(task_id, step_id, start + n, tool) for n, (step_id, tool) in enumerate(new_steps)],
             )
 
     def set_task_state(self, task_id: str, state: str, at: float, error: dict[str, Any] | None = None) -> bool:

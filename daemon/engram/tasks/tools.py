@@ -67,6 +67,9 @@ class Tools(Protocol):
     def idempotent(self, tool: str) -> bool:
         """Whether a failed call of the tool may be made again (a repeat changes nothing more)."""
 
+    def describe(self, tool: str) -> tuple[str, dict[str, Any]]:
+        """What the tool does (one line) and the JSON Schema of its arguments, for the planner."""
+
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         """The tool's result as JSON values; raises the RPCError a direct call would get."""
 
@@ -96,6 +99,12 @@ class MethodTools:
         method = self._methods.get(tool)
         return method is not None and (method.read_only or tool in IDEMPOTENT_WRITES)
 
+    def describe(self, tool: str) -> tuple[str, dict[str, Any]]:
+        method = self._methods.get(tool)
+        if method is None:
+            raise NotFound(f"no method {tool!r}", reason="unknown_tool", tool=tool)
+        return method.summary, method.params.model_json_schema()
+
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         output = await self._dispatch(Request(method=tool, params=args, id=None), principal, self._connection)
         if isinstance(output, dict):
@@ -109,6 +118,8 @@ class PluginTool(Protocol):
     """A loaded tool plugin, as the plugins part hands it over."""
 
     name: str
+    description: str
+    params_schema: dict[str, Any]
     idempotent: bool
 
     async def call(self, args: dict[str, Any], principal: Principal) -> Any: ...
@@ -136,6 +147,12 @@ class PluginTools:
     def idempotent(self, tool: str) -> bool:
         found = self._loaded().get(tool)
         return found is not None and found.idempotent
+
+    def describe(self, tool: str) -> tuple[str, dict[str, Any]]:
+        found = self._loaded().get(tool)
+        if found is None:
+            raise NotFound(f"tool {tool!r} is not loaded", reason="unknown_tool", tool=tool)
+        return found.description, found.params_schema
 
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         found = self._loaded().get(tool)
@@ -168,6 +185,9 @@ class CombinedTools:
 
     def idempotent(self, tool: str) -> bool:
         return self._of(tool).idempotent(tool)
+
+    def describe(self, tool: str) -> tuple[str, dict[str, Any]]:
+        return self._of(tool).describe(tool)
 
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         return await self._of(tool).call(tool, args, principal)

@@ -11,7 +11,9 @@
 * ``POST /api/embed`` — ``{"model", "embeddings": [[...], ...]}``;
 * an unknown model — 404 ``{"error": "model \\"x\\" not found, try pulling it first"}``.
 
-The answer to a prompt is ``"echo: <prompt>"`` (chat: the last user message), streamed word by word.
+The answer to a prompt is ``"echo: <prompt>"`` (chat: the last user message), streamed word by word;
+``FakeOllama(responder=f)`` answers ``f(prompt, body)`` instead (``body``: the request's JSON), as a
+model would, e.g. a JSON plan.
 """
 
 from __future__ import annotations
@@ -19,14 +21,17 @@ from __future__ import annotations
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 CREATED = "2024-01-01T00:00:00Z"
 
 
 class FakeOllama:
-    def __init__(self, models: tuple[str, ...] = ("llama3.2:latest", "nomic-embed-text:latest")) -> None:
+    def __init__(self, models: tuple[str, ...] = ("llama3.2:latest", "nomic-embed-text:latest"),
+                 responder: Callable[[str, dict[str, Any]], str] | None = None) -> None:
         self.models = models
+        self.responder = responder
         self.requests: list[tuple[str, str, Any]] = []
         self.fail_status: int | None = None  # set to answer every request with this HTTP status
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -95,12 +100,12 @@ class FakeOllama:
                     inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
                     return self._send(200, {"model": model, "embeddings": [[float(len(t)), 1.0, 0.0] for t in inputs]})
                 if self.path == "/api/generate":
-                    answer, key = f"echo: {body['prompt']}", "response"
+                    prompt, key = body["prompt"], "response"
                 elif self.path == "/api/chat":
-                    last = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
-                    answer, key = f"echo: {last}", "message"
+                    prompt, key = [m["content"] for m in body["messages"] if m["role"] == "user"][-1], "message"
                 else:
                     return self._send(404, {"error": "404 page not found"})
+                answer = f"echo: {prompt}" if fake.responder is None else fake.responder(prompt, body)
 
                 def piece(text: str, done: bool) -> dict[str, Any]:
                     out: dict[str, Any] = {"model": model, "created_at": CREATED, "done": done}

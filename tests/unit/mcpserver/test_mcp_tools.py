@@ -9,7 +9,7 @@ from pydantic import ValidationError
 METHODS = {
     "remember": "memory.remember", "recall": "memory.recall", "forget": "memory.forget", "ask": "route.ask",
     "graph_query": "memory.graph.query", "audit_prove": "audit.prove", "status": "system.status",
-    "execute": "task.submit", "task_status": "task.get",
+    "plan": "task.plan", "execute": "task.submit", "task_status": "task.get",
 }
 
 
@@ -46,6 +46,8 @@ def test_params_sent_to_the_daemon():
     sent = {"steps": [{**plan["steps"][0], "needs": []}, plan["steps"][1]]}
     assert params("execute", plan=plan) == {"plan": sent}
     assert params("execute", plan=plan, deadline=30, namespace="n") == {"plan": sent, "deadline": 30, "namespace": "n"}
+    assert params("execute", goal="find the heron", namespace="n") == {"goal": "find the heron", "namespace": "n"}
+    assert params("plan", goal="find the heron") == {"goal": "find the heron"}
     assert params("task_status", task_id="tk_1f") == {"task_id": "tk_1f", "outputs": False}
 
 
@@ -64,6 +66,9 @@ def test_params_sent_to_the_daemon():
         ("execute", {"plan": {"steps": [{"id": "a"}]}}),
         ("execute", {"plan": {"steps": [{"id": "a", "tool": "memory.recall", "colour": "red"}]}}),
         ("task_status", {"task_id": "not-a-task"}),
+        ("plan", {}),
+        ("plan", {"goal": ""}),
+        ("execute", {"goal": "x" * 4001}),
     ],
 )
 def test_arguments_outside_the_schema_are_refused(tool, arguments):
@@ -81,6 +86,11 @@ def test_texts_for_the_model():
     answer = {"answer": "42.", "sources": [{"tier": "episodic", "id": "ep_9", "text": "t", "score": 1.0}]}
     assert TOOLS["ask"].text(answer) == "42.\n\nSources: ep_9 (episodic)"
     assert structured([1, 2]) == {"result": [1, 2]} and structured({"a": 1}) == {"a": 1}
+    planned = {"plan": {"steps": [{"id": "a", "tool": "memory.recall"}]}, "planned_by": ["ollama"], "replies": 2, "examples": 0}
+    assert TOOLS["plan"].text(planned) == (
+        'Plan of 1 step(s), made by ollama in 2 reply(ies); execute runs it as it is (pass it as plan):\n'
+        '{"steps":[{"id":"a","tool":"memory.recall"}]}'
+    )
     assert TOOLS["execute"].text({"task_id": "tk_1", "state": "queued"}) == "Task tk_1 is queued; task_status tells how it goes."
     failed = {"code": -32004, "reason": "step_timeout", "message": "step b ran past 5 s"}
     status = {"task": {"task_id": "tk_1", "state": "failed", "steps": 2, "steps_done": 1, "error": failed},
