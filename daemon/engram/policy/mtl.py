@@ -38,8 +38,9 @@ from __future__ import annotations
 import fnmatch
 import json
 import math
+import operator
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from engram.errors import EngramError
@@ -64,6 +65,7 @@ CompareOp = Literal["<", "<=", ">", ">=", "=", "!="]
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _MAX_DEPTH = 64
 _MAX_LENGTH = 4096
+_ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
 class FormulaError(EngramError, ValueError):
@@ -107,7 +109,7 @@ class Condition:
             return isinstance(found, str) and fnmatch.fnmatchcase(found, value)
         if isinstance(found, bool) or not isinstance(found, (int, float)):
             return False
-        return {"<": found < value, "<=": found <= value, ">": found > value, ">=": found >= value}[op]
+        return bool(_ORDER[op](found, value))
 
     def shown(self) -> str:
         return f"{'.'.join(self.path)} {self.op} {json.dumps(self.value)}"
@@ -118,10 +120,21 @@ class Atom:
     topic: str  # a glob
     conditions: tuple[Condition, ...]
     _topic_re: re.Pattern[str]
+    _topics: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)  # topic -> matches
 
     def holds(self, event: Any) -> bool:
-        topic = resolve(event, ("topic",))
-        return isinstance(topic, str) and self._topic_re.match(topic) is not None and all(c.holds(event) for c in self.conditions)
+        topic = event.get("topic") if isinstance(event, dict) else getattr(event, "topic", None)
+        matches = self._topics.get(topic)  # type: ignore[arg-type]
+        if matches is None:
+            matches = isinstance(topic, str) and self._topic_re.match(topic) is not None
+            if len(self._topics) < 1024:
+                self._topics[topic] = matches  # type: ignore[index]
+        if not matches:
+            return False
+        for condition in self.conditions:
+            if not condition.holds(event):
+                return False
+        return True
 
 
 @dataclass(frozen=True, slots=True)

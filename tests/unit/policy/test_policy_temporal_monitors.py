@@ -126,3 +126,21 @@ def test_pending_points_are_bounded():
     for i in range(40):
         monitor.step(float(i), {"topic": "a"})
     assert len(monitor.pending) == 16 and monitor.dropped_total() == 24
+
+
+def test_the_benchmark_stream_is_what_the_rules_follow():
+    """engram bench policy measures monitoring over events that the rules really evaluate:
+    recalls of health episodes make its deny rules hold, and its alert rules stay quiet."""
+    from engram_bench.policy import event_stream, temporal_rules
+
+    from engram.policy.temporal import Guarded, TemporalRules
+    from engram.principal import Principal
+
+    rules = TemporalRules(temporal_rules(10), owner_uid=1000, groups=lambda principal: frozenset())
+    assert len(rules) == 10 and {r.rule.effect for r in rules.rules} == {"deny", "alert"}
+    alerts = []
+    for event in event_stream(400):
+        alerts += rules.observe(event, event.time, event.topic)
+    assert alerts == [] and rules.evaluations > 400
+    denied = rules.check(Guarded("egress", Principal(uid=1000, gid=1000), "infer.generate", "openai", "remote"), 401.0)
+    assert denied is not None and denied.events[0]["tags"] == "health"
