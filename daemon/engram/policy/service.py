@@ -133,6 +133,7 @@ class Policy(Part):
             self._m_reloads.labels("error").inc()
             raise StartupError(f"cannot start: {exc}\nfix the policy file(s), or check them with `engram policy check FILE`") from None
         self._install(policies)
+        stack.callback(self._unsubscribe)  # after the watcher task stopped (pushed before the task group)
         await self.start_tasks(stack)
         self._watching = True
         self._subscribe()
@@ -146,8 +147,9 @@ class Policy(Part):
     async def health(self) -> Health:
         if self.engine is None:
             return Health(False, self.state.value)
+        temporal = f" and {self.engine.policies.temporal_count} temporal rules" if self.engine.policies.temporal_count else ""
         detail = (
-            f"{self.engine.policies.rule_count} rules from {', '.join(self.engine.policies.labels) or 'no files'}; "
+            f"{self.engine.policies.rule_count} rules{temporal} from {', '.join(self.engine.policies.labels) or 'no files'}; "
             f"privacy mode {'on' if self.privacy_mode else 'off'}"
         )
         if self.reload_problems:
@@ -213,13 +215,19 @@ class Policy(Part):
         """Follow the topics the temporal rules in force name (none: no subscription)."""
         patterns = tuple(self.temporal.patterns) if self.temporal is not None else ()
         sub = self._temporal_sub
-        if sub is not None and sub.patterns == patterns and sub.closed_reason is None:
+        if sub is not None and sub.patterns == patterns and sub.maxsize == self.settings.temporal_queue and sub.closed_reason is None:
             return
         if sub is not None:
             self._bus.unsubscribe(sub, "policy reloaded")
             self._temporal_sub = None
         if patterns and self._watching:
             self._temporal_sub = self._bus.subscribe(patterns, self.settings.temporal_queue, OverflowPolicy.DROP_OLDEST)
+
+    def _unsubscribe(self) -> None:
+        self._watching = False
+        if self._temporal_sub is not None:
+            self._bus.unsubscribe(self._temporal_sub, "policy stopped")
+            self._temporal_sub = None
 
     def _observe(self, event: Event) -> None:
         if self.temporal is None or event.topic == ALERT_TOPIC:
@@ -254,13 +262,15 @@ class Policy(Part):
             rules, sub = self.temporal, self._temporal_sub
             deadline = rules.next_deadline() if rules is not None else None
             wait = _DEADLINE_POLL if deadline is None else min(_DEADLINE_POLL, max(0.0, deadline - time.time()) + 0.001)
-            with anyio.move_on_after(wait):
-                if sub is None:
-                    await anyio.sleep_forever()
-                try:
-                    self._observe(await sub.receive())
-                except SubscriptionClosed:
-                    pass  # replaced by a reload: the next round takes the new one
+            if sub is None:
+                await anyio.sleep(wait)
+            else:
+                with anyio.move_on_after(wait):
+                    try:
+                        self._observe(await sub.receive())
+                        self._drain()  # the rest of a burst, without a wake-up each
+                    except SubscriptionClosed:
+                        pass  # replaced by a reload: the next round takes the new one
             if self.temporal is not None:
                 self._alert(self.temporal.expire(time.time()))
 
