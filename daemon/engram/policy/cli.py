@@ -50,13 +50,16 @@ def check(files: tuple[Path, ...], base: str, as_json: bool) -> None:
     report = {
         "ok": True,
         "files": [
-            {"file": f.label, "name": f.name, "rules": len(f.policy.rules), "limits": len(f.policy.limits)} for f in checked
+            {"file": f.label, "name": f.name, "rules": len(f.policy.rules), "limits": len(f.policy.limits),
+             "temporal": len(f.policy.temporal)}
+            for f in checked
         ],
     }
 
     def human(data: dict[str, Any]) -> None:
         for f in data["files"]:
-            click.echo(f"{f['file']}: ok ({f['rules']} rules, {f['limits']} limits)")
+            temporal = f", {f['temporal']} temporal rules" if f["temporal"] else ""
+            click.echo(f"{f['file']}: ok ({f['rules']} rules, {f['limits']} limits{temporal})")
 
     Output(as_json).emit(report, human)
 

@@ -322,3 +322,10 @@ def test_the_cli_exits_0_when_nothing_fires_and_2_on_bad_input(tmp_path: Path):
     bad_rule.write_text(GOOD.replace('event("audit.checkpoint")', 'event("audit.checkpoint"'))
     result = CliRunner().invoke(policy_cli, ["rules", "test", str(bad_rule), "--events", str(quiet)])
     assert result.exit_code == 2 and "temporal[2].followed_by: rule 'forget-then-checkpoint'" in result.output
+
+
+def test_check_counts_temporal_rules(tmp_path: Path):
+    policy = tmp_path / "temporal.toml"
+    policy.write_text(GOOD)
+    result = CliRunner().invoke(policy_cli, ["check", str(policy)])
+    assert result.exit_code == 0 and f"{policy}: ok (0 rules, 0 limits, 3 temporal rules)" in result.output
