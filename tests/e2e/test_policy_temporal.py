@@ -216,3 +216,64 @@ def test_a_broken_formula_on_reload_keeps_the_rules_in_force(make_daemon, tmp_pa
         client.call("memory.forget", {"ids": [ids[1]]})
         with pytest.raises(PolicyDenied):
             client.call("memory.forget", {"ids": [ids[2]]})
+
+
+RECORDED = """
+version = 1
+
+[[temporal]]
+name = "forget-rate"
+effect = "deny"
+when = 'count[1h] event("memory.forgotten", scope = "ids") >= 2'
+on = { actions = ["memory.forget"] }
+
+[[temporal]]
+name = "health-recall"
+effect = "alert"
+when = 'event("memory.recalled", tags contains "health")'
+"""
+
+
+def test_rules_test_runs_over_a_stream_recorded_with_engram_events(make_daemon, tmp_path):
+    """The documented way: record with `engram events --follow --json`, then check rules offline."""
+    import signal
+
+    daemon = make_daemon(env=NO_MODEL)  # no temporal rule in force: every forget goes through
+    recorder = subprocess.Popen(
+        [sys.executable, "-m", "engram.cli", "events", "--follow", "--json", "memory.*", "policy.decision",
+         "--socket", str(daemon.socket)],
+        stdout=subprocess.PIPE, text=True, env=daemon.env,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # until the recorder follows
+            if any("policy.decision" in s["topics"] for s in daemon.call("system.status")["subscriptions"]):
+                break
+            time.sleep(0.05)
+        with daemon.client() as client:
+            ids = client.call("memory.remember", {"items": [
+                {"text": "pulse 60", "vector": vec(1, 0, 0), "tags": ["health"]},
+                *({"text": f"t{i}", "vector": vec(0, 1, i)} for i in range(3)),
+            ]})["ids"]
+            client.call("memory.recall", {"vector": vec(1, 0, 0), "k": 1})
+            for episode in ids[1:]:
+                client.call("memory.forget", {"ids": [episode]})
+        time.sleep(0.5)
+    finally:
+        recorder.send_signal(signal.SIGINT)
+        out, _ = recorder.communicate(timeout=20)
+    log = tmp_path / "events.jsonl"
+    log.write_text(out)
+    assert '"memory.recalled"' in out and out.count('"memory.forgotten"') == 3
+    rules = tmp_path / "rules.toml"
+    rules.write_text(RECORDED)
+    checked = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "policy", "rules", "test", str(rules), "--events", str(log), "--json"],
+        capture_output=True, text=True, timeout=60, env=daemon.env,
+    )
+    assert checked.returncode == 1, checked.stderr
+    report = {rule["name"]: rule for rule in json.loads(checked.stdout)["rules"]}
+    [denied] = report["forget-rate"]["violations"]  # the third forget would have been refused
+    assert [e["topic"] for e in denied["events"]] == ["memory.forgotten", "memory.forgotten"]
+    [alert] = report["health-recall"]["violations"]
+    assert alert["events"][0]["tags"] == "health"

@@ -103,8 +103,9 @@ class _Rule:
         self.policy = policy
         self.state = state
         formulas = [f for f in (rule.when, rule.every, rule.followed_by) if f]
-        self.topics = _globs(sorted(set().union(*(topics_of(parse(f)) for f in formulas))) or ["\x00"])
+        # The topics of its trace; a formula without atoms (`true`) has none.
         self.patterns = sorted(set().union(*(topics_of(parse(f)) for f in formulas)))
+        self.topics = _globs(self.patterns) if self.patterns else None
         guard = rule.on
         self.point = guard.point if guard else None
         self._who = _principals(guard.principals, owner_uid) if guard else None
@@ -178,7 +179,7 @@ class TemporalRules:
         if route is None:
             if len(self._routes) >= _ROUTES_KEPT:
                 self._routes.clear()
-            route = self._routes[topic] = tuple(r for r in self.rules if r.topics.match(topic))
+            route = self._routes[topic] = tuple(r for r in self.rules if r.topics is not None and r.topics.match(topic))
         return route
 
     # --- the stream --------------------------------------------------------------------------

@@ -329,3 +329,11 @@ def test_check_counts_temporal_rules(tmp_path: Path):
     policy.write_text(GOOD)
     result = CliRunner().invoke(policy_cli, ["check", str(policy)])
     assert result.exit_code == 0 and f"{policy}: ok (0 rules, 0 limits, 3 temporal rules)" in result.output
+
+
+def test_a_formula_without_events_follows_nothing_and_always_holds():
+    rules = _rules('version = 1\n[[temporal]]\nname = "closed"\neffect = "deny"\nwhen = "true"\non = { actions = ["memory.*"] }\n')
+    assert rules.patterns == [] and rules.observe({"topic": "memory.recalled"}, 1.0, "memory.recalled") == []
+    denied = rules.check(Guarded("method", OWNER, "memory.recall"), 2.0)
+    assert denied is not None and denied.events == []
+    assert rules.check(Guarded("method", OWNER, "system.ping"), 2.0) is None
