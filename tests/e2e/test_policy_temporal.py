@@ -159,7 +159,8 @@ def test_at_most_n_forgets_per_window(make_daemon, tmp_path):
         # The refusal is a policy.decision like any other: audited.
         entries = client.call("audit.entries", {"start": 0, "limit": 1000})["entries"]
         decisions = [e["entry"] for e in entries if e["entry"]["kind"] == "policy.decision"]
-        assert any(d["detail"]["rule"] == "forget-rate" and d["detail"]["effect"] == "deny" for d in decisions)
+        [denial, _] = [d["detail"] for d in decisions if d["detail"]["rule"] == "forget-rate"]  # before and after the reload
+        assert denial["effect"] == "deny" and [e["topic"] for e in denial["events"]] == ["memory.forgotten"] * 2
 
 
 def test_a_forget_without_a_checkpoint_in_time_raises_an_audited_alert(make_daemon, tmp_path):

@@ -33,6 +33,9 @@ class PolicyDecided(Event):
     obligations: list[str] = Field(default_factory=list)
     redactions: dict[str, int] = Field(default_factory=dict, description="Egress: matches redacted, by kind.")
     audit: bool = Field(description="true for denials and decisions with the audit obligation: they belong in the audit log.")
+    events: list[dict] = Field(
+        default_factory=list, description="A temporal rule's denial: the events that made it true (topic, time, uid, fields tested)."
+    )
 
 
 class PolicyReloaded(Event):

@@ -360,6 +360,7 @@ class Policy(Part):
             obligations=sorted(decision.obligations),
             redactions=redactions or {},
             audit=decision.audit,
+            events=list(decision.evidence),
         )
 
     def _record(self, decision: Decision, request: AccessRequest, redactions: dict[str, int] | None = None) -> None:
