@@ -337,3 +337,13 @@ def test_a_formula_without_events_follows_nothing_and_always_holds():
     denied = rules.check(Guarded("method", OWNER, "memory.recall"), 2.0)
     assert denied is not None and denied.events == []
     assert rules.check(Guarded("method", OWNER, "system.ping"), 2.0) is None
+
+
+def test_alerts_are_never_part_of_a_trace():
+    rules = _rules('version = 1\n[[temporal]]\nname = "any-policy-event"\neffect = "alert"\nwhen = \'event("policy.*")\'\n')
+    events = [
+        {"topic": "policy.alert", "time": 1.0, "data": {"rule": "x", "policy": "p", "kind": "formula", "message": "m"}},
+        {"topic": "policy.reloaded", "time": 2.0, "data": {"ok": True, "trigger": "rpc"}},
+    ]
+    found, _ = replay(rules, events, 1000)
+    assert [(v.rule, v.time) for v in found] == [("any-policy-event", 2.0)]

@@ -87,3 +87,22 @@ async def test_a_decision_sees_every_event_published_before_it(tmp_path):
             await part.method_guard(principal(OWNER), forget)
         ok, detail = await part.health()
         assert ok and "1 temporal rules" in detail
+
+
+async def test_alerts_are_published_and_never_feed_the_rules(tmp_path):
+    import anyio
+
+    part, bus, folder = _part(tmp_path)
+    (folder / "loud.toml").write_text('[[temporal]]\nname = "loud"\neffect = "alert"\nwhen = \'event("policy.reloaded")\'\n')
+    (folder / "echo.toml").write_text('[[temporal]]\nname = "echo"\neffect = "alert"\nwhen = \'event("policy.*")\'\n')
+    alerts = bus.subscribe(["policy.alert"], 100)
+    async with part:
+        await part.reload()  # one policy.reloaded, seen by both rules
+        await anyio.sleep(0.3)  # the watcher task tells the rules
+        seen = []
+        while (event := alerts.receive_nowait()) is not None:
+            seen.append(event)
+        # The start's policy.reloaded and the reload's (the rules follow from the start) make two
+        # alerts each, and those alerts make none.
+        assert sorted(e.rule for e in seen) == ["echo", "echo", "loud", "loud"]
+        assert all(e.events[0]["topic"] == "policy.reloaded" for e in seen)
