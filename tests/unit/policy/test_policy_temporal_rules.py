@@ -347,3 +347,11 @@ def test_alerts_are_never_part_of_a_trace():
     ]
     found, _ = replay(rules, events, 1000)
     assert [(v.rule, v.time) for v in found] == [("any-policy-event", 2.0)]
+
+
+def test_the_cli_reads_the_log_from_standard_input(tmp_path: Path):
+    policy = tmp_path / "temporal.toml"
+    policy.write_text(GOOD)
+    log = _log(tmp_path).read_text()
+    result = CliRunner().invoke(policy_cli, ["rules", "test", str(policy), "--events", "-", "--json"], input=log)
+    assert result.exit_code == 1 and json.loads(result.output)["events"] == 8
