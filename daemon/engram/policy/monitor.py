@@ -26,30 +26,48 @@ from typing import Any
 
 from engram.policy.mtl import And, Atom, Const, Count, Node, Not, Once, Or, Since, resolve
 
-__all__ = ["MAX_WITNESSES", "Monitor", "Value", "brute_force", "compile_monitor", "witness"]
+__all__ = ["MAX_WITNESSES", "Monitor", "Value", "Witness", "brute_force", "compile_monitor", "shown"]
 
-Value = tuple[dict[str, Any], ...] | None
 MAX_WITNESSES = 10
-_EMPTY: tuple[dict[str, Any], ...] = ()
 
 
-def witness(atom: Atom, event: Any, time: float) -> dict[str, Any]:
-    """What an explanation shows of an event: its topic and time, who caused it, and the fields
-    the atom tested (for ``contains``, only the value looked for)."""
-    shown: dict[str, Any] = {"topic": resolve(event, ("topic",)), "time": time}
-    uid = resolve(event, ("principal", "uid"))
-    if uid is None:
-        uid = resolve(event, ("uid",))
-    if uid is not None:
-        shown["uid"] = uid
-    for condition in atom.conditions:
-        name = ".".join(condition.path)
-        shown[name] = condition.value if condition.op == "contains" else resolve(event, condition.path)
-    return shown
+class Witness:
+    """An event that made an atom true, at its point's time; shown (:meth:`shown`) only when a
+    rule reports it, since most witnesses are dropped unseen."""
+
+    __slots__ = ("atom", "event", "time")
+
+    def __init__(self, atom: Atom, event: Any, time: float) -> None:
+        self.atom = atom
+        self.event = event
+        self.time = time
+
+    def shown(self) -> dict[str, Any]:
+        """Its topic and time, who caused it, and the fields the atom tested (for ``contains``,
+        only the value looked for)."""
+        event = self.event
+        out: dict[str, Any] = {"topic": resolve(event, ("topic",)), "time": self.time}
+        uid = resolve(event, ("principal", "uid"))
+        if uid is None:
+            uid = resolve(event, ("uid",))
+        if uid is not None:
+            out["uid"] = uid
+        for condition in self.atom.conditions:
+            name = ".".join(condition.path)
+            out[name] = condition.value if condition.op == "contains" else resolve(event, condition.path)
+        return out
 
 
-def _join(values: Sequence[tuple[dict[str, Any], ...]]) -> tuple[dict[str, Any], ...]:
-    out: list[dict[str, Any]] = []
+Value = tuple[Witness, ...] | None
+_EMPTY: tuple[Witness, ...] = ()
+
+
+def shown(value: tuple[Witness, ...]) -> list[dict[str, Any]]:
+    return [w.shown() for w in value]
+
+
+def _join(values: Sequence[tuple[Witness, ...]]) -> tuple[Witness, ...]:
+    out: list[Witness] = []
     for value in values:
         for item in value:
             if not any(item is seen for seen in out):
@@ -85,7 +103,7 @@ class _Atom(Monitor):
         self.atom = atom
 
     def step(self, t: float, event: Any) -> Value:
-        return (witness(self.atom, event, t),) if self.atom.holds(event) else None
+        return (Witness(self.atom, event, t),) if self.atom.holds(event) else None
 
     def peek(self, t: float) -> Value:
         return None
@@ -152,11 +170,11 @@ class _Window(Monitor):
         self.low = low
         self.high = high
         self.max_points = max_points
-        self.best: tuple[float, tuple[dict[str, Any], ...]] | None = None
-        self.pending: deque[tuple[float, tuple[dict[str, Any], ...]]] = deque()
+        self.best: tuple[float, tuple[Witness, ...]] | None = None
+        self.pending: deque[tuple[float, tuple[Witness, ...]]] = deque()
         self.dropped = 0
 
-    def add(self, t: float, value: tuple[dict[str, Any], ...]) -> None:
+    def add(self, t: float, value: tuple[Witness, ...]) -> None:
         if len(self.pending) >= self.max_points:
             self.pending.popleft()
             self.dropped += 1
@@ -234,7 +252,7 @@ class _Count(Monitor):
         }[op]
         self.positive = op in (">", ">=", "!=")
         # min(true count, n + 1) decides every comparison with n.
-        self.points: deque[tuple[float, tuple[dict[str, Any], ...]]] = deque(maxlen=n + 1)
+        self.points: deque[tuple[float, tuple[Witness, ...]]] = deque(maxlen=n + 1)
 
     def children(self) -> tuple[Monitor, ...]:
         return (self.child,)

@@ -30,7 +30,7 @@ from typing import Any, Literal
 from engram.policy.engine import _globs, _principals, _Who, group_names
 from engram.policy.loader import PolicySet
 from engram.policy.model import TemporalRule
-from engram.policy.monitor import Monitor, compile_monitor
+from engram.policy.monitor import Monitor, Witness, compile_monitor, shown
 from engram.policy.mtl import parse, topics_of
 from engram.principal import Principal
 
@@ -89,7 +89,7 @@ class _State:
         self.followed_by: Monitor | None = compile_monitor(parse(rule.followed_by), max_points) if rule.followed_by else None
         # Open obligations, oldest first: (deadline, opened at, what opened it). One `within` for
         # all of them, so deadlines come in order.
-        self.pending: deque[tuple[float, float, tuple[dict[str, Any], ...]]] = deque()
+        self.pending: deque[tuple[float, float, tuple[Witness, ...]]] = deque()
         self.dropped = 0
 
     def dropped_total(self) -> int:
@@ -198,7 +198,7 @@ class TemporalRules:
             if state.when is not None:
                 value = state.when.step(t, event)
                 if value is not None and rule.rule.effect == "alert":
-                    found.append(Violation(rule.name, rule.policy, "alert", "formula", t, rule.reason("holds"), list(value)))
+                    found.append(Violation(rule.name, rule.policy, "alert", "formula", t, rule.reason("holds"), shown(value)))
                 continue
             assert state.every is not None and state.followed_by is not None and rule.rule.within is not None
             found += self._expire_rule(rule, t)
@@ -218,7 +218,7 @@ class TemporalRules:
         while pending and pending[0][0] < t:
             deadline, opened, what = pending.popleft()
             message = rule.reason(f"was not met: nothing matching followed_by within {rule.rule.within:g} s")
-            found.append(Violation(rule.name, rule.policy, "alert", "deadline", deadline, message, list(what)))
+            found.append(Violation(rule.name, rule.policy, "alert", "deadline", deadline, message, shown(what)))
         return found
 
     def expire(self, t: float) -> list[Violation]:
@@ -237,7 +237,7 @@ class TemporalRules:
     def open_obligations(self) -> list[Violation]:
         """Obligations still open (``rules test`` reports them at the end of a log)."""
         return [
-            Violation(rule.name, rule.policy, "alert", "deadline", deadline, rule.reason("is still open"), list(what))
+            Violation(rule.name, rule.policy, "alert", "deadline", deadline, rule.reason("is still open"), shown(what))
             for rule in self.rules
             for deadline, _, what in rule.state.pending
         ]
@@ -259,7 +259,7 @@ class TemporalRules:
             value = rule.state.when.peek(t)
             violation = None
             if value is not None:
-                violation = Violation(rule.name, rule.policy, "deny", "formula", t, rule.reason(f"denies {call.action}"), list(value))
+                violation = Violation(rule.name, rule.policy, "deny", "formula", t, rule.reason(f"denies {call.action}"), shown(value))
             out.append((rule, violation))
         return out
 

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from engram.policy.monitor import brute_force, compile_monitor
+from engram.policy.monitor import brute_force, compile_monitor, shown
 from engram.policy.mtl import parse
 
 TOPICS = ("a", "b", "c")
@@ -101,7 +101,7 @@ def test_witnesses_are_the_events_inside_the_window():
     monitor.step(1.0, {"topic": "memory.recalled", "tags": ["health", "x"], "principal": {"uid": 7}})
     monitor.step(3.0, {"topic": "memory.recalled", "tags": ["work"]})
     value = monitor.peek(5.0)
-    assert value == ({"topic": "memory.recalled", "time": 1.0, "uid": 7, "tags": "health"},)
+    assert value is not None and shown(value) == [{"topic": "memory.recalled", "time": 1.0, "uid": 7, "tags": "health"}]
     assert monitor.peek(11.5) is None  # out of the window for good
 
 
@@ -111,7 +111,7 @@ def test_count_keeps_only_what_decides_the_comparison():
         monitor.step(float(i), {"topic": "memory.forgotten"})
     assert len(monitor.points) == 4  # n + 1, however many happened in the window
     value = monitor.peek(10_000.0)
-    assert value is not None and [w["time"] for w in value] == [9996.0, 9997.0, 9998.0, 9999.0]
+    assert value is not None and [w.time for w in value] == [9996.0, 9997.0, 9998.0, 9999.0]
 
 
 def test_once_from_zero_keeps_one_witness():
