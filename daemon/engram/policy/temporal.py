@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -244,13 +244,11 @@ class TemporalRules:
 
     # --- deny checks -------------------------------------------------------------------------
 
-    def statuses(self, call: Guarded, t: float) -> list[tuple[_Rule, Violation | None]]:
-        """Every deny rule guarding ``call``, with what it says at ``t`` (a violation: it holds)."""
+    def _guarding(self, call: Guarded, t: float) -> Iterator[tuple[_Rule, Violation | None]]:
         if call.point not in self.guarded_points:
-            return []
+            return
         t = self._time(t)
         who = _Who(call.principal, self._groups)
-        out = []
         for rule in self.deny:
             if not rule.guards(call, who):
                 continue
@@ -260,12 +258,15 @@ class TemporalRules:
             violation = None
             if value is not None:
                 violation = Violation(rule.name, rule.policy, "deny", "formula", t, rule.reason(f"denies {call.action}"), shown(value))
-            out.append((rule, violation))
-        return out
+            yield rule, violation
+
+    def statuses(self, call: Guarded, t: float) -> list[tuple[_Rule, Violation | None]]:
+        """Every deny rule guarding ``call``, with what it says at ``t`` (a violation: it holds)."""
+        return list(self._guarding(call, t))
 
     def check(self, call: Guarded, t: float) -> Violation | None:
-        """The first deny rule that holds for ``call`` at ``t``, if any."""
-        for _, violation in self.statuses(call, t):
+        """The first deny rule that holds for ``call`` at ``t``, if any (the later ones are not read)."""
+        for _, violation in self._guarding(call, t):
             if violation is not None:
                 return violation
         return None
