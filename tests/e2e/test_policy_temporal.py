@@ -153,6 +153,9 @@ def test_at_most_n_forgets_per_window(make_daemon, tmp_path):
         assert client.call("memory.recall", {"vector": vec(1, 3, 0), "k": 1})["hits"]  # other calls go on
         # The owner can always repair the policy, whatever a temporal rule guards.
         assert client.call("policy.reload")["rules"] >= 1
+        shown = engram(daemon, "policy", "show")
+        assert shown.returncode == 0, shown.stderr
+        assert 'deny  forget-rate              temporal: count[1h] event("memory.forgotten", scope = "ids") >= 2  on method:memory.forget' in shown.stdout
         # An unchanged rule keeps its window across a reload.
         with pytest.raises(PolicyDenied):
             client.call("memory.forget", {"ids": [ids[2]]})
