@@ -17,7 +17,7 @@ event's ``time``, made non-decreasing). Grammar (keywords are lower case; ``#`` 
     value     := STRING | NUMBER | "true" | "false" | "null" | "[" value ("," value)* "]"
     interval  := "[" DURATION "," (DURATION | "inf") "]" | "[" DURATION "]"   # [d] is [0, d]
     window    := "[" DURATION "]"
-    CMP       := "<" | "<=" | ">" | ">=" | "=" | "!="
+    CMP       := "<" | "<=" | ">" | ">=" | "=" | "!="                        # INTEGER: 0 to 100000
     DURATION  := NUMBER ("ms" | "s" | "m" | "h" | "d")?                        # bare: seconds
 
 Meaning at point i (time t_i):
@@ -65,6 +65,7 @@ CompareOp = Literal["<", "<=", ">", ">=", "=", "!="]
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _MAX_DEPTH = 64
 _MAX_LENGTH = 4096
+_MAX_COUNT = 100_000
 _ORDER = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
 
 
@@ -350,8 +351,8 @@ class _Parser:
                 raise self.fail(f"count compares with a whole number, found {self._found()}")
             self.advance()
             n = int(number.text)
-            if n > 1_000_000:
-                raise self.fail("count compares with at most 1000000", number)
+            if n > _MAX_COUNT:
+                raise self.fail(f"count compares with at most {_MAX_COUNT} (it keeps that many points)", number)
             return Count(window, child, op, n)  # type: ignore[arg-type]
         if self.at("("):
             self.advance()

@@ -72,6 +72,8 @@ def test_conditions_compare_like_json():
         ('event("x") event("y")', 12, "expected 'and', 'or'"),
         ("", 1, "ends too early"),
         ('once[-1s] event("x")', 6, "cannot be negative"),
+        ('count[1h] event("x") > 100001', 24, "at most 100000"),
+        ('once[400d] event("x")', 6, "at most 366 days"),
     ],
 )
 def test_errors_say_where_and_what(text: str, column: int, words: str):
