@@ -1,6 +1,7 @@
 """What a policy file says: pydantic models of the TOML format (schema: ``engram policy schema``).
 
-A policy file is a list of rules, optional rate limits, and optional redaction settings::
+A policy file is a list of rules, optional rate limits, optional redaction settings and optional
+temporal rules (``[[temporal]]``: rules over the event stream, :mod:`engram.policy.temporal`)::
 
     version = 1
     name = "grant-ada"
