@@ -183,13 +183,15 @@ def bench_memory(
 @click.option("--decisions", "-n", type=click.IntRange(min=1), default=50_000, show_default=True, help="Decisions per measurement.")
 @click.option("--rules", type=click.IntRange(min=0), default=50, show_default=True, help="Grant rules added to the default policy.")
 @click.option("--payload-kib", type=click.IntRange(min=1), default=16, show_default=True, help="Size of the redaction payload.")
+@click.option("--temporal-rules", type=click.IntRange(min=0, max=1000), default=10, show_default=True,
+              help="Temporal rules following the event stream.")
 @json_option
-def bench_policy(decisions: int, rules: int, payload_kib: int, as_json: bool) -> None:
-    """Policy decisions and redaction through engram's engine vs simple baselines."""
+def bench_policy(decisions: int, rules: int, payload_kib: int, temporal_rules: int, as_json: bool) -> None:
+    """Policy decisions, redaction and temporal monitoring through engram's engine vs simple baselines."""
     from engram_bench.policy import run_policy_bench
 
     with errors():
-        report = run_policy_bench(decisions, rules, payload_kib)
+        report = run_policy_bench(decisions, rules, payload_kib, temporal_rules)
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 

@@ -15,7 +15,14 @@ from pydantic import Field
 from engram.bus.events import Event
 from engram.principal import Principal
 
-__all__ = ["MEMORY_EVENTS", "MemoryForgotten", "MemoryGraphUpdated", "MemoryIndexRebuilt", "MemoryRemembered"]
+__all__ = [
+    "MEMORY_EVENTS",
+    "MemoryForgotten",
+    "MemoryGraphUpdated",
+    "MemoryIndexRebuilt",
+    "MemoryRecalled",
+    "MemoryRemembered",
+]
 
 
 class MemoryRemembered(Event):
@@ -52,6 +59,22 @@ class MemoryForgotten(Event):
         return self.scope != "sleep"
 
 
+class MemoryRecalled(Event):
+    """A recall answered (published only while someone follows it: the temporal rules of a
+    policy, a client). The request's own audit entry records the recall, so this one is not."""
+
+    topic = "memory.recalled"
+    namespace: str
+    ids: list[str] = Field(description="The ids of the episodes returned, best first.")
+    tags: list[str] = Field(description="Every tag carried by an episode returned (sorted, once each).")
+    principal: Principal | None = None
+    task_id: int | None = None
+
+    @property
+    def audit(self) -> bool:
+        return False
+
+
 class MemoryGraphUpdated(Event):
     topic = "memory.graph.updated"
     namespace: str
@@ -73,4 +96,6 @@ class MemoryIndexRebuilt(Event):
     reason: str
 
 
-MEMORY_EVENTS: tuple[type[Event], ...] = (MemoryRemembered, MemoryForgotten, MemoryGraphUpdated, MemoryIndexRebuilt)
+MEMORY_EVENTS: tuple[type[Event], ...] = (
+    MemoryRemembered, MemoryForgotten, MemoryRecalled, MemoryGraphUpdated, MemoryIndexRebuilt
+)

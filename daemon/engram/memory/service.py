@@ -81,6 +81,7 @@ from engram.memory.events import (
     MemoryForgotten,
     MemoryGraphUpdated,
     MemoryIndexRebuilt,
+    MemoryRecalled,
     MemoryRemembered,
 )
 from engram.memory.extraction import load_local_extractor
@@ -517,6 +518,11 @@ class Memory(Part):
         self.episodic.sample_recall(namespace, query, params.k, flt, found)
         self.metrics.recalls.inc()
         self.metrics.recall_seconds.observe(time.perf_counter() - started)
+        if self._bus.wants(MemoryRecalled.topic):  # built only for a follower (temporal policy rules)
+            self._bus.publish(
+                MemoryRecalled(namespace=namespace, ids=[h["id"] for h in found], tags=sorted({t for h in found for t in h["tags"]}),
+                               principal=ctx.principal, task_id=ctx.request)
+            )
         # One validation of the whole result (in pydantic's core) rather than a model per hit.
         return RecallResult.model_validate({"namespace": namespace, "hits": found})
 

@@ -18,6 +18,7 @@ __all__ = [
     "PrivacyResult",
     "ReloadResult",
     "ShowResult",
+    "TemporalStatus",
 ]
 
 
@@ -51,6 +52,17 @@ class MatchedRule(BaseModel):
     policy: str = Field(description="The file the rule comes from.")
 
 
+class TemporalStatus(BaseModel):
+    name: str = Field(description="A temporal deny rule that guards this call.")
+    policy: str = Field(description="The file the rule comes from.")
+    description: str
+    when: str = Field(description="Its formula.")
+    holds: bool = Field(description="Whether the formula holds now: the call would be refused.")
+    events: list[dict] = Field(
+        default_factory=list, description="When it holds: the events that made it true (topic, time, uid, the fields tested)."
+    )
+
+
 class ExplainResult(Result):
     point: Literal["method", "namespace", "egress"]
     effect: Literal["allow", "deny"]
@@ -69,6 +81,10 @@ class ExplainResult(Result):
     limits: list[str] = Field(default_factory=list, description="Egress: the limits that would take a token.")
     payload: FreeJson = Field(default=None, description="Egress: the sample payload as it would leave.")
     redactions: dict[str, int] = Field(default_factory=dict, description="Egress: matches redacted in the sample, by kind.")
+    temporal: list[TemporalStatus] = Field(
+        default_factory=list,
+        description="The temporal deny rules that guard this call, and what each says now (one that holds decides: deny).",
+    )
 
 
 class LoadedPolicy(BaseModel):

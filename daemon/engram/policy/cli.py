@@ -13,6 +13,8 @@ import click
 
 from engram.clitools import EXIT_USAGE, Output, call, client_command, json_option
 
+EXIT_VIOLATIONS = 1  # policy rules test: a temporal rule fired on the recorded stream
+
 
 @click.group()
 def policy() -> None:
@@ -48,13 +50,16 @@ def check(files: tuple[Path, ...], base: str, as_json: bool) -> None:
     report = {
         "ok": True,
         "files": [
-            {"file": f.label, "name": f.name, "rules": len(f.policy.rules), "limits": len(f.policy.limits)} for f in checked
+            {"file": f.label, "name": f.name, "rules": len(f.policy.rules), "limits": len(f.policy.limits),
+             "temporal": len(f.policy.temporal)}
+            for f in checked
         ],
     }
 
     def human(data: dict[str, Any]) -> None:
         for f in data["files"]:
-            click.echo(f"{f['file']}: ok ({f['rules']} rules, {f['limits']} limits)")
+            temporal = f", {f['temporal']} temporal rules" if f["temporal"] else ""
+            click.echo(f"{f['file']}: ok ({f['rules']} rules, {f['limits']} limits{temporal})")
 
     Output(as_json).emit(report, human)
 
@@ -123,6 +128,12 @@ def explain(
             click.echo(f"  limits       {', '.join(d['limits']) or '-'}")
             if payload is not None:
                 click.echo(f"  payload      {json.dumps(d['payload'])}")
+        for rule in d.get("temporal", []):
+            state = "HOLDS" if rule["holds"] else "does not hold"
+            click.echo(f"  temporal     {rule['name']} ({rule['policy']}): {state}: {rule['when']}")
+            for event in rule["events"]:
+                rest = {k: v for k, v in event.items() if k not in ("topic", "time")}
+                click.echo(f"                 {event['time']:.3f} {event['topic']} {json.dumps(rest, sort_keys=True)}")
 
     Output(as_json).emit(result, human)
 
@@ -150,6 +161,12 @@ def show(socket_path: Path | None, as_json: bool, timeout: float) -> None:
                 )
             for limit in doc.get("limit", []):
                 click.echo(f"  limit {limit['name']:<24} calls={limit['calls']} bytes={limit['bytes']} per {limit['period']:g} s")
+            for rule in doc.get("temporal", []):
+                if rule.get("when"):
+                    what = rule["when"] + (f"  on {rule['on']['point']}:{','.join(rule['on']['actions'])}" if rule.get("on") else "")
+                else:
+                    what = f"every {rule['every']} followed_by {rule['followed_by']} within {rule['within']:g} s"
+                click.echo(f"  {rule['effect']:<5} {rule['name']:<24} temporal: {what}")
         click.echo(f"redaction: {', '.join(d['redaction_detectors'] + d['redaction_patterns']) or '-'}")
         for problem in d["reload_problems"]:
             click.echo(f"last reload FAILED: {problem['file']}:{problem['line']}: {problem['key']}: {problem['message']}")
@@ -172,6 +189,95 @@ def privacy(mode: str | None, socket_path: Path | None, as_json: bool, timeout: 
     """Switch privacy mode on or off (kept across restarts), back to the default, or show it."""
     result = call(socket_path, timeout, "policy.privacy", {"mode": mode} if mode else None)
     Output(as_json).emit(result, lambda d: click.echo(f"privacy mode {'on' if d['privacy_mode'] else 'off'} ({d['source']})"))
+
+
+@policy.group("rules")
+def rules() -> None:
+    """Temporal rules ([[temporal]]) over a recorded event stream."""
+
+
+@rules.command("test")
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--events", "log_path", required=True, type=click.Path(path_type=Path, dir_okay=False),
+    help="JSON lines of events as `engram events --follow --json` prints them ('-': standard input).",
+)
+@json_option
+def rules_test(files: tuple[Path, ...], log_path: Path, as_json: bool) -> None:
+    """Run the temporal rules of policy FILES over a recorded event stream, and print each
+    violation with the events that made it true.
+
+    Exit 0: no rule fired; 1: a deny rule would have refused a call the log shows allowed, or an
+    alert rule fired (obligations still open at the end of the log are listed, not counted);
+    2: a file or the log is invalid."""
+    import os
+
+    from engram.policy.loader import PolicyError, check_files
+    from engram.policy.temporal import TemporalRules, replay, violation_lines
+
+    try:
+        policies = check_files([(path, None) for path in files])
+    except PolicyError as exc:
+        for issue in exc.issues:
+            click.echo(f"engram: {issue}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    owner_uid = os.geteuid()
+    temporal = TemporalRules(policies, owner_uid=owner_uid)
+    if not len(temporal):
+        click.echo("engram: the files have no [[temporal]] rules", err=True)
+        raise SystemExit(EXIT_USAGE)
+    try:
+        text = click.open_file(str(log_path), encoding="utf-8").read()
+    except OSError as exc:
+        click.echo(f"engram: {log_path}: cannot be read: {exc.strerror}", err=True)
+        raise SystemExit(EXIT_USAGE) from None
+    events = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line)
+        except ValueError as exc:
+            click.echo(f"engram: {log_path}:{number}: not JSON: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+        if not (isinstance(event, dict) and isinstance(event.get("topic"), str) and isinstance(event.get("time"), (int, float))
+                and isinstance(event.get("data", {}), dict)):
+            click.echo(f"engram: {log_path}:{number}: not an event: want {{\"topic\": ..., \"time\": ..., \"data\": {{...}}}}", err=True)
+            raise SystemExit(EXIT_USAGE)
+        events.append(event)
+    violations, count = replay(temporal, events, owner_uid)
+    still_open = temporal.open_obligations()
+    report = {
+        "events": count,
+        "rules": [
+            {
+                "name": rule.name, "policy": rule.policy, "effect": rule.rule.effect,
+                "violations": [v.as_dict() for v in violations if v.rule == rule.name],
+                "open": [v.as_dict() for v in still_open if v.rule == rule.name],
+            }
+            for rule in temporal.rules
+        ],
+        "violations": len(violations),
+    }
+
+    def human(data: dict[str, Any]) -> None:
+        click.echo(f"{data['events']} events, {len(data['rules'])} temporal rules, {data['violations']} violations")
+        for rule in temporal.rules:
+            found = [v for v in violations if v.rule == rule.name]
+            opened = [v for v in still_open if v.rule == rule.name]
+            click.echo(f"{rule.name} ({rule.rule.effect}, {rule.policy}): {len(found)} violations"
+                       + (f", {len(opened)} still open at the end" if opened else ""))
+            for v in found:
+                for line in violation_lines(v):
+                    click.echo("  " + line)
+            for v in opened:
+                click.echo(f"  open, due {v.time:.3f}: opened by")
+                for line in violation_lines(v)[1:]:
+                    click.echo("  " + line)
+
+    Output(as_json).emit(report, human)
+    if violations:
+        raise SystemExit(EXIT_VIOLATIONS)
 
 
 @policy.command("schema")

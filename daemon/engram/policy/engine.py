@@ -94,6 +94,7 @@ class Decision:
     obligations: frozenset[str] = frozenset()
     matched: tuple[RuleRef, ...] = ()
     privacy_mode: bool = False
+    evidence: tuple[dict[str, Any], ...] = ()  # a temporal rule's denial: the events that made it true
 
     @property
     def allowed(self) -> bool:
@@ -117,6 +118,8 @@ class Decision:
         for name in ("namespace", "provider", "locality"):
             if (value := getattr(request, name)) is not None:
                 data[name] = value
+        if self.evidence:
+            data["events"] = list(self.evidence)
         data.update(extra)
         return PolicyDenied(self.reason, reason="policy_denied", **data)
 
@@ -579,4 +582,5 @@ def _fields(decision: Decision) -> dict[str, Any]:
         "obligations": decision.obligations,
         "matched": decision.matched,
         "privacy_mode": decision.privacy_mode,
+        "evidence": decision.evidence,
     }

@@ -15,7 +15,7 @@ from pydantic import Field
 from engram.bus.events import Event, Priority
 from engram.principal import Principal
 
-__all__ = ["POLICY_EVENTS", "PolicyDecided", "PolicyReloaded", "PrivacyModeChanged"]
+__all__ = ["POLICY_EVENTS", "PolicyAlert", "PolicyDecided", "PolicyReloaded", "PrivacyModeChanged"]
 
 
 class PolicyDecided(Event):
@@ -33,6 +33,9 @@ class PolicyDecided(Event):
     obligations: list[str] = Field(default_factory=list)
     redactions: dict[str, int] = Field(default_factory=dict, description="Egress: matches redacted, by kind.")
     audit: bool = Field(description="true for denials and decisions with the audit obligation: they belong in the audit log.")
+    events: list[dict] = Field(
+        default_factory=list, description="A temporal rule's denial: the events that made it true (topic, time, uid, fields tested)."
+    )
 
 
 class PolicyReloaded(Event):
@@ -56,4 +59,23 @@ class PrivacyModeChanged(Event):
     uid: int | None = Field(default=None, description="Who switched it (None: a reload).")
 
 
-POLICY_EVENTS: tuple[type[Event], ...] = (PolicyDecided, PolicyReloaded, PrivacyModeChanged)
+class PolicyAlert(Event):
+    """A temporal rule with effect alert held at an event, or an obligation's deadline passed.
+    Audited: the audit log records every alert."""
+
+    topic = "policy.alert"
+    rule: str = Field(description="The temporal rule.")
+    policy: str = Field(description="The file the rule comes from.")
+    kind: Literal["formula", "deadline"] = Field(
+        description="formula: `when` held at an event; deadline: an obligation was not met in time."
+    )
+    message: str
+    events: list[dict] = Field(
+        default_factory=list,
+        description="The events that made it true (for a deadline: the one that opened the obligation): topic, time, "
+        "uid, and the fields the rule tested.",
+    )
+    audit: bool = Field(default=True, description="Always true: alerts belong in the audit log.")
+
+
+POLICY_EVENTS: tuple[type[Event], ...] = (PolicyDecided, PolicyReloaded, PrivacyModeChanged, PolicyAlert)

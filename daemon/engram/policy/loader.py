@@ -109,6 +109,10 @@ class PolicySet:
     def rule_count(self) -> int:
         return sum(len(f.policy.rules) for f in self.files)
 
+    @property
+    def temporal_count(self) -> int:
+        return sum(len(f.policy.temporal) for f in self.files)
+
 
 def shipped_dir() -> Path:
     """The folder of the policies shipped in the package (canonical copies; policies/ mirrors them)."""
@@ -247,11 +251,14 @@ def check_files(sources: list[tuple[Path, str | None]]) -> PolicySet:
             issues += exc.issues
     owners: dict[tuple[str, str], str] = {}
     for file in loaded:
-        for kind, items in (("rule", file.policy.rules), ("limit", file.policy.limits)):
+        # Rules and temporal rules share names: a denial's data.rule names either.
+        for kind, key, items in (
+            ("rule", "rule", file.policy.rules), ("rule", "temporal", file.policy.temporal), ("limit", "limit", file.policy.limits)
+        ):
             for index, item in enumerate(items):
                 if (other := owners.get((kind, item.name))) is not None:
                     issues.append(
-                        PolicyIssue(file.label, f"{kind} name {item.name!r} is already used in {other}", f"{kind}[{index}].name")
+                        PolicyIssue(file.label, f"{kind} name {item.name!r} is already used in {other}", f"{key}[{index}].name")
                     )
                 else:
                     owners[(kind, item.name)] = file.label

@@ -1,6 +1,7 @@
 """What a policy file says: pydantic models of the TOML format (schema: ``engram policy schema``).
 
-A policy file is a list of rules, optional rate limits, and optional redaction settings::
+A policy file is a list of rules, optional rate limits, optional redaction settings and optional
+temporal rules (``[[temporal]]``: rules over the event stream, :mod:`engram.policy.temporal`)::
 
     version = 1
     name = "grant-ada"
@@ -37,9 +38,13 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    ValidationInfo,
     WithJsonSchema,
+    field_validator,
     model_validator,
 )
+
+from engram.policy.mtl import FormulaError, parse
 
 __all__ = [
     "Conditions",
@@ -55,6 +60,8 @@ __all__ = [
     "Redaction",
     "RedactionPattern",
     "Rule",
+    "TemporalGuard",
+    "TemporalRule",
     "TimeWindow",
 ]
 
@@ -320,6 +327,85 @@ class Redaction(_Strict):
     pattern: list[RedactionPattern] = Field(default_factory=list, description="Patterns of the site's own.")
 
 
+FORMULA_HELP = (
+    "A past-time temporal formula over the event stream (grammar: docs/policy.md#temporal-rules), such as "
+    "'once[0s,10m] event(\"memory.recalled\", tags contains \"health\")' or 'count[1h] event(\"memory.forgotten\") >= 5'."
+)
+
+
+class TemporalGuard(_Strict):
+    """What a temporal deny rule guards: the requests (method point) or provider calls (egress
+    point) it is consulted for, before they happen."""
+
+    point: Literal["method", "egress"] = Field(
+        default="method", description="method: requests and plugin tools, by action; egress: provider calls."
+    )
+    actions: list[Glob] = Field(
+        default_factory=lambda: ["*"], min_length=1,
+        description="RPC methods or plugin:<tool> (globs); for egress, the method that causes the call.",
+    )
+    principals: list[PrincipalSpec] = Field(default_factory=lambda: ["*"], min_length=1, description="Whose calls it guards.")
+    providers: list[Glob] | None = Field(default=None, min_length=1, description="Egress only: provider names (globs).")
+    locality: list[Locality] | None = Field(default=None, min_length=1, description="Egress only: provider localities.")
+
+    @model_validator(mode="after")
+    def _egress_fields(self) -> TemporalGuard:
+        if self.point == "method" and (self.providers is not None or self.locality is not None):
+            raise ValueError("providers and locality guard provider calls: set point = \"egress\"")
+        return self
+
+
+def _formula(value: str, info: ValidationInfo) -> str:
+    try:
+        parse(value)
+    except FormulaError as exc:
+        name = info.data.get("name")
+        who = f"rule {name!r}: " if name else ""
+        raise ValueError(f"{who}{info.field_name}: {exc}") from None
+    return value
+
+
+class TemporalRule(_Strict):
+    """A rule over what happened before: a formula that denies guarded actions while it holds, or
+    raises an alert when it holds at an event; or an obligation that every event of one kind is
+    followed by one of another within a time, else an alert."""
+
+    name: str = Field(pattern=_NAME, description="Unique name (rules and temporal rules share names); denials and alerts cite it.")
+    description: str = Field(default="", description="Why the rule exists (shown in denials, alerts and explain).")
+    effect: Literal["deny", "alert"] = Field(
+        description="deny: guarded actions are refused while `when` holds; alert: policy.alert (and an audit entry) "
+        "when `when` holds at an event, or when an obligation's deadline passes."
+    )
+    when: str | None = Field(default=None, max_length=4096, description=FORMULA_HELP)
+    on: TemporalGuard | None = Field(default=None, description="deny rules: what they guard.")
+    every: str | None = Field(
+        default=None, max_length=4096, description="Obligation form: each point where this formula holds opens an obligation..."
+    )
+    followed_by: str | None = Field(
+        default=None, max_length=4096, description="... that a later point where this formula holds closes ..."
+    )
+    within: Duration | None = Field(default=None, description="... within this time (\"60s\"), else an alert.")
+
+    _check_formulas = field_validator("when", "every", "followed_by")(_formula)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> TemporalRule:
+        response = (self.every, self.followed_by, self.within)
+        if self.when is not None:
+            if any(part is not None for part in response):
+                raise ValueError("a temporal rule has either when, or every/followed_by/within, not both")
+        elif any(part is None for part in response):
+            raise ValueError("a temporal rule needs when, or all of every, followed_by and within")
+        if self.effect == "deny":
+            if self.when is None:
+                raise ValueError("an obligation (every/followed_by/within) is checked after the fact: its effect is alert")
+            if self.on is None:
+                raise ValueError("a deny rule needs on: what it guards (on = { actions = [\"memory.forget\"] })")
+        elif self.on is not None:
+            raise ValueError("on only applies to deny rules: an alert rule guards nothing")
+        return self
+
+
 class PolicyFile(_Strict):
     """One policy file."""
 
@@ -334,10 +420,13 @@ class PolicyFile(_Strict):
     rules: list[Rule] = Field(default_factory=list, alias="rule", description="The rules ([[rule]] tables).")
     limits: list[Limit] = Field(default_factory=list, alias="limit", description="Egress rate limits ([[limit]] tables).")
     redaction: Redaction | None = Field(default=None, description="What the redact obligation removes.")
+    temporal: list[TemporalRule] = Field(
+        default_factory=list, description="Rules over the event stream ([[temporal]] tables): deny or alert."
+    )
 
     @model_validator(mode="after")
     def _unique_names(self) -> PolicyFile:
-        for kind, items in (("rule", self.rules), ("limit", self.limits)):
+        for kind, items in (("rule", [*self.rules, *self.temporal]), ("limit", self.limits)):
             seen: set[str] = set()
             for item in items:
                 if item.name in seen:

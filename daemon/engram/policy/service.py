@@ -23,6 +23,7 @@ import pwd
 import time
 from collections.abc import Callable, Iterable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -30,9 +31,11 @@ from typing import Any
 import anyio
 import structlog
 from prometheus_client import Counter
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from engram.bus import EventBus
+from engram.bus.bus import OverflowPolicy, Subscription, SubscriptionClosed
+from engram.bus.events import Event
 from engram.errors import Conflict, PolicyDenied, StartupError
 from engram.lifecycle import Health, Part
 from engram.observability.metrics import Metrics
@@ -45,13 +48,15 @@ from engram.policy.api import (
     PrivacyResult,
     ReloadResult,
     ShowResult,
+    TemporalStatus,
 )
-from engram.policy.engine import AccessRequest, Decision, EgressDecision, PolicyEngine, payload_size
-from engram.policy.events import PolicyDecided, PolicyReloaded, PrivacyModeChanged
+from engram.policy.engine import BUILTIN_REPAIR, AccessRequest, Decision, EgressDecision, PolicyEngine, payload_size
+from engram.policy.events import PolicyAlert, PolicyDecided, PolicyReloaded, PrivacyModeChanged
 from engram.policy.loader import PolicyError, PolicyIssue, PolicySet, load_policy_set
 from engram.policy.model import Locality
 from engram.policy.ratelimit import RateLimiter
 from engram.policy.settings import PolicySettings
+from engram.policy.temporal import ALERT_TOPIC, Guarded, TemporalRules, Violation
 from engram.principal import Principal
 from engram.server.methods import Method, NoParams, RequestContext, rpc
 
@@ -61,6 +66,7 @@ log = structlog.get_logger("engram.policy")
 
 PRIVACY_FILE = "policy-privacy.json"  # in the state folder: the owner's privacy switch
 _READABLE_CACHE = 4096  # namespace answers kept for event filtering (cleared when full)
+_DEADLINE_POLL = 1.0  # seconds: obligations opened outside the watcher's own wait are seen this soon
 
 
 class Policy(Part):
@@ -95,6 +101,9 @@ class Policy(Part):
         self._reload_lock: anyio.Lock | None = None
         self._allowed_events: dict[tuple[Any, ...], tuple[Decision, PolicyDecided]] = {}
         self._readable: dict[tuple[Any, ...], bool] = {}  # may_read_namespace, for the policy in force
+        self.temporal: TemporalRules | None = None
+        self._temporal_sub: Subscription | None = None
+        self._watching = False  # the watcher task runs: the subscription may be opened
         r = metrics.registry
         self._m_decisions = Counter(
             "engram_policy_decisions", "Policy decisions, by enforcement point and effect.", ["point", "effect"], registry=r
@@ -107,6 +116,10 @@ class Policy(Part):
         self._m_reloads = Counter("engram_policy_reloads", "Policy loads, by outcome.", ["outcome"], registry=r)
         self._m_redactions = Counter("engram_policy_redactions", "Matches redacted from egress payloads, by kind.", ["kind"], registry=r)
         self._m_limited = Counter("engram_policy_rate_limited", "Egress refused by a limit, by limit.", ["limit"], registry=r)
+        self._m_violations = Counter(
+            "engram_policy_temporal_violations", "Temporal rules that denied a call or raised an alert, by rule and effect.",
+            ["rule", "effect"], registry=r,
+        )
         metrics.add_collector(self._collect)
 
     # --- lifecycle -------------------------------------------------------------------------------
@@ -120,14 +133,23 @@ class Policy(Part):
             self._m_reloads.labels("error").inc()
             raise StartupError(f"cannot start: {exc}\nfix the policy file(s), or check them with `engram policy check FILE`") from None
         self._install(policies)
+        stack.callback(self._unsubscribe)  # after the watcher task stopped (pushed before the task group)
+        await self.start_tasks(stack)
+        self._watching = True
+        self._subscribe()
+        self.spawn(self._watch, "policy-temporal", restart=True)
         self._bus.publish(PolicyReloaded(ok=True, trigger="start", files=policies.labels, rules=policies.rule_count))
-        log.info("policy loaded", files=policies.labels, rules=policies.rule_count, privacy_mode=self.privacy_mode)
+        log.info(
+            "policy loaded", files=policies.labels, rules=policies.rule_count, temporal=policies.temporal_count,
+            privacy_mode=self.privacy_mode,
+        )
 
     async def health(self) -> Health:
         if self.engine is None:
             return Health(False, self.state.value)
+        temporal = f" and {self.engine.policies.temporal_count} temporal rules" if self.engine.policies.temporal_count else ""
         detail = (
-            f"{self.engine.policies.rule_count} rules from {', '.join(self.engine.policies.labels) or 'no files'}; "
+            f"{self.engine.policies.rule_count} rules{temporal} from {', '.join(self.engine.policies.labels) or 'no files'}; "
             f"privacy mode {'on' if self.privacy_mode else 'off'}"
         )
         if self.reload_problems:
@@ -144,6 +166,11 @@ class Policy(Part):
             now=self._now,
             cache_size=self.settings.decision_cache,
         )
+        self._drain()  # what happened under the old rules is told to them (unchanged ones carry it over)
+        self.temporal = TemporalRules(
+            policies, owner_uid=self.owner_uid, previous=self.temporal, max_points=self.settings.temporal_max_points
+        )
+        self._subscribe()
         self.loaded_at = time.time()
         self._readable = {}
         self.reload_problems = []
@@ -181,6 +208,88 @@ class Policy(Part):
         if self.privacy_mode != was_private:
             self._privacy_changed(None)
         return policies
+
+    # --- temporal rules: the monitors over the bus ----------------------------------------------
+
+    def _subscribe(self) -> None:
+        """Follow the topics the temporal rules in force name (none: no subscription)."""
+        patterns = tuple(self.temporal.patterns) if self.temporal is not None else ()
+        sub = self._temporal_sub
+        if sub is not None and sub.patterns == patterns and sub.maxsize == self.settings.temporal_queue and sub.closed_reason is None:
+            return
+        if sub is not None:
+            self._bus.unsubscribe(sub, "policy reloaded")
+            self._temporal_sub = None
+        if patterns and self._watching:
+            self._temporal_sub = self._bus.subscribe(patterns, self.settings.temporal_queue, OverflowPolicy.DROP_OLDEST)
+
+    def _unsubscribe(self) -> None:
+        self._watching = False
+        if self._temporal_sub is not None:
+            self._bus.unsubscribe(self._temporal_sub, "policy stopped")
+            self._temporal_sub = None
+
+    def _observe(self, event: Event) -> None:
+        if self.temporal is None or event.topic == ALERT_TOPIC:
+            return
+        self._alert(self.temporal.observe(event, event.time, event.topic))
+
+    def _drain(self) -> None:
+        """Tell the monitors every event published so far, before a decision reads them."""
+        sub = self._temporal_sub
+        if sub is None:
+            return
+        while (event := sub.receive_nowait()) is not None:
+            self._observe(event)
+
+    def _alert(self, violations: list[Violation]) -> None:
+        for violation in violations:
+            self._m_violations.labels(violation.rule, "alert").inc()
+            log.warning(
+                "temporal rule alert", rule=violation.rule, policy=violation.policy, kind=violation.kind,
+                message=violation.message, events=violation.events,
+            )
+            self._bus.publish(
+                PolicyAlert(
+                    rule=violation.rule, policy=violation.policy, kind=violation.kind, message=violation.message,
+                    events=violation.events,
+                )
+            )
+
+    async def _watch(self) -> None:
+        """Feed the monitors from the bus, and raise the alerts of obligations whose deadline passed."""
+        while True:
+            rules, sub = self.temporal, self._temporal_sub
+            deadline = rules.next_deadline() if rules is not None else None
+            wait = _DEADLINE_POLL if deadline is None else min(_DEADLINE_POLL, max(0.0, deadline - time.time()) + 0.001)
+            if sub is None:
+                await anyio.sleep(wait)
+            else:
+                with anyio.move_on_after(wait):
+                    try:
+                        self._observe(await sub.receive())
+                        self._drain()  # the rest of a burst, without a wake-up each
+                    except SubscriptionClosed:
+                        pass  # replaced by a reload: the next round takes the new one
+            if self.temporal is not None:
+                self._alert(self.temporal.expire(time.time()))
+
+    def _temporal_denial(self, call: Guarded, count: bool = True) -> Violation | None:
+        rules = self.temporal
+        if rules is None or call.point not in rules.guarded_points:
+            return None
+        self._drain()
+        violation = rules.check(call, time.time())
+        if violation is not None and count:  # explain (count=False) decides nothing
+            self._m_violations.labels(violation.rule, "deny").inc()
+        return violation
+
+    @staticmethod
+    def _violation_decision(violation: Violation, point: str, privacy: bool) -> Decision:
+        return Decision(
+            point, "deny", violation.rule, violation.message, violation.policy,  # type: ignore[arg-type]
+            privacy_mode=privacy, evidence=tuple(violation.events),
+        )
 
     # --- privacy mode ----------------------------------------------------------------------------
 
@@ -251,6 +360,7 @@ class Policy(Part):
             obligations=sorted(decision.obligations),
             redactions=redactions or {},
             audit=decision.audit,
+            events=list(decision.evidence),
         )
 
     def _record(self, decision: Decision, request: AccessRequest, redactions: dict[str, int] | None = None) -> None:
@@ -263,6 +373,10 @@ class Policy(Part):
         """The guard of the request chain (``engram.server.layers.access.Guards``): may
         ``principal`` call ``method``? Raises PolicyDenied if not."""
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
+        if decision.allowed and decision.rule != BUILTIN_REPAIR:
+            violation = self._temporal_denial(Guarded("method", principal, method.name))
+            if violation is not None:
+                decision = self._violation_decision(violation, "method", decision.privacy_mode)
         if decision.allowed:
             key = ("method", principal.uid, principal.gid, principal.pid, principal.user, principal.client, method.name)
             self._record_allowed(key, decision, lambda: AccessRequest("method", principal, method.name, method.owner_only))
@@ -278,6 +392,10 @@ class Policy(Part):
         needs a rule naming it. Raises PolicyDenied if not."""
         decision = self._engine().authorize_method(principal, tool, False)
         request = AccessRequest("method", principal, tool, False)
+        if decision.allowed:
+            violation = self._temporal_denial(Guarded("method", principal, tool))
+            if violation is not None:
+                decision = self._violation_decision(violation, "method", decision.privacy_mode)
         if decision.allowed:
             key = ("method", principal.uid, principal.gid, principal.pid, principal.user, principal.client, tool)
             self._record_allowed(key, decision, lambda: request)
@@ -431,6 +549,10 @@ class Policy(Part):
         request, decision = engine.decide_egress(
             principal, method=method, provider=provider, locality=locality, model=model, data_tags=data_tags
         )
+        if decision.allowed:
+            violation = self._temporal_denial(Guarded("egress", principal, method, provider, locality), count=record)
+            if violation is not None:
+                decision = self._violation_decision(violation, "egress", decision.privacy_mode)
         redact = decision.allowed and "redact" in decision.obligations and payload is not None
 
         def prepare(payload: Any) -> tuple[Any, dict[str, int], int]:
@@ -467,6 +589,18 @@ class Policy(Part):
         yield rules
         yield GaugeMetricFamily("engram_policy_privacy_mode", "1 while privacy mode is on.", value=1.0 if self.privacy_mode else 0.0)
         yield GaugeMetricFamily("engram_policy_buckets", "Rate-limit buckets in use.", value=len(self.limiter))
+        temporal = self.temporal
+        yield GaugeMetricFamily("engram_policy_temporal_rules", "Temporal rules in force.", value=len(temporal) if temporal else 0)
+        yield CounterMetricFamily(
+            "engram_policy_temporal_evaluations",
+            "Temporal rule evaluations: a rule told an event, or consulted before a call.",
+            value=temporal.evaluations if temporal else 0,
+        )
+        yield GaugeMetricFamily(
+            "engram_policy_temporal_dropped",
+            "Points the temporal monitors dropped because a bound (policy.temporal_max_points) was reached.",
+            value=temporal.dropped if temporal else 0,
+        )
 
     # --- RPC methods -----------------------------------------------------------------------------
 
@@ -516,6 +650,11 @@ class Policy(Part):
             decision = engine.authorize_namespace(principal, params.method, params.namespace)
         else:
             decision = engine.decide(AccessRequest("method", principal, params.method, bool(admin)))
+            if decision.allowed and decision.rule != BUILTIN_REPAIR:
+                violation = self._temporal_denial(Guarded("method", principal, params.method), count=False)
+                if violation is not None:
+                    decision = replace(self._violation_decision(violation, "method", decision.privacy_mode), matched=decision.matched)
+        extra["temporal"] = self._temporal_statuses(principal, params, decision)
         return ExplainResult(
             point=decision.point,
             effect=decision.effect,
@@ -532,6 +671,24 @@ class Policy(Part):
             admin_method=bool(admin),
             **extra,
         )
+
+    def _temporal_statuses(self, principal: Principal, params: ExplainParams, decision: Decision) -> list[TemporalStatus]:
+        rules = self.temporal
+        if rules is None or params.namespace is not None or decision.rule == BUILTIN_REPAIR:
+            return []
+        if params.provider is not None:
+            locality = self.locality_of(params.provider, params.locality)
+            call = Guarded("egress", principal, params.method, params.provider, locality)
+        else:
+            call = Guarded("method", principal, params.method)
+        self._drain()
+        return [
+            TemporalStatus(
+                name=rule.name, policy=rule.policy, description=rule.rule.description, when=rule.rule.when or "",
+                holds=violation is not None, events=violation.events if violation is not None else [],
+            )
+            for rule, violation in rules.statuses(call, time.time())
+        ]
 
     @rpc("policy.reload", summary="Load the policy files again; a broken file leaves the previous policy in force.", owner_only=True)
     async def reload_method(self, ctx: RequestContext, params: NoParams) -> ReloadResult:

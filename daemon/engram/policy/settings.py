@@ -55,3 +55,15 @@ class PolicySettings(BaseModel):
         le=1 << 30,
         description="Text payloads up to this many characters are redacted on the event loop; larger ones, and JSON structures, in a worker thread.",
     )
+    temporal_queue: int = Field(
+        default=4096,
+        ge=16,
+        le=1_000_000,
+        description="Events queued for the temporal rules' monitors (the bus subscription); when full, the oldest are dropped.",
+    )
+    temporal_max_points: int = Field(
+        default=65_536,
+        ge=16,
+        le=10_000_000,
+        description="Most points a temporal subformula or an obligation keeps pending; beyond it the oldest are dropped (counted).",
+    )

@@ -168,5 +168,5 @@ def test_schema_command_prints_the_file_schema():
     result = CliRunner().invoke(policy_cli, ["schema"])
     schema = json.loads(result.output)
     assert result.exit_code == 0 and schema["title"] == "engram policy file"
-    assert set(schema["properties"]) == {"version", "name", "description", "privacy_mode", "rule", "limit", "redaction"}
+    assert set(schema["properties"]) == {"version", "name", "description", "privacy_mode", "rule", "limit", "redaction", "temporal"}
     assert schema == {**PolicyFile.model_json_schema(), "$schema": schema["$schema"], "title": "engram policy file"}
