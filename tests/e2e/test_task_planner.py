@@ -289,10 +289,11 @@ def test_a_planned_task_resumes_after_kill_without_planning_again_and_its_outcom
     make_daemon, tmp_path, state_dir,
 ):
     # The planner plans through the route "plan" (its fast target: the fake Ollama); the step
-    # "ask" is held in flight by the gate provider (tests/fixtures/task_site) until the gate file exists.
+    # "ask" is held in flight by the gate tool (tests/fixtures/task_site) until the gate file
+    # exists; the tool is idempotent, so it runs again after the restart.
     plan = {"steps": [
         {"id": "note", "tool": "memory.remember", "args": {"items": [{"text": "Resume after the crash."}]}},
-        {"id": "ask", "tool": "route.ask", "args": {"question": "wait for the restart", "k": 0, "remember": False},
+        {"id": "ask", "tool": "plugin:gate", "args": {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")},
          "needs": ["note"]},
         {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["ask"]},
     ]}

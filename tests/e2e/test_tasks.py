@@ -218,13 +218,14 @@ def test_a_step_timeout_and_a_task_deadline_fail_the_task(make_daemon, tmp_path)
 def test_a_task_killed_mid_run_resumes_without_running_a_finished_step_again(make_daemon, tmp_path, state_dir):
     env = _env(tmp_path)
     daemon = make_daemon(env=env)
+    gate = {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")}
     plan = {"steps": [
         {"id": "note", "tool": "memory.remember", "args": {"items": [{"text": "Resume after the crash."}]}},
-        {"id": "ask", "tool": "route.ask", "args": _ask("wait for the restart"), "needs": ["note"]},
-        {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["ask"]},
+        {"id": "hold", "tool": "plugin:gate", "args": gate, "needs": ["note"]},  # idempotent: may run again
+        {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["hold"]},
     ]}
     task_id = daemon.call("task.submit", {"plan": plan})["task_id"]
-    before = _poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "ask"))
+    before = _poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "hold"))
     note = _steps(before)["note"]
     assert note["state"] == "done"
     daemon.signal(signal.SIGKILL)
@@ -240,7 +241,30 @@ def test_a_task_killed_mid_run_resumes_without_running_a_finished_step_again(mak
     page = restarted.call("audit.entries", {"limit": 1000})["entries"]
     remembers = [e for e in page if e["entry"]["kind"] == "rpc" and e["entry"]["detail"]["method"] == "memory.remember"]
     assert len(remembers) == 1
-    # the step in flight at the kill never finished: it ran again; the last used the first's output
-    assert [call["waits"] for call in _gate_calls(tmp_path)] == [True, True]
+    # the idempotent step in flight at the kill never finished: it ran again; the last used the first's output
+    assert len(_gate_calls(tmp_path)) == 2
     [episode] = steps["fetch"]["output"]["episodes"]
     assert episode["id"] == note["output"]["ids"][0] and episode["text"] == "Resume after the crash."
+
+
+def test_a_step_that_is_not_idempotent_is_not_run_again_after_a_crash(make_daemon, tmp_path, state_dir):
+    env = _env(tmp_path)
+    daemon = make_daemon(env=env)
+    plan = {"steps": [
+        {"id": "ask", "tool": "route.ask", "args": _ask("wait for the restart")},  # not idempotent
+        {"id": "after", "tool": "memory.remember", "args": {"items": [{"text": "never written"}]}, "needs": ["ask"]},
+    ]}
+    task_id = daemon.call("task.submit", {"plan": plan})["task_id"]
+    _poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "ask"))
+    daemon.signal(signal.SIGKILL)
+    daemon.wait()
+
+    (tmp_path / "gate").touch()
+    restarted = make_daemon(env=env, state=state_dir)
+    result = _poll(restarted, task_id, _ended)
+    assert result["task"]["state"] == "failed", result
+    steps = _steps(result)
+    assert (steps["ask"]["state"], steps["ask"]["error"]["reason"], steps["ask"]["error"]["code"]) == ("failed", "interrupted", -32007)
+    assert steps["after"]["state"] == "skipped" and result["task"]["error"]["reason"] == "interrupted"
+    assert len(_gate_calls(tmp_path)) == 1  # called once, before the kill; never again
+    assert any("not run again" in str(record.get("event")) for record in restarted.records())

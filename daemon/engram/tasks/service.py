@@ -143,7 +143,11 @@ class Tasks(Part):
     async def setup(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.store.open)
         stack.callback(self.store.close)
-        await anyio.to_thread.run_sync(self.store.requeue_interrupted)
+        unsure = await anyio.to_thread.run_sync(
+            self.store.requeue_interrupted, self.tools.idempotent, _step_error(_interrupted()), time.time()
+        )
+        if unsure:
+            log.warning("steps interrupted by the stop are not run again (their tools are not idempotent)", steps=unsure)
         resumed = await anyio.to_thread.run_sync(self.store.unfinished)
         # Room for every admitted task: the workers' and the queue's; admission counts _waiting.
         send, receive = anyio.create_memory_object_stream[str](self.settings.queue + self.settings.concurrency)
@@ -308,10 +312,15 @@ class Tasks(Part):
             except RPCError as exc:
                 return "failed", exc
         outputs = await anyio.to_thread.run_sync(self.store.outputs, task.id)
+        # Steps a stop cut short whose tools are not idempotent: failed at start, never run again.
+        interrupted = {
+            row.step_id for row in await anyio.to_thread.run_sync(self.store.steps, task.id)
+            if row.state == "failed" and (row.error or {}).get("reason") == "interrupted"
+        }
         while True:
             plan = Plan.model_validate(task.plan)
             positions = {step.id: position for position, step in enumerate(plan.steps)}
-            failed = await self._run_plan(task, plan, positions, outputs, run)
+            failed = await self._run_plan(task, plan, positions, outputs, run, interrupted)
             if failed is None:
                 return "done", None
             step, error = failed
@@ -321,12 +330,15 @@ class Tasks(Part):
             task = replanned
 
     async def _run_plan(self, task: TaskRow, plan: Plan, positions: dict[str, int], outputs: dict[str, Any],
-                        run: _Running) -> tuple[Step, RPCError] | None:
+                        run: _Running, interrupted: set[str]) -> tuple[Step, RPCError] | None:
         """Run the plan's steps that are not done; the step that failed and its error, or None (all
         done, or the step in flight given up by the watchdog, which has recorded the task's end)."""
         for step in execution_order(plan):
             if step.id in outputs:
                 continue
+            if step.id in interrupted:  # recorded as failed at start
+                self._step_event(task, step, "failed", reason="interrupted")
+                return step, _interrupted()
             await self._give_way()
             limit = step.timeout or self.settings.step_timeout
             run.begin(step, limit)
@@ -652,6 +664,13 @@ class Tasks(Part):
                 await self._teach(task.id, "cancelled", cancelled)
             task = await self._visible(ctx, params.task_id)
         return TaskCancelResult(task_id=task.id, state=task.state)  # type: ignore[arg-type]
+
+
+def _interrupted() -> RPCError:
+    return Conflict(
+        "the daemon stopped while this step ran and its tool is not idempotent: it is not run again, "
+        "and whether it took effect is unknown", reason="interrupted",
+    )
 
 
 class _Running:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -188,12 +189,21 @@ class TaskStore(OneConnection):
                 (state, _error(error), attempts, at, task_id, step_id),
             ).rowcount > 0
 
-    def requeue_interrupted(self) -> None:
-        """At start: tasks a stop or crash cut short are queued again, and a step that was
-        running then is pending again (it never finished, so it runs again)."""
+    def requeue_interrupted(self, idempotent: Callable[[str], bool], error: dict[str, Any], at: float) -> int:
+        """At start: tasks a stop or crash cut short are queued again. A step that was running
+        then never finished: if its tool is idempotent it is pending again (it runs again);
+        if not, whether it took effect is unknown, so it is failed with ``error`` and never run
+        twice. The number of steps failed so."""
         with self.transaction() as conn:
             conn.execute("UPDATE tasks_runs SET state = 'queued' WHERE state = 'running'")
+            running = conn.execute("SELECT task_id, step_id, tool FROM tasks_steps WHERE state = 'running'").fetchall()
+            unsure = [(task_id, step_id) for task_id, step_id, tool in running if not idempotent(tool)]
+            conn.executemany(
+                "UPDATE tasks_steps SET state = 'failed', error = ?, finished_at = ? WHERE task_id = ? AND step_id = ?",
+                [(_error(error), at, task_id, step_id) for task_id, step_id in unsure],
+            )
             conn.execute("UPDATE tasks_steps SET state = 'pending', started_at = NULL WHERE state = 'running'")
+        return len(unsure)
 
     # --- reads -----------------------------------------------------------------------------------
 

@@ -41,7 +41,7 @@ class FakeTools:
         return tool == "find"
 
     def idempotent(self, tool: str) -> bool:
-        return tool == "find"
+        return tool in ("find", "slow")
 
     async def call(self, tool: str, args: dict[str, Any], principal: Principal) -> Any:
         self.calls.append((tool, args, principal.uid))
