@@ -145,7 +145,7 @@ test-latest:
 	$(LATEST)/bin/python -m pytest tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
 
 schemas: install
-	$(BIN)/engram schemas --out schemas
+	$(BIN)/engram schemas --out schemas --sdk daemon/engram/client
 
 clean:
 	rm -rf $(VENV) $(LATEST) build *.egg-info daemon/*.egg-info $(BENCH)/*.egg-info
