@@ -636,6 +636,7 @@ class ModelsAddResult(Answer):
     optimized_cache: str | None = None
     path: str = Field(description="The model's folder.")
     provider: str | None = Field(description='Execution provider in use (null while not loaded).')
+    provider_fallbacks: list[ProviderFallbackOut] = Field(default_factory=list, description='Providers of inference.providers (the CPU aside) the session runs without, and why (not loaded: those this ONNX Runtime lacks).')
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     queue_depth: int = 0
     runs: int = 0
@@ -661,6 +662,7 @@ class ModelsImportResult(Answer):
     optimized_cache: str | None = None
     path: str = Field(description="The model's folder.")
     provider: str | None = Field(description='Execution provider in use (null while not loaded).')
+    provider_fallbacks: list[ProviderFallbackOut] = Field(default_factory=list, description='Providers of inference.providers (the CPU aside) the session runs without, and why (not loaded: those this ONNX Runtime lacks).')
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     queue_depth: int = 0
     runs: int = 0
@@ -685,6 +687,7 @@ class ModelsInfoResult(Answer):
     optimized_cache: str | None = None
     path: str = Field(description="The model's folder.")
     provider: str | None = Field(description='Execution provider in use (null while not loaded).')
+    provider_fallbacks: list[ProviderFallbackOut] = Field(default_factory=list, description='Providers of inference.providers (the CPU aside) the session runs without, and why (not loaded: those this ONNX Runtime lacks).')
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     queue_depth: int = 0
     runs: int = 0
@@ -719,6 +722,7 @@ class ModelsLoadResult(Answer):
     optimized_cache: str | None = None
     path: str = Field(description="The model's folder.")
     provider: str | None = Field(description='Execution provider in use (null while not loaded).')
+    provider_fallbacks: list[ProviderFallbackOut] = Field(default_factory=list, description='Providers of inference.providers (the CPU aside) the session runs without, and why (not loaded: those this ONNX Runtime lacks).')
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     queue_depth: int = 0
     runs: int = 0
@@ -768,6 +772,7 @@ class ModelsSignResult(Answer):
     optimized_cache: str | None = None
     path: str = Field(description="The model's folder.")
     provider: str | None = Field(description='Execution provider in use (null while not loaded).')
+    provider_fallbacks: list[ProviderFallbackOut] = Field(default_factory=list, description='Providers of inference.providers (the CPU aside) the session runs without, and why (not loaded: those this ONNX Runtime lacks).')
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     queue_depth: int = 0
     runs: int = 0
@@ -964,6 +969,14 @@ class ProvenStep(Answer):
     proof: list[str] = Field(description="Base64 RFC 9162 inclusion proof of the entry in the checkpoint's tree.")
     seq: int = Field(description="The seq of the step's task.step audit entry.")
     step_id: str
+
+
+class ProviderFallbackOut(Answer):
+    """ProviderFallbackOut."""
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    provider: str = Field(description='An execution provider of inference.providers.')
+    reason: str = Field(description='Why the session runs without it.')
 
 
 class ProviderHealth(Answer):
