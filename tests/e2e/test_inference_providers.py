@@ -6,6 +6,9 @@ build, so CUDA is the accelerator that is configured and absent.)"""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -28,6 +31,7 @@ def test_a_configured_accelerator_that_is_missing_degrades_health_and_shows_in_m
         assert check["detail"].startswith("CUDAExecutionProvider unavailable: this ONNX Runtime")
         assert "(CPU build) does not include it" in check["detail"] and "onnxruntime-gpu" in check["detail"]
 
+        events = client.subscribe(["model.loaded"])
         client.call("models.add", {"name": "linear", "path": str(linear_model(tmp_path / "linear.onnx"))})
         before = client.call("models.info", {"name": "linear"})  # not loaded: what it would run without
         assert [f["provider"] for f in before["provider_fallbacks"]] == ["CUDAExecutionProvider"]
@@ -36,6 +40,13 @@ def test_a_configured_accelerator_that_is_missing_degrades_health_and_shows_in_m
         (fallback,) = info["provider_fallbacks"]
         assert fallback["provider"] == "CUDAExecutionProvider" and "does not include it" in fallback["reason"]
         assert client.models.info(name="linear").provider_fallbacks[0].reason == fallback["reason"]  # the typed SDK too
+        loaded = events.receive(timeout=10)["data"]
+        assert loaded["provider"] == "CPUExecutionProvider" and loaded["fallbacks"] == ["CUDAExecutionProvider"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "engram.cli", "models", "info", "linear", "--socket", str(daemon.socket)],
+        capture_output=True, text=True, timeout=60, check=True, env=os.environ,
+    ).stdout
+    assert f"without     CUDAExecutionProvider: {fallback['reason']}" in shown
     warnings = [e for e in daemon.records() if e.get("event") == "execution provider unavailable; the model runs on the next one"]
     assert warnings and warnings[0]["provider"] == "CUDAExecutionProvider" and warnings[0]["runs_on"] == "CPUExecutionProvider"
 

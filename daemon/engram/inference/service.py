@@ -375,7 +375,7 @@ class Inference(Part):
         )
         self._bus.publish(
             ModelLoaded(name=name, provider=loaded.provider, seconds=seconds, optimized_cache=loaded.optimized_cache,
-                        signature=loaded.signature)
+                        signature=loaded.signature, fallbacks=[f.provider for f in loaded.fallbacks])
         )
         return loaded
 
