@@ -288,7 +288,7 @@ class _Generator:
             node = tree
             for part in path:
                 node = node.setdefault(part, {})
-                if not isinstance(node, dict):
+                if "title" in node:  # a method's schema, not a namespace
                     raise ValueError(f"{method['title']}: {part} is both a method and a namespace")
             if leaf in node:
                 raise ValueError(f"{method['title']}: {leaf} is both a method and a namespace")
