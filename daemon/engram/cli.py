@@ -412,25 +412,37 @@ def plugins_list(socket_path: Path | None, as_json: bool, timeout: float) -> Non
 @main.command()
 @click.option("--out", type=click.Path(path_type=Path), default=Path("schemas"), show_default=True)
 @click.option("--check", is_flag=True, help="Exit 1 if the files in --out differ from what would be written.")
+@click.option(
+    "--sdk",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=None,
+    help="Also write the typed Python SDK (sdk.py, sdk_models.py) to this folder (daemon/engram/client).",
+)
 @json_option
-def schemas(out: Path, check: bool, as_json: bool) -> None:
-    """Write the JSON Schemas of every RPC method, event and the configuration."""
+def schemas(out: Path, check: bool, sdk: Path | None, as_json: bool) -> None:
+    """Write the JSON Schemas of every RPC method, event and the configuration (and the SDK)."""
     from engram.schemas import render_schemas
 
-    files = render_schemas()
+    files = {out / name: text for name, text in render_schemas().items()}
+    if sdk is not None:
+        from engram.sdkgen import render_sdk
+
+        files |= {sdk / name: text for name, text in render_sdk().items()}
     if check:
-        stale = [name for name, text in files.items() if not (out / name).is_file() or (out / name).read_text() != text]
-        extra = sorted(
-            str(p.relative_to(out)) for p in out.rglob("*.json") if str(p.relative_to(out)) not in files
-        ) if out.is_dir() else []
+        stale = [str(path) for path, text in files.items() if not path.is_file() or path.read_text() != text]
+        extra = sorted(str(p) for p in out.rglob("*.json") if p not in files) if out.is_dir() else []
         if stale or extra:
-            fail(EXIT_REMOTE, f"schemas in {out} are stale: {', '.join(stale + extra)}; run `engram schemas`")
-        Output(as_json).emit({"files": sorted(files), "stale": []}, lambda d: click.echo(f"{len(files)} schema files up to date"))
+            fail(EXIT_REMOTE, f"generated files are stale: {', '.join(stale + extra)}; run `make schemas`")
+        Output(as_json).emit(
+            {"files": sorted(map(str, files)), "stale": []}, lambda d: click.echo(f"{len(files)} generated files up to date")
+        )
         return
-    for name, text in files.items():
-        (out / name).parent.mkdir(parents=True, exist_ok=True)
-        (out / name).write_text(text)
-    Output(as_json).emit({"files": sorted(files), "out": str(out)}, lambda d: click.echo(f"wrote {len(files)} schema files to {out}"))
+    for path, text in files.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    Output(as_json).emit(
+        {"files": sorted(map(str, files)), "out": str(out)}, lambda d: click.echo(f"wrote {len(files)} generated files")
+    )
 
 
 @main.group(cls=LazyGroup, entry_point_group="engram.cli.bench", install_hint=INSTALL_BENCH)

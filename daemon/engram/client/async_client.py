@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import SocketStream
 
+from engram.client.sdk import AsyncMethods
 from engram.locations import default_socket_candidates
 from engram.errors import DaemonUnreachable, EngramError, RPCError, Timeout, error_from_wire
 from engram.server.framing import LineReader
@@ -98,8 +99,9 @@ class EventStream:
         await self.aclose()
 
 
-class AsyncClient:
-    """``async with AsyncClient() as client: await client.call("system.ping")``."""
+class AsyncClient(AsyncMethods):
+    """``async with AsyncClient() as client: await client.call("system.ping")``, or typed:
+    ``await client.system.ping()`` (the namespaces of :class:`AsyncMethods`, generated)."""
 
     def __init__(
         self,

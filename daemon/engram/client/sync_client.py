@@ -19,10 +19,12 @@ from anyio.abc import TaskStatus
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from engram.client.async_client import AsyncClient, EventStream
+from engram.client.sdk import SyncMethods
 
 
-class Client:
-    """``with Client() as client: client.call("system.status")``."""
+class Client(SyncMethods):
+    """``with Client() as client: client.call("system.status")``, or typed:
+    ``client.memory.recall(query="...", k=5)`` (the namespaces of :class:`SyncMethods`, generated)."""
 
     def __init__(
         self, socket: str | os.PathLike[str] | None = None, *, timeout: float = 30.0, connect_timeout: float = 5.0

@@ -93,6 +93,11 @@ class ModelsListResult(Result):
     problems: dict[str, str] = Field(default_factory=dict, description="Folders under models/ that are not usable models, and why.")
 
 
+class ProviderFallbackOut(Result):
+    provider: str = Field(description="An execution provider of inference.providers.")
+    reason: str = Field(description="Why the session runs without it.")
+
+
 class ModelInfo(Result):
     name: str
     task: str
@@ -103,6 +108,11 @@ class ModelInfo(Result):
     provider: str | None = Field(description="Execution provider in use (null while not loaded).")
     providers: list[str] = Field(description="The session's providers in order, or the chain it would get.")
     available_providers: list[str]
+    provider_fallbacks: list[ProviderFallbackOut] = Field(
+        default_factory=list,
+        description="Providers of inference.providers (the CPU aside) the session runs without, and why "
+        "(not loaded: those this ONNX Runtime lacks).",
+    )
     batchable: bool
     signature: str
     signed_by: str | None

@@ -36,6 +36,7 @@ def _print_info(info: dict[str, Any]) -> None:
         f"loaded      {'yes, on ' + info['provider'] if info['loaded'] else 'no'}"
         + (f"  ({info['load_seconds']} s, optimized cache {info['optimized_cache']}, {info['runs']} runs)" if info["loaded"] else ""),
         f"providers   {' > '.join(info['providers'])}  (available: {', '.join(info['available_providers'])})",
+        *(f"without     {f['provider']}: {f['reason']}" for f in info.get("provider_fallbacks", [])),
         f"batching    {'dynamic (first dimension shared)' if info['batchable'] else 'per request'}",
         f"signature   {info['signature']}" + (f" by {info['signed_by']}" if info["signed_by"] else ""),
     ]

@@ -35,6 +35,10 @@ class ModelLoaded(Event):
     topic = "model.loaded"
     name: str
     provider: str = Field(description="The execution provider the session actually uses.")
+    fallbacks: list[str] = Field(
+        default_factory=list,
+        description="Providers of inference.providers (the CPU aside) the session runs without; models.info says why.",
+    )
     seconds: float
     optimized_cache: str = Field(description="hit (optimization skipped), stored (saved for next time) or off.")
     signature: str = Field(description="unsigned, trusted or untrusted.")

@@ -55,6 +55,7 @@ from engram.inference.api import (
     ModelSummary,
     ModelsUnloadResult,
     ModelsVerifyResult,
+    ProviderFallbackOut,
 )
 from engram.inference.batching import (
     Batcher,
@@ -81,6 +82,7 @@ from engram.inference.sessions import (
     SessionCache,
     SessionFactory,
     provider_chain,
+    provider_fallbacks,
 )
 from engram.inference.settings import BUILTIN_EMBEDDER, InferenceSettings
 from engram.inference.text_encoder import TextEncoder
@@ -322,6 +324,7 @@ class Inference(Part):
             signed_by=signer,
             exotic=exotic,
             batchable=is_batchable(manifest),
+            fallbacks=created.fallbacks,
         )
         if manifest.task == "embed" and manifest.embedding is not None and manifest.tokenizer:
             tokenizer = Tokenizer.from_file(str(self.registry.folder(name) / manifest.tokenizer))
@@ -372,7 +375,7 @@ class Inference(Part):
         )
         self._bus.publish(
             ModelLoaded(name=name, provider=loaded.provider, seconds=seconds, optimized_cache=loaded.optimized_cache,
-                        signature=loaded.signature)
+                        signature=loaded.signature, fallbacks=[f.provider for f in loaded.fallbacks])
         )
         return loaded
 
@@ -539,7 +542,28 @@ class Inference(Part):
         return Health(self.state is PartState.RUNNING, f"{count} models, {len(loaded)} loaded ({mb:.0f} MB)")
 
     async def named_checks(self) -> dict[str, Health]:
-        return {"embedder": await self._embedder_check()}
+        return {"embedder": await self._embedder_check(), "execution_providers": await self._providers_check()}
+
+    async def _providers_check(self) -> Health:
+        """Whether the accelerators of inference.providers are there: one configured but missing
+        from this ONNX Runtime, or that a loaded model's session could not start, is a degraded
+        inference part (it works, on the CPU, slower than configured), and the check says why."""
+        configured = [p for p in self.settings.providers if p != "CPUExecutionProvider"]
+        if not configured:
+            return Health(True, "CPUExecutionProvider (inference.providers names no accelerator)")
+        # ONNX Runtime loads here only when an accelerator is configured: a CPU-only daemon keeps
+        # it out of the process until a model needs it.
+        missing = await self._thread(provider_fallbacks, self.settings.providers)
+        problems = [f"{f.provider} unavailable: {f.reason}" for f in missing]
+        gone = {f.provider for f in missing}
+        for model in self.cache.models:
+            for f in model.fallbacks:
+                if f.provider not in gone:
+                    problems.append(f"model {model.name!r} runs on {model.provider} without {f.provider}: {f.reason}")
+        if problems:
+            return Health(False, "; ".join(problems) + "; sessions fall back down inference.providers (CPUExecutionProvider last)")
+        loaded = [f"{m.name} on {m.provider}" for m in self.cache.models]
+        return Health(True, f"{', '.join(configured)} available" + (f" ({', '.join(loaded)})" if loaded else ""))
 
     async def _embedder_check(self) -> Health:
         name = self.settings.default_embedder
@@ -618,6 +642,10 @@ class Inference(Part):
             provider=loaded.provider if loaded else None,
             providers=loaded.providers if loaded else provider_chain(self.settings.providers),
             available_providers=ort.get_available_providers(),
+            provider_fallbacks=[
+                ProviderFallbackOut(provider=f.provider, reason=f.reason)
+                for f in (loaded.fallbacks if loaded else await self._thread(provider_fallbacks, self.settings.providers))
+            ],
             batchable=is_batchable(manifest),
             signature=status,
             signed_by=signer,

@@ -41,7 +41,9 @@ if TYPE_CHECKING:
     # session cache at every start, and needs the runtime only when a model is loaded.
     import onnxruntime as ort
 
-__all__ = ["LoadedModel", "SessionCache", "SessionFactory", "provider_chain", "run_session"]
+__all__ = [
+    "LoadedModel", "ProviderFallback", "SessionCache", "SessionFactory", "provider_chain", "provider_fallbacks", "run_session",
+]
 
 log = structlog.get_logger("engram.inference")
 
@@ -64,12 +66,65 @@ def provider_chain(preferred: list[str], available: list[str] | None = None) -> 
     return [*chain, _CPU]
 
 
+@dataclass(frozen=True)
+class ProviderFallback:
+    """A configured execution provider a session does not run on, and why."""
+
+    provider: str
+    reason: str
+
+
+# Builds of ONNX Runtime other than the CPU one, by the providers they bring (`pip install
+# engram[gpu]`, which docs/inference.md says to install in place of onnxruntime).
+_BUILDS = {
+    "CUDAExecutionProvider": "onnxruntime-gpu (engram[gpu]; make install-gpu)",
+    "TensorrtExecutionProvider": "onnxruntime-gpu (engram[gpu]; make install-gpu)",
+    "ROCMExecutionProvider": "onnxruntime-rocm",
+    "MIGraphXExecutionProvider": "onnxruntime-migraphx",
+    "OpenVINOExecutionProvider": "onnxruntime-openvino",
+    "DmlExecutionProvider": "onnxruntime-directml",
+    "CoreMLExecutionProvider": "onnxruntime (its macOS build)",
+}
+
+
+def provider_fallbacks(preferred: list[str], used: list[str] | None = None) -> list[ProviderFallback]:
+    """The providers of ``preferred`` (the CPU aside: it is the last resort) that this ONNX Runtime
+    does not have, or, given the providers a session got (``used``), that the session lacks.
+
+    A build without a provider is what ONNX Runtime itself can tell; a provider it has but could
+    not start for a session (no device, CUDA or cuDNN libraries missing) it only writes to its own
+    log on stderr, so the reason says where to look."""
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    fallbacks = []
+    for name in preferred:
+        if name == _CPU or (used is not None and name in used):
+            continue
+        if name not in ort.get_all_providers():
+            reason = f"ONNX Runtime {ort.__version__} knows no execution provider named {name}"
+        elif name not in available:
+            build = _BUILDS.get(name)
+            reason = (
+                f"this ONNX Runtime {ort.__version__} ({ort.get_device()} build) does not include it; it has "
+                f"{', '.join(available)}" + (f"; {name} comes with {build}, installed in its place" if build else "")
+            )
+        else:
+            reason = (
+                f"ONNX Runtime {ort.__version__} has {name} but could not start it for this session "
+                "(no device, or its libraries such as CUDA and cuDNN missing; ONNX Runtime's log on stderr says which)"
+            )
+        fallbacks.append(ProviderFallback(name, reason))
+    return fallbacks
+
+
 @dataclass
 class CreatedSession:
     session: ort.InferenceSession
     providers: list[str]
     optimized_cache: str  # "hit", "stored", "off"
     seconds: float
+    fallbacks: list[ProviderFallback] = field(default_factory=list)
 
 
 class SessionFactory:
@@ -108,7 +163,7 @@ class SessionFactory:
             if _cache_valid(cached, meta):
                 try:
                     session = ort.InferenceSession(str(cached), self.options("disable"), providers=providers)
-                    return CreatedSession(session, session.get_providers(), "hit", time.perf_counter() - started)
+                    return self._created(manifest, session, "hit", started)
                 except Exception as exc:  # noqa: BLE001 - a stale or foreign cache file: drop it, optimize again
                     log.warning("optimized model cache unusable; optimizing again", model=manifest.name, error=str(exc)[:300])
                     cached.unlink(missing_ok=True)
@@ -136,9 +191,19 @@ class SessionFactory:
                 # goes before, so that the two are never in RAM together).
                 del session
                 session = self._session(cached, self.options("disable"), providers, manifest.name)
-            return CreatedSession(session, session.get_providers(), status, time.perf_counter() - started)
+            return self._created(manifest, session, status, started)
         session = self._session(model_path, self.options(level), providers, manifest.name)
-        return CreatedSession(session, session.get_providers(), "off", time.perf_counter() - started)
+        return self._created(manifest, session, "off", started)
+
+    def _created(self, manifest: Manifest, session: ort.InferenceSession, cache: str, started: float) -> CreatedSession:
+        used = session.get_providers()
+        fallbacks = provider_fallbacks(self.settings.providers, used)
+        for fallback in fallbacks:
+            log.warning(
+                "execution provider unavailable; the model runs on the next one",
+                model=manifest.name, provider=fallback.provider, runs_on=used[0], reason=fallback.reason,
+            )
+        return CreatedSession(session, used, cache, time.perf_counter() - started, fallbacks)
 
     def _session(self, path: Path, options: ort.SessionOptions, providers: list[str], name: str) -> ort.InferenceSession:
         import onnxruntime as ort
@@ -253,6 +318,7 @@ class LoadedModel:
     signed_by: str | None
     exotic: bool
     batchable: bool
+    fallbacks: list[ProviderFallback] = field(default_factory=list)  # configured providers it lacks
     loaded_at: float = field(default_factory=time.time)
     last_used: float = field(default_factory=time.monotonic)
     active: int = 0

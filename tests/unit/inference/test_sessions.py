@@ -17,6 +17,7 @@ from engram.inference.sessions import (
     SessionCache,
     SessionFactory,
     provider_chain,
+    provider_fallbacks,
     run_session,
 )
 from engram.inference.settings import InferenceSettings, SessionSettings
@@ -32,6 +33,21 @@ def test_provider_chain_prefers_what_is_available_and_falls_back_to_cpu() -> Non
     assert provider_chain([], [cpu]) == [cpu]
 
 
+def test_provider_fallbacks_name_each_missing_accelerator_and_why() -> None:
+    cpu = "CPUExecutionProvider"
+    assert provider_fallbacks([cpu]) == []
+    (cuda,) = provider_fallbacks(["CUDAExecutionProvider", cpu])  # this ONNX Runtime is the CPU build
+    assert cuda.provider == "CUDAExecutionProvider"
+    assert f"ONNX Runtime {ort.__version__} (CPU build) does not include it" in cuda.reason
+    assert "onnxruntime-gpu (engram[gpu]" in cuda.reason and cpu in cuda.reason
+    (made_up,) = provider_fallbacks(["MadeUpExecutionProvider"])
+    assert "knows no execution provider named MadeUpExecutionProvider" in made_up.reason
+    # one the build has, that a session nevertheless runs without (ONNX Runtime could not start it)
+    (azure,) = provider_fallbacks(["AzureExecutionProvider", cpu], used=[cpu])
+    assert "has AzureExecutionProvider but could not start it" in azure.reason
+    assert provider_fallbacks(["AzureExecutionProvider", cpu], used=["AzureExecutionProvider", cpu]) == []
+
+
 @pytest.fixture
 def registry(tmp_path: Path) -> ModelRegistry:
     reg = ModelRegistry(tmp_path / "models")
@@ -45,6 +61,7 @@ def test_optimized_graph_is_cached_and_reused(registry: ModelRegistry, tmp_path:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     first = factory.create(manifest, registry.folder("linear"))
     assert first.optimized_cache == "stored" and first.providers == ["CPUExecutionProvider"]
+    assert [f.provider for f in first.fallbacks] == ["CUDAExecutionProvider"]
     second = factory.create(manifest, registry.folder("linear"))
     assert second.optimized_cache == "hit"
     a = run_session(first.session, manifest, {"x": x}, ["y"], False)["y"]
