@@ -580,6 +580,11 @@ def run_memory_bench(
                 if int8:
                     report.notes.append(f"with-embedding ingest: engram's default embedder served by {_make_int8(socket)} "
                                         "(--int8); the baseline runs the full model")
+                else:
+                    from engram_bench.processes import settle_fast_variant
+
+                    report.notes.append(f"with-embedding ingest: engram's default embedder served by "
+                                        f"{settle_fast_variant(socket)}; the baseline runs the full model")
                 sentences = _sentences(embed_sample)
                 embed_batch = 32
                 task = bar.add_task("ingest with embedding", total=embed_sample * 2)

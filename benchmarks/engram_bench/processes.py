@@ -47,6 +47,24 @@ def serving_process(args: list[str], socket_path: Path, env: dict[str, str] | No
             proc.wait()
 
 
+def settle_fast_variant(socket_path: Path, timeout: float = 600.0) -> str:
+    """Wait until the daemon is done making its default embedder's int8 variant (made in the
+    background after start, docs/inference.md "The fast route"), so that a benchmark does not
+    measure the full model for some requests and the variant for the rest, nor the making itself.
+    Returns the model that now answers embedding requests naming none."""
+    from engram.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(socket_path, timeout=60) as client:
+        while True:
+            listed = client.call("models.list")
+            if listed["fast_variant"]["state"] not in ("pending", "making"):
+                return str(listed["default_route"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon was still making its int8 variant after {timeout:g} s")
+            time.sleep(0.2)
+
+
 @contextmanager
 def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
     """A fresh engramd on a temporary state folder; yields its socket."""
