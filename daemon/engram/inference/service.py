@@ -320,8 +320,8 @@ class Inference(Part):
         variant = variant_name(name)
         try:
             reason = await self._thread(self._variant_check, name, variant)
-        except RPCError as exc:
-            self._variant_failed(name, f"cannot check {name!r}: {exc.message}")
+        except (RPCError, OSError) as exc:
+            self._variant_failed(name, f"cannot check {name!r}: {getattr(exc, 'message', exc)}")
             return
         if reason is None:
             self._variant_state, self._variant_detail = "ready", "kept from before"
