@@ -172,3 +172,31 @@ def test_the_settings_turn_it_off(make_daemon, tiny_state, setting):
     assert not (tiny_state / "models" / "tiny-int8").exists()
     assert not events(daemon, "making the default embedder's int8 variant")
     assert daemon.call("infer.embed", {"texts": ["hello"]})["model"] == "tiny"
+
+
+def children_making(state_dir: Path) -> list[int]:
+    """Pids of the child processes making a variant of a model under ``state_dir``."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"engram.inference.fast_variant" in cmdline and any(str(state_dir).encode() in arg for arg in cmdline):
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_stop_while_the_variant_is_made_ends_the_child_and_leaves_nothing_behind(make_daemon, state_dir):
+    daemon = make_daemon(env=MAKE)
+    deadline = time.monotonic() + 60
+    while not (pids := children_making(state_dir)):
+        assert time.monotonic() < deadline, "no child process making the variant"
+        time.sleep(0.05)
+    assert daemon.call("models.list")["fast_variant"]["state"] == "making"
+    started = time.monotonic()
+    assert daemon.stop() == 0
+    assert time.monotonic() - started < 10
+    assert not [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+    assert not (state_dir / "models" / "all-minilm-l6-v2-int8").exists()
+    assert not [p.name for p in (state_dir / "models").iterdir() if p.name.startswith(".staging-")]

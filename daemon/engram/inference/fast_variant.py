@@ -26,6 +26,7 @@ Run as ``python -m engram.inference.fast_variant MODEL_FOLDER WORK_DIR`` by the 
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import subprocess
@@ -39,7 +40,15 @@ from anyio.abc import ByteReceiveStream
 
 from engram.inference.manifest import MANIFEST_FILE, Manifest
 
-__all__ = ["MADE_BY", "MAKE_TIMEOUT", "VariantMakeFailed", "make_variant", "remake_reason", "variant_name"]
+__all__ = [
+    "MADE_BY",
+    "MAKE_TIMEOUT",
+    "VariantMakeFailed",
+    "make_variant",
+    "onnxruntime_version",
+    "remake_reason",
+    "variant_name",
+]
 
 MADE_BY = "engramd"
 """``source.made_by`` of a variant the daemon made itself (it may replace those, and only those)."""
@@ -51,6 +60,7 @@ NICE = 10
 """The child's niceness: requests served meanwhile come first."""
 
 RESULT_FILE = "result.json"
+_ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", "onnxruntime-directml")
 _STDERR_KEEP = 4096
 
 
@@ -61,6 +71,20 @@ class VariantMakeFailed(Exception):
 def variant_name(base: str) -> str:
     """The name ``models.quantize`` gives a variant by default, and the one the route looks for."""
     return f"{base}-int8"[:64]
+
+
+def onnxruntime_version() -> str:
+    """The installed ONNX Runtime's version, from its distribution's metadata: importing it would
+    load its native library into a daemon that may not have needed it yet (about 20 MB)."""
+    for distribution in _ORT_DISTRIBUTIONS:  # looking one up by name costs a millisecond...
+        try:
+            return importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    # ...scanning every installed distribution for the one that ships the module, half a second.
+    for distribution in importlib.metadata.packages_distributions().get("onnxruntime", []):
+        return importlib.metadata.version(distribution)
+    return "unknown"
 
 
 def remake_reason(base: Manifest, variant: Manifest | None, ort_version: str) -> str | None:
@@ -107,11 +131,10 @@ async def make_variant(model_folder: Path, work_dir: Path, *, timeout: float = M
     except TimeoutError:
         raise VariantMakeFailed(f"the child process took longer than {timeout:.0f} s") from None
     finally:
-        if process.returncode is None:
-            process.kill()
-            with anyio.CancelScope(shield=True):
-                await process.wait()
-        await process.aclose()
+        with anyio.CancelScope(shield=True):  # at shutdown too: no child outlives the daemon
+            if process.returncode is None:
+                process.kill()
+            await process.aclose()
     result = work_dir / RESULT_FILE
     if code != 0 or not result.is_file():
         last = stderr.strip().splitlines()[-1:] or ["no output"]
@@ -123,7 +146,6 @@ async def make_variant(model_folder: Path, work_dir: Path, *, timeout: float = M
 def _child(model_folder: Path, work_dir: Path) -> int:
     import time
 
-    import onnxruntime as ort
     from tokenizers import Tokenizer
 
     from engram.inference.quantize import compare_embedders, quantize_model
@@ -145,7 +167,7 @@ def _child(model_folder: Path, work_dir: Path) -> int:
         "path": str(outcome.path),
         "comparison": comparison,
         "seconds": round(time.perf_counter() - started, 3),
-        "onnxruntime": ort.__version__,
+        "onnxruntime": onnxruntime_version(),
     }
     tmp = work_dir / f".{RESULT_FILE}"
     tmp.write_text(json.dumps(result), encoding="utf-8")

@@ -78,7 +78,14 @@ from engram.inference.bert_onnx import (
     sha256_file,
 )
 from engram.inference.events import ModelAdded, ModelLoaded, ModelRemoved, ModelUnloaded
-from engram.inference.fast_variant import MADE_BY, VariantMakeFailed, make_variant, remake_reason, variant_name
+from engram.inference.fast_variant import (
+    MADE_BY,
+    VariantMakeFailed,
+    make_variant,
+    onnxruntime_version,
+    remake_reason,
+    variant_name,
+)
 from engram.inference.manifest import BadSignature, Manifest, signature_status
 from engram.inference.packaged import PACKAGED_MODELS, PartsMissing, extract_packaged
 from engram.inference.registry import ModelRegistry, default_import_cache_dir
@@ -296,30 +303,29 @@ class Inference(Part):
 
     # --- the fast variant, made on this machine -------------------------------------------------------
 
-    def _variant_check(self, name: str, variant: str) -> str | None:
-        """Why the daemon should make ``variant`` of ``name`` (again); None to keep what is there."""
-        import onnxruntime as ort  # the default embedder loads it at its first request anyway
-
+    def _variant_check(self, name: str, variant: str) -> tuple[str | None, str]:
+        """Why the daemon should make ``variant`` of ``name`` (again), None to keep what is there;
+        and the SHA-256 of ``name``'s graph, which a variant made now is made from."""
         base = self.registry.manifest(name)
         self.registry.verify(base)  # a variant of corrupted weights would carry the corruption along
         try:
             current: Manifest | None = self.registry.manifest(variant)
         except NotFound:
             current = None
-        reason = remake_reason(base, current, ort.__version__)
+        reason = remake_reason(base, current, onnxruntime_version())
         if reason is None and current is not None and current.source.get("made_by") == MADE_BY:
             try:
                 self.registry.verify(current)
             except IntegrityError as exc:  # logged by verify, with both digests
                 reason = f"its files do not match its manifest ({exc.message})"
-        return reason
+        return reason, base.files[base.model_file]
 
     async def _keep_fast_variant(self) -> None:
         """Make the default embedder's int8 variant when it is missing or a stale one of our own."""
         name = self.settings.default_embedder
         variant = variant_name(name)
         try:
-            reason = await self._thread(self._variant_check, name, variant)
+            reason, base_sha256 = await self._thread(self._variant_check, name, variant)
         except (RPCError, OSError) as exc:
             self._variant_failed(name, f"cannot check {name!r}: {getattr(exc, 'message', exc)}")
             return
@@ -336,7 +342,7 @@ class Inference(Part):
         try:
             made = await make_variant(self.registry.folder(name), work_dir)
             async with self.cache.lock(variant):
-                manifest, replaced = await self._thread(self._register_variant, name, variant, made)
+                manifest, replaced = await self._thread(self._register_variant, name, variant, base_sha256, made)
                 if replaced:
                     self.cache.unload(variant, "replaced")
         except (VariantMakeFailed, RPCError, OSError, ValueError, KeyError) as exc:
@@ -345,8 +351,9 @@ class Inference(Part):
         finally:
             with anyio.CancelScope(shield=True):
                 await self._thread(staging.__exit__, None, None, None)
-        if manifest is None:  # the owner made one meanwhile (models.quantize): theirs stays
-            self._variant_state, self._variant_detail = "ready", "made by the owner meanwhile"
+        if manifest is None:
+            self._variant_state, self._variant_detail = "ready", "made by the owner meanwhile (models.quantize)"
+            self._route = None
             return
         seconds = round(time.perf_counter() - started, 3)
         self._variant_state, self._variant_detail = "ready", f"made in {seconds} s ({reason})"
@@ -360,18 +367,23 @@ class Inference(Part):
         )
         await self._default_route()  # logs which model serves now, and why
 
-    def _register_variant(self, name: str, variant: str, made: dict[str, Any]) -> tuple[Manifest | None, bool]:
-        """Register the child's graph as ``variant``; (None, False) when the owner's variant is there now."""
+    def _register_variant(
+        self, name: str, variant: str, base_sha256: str, made: dict[str, Any]
+    ) -> tuple[Manifest | None, bool]:
+        """Register the child's graph as ``variant``; (None, False) when the owner made a variant
+        (models.quantize) while the child worked."""
         base = self.registry.manifest(name)
         replaced = self.registry.exists(variant)
         if replaced and self.registry.manifest(variant).source.get("made_by") != MADE_BY:
             return None, False
+        if base.files[base.model_file] != base_sha256:
+            raise VariantMakeFailed(f"{name!r} got other weights while its variant was made; it is made again at the next start")
         manifest = self.registry.add_derived(
             base, variant, Path(made["path"]), overwrite=True,
             source={
                 "kind": "quantize",
                 "base": base.name,
-                "base_sha256": base.files[base.model_file],
+                "base_sha256": base_sha256,
                 "weights": "int8",
                 "per_channel": True,
                 "fused_operators": {},
