@@ -324,7 +324,7 @@ def run_infer_bench(
             env["ENGRAM_INFERENCE__THREADS__INTRA_OP"] = str(threads)
         if source is not None:
             env["ENGRAM_INFERENCE__AUTO_IMPORT"] = "false"
-        sock = socket_path or stack.enter_context(temporary_daemon(env))
+        sock = socket_path or stack.enter_context(temporary_daemon(env, fast_variant=True))
         settle_fast_variant(sock)
         with Client(sock, timeout=600) as client:
             if source is not None:

@@ -383,7 +383,7 @@ def _local_embedder(folder: Path) -> Any | None:
 @contextmanager
 def _daemon(folder: Path) -> Iterator[Path]:
     """engramd on ``folder/daemon`` (kept across restarts); yields its socket."""
-    from engram_bench.processes import serving_process
+    from engram_bench.processes import serving_process, settle_fast_variant
 
     state = folder / "daemon"
     state.mkdir(mode=0o700, exist_ok=True)
@@ -392,6 +392,8 @@ def _daemon(folder: Path) -> Iterator[Path]:
     # Knowledge extraction off: parsing the generated texts in the background would be counted in
     # every figure here (engram bench extract measures it).
     with serving_process(args, sock, {"ENGRAM_LOG__LEVEL": "warning", "ENGRAM_MEMORY__EXTRACTION__ENABLED": "false"}) as path:
+        # The int8 variant a fresh daemon makes in the background would land in the first figures.
+        settle_fast_variant(path)
         yield path
 
 

@@ -66,11 +66,17 @@ def settle_fast_variant(socket_path: Path, timeout: float = 600.0) -> str:
 
 
 @contextmanager
-def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
-    """A fresh engramd on a temporary state folder; yields its socket."""
+def temporary_daemon(extra_env: dict[str, str] | None = None, fast_variant: bool = False) -> Iterator[Path]:
+    """A fresh engramd on a temporary state folder; yields its socket.
+
+    A fresh daemon makes its default embedder's int8 variant in the background (seconds of CPU
+    in a child process), which would land in the figures of the benchmarks that do not embed:
+    only those given ``fast_variant`` let it, unless the environment says otherwise
+    (``ENGRAM_INFERENCE__MAKE_FAST_VARIANT``)."""
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         sock = Path(tmp) / "engram.sock"
-        env = {"ENGRAM_LOG__LEVEL": "warning", **(extra_env or {})}
+        make = os.environ.get("ENGRAM_INFERENCE__MAKE_FAST_VARIANT", "true" if fast_variant else "false")
+        env = {"ENGRAM_LOG__LEVEL": "warning", "ENGRAM_INFERENCE__MAKE_FAST_VARIANT": make, **(extra_env or {})}
         args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", tmp, "--socket", str(sock)]
         with serving_process(args, sock, env) as path:
             yield path

@@ -73,6 +73,7 @@ def test_the_default_embedder_gets_its_variant_in_the_background_and_keeps_it(ma
     assert source["made_by"] == "engramd" and source["onnxruntime"] == ort.__version__
     assert source["base_sha256"] == base["manifest"]["files"]["model.onnx"]
     assert daemon.call("models.verify", {"name": "all-minilm-l6-v2-int8"})["ok"]
+    assert 'engram_fast_variant_checks_total{outcome="made"} 1.0' in daemon.call("system.metrics")["text"]
 
     # Requests naming no model (infer.embed, memory's embeddings) run on it; naming the full model runs that.
     fast = daemon.call("infer.embed", {"texts": TEXTS})
@@ -96,6 +97,8 @@ def test_the_default_embedder_gets_its_variant_in_the_background_and_keeps_it(ma
         "name": "all-minilm-l6-v2-int8", "state": "ready", "serving": True, "detail": "kept from before",
     }
     assert not events(again, "making the default embedder's int8 variant")
+    metrics = again.call("system.metrics")["text"]
+    assert 'outcome="kept"} 1.0' in metrics and 'outcome="made"' not in metrics
     assert again.call("models.info", {"name": "all-minilm-l6-v2-int8"})["manifest"]["created_at"] == created
     assert sha256(state_dir / "models" / "all-minilm-l6-v2-int8" / "model.onnx") == digest
     assert again.call("infer.embed", {"texts": TEXTS[:1]})["model"] == "all-minilm-l6-v2-int8"

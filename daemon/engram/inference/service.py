@@ -180,6 +180,10 @@ class Inference(Part):
         self._rejected = Counter("engram_inference_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
         self._loads = Counter("engram_model_loads", "Model loads, by outcome.", ["outcome"], registry=r)
         self._unloads = Counter("engram_model_unloads", "Model unloads, by reason.", ["reason"], registry=r)
+        self._variant_checks = Counter(
+            "engram_fast_variant_checks", "Checks of the default embedder's int8 variant after start, by outcome "
+            "(kept, made, failed).", ["outcome"], registry=r,
+        )
         metrics.add_collector(self._collect)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -330,6 +334,7 @@ class Inference(Part):
             self._variant_failed(name, f"cannot check {name!r}: {getattr(exc, 'message', exc)}")
             return
         if reason is None:
+            self._variant_checks.labels("kept").inc()
             self._variant_state, self._variant_detail = "ready", "kept from before"
             self._route = None
             await self._default_route()
@@ -352,10 +357,12 @@ class Inference(Part):
             with anyio.CancelScope(shield=True):
                 await self._thread(staging.__exit__, None, None, None)
         if manifest is None:
+            self._variant_checks.labels("kept").inc()
             self._variant_state, self._variant_detail = "ready", "made by the owner meanwhile (models.quantize)"
             self._route = None
             return
         seconds = round(time.perf_counter() - started, 3)
+        self._variant_checks.labels("made").inc()
         self._variant_state, self._variant_detail = "ready", f"made in {seconds} s ({reason})"
         self._route = None
         size = await self._thread(self.registry.size, manifest)
@@ -395,6 +402,7 @@ class Inference(Part):
         return manifest, replaced
 
     def _variant_failed(self, name: str, why: str) -> None:
+        self._variant_checks.labels("failed").inc()
         self._variant_state, self._variant_detail = "failed", why
         log.warning("the default embedder's int8 variant could not be made; the full model serves", model=name, why=why)
 
