@@ -9,17 +9,19 @@ what it was made from: the base model's SHA-256 and the ONNX Runtime version (``
 again when either differs, or when a file of it no longer matches its manifest's hash; one the
 owner made with ``models.quantize`` is never replaced.
 
-The work (about 1.6 s of CPU for the quantization and 1.5 s for the comparison with the full
-model, for all-MiniLM-L6-v2 on the development machine) runs in a child process: niced, one
-intra-op thread, killed at shutdown or after :data:`MAKE_TIMEOUT`, and the quantization tools
-(onnx, ``onnxruntime.quantization``) never enter the daemon's own memory. The child writes the
+The work (for all-MiniLM-L6-v2 on the development machine 3.5-4 s of CPU in all, about 1.6 s of
+it quantizing and 1.5 s comparing with the full model, and a peak of 514 MB) runs in a child
+process: niced, one intra-op thread, killed at shutdown or after :data:`MAKE_TIMEOUT`, so the
+quantization tools (onnx, ``onnxruntime.quantization``) and the graph's copies never enter, or
+stay in, the daemon's own memory. The child writes the
 int8 graph and a ``result.json`` into a staging folder the daemon gave it; the daemon registers
 the graph. Whether the variant then serves is decided as for one made by hand
 (:func:`engram.inference.service.fast_variant_problem`: cosine and speed on this machine).
 
 ``quantize_dynamic`` writes the same bytes for the same input and ONNX Runtime version (measured:
-the SHA-256 of the variant is equal from run to run), so a variant is the same everywhere; what is
-per machine is the speed check, which is why it is made here and not shipped.
+the SHA-256 of the variant is equal from run to run); what depends on the machine is the speed
+check, and the ONNX Runtime installed can change after engram was installed: hence a variant made
+where it runs rather than at install time.
 
 Run as ``python -m engram.inference.fast_variant MODEL_FOLDER WORK_DIR`` by the service only.
 """
