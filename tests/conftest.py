@@ -34,6 +34,10 @@ for _pool in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
 # benchmarks' daemons included, and adds graph facts other tests do not expect: only the tests of
 # extraction turn it on (tests/e2e/test_memory_extraction.py).
 os.environ.setdefault("ENGRAM_MEMORY__EXTRACTION__ENABLED", "false")
+# Every daemon on a fresh state folder would make the default embedder's int8 variant in the
+# background (a child process, seconds of CPU): only the tests of that turn it on
+# (tests/e2e/test_fast_variant.py).
+os.environ.setdefault("ENGRAM_INFERENCE__MAKE_FAST_VARIANT", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN_SITE = REPO / "tests" / "fixtures" / "plugin_site"

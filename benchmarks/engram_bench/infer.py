@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from engram_bench.bert import sample_texts
-from engram_bench.processes import temporary_daemon
+from engram_bench.processes import settle_fast_variant, temporary_daemon
 from engram_bench.stats import Measurement, measure
 
 __all__ = ["InferReport", "run_infer_bench"]
@@ -324,7 +324,8 @@ def run_infer_bench(
             env["ENGRAM_INFERENCE__THREADS__INTRA_OP"] = str(threads)
         if source is not None:
             env["ENGRAM_INFERENCE__AUTO_IMPORT"] = "false"
-        sock = socket_path or stack.enter_context(temporary_daemon(env))
+        sock = socket_path or stack.enter_context(temporary_daemon(env, fast_variant=True))
+        settle_fast_variant(sock)
         with Client(sock, timeout=600) as client:
             if source is not None:
                 model = model or BENCH_MODEL

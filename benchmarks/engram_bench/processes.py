@@ -47,12 +47,36 @@ def serving_process(args: list[str], socket_path: Path, env: dict[str, str] | No
             proc.wait()
 
 
+def settle_fast_variant(socket_path: Path, timeout: float = 600.0) -> str:
+    """Wait until the daemon is done making its default embedder's int8 variant (made in the
+    background after start, docs/inference.md "The fast route"), so that a benchmark does not
+    measure the full model for some requests and the variant for the rest, nor the making itself.
+    Returns the model that now answers embedding requests naming none."""
+    from engram.client import Client
+
+    deadline = time.monotonic() + timeout
+    with Client(socket_path, timeout=60) as client:
+        while True:
+            listed = client.call("models.list")
+            if listed["fast_variant"]["state"] not in ("pending", "making"):
+                return str(listed["default_route"])
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the daemon was still making its int8 variant after {timeout:g} s")
+            time.sleep(0.2)
+
+
 @contextmanager
-def temporary_daemon(extra_env: dict[str, str] | None = None) -> Iterator[Path]:
-    """A fresh engramd on a temporary state folder; yields its socket."""
+def temporary_daemon(extra_env: dict[str, str] | None = None, fast_variant: bool = False) -> Iterator[Path]:
+    """A fresh engramd on a temporary state folder; yields its socket.
+
+    A fresh daemon makes its default embedder's int8 variant in the background (seconds of CPU
+    in a child process), which would land in the figures of the benchmarks that do not embed:
+    only those given ``fast_variant`` let it, unless the environment says otherwise
+    (``ENGRAM_INFERENCE__MAKE_FAST_VARIANT``)."""
     with tempfile.TemporaryDirectory(prefix="engram-bench-") as tmp:
         sock = Path(tmp) / "engram.sock"
-        env = {"ENGRAM_LOG__LEVEL": "warning", **(extra_env or {})}
+        make = os.environ.get("ENGRAM_INFERENCE__MAKE_FAST_VARIANT", "true" if fast_variant else "false")
+        env = {"ENGRAM_LOG__LEVEL": "warning", "ENGRAM_INFERENCE__MAKE_FAST_VARIANT": make, **(extra_env or {})}
         args = [sys.executable, "-m", "engram.cli", "serve", "--state-dir", tmp, "--socket", str(sock)]
         with serving_process(args, sock, env) as path:
             yield path

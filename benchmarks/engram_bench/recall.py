@@ -206,6 +206,8 @@ def run_recall_bench(path: Path, conversations: int | None = None, questions: in
     from rich.console import Console
     from rich.progress import Progress
 
+    from engram_bench.processes import settle_fast_variant
+
     data = load(path)[:conversations]
     report = RecallReport(str(path))
     engram_latencies: list[float] = []
@@ -215,6 +217,7 @@ def run_recall_bench(path: Path, conversations: int | None = None, questions: in
         state = folder / "daemon"
         state.mkdir(mode=0o700)
         socket = stack.enter_context(_daemon(state, embedder))
+        settle_fast_variant(socket)  # the whole run on one model, not the first turns on the full one
         model = asyncio.run(_model_name(socket, embedder))  # before any work: fails fast without a model
         for n, conversation in enumerate(data):
             asked = conversation.questions[:questions]

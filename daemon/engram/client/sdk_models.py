@@ -299,6 +299,16 @@ class ExportItem(Answer):
     vector: list[float] | None = None
 
 
+class FastVariantStatus(Answer):
+    """The default embedder's int8 variant, as the daemon makes it (docs/inference.md, "The fast route")."""
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    detail: str | None = Field(None, description='Why it does not serve, why it was (re)made, or why making it failed.')
+    name: str = Field(description="The variant's model name, <default_embedder>-int8.")
+    serving: bool = Field(description='Whether requests for the default embedder that name no model run on it.')
+    state: Literal['off', 'pending', 'making', 'ready', 'failed'] = Field(description='off: inference.fast_embed or inference.make_fast_variant is false, or there is no default embedder; pending: the check after start has not run yet; making: the daemon is making it; ready: it is there (made now, kept from before, or made by the owner); failed: making it failed (detail says why).')
+
+
 class Filter(Given):
     """Every given condition must hold."""
 
@@ -702,6 +712,8 @@ class ModelsListResult(Answer):
 
     audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
     default_embedder: str
+    default_route: str = Field(description='The model that answers requests naming none: the default embedder or its int8 variant.')
+    fast_variant: FastVariantStatus
     models: list[ModelSummary]
     problems: dict[str, str] = Field(default_factory=dict, description='Folders under models/ that are not usable models, and why.')
 

@@ -11,6 +11,7 @@ from engram.server.methods import Params, Result
 from engram.wire.tensors import B64Tensor, ListTensor, WireTensor
 
 __all__ = [
+    "FastVariantStatus",
     "InferEmbedParams",
     "InferEmbedResult",
     "InferRunParams",
@@ -87,9 +88,24 @@ class ModelSummary(Result):
     default_embedder: bool
 
 
+class FastVariantStatus(Result):
+    """The default embedder's int8 variant, as the daemon makes it (docs/inference.md, "The fast route")."""
+
+    name: str = Field(description="The variant's model name, <default_embedder>-int8.")
+    state: Literal["off", "pending", "making", "ready", "failed"] = Field(
+        description="off: inference.fast_embed or inference.make_fast_variant is false, or there is no default "
+        "embedder; pending: the check after start has not run yet; making: the daemon is making it; ready: it "
+        "is there (made now, kept from before, or made by the owner); failed: making it failed (detail says why)."
+    )
+    serving: bool = Field(description="Whether requests for the default embedder that name no model run on it.")
+    detail: str | None = Field(default=None, description="Why it does not serve, why it was (re)made, or why making it failed.")
+
+
 class ModelsListResult(Result):
     models: list[ModelSummary]
     default_embedder: str
+    default_route: str = Field(description="The model that answers requests naming none: the default embedder or its int8 variant.")
+    fast_variant: FastVariantStatus
     problems: dict[str, str] = Field(default_factory=dict, description="Folders under models/ that are not usable models, and why.")
 
 

@@ -70,6 +70,10 @@ def models_list(socket_path: Path | None, as_json: bool, timeout: float) -> None
             click.echo(f"{m['name']:<28} {m['task']:<9} {_mb(m['size_bytes']):>10}  {m['signature']:<9} {m['source']:<8} {flags}")
         for name, problem in data["problems"].items():
             click.echo(f"{name:<28} UNUSABLE: {problem}")
+        variant = data["fast_variant"]
+        detail = f": {variant['detail']}" if variant["detail"] else ""
+        click.echo(f"requests naming no model run on {data['default_route']} "
+                   f"(int8 variant {variant['name']} {variant['state']}{detail})")
 
     Output(as_json).emit(call(socket_path, timeout, "models.list"), human)
 

@@ -9,6 +9,10 @@ distributions (:mod:`engram.inference.packaged`). When no embedder can be had, t
 says so at start (a warning with the fix) and in ``system.health`` (check ``embedder``), and
 ``infer.embed`` answers -32005 with the same words; nothing degrades silently.
 
+After start, without holding up READY, a background task makes sure the default embedder has its
+int8 variant, made on this machine (:mod:`engram.inference.fast_variant`); requests naming no model
+run on it once it qualifies (:func:`fast_variant_problem`).
+
 Every blocking step (hashing, copying, loading, running, quantizing) runs in a worker thread
 behind one :class:`anyio.CapacityLimiter` of ``inference.threads.workers``.
 """
@@ -39,6 +43,7 @@ from engram.errors import (
 )
 from engram.heap import release_free_memory
 from engram.inference.api import (
+    FastVariantStatus,
     InferEmbedParams,
     InferEmbedResult,
     InferRunParams,
@@ -74,6 +79,14 @@ from engram.inference.bert_onnx import (
     sha256_file,
 )
 from engram.inference.events import ModelAdded, ModelLoaded, ModelRemoved, ModelUnloaded
+from engram.inference.fast_variant import (
+    MADE_BY,
+    VariantMakeFailed,
+    make_variant,
+    onnxruntime_version,
+    remake_reason,
+    variant_name,
+)
 from engram.inference.manifest import BadSignature, Manifest, signature_status
 from engram.inference.packaged import PACKAGED_MODELS, PartsMissing, extract_packaged
 from engram.inference.registry import ModelRegistry, default_import_cache_dir
@@ -153,6 +166,10 @@ class Inference(Part):
         self._start_problem: str | None = None
         # (the settings it was chosen under, the model that serves the default embedder); None: choose again
         self._route: tuple[tuple[str, bool, float], str] | None = None
+        self._route_why: str | None = None  # why the full model serves, when it does
+        # The background making of the default embedder's int8 variant: FastVariantStatus.state and detail.
+        self._variant_state = "off"
+        self._variant_detail: str | None = None
         r = metrics.registry
         self._runs = Counter("engram_inference_batches", "Batches run, by model.", ["model"], registry=r)
         self._batch_requests = Histogram(
@@ -165,6 +182,10 @@ class Inference(Part):
         self._rejected = Counter("engram_inference_rejected", "Requests refused because a queue was full.", ["model"], registry=r)
         self._loads = Counter("engram_model_loads", "Model loads, by outcome.", ["outcome"], registry=r)
         self._unloads = Counter("engram_model_unloads", "Model unloads, by reason.", ["reason"], registry=r)
+        self._variant_checks = Counter(
+            "engram_fast_variant_checks", "Checks of the default embedder's int8 variant after start, by outcome "
+            "(kept, made, failed).", ["outcome"], registry=r,
+        )
         metrics.add_collector(self._collect)
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -176,6 +197,10 @@ class Inference(Part):
         await self.start_tasks(stack)
         stack.callback(self.cache.clear, "shutdown")  # closes the batchers: they finish what is queued and return
         self.spawn(self._reaper, "inference reaper")
+        s = self.settings
+        if s.fast_embed and s.make_fast_variant and self._start_problem is None:
+            self._variant_state = "pending"
+            self.spawn(self._keep_fast_variant, "fast variant")
 
     async def _thread(self, func: Callable[..., T], *args: Any) -> T:
         return await anyio.to_thread.run_sync(func, *args, limiter=self._limiter)
@@ -281,6 +306,107 @@ class Inference(Part):
                        source="import", replaced=replaced, uid=uid)
         )
         return manifest
+
+    # --- the fast variant, made on this machine -------------------------------------------------------
+
+    def _variant_check(self, name: str, variant: str) -> tuple[str | None, str]:
+        """Why the daemon should make ``variant`` of ``name`` (again), None to keep what is there;
+        and the SHA-256 of ``name``'s graph, which a variant made now is made from."""
+        base = self.registry.manifest(name)
+        self.registry.verify(base)  # a variant of corrupted weights would carry the corruption along
+        try:
+            current: Manifest | None = self.registry.manifest(variant)
+        except NotFound:
+            current = None
+        reason = remake_reason(base, current, onnxruntime_version())
+        if reason is None and current is not None and current.source.get("made_by") == MADE_BY:
+            try:
+                self.registry.verify(current)
+            except IntegrityError as exc:  # logged by verify, with both digests
+                reason = f"its files do not match its manifest ({exc.message})"
+        return reason, base.files[base.model_file]
+
+    async def _keep_fast_variant(self) -> None:
+        """Make the default embedder's int8 variant when it is missing or a stale one of our own."""
+        name = self.settings.default_embedder
+        variant = variant_name(name)
+        try:
+            reason, base_sha256 = await self._thread(self._variant_check, name, variant)
+        except (RPCError, OSError) as exc:
+            self._variant_failed(name, f"cannot check {name!r}: {getattr(exc, 'message', exc)}")
+            return
+        if reason is None:
+            self._variant_checks.labels("kept").inc()
+            self._variant_state, self._variant_detail = "ready", "kept from before"
+            self._route = None
+            await self._default_route()
+            return
+        self._variant_state, self._variant_detail = "making", reason
+        log.info("making the default embedder's int8 variant", model=name, variant=variant, why=reason)
+        started = time.perf_counter()
+        staging = self.registry.staging()
+        work_dir = await self._thread(staging.__enter__)
+        try:
+            made = await make_variant(self.registry.folder(name), work_dir)
+            async with self.cache.lock(variant):
+                manifest, replaced = await self._thread(self._register_variant, name, variant, base_sha256, made)
+                if replaced:
+                    self.cache.unload(variant, "replaced")
+        except (VariantMakeFailed, RPCError, OSError, ValueError, KeyError) as exc:
+            self._variant_failed(name, f"making {variant!r} failed: {exc}")
+            return
+        finally:
+            with anyio.CancelScope(shield=True):
+                await self._thread(staging.__exit__, None, None, None)
+        if manifest is None:
+            self._variant_checks.labels("kept").inc()
+            self._variant_state, self._variant_detail = "ready", "made by the owner meanwhile (models.quantize)"
+            self._route = None
+            return
+        seconds = round(time.perf_counter() - started, 3)
+        self._variant_checks.labels("made").inc()
+        self._variant_state, self._variant_detail = "ready", f"made in {seconds} s ({reason})"
+        self._route = None
+        size = await self._thread(self.registry.size, manifest)
+        log.info("made the default embedder's int8 variant", model=name, variant=variant, seconds=seconds,
+                 child_seconds=made.get("seconds"), comparison=made.get("comparison"), size_bytes=size)
+        self._bus.publish(
+            ModelAdded(name=variant, task=manifest.task, sha256=manifest.files[manifest.model_file],
+                       size_bytes=size, source="quantize", replaced=replaced, uid=None)
+        )
+        await self._default_route()  # logs which model serves now, and why
+
+    def _register_variant(
+        self, name: str, variant: str, base_sha256: str, made: dict[str, Any]
+    ) -> tuple[Manifest | None, bool]:
+        """Register the child's graph as ``variant``; (None, False) when the owner made a variant
+        (models.quantize) while the child worked."""
+        base = self.registry.manifest(name)
+        replaced = self.registry.exists(variant)
+        if replaced and self.registry.manifest(variant).source.get("made_by") != MADE_BY:
+            return None, False
+        if base.files[base.model_file] != base_sha256:
+            raise VariantMakeFailed(f"{name!r} got other weights while its variant was made; it is made again at the next start")
+        manifest = self.registry.add_derived(
+            base, variant, Path(made["path"]), overwrite=True,
+            source={
+                "kind": "quantize",
+                "base": base.name,
+                "base_sha256": base_sha256,
+                "weights": "int8",
+                "per_channel": True,
+                "fused_operators": {},
+                "comparison": made["comparison"],
+                "made_by": MADE_BY,
+                "onnxruntime": made["onnxruntime"],
+            },
+        )
+        return manifest, replaced
+
+    def _variant_failed(self, name: str, why: str) -> None:
+        self._variant_checks.labels("failed").inc()
+        self._variant_state, self._variant_detail = "failed", why
+        log.warning("the default embedder's int8 variant could not be made; the full model serves", model=name, why=why)
 
     # --- loading ------------------------------------------------------------------------------------
 
@@ -478,6 +604,15 @@ class Inference(Part):
         name = model or await self._default_route()
         try:
             loaded = await self.cache.get(name)
+        except IntegrityError as exc:
+            if model is not None or name == self.settings.default_embedder:
+                raise
+            # The variant was changed on disk after the route chose it: refuse it, serve the full model.
+            name = self.settings.default_embedder
+            self._route = ((name, self.settings.fast_embed, self.settings.fast_embed_min_cosine), name)
+            self._route_why = exc.message
+            log.error("the int8 variant fails its integrity check; the full model serves", model=name, why=exc.message)
+            loaded = await self.cache.get(name)
         except NotFound:
             if model is not None:
                 raise
@@ -520,15 +655,21 @@ class Inference(Part):
         return self._route[1]
 
     def _choose_route(self, name: str) -> str:
-        variant = f"{name}-int8"[:64]  # the name models.quantize gives it
-        if not self.settings.fast_embed or not self.registry.exists(variant):
+        variant = variant_name(name)
+        if not self.settings.fast_embed:
+            self._route_why = "inference.fast_embed is false"
+            return name
+        if not self.registry.exists(variant):
+            self._route_why = f"there is no {variant!r}"
             return name
         try:
-            problem = fast_variant_problem(
-                self.registry.manifest(name), self.registry.manifest(variant), self.settings.fast_embed_min_cosine
-            )
-        except RPCError as exc:  # either manifest is missing or unreadable: the full model says why, if it is
+            manifest = self.registry.manifest(variant)
+            problem = fast_variant_problem(self.registry.manifest(name), manifest, self.settings.fast_embed_min_cosine)
+            if problem is None:
+                self.registry.verify(manifest)  # a corrupted variant is refused here, not at every request
+        except RPCError as exc:  # a manifest is missing or unreadable, or a file does not match its hash
             problem = exc.message
+        self._route_why = problem
         if problem is not None:
             log.info("default embedder runs the full model", model=name, why=problem)
             return name
@@ -612,9 +753,22 @@ class Inference(Part):
                     models.append(self._summary(name))
                 except RPCError as exc:
                     problems[name] = exc.message
-            return ModelsListResult(models=models, default_embedder=self.settings.default_embedder, problems=problems)
+            return ModelsListResult(
+                models=models, default_embedder=self.settings.default_embedder, default_route=route,
+                fast_variant=self._variant_status(route), problems=problems,
+            )
 
+        route = await self._default_route()
         return await self._thread(work)
+
+    def _variant_status(self, route: str) -> FastVariantStatus:
+        name = variant_name(self.settings.default_embedder)
+        serving = route == name
+        state = self._variant_state
+        if state == "off" and self.registry.exists(name):
+            state = "ready"  # made by the owner (models.quantize)
+        detail = self._variant_detail if state in ("failed", "making") or serving else self._route_why
+        return FastVariantStatus(name=name, state=state, serving=serving, detail=detail)  # type: ignore[arg-type]
 
     async def _info(self, name: str) -> ModelInfo:
         import onnxruntime as ort  # loaded at the first model or models.info, not at start

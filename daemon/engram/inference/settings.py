@@ -139,7 +139,7 @@ class InferenceSettings(_Section):
     fast_embed: bool = Field(
         default=True,
         description="Requests for the default embedder that name no model run on its int8 variant "
-        "(<default_embedder>-int8, made by models.quantize) where that variant was made from the default's "
+        "(<default_embedder>-int8, made at start or by models.quantize) where that variant was made from the default's "
         "weights, was faster at batch 1 on this machine, and its vectors stayed within fast_embed_min_cosine "
         "of the full model's; false always runs the full model.",
     )
@@ -149,6 +149,12 @@ class InferenceSettings(_Section):
         le=1,
         description="The lowest cosine similarity to the full model's vector, over models.quantize's comparison "
         "sentences, that lets the int8 variant serve the default embedder (docs/inference.md, \"Fast variant\").",
+    )
+    make_fast_variant: bool = Field(
+        default=True,
+        description="With fast_embed on, make the default embedder's int8 variant in the background after start "
+        "when it is missing, was made from other weights or by another ONNX Runtime, or fails its hashes "
+        "(a niced child process; the daemon serves the full model meanwhile). false: only models.quantize makes it.",
     )
     embed_max_texts: int = Field(default=2048, ge=1, le=1_000_000, description="Texts one infer.embed request may carry.")
     trusted_keys: list[str] = Field(

@@ -5,7 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
+import pytest
 from engram.bus import EventBus
+from engram.inference.fast_variant import VariantMakeFailed, make_variant, remake_reason
 from engram.inference.manifest import Manifest
 from engram.inference.service import Inference, fast_variant_problem
 from engram.inference.settings import InferenceSettings
@@ -65,3 +68,29 @@ def test_the_default_embedder_is_served_by_its_variant_only_where_settings_allow
     assert route() == "tiny-int8"
     assert route(fast_embed=False) == "tiny"
     assert route(fast_embed_min_cosine=0.99) == "tiny"
+
+
+def made(**changes: Any) -> Manifest:
+    return variant(made_by="engramd", onnxruntime="1.32.0", **changes)
+
+
+def test_the_daemon_makes_a_missing_variant_and_remakes_only_its_own_stale_ones() -> None:
+    assert remake_reason(BASE, None, "1.32.0") == "missing"
+    assert remake_reason(BASE, made(), "1.32.0") is None
+    assert "other weights" in (remake_reason(BASE, made(base_sha256="c" * 64), "1.32.0") or "")
+    assert "ONNX Runtime 1.32.0, this is 1.33.0" in (remake_reason(BASE, made(), "1.33.0") or "")
+    # The owner's (models.quantize) is theirs: kept whatever it was made from.
+    assert remake_reason(BASE, variant(base_sha256="c" * 64), "1.33.0") is None
+
+
+def test_a_child_that_cannot_make_the_variant_is_a_failure_that_says_why(tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+
+    async def attempt() -> None:
+        await make_variant(tmp_path / "no-such-model", work)
+
+    with pytest.raises(VariantMakeFailed) as caught:
+        anyio.run(attempt)
+    assert "exited with status 1" in str(caught.value) and "FileNotFoundError" in str(caught.value)
+    assert not (work / "result.json").exists()
