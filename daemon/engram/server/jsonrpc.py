@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from engram.errors import InternalSignal, InvalidRequest, ParseError, RPCError
@@ -36,7 +36,8 @@ class Request:
     # params._meta as the client sent it (None: absent), taken out of params; validated by the
     # request chain (engram.server.params.validate_meta).
     meta: Any = None
-    received: float = 0.0  # time.monotonic() when the frame was read; what deadline_ms counts from
+    # time.monotonic() when the frame was read, what deadline_ms counts from; not part of what a request is.
+    received: float = field(default=0.0, compare=False)
 
     @property
     def is_notification(self) -> bool:
