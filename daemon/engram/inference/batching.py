@@ -129,8 +129,13 @@ class Batcher(Generic[T, R]):
     async def submit(self, item: T, rows: int, deadline: RequestDeadline | None = None) -> R:
         if self.closed:
             raise BatcherClosed(self.name)
-        if deadline is not None and deadline.passed():
-            raise deadline.missed(WAITING_IN)
+        if deadline is not None:
+            # A deadline that passed while the request was on its way here (tokenizing, in a
+            # worker thread that could not be interrupted) ends it here, as a request that was
+            # running: the request chain's cancel scope, if there is one, says so now.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if deadline.passed():
+                raise deadline.missed(WAITING_IN)
         pending: _Pending[T, R] = _Pending(item, rows, deadline)
         try:
             self._queue.put_nowait(pending, deadline.expires if deadline is not None else None)
