@@ -94,6 +94,25 @@ def test_a_request_that_expires_in_the_batcher_queue_is_answered_and_never_runs(
     assert metric(daemon, "engram_deadline_misses_total", where="batcher") == misses + 1
 
 
+def test_a_recall_whose_query_waits_in_the_batcher_past_its_deadline_is_answered_deadline_missed(
+    daemon: DaemonProcess,
+) -> None:
+    """memory.recall embeds its query through the same batcher, with the request's deadline."""
+    daemon.call("memory.remember", {"items": [{"text": "something to recall"}]})
+    misses = metric(daemon, "engram_deadline_misses_total", where="batcher")
+    thread, _ = long_embed_in_background(daemon)
+    with daemon.raw() as tight, daemon.raw() as loose:
+        tight.send(with_deadline("memory.recall", {"query": "something"}, 300, request_id=9))
+        loose.send(with_deadline("memory.recall", {"query": "something"}, 60_000, request_id=10))
+        missed = tight.recv()
+        found = loose.recv()
+    thread.join(60)
+    assert missed["error"]["code"] == -32004, missed
+    assert missed["error"]["data"]["reason"] == "deadline_missed" and missed["error"]["data"]["where"] == "batcher"
+    assert any(hit["text"] == "something to recall" for hit in found["result"]["hits"])
+    assert metric(daemon, "engram_deadline_misses_total", where="batcher") == misses + 1
+
+
 def test_a_request_that_waits_behind_its_batch_expires_without_running(daemon: DaemonProcess) -> None:
     misses = metric(daemon, "engram_deadline_misses_total", where="before_run")
     with daemon.raw() as conn:
