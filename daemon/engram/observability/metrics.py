@@ -106,7 +106,10 @@ class Metrics:
             registry=r,
         )
         self.deadline_requests = LoopCounter(
-            "engram_deadline_requests", "RPC requests that carried a deadline (params._meta.deadline_ms).", registry=r
+            "engram_deadline_requests",
+            "RPC requests with a deadline (params._meta.deadline_ms) that came to their handler's turn "
+            "(past the policy and params validation).",
+            registry=r,
         )
         self.deadline_misses = LoopCounter(
             "engram_deadline_misses",
