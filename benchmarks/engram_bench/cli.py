@@ -50,18 +50,45 @@ def _levels(text: str, hint: str) -> list[int]:
 
 
 @click.command("rpc")
-@click.option("--requests", "-n", type=click.IntRange(min=1), default=20000, show_default=True, help="Requests per level.")
+@click.option("--requests", "-n", type=click.IntRange(min=1), default=None,
+              help="Requests per level (default 20000); with --deadlines, per run (default 2000).")
 @click.option("--concurrency", "-c", default="1,8,64", show_default=True, help="Comma-separated client counts.")
 @click.option("--socket", "socket_path", type=click.Path(path_type=Path), help="Measure this running daemon instead of a fresh one.")
+@click.option("--deadlines", is_flag=True,
+              help="Instead of pings: deadline miss rates of infer.embed under load, earliest-deadline-first off and on.")
+@click.option("--clients", type=click.IntRange(min=1), default=16, show_default=True, help="With --deadlines: clients.")
+@click.option("--model", help="With --deadlines: the embedding model (default: the daemon's default embedder).")
+@click.option("--source", type=click.Path(exists=True, file_okay=False, path_type=Path),
+              help="With --deadlines: import this BERT sentence-transformers folder first and measure it.")
+@click.option("--tight-share", type=click.FloatRange(0, 1), default=0.5, show_default=True,
+              help="With --deadlines: share of requests with the tight deadline.")
+@click.option("--tight-ms", type=click.IntRange(min=1), help="With --deadlines: the tight deadline (default: 0.75 x the median latency without deadlines).")
+@click.option("--loose-ms", type=click.IntRange(min=1), help="With --deadlines: the loose deadline (default: 4 x that median).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
+              help="With --deadlines: the daemons' inference.batching.max_batch (one batch runs at a time).")
 @json_option
-def bench_rpc(requests: int, concurrency: str, socket_path: Path | None, as_json: bool) -> None:
-    """Ping throughput and latency through engramd vs a minimal asyncio echo server."""
+def bench_rpc(
+    requests: int | None, concurrency: str, socket_path: Path | None, deadlines: bool, clients: int, model: str | None,
+    source: Path | None, tight_share: float, tight_ms: int | None, loose_ms: int | None, max_batch: int, as_json: bool,
+) -> None:
+    """Ping throughput and latency through engramd vs a minimal asyncio echo server; with
+    --deadlines, deadline miss rates under load with earliest-deadline-first off and on."""
+    if deadlines:
+        from engram_bench.deadlines import run_deadlines_bench
+
+        if socket_path is not None:
+            raise click.BadParameter("--deadlines starts its own daemons (EDF off and on)", param_hint="--socket")
+        with errors():
+            report = run_deadlines_bench(requests or 2000, clients, model, source, tight_share, tight_ms, loose_ms,
+                                         max_batch, progress=not as_json)
+        Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+        return
     from engram_bench.rpc import run_rpc_bench
 
     levels = _levels(concurrency, "--concurrency")
     with errors():
-        report = run_rpc_bench(requests, levels, socket_path, progress=not as_json)
-    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+        ping_report = run_rpc_bench(requests or 20000, levels, socket_path, progress=not as_json)
+    Output(as_json).emit(ping_report.as_dict(), lambda _: click.echo(ping_report.table()))
 
 
 @click.command("frames")

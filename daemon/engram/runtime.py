@@ -249,7 +249,7 @@ class Daemon:
                 # and a policy can grant them explicitly.
                 Guards([self.policy.method_guard]),
                 ParamsValidation(),  # after the guard: a refused caller's params are never read
-                Deadline(lambda: self.settings.server),
+                Deadline(lambda: self.settings.server, self.metrics),
             ],
             LayerClock(lambda layer: self.metrics.request_layer_seconds.labels(layer).inc)
             if settings.server.layer_timing

@@ -28,6 +28,7 @@ def unstarted_daemon():
 def render_schemas() -> dict[str, str]:
     from engram.config import Settings
     from engram.policy.model import PolicyFile
+    from engram.server.params import RequestMeta
 
     daemon = unstarted_daemon()
     files: dict[str, str] = {}
@@ -52,6 +53,13 @@ def render_schemas() -> dict[str, str]:
             },
         }
     )
+    meta_schema = RequestMeta.model_json_schema()
+    meta_schema["$schema"] = DIALECT
+    meta_schema["description"] = (
+        "params._meta of any request (params given by name): what the request tells the daemon about itself, "
+        "for every method alike; it is not a parameter of the method."
+    )
+    files["request-meta.json"] = _dump(meta_schema)
     policy_schema = PolicyFile.model_json_schema()
     policy_schema["$schema"] = DIALECT
     policy_schema["title"] = "engram policy file (TOML)"

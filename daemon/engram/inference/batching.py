@@ -8,6 +8,14 @@ clients in lock-step are served eight at a time instead of settling into two alt
 of four. It stops at ``max_batch`` rows and runs the batch in a worker thread. The queue holds ``queue_size`` requests; one more is refused at once
 with :class:`~engram.errors.Overloaded` (-32003) instead of waiting without bound.
 
+The queue is served earliest deadline first (:class:`~engram.deadlines.EdfQueue`): a request
+with a deadline (``RequestDeadline``) goes before those due later, requests without one are
+due ``undated_s`` after they came, and equals go in order of arrival; with ``edf=False`` it is
+first come, first served. A request whose deadline has passed by the time its batch is taken
+or runs is answered -32004 ``deadline_missed`` instead of running; while it waits, its
+deadline says so (``waiting_in``), so that the request chain, cancelling it at the deadline,
+answers the same.
+
 Up to ``parallel_runs`` batches run at once, each in its own worker thread on the same session
 (ONNX Runtime's ``run`` may be called from several threads). A batch is only gathered once a run
 slot is free, so while every slot is busy the queue fills up and the next batch takes all of it.
@@ -43,6 +51,7 @@ import numpy as np
 import structlog
 from tokenizers import Encoding
 
+from engram.deadlines import EdfQueue, QueueFull, RequestDeadline
 from engram.errors import InternalSignal, Overloaded, RPCError, Unavailable
 from engram.inference.manifest import Manifest
 from engram.inference.sessions import LoadedModel, run_session
@@ -71,6 +80,7 @@ class BatcherClosed(InternalSignal):
 class _Pending(Generic[T, R]):
     item: T
     rows: int
+    deadline: RequestDeadline | None = None
     done: anyio.Event = field(default_factory=anyio.Event)
     result: R | None = None
     error: BaseException | None = None
@@ -93,6 +103,8 @@ class Batcher(Generic[T, R]):
         limiter: anyio.CapacityLimiter,
         observe: Observe | None = None,
         parallel_runs: int = 1,
+        edf: bool = True,
+        undated_s: float = 60.0,
     ) -> None:
         if parallel_runs < 1:
             raise ValueError(f"parallel_runs must be >= 1, not {parallel_runs}")
@@ -103,7 +115,7 @@ class Batcher(Generic[T, R]):
         self._max_delay = max_delay_s
         self._limiter = limiter
         self._observe = observe
-        self._send, self._receive = anyio.create_memory_object_stream[_Pending[T, R]](queue_size)
+        self._queue: EdfQueue[_Pending[T, R]] = EdfQueue(queue_size, edf=edf, undated_s=undated_s)
         self._expected = 1
         self._carry: _Pending[T, R] | None = None
         self.closed = False
@@ -112,26 +124,37 @@ class Batcher(Generic[T, R]):
 
     @property
     def depth(self) -> int:
-        return self._send.statistics().current_buffer_used
+        return len(self._queue)
 
-    async def submit(self, item: T, rows: int) -> R:
+    async def submit(self, item: T, rows: int, deadline: RequestDeadline | None = None) -> R:
         if self.closed:
             raise BatcherClosed(self.name)
-        pending: _Pending[T, R] = _Pending(item, rows)
+        if deadline is not None:
+            # A deadline that passed while the request was on its way here (tokenizing, in a
+            # worker thread that could not be interrupted) ends it here, as a request that was
+            # running: the request chain's cancel scope, if there is one, says so now.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if deadline.passed():
+                raise deadline.missed(WAITING_IN)
+        pending: _Pending[T, R] = _Pending(item, rows, deadline)
         try:
-            self._send.send_nowait(pending)
-        except anyio.WouldBlock:
+            self._queue.put_nowait(pending, deadline.expires if deadline is not None else None)
+        except QueueFull:
             raise Overloaded(
                 f"model {self.name!r} has {self.depth} requests waiting (inference.batching.queue_size); retry later",
                 reason="queue_full",
                 model=self.name,
             ) from None
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        except anyio.ClosedResourceError:
             raise BatcherClosed(self.name) from None
+        if deadline is not None:
+            deadline.waiting_in = WAITING_IN  # until its batch runs (_execute)
         try:
             await pending.done.wait()
         except BaseException:
-            pending.cancelled = True  # skipped if it has not been picked up yet
+            # Skipped if it has not been picked up yet. ``waiting_in`` stays as it is: cancelled
+            # at its deadline, the request is answered by what it was doing then.
+            pending.cancelled = True
             raise
         if pending.error is not None:
             raise pending.error
@@ -140,7 +163,7 @@ class Batcher(Generic[T, R]):
     def close(self) -> None:
         """Accept nothing more; what is queued still runs, then :meth:`run` returns."""
         self.closed = True
-        self._send.close()
+        self._queue.close()
 
     async def run(self) -> None:
         ended = False
@@ -155,7 +178,7 @@ class Batcher(Generic[T, R]):
                         self._carry = None
                         if first is None:
                             try:
-                                first = await self._receive.receive()
+                                first = await self._queue.get()
                             except anyio.EndOfStream:
                                 self._slots.release()
                                 return
@@ -182,7 +205,7 @@ class Batcher(Generic[T, R]):
         deadline = anyio.current_time() + self._max_delay
         while rows < self._max_batch:
             try:
-                pending = self._receive.receive_nowait()
+                pending = self._queue.get_nowait()
             except anyio.EndOfStream:
                 return batch, True
             except anyio.WouldBlock:
@@ -192,13 +215,13 @@ class Batcher(Generic[T, R]):
                 waited: _Pending[T, R] | None = None
                 with anyio.move_on_after(remaining):
                     try:
-                        waited = await self._receive.receive()
+                        waited = await self._queue.get()
                     except anyio.EndOfStream:
                         return batch, True
                 if waited is None:  # nobody came in time
                     break
                 pending = waited
-            if pending.cancelled:
+            if pending.cancelled or _expired(pending):
                 continue
             if rows + pending.rows > self._max_batch:
                 self._carry = pending
@@ -208,9 +231,13 @@ class Batcher(Generic[T, R]):
         return batch, False
 
     async def _execute(self, batch: list[_Pending[T, R]]) -> None:
-        live = [p for p in batch if not p.cancelled]
+        # Whose deadline passed while the batch gathered does not run; the others stop waiting.
+        live = [p for p in batch if not p.cancelled and not _expired(p)]
         if not live:
             return
+        for p in live:
+            if p.deadline is not None:
+                p.deadline.waiting_in = None
         started = anyio.current_time()
         try:
             results = await anyio.to_thread.run_sync(self._run_isolating, [p.item for p in live], limiter=self._limiter)
@@ -258,15 +285,23 @@ class Batcher(Generic[T, R]):
 
     def _fail_leftovers(self) -> None:
         leftovers = [self._carry] if self._carry is not None else []
-        while True:
-            try:
-                leftovers.append(self._receive.receive_nowait())
-            except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
-                break
+        self._queue.close()
+        leftovers += self._queue.drain()
         for p in leftovers:
             p.error = BatcherClosed(self.name)
             p.done.set()
-        self._receive.close()
+
+
+WAITING_IN = "batcher"  # RequestDeadline.waiting_in while a request waits in a batcher's queue
+
+
+def _expired(pending: _Pending[Any, Any]) -> bool:
+    """Whether ``pending``'s deadline has passed; if so it is answered ``deadline_missed``."""
+    if pending.deadline is None or not pending.deadline.passed():
+        return False
+    pending.error = pending.deadline.missed(WAITING_IN)
+    pending.done.set()
+    return True
 
 
 # --- tensors ----------------------------------------------------------------------------------------

@@ -33,6 +33,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from tokenizers import Tokenizer
 
 from engram.bus import EventBus
+from engram.deadlines import RequestDeadline
 from engram.errors import (
     IntegrityError,
     InvalidParams,
@@ -477,6 +478,8 @@ class Inference(Part):
                 "limiter": self._limiter,
                 "observe": observe,
                 "parallel_runs": self.settings.parallel_runs(),
+                "edf": batching.edf,
+                "undated_s": batching.undated_due_s,
             }
             if loaded.batchable:
                 tensors = Batcher(name, lambda items: run_tensor_batch(loaded, items), **common)
@@ -536,8 +539,12 @@ class Inference(Part):
 
     # --- running ---------------------------------------------------------------------------------------
 
-    async def _run_with(self, name: str, key: str, item: Any, rows: int, direct: Callable[[LoadedModel], Any]) -> tuple[LoadedModel, Any]:
-        """Submit ``item`` to model ``name``'s batcher ``key``, or run ``direct`` when it has none."""
+    async def _run_with(
+        self, name: str, key: str, item: Any, rows: int, direct: Callable[[LoadedModel], Any],
+        deadline: RequestDeadline | None = None,
+    ) -> tuple[LoadedModel, Any]:
+        """Submit ``item`` to model ``name``'s batcher ``key``, or run ``direct`` when it has none;
+        ``deadline``: the request's, which orders the batcher's queue."""
         for _ in range(3):
             loaded = await self.cache.get(name)
             loaded.active += 1
@@ -545,7 +552,7 @@ class Inference(Part):
                 batcher: Batcher | None = loaded.extras.get(key)
                 if batcher is not None:
                     try:
-                        return loaded, await batcher.submit(item, rows)
+                        return loaded, await batcher.submit(item, rows, deadline)
                     except BatcherClosed:
                         continue  # unloaded meanwhile: load again
                 return loaded, await self._direct(loaded, direct)
@@ -575,7 +582,10 @@ class Inference(Part):
             raise result
         return result
 
-    async def run(self, name: str, inputs: dict[str, WireTensor], outputs: list[str] | None, fmt: str) -> dict[str, Any]:
+    async def run(
+        self, name: str, inputs: dict[str, WireTensor], outputs: list[str] | None, fmt: str,
+        deadline: RequestDeadline | None = None,
+    ) -> dict[str, Any]:
         loaded = await self.cache.get(name)
         manifest = loaded.manifest
         names = select_outputs(manifest, outputs)
@@ -586,7 +596,7 @@ class Inference(Part):
         request = TensorRequest(feed, tuple(names))
         rows = request.rows if loaded.batchable else 1
         _, result = await self._run_with(
-            name, "batcher", request, rows, lambda model: run_tensor_batch(model, [request])[0]
+            name, "batcher", request, rows, lambda model: run_tensor_batch(model, [request])[0], deadline
         )
         size = sum(int(a.size) for a in result.values())
 
@@ -595,7 +605,9 @@ class Inference(Part):
 
         return await self._thread(encode) if size > _INLINE_WORK else encode()
 
-    async def embed(self, texts: list[str], model: str | None, fmt: str) -> InferEmbedResult:
+    async def embed(
+        self, texts: list[str], model: str | None, fmt: str, deadline: RequestDeadline | None = None
+    ) -> InferEmbedResult:
         if len(texts) > self.settings.embed_max_texts:
             raise InvalidParams(
                 f"texts: {len(texts)} texts in one request; at most {self.settings.embed_max_texts} (inference.embed_max_texts)",
@@ -639,7 +651,7 @@ class Inference(Part):
         max_batch = self.settings.batching.max_batch
         _, (vectors, truncated) = await self._run_with(
             name, "embed_batcher", encodings, len(texts),
-            lambda m: run_embed_batch(m, encoder, max_batch, [encodings])[0],
+            lambda m: run_embed_batch(m, encoder, max_batch, [encodings])[0], deadline,
         )
         wire = result_tensor(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(result_tensor, vectors, fmt)  # type: ignore[arg-type]
         return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)
@@ -1011,9 +1023,9 @@ class Inference(Part):
 
     @rpc("infer.run", summary="Run a model on tensors; concurrent requests to one model are batched.")
     async def infer_run(self, ctx: RequestContext, params: InferRunParams) -> InferRunResult:
-        outputs = await self.run(params.model, params.inputs, params.outputs, params.output_format)
+        outputs = await self.run(params.model, params.inputs, params.outputs, params.output_format, ctx.deadline)
         return InferRunResult(model=params.model, outputs=outputs)
 
     @rpc("infer.embed", summary="Embed texts with an embedding model: unit-length float32 rows.")
     async def infer_embed(self, ctx: RequestContext, params: InferEmbedParams) -> InferEmbedResult:
-        return await self.embed(params.texts, params.model, params.output_format)
+        return await self.embed(params.texts, params.model, params.output_format, ctx.deadline)

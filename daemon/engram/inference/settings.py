@@ -96,6 +96,18 @@ class BatchingSettings(_Section):
         description="Batches of one model run at once, each in its own worker thread; 0: one per core, "
         "at most inference.threads.workers.",
     )
+    edf: bool = Field(
+        default=True,
+        description="Serve waiting requests earliest deadline first (params._meta.deadline_ms); false: first come, "
+        "first served, kept to compare the two (engram bench rpc --deadlines).",
+    )
+    undated_due_s: float = Field(
+        default=60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds after it is queued that a request without a deadline counts as due, in "
+        "earliest-deadline-first order: it goes after requests due sooner, and is not starved for longer.",
+    )
 
 
 class InferenceSettings(_Section):

@@ -17,7 +17,8 @@ import anyio
 import numpy as np
 from numpy.typing import NDArray
 
-from engram.errors import RPCError, Unavailable
+from engram.deadlines import RequestDeadline
+from engram.errors import RPCError, Timeout, Unavailable
 
 __all__ = ["NO_EMBEDDER_FIX", "Embedder", "InferenceEmbedder", "LocalEmbedder", "no_embedder"]
 
@@ -35,7 +36,9 @@ def no_embedder(detail: str) -> Unavailable:
 class Embedder(Protocol):
     """``name`` and ``dim`` describe the model (``dim`` None: no model is available right now);
     ``embed`` returns ``[len(texts), dim]`` float32 rows of unit length, or raises
-    :class:`~engram.errors.Unavailable` with reason ``no_embedder``."""
+    :class:`~engram.errors.Unavailable` with reason ``no_embedder``. ``deadline`` is the deadline
+    of the request the texts are embedded for, if it has one: where the embedding waits in a
+    queue, it orders it (and -32004 answers it once passed)."""
 
     @property
     def name(self) -> str: ...
@@ -43,7 +46,7 @@ class Embedder(Protocol):
     @property
     def dim(self) -> int | None: ...
 
-    async def embed(self, texts: list[str]) -> NDArray[np.float32]: ...
+    async def embed(self, texts: list[str], deadline: RequestDeadline | None = None) -> NDArray[np.float32]: ...
 
 
 def _unit_rows(array: NDArray[Any]) -> NDArray[np.float32]:
@@ -69,7 +72,8 @@ class LocalEmbedder:
     def dim(self) -> int | None:
         return int(self._model.dim)
 
-    async def embed(self, texts: list[str]) -> NDArray[np.float32]:
+    async def embed(self, texts: list[str], deadline: RequestDeadline | None = None) -> NDArray[np.float32]:
+        # In-process and unqueued: the deadline has nothing to order here.
         if not texts:
             return np.zeros((0, int(self._model.dim)), np.float32)
         rows = await anyio.to_thread.run_sync(self._model.embed, list(texts), limiter=self._limiter)
@@ -82,7 +86,7 @@ class _EmbeddingService(Protocol):
     settings: Any
     registry: Any
 
-    async def embed(self, texts: list[str], model: str | None, fmt: str) -> Any: ...
+    async def embed(self, texts: list[str], model: str | None, fmt: str, deadline: RequestDeadline | None = None) -> Any: ...
 
 
 class InferenceEmbedder:
@@ -114,13 +118,15 @@ class InferenceEmbedder:
             self._dim, self._dim_for = int(embedding.dim), name
         return self._dim
 
-    async def embed(self, texts: Sequence[str]) -> NDArray[np.float32]:
+    async def embed(self, texts: Sequence[str], deadline: RequestDeadline | None = None) -> NDArray[np.float32]:
         name = self.name
         try:
-            result = await self._inference.embed(list(texts), None, "b64")
+            result = await self._inference.embed(list(texts), None, "b64", deadline)
         except Unavailable as exc:
             if exc.reason == "no_embedder":
                 raise no_embedder(exc.message) from None
+            raise
+        except Timeout:  # the request's deadline passed while its texts waited: the request's answer
             raise
         except RPCError as exc:
             raise Unavailable(f"embedding failed: {exc.message}", reason="embedder_failed") from exc

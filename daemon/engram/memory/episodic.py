@@ -44,6 +44,7 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
+from engram.deadlines import RequestDeadline
 from engram.errors import InvalidParams, NotFound, Overloaded, Unavailable
 from engram.memory import ids as idgen
 from engram.memory.api import EpisodeIn, Filter
@@ -153,10 +154,12 @@ class Episodic:
     def embedder_dim(self) -> int | None:
         return self.embedder.dim if self.embedder is not None else None
 
-    async def embed(self, texts: list[str], namespace: str, field_name: str) -> NDArray[np.float32]:
+    async def embed(
+        self, texts: list[str], namespace: str, field_name: str, deadline: RequestDeadline | None = None
+    ) -> NDArray[np.float32]:
         if self.embedder is None:
             raise no_embedder("no embedder is configured")
-        vectors = await self.embedder.embed(texts)
+        vectors = await self.embedder.embed(texts, deadline)
         want = self.expected_dim(namespace)
         if want is not None and vectors.shape[1] != want:
             raise InvalidParams(

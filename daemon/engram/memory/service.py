@@ -508,7 +508,7 @@ class Memory(Part):
                 raise no_embedder("the query has no vector and no embedding model is available")
             if dim is None:
                 return RecallResult(hits=[], namespace=namespace)
-            query = (await self.episodic.embed([text or ""], namespace, "query"))[0]
+            query = (await self.episodic.embed([text or ""], namespace, "query", ctx.deadline))[0]
         if dim is None:
             return RecallResult(hits=[], namespace=namespace)
         found = await self._thread(

@@ -105,6 +105,19 @@ class Metrics:
             ["layer"],
             registry=r,
         )
+        self.deadline_requests = LoopCounter(
+            "engram_deadline_requests",
+            "RPC requests with a deadline (params._meta.deadline_ms) that came to their handler's turn "
+            "(past the policy and params validation).",
+            registry=r,
+        )
+        self.deadline_misses = LoopCounter(
+            "engram_deadline_misses",
+            "Requests answered -32004 because their deadline passed, by where they were then: before_run "
+            "(waiting to start), batcher (queued for a model), running.",
+            ["where"],
+            registry=r,
+        )
         self.connections = Gauge("engram_connections", "Open client connections.", registry=r)
         self.connections_accepted = Counter("engram_connections_accepted", "Connections accepted.", registry=r)
         self.connections_refused = Counter(

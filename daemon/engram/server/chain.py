@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import anyio
 from pydantic import BaseModel
 
+from engram.deadlines import RequestDeadline
 from engram.errors import InternalError, RPCError, Unavailable
 from engram.principal import Principal
 from engram.server.jsonrpc import Request
@@ -37,8 +38,9 @@ class Call:
     """One request on its way through the chain.
 
     ``method`` is None for a name the method table does not know (the chain still runs, so that
-    the call is traced, counted and answered -32601). Layers fill ``trace_id`` (tracing) and
-    ``params`` (params validation) for the layers inside them and for the handler."""
+    the call is traced, counted and answered -32601). Layers fill ``trace_id`` (tracing),
+    ``params`` and ``deadline`` (params validation) for the layers inside them and for the
+    handler."""
 
     request: Request
     principal: Principal
@@ -48,6 +50,7 @@ class Call:
     started: float  # time.perf_counter() when the request entered the chain
     trace_id: str | None = None
     params: BaseModel | None = None
+    deadline: RequestDeadline | None = None
 
 
 # The rest of the chain, from a layer's point of view: returns the JSON-ready result.

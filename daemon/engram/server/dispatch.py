@@ -29,7 +29,7 @@ async def call_handler(call: Call) -> Any:
     method: Method = call.method  # type: ignore[assignment]  # known: the access layer checked
     ctx = RequestContext(
         principal=call.principal, connection=call.connection, request=call.serial, trace_id=call.trace_id,
-        method=method.name,
+        method=method.name, deadline=call.deadline,
     )
     result = await method.handler(ctx, call.params)
     return result.model_dump(mode="json") if isinstance(result, BaseModel) else result
@@ -65,4 +65,6 @@ class Dispatcher:
         """Run one request; returns its result or raises the RPCError to send back."""
         method = self.methods.get(request.method)
         call = Call(request, principal, connection, next(self._serial), method, time.perf_counter())
+        if request.meta is not None:  # its deadline is checked even where the method's chain has no Deadline layer
+            return await self._chain(call)
         return await self._chain_for(method)(call)

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from engram.errors import InternalSignal, InvalidRequest, ParseError, RPCError
 
 MAX_BATCH = 1000
+META = "_meta"  # the member of params that holds request metadata (deadline_ms), not params
 DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
 # Frames larger than this are parsed, and their params validated, in a worker thread (see
 # parse_frame's ``yielding``): work that grows with the frame must not hold other clients.
@@ -31,6 +33,11 @@ class Request:
     params: dict[str, Any] | list[Any] | None
     id: Any = _NO_ID  # absent for notifications; may legitimately be null
     large: bool = False  # came in a frame over LARGE_FRAME: validate its params off the event loop
+    # params._meta as the client sent it (None: absent), taken out of params; validated by the
+    # request chain (engram.server.params.validate_meta).
+    meta: Any = None
+    # time.monotonic() when the frame was read, what deadline_ms counts from; not part of what a request is.
+    received: float = field(default=0.0, compare=False)
 
     @property
     def is_notification(self) -> bool:
@@ -56,7 +63,7 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
 
 
-def _check(obj: Any, large: bool = False) -> Message:
+def _check(obj: Any, large: bool = False, received: float = 0.0) -> Message:
     if not isinstance(obj, dict):
         return Invalid(InvalidRequest("a request must be a JSON object", reason="not_an_object"))
     request_id = obj.get("id", _NO_ID)
@@ -77,7 +84,12 @@ def _check(obj: Any, large: bool = False) -> Message:
             InvalidRequest(f"unexpected member(s) {sorted(extra)} in request", reason="unexpected_member"),
             reply_id,
         )
-    return Request(method=method, params=params, id=request_id, large=large)
+    meta = None
+    if isinstance(params, dict) and META in params:
+        # Request metadata for the daemon, not a parameter of the method (the place MCP gives it).
+        meta = params[META]
+        params = {name: value for name, value in params.items() if name != META}
+    return Request(method=method, params=params, id=request_id, large=large, meta=meta, received=received)
 
 
 class NonFiniteNumber(InternalSignal, ValueError):
@@ -186,6 +198,7 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool
     MAX_OBJECT_MEMBERS members, or nesting deeper than ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
     large frame parsed in a worker thread: the parse lets other threads run as it goes.
     """
+    received = time.monotonic()
     text = _decode(frame)
     # Counting opening brackets is cheap and settles almost every frame without the scan.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
@@ -212,8 +225,8 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool
             raise InvalidRequest("a batch must not be empty", reason="empty_batch")
         if len(obj) > MAX_BATCH:
             raise InvalidRequest(f"a batch may hold at most {MAX_BATCH} requests", reason="batch_too_large")
-        return [_check(item, large) for item in obj], True
-    return [_check(obj, large)], False
+        return [_check(item, large, received) for item in obj], True
+    return [_check(obj, large, received)], False
 
 
 def echoable_id(value: Any) -> Any:

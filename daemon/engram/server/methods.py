@@ -23,6 +23,7 @@ from typing import Annotated, Any, Protocol
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 from pydantic_core import PydanticCustomError
 
+from engram.deadlines import RequestDeadline
 from engram.principal import Principal
 
 
@@ -130,6 +131,9 @@ class RequestContext:
     request: int  # the daemon's serial number for this request (logs, events, audit)
     trace_id: str | None = None
     method: str | None = None  # the method served; None for work no request asked for
+    # The client's deadline (params._meta.deadline_ms), for the queues the work waits in; None
+    # when it gave none. The request chain already cancels the handler when it passes.
+    deadline: RequestDeadline | None = None
 
 
 Handler = Callable[[RequestContext, Any], Awaitable[Any]]

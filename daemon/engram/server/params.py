@@ -16,15 +16,42 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from engram.deadlines import RequestDeadline
 from engram.errors import InvalidParams
 from engram.server.boundary import check_integers, check_values
 from engram.server.methods import Method
 
-__all__ = ["params_error", "validate_params"]
+__all__ = ["MAX_DEADLINE_MS", "RequestMeta", "params_error", "validate_meta", "validate_params"]
 
 SLICE = 256  # models validated per call into pydantic, for large requests
+MAX_DEADLINE_MS = 86_400_000  # a day: no request runs longer (server.request_timeout is at most that)
+
+
+class RequestMeta(BaseModel):
+    """``params._meta``: what a request tells the daemon about itself, for every method alike."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, title="RequestMeta")
+
+    deadline_ms: int | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DEADLINE_MS,
+        description="Milliseconds from when the daemon reads the request within which it must be answered; "
+        "past it the request is answered -32004 (deadline_missed if it never ran, deadline if it was running).",
+    )
+
+
+def validate_meta(raw: Any, received: float) -> RequestDeadline | None:
+    """The request's deadline from its ``params._meta``; -32602 naming ``_meta.<field>``."""
+    try:
+        meta = RequestMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc.errors(include_url=False, include_input=False), ("_meta",)) from None
+    if meta.deadline_ms is None:
+        return None
+    return RequestDeadline.after(meta.deadline_ms, received)
 
 
 def params_error(exc: ValidationError) -> InvalidParams:

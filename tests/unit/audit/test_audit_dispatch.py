@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from engram.audit.layer import AuditRecord
 from engram.errors import InternalError, NotFound, Overloaded, PolicyDenied, RPCError
+from engram.observability.metrics import Metrics
 from engram.principal import Principal
 from engram.server.dispatch import Dispatcher
 from engram.server.jsonrpc import Request
@@ -97,7 +98,7 @@ def setup() -> tuple[Dispatcher, FakeRecorder]:
     table.add(collect(Part()))
     recorder = FakeRecorder()
     layers = [AuditRecord(recorder), translate_errors, require_method, Guards([owner_only]), ParamsValidation(),
-              Deadline(ServerSettings)]
+              Deadline(ServerSettings, Metrics())]
     dispatcher = Dispatcher(table, layers)
     return dispatcher, recorder
 

@@ -104,7 +104,7 @@ class Env:
         self.dispatcher = Dispatcher(table, [  # the daemon's order (engram.runtime)
             RequestEvents(self.bus), Tracing(provider.get_tracer("test")), RequestMetrics(self.metrics),
             self.part.activity, AuditRecord(self.recorder), translate_errors, require_method,
-            Guards([nobody_but_the_owner]), ParamsValidation(), Deadline(ServerSettings),
+            Guards([nobody_but_the_owner]), ParamsValidation(), Deadline(ServerSettings, self.metrics),
         ])
 
     async def call(self, method: str, params: Any = None) -> Any:

@@ -44,7 +44,7 @@ class HashEmbedder:
     def dim(self) -> int | None:
         return self._dim
 
-    async def embed(self, texts: list[str]) -> np.ndarray:
+    async def embed(self, texts: list[str], deadline: object = None) -> np.ndarray:
         self.calls += 1
         out = np.zeros((len(texts), self._dim), np.float32)
         for row, text in enumerate(texts):

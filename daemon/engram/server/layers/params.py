@@ -1,5 +1,5 @@
 """The request's params, validated by the method's model (:mod:`engram.server.params`) into
-``Call.params`` for the handler.
+``Call.params`` for the handler, and its ``params._meta`` into ``Call.deadline``.
 
 A large frame's values take as long to check and validate as they took to parse: that runs in a
 worker thread too, one such request at a time, so that the loop keeps serving everyone else.
@@ -13,7 +13,7 @@ import anyio
 
 from engram.server.chain import Call, CallNext
 from engram.server.methods import Method
-from engram.server.params import validate_params
+from engram.server.params import validate_meta, validate_params
 
 
 class ParamsValidation:
@@ -23,6 +23,8 @@ class ParamsValidation:
     async def __call__(self, call: Call, call_next: CallNext) -> Any:
         method: Method = call.method  # type: ignore[assignment]
         request = call.request
+        if request.meta is not None:
+            call.deadline = validate_meta(request.meta, request.received)
         if not request.large:
             call.params = validate_params(method, request.params)
         else:
