@@ -40,6 +40,7 @@ from typing import Any
 import anyio
 from anyio.abc import ByteReceiveStream
 
+from engram.errors import InternalSignal
 from engram.inference.manifest import MANIFEST_FILE, Manifest
 
 __all__ = [
@@ -66,8 +67,9 @@ _ORT_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino", 
 _STDERR_KEEP = 4096
 
 
-class VariantMakeFailed(Exception):
-    """The child process failed, timed out or left no result."""
+class VariantMakeFailed(InternalSignal):
+    """The child process failed, timed out or left no result (the service logs it and goes on
+    with the full model)."""
 
 
 def variant_name(base: str) -> str:
