@@ -126,6 +126,8 @@ class _PluginCall:
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self._task: asyncio.Task[Any] | None = None
         # Made on the daemon's side: the caller's trace context (its current span), for the call.
+        # asyncio would run the hand-over callback in a copy of the caller's whole context anyway;
+        # taking the trace context by name says what the plugin's side is meant to see.
         self._trace_context = otel_context.get_current()
 
     def start(self) -> None:
