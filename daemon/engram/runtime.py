@@ -52,9 +52,10 @@ from engram.memory.extraction.llm import ExtractionGenerator
 from engram.memory.service import Memory
 from engram.observability.logging import configure_logging
 from engram.observability.metrics import Metrics
-from engram.observability.tracing import build_tracer_provider, tracer
+from engram.observability.tracing import Spans, build_tracer_provider, start_export, tracer
 from engram.plugins.manager import PluginInfo, PluginManager
 from engram.plugins.protocol import ProviderContext
+from engram.plugins.locality import is_loopback
 from engram.policy.events import POLICY_EVENTS
 from engram.policy.service import Policy
 from engram.principal import Principal
@@ -115,6 +116,9 @@ RESTART_REQUIRED = (
 
 EXTRACTION_METHOD = "memory.extraction"
 """The name memory's LLM extraction has in egress decisions (it is no RPC method)."""
+SPAN_EXPORT_METHOD = "tracing.export"
+SPAN_EXPORT_PROVIDER = "otlp"
+"""The names spans sent to an OTLP endpoint off this machine have in the egress decision."""
 
 
 def background_generate(generator: PromptGenerator) -> ExtractionGenerator:
@@ -181,7 +185,11 @@ class Daemon:
         self.overrides = overrides or {}
         self.bus = EventBus(CORE_EVENTS, default_queue=settings.bus.subscriber_queue)
         self.metrics = Metrics()
-        self.tracer_provider = build_tracer_provider(settings.tracing, settings.state_dir)
+        # Spans to an OTLP endpoint off this machine wait for the policy's egress decision (run()).
+        self._otlp_held = settings.tracing.exporter == "otlp" and not is_loopback(settings.tracing.otlp_endpoint)
+        self.tracer_provider = build_tracer_provider(settings.tracing, settings.state_dir, not self._otlp_held)
+        # The tracer port: each part opens its own child spans of the request's through it.
+        spans = Spans(tracer(self.tracer_provider, settings.tracing))
         self.methods = MethodTable()
         self.started_at = time.time()
         self.started_monotonic = time.monotonic()
@@ -190,8 +198,9 @@ class Daemon:
         self.bus.declare(*PROVIDER_EVENTS)
         self.database = Database(settings.database_path, settings.storage.busy_timeout)
         busy = settings.storage.busy_timeout
-        self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy)
-        self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics)
+        self.audit = AuditLog(settings.audit, settings.state_dir, settings.database_path, self.bus, self.metrics, busy,
+                              spans=spans)
+        self.inference = Inference(settings.inference, settings.state_dir, self.bus, self.metrics, spans=spans)
         # The providers part feeds each provider's breaker, plugins.list shows its state: both hold them.
         breakers = Breakers(settings.providers.breaker, self.bus)
         self.plugins = PluginManager(
@@ -208,11 +217,12 @@ class Daemon:
             self.metrics,
             method_admin=lambda name: method.owner_only if (method := self.methods.get(name)) else None,
             provider_locality=lambda name: getattr(plugins.providers().get(name), "locality", None),
+            spans=spans,
         )
         # Every provider call: chain, breaker, timeout, and the policy's egress decision first.
         self.providers = Providers(
             settings.providers, self.plugins, breakers, self.policy.authorize_egress, self.bus, self.metrics,
-            preview=self.policy.preview_egress,
+            preview=self.policy.preview_egress, spans=spans,
         )
         # Generate calls of the router's provider:<name> targets, of route.ask and of memory's LLM
         # extractor, through the providers part.
@@ -227,6 +237,7 @@ class Daemon:
             busy_timeout=busy,
             namespace_decider=self.policy,  # who may use which namespace, and forget everything
             generate=background_generate(generator),  # used only with memory.extraction.llm_provider
+            spans=spans,
         )
         self.bus.declare(*ROUTER_EVENTS)
         # Model targets run on the inference part; each route's input vectors are kept in memory (novelty).
@@ -389,6 +400,8 @@ class Daemon:
             async with AsyncExitStack() as stack:
                 for part in self.parts.values():
                     await stack.enter_async_context(part)
+                if self._otlp_held:
+                    await self._allow_span_export()
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._serve)
                     # Handlers are in place before READY: a SIGTERM right after it must drain, not kill.
@@ -403,6 +416,26 @@ class Daemon:
                 await anyio.to_thread.run_sync(self.tracer_provider.shutdown)
             lock.release()
             log.info("stopped")
+
+    async def _allow_span_export(self) -> None:
+        """Spans to an OTLP endpoint that is not loopback leave the machine: the policy's egress
+        decision, as for a remote provider (provider ``otlp``, method ``tracing.export``, the
+        daemon's own principal), must allow them, or the daemon does not start."""
+        endpoint = self.settings.tracing.otlp_endpoint
+        decision = await self.policy.authorize_egress(
+            Principal.from_ids(os.getuid(), os.getgid(), os.getpid()),
+            method=SPAN_EXPORT_METHOD,
+            provider=SPAN_EXPORT_PROVIDER,
+            locality="remote",
+        )
+        if not decision.allowed:
+            raise StartupError(
+                f"tracing.otlp_endpoint {endpoint} is not on this machine and the policy refuses the egress "
+                f"(provider {SPAN_EXPORT_PROVIDER!r}, method {SPAN_EXPORT_METHOD!r}): {decision.reason}; "
+                "allow it with an egress rule, or export to a collector on loopback"
+            )
+        start_export(self.tracer_provider, self.settings.tracing, self.settings.state_dir)
+        log.info("span export allowed", endpoint=endpoint, rule=decision.rule)
 
     async def _serve(self, *, task_status: anyio.abc.TaskStatus[None]) -> None:
         try:

@@ -74,6 +74,7 @@ from engram.bus.bus import OverflowPolicy, Subscription
 from engram.errors import Conflict, IntegrityError, NotFound, Overloaded, RPCError, StartupError, Unavailable
 from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
+from engram.observability.tracing import NO_SPANS, Spans
 from engram.signing import Signer
 
 __all__ = ["ORIGIN_PREFIX", "AuditLog", "origin_for"]
@@ -135,9 +136,11 @@ class AuditLog(Part):
         bus: EventBus,
         metrics: Metrics,
         busy_timeout: float = 5.0,
+        spans: Spans = NO_SPANS,
     ) -> None:
         super().__init__("audit")
         self.settings = settings
+        self._spans = spans
         self.state_dir = state_dir
         self.database_path = database_path
         self.origin = ""
@@ -425,6 +428,13 @@ class AuditLog(Part):
             )
 
     async def append_record(self, record: Record) -> int:
+        # The span covers the wait until the entry is durable: the writer commits it with others.
+        with self._spans.span("audit.append", {"engram.audit.kind": record.kind}) as span:
+            seq = await self._append_record(record)
+            span.set_attribute("engram.audit.seq", seq)
+            return seq
+
+    async def _append_record(self, record: Record) -> int:
         self._check_room()
         pending = _Pending(record, anyio.Event())
         self._queue.append(pending)

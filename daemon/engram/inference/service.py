@@ -103,6 +103,7 @@ from engram.inference.text_encoder import TextEncoder
 from engram.inference.validate import prepare_feed, select_outputs, wire_size
 from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import LATENCY_BUCKETS, Metrics
+from engram.observability.tracing import NO_SPANS, Spans
 from engram.server.methods import NoParams, RequestContext, rpc
 from engram.signing import Verifier
 from engram.wire.tensors import DTYPES, WireTensor, result_tensor
@@ -154,9 +155,12 @@ def fast_variant_problem(base: Manifest, variant: Manifest, min_cosine: float) -
 class Inference(Part):
     """The inference part: models, their sessions and batchers."""
 
-    def __init__(self, settings: InferenceSettings, state_dir: Path, bus: EventBus, metrics: Metrics) -> None:
+    def __init__(
+        self, settings: InferenceSettings, state_dir: Path, bus: EventBus, metrics: Metrics, spans: Spans = NO_SPANS
+    ) -> None:
         super().__init__("inference")
         self.settings = settings
+        self._spans = spans
         self.registry = ModelRegistry(state_dir / "models")
         self.factory = SessionFactory(settings)
         self.cache = SessionCache(settings, self._load, self._unloaded)
@@ -545,6 +549,16 @@ class Inference(Part):
     ) -> tuple[LoadedModel, Any]:
         """Submit ``item`` to model ``name``'s batcher ``key``, or run ``direct`` when it has none;
         ``deadline``: the request's, which orders the batcher's queue."""
+        # One span for the wait in the model's queue and the session run that serves it.
+        with self._spans.span("inference.run", {"engram.model": name, "engram.inference.rows": rows}) as span:
+            loaded, result = await self._run_queued(name, key, item, rows, direct, deadline)
+            span.set_attribute("engram.inference.batched", loaded.extras.get(key) is not None)
+            return loaded, result
+
+    async def _run_queued(
+        self, name: str, key: str, item: Any, rows: int, direct: Callable[[LoadedModel], Any],
+        deadline: RequestDeadline | None,
+    ) -> tuple[LoadedModel, Any]:
         for _ in range(3):
             loaded = await self.cache.get(name)
             loaded.active += 1

@@ -103,6 +103,7 @@ from engram.memory.telemetry import MemoryMetrics
 from engram.memory.vectors import unit_vector
 from engram.memory.working import EvictedItem, WorkingItem, WorkingMemory
 from engram.observability.metrics import Metrics
+from engram.observability.tracing import NO_SPANS, Spans
 from engram.principal import Principal
 from engram.server.methods import RequestContext, rpc
 
@@ -144,9 +145,11 @@ class Memory(Part):
         owner_uid: int | None = None,
         namespace_decider: NamespaceDecider | None = None,
         generate: ExtractionGenerator | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         super().__init__("memory")
         self.settings = settings
+        self._spans = spans
         self.index_path = state_dir / "memory" / FILE_NAME
         self.content_key = ContentKey(state_dir / "keys" / CONTENT_KEY_FILE)
         self._bus = bus
@@ -474,8 +477,11 @@ class Memory(Part):
     @rpc("memory.remember", summary="Store episodes (a text the namespace holds already is that episode); answers with their ids once committed to disk.")
     async def remember(self, ctx: RequestContext, params: RememberParams) -> RememberResult:
         namespace = self._namespace(ctx, params.namespace)
-        rows = await self.episodic.prepare(namespace, params.items)
-        seqs, duplicates = await self.episodic.write_deduplicated(rows)
+        attributes = {"engram.memory.namespace": namespace, "engram.memory.items": len(params.items)}
+        with self._spans.span("memory.embed", attributes):  # texts to rows, their vectors included
+            rows = await self.episodic.prepare(namespace, params.items)
+        with self._spans.span("memory.write", attributes):
+            seqs, duplicates = await self.episodic.write_deduplicated(rows)
         self._publish_remembered(namespace, rows, seqs, "remember", ctx.principal, ctx.request)
         self.episodic.note_access([seq for seq, _ in duplicates.values()])  # a repeat is an access of the episode
         return RememberResult(ids=[duplicates[n][1] if n in duplicates else r.id for n, r in enumerate(rows)],
@@ -508,12 +514,15 @@ class Memory(Part):
                 raise no_embedder("the query has no vector and no embedding model is available")
             if dim is None:
                 return RecallResult(hits=[], namespace=namespace)
-            query = (await self.episodic.embed([text or ""], namespace, "query", ctx.deadline))[0]
+            with self._spans.span("memory.embed", {"engram.memory.namespace": namespace, "engram.memory.items": 1}):
+                query = (await self.episodic.embed([text or ""], namespace, "query", ctx.deadline))[0]
         if dim is None:
             return RecallResult(hits=[], namespace=namespace)
-        found = await self._thread(
-            lambda: self.episodic.recall(namespace, query, text, params.k, flt, weights, params.activation)
-        )
+        with self._spans.span("memory.search", {"engram.memory.namespace": namespace, "engram.memory.k": params.k}) as span:
+            found = await self._thread(
+                lambda: self.episodic.recall(namespace, query, text, params.k, flt, weights, params.activation)
+            )
+            span.set_attribute("engram.memory.hits", len(found))
         self.episodic.note_access([h.pop("seq") for h in found])  # the hits are Hit's fields now
         self.episodic.sample_recall(namespace, query, params.k, flt, found)
         self.metrics.recalls.inc()

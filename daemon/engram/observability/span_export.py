@@ -1,5 +1,6 @@
 """The OpenTelemetry SDK side of tracing, imported only when spans are exported somewhere: the
-provider with its BatchSpanProcessor, and the span file exporter."""
+provider with its BatchSpanProcessor, the span file exporter, and the OTLP http/protobuf exporter
+(the official one, imported only for ``exporter = "otlp"``)."""
 
 from __future__ import annotations
 
@@ -51,13 +52,50 @@ def _private_opener(path: str, flags: int) -> int:
     return os.open(path, flags, 0o600)
 
 
-def exporting_provider(settings: TracingSettings, state_dir: Path) -> TracerProvider:
-    """The SDK provider for ``exporter = "console"`` or ``"file"``."""
+def exporting_provider(settings: TracingSettings, state_dir: Path, export_now: bool = True) -> TracerProvider:
+    """The SDK provider for ``exporter = "console"``, ``"file"`` or ``"otlp"``.
+
+    With ``export_now`` False (an OTLP endpoint off this machine, which the policy must allow
+    first) the provider has no exporter yet: its spans go nowhere until :func:`add_export`."""
     provider = TracerProvider(resource=Resource.create({"service.name": "engramd", "service.version": __version__}))
+    if export_now:
+        add_export(provider, settings, state_dir)
+    return provider
+
+
+def add_export(provider: TracerProvider, settings: TracingSettings, state_dir: Path) -> None:
+    """Send ``provider``'s finished spans where ``settings`` say, through a BatchSpanProcessor
+    whose queue holds at most ``queue_size`` spans (it drops new ones rather than grow)."""
     exporter: SpanExporter
     if settings.exporter == "console":
         exporter = ConsoleSpanExporter(out=sys.stderr)
+    elif settings.exporter == "otlp":
+        exporter = _otlp_exporter(settings)
     else:
         exporter = JsonLinesSpanExporter(settings.file or state_dir / "traces.jsonl")
-    provider.add_span_processor(BatchSpanProcessor(exporter, max_queue_size=2048, schedule_delay_millis=500))
-    return provider
+    batch = min(512, settings.queue_size)
+    provider.add_span_processor(
+        BatchSpanProcessor(
+            exporter,
+            max_queue_size=settings.queue_size,
+            max_export_batch_size=batch,
+            schedule_delay_millis=500,
+            export_timeout_millis=int(settings.otlp_timeout * 1000),
+        )
+    )
+
+
+def _otlp_exporter(settings: TracingSettings) -> SpanExporter:
+    import requests
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    # Spans go to the configured endpoint and nowhere else: no HTTP_PROXY and the like from the
+    # daemon's environment (the rule of provider HTTP clients too, engram.plugins.locality).
+    session = requests.Session()
+    session.trust_env = False
+    return OTLPSpanExporter(
+        endpoint=settings.otlp_endpoint,
+        headers=dict(settings.otlp_headers),
+        timeout=settings.otlp_timeout,
+        session=session,
+    )

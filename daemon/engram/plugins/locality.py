@@ -16,6 +16,8 @@ import ipaddress
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from engram.observability.tracing import inject_trace_context
+
 __all__ = ["http_client_options", "is_loopback", "locality_of"]
 
 
@@ -43,9 +45,17 @@ def locality_of(
 
 
 def http_client_options(proxy: str | None = None) -> dict[str, Any]:
-    """Keyword arguments for a provider's ``httpx`` client: the configured ``proxy`` or none.
+    """Keyword arguments for a provider's ``httpx.AsyncClient``: the configured ``proxy`` or none,
+    and the trace context of the provider call on each request.
 
     ``trust_env=False`` makes httpx ignore ``HTTP_PROXY``, ``HTTPS_PROXY``, ``ALL_PROXY`` (and
     ``SSL_CERT_FILE``, ``.netrc``): only what the provider's settings say decides where data goes.
+    The request hook adds ``traceparent`` of the daemon's provider-call span (current in the
+    plugin's task, see :mod:`engram.plugins.worker`), so a traced model server joins the trace;
+    with tracing off there is no span and no header.
     """
-    return {"trust_env": False, "proxy": proxy or None}
+    return {"trust_env": False, "proxy": proxy or None, "event_hooks": {"request": [_send_trace_context]}}
+
+
+async def _send_trace_context(request: Any) -> None:
+    inject_trace_context(request.headers)

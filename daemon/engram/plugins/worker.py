@@ -15,6 +15,9 @@ for the outcome of a call, the way it waits for I/O:
 * :meth:`PluginThread.stream` drives one of the plugin's iterators (async or plain) from a single
   task on the plugin's loop, one chunk per request: an async generator that keeps a cancel scope
   or an ``async with`` open across its ``yield`` stays in the task that entered it.
+* Each call (and each stream) runs in the OpenTelemetry context of the daemon-side caller, handed
+  over explicitly with the call: the provider-call span current there is current in the plugin's
+  task too, so the plugin's HTTP client sends its ``traceparent`` (:func:`engram.plugins.locality.http_client_options`).
 * :meth:`PluginThread.close` ends the loop and waits for the thread a bounded time; a thread still
   stuck in plugin code is left behind. It is a daemon thread, so it does not hold up the exit.
 
@@ -34,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 import anyio
+from opentelemetry import context as otel_context
 
 from engram.errors import InternalSignal
 
@@ -121,6 +125,10 @@ class _PluginCall:
         self.outcome: concurrent.futures.Future[Any] = concurrent.futures.Future()
         self._fn, self._args, self._kwargs = fn, args, kwargs
         self._task: asyncio.Task[Any] | None = None
+        # Made on the daemon's side: the caller's trace context (its current span), for the call.
+        # asyncio would run the hand-over callback in a copy of the caller's whole context anyway;
+        # taking the trace context by name says what the plugin's side is meant to see.
+        self._trace_context = otel_context.get_current()
 
     def start(self) -> None:
         # A caller that gave up before the plugin's loop got here (it was busy) cancelled the
@@ -131,6 +139,8 @@ class _PluginCall:
         self._task.add_done_callback(self._settle)
 
     async def _run(self) -> Any:
+        # The task has a context of its own (a copy), so what is attached here ends with it.
+        otel_context.attach(self._trace_context)
         result = self._fn(*self._args, **self._kwargs)  # a plain ``def`` method runs (and may block) here
         if inspect.isawaitable(result):
             result = await result

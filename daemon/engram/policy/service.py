@@ -39,6 +39,7 @@ from engram.bus.events import Event
 from engram.errors import Conflict, PolicyDenied, StartupError
 from engram.lifecycle import Health, Part
 from engram.observability.metrics import Metrics
+from engram.observability.tracing import NO_SPANS, Spans
 from engram.policy.api import (
     ExplainParams,
     ExplainResult,
@@ -84,9 +85,11 @@ class Policy(Part):
         provider_locality: Callable[[str], str | None] = lambda name: None,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
         monotonic: Callable[[], float] = time.monotonic,
+        spans: Spans = NO_SPANS,
     ) -> None:
         super().__init__("policy")
         self.settings = settings
+        self._spans = spans
         self.owner_uid = os.geteuid() if owner_uid is None else owner_uid
         self.privacy_path = state_dir / PRIVACY_FILE
         self._bus = bus
@@ -372,6 +375,18 @@ class Policy(Part):
     async def method_guard(self, principal: Principal, method: Method) -> None:
         """The guard of the request chain (``engram.server.layers.access.Guards``): may
         ``principal`` call ``method``? Raises PolicyDenied if not."""
+        if not self._spans.records:  # every request comes here: untraced, it pays for no span
+            return self._method_guard(principal, method)
+        with self._spans.span("policy.method", {"engram.policy.method": method.name}) as span:
+            try:
+                self._method_guard(principal, method)
+            except PolicyDenied as denied:
+                span.set_attribute("engram.policy.effect", "deny")
+                span.set_attribute("engram.policy.rule", str(denied.data.get("rule")))
+                raise
+            span.set_attribute("engram.policy.effect", "allow")
+
+    def _method_guard(self, principal: Principal, method: Method) -> None:
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
         if decision.allowed and decision.rule != BUILTIN_REPAIR:
             violation = self._temporal_denial(Guarded("method", principal, method.name))
@@ -541,6 +556,29 @@ class Policy(Part):
         *,
         consume: bool,
         record: bool = True,
+    ) -> EgressDecision:
+        attributes = {"engram.policy.provider": provider, "engram.policy.method": method or ""}
+        with self._spans.span("policy.egress", attributes) as span:
+            result = await self._decide_egress(
+                principal, method, provider, declared, model, data_tags, payload, consume=consume, record=record
+            )
+            span.set_attribute("engram.policy.effect", result.effect)
+            span.set_attribute("engram.policy.rule", result.rule or "")
+            span.set_attribute("engram.provider.locality", result.locality or "")
+            return result
+
+    async def _decide_egress(
+        self,
+        principal: Principal,
+        method: str | None,
+        provider: str,
+        declared: Locality | None,
+        model: str | None,
+        data_tags: Iterable[str],
+        payload: Any,
+        *,
+        consume: bool,
+        record: bool,
     ) -> EgressDecision:
         engine = self._engine()
         if method is None:

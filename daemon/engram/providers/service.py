@@ -10,6 +10,10 @@ For each call, over the chain (the one provider named, or ``providers.chains.<ca
    an exception, a hang or an answer that is not a :class:`Completion` (or text chunks) counts
    as a failure of that provider, feeds its breaker, and the next provider is tried.
 
+Each attempt that reaches a provider runs in a span of its own (``provider.<capability>``, a
+client span with the provider, its locality and the outcome), current while the provider works:
+its ``traceparent`` goes with the provider's HTTP requests.
+
 A stream falls back only while it has sent nothing: once a chunk reached the client, a failure
 ends the call with -32005 (``reason: stream_broken``).
 """
@@ -17,12 +21,13 @@ ends the call with -32005 (``reason: stream_broken``).
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
-from contextlib import aclosing
+from contextlib import AbstractContextManager, aclosing
 from typing import Any
 
 import anyio
 import structlog
 from prometheus_client import Counter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 from prometheus_client.core import GaugeMetricFamily, Metric
 from pydantic import ValidationError
 
@@ -30,6 +35,7 @@ from engram.bus import EventBus
 from engram.errors import InternalSignal, InvalidParams, PolicyDenied, Unavailable
 from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
+from engram.observability.tracing import NO_SPANS, Spans
 from engram.plugins.manager import PluginManager
 from engram.plugins.protocol import Completion, Provider
 from engram.providers.api import (
@@ -75,10 +81,12 @@ class Providers(Part):
         bus: EventBus,
         metrics: Metrics,
         preview: Preview | None = None,
+        spans: Spans = NO_SPANS,
     ) -> None:
         super().__init__("providers")
         self.settings = settings
         self._preview = preview
+        self._spans = spans
         self._plugins = plugins
         self._breakers = breakers
         self._authorize = authorize
@@ -187,6 +195,20 @@ class Providers(Part):
         self._bus.publish(ProviderCallFailed(provider=name, capability=capability, kind=kind, error=error))  # type: ignore[arg-type]
         breaker.failure(error)  # after the failure's event: the breaker's change follows it
 
+    def _attempt_span(
+        self, capability: str, name: str, provider: Provider, model: str | None, stream: bool = False
+    ) -> AbstractContextManager[Span]:
+        """The span of one attempt at one provider (admitted by the policy and its breaker)."""
+        attributes: dict[str, Any] = {
+            "engram.provider": name,
+            "engram.provider.locality": provider.locality,
+            "engram.provider.capability": capability,
+            "engram.provider.stream": stream,
+        }
+        if model is not None:
+            attributes["engram.provider.model"] = model
+        return self._spans.span(f"provider.{capability}", attributes, kind=SpanKind.CLIENT)
+
     @staticmethod
     def _nothing_answered(capability: str, attempts: list[Attempt], denials: list[PolicyDenied]) -> Exception:
         unusable = [a for a in attempts if a.outcome in ("error", "timeout", "garbage", "breaker_open")]
@@ -220,22 +242,26 @@ class Providers(Part):
             if admitted is None:
                 continue
             provider, breaker, decision = admitted
-            try:
-                with anyio.fail_after(self.settings.call_timeout):
-                    raw = await invoke(provider, decision.payload)
-            except BaseException as exc:
-                if not isinstance(exc, Exception):  # cancelled (request timeout, client gone): no verdict
-                    breaker.release()
-                    raise
-                kind = "timeout" if isinstance(exc, TimeoutError) else "error"
-                detail = f"no answer within {self.settings.call_timeout:g} s" if kind == "timeout" else _short(exc)
-                self._failed(name, capability, breaker, kind, detail, attempts)
-                continue
-            try:
-                result = check(raw)
-            except (_Garbage, ValidationError, TypeError, ValueError) as exc:
-                self._failed(name, capability, breaker, "garbage", _short(exc), attempts)
-                continue
+            with self._attempt_span(capability, name, provider, model) as span:
+                try:
+                    with anyio.fail_after(self.settings.call_timeout):
+                        raw = await invoke(provider, decision.payload)
+                except BaseException as exc:
+                    if not isinstance(exc, Exception):  # cancelled (request timeout, client gone): no verdict
+                        breaker.release()
+                        raise
+                    kind = "timeout" if isinstance(exc, TimeoutError) else "error"
+                    detail = f"no answer within {self.settings.call_timeout:g} s" if kind == "timeout" else _short(exc)
+                    self._failed(name, capability, breaker, kind, detail, attempts)
+                    _outcome(span, kind, detail)
+                    continue
+                try:
+                    result = check(raw)
+                except (_Garbage, ValidationError, TypeError, ValueError) as exc:
+                    self._failed(name, capability, breaker, "garbage", _short(exc), attempts)
+                    _outcome(span, "garbage", _short(exc))
+                    continue
+                _outcome(span, "ok")
             breaker.success()
             self._m_calls.labels(name, capability, "ok").inc()
             attempts.append(Attempt(provider=name, outcome="ok"))
@@ -265,32 +291,35 @@ class Providers(Part):
             provider, breaker, decision = admitted
             parts: list[str] = []
             failure: tuple[str, str] | None = None
-            try:
-                async with aclosing(open_stream(provider, decision.payload)) as chunks:  # type: ignore[type-var]
-                    iterator = chunks.__aiter__()
-                    while True:
-                        try:
-                            with anyio.fail_after(idle):
-                                chunk = await iterator.__anext__()
-                        except StopAsyncIteration:
-                            break
-                        if not isinstance(chunk, str):
-                            raise _Garbage(f"stream chunk is {type(chunk).__name__}, not text")
-                        if chunk:
+            with self._attempt_span(capability, name, provider, model, stream=True) as span:
+                try:
+                    async with aclosing(open_stream(provider, decision.payload)) as chunks:  # type: ignore[type-var]
+                        iterator = chunks.__aiter__()
+                        while True:
                             try:
-                                await emit(name, chunk, len(parts))
-                            except Exception as exc:  # the client's side, not the provider's
-                                raise _ClientGone(_short(exc)) from exc
-                            parts.append(chunk)
-            except (_ClientGone, anyio.get_cancelled_exc_class()):
-                breaker.release()  # no verdict on the provider
-                raise
-            except TimeoutError:
-                failure = ("timeout", f"no chunk within {idle:g} s")
-            except _Garbage as exc:
-                failure = ("garbage", str(exc))
-            except Exception as exc:
-                failure = ("error", f"{type(exc).__name__}: {exc}")
+                                with anyio.fail_after(idle):
+                                    chunk = await iterator.__anext__()
+                            except StopAsyncIteration:
+                                break
+                            if not isinstance(chunk, str):
+                                raise _Garbage(f"stream chunk is {type(chunk).__name__}, not text")
+                            if chunk:
+                                try:
+                                    await emit(name, chunk, len(parts))
+                                except Exception as exc:  # the client's side, not the provider's
+                                    raise _ClientGone(_short(exc)) from exc
+                                parts.append(chunk)
+                except (_ClientGone, anyio.get_cancelled_exc_class()):
+                    breaker.release()  # no verdict on the provider
+                    raise
+                except TimeoutError:
+                    failure = ("timeout", f"no chunk within {idle:g} s")
+                except _Garbage as exc:
+                    failure = ("garbage", str(exc))
+                except Exception as exc:
+                    failure = ("error", f"{type(exc).__name__}: {exc}")
+                _outcome(span, *(failure or ("ok",)))
+                span.set_attribute("engram.provider.chunks", len(parts))
             if failure is None:
                 breaker.success()
                 self._m_calls.labels(name, capability, "ok").inc()
@@ -393,6 +422,12 @@ class Providers(Part):
             return provider.stream_chat(sent["messages"], model=model, options=options)
 
         return await self._answer(ctx, "chat", params, payload, invoke, open_stream)
+
+
+def _outcome(span: Span, outcome: str, detail: str | None = None) -> None:
+    span.set_attribute("engram.provider.outcome", outcome)
+    if detail is not None:
+        span.set_status(Status(StatusCode.ERROR, detail))
 
 
 def _completion(raw: Any) -> Completion:

@@ -9,13 +9,13 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from engram.errors import InternalSignal, InvalidRequest, ParseError, RPCError
 
 MAX_BATCH = 1000
-META = "_meta"  # the member of params that holds request metadata (deadline_ms), not params
+META = "_meta"  # the member of params that holds request metadata (deadline_ms, traceparent), not params
 DEFAULT_MAX_DEPTH = 64  # server.max_json_depth
 # Frames larger than this are parsed, and their params validated, in a worker thread (see
 # parse_frame's ``yielding``): work that grows with the frame must not hold other clients.
@@ -53,6 +53,18 @@ class Invalid:
 
 
 Message = Request | Invalid
+
+
+def with_traceparent(request: Request, traceparent: str | None) -> Request:
+    """``request`` with a transport's ``traceparent`` header as its ``_meta.traceparent`` (what an
+    HTTP gateway calls for each request it reads), unless the request's own ``_meta`` names one
+    or is not an object (then the params layer answers -32602). Validated with the rest of _meta."""
+    if traceparent is None or not (request.meta is None or isinstance(request.meta, dict)):
+        return request
+    meta = request.meta or {}
+    if "traceparent" in meta:
+        return request
+    return replace(request, meta={**meta, "traceparent": traceparent})
 
 
 def _valid_id(value: Any) -> bool:

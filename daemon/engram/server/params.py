@@ -16,17 +16,20 @@ import types
 import typing
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from engram.deadlines import RequestDeadline
 from engram.errors import InvalidParams
 from engram.server.boundary import check_integers, check_values
 from engram.server.methods import Method
 
-__all__ = ["MAX_DEADLINE_MS", "RequestMeta", "params_error", "validate_meta", "validate_params"]
+__all__ = ["MAX_DEADLINE_MS", "RequestMeta", "params_error", "parse_meta", "validate_meta", "validate_params"]
 
 SLICE = 256  # models validated per call into pydantic, for large requests
 MAX_DEADLINE_MS = 86_400_000  # a day: no request runs longer (server.request_timeout is at most that)
+# W3C Trace Context (https://www.w3.org/TR/trace-context/#traceparent-header): version, trace id,
+# parent span id, flags, lower-case hex; a later version may add fields after a dash.
+TRACEPARENT = r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}(-[0-9a-zA-Z._-]*)?$"
 
 
 class RequestMeta(BaseModel):
@@ -41,17 +44,47 @@ class RequestMeta(BaseModel):
         description="Milliseconds from when the daemon reads the request within which it must be answered; "
         "past it the request is answered -32004 (deadline_missed if it never ran, deadline if it was running).",
     )
+    traceparent: str | None = Field(
+        default=None,
+        max_length=512,
+        pattern=TRACEPARENT,
+        description="The client's W3C trace context (00-<32 hex trace id>-<16 hex span id>-<2 hex flags>): "
+        "the request's span is a child of that span, and its trace id is the request's trace_id "
+        "(events, provider calls' traceparent header).",
+    )
+
+    @field_validator("traceparent")
+    @classmethod
+    def _valid_ids(cls, value: str | None) -> str | None:
+        # The pattern admits what the specification then forbids: version ff, all-zero ids.
+        if value is not None:
+            version, trace_id, span_id = value.split("-")[:3]
+            if version == "ff" or trace_id == "0" * 32 or span_id == "0" * 16:
+                raise ValueError("version ff and all-zero trace or span ids are invalid")
+            if version == "00" and len(value) != 55:
+                raise ValueError("version 00 has exactly four fields")
+        return value
+
+    @property
+    def trace_id(self) -> str | None:
+        """The trace id of ``traceparent`` (32 hex digits), None without one."""
+        return self.traceparent.split("-")[1] if self.traceparent is not None else None
+
+    def deadline(self, received: float) -> RequestDeadline | None:
+        return None if self.deadline_ms is None else RequestDeadline.after(self.deadline_ms, received)
+
+
+def parse_meta(raw: Any) -> RequestMeta:
+    """``params._meta`` validated; -32602 naming ``_meta.<field>``."""
+    try:
+        return RequestMeta.model_validate(raw)
+    except ValidationError as exc:
+        raise _invalid(exc.errors(include_url=False, include_input=False), ("_meta",)) from None
 
 
 def validate_meta(raw: Any, received: float) -> RequestDeadline | None:
     """The request's deadline from its ``params._meta``; -32602 naming ``_meta.<field>``."""
-    try:
-        meta = RequestMeta.model_validate(raw)
-    except ValidationError as exc:
-        raise _invalid(exc.errors(include_url=False, include_input=False), ("_meta",)) from None
-    if meta.deadline_ms is None:
-        return None
-    return RequestDeadline.after(meta.deadline_ms, received)
+    return parse_meta(raw).deadline(received)
 
 
 def params_error(exc: ValidationError) -> InvalidParams:

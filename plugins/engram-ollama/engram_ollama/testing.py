@@ -33,6 +33,7 @@ class FakeOllama:
         self.models = models
         self.responder = responder
         self.requests: list[tuple[str, str, Any]] = []
+        self.headers: list[dict[str, str]] = []  # each request's HTTP headers (lower-case names), in order
         self.fail_status: int | None = None  # set to answer every request with this HTTP status
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -79,6 +80,7 @@ class FakeOllama:
 
             def do_GET(self) -> None:
                 fake.requests.append(("GET", self.path, None))
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if fake.fail_status:
                     return self._send(fake.fail_status, {"error": "failing on purpose"})
                 if self.path == "/api/tags":
@@ -91,6 +93,7 @@ class FakeOllama:
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
                 fake.requests.append(("POST", self.path, body))
+                fake.headers.append({k.lower(): v for k, v in self.headers.items()})
                 if fake.fail_status:
                     return self._send(fake.fail_status, {"error": "failing on purpose"})
                 model = body.get("model", "")

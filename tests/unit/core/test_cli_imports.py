@@ -93,13 +93,15 @@ def test_every_lazy_command_resolves_to_a_command_of_that_name(group: str, table
 
 def test_the_daemon_loads_no_tracing_sdk_when_spans_go_nowhere() -> None:
     """``engram serve`` imports the runtime; with the default ``tracing.exporter = "none"`` the
-    OpenTelemetry SDK (its exporters and batch processor) stays unimported until spans are wanted."""
+    OpenTelemetry SDK (its exporters and batch processor) stays unimported until spans are wanted,
+    and so does the OTLP exporter with its protobuf messages (only ``exporter = "otlp"`` needs it)."""
     code = (
         "import sys\nfrom pathlib import Path\nfrom engram.observability.settings import TracingSettings\n"
         "from engram.observability.tracing import build_tracer_provider, tracer\nimport engram.runtime\n"
         "settings = TracingSettings()\nprovider = build_tracer_provider(settings, Path('.'))\n"
         "tracer(provider, settings).start_span('x').end()\nprovider.shutdown()\n"
-        "print(sorted(m for m in sys.modules if m.startswith('opentelemetry.sdk')))"
+        "print(sorted(m for m in sys.modules if m.startswith(('opentelemetry.sdk', 'opentelemetry.exporter', "
+        "'opentelemetry.proto'))))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -2,7 +2,7 @@
 
 ``request.received`` goes out before anything else looks at the request; ``request.completed``
 carries the outcome, the error code and reason, the duration and the trace id, and the same
-facts go to the debug log.
+facts go to the debug log (``trace_id`` included, to find a request's spans from its log line).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ class RequestEvents:
         if debug:
             log.debug(
                 "request", method=call.request.method, request=call.serial, uid=call.principal.uid, outcome=outcome,
-                ms=ms, reason=error.reason if error else None,
+                ms=ms, reason=error.reason if error else None, trace_id=call.trace_id,
             )
         if self._bus.wants(RequestCompleted.topic):
             self._bus.publish(

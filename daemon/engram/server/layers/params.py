@@ -1,5 +1,6 @@
 """The request's params, validated by the method's model (:mod:`engram.server.params`) into
-``Call.params`` for the handler, and its ``params._meta`` into ``Call.deadline``.
+``Call.params`` for the handler, and its ``params._meta`` into ``Call.deadline`` (and, when the
+request's span did not already give one, ``Call.trace_id`` from ``_meta.traceparent``).
 
 A large frame's values take as long to check and validate as they took to parse: that runs in a
 worker thread too, one such request at a time, so that the loop keeps serving everyone else.
@@ -13,7 +14,7 @@ import anyio
 
 from engram.server.chain import Call, CallNext
 from engram.server.methods import Method
-from engram.server.params import validate_meta, validate_params
+from engram.server.params import parse_meta, validate_params
 
 
 class ParamsValidation:
@@ -24,7 +25,10 @@ class ParamsValidation:
         method: Method = call.method  # type: ignore[assignment]
         request = call.request
         if request.meta is not None:
-            call.deadline = validate_meta(request.meta, request.received)
+            meta = parse_meta(request.meta)
+            call.deadline = meta.deadline(request.received)
+            if call.trace_id is None:  # not traced here: events still carry the client's trace id
+                call.trace_id = meta.trace_id
         if not request.large:
             call.params = validate_params(method, request.params)
         else:

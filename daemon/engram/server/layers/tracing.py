@@ -3,6 +3,12 @@
 The span is the current one while the inner layers and the handler run, so their own spans nest
 under it; its trace id goes to the handler (``RequestContext.trace_id``) and to
 ``request.completed``. A failed request's span says so, with the JSON-RPC code and reason.
+
+A client that sends its W3C trace context (``params._meta.traceparent``) gets the request's span
+as a child of its own: the same trace id end to end. The value is read here, before the params
+layer validates ``_meta`` (a malformed one is then answered -32602, its span a root span).
+A transport with headers (HTTP) puts its ``traceparent`` header into the request's ``_meta``
+(:func:`engram.server.jsonrpc.with_traceparent`) and the same path follows.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from engram.errors import RPCError
+from engram.observability.tracing import remote_parent
 from engram.server.chain import Call, CallNext, failure_of
 from engram.server.methods import Method
 
@@ -32,6 +39,8 @@ class Tracing:
         if not self._records:
             return await call_next(call)
         request = call.request
+        meta = request.meta
+        traceparent = meta.get("traceparent") if isinstance(meta, dict) else None
         with self._tracer.start_as_current_span(
             request.method if call.method else "(unknown method)",
             kind=SpanKind.SERVER,
@@ -44,6 +53,7 @@ class Tracing:
                 "engram.peer.uid": call.principal.uid,
                 "engram.peer.pid": call.principal.pid or 0,
             },
+            context=remote_parent(traceparent) if isinstance(traceparent, str) else None,
         ) as span:
             context = span.get_span_context()
             call.trace_id = format(context.trace_id, "032x") if context.is_valid else None
