@@ -4,7 +4,8 @@ Start order (each part is an :class:`engram.lifecycle.Part`, an async context ma
 up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
-               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> RPC server (binds the socket) -> READY=1
+               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> RPC server (binds the socket)
+               -> HTTP gateway (when http.listen is set) -> READY=1
 
 Parts are made in the order their needs allow and get what they need as constructor arguments
 (no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
@@ -41,6 +42,7 @@ from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, Daemon
 from engram.bus.methods import EventMethods
 from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
+from engram.http.service import HttpGateway
 from engram.inference.arrays import ArrayModels
 from engram.inference.events import MODEL_EVENTS
 from engram.inference.service import Inference
@@ -82,7 +84,7 @@ from engram.sleep.events import SLEEP_EVENTS
 from engram.sleep.service import Sleep
 from engram.storage import Database
 from engram.storage.files import PRIVATE_UMASK, make_private_dir
-from engram.system import Check, SystemMethods
+from engram.system import Check, SystemMethods, overall_status
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.planner import PLANNER_METHODS, Planner
 from engram.tasks.planning import TaskPlanning
@@ -110,6 +112,7 @@ RESTART_REQUIRED = (
     "router",
     "sleep",
     "tasks",
+    "http",
 )
 
 
@@ -308,6 +311,18 @@ class Daemon:
             self.bus,
             self.metrics,
         )
+        # The HTTP gateway (off unless http.listen is set): its requests run through the same
+        # chain as the socket's, as the principal of the bearer token presented.
+        self.http = HttpGateway(
+            settings.http,
+            settings.state_dir,
+            self.dispatcher,
+            max_json_depth=lambda: self.settings.server.max_json_depth,
+            health=self.health_status,
+            metrics_text=self.metrics.text,
+            metrics=self.metrics,
+            owner_uid=os.getuid(),
+        )
         for part in (
             SystemMethods(self),
             EventMethods(self.bus, self.policy),  # the policy decides who sees which events
@@ -321,6 +336,7 @@ class Daemon:
             self.plugins,
             self.providers,
             self.tasks,
+            self.http,
         ):
             self.methods.add(collect(part))
         self.metrics.add_collector(self._collect_metrics)
@@ -331,7 +347,7 @@ class Daemon:
 
     def part_states(self) -> dict[str, PartState]:
         states = {name: part.state for name, part in self.parts.items()}
-        return {**states, "server": self.server.state, "bus": PartState.RUNNING}  # the bus neither starts nor stops
+        return {**states, "server": self.server.state, "http": self.http.state, "bus": PartState.RUNNING}  # the bus neither starts nor stops
 
     async def health_checks(self) -> dict[str, Check]:
         checks: dict[str, Check] = {}
@@ -340,6 +356,7 @@ class Daemon:
             for check, health in (await part.named_checks()).items():
                 checks[check] = _check(health)
         checks["server"] = _check(await self.server.health())
+        checks["http"] = _check(await self.http.health())
         uses = provider_uses(self.settings)
         for info in await self.plugins.infos():
             if info.kind == "tool":
@@ -349,6 +366,10 @@ class Daemon:
             if (check := _plugin_check(info, uses.get(info.name, []))) is not None:
                 checks[f"plugin:{info.name}"] = check
         return checks
+
+    async def health_status(self) -> str:
+        """ok, degraded or failing: what system.health says, without the checks (/healthz)."""
+        return overall_status(await self.health_checks(), self.essential_parts)
 
     def _collect_metrics(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily("engram_bus_queue_depth", "Events waiting per subscriber.", labels=["subscription"])
@@ -391,6 +412,7 @@ class Daemon:
                     await stack.enter_async_context(part)
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._serve)
+                    await tg.start(self.http.serve)  # after the socket: both up before READY
                     # Handlers are in place before READY: a SIGTERM right after it must drain, not kill.
                     await tg.start(self._handle_signals)
                     if (interval := systemd.watchdog_interval()) is not None:
@@ -452,6 +474,7 @@ class Daemon:
         log.info("stopping", reason=reason, in_flight=self.server.inflight)
         systemd.notify("STOPPING=1", f"STATUS=stopping ({reason})")
         self.bus.publish(DaemonStopping(reason=reason))
+        self.http.stop_accepting()
         self.server.stop_accepting()
         with anyio.move_on_after(self.settings.server.drain_timeout) as drain:
             await self._server_done.wait()
