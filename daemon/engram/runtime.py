@@ -347,7 +347,8 @@ class Daemon:
 
     def part_states(self) -> dict[str, PartState]:
         states = {name: part.state for name, part in self.parts.items()}
-        return {**states, "server": self.server.state, "http": self.http.state, "bus": PartState.RUNNING}  # the bus neither starts nor stops
+        http = {"http": self.http.state} if self.settings.http.listen is not None else {}  # a part only when on
+        return {**states, "server": self.server.state, **http, "bus": PartState.RUNNING}  # the bus neither starts nor stops
 
     async def health_checks(self) -> dict[str, Check]:
         checks: dict[str, Check] = {}

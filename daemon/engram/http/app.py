@@ -24,7 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from engram.errors import InternalError, InvalidParams, InvalidRequest, MethodNotFound, PolicyDenied, RPCError
+from engram.errors import InternalError, InternalSignal, InvalidParams, InvalidRequest, PolicyDenied, RPCError
 from engram.http import openai
 from engram.http.connection import HttpConnection
 from engram.http.ports import HealthStatus, MetricsText, RequestChain
@@ -53,7 +53,7 @@ JSON = "application/json"
 _CLOSE = {"Connection": "close"}
 
 
-class Refusal(Exception):
+class Refusal(InternalSignal):
     """An answer given before the request reaches the chain (401, 408, 413, 415)."""
 
     def __init__(self, status: int, error: RPCError, headers: dict[str, str] | None = None) -> None:

@@ -18,7 +18,7 @@ import os
 import pwd
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from engram.errors import Conflict, DataError, NotFound
