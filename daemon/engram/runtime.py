@@ -4,8 +4,8 @@ Start order (each part is an :class:`engram.lifecycle.Part`, an async context ma
 up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
-               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> RPC server (binds the socket)
-               -> HTTP gateway (when http.listen is set) -> READY=1
+               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> http (its tokens)
+               -> RPC server (binds the socket) -> HTTP listener (when http.listen is set) -> READY=1
 
 Parts are made in the order their needs allow and get what they need as constructor arguments
 (no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
@@ -323,6 +323,9 @@ class Daemon:
             metrics=self.metrics,
             owner_uid=os.getuid(),
         )
+        # A part for its tokens (read once the state folder is locked); its listener starts after
+        # the socket server's, in run().
+        self.parts["http"] = self.http
         for part in (
             SystemMethods(self),
             EventMethods(self.bus, self.policy),  # the policy decides who sees which events
@@ -347,8 +350,7 @@ class Daemon:
 
     def part_states(self) -> dict[str, PartState]:
         states = {name: part.state for name, part in self.parts.items()}
-        http = {"http": self.http.state} if self.settings.http.listen is not None else {}  # a part only when on
-        return {**states, "server": self.server.state, **http, "bus": PartState.RUNNING}  # the bus neither starts nor stops
+        return {**states, "server": self.server.state, "bus": PartState.RUNNING}  # the bus neither starts nor stops
 
     async def health_checks(self) -> dict[str, Check]:
         checks: dict[str, Check] = {}
@@ -357,7 +359,6 @@ class Daemon:
             for check, health in (await part.named_checks()).items():
                 checks[check] = _check(health)
         checks["server"] = _check(await self.server.health())
-        checks["http"] = _check(await self.http.health())
         uses = provider_uses(self.settings)
         for info in await self.plugins.infos():
             if info.kind == "tool":

@@ -100,6 +100,20 @@ def test_chat_completion_and_its_stream(gateway):
     assert len({c.id for c in chunks}) == 1 and len(chunks) == 1 + 4 + 1  # role, one per word, stop
 
 
+def test_chat_with_memory_as_context_goes_through_route_ask(gateway):
+    gateway.daemon.call("memory.remember", {"items": [{"text": "The car is parked on level 3, spot 42."}], "namespace": "notes"})
+    client = gateway.openai()
+    question = [{"role": "user", "content": "where is the car parked?"}]
+    memory = {"engram": {"memory": {"k": 3, "namespace": "notes", "remember": False}}}
+    answer = client.chat.completions.create(model="engram", messages=question, extra_body=memory)
+    # The fake provider echoes its prompt: the recalled memory was in it.
+    assert "level 3, spot 42" in answer.choices[0].message.content
+    assert answer.model_extra["engram"]["method"] == "route.ask"
+    streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
+        model="engram", messages=question, extra_body=memory, stream=True))
+    assert "level 3, spot 42" in streamed
+
+
 def test_chat_refusals_keep_their_status(gateway):
     client = gateway.openai()
     with pytest.raises(openai.BadRequestError) as bad:
@@ -279,7 +293,7 @@ def test_too_many_connections_are_refused_then_served_again(gateway):
 
 def test_off_by_default(daemon):
     health = daemon.call("system.health")
-    assert health["checks"]["http"] == {"ok": True, "detail": "off (http.listen unset)"}
+    assert health["checks"]["http"] == {"ok": True, "detail": "listener off (http.listen unset); 0 tokens"}
     assert not any(r.get("event") == "http gateway listening" for r in daemon.records())
 
 

@@ -385,9 +385,13 @@ class ChatStream(Response):
                 except RPCError as error:
                     outcome["error"] = error
 
+        disconnected = False
+
         async def watch_disconnect(scope_to_cancel: anyio.CancelScope) -> None:
+            nonlocal disconnected
             while (await receive())["type"] != "http.disconnect":
                 pass
+            disconnected = True
             scope_to_cancel.cancel()
 
         started = False
@@ -402,17 +406,18 @@ class ChatStream(Response):
                             await send({"type": "http.response.body", "body": self._chunk({"role": "assistant", "content": ""}), "more_body": True})
                             started = True
                         await send({"type": "http.response.body", "body": self._chunk({"content": chunk["text"]}), "more_body": True})
-                error = outcome.get("error")
-                if error is not None and not started:
-                    tg.cancel_scope.cancel()
-                    await _json(openai.status_of(error), openai.openai_error(error))(scope, receive, send)
-                    return
-                if not started:  # an answer with no chunks (a cached route.ask answer): one chunk with all of it
-                    await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
-                    text, _ = openai.answer_of(self._method, outcome["result"])
-                    await send({"type": "http.response.body", "body": self._chunk({"role": "assistant", "content": text}), "more_body": True})
-                tail = self._event(openai.openai_error(error)) if error is not None else self._chunk({}, "stop")
-                await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
-                tg.cancel_scope.cancel()
+                tg.cancel_scope.cancel()  # the call is done: stop watching for a disconnect
+            if disconnected:
+                return  # the call was cancelled with it; there is no one to answer
+            error = outcome.get("error")
+            if error is not None and not started:
+                await _json(openai.status_of(error), openai.openai_error(error))(scope, receive, send)
+                return
+            if not started:  # an answer with no chunks (a cached route.ask answer): one chunk with all of it
+                await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+                text, _ = openai.answer_of(self._method, outcome["result"])
+                await send({"type": "http.response.body", "body": self._chunk({"role": "assistant", "content": text}), "more_body": True})
+            tail = self._event(openai.openai_error(error)) if error is not None else self._chunk({}, "stop")
+            await send({"type": "http.response.body", "body": tail + b"data: [DONE]\n\n", "more_body": False})
         finally:
             conn.close()

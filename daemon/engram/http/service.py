@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import socket
 from collections.abc import Callable, Iterator
+from contextlib import AsyncExitStack
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -36,7 +37,7 @@ from engram.http.app import GatewayApp
 from engram.http.ports import HealthStatus, MetricsText, RequestChain
 from engram.http.settings import HttpSettings, parse_listen
 from engram.http.tokens import TokenStore
-from engram.lifecycle import Health, PartState
+from engram.lifecycle import Health, Part, PartState
 from engram.observability.metrics import Metrics
 from engram.server.methods import NoParams, RequestContext, rpc
 
@@ -55,9 +56,10 @@ class _EmbeddedServer(uvicorn.Server):
         yield
 
 
-class HttpGateway:
-    """``serve()`` runs in the composition root's task group when ``http.listen`` is set; the
-    token methods work either way (tokens are made before the gateway is turned on)."""
+class HttpGateway(Part):
+    """As a part, it holds the tokens (read at start, after the state folder is locked); its
+    listener, ``serve()``, runs in the composition root's task group when ``http.listen`` is set.
+    The token methods work either way: tokens are made before the gateway is turned on."""
 
     def __init__(
         self,
@@ -71,18 +73,21 @@ class HttpGateway:
         owner_uid: int,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        super().__init__("http")
         self.settings = settings
         self.owner_uid = owner_uid
         self.now = now
         self.tokens = TokenStore(state_dir / TOKEN_FILE)
-        self.tokens.load()
         self._tokens_lock = anyio.Lock()
         requests = Counter("engram_http_requests", "HTTP gateway requests by endpoint and status.",
                            ["endpoint", "status"], registry=metrics.registry)
         self.app = GatewayApp(settings, self.tokens, chain, max_json_depth, health, metrics_text, requests, now)
-        self.state = PartState.CREATED
+        self.listener = PartState.CREATED
         self.address: tuple[str, int] | None = None
         self._server: _EmbeddedServer | None = None
+
+    async def setup(self, stack: AsyncExitStack) -> None:
+        await anyio.to_thread.run_sync(self.tokens.load)
 
     def bind(self) -> socket.socket | None:
         """The listening socket of ``http.listen`` (None when unset)."""
@@ -107,7 +112,7 @@ class HttpGateway:
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         sock = self.bind()
         if sock is None:
-            self.state = PartState.CLOSED
+            self.listener = PartState.CLOSED
             task_status.started()
             return
         config = uvicorn.Config(
@@ -124,24 +129,27 @@ class HttpGateway:
         )
         self._server = _EmbeddedServer(config)
         self.address = sock.getsockname()[:2]
-        self.state = PartState.RUNNING
+        self.listener = PartState.RUNNING
         log.info("http gateway listening", address=self.settings.listen)
         task_status.started()
         try:
             await self._server.serve(sockets=[sock])
         finally:
-            self.state = PartState.CLOSED
+            self.listener = PartState.CLOSED
             sock.close()
 
     def stop_accepting(self) -> None:
         if self._server is not None:
-            self.state = PartState.STOPPING
+            self.listener = PartState.STOPPING
             self._server.should_exit = True
 
     async def health(self) -> Health:
+        tokens = f"{len(self.tokens.tokens())} tokens"
+        if self.state is not PartState.RUNNING:
+            return Health(False, f"{self.state.value}; {tokens}")
         if self.settings.listen is None:
-            return Health(True, "off (http.listen unset)")
-        return Health(self.state is PartState.RUNNING, f"{self.state.value} on {self.settings.listen}")
+            return Health(True, f"listener off (http.listen unset); {tokens}")
+        return Health(self.listener is PartState.RUNNING, f"listener {self.listener.value} on {self.settings.listen}; {tokens}")
 
     # --- tokens -----------------------------------------------------------------------------------
 

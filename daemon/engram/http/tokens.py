@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from engram.errors import Conflict, DataError, NotFound
+from engram.errors import Conflict, NotFound, StartupError
 from engram.http.api import TokenInfo
 from engram.principal import Principal
 from engram.storage.files import replace_durably
@@ -76,7 +76,7 @@ class TokenStore:
         self._principals: dict[str, Principal] = {}  # by token name: the user lookup once per token
 
     def load(self) -> None:
-        """Read the file (absent: no tokens). A damaged file is a DataError: the daemon does not
+        """Read the file (absent: no tokens). A damaged file is a StartupError: the daemon does not
         start with tokens it cannot read, rather than serving with some silently missing."""
         try:
             data = json.loads(self.path.read_text())
@@ -91,7 +91,7 @@ class TokenStore:
         except FileNotFoundError:
             tokens = []
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"{self.path}: unreadable token file ({exc}); fix or remove it") from None
+            raise StartupError(f"{self.path}: unreadable token file ({exc}); fix or remove it") from None
         self._by_name = {token.name: token for token in tokens}
         self._by_hash = {token.sha256: token for token in tokens}
 
