@@ -194,6 +194,30 @@ def test_missing_bad_and_revoked_tokens_get_401(gateway):
     assert "short-lived" not in names and {"owner", "other"} <= set(names)
 
 
+def engram_cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "engram.cli", "--socket", str(gateway.daemon.socket), *args],
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_token_commands_and_expiry(gateway):
+    made = engram_cli(gateway, "token", "create", "--name", "cli-made", "--owner", "--expires", "2")
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("engram_") and "acts as uid" in made.stderr and "not shown again" in made.stderr
+    listed = engram_cli(gateway, "token", "list")
+    assert "cli-made" in listed.stdout and token not in listed.stdout
+    with gateway.http(token) as http:
+        assert http.post("/v1/methods/system.ping", json={}).status_code == 200
+        time.sleep(2.1)
+        expired = http.post("/v1/methods/system.ping", json={})
+        assert expired.status_code == 401 and expired.json()["error"]["data"]["reason"] == "token_expired"
+    assert engram_cli(gateway, "token", "revoke", "cli-made").returncode == 0
+    again = engram_cli(gateway, "token", "revoke", "cli-made")
+    assert again.returncode == 1 and "no token named" in again.stderr
+    bad = engram_cli(gateway, "token", "create", "--name", "x", "--uid", "5", "--expires", "soon")
+    assert bad.returncode == 2 and "--expires" in bad.stderr
+
+
 def test_policy_denial_is_403(gateway):
     with gateway.http(gateway.other) as http:
         denied = http.post("/v1/methods/system.config", json={})

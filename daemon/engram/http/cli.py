@@ -23,7 +23,7 @@ def _seconds(value: str | None) -> float | None:
         return None
     match = re.fullmatch(r"(\d+(?:\.\d+)?)([smhd]?)", value.strip())
     if match is None:
-        raise click.BadParameter(f"{value!r}: a duration such as 3600, 90m, 12h or 30d")
+        raise click.BadParameter(f"{value!r}: a duration such as 3600, 90m, 12h or 30d", param_hint="--expires")
     return float(match[1]) * _UNITS[match[2] or "s"]
 
 
