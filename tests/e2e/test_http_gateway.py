@@ -298,6 +298,18 @@ def test_slow_body_is_cut_off_and_others_are_served(gateway):
     assert answer.startswith(b"HTTP/1.1 408") and b"slow_body" in answer
 
 
+def test_silent_and_slow_headed_connections_are_closed(gateway):
+    with socket.create_connection(("127.0.0.1", gateway.port)) as silent, \
+            socket.create_connection(("127.0.0.1", gateway.port)) as trickle:
+        trickle.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")  # the head never ends
+        _ping_still_works(gateway)
+        for sock in (silent, trickle):
+            sock.settimeout(10)
+            started = time.monotonic()
+            assert sock.recv(65536) == b""  # closed by the daemon (http.read_timeout is 1 s here)
+            assert time.monotonic() - started < 5
+
+
 def test_too_many_connections_are_refused_then_served_again(gateway):
     idle = [socket.create_connection(("127.0.0.1", gateway.port)) for _ in range(8)]
     try:

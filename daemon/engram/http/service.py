@@ -34,6 +34,7 @@ from engram.http.api import (
     TokenRevokeResult,
 )
 from engram.http.app import GatewayApp
+from engram.http.protocol import head_timed_protocol
 from engram.http.ports import HealthStatus, MetricsText, RequestChain
 from engram.http.settings import HttpSettings, parse_listen
 from engram.http.tokens import TokenStore
@@ -125,7 +126,7 @@ class HttpGateway(Part):
             timeout_keep_alive=max(1, round(self.settings.idle_timeout)),
             timeout_graceful_shutdown=DRAIN_SECONDS,
             h11_max_incomplete_event_size=64 * 1024,  # request line and headers
-            http="h11",
+            http=head_timed_protocol(self.settings.read_timeout),  # h11, and a limit on the request head
         )
         self._server = _EmbeddedServer(config)
         self.address = sock.getsockname()[:2]

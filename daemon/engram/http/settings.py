@@ -55,7 +55,9 @@ class HttpSettings(Section):
         default=256, ge=1, le=65_536, description="Connections (and requests) served at once; more are answered 503."
     )
     read_timeout: PositiveSeconds = Field(
-        default=30.0, description="Seconds a client may take to send a request body; a slower one is answered 408."
+        default=30.0,
+        description="Seconds a client may take to send a request head (the connection is closed after that), and "
+        "then its body (answered 408).",
     )
     idle_timeout: PositiveSeconds = Field(
         default=30.0, description="Seconds a keep-alive connection may stay idle between requests before it is closed."
