@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import random
 import socket
 import subprocess
 import sys
@@ -283,6 +284,23 @@ def test_bad_bodies_get_specific_errors(gateway):
         surrogate = http.post("/v1/embeddings", content=b'{"input": "\\ud800", "model": "engram"}',
                               headers={"content-type": "application/json"})
         assert surrogate.status_code == 400 and surrogate.json()["error"]["param"] == "input"
+    _ping_still_works(gateway)
+
+
+def test_garbage_bodies_get_client_errors_never_a_crash(gateway):
+    rng = random.Random(21)
+    pieces = [b"{", b"}", b"[", b"]", b'"', b":", b",", b"1e400", b"-0", b"null", b"\\u0000", b"\xff\xfe", b"\x00",
+              b'"model"', b'"input"', b'"messages"', b'"role"', b'"content"', b'"jsonrpc":"2.0"', b'"method"', b'"params"']
+    statuses = set()
+    with gateway.http(gateway.owner) as http:
+        for path in ("/rpc", "/v1/methods/infer.embed", "/v1/embeddings", "/v1/chat/completions"):
+            for _ in range(40):
+                body = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 30)))
+                answer = http.post(path, content=body, headers={"content-type": "application/json"})
+                statuses.add(answer.status_code)
+                assert answer.status_code < 500, (path, body, answer.text)
+                assert "error" in answer.json() or answer.status_code == 200
+    assert statuses <= {200, 400, 404}
     _ping_still_works(gateway)
 
 
