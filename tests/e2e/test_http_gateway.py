@@ -123,6 +123,10 @@ def test_chat_refusals_keep_their_status(gateway):
     with pytest.raises(openai.BadRequestError) as unknown:
         client.chat.completions.create(model="engram", messages=[{"role": "user", "content": "x"}], extra_body={"tools_x": 1})
     assert unknown.value.body["param"] == "tools_x"
+    with pytest.raises(openai.BadRequestError) as tagged:
+        client.chat.completions.create(model="route:r", messages=[{"role": "user", "content": "x"}],
+                                       extra_body={"engram": {"tags": ["secret"]}})
+    assert tagged.value.body["param"] == "engram.tags"
     # Refused before any text: a status and an error body, not a stream.
     with pytest.raises(openai.APIStatusError) as down:
         list(client.chat.completions.create(model="provider:nope", messages=[{"role": "user", "content": "x"}], stream=True))

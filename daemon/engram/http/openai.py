@@ -110,6 +110,9 @@ def chat_call(body: ChatCompletionBody, stream_id: str) -> tuple[str, dict[str, 
         question = next((m.text() for m in reversed(body.messages) if m.role == "user"), None)
         if not question:
             raise InvalidParams("messages: route.ask needs a user message to answer", field="messages")
+        if extension.tags:
+            raise InvalidParams("engram.tags: route.ask (memory as context, route:NAME) takes no data tags",
+                                field="engram.tags")
         params: dict[str, Any] = {"question": question, "stream": body.stream, "stream_id": stream_id}
         if body.model.startswith(ROUTE_PREFIX):
             params["route"] = body.model.removeprefix(ROUTE_PREFIX)
