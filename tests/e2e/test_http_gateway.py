@@ -43,6 +43,8 @@ class Gateway:
         self.owner = daemon.call("token.create", {"name": "owner", "owner": True})["token"]
         self.other = daemon.call("token.create", {"name": "other", "uid": OTHER_UID})["token"]
 
+        self.ollama: FakeOllama | None = None
+
     def http(self, token: str | None = None) -> httpx.Client:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.url, headers=headers, timeout=30)
@@ -65,7 +67,9 @@ def gateway() -> Iterator[Gateway]:
             "ENGRAM_PROVIDERS__CHAINS": json.dumps({"chat": ["ollama"], "generate": ["ollama"], "embed": ["onnx"]}),
         }
         with running_daemon(env) as daemon:
-            yield Gateway(daemon, port)
+            gateway = Gateway(daemon, port)
+            gateway.ollama = ollama
+            yield gateway
 
 
 # --- OpenAI-compatible endpoints, with the official client ------------------------------------------
@@ -113,6 +117,31 @@ def test_chat_with_memory_as_context_goes_through_route_ask(gateway):
     streamed = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(
         model="engram", messages=question, extra_body=memory, stream=True))
     assert "level 3, spot 42" in streamed
+
+
+def test_a_client_that_leaves_a_stream_cancels_the_call(gateway):
+    def slow(prompt: str, body: dict[str, Any]) -> str:
+        time.sleep(3 if prompt == "take your time" else 0)
+        return f"echo: {prompt}"
+
+    gateway.ollama.responder = slow
+    try:
+        body = json.dumps({"model": "engram", "stream": True, "messages": [{"role": "user", "content": "take your time"}]})
+        with socket.create_connection(("127.0.0.1", gateway.port)) as leaving:
+            leaving.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {gateway.owner}\r\n"
+                            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+            time.sleep(0.5)
+        deadline = time.monotonic() + 2  # well before the provider would have answered
+        while time.monotonic() < deadline:
+            done = [r for r in gateway.daemon.records() if r.get("event") == "request" and r.get("method") == "infer.chat"
+                    and r.get("reason") == "cancelled"]
+            if done:
+                break
+            time.sleep(0.05)
+        assert done, "the call went on after its client left"
+    finally:
+        gateway.ollama.responder = None
+    _ping_still_works(gateway)
 
 
 def test_chat_refusals_keep_their_status(gateway):
