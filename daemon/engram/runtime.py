@@ -421,6 +421,8 @@ class Daemon:
                         tg.start_soon(self._watchdog, interval)
                     self._announce_ready()
                     await self._server_done.wait()
+                    # The socket is drained; HTTP requests in flight get the same grace period.
+                    await self.http.drained(self.settings.server.drain_timeout)
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):

@@ -7,6 +7,8 @@ from __future__ import annotations
 import base64
 import json
 import random
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -382,6 +384,36 @@ def test_off_by_default(daemon):
     health = daemon.call("system.health")
     assert health["checks"]["http"] == {"ok": True, "detail": "listener off (http.listen unset); 0 tokens"}
     assert not any(r.get("event") == "http gateway listening" for r in daemon.records())
+
+
+def test_sigterm_lets_a_streamed_answer_finish(make_daemon):
+    port = free_port()
+
+    def slow(prompt: str, body: dict[str, Any]) -> str:
+        time.sleep(1.5)
+        return f"echo: {prompt}"
+
+    with FakeOllama(responder=slow) as ollama:
+        daemon = make_daemon(env={
+            "ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}",
+            "ENGRAM_PLUGINS__DISABLED": '["openai"]',
+            "ENGRAM_PLUGINS__PROVIDERS": json.dumps({"ollama": {"base_url": ollama.url}}),
+            "ENGRAM_PROVIDERS__CHAINS": json.dumps({"chat": ["ollama"]}),
+        })
+        token = daemon.call("token.create", {"name": "t", "owner": True})["token"]
+        body = json.dumps({"model": "engram", "stream": True, "messages": [{"role": "user", "content": "last words"}]})
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+                         f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n{body}".encode())
+            time.sleep(0.5)
+            daemon.signal(signal.SIGTERM)  # while the provider is still thinking
+            conn.settimeout(20)
+            answer = b""
+            while b"data: [DONE]" not in answer and (chunk := conn.recv(65536)):
+                answer += chunk
+        events = [json.loads(event) for event in re.findall(rb"data: (\{[^\n]*\})\n", answer)]  # chunked framing around
+        assert "".join(e["choices"][0]["delta"].get("content") or "" for e in events) == "echo: last words"
+        assert daemon.wait(30) == 0
 
 
 def test_non_loopback_listen_is_refused_at_start(tmp_path):

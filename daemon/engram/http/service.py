@@ -47,7 +47,8 @@ __all__ = ["HttpGateway"]
 log = structlog.get_logger("engram.http")
 
 TOKEN_FILE = "http-tokens.json"
-DRAIN_SECONDS = 10  # uvicorn's graceful shutdown: requests in flight get this long once stopping
+# uvicorn's own grace period once stopping; the daemon waits server.drain_timeout at most (drained()).
+DRAIN_SECONDS = 60
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -86,6 +87,7 @@ class HttpGateway(Part):
         self.listener = PartState.CREATED
         self.address: tuple[str, int] | None = None
         self._server: _EmbeddedServer | None = None
+        self._stopped: anyio.Event | None = None  # set once the listener is done (or never started)
 
     async def setup(self, stack: AsyncExitStack) -> None:
         await anyio.to_thread.run_sync(self.tokens.load)
@@ -111,9 +113,11 @@ class HttpGateway(Part):
         return sock
 
     async def serve(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        self._stopped = anyio.Event()
         sock = self.bind()
         if sock is None:
             self.listener = PartState.CLOSED
+            self._stopped.set()
             task_status.started()
             return
         config = uvicorn.Config(
@@ -138,6 +142,14 @@ class HttpGateway(Part):
         finally:
             self.listener = PartState.CLOSED
             sock.close()
+            self._stopped.set()
+
+    async def drained(self, timeout: float) -> None:
+        """Wait, ``timeout`` seconds at most, for the listener to finish the requests it has
+        (after :meth:`stop_accepting`); what is left is then cancelled with the daemon's tasks."""
+        if self._stopped is not None:
+            with anyio.move_on_after(timeout):
+                await self._stopped.wait()
 
     def stop_accepting(self) -> None:
         if self._server is not None:
