@@ -416,6 +416,16 @@ def test_sigterm_lets_a_streamed_answer_finish(make_daemon):
         assert daemon.wait(30) == 0
 
 
+def test_public_metrics_need_no_token_but_the_rest_does(make_daemon):
+    port = free_port()
+    make_daemon(env={"ENGRAM_HTTP__LISTEN": f"localhost:{port}", "ENGRAM_HTTP__METRICS_PUBLIC": "true"})
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}") as http:
+        metrics = http.get("/metrics")
+        assert metrics.status_code == 200 and "engram_uptime_seconds" in metrics.text
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert http.post("/v1/methods/system.ping", json={}).status_code == 401
+
+
 def test_non_loopback_listen_is_refused_at_start(tmp_path):
     env = {"ENGRAM_HTTP__LISTEN": f"0.0.0.0:{free_port()}", "ENGRAM_LOG__FORMAT": "json"}
     proc = subprocess.run([sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(tmp_path / "s")],
