@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
 import re
 import signal
@@ -429,6 +430,17 @@ def test_public_metrics_need_no_token_but_the_rest_does(make_daemon):
 def test_non_loopback_listen_is_refused_at_start(tmp_path):
     env = {"ENGRAM_HTTP__LISTEN": f"0.0.0.0:{free_port()}", "ENGRAM_LOG__FORMAT": "json"}
     proc = subprocess.run([sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(tmp_path / "s")],
-                          env={**__import__("os").environ, **env}, capture_output=True, text=True, timeout=60)
+                          env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "http.listen" in proc.stderr and "not a loopback address" in proc.stderr
+
+
+def test_a_listen_address_in_use_is_refused_at_start(tmp_path):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        env = {"ENGRAM_HTTP__LISTEN": f"127.0.0.1:{taken.getsockname()[1]}", "ENGRAM_LOG__FORMAT": "json"}
+        proc = subprocess.run([sys.executable, "-m", "engram.cli", "serve", "--state-dir", str(tmp_path / "s")],
+                              env={**os.environ, **env}, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "cannot listen (Address already in use)" in proc.stderr.splitlines()[-1]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import structlog
@@ -49,6 +49,7 @@ __all__ = ["GatewayApp"]
 log = structlog.get_logger("engram.http")
 
 JSON = "application/json"
+Body = TypeVar("Body", bound=BaseModel)
 # After a body left unread (too large, too slow) the connection cannot carry another request.
 _CLOSE = {"Connection": "close"}
 
@@ -247,7 +248,7 @@ class GatewayApp:
 
     # --- OpenAI-compatible ------------------------------------------------------------------------
 
-    async def openai_body(self, request: HttpRequest, model: type[BaseModel]) -> BaseModel:
+    async def openai_body(self, request: HttpRequest, model: type[Body]) -> Body:
         raw = await self.parse(await self.body(request))
         if not isinstance(raw, dict):
             raise InvalidRequest("the body must be a JSON object", reason="not_an_object")
@@ -293,7 +294,6 @@ class GatewayApp:
         conn = self.connection(principal)
         try:
             body = await self.openai_body(request, openai.EmbeddingsBody)
-            assert isinstance(body, openai.EmbeddingsBody)
             texts = [body.input] if isinstance(body.input, str) else body.input
             params = {"texts": texts, "output_format": "b64"}
             if body.model != openai.CHAIN_MODEL:
@@ -312,7 +312,6 @@ class GatewayApp:
         completion_id = f"chatcmpl-{secrets.token_hex(12)}"
         try:
             body = await self.openai_body(request, openai.ChatCompletionBody)
-            assert isinstance(body, openai.ChatCompletionBody)
             method, params = openai.chat_call(body, completion_id)
         except RPCError as error:
             return _json(openai.status_of(error), openai.openai_error(error))

@@ -4,7 +4,7 @@ The listener is uvicorn serving a Starlette application (:mod:`engram.http.app`)
 lock already (the MCP SDK uses them). uvicorn's ``Server.serve()`` is a coroutine: it runs as one
 more task of the daemon's own event loop, under anyio, beside the socket server: no second loop
 and no thread, so a request reaches the request chain exactly as a socket request does. The
-listening socket is bound here, not by uvicorn, so that a bad or non-loopback address is a clear
+listening socket is bound here, not by uvicorn, so that an address in use is a clear
 :class:`~engram.errors.StartupError` and uvicorn's ``sys.exit`` on a failed bind never runs; and
 uvicorn's signal handlers are left out, since the daemon handles SIGTERM itself and stops the
 gateway (:meth:`stop_accepting`) as it drains.
@@ -85,7 +85,6 @@ class HttpGateway(Part):
                            ["endpoint", "status"], registry=metrics.registry)
         self.app = GatewayApp(settings, self.tokens, chain, max_json_depth, health, metrics_text, requests, now)
         self.listener = PartState.CREATED
-        self.address: tuple[str, int] | None = None
         self._server: _EmbeddedServer | None = None
         self._stopped: anyio.Event | None = None  # set once the listener is done (or never started)
 
@@ -133,7 +132,6 @@ class HttpGateway(Part):
             http=head_timed_protocol(self.settings.read_timeout),  # h11, and a limit on the request head
         )
         self._server = _EmbeddedServer(config)
-        self.address = sock.getsockname()[:2]
         self.listener = PartState.RUNNING
         log.info("http gateway listening", address=self.settings.listen)
         task_status.started()
