@@ -178,6 +178,25 @@ def bench_infer(
     Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
 
 
+@click.command("http")
+@click.option("--requests", "-n", type=click.IntRange(min=16), default=1000, show_default=True, help="Requests per side and level.")
+@click.option("--concurrency", "-c", default="1,8", show_default=True, help="Comma-separated client counts.")
+@click.option("--socket", "socket_path", type=click.Path(path_type=Path),
+              help="Measure this running daemon (with --url, its gateway) instead of a fresh one.")
+@click.option("--url", help="The running daemon's gateway, e.g. http://127.0.0.1:8765 (with --socket).")
+@json_option
+def bench_http(requests: int, concurrency: str, socket_path: Path | None, url: str | None, as_json: bool) -> None:
+    """POST /v1/embeddings on the HTTP gateway vs infer.embed over the socket, one text per request."""
+    from engram_bench.http_gateway import run_http_bench
+
+    if (socket_path is None) != (url is None):
+        raise click.UsageError("--socket and --url go together (a running daemon and its gateway)")
+    levels = _levels(concurrency, "--concurrency")
+    with errors():
+        report = run_http_bench(requests, levels, socket_path, url)
+    Output(as_json).emit(report.as_dict(), lambda _: click.echo(report.table()))
+
+
 @click.command("memory")
 @click.option("--sizes", default="10000,100000", show_default=True, help="Comma-separated episode counts to measure at.")
 @click.option("--queries", type=click.IntRange(min=1), default=200, show_default=True, help="Recall queries per size.")

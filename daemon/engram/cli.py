@@ -47,6 +47,7 @@ PART_COMMANDS = {
     "route": "engram.router.cli:route",
     "sleep": "engram.sleep.cli:sleep",
     "task": "engram.tasks.cli:task",
+    "token": "engram.http.cli:token",
 }
 
 

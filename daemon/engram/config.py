@@ -40,6 +40,7 @@ from pydantic_settings import (
 from engram.audit.settings import AuditSettings
 from engram.bus.settings import BusSettings
 from engram.errors import ConfigError
+from engram.http.settings import HttpSettings
 from engram.inference.settings import InferenceSettings
 from engram.locations import MAX_UNIX_PATH, default_socket, default_socket_candidates, default_state_dir
 from engram.memory.settings import MemorySettings
@@ -85,6 +86,7 @@ class Settings(BaseSettings):
     policy: PolicySettings = Field(default_factory=PolicySettings)
     sleep: SleepSettings = Field(default_factory=SleepSettings)
     tasks: TaskSettings = Field(default_factory=TaskSettings)
+    http: HttpSettings = Field(default_factory=HttpSettings)
 
     @field_validator("state_dir", "socket", mode="after")
     @classmethod

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pwd
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 
 class Principal(BaseModel):
@@ -14,6 +14,11 @@ class Principal(BaseModel):
     for access decisions; ``user`` is looked up from ``uid``. ``client`` is the exception: a name
     the client declared for itself (``system.hello``), unverified, so policies may use it only to
     narrow what the verified identity may do.
+
+    A caller of the HTTP gateway has no peer credentials: the bearer token it presented stands for
+    them. Its principal is the uid (and that user's gid) the token was created for, ``pid`` None,
+    ``via`` "http" and ``token`` the token's name, so that logs and the audit log say which token
+    acted. Both stay unset (and out of dumps) for the socket's clients.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -23,6 +28,8 @@ class Principal(BaseModel):
     pid: int | None = None
     user: str | None = None
     client: str | None = None
+    via: str | None = Field(default=None, exclude_if=lambda value: value is None)
+    token: str | None = Field(default=None, exclude_if=lambda value: value is None)
 
     @classmethod
     def from_ids(cls, uid: int, gid: int, pid: int | None) -> "Principal":

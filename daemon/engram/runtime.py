@@ -4,7 +4,8 @@ Start order (each part is an :class:`engram.lifecycle.Part`, an async context ma
 up before the next starts)::
 
     state lock -> database -> audit log -> policy -> inference -> memory -> router -> sleep -> plugins -> providers
-               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> RPC server (binds the socket) -> READY=1
+               -> MCP servers (when tasks.mcp_servers names any) -> tasks -> http (its tokens)
+               -> RPC server (binds the socket) -> HTTP listener (when http.listen is set) -> READY=1
 
 Parts are made in the order their needs allow and get what they need as constructor arguments
 (no setters afterwards, no contextvars as channels between them). Shutdown runs the other way:
@@ -41,6 +42,7 @@ from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, Daemon
 from engram.bus.methods import EventMethods
 from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
+from engram.http.service import HttpGateway
 from engram.inference.arrays import ArrayModels
 from engram.inference.events import MODEL_EVENTS
 from engram.inference.service import Inference
@@ -83,7 +85,7 @@ from engram.sleep.events import SLEEP_EVENTS
 from engram.sleep.service import Sleep
 from engram.storage import Database
 from engram.storage.files import PRIVATE_UMASK, make_private_dir
-from engram.system import Check, SystemMethods
+from engram.system import Check, SystemMethods, overall_status
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.planner import PLANNER_METHODS, Planner
 from engram.tasks.planning import TaskPlanning
@@ -111,6 +113,7 @@ RESTART_REQUIRED = (
     "router",
     "sleep",
     "tasks",
+    "http",
 )
 
 
@@ -319,6 +322,21 @@ class Daemon:
             self.bus,
             self.metrics,
         )
+        # The HTTP gateway (off unless http.listen is set): its requests run through the same
+        # chain as the socket's, as the principal of the bearer token presented.
+        self.http = HttpGateway(
+            settings.http,
+            settings.state_dir,
+            self.dispatcher,
+            max_json_depth=lambda: self.settings.server.max_json_depth,
+            health=self.health_status,
+            metrics_text=self.metrics.text,
+            metrics=self.metrics,
+            owner_uid=os.getuid(),
+        )
+        # A part for its tokens (read once the state folder is locked); its listener starts after
+        # the socket server's, in run().
+        self.parts["http"] = self.http
         for part in (
             SystemMethods(self),
             EventMethods(self.bus, self.policy),  # the policy decides who sees which events
@@ -332,6 +350,7 @@ class Daemon:
             self.plugins,
             self.providers,
             self.tasks,
+            self.http,
         ):
             self.methods.add(collect(part))
         self.metrics.add_collector(self._collect_metrics)
@@ -360,6 +379,10 @@ class Daemon:
             if (check := _plugin_check(info, uses.get(info.name, []))) is not None:
                 checks[f"plugin:{info.name}"] = check
         return checks
+
+    async def health_status(self) -> str:
+        """ok, degraded or failing: what system.health says, without the checks (/healthz)."""
+        return overall_status(await self.health_checks(), self.essential_parts)
 
     def _collect_metrics(self) -> Iterable[Metric]:
         depth = GaugeMetricFamily("engram_bus_queue_depth", "Events waiting per subscriber.", labels=["subscription"])
@@ -404,12 +427,15 @@ class Daemon:
                     await self._allow_span_export()
                 async with anyio.create_task_group() as tg:
                     await tg.start(self._serve)
+                    await tg.start(self.http.serve)  # after the socket: both up before READY
                     # Handlers are in place before READY: a SIGTERM right after it must drain, not kill.
                     await tg.start(self._handle_signals)
                     if (interval := systemd.watchdog_interval()) is not None:
                         tg.start_soon(self._watchdog, interval)
                     self._announce_ready()
                     await self._server_done.wait()
+                    # The socket is drained; HTTP requests in flight get the same grace period.
+                    await self.http.drained(self.settings.server.drain_timeout)
                     tg.cancel_scope.cancel()
         finally:
             with anyio.CancelScope(shield=True):
@@ -485,6 +511,7 @@ class Daemon:
         log.info("stopping", reason=reason, in_flight=self.server.inflight)
         systemd.notify("STOPPING=1", f"STATUS=stopping ({reason})")
         self.bus.publish(DaemonStopping(reason=reason))
+        self.http.stop_accepting()
         self.server.stop_accepting()
         with anyio.move_on_after(self.settings.server.drain_timeout) as drain:
             await self._server_done.wait()

@@ -76,6 +76,16 @@ class StatusResult(Result):
     subscriptions: list[SubscriptionStatus]
 
 
+def overall_status(checks: dict[str, Check], essential: tuple[str, ...]) -> Literal["ok", "degraded", "failing"]:
+    """ok when every check passes; failing when an essential part's fails; degraded otherwise."""
+    failing = [name for name, check in checks.items() if not check.ok]
+    if not failing:
+        return "ok"
+    if any(name in essential for name in failing):
+        return "failing"
+    return "degraded"
+
+
 class Check(Result):
     ok: bool
     detail: str = ""
@@ -159,14 +169,7 @@ class SystemMethods:
     @rpc("system.health", summary="Whether each part works; 'degraded' names what does not.", audit=False)
     async def health(self, ctx: RequestContext, params: NoParams) -> HealthResult:
         checks = await self._daemon.health_checks()
-        failing = [name for name, check in checks.items() if not check.ok]
-        if not failing:
-            status = "ok"
-        elif any(name in self._daemon.essential_parts for name in failing):
-            status = "failing"
-        else:
-            status = "degraded"
-        return HealthResult(status=status, checks=checks)
+        return HealthResult(status=overall_status(checks, self._daemon.essential_parts), checks=checks)
 
     @rpc(
         "system.config",

@@ -845,6 +845,40 @@ class AsyncTask(AsyncNamespace):
         return await self._call('task.submit', 'TaskSubmitResult', {'deadline': deadline, 'goal': goal, 'namespace': namespace, 'plan': plan}, timeout)
 
 
+class AsyncToken(AsyncNamespace):
+    """``token.*``"""
+
+    async def create(self, *, name: str, expires_in: float | None = OMIT, owner: bool = OMIT, uid: int | None = OMIT, timeout: float | None = None) -> m.TokenCreateResult:
+        """Make a bearer token of the HTTP gateway for a uid; shown once, kept hashed. (``token.create``) Only the daemon's own user may call it.
+
+        Args:
+            name: A name for the token, unique among the tokens (letters, digits, . _ -) (required).
+            expires_in: Seconds until the token stops working (default: never) (default None).
+            owner: Act as the daemon's own user (owner-only methods included); instead of uid
+                (default False).
+            uid: The user the token acts as: the policy decides for it as for this uid (default
+                None).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return await self._call('token.create', 'TokenCreateResult', {'name': name, 'expires_in': expires_in, 'owner': owner, 'uid': uid}, timeout)
+
+    async def list(self, *, timeout: float | None = None) -> m.TokenListResult:
+        """The HTTP gateway's tokens: name, uid, created, expiry (never the tokens). (``token.list``) Only the daemon's own user may call it.
+
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return await self._call('token.list', 'TokenListResult', {}, timeout)
+
+    async def revoke(self, *, name: str, timeout: float | None = None) -> m.TokenRevokeResult:
+        """Revoke an HTTP gateway token; its next request is refused. (``token.revoke``) Only the daemon's own user may call it.
+
+        Args:
+            name: The token's name (required).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return await self._call('token.revoke', 'TokenRevokeResult', {'name': name}, timeout)
+
+
 class Audit(SyncNamespace):
     """``audit.*``"""
 
@@ -1675,6 +1709,40 @@ class Task(SyncNamespace):
         return self._call('task.submit', 'TaskSubmitResult', {'deadline': deadline, 'goal': goal, 'namespace': namespace, 'plan': plan}, timeout)
 
 
+class Token(SyncNamespace):
+    """``token.*``"""
+
+    def create(self, *, name: str, expires_in: float | None = OMIT, owner: bool = OMIT, uid: int | None = OMIT, timeout: float | None = None) -> m.TokenCreateResult:
+        """Make a bearer token of the HTTP gateway for a uid; shown once, kept hashed. (``token.create``) Only the daemon's own user may call it.
+
+        Args:
+            name: A name for the token, unique among the tokens (letters, digits, . _ -) (required).
+            expires_in: Seconds until the token stops working (default: never) (default None).
+            owner: Act as the daemon's own user (owner-only methods included); instead of uid
+                (default False).
+            uid: The user the token acts as: the policy decides for it as for this uid (default
+                None).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return self._call('token.create', 'TokenCreateResult', {'name': name, 'expires_in': expires_in, 'owner': owner, 'uid': uid}, timeout)
+
+    def list(self, *, timeout: float | None = None) -> m.TokenListResult:
+        """The HTTP gateway's tokens: name, uid, created, expiry (never the tokens). (``token.list``) Only the daemon's own user may call it.
+
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return self._call('token.list', 'TokenListResult', {}, timeout)
+
+    def revoke(self, *, name: str, timeout: float | None = None) -> m.TokenRevokeResult:
+        """Revoke an HTTP gateway token; its next request is refused. (``token.revoke``) Only the daemon's own user may call it.
+
+        Args:
+            name: The token's name (required).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return self._call('token.revoke', 'TokenRevokeResult', {'name': name}, timeout)
+
+
 class AsyncMethods:
     """The typed namespaces, one per method prefix. Not here: events.subscribe: use client.subscribe(), which returns an EventStream; events.unsubscribe: leave the EventStream (close it) instead."""
 
@@ -1721,6 +1789,10 @@ class AsyncMethods:
     @cached_property
     def task(self) -> AsyncTask:
         return AsyncTask(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def token(self) -> AsyncToken:
+        return AsyncToken(self)  # type: ignore[arg-type]
 
 
 class SyncMethods:
@@ -1769,3 +1841,7 @@ class SyncMethods:
     @cached_property
     def task(self) -> Task:
         return Task(self)  # type: ignore[arg-type]
+
+    @cached_property
+    def token(self) -> Token:
+        return Token(self)  # type: ignore[arg-type]

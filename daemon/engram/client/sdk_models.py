@@ -384,6 +384,7 @@ class InferEmbedResult(Answer):
     audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
     dim: int
     model: str
+    tokens: int = Field(0, description='Tokens fed to the model, all texts together (special tokens included).')
     truncated: list[int] = Field(description='Indices of texts cut to the maximum sequence length.')
     vectors: B64Tensor | ListTensor = Field(description='float32 [len(texts), dim], rows of length 1.')
 
@@ -1545,6 +1546,41 @@ class TimeWindow(Answer):
     end: str = Field('24:00', description='End, HH:MM, exclusive (24:00: end of the day).')
     start: str = Field('00:00', description='Start, HH:MM, inclusive.')
     timezone: str = Field('local', description="'local' (the machine's zone), 'UTC' or an IANA zone name.")
+
+
+class TokenCreateResult(Answer):
+    """The answer of token.create: Make a bearer token of the HTTP gateway for a uid; shown once, kept hashed.
+    """
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    info: TokenInfo
+    token: str = Field(description='The bearer token. Shown this once: only its SHA-256 is kept.')
+
+
+class TokenInfo(Answer):
+    """TokenInfo."""
+
+    created_at: str = Field(description='ISO 8601, UTC.')
+    expired: bool
+    expires_at: str | None = Field(description='ISO 8601, UTC; null: never.')
+    name: str
+    uid: int = Field(description='The user the token acts as.')
+    user: str | None = Field(description="That user's name, when the system knows it.")
+
+
+class TokenListResult(Answer):
+    """The answer of token.list: The HTTP gateway's tokens: name, uid, created, expiry (never the tokens)."""
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    tokens: list[TokenInfo]
+
+
+class TokenRevokeResult(Answer):
+    """The answer of token.revoke: Revoke an HTTP gateway token; its next request is refused."""
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    name: str
+    revoked: bool = Field(description='Always true: an unknown name is -32002.')
 
 
 class WeightsIn(Given):

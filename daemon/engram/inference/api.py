@@ -196,3 +196,4 @@ class InferEmbedResult(Result):
     dim: int
     vectors: B64Tensor | ListTensor = Field(description="float32 [len(texts), dim], rows of length 1.")
     truncated: list[int] = Field(description="Indices of texts cut to the maximum sequence length.")
+    tokens: int = Field(default=0, description="Tokens fed to the model, all texts together (special tokens included).")

@@ -668,7 +668,8 @@ class Inference(Part):
             lambda m: run_embed_batch(m, encoder, max_batch, [encodings])[0], deadline,
         )
         wire = result_tensor(vectors, fmt) if vectors.size <= _INLINE_WORK else await self._thread(result_tensor, vectors, fmt)  # type: ignore[arg-type]
-        return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated)
+        tokens = sum(len(encoding.ids) for encoding in encodings)
+        return InferEmbedResult(model=name, dim=info.dim, vectors=wire, truncated=truncated, tokens=tokens)
 
     # --- health ------------------------------------------------------------------------------------------
 

@@ -202,26 +202,21 @@ _YIELDING_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pai
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # ensure_ascii: the default
 
 
-def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> tuple[list[Message], bool]:
-    """Parse one line; returns the messages and whether the frame was a batch.
-
-    Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and
-    :class:`InvalidRequest` for an empty or oversized batch, an object of more than
-    MAX_OBJECT_MEMBERS members, or nesting deeper than ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
-    large frame parsed in a worker thread: the parse lets other threads run as it goes.
-    """
-    received = time.monotonic()
-    text = _decode(frame)
+def parse_json(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> Any:
+    """Parse one JSON text under the frame rules: no NaN or Infinity, nesting at most
+    ``max_depth``, objects of at most MAX_OBJECT_MEMBERS members. Raises :class:`ParseError` or
+    :class:`InvalidRequest`. The HTTP gateway parses its bodies with it too (a body is not a
+    JSON-RPC envelope on every endpoint, but is held to the same limits)."""
+    text = _decode(data)
     # Counting opening brackets is cheap and settles almost every frame without the scan.
     if text.count("[") + text.count("{") > max_depth and nesting_depth(text) > max_depth:
         raise _too_deep(max_depth)
-    large = len(frame) > LARGE_FRAME
     try:
         if yielding:
             decoder = _YIELDING_DECODER
         else:
             decoder = _SMALL_DECODER if len(text) < _FEW_MEMBERS_BELOW else _DECODER
-        obj = decoder.decode(text)
+        return decoder.decode(text)
     except NonFiniteNumber as exc:
         raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
     except TooManyMembers:
@@ -232,6 +227,19 @@ def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool
         raise ParseError(f"frame is not valid JSON: {exc}") from None
     except RecursionError:  # the scan bounds the depth; this is the guard should the stack be short
         raise _too_deep(max_depth) from None
+
+
+def parse_frame(frame: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> tuple[list[Message], bool]:
+    """Parse one line; returns the messages and whether the frame was a batch.
+
+    Raises :class:`ParseError` when the line is not JSON (NaN and Infinity included), and
+    :class:`InvalidRequest` for an empty or oversized batch, an object of more than
+    MAX_OBJECT_MEMBERS members, or nesting deeper than ``max_depth`` (all answered with a single error whose id is null). ``yielding`` is for a
+    large frame parsed in a worker thread: the parse lets other threads run as it goes.
+    """
+    received = time.monotonic()  # what the request's deadline_ms counts from
+    obj = parse_json(frame, max_depth, yielding)
+    large = len(frame) > LARGE_FRAME
     if isinstance(obj, list):
         if not obj:
             raise InvalidRequest("a batch must not be empty", reason="empty_batch")

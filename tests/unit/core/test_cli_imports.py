@@ -22,9 +22,9 @@ HEAVY_PACKAGES = {"faiss", "onnxruntime", "ml_dtypes", "numpy", "onnx", "pydanti
 
 COMMANDS = {
     "ask", "audit", "bench", "call", "chat", "config", "events", "generate", "health", "mcp", "memory", "metrics",
-    "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status", "task",
+    "models", "ping", "plugins", "policy", "reload", "route", "schemas", "serve", "sleep", "status", "task", "token",
 }
-BENCHMARKS = {"audit", "cli", "extract", "frames", "infer", "memory", "policy", "providers", "recall", "route", "rpc", "sequence", "sleep", "startup", "tasks"}
+BENCHMARKS = {"audit", "cli", "extract", "frames", "http", "infer", "memory", "policy", "providers", "recall", "route", "rpc", "sequence", "sleep", "startup", "tasks"}
 # What engram-bench (benchmarks/, installed by make test) adds to `engram bench` and `engram models`.
 CONTRIBUTED = {group: {p.name: p.value for p in entry_points(group=f"engram.cli.{group}")} for group in ("bench", "models")}
 
