@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_SAMPLES", "Calibration", "calibrate"]
+__all__ = ["MIN_SAMPLES", "Calibration", "CurvePoint", "accuracy_cost_curve", "calibrate"]
 
 MIN_SAMPLES = 20
 
@@ -60,3 +60,34 @@ def calibrate(
         auto = float(p_b[order][k - 1]) if k else 0.0
     share = float(np.mean(confidences < threshold))
     return Calibration(round(min(max(threshold, 0.0), 1.0), 6), round(min(max(auto, 0.0), 1.0), 6), share)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    threshold: float
+    slow_share: float
+    accuracy: float
+
+
+def accuracy_cost_curve(confidences: np.ndarray, agreed: np.ndarray, points: int) -> list[CurvePoint]:
+    """What each cascade threshold would have given on the decisions where both targets ran.
+
+    At threshold ``t`` the decisions with a fast confidence below ``t`` escalate (the cost: their
+    share) and take the slow answer, right by definition (the slow target is the reference); the
+    others keep the fast answer, right where it agreed with the slow one. So accuracy is
+    ``(escalated + kept and agreed) / n``: the fast target's agreement rate at ``t = 0``, 1 at
+    ``t`` above every confidence. Thresholds are the confidences' quantiles (at most ``points``,
+    distinct), plus 0 and just above the largest, from cheapest to dearest.
+    """
+    both = agreed >= 0
+    conf, agree = confidences[both], agreed[both].astype(np.float64)
+    if conf.size == 0:
+        return []
+    inner = np.unique(np.quantile(conf, np.linspace(0, 1, max(points - 2, 1))))
+    thresholds = np.unique(np.concatenate(([0.0], inner, [np.nextafter(conf.max(), np.inf)])))
+    out = []
+    for t in thresholds:
+        escalated = conf < t
+        accuracy = (escalated.sum() + agree[~escalated].sum()) / conf.size
+        out.append(CurvePoint(round(float(min(t, 1.0)), 6), round(float(escalated.mean()), 6), round(float(accuracy), 6)))
+    return out
