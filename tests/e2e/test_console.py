@@ -8,9 +8,13 @@ from __future__ import annotations
 import json
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+from engram_bench.toy_models import write_model
+from onnx import TensorProto, helper, numpy_helper
 
 from tests.browser import Browser, find_chromium
 from tests.conftest import DaemonProcess, running_daemon
@@ -29,10 +33,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+# A cascade of two toy classifiers: the fast one is the input's own logits, the slow one the same
+# rotated, so they agree only where the fast answer is class 2 (the route's curve is not flat).
+ROUTES = [{"name": "toy", "fast": "model:fast", "slow": "model:rotated", "mode": "cascade", "threshold": 0.8}]
+
+
+def _matmul_model(path: Path, matrix: np.ndarray) -> Path:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["scores"])], "scores",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["batch", 3])],
+        initializer=[numpy_helper.from_array(matrix.astype(np.float32), "W")],
+    )
+    return write_model(path, graph)
+
+
 @pytest.fixture(scope="module")
-def console() -> Iterator[tuple[DaemonProcess, str, str]]:
+def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonProcess, str, str]]:
     port = free_port()
-    with running_daemon({"ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}"}) as daemon:
+    models = tmp_path_factory.mktemp("models")
+    with running_daemon({"ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}", "ENGRAM_ROUTER__ROUTES": json.dumps(ROUTES)}) as daemon:
+        for name, matrix in {"fast": np.eye(3), "rotated": np.roll(np.eye(3), 1, axis=1)}.items():
+            daemon.call("models.add", {"name": name, "path": str(_matmul_model(models / f"{name}.onnx", matrix)), "task": "classify"})
+        for i in range(12):  # threshold 1: both targets run, every decision is on the curve
+            row = [0.5, 1.0, 0.5] if i % 3 == 0 else [1.0 + i / 4, 1.0, 0.5]
+            daemon.call("route.run", {"route": "toy", "tensor": {"dtype": "float32", "shape": [1, 3], "data": row},
+                                      "threshold": 1.0, "use_cache": False})
         daemon.call("memory.remember", {"items": [
             {"text": "The lighthouse keeper logs the tide every evening", "tags": ["sea", "routine"], "session": "coast"},
             {"text": "Invoices are paid on the first Monday of the month", "tags": ["finance"]},
@@ -158,11 +184,23 @@ def test_console_in_headless_chromium(console):
         live = browser.wait_for("document.querySelector('#events-list li[data-topic=\"memory.remembered\"]')?.textContent")
         assert "memory.remembered" in live
 
-        # Sleep and router views load (empty here: no run, no route) without an error.
-        browser.evaluate("location.hash = '#sleep'")
-        browser.wait_for("document.querySelector('#sleep-status').textContent")
+        # The router's accuracy-cost curve: one line from (0, the fast agreement) to (1, 1).
+        curve = daemon.call("route.curve", {"route": "toy"})
         browser.evaluate("location.hash = '#router'")
-        browser.wait_for("document.querySelector('#router-status').textContent.includes('routes')")
+        browser.wait_for("document.querySelector('#router-status').textContent.includes('1 with a curve')")
+        drawn = browser.evaluate("document.querySelector('#router-svg polyline.curve[data-route=\"toy\"]')"
+                                 ".getAttribute('points').split(' ').length")
+        assert drawn == len(curve["points"]) > 2
+        assert curve["points"][0]["accuracy"] < 1.0 and curve["points"][-1]["accuracy"] == 1.0
+
+        # Sleep reports: none, said so; after a run, its report with its stages.
+        browser.evaluate("location.hash = '#sleep'")
+        assert browser.wait_for("document.querySelector('#sleep-status').textContent") == "no consolidation run yet"
+        report = daemon.call("sleep.run", {"wait": True})["report"]
+        browser.evaluate("location.hash = '#memory'; location.hash = '#sleep'")
+        shown = browser.wait_for("document.querySelector('#sleep-reports .report')?.textContent")
+        assert f"run {report['run']}" in shown and report["outcome"] in shown
+        assert browser.evaluate("document.querySelectorAll('#sleep-reports .report tr').length") == len(report["stages"]) + 1
 
         # The only error the page met is the refused wrong token's 401 (Chromium logs failed
         # loads): no exception, no console.error, no CSP violation.

@@ -202,7 +202,13 @@ async function loadSleep() {
 
 export function sleepView() { return loadSleep; }
 
-// --- router: each route's accuracy against cost ------------------------------------------------
+// --- router: each route's accuracy-cost curve (route.curve), its threshold marked -------------
+
+const CURVE_COLOURS = ["#2757c4", "#c4572b", "#1c7c3a", "#8a3fb8", "#a3861b", "#2b8fa3"];
+
+function nearest(points, threshold) {
+  return points.reduce((best, p) => (Math.abs(p.threshold - threshold) < Math.abs(best.threshold - threshold) ? p : best));
+}
 
 async function loadRouter() {
   const status = $("#router-status"), canvas = clear($("#router-svg")), body = clear($("#router-table tbody"));
@@ -213,22 +219,26 @@ async function loadRouter() {
     canvas.append(svg("text", { class: "label", x: x(t) - 8, y: h - bottom + 16 }, t.toFixed(2)), svg("text", { class: "label", x: 8, y: y(t) + 4 }, t.toFixed(2)));
   }
   canvas.append(svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(1), y2: y(0) }), svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(0), y2: y(1) }));
-  canvas.append(svg("text", { class: "label", x: w / 2 - 60, y: h - 6 }, "cost: slow share"), svg("text", { class: "label", x: left + 6, y: 14 }, "accuracy: agreement"));
+  canvas.append(svg("text", { class: "label", x: w / 2 - 60, y: h - 6 }, "cost: slow share"), svg("text", { class: "label", x: left + 6, y: 14 }, "accuracy: agreement with slow"));
   try {
     const { routes } = await call("route.stats");
-    const points = routes.filter((r) => r.agreement_rate !== null && r.requests > 0).sort((a, b) => a.slow_share - b.slow_share);
-    if (points.length > 1) {
-      canvas.append(svg("polyline", { class: "curve", points: points.map((r) => `${x(r.slow_share)},${y(r.agreement_rate)}`).join(" ") }));
-    }
-    for (const r of points) {
-      canvas.append(svg("circle", { class: "point", cx: x(r.slow_share), cy: y(r.agreement_rate), r: 5, "data-route": r.route }),
-        svg("text", { class: "label", x: x(r.slow_share) + 8, y: y(r.agreement_rate) - 6 }, r.route));
-    }
-    for (const r of routes) {
+    let drawn = 0;
+    for (const [i, r] of routes.entries()) {
+      const curve = await call("route.curve", { route: r.route });
+      const colour = CURVE_COLOURS[i % CURVE_COLOURS.length];
+      if (curve.points.length) {
+        const line = svg("polyline", { class: "curve", "data-route": r.route, points: curve.points.map((p) => `${x(p.slow_share)},${y(p.accuracy)}`).join(" ") });
+        line.style.stroke = colour;
+        const here = nearest(curve.points, curve.threshold);
+        const mark = svg("circle", { class: "point", cx: x(here.slow_share), cy: y(here.accuracy), r: 5 });
+        mark.style.fill = colour;
+        canvas.append(line, mark, svg("text", { class: "label", x: x(here.slow_share) + 8, y: y(here.accuracy) - 6 }, `${r.route} @ ${curve.threshold}`));
+        drawn++;
+      }
       body.append(el("tr", {}, el("td", {}, r.route), el("td", {}, r.mode), el("td", {}, r.requests), el("td", {}, r.slow_share),
-        el("td", {}, r.agreement_rate ?? "–"), el("td", {}, r.threshold ?? "–"), el("td", {}, r.latency_ms.p50 ?? "–")));
+        el("td", {}, r.agreement_rate ?? "–"), el("td", {}, r.threshold), el("td", {}, curve.samples), el("td", {}, r.latency_ms.p50 ?? "–")));
     }
-    status.textContent = `${routes.length} routes; ${points.length} with both targets compared`;
+    status.textContent = `${routes.length} routes; ${drawn} with a curve (decisions where both targets ran)`;
   } catch (error) {
     status.textContent = describe(error);
   }
