@@ -102,6 +102,19 @@ def test_event_stream_refusals_are_specific(console):
         assert empty.json()["error"]["data"] == {"reason": "empty_topic", "field": "topics"}
         bad_queue = http.get("/v1/events", params={"queue": "many"}, headers=auth)
         assert bad_queue.json()["error"]["data"] == {"reason": "bad_queue", "field": "queue"}
+        bad_overflow = http.get("/v1/events", params={"overflow": "explode"}, headers=auth)
+        assert bad_overflow.status_code == 400 and bad_overflow.json()["error"]["data"]["field"] == "overflow"
+        # overflow=disconnect with a queue of one: a burst ends the stream with a closed event.
+        with http.stream("GET", "/v1/events", params={"topics": "request.*", "queue": "1", "overflow": "disconnect"},
+                         headers=auth, timeout=15) as stream:
+            lines = stream.iter_lines()
+            assert next(lines) == "event: subscribed"
+            with httpx.Client(base_url=url, headers=auth) as other:
+                other.post("/rpc", json=[{"jsonrpc": "2.0", "id": i, "method": "system.ping"} for i in range(50)])
+            rest = list(lines)  # the stream ends by itself
+        assert "event: closed" in rest
+        closed = json.loads(rest[rest.index("event: closed") + 1].removeprefix("data: "))
+        assert closed["reason"] == "overflow" and closed["dropped"] >= 1
 
 
 @needs_chromium
@@ -126,7 +139,8 @@ def test_console_in_headless_chromium(console):
         assert browser.wait_for("document.querySelectorAll('#memory-results .episode').length") == 2
         browser.evaluate("document.querySelector('#memory-query').value = 'who records the tides?';"
                          "document.querySelector('#memory-search').requestSubmit()")
-        first = browser.wait_for("document.querySelector('#memory-results .episode')?.textContent")
+        browser.wait_for("document.querySelector('#memory-status').textContent.includes('memories in uid:')")
+        first = browser.evaluate("document.querySelector('#memory-results .episode').textContent")
         assert "lighthouse keeper" in first
         # A tag filters the browse list.
         browser.evaluate("document.querySelector('#browse-tag').value = 'finance';"

@@ -60,7 +60,8 @@ class StreamConnection(HttpConnection):
 
 
 def _params(request: HttpRequest) -> dict[str, Any]:
-    """``topics`` (comma-separated patterns, default every topic) and ``queue`` from the query."""
+    """``topics`` (comma-separated patterns, default every topic), ``queue`` and ``overflow`` from
+    the query; events.subscribe's params model validates them in the chain."""
     params: dict[str, Any] = {}
     topics = request.query_params.get("topics")
     if topics is not None:
@@ -77,6 +78,9 @@ def _params(request: HttpRequest) -> dict[str, Any]:
         if not queue.isdigit():
             raise InvalidParams("queue: not a whole number of events", field="queue", reason="bad_queue")
         params["queue"] = int(queue)
+    overflow = request.query_params.get("overflow")
+    if overflow is not None:
+        params["overflow"] = overflow
     return params
 
 
@@ -92,7 +96,7 @@ def _sse(kind: str, payload: Any) -> bytes:
 
 class EventStream(Response):
     """The stream: an ``subscribed`` event (the subscription and the topics it matched), then an
-    ``event`` per bus event, and a ``closed`` event if the bus ends it (overflow policy ``close``)."""
+    ``event`` per bus event, and a ``closed`` event if the bus ends it (overflow policy ``disconnect``)."""
 
     media_type = "text/event-stream"
 

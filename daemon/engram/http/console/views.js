@@ -25,10 +25,11 @@ function episodeCard(episode, extra) {
 
 async function search(event) {
   event.preventDefault();
-  const status = $("#memory-status"), results = clear($("#memory-results"));
+  const status = $("#memory-status");
   $("#memory-more").hidden = true;
   try {
     const found = await call("memory.recall", { query: $("#memory-query").value, k: 20, ...namespace() });
+    const results = clear($("#memory-results"));
     status.textContent = `${found.hits.length} memories in ${found.namespace}`;
     for (const hit of found.hits) results.append(episodeCard(hit, `score ${hit.score.toFixed(3)}`));
   } catch (error) {
@@ -48,14 +49,14 @@ function browseBy(filter) {
 async function browse(event, fresh = true) {
   if (event) event.preventDefault();
   const results = $("#memory-results"), status = $("#memory-status");
-  if (fresh) { clear(results); browseCursor = null; }
   const params = { limit: 50, ...namespace() };
   const session = $("#browse-session").value.trim(), kind = $("#browse-kind").value.trim(), tag = $("#browse-tag").value.trim();
   if (session) params.session = session;
   if (kind) params.kind = kind;
-  if (browseCursor) params.before = browseCursor;
+  if (!fresh && browseCursor) params.before = browseCursor;
   try {
     const page = await call("memory.list", params);
+    if (fresh) { clear(results); delete results.dataset.lastDay; }  // after the answer: a second load replaces
     const shown = tag ? page.episodes.filter((e) => e.tags.includes(tag)) : page.episodes;
     let lastDay = results.dataset.lastDay || "";
     for (const episode of shown) {
@@ -151,7 +152,7 @@ async function verifyRow(seq, cell) {
 }
 
 async function loadAudit() {
-  const status = $("#audit-status"), body = clear($("#audit-table tbody"));
+  const status = $("#audit-status");
   try {
     const key = await call("audit.pubkey");
     audit.vkey = key.vkey;
@@ -160,6 +161,7 @@ async function loadAudit() {
     const { size } = await call("audit.entries", { start: 0, limit: 1 });
     const start = Math.max(0, size - 50);
     const page = await call("audit.entries", { start, limit: 50 });
+    const body = clear($("#audit-table tbody"));  // after the answers: a second load replaces, never adds
     for (const item of page.entries.reverse()) {
       audit.entries.set(item.seq, item);
       const e = item.entry, detail = e.detail || {};
@@ -183,9 +185,10 @@ export function auditView() {
 // --- sleep reports ----------------------------------------------------------------------------
 
 async function loadSleep() {
-  const status = $("#sleep-status"), list = clear($("#sleep-reports"));
+  const status = $("#sleep-status");
   try {
     const { reports } = await call("sleep.reports", { limit: 20 });
+    const list = clear($("#sleep-reports"));  // after the answer: a second load replaces, never adds
     status.textContent = reports.length ? `${reports.length} recent runs` : "no consolidation run yet";
     for (const r of reports) {
       const stages = el("table", {}, el("tr", {}, el("th", {}, "stage"), el("th", {}, "namespace"), el("th", {}, "s"), el("th", {}, "figures")),
@@ -211,7 +214,17 @@ function nearest(points, threshold) {
 }
 
 async function loadRouter() {
-  const status = $("#router-status"), canvas = clear($("#router-svg")), body = clear($("#router-table tbody"));
+  const status = $("#router-status");
+  let routes, curves;
+  try {
+    ({ routes } = await call("route.stats"));
+    curves = await Promise.all(routes.map((r) => call("route.curve", { route: r.route })));
+  } catch (error) {
+    status.textContent = describe(error);
+    return;
+  }
+  // Drawn after the answers: a second load replaces the drawing, never adds to it.
+  const canvas = clear($("#router-svg")), body = clear($("#router-table tbody"));
   const [w, h, left, bottom] = [640, 400, 50, 40];
   const x = (share) => left + share * (w - left - 20), y = (rate) => h - bottom - rate * (h - bottom - 20);
   for (let t = 0; t <= 1.0001; t += 0.25) {
@@ -220,28 +233,23 @@ async function loadRouter() {
   }
   canvas.append(svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(1), y2: y(0) }), svg("line", { class: "axis", x1: x(0), y1: y(0), x2: x(0), y2: y(1) }));
   canvas.append(svg("text", { class: "label", x: w / 2 - 60, y: h - 6 }, "cost: slow share"), svg("text", { class: "label", x: left + 6, y: 14 }, "accuracy: agreement with slow"));
-  try {
-    const { routes } = await call("route.stats");
-    let drawn = 0;
-    for (const [i, r] of routes.entries()) {
-      const curve = await call("route.curve", { route: r.route });
-      const colour = CURVE_COLOURS[i % CURVE_COLOURS.length];
-      if (curve.points.length) {
-        const line = svg("polyline", { class: "curve", "data-route": r.route, points: curve.points.map((p) => `${x(p.slow_share)},${y(p.accuracy)}`).join(" ") });
-        line.style.stroke = colour;
-        const here = nearest(curve.points, curve.threshold);
-        const mark = svg("circle", { class: "point", cx: x(here.slow_share), cy: y(here.accuracy), r: 5 });
-        mark.style.fill = colour;
-        canvas.append(line, mark, svg("text", { class: "label", x: x(here.slow_share) + 8, y: y(here.accuracy) - 6 }, `${r.route} @ ${curve.threshold}`));
-        drawn++;
-      }
-      body.append(el("tr", {}, el("td", {}, r.route), el("td", {}, r.mode), el("td", {}, r.requests), el("td", {}, r.slow_share),
-        el("td", {}, r.agreement_rate ?? "–"), el("td", {}, r.threshold), el("td", {}, curve.samples), el("td", {}, r.latency_ms.p50 ?? "–")));
+  let drawn = 0;
+  for (const [i, r] of routes.entries()) {
+    const curve = curves[i];
+    const colour = CURVE_COLOURS[i % CURVE_COLOURS.length];
+    if (curve.points.length) {
+      const line = svg("polyline", { class: "curve", "data-route": r.route, points: curve.points.map((p) => `${x(p.slow_share)},${y(p.accuracy)}`).join(" ") });
+      line.style.stroke = colour;
+      const here = nearest(curve.points, curve.threshold);
+      const mark = svg("circle", { class: "point", cx: x(here.slow_share), cy: y(here.accuracy), r: 5 });
+      mark.style.fill = colour;
+      canvas.append(line, mark, svg("text", { class: "label", x: x(here.slow_share) + 8, y: y(here.accuracy) - 6 }, `${r.route} @ ${curve.threshold}`));
+      drawn++;
     }
-    status.textContent = `${routes.length} routes; ${drawn} with a curve (decisions where both targets ran)`;
-  } catch (error) {
-    status.textContent = describe(error);
+    body.append(el("tr", {}, el("td", {}, r.route), el("td", {}, r.mode), el("td", {}, r.requests), el("td", {}, r.slow_share),
+      el("td", {}, r.agreement_rate ?? "–"), el("td", {}, r.threshold), el("td", {}, curve.samples), el("td", {}, r.latency_ms.p50 ?? "–")));
   }
+  status.textContent = `${routes.length} routes; ${drawn} with a curve (decisions where both targets ran)`;
 }
 
 export function routerView() { return loadRouter; }
