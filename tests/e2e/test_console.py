@@ -6,7 +6,9 @@ tampered checkpoint fail), the graph view draws the concepts, live events show a
 from __future__ import annotations
 
 import json
+import os
 import socket
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -220,3 +222,59 @@ def test_console_in_headless_chromium(console):
         # loads): no exception, no console.error, no CSP violation.
         errors = browser.errors()
         assert len(errors) == 1 and "status of 401" in errors[0] and errors[0].endswith("/rpc"), errors
+
+
+NOBODY_FOLLOWS = """
+[[rule]]
+name = "nobody-follows-events"
+effect = "allow"
+principals = ["uid:65534"]
+actions = ["events.*", "memory.*"]
+"""
+
+
+def _memory_events(url: str, token: str, until_namespace: str, subscribed: threading.Event) -> list[dict]:
+    """The memory.remembered events a stream of ``token`` delivers, until one of ``until_namespace``."""
+    seen = []
+    with httpx.stream("GET", f"{url}/v1/events", params={"topics": "memory.remembered"},
+                      headers={"Authorization": f"Bearer {token}"}, timeout=30) as stream:
+        for line in stream.iter_lines():
+            if line == "event: subscribed":
+                subscribed.set()
+            elif line.startswith("data: ") and '"topic"' in line:
+                seen.append(json.loads(line.removeprefix("data: ")))
+                if seen[-1]["data"]["namespace"] == until_namespace:
+                    return seen
+    return seen
+
+
+def test_event_stream_keeps_the_audience_rule(make_daemon, state_dir):
+    """Someone other than the owner, granted events.subscribe, sees the events about their own
+    namespace and not the owner's; the owner sees both."""
+    policy = state_dir.parent / "policy.d"
+    policy.mkdir()
+    (policy / "nobody.toml").write_text(NOBODY_FOLLOWS)
+    port = free_port()
+    daemon = make_daemon(env={"ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}", "ENGRAM_POLICY__FILES": json.dumps([str(policy)])})
+    url = f"http://127.0.0.1:{port}"
+    owner = daemon.call("token.create", {"name": "owner", "owner": True})["token"]
+    nobody = daemon.call("token.create", {"name": "nobody", "uid": 65534})["token"]
+    seen: dict[str, list[dict]] = {}
+    ready = {"owner": threading.Event(), "nobody": threading.Event()}
+
+    def follow(who: str, token: str) -> None:
+        seen[who] = _memory_events(url, token, "uid:65534", ready[who])
+
+    readers = [threading.Thread(target=follow, args=(who, token)) for who, token in (("owner", owner), ("nobody", nobody))]
+    for reader in readers:
+        reader.start()
+    assert all(event.wait(20) for event in ready.values())
+    daemon.call("memory.remember", {"items": [{"text": "the owner's note", "vector": [1.0, 0.0, 0.0]}]})
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {nobody}"}) as http:
+        answer = http.post("/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "memory.remember",
+                                         "params": {"items": [{"text": "nobody's note", "vector": [0.0, 1.0, 0.0]}]}}).json()
+        assert "result" in answer, answer
+    for reader in readers:
+        reader.join(30)
+    assert [e["data"]["namespace"] for e in seen["nobody"]] == ["uid:65534"]
+    assert [e["data"]["namespace"] for e in seen["owner"]] == [f"uid:{os.getuid()}", "uid:65534"]

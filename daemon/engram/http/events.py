@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import structlog
 from anyio.abc import ObjectSendStream
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
     from engram.http.app import GatewayApp
 
 __all__ = ["HEARTBEAT_SECONDS", "EventStream", "event_stream"]
+
+log = structlog.get_logger("engram.http")
 
 HEARTBEAT_SECONDS = 15.0  # a comment line this often: proxies keep the stream, a gone client is noticed
 MAX_TOPICS = 32  # as events.subscribe
@@ -117,26 +120,40 @@ class EventStream(Response):
             except RPCError as error:
                 await _error(error)(scope, receive, send)
                 return
+            log.info("http event stream opened", subscription=subscribed["subscription"], uid=self._principal.uid,
+                     topics=len(subscribed["topics"]))
             await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
             await send({"type": "http.response.body", "body": _sse("subscribed", subscribed), "more_body": True})
+            sent = 0
             async with anyio.create_task_group() as tg:
-                for pump in conn.pumps:
-                    tg.start_soon(pump)
+                tg.start_soon(self._pump, conn, pushes_in)
                 tg.start_soon(self._watch_disconnect, receive, tg.cancel_scope)
                 async with pushes_out:
                     while True:
                         with anyio.move_on_after(HEARTBEAT_SECONDS):
-                            method, params = await pushes_out.receive()
+                            try:
+                                method, params = await pushes_out.receive()
+                            except anyio.EndOfStream:  # the subscription ended (the daemon is stopping)
+                                break
                             kind = "event" if method == EVENT_NOTIFICATION else "closed"
                             await send({"type": "http.response.body", "body": _sse(kind, params), "more_body": True})
+                            sent += 1
                             if kind == "closed":
                                 break
                             continue
                         await send({"type": "http.response.body", "body": b": keep-alive\n\n", "more_body": True})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
                 tg.cancel_scope.cancel()
+            log.info("http event stream ended", subscription=subscribed["subscription"], sent=sent)
         finally:
             conn.close()  # ends the subscription (bus.unsubscribe), whatever ended the stream
+
+    @staticmethod
+    async def _pump(conn: StreamConnection, pushes: ObjectSendStream[tuple[str, dict[str, Any]]]) -> None:
+        """The subscription's pump (events.subscribe's), then the end of the stream it feeds."""
+        async with pushes:
+            for pump in conn.pumps:
+                await pump()
 
     @staticmethod
     async def _watch_disconnect(receive: Receive, scope: anyio.CancelScope) -> None:
