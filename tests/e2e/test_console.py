@@ -36,8 +36,9 @@ def free_port() -> int:
 
 
 # A cascade of two toy classifiers: the fast one is the input's own logits, the slow one the same
-# rotated, so they agree only where the fast answer is class 2 (the route's curve is not flat).
-ROUTES = [{"name": "toy", "fast": "model:fast", "slow": "model:rotated", "mode": "cascade", "threshold": 0.8}]
+# with classes 1 and 2 swapped, so they agree on class 0 only. The fixture's confident inputs are
+# class 0 and its doubtful ones class 1: escalating the doubtful third makes every answer right.
+ROUTES = [{"name": "toy", "fast": "model:fast", "slow": "model:swapped", "mode": "cascade", "threshold": 0.8}]
 
 
 def _matmul_model(path: Path, matrix: np.ndarray) -> Path:
@@ -55,8 +56,9 @@ def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[DaemonPr
     port = free_port()
     models = tmp_path_factory.mktemp("models")
     with running_daemon({"ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}", "ENGRAM_ROUTER__ROUTES": json.dumps(ROUTES)}) as daemon:
-        for name, matrix in {"fast": np.eye(3), "rotated": np.roll(np.eye(3), 1, axis=1)}.items():
-            daemon.call("models.add", {"name": name, "path": str(_matmul_model(models / f"{name}.onnx", matrix)), "task": "classify"})
+        for name, matrix in {"fast": np.eye(3), "swapped": np.eye(3)[:, [0, 2, 1]]}.items():
+            path = _matmul_model(models / f"{name}.onnx", matrix)
+            daemon.call("models.add", {"name": name, "path": str(path), "task": "classify"})
         for i in range(12):  # threshold 1: both targets run, every decision is on the curve
             row = [0.5, 1.0, 0.5] if i % 3 == 0 else [1.0 + i / 4, 1.0, 0.5]
             daemon.call("route.run", {"route": "toy", "tensor": {"dtype": "float32", "shape": [1, 3], "data": row},
@@ -125,7 +127,7 @@ def test_console_in_headless_chromium(console):
     assert CHROMIUM is not None
     with Browser(CHROMIUM) as browser:
         browser.navigate(url + "/")
-        browser.wait_for("document.readyState === 'complete' && !!document.querySelector('#login-form')")
+        browser.wait_for("document.documentElement.dataset.console === 'loaded'")
 
         # A wrong token is refused with the gateway's reason; the right one opens the console.
         browser.evaluate("document.querySelector('#token').value = 'not-a-token';"
@@ -148,7 +150,8 @@ def test_console_in_headless_chromium(console):
         browser.evaluate("document.querySelector('#browse-tag').value = 'finance';"
                          "document.querySelector('#memory-browse').requestSubmit()")
         browser.wait_for("document.querySelector('#memory-status').textContent.includes('tagged finance')")
-        assert browser.evaluate("[...document.querySelectorAll('#memory-results .episode')].map(e => e.textContent).join()").startswith("Invoices")
+        shown = browser.evaluate("[...document.querySelectorAll('#memory-results .episode')].map(e => e.textContent)")
+        assert len(shown) == 1 and shown[0].startswith("Invoices")
 
         # The graph: three relations around the lighthouse, drawn as nodes and edges.
         browser.evaluate("location.hash = '#graph'")
@@ -172,7 +175,8 @@ def test_console_in_headless_chromium(console):
         assert vkey.split("+")[0] in verdict
         # Tampered bytes, or a checkpoint whose root was changed, fail in the same code.
         tampered = browser.evaluate("""(async () => {
-            const views = await import('/console/views.js'), proof = await import('/console/proof.js'), rpc = await import('/console/rpc.js');
+            const views = await import('/console/views.js'), proof = await import('/console/proof.js');
+            const rpc = await import('/console/rpc.js');
             const { canonical } = await rpc.call('audit.entry', { seq: 1 });
             const bytes = proof.fromBase64(canonical);
             const good = await views.proveEntry(1, bytes);
@@ -207,7 +211,8 @@ def test_console_in_headless_chromium(console):
         drawn = browser.evaluate("document.querySelector('#router-svg polyline.curve[data-route=\"toy\"]')"
                                  ".getAttribute('points').split(' ').length")
         assert drawn == len(curve["points"]) > 2
-        assert curve["points"][0]["accuracy"] < 1.0 and curve["points"][-1]["accuracy"] == 1.0
+        assert curve["samples"] == 12 and curve["points"][0] == {"threshold": 0.0, "slow_share": 0.0, "accuracy": round(8 / 12, 6)}
+        assert any(p["slow_share"] < 0.5 and p["accuracy"] == 1.0 for p in curve["points"])  # the doubtful escalated
 
         # Sleep reports: none, said so; after a run, its report with its stages.
         browser.evaluate("location.hash = '#sleep'")

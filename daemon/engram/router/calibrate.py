@@ -76,18 +76,22 @@ def accuracy_cost_curve(confidences: np.ndarray, agreed: np.ndarray, points: int
     share) and take the slow answer, right by definition (the slow target is the reference); the
     others keep the fast answer, right where it agreed with the slow one. So accuracy is
     ``(escalated + kept and agreed) / n``: the fast target's agreement rate at ``t = 0``, 1 at
-    ``t`` above every confidence. Thresholds are the confidences' quantiles (at most ``points``,
-    distinct), plus 0 and just above the largest, from cheapest to dearest.
+    ``t = 1`` unless some fast answers were fully confident. Thresholds are 0, the confidences'
+    quantiles and 1, rounded as reported; a threshold that changes nothing from the one before
+    is left out, so the points run from the cheapest to the dearest, at most ``points`` of them.
     """
     both = agreed >= 0
     conf, agree = confidences[both], agreed[both].astype(np.float64)
     if conf.size == 0:
         return []
-    inner = np.unique(np.quantile(conf, np.linspace(0, 1, max(points - 2, 1))))
-    thresholds = np.unique(np.concatenate(([0.0], inner, [np.nextafter(conf.max(), np.inf)])))
-    out = []
+    inner = np.quantile(conf, np.linspace(0, 1, max(points - 2, 1)))
+    thresholds = np.unique(np.round(np.clip(np.concatenate(([0.0], inner, [1.0])), 0.0, 1.0), 6))
+    out: list[CurvePoint] = []
     for t in thresholds:
         escalated = conf < t
-        accuracy = (escalated.sum() + agree[~escalated].sum()) / conf.size
-        out.append(CurvePoint(round(float(min(t, 1.0)), 6), round(float(escalated.mean()), 6), round(float(accuracy), 6)))
+        share = round(float(escalated.mean()), 6)
+        accuracy = round(float((escalated.sum() + agree[~escalated].sum()) / conf.size), 6)
+        if out and (out[-1].slow_share, out[-1].accuracy) == (share, accuracy):
+            continue
+        out.append(CurvePoint(float(t), share, accuracy))
     return out

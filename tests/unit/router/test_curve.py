@@ -23,9 +23,16 @@ def test_curve_runs_from_the_fast_agreement_to_one():
 def test_a_fast_target_that_never_agrees_is_worth_only_what_escalates():
     conf = np.linspace(0.1, 0.9, 9)
     curve = accuracy_cost_curve(conf, np.zeros(9, dtype=np.int64), points=5)
-    assert len(curve) <= 5 + 1
+    assert len(curve) <= 5
     assert all(p.accuracy == p.slow_share for p in curve)
 
 
 def test_no_decision_where_both_ran_gives_no_curve():
     assert accuracy_cost_curve(np.array([0.5, 0.7]), np.array([-1, -1]), points=10) == []
+
+
+def test_thresholds_that_change_nothing_are_left_out():
+    conf = np.array([0.5] * 10 + [0.9] * 10)
+    curve = accuracy_cost_curve(conf, np.array([0] * 10 + [1] * 10), points=21)
+    assert [(p.slow_share, p.accuracy) for p in curve] == [(0.0, 0.5), (0.5, 1.0), (1.0, 1.0)]
+    assert curve[0].threshold == 0.0 and 0.5 < curve[1].threshold <= 0.9 and curve[2].threshold == 1.0

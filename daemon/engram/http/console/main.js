@@ -39,3 +39,6 @@ $("#logout").addEventListener("click", () => { forgetToken(); show(current()); }
 window.addEventListener("hashchange", () => show(current()));
 if (token() !== null) document.body.dataset.ready = "true";
 show(current());
+// The forms work from here on (before, a submit would be the browser's own, which the CSP's
+// form-action 'none' blocks): what a script driving the page waits for.
+document.documentElement.dataset.console = "loaded";
