@@ -146,6 +146,10 @@ def test_console_in_headless_chromium(console):
         browser.wait_for("document.querySelector('#memory-status').textContent.includes('memories in uid:')")
         first = browser.evaluate("document.querySelector('#memory-results .episode').textContent")
         assert "lighthouse keeper" in first
+        # An episode's detail: memory.get, the whole episode.
+        browser.evaluate("document.querySelector('#memory-results .episode').click()")
+        detail = browser.wait_for("document.querySelector('#memory-detail table')?.textContent")
+        assert all(part in detail for part in ('"coast"', '"sea"', '"routine"', "access_count")), detail
         # A tag filters the browse list.
         browser.evaluate("document.querySelector('#browse-tag').value = 'finance';"
                          "document.querySelector('#memory-browse').requestSubmit()")
