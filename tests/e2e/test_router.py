@@ -271,3 +271,7 @@ def test_accuracy_cost_curve_from_recorded_decisions(router):
     with pytest.raises(InvalidParams) as bad:
         router.call("route.curve", {"route": "agree", "points": 1})
     assert bad.value.data["field"] == "points"
+    out = subprocess.run([sys.executable, "-m", "engram.cli", "route", "curve", "disagree", "--points", "3",
+                          "--socket", str(router.socket)], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "disagree: 10 decisions where both targets ran" in out.stdout and "accuracy 100.0%" in out.stdout
