@@ -26,9 +26,9 @@ from starlette.types import Receive, Scope, Send
 
 from engram.errors import InternalError, InvalidParams, InvalidRequest, MethodNotFound, PolicyDenied, RPCError
 from engram.http import openai
+from engram.http.connection import HttpConnection
 from engram.http.console_site import ConsoleSite
 from engram.http.events import event_stream
-from engram.http.connection import HttpConnection
 from engram.http.ports import HealthStatus, MetricsText, RequestChain
 from engram.http.settings import HttpSettings
 from engram.http.tokens import TokenStore

@@ -98,7 +98,7 @@ def _sse(kind: str, payload: Any) -> bytes:
 
 
 class EventStream(Response):
-    """The stream: an ``subscribed`` event (the subscription and the topics it matched), then an
+    """The stream: a ``subscribed`` event (the subscription and the topics it matched), then an
     ``event`` per bus event, and a ``closed`` event if the bus ends it (overflow policy ``disconnect``)."""
 
     media_type = "text/event-stream"
@@ -113,6 +113,7 @@ class EventStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self._app
         pushes_in, pushes_out = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](app.settings.stream_buffer)
+        # The gateway numbers its connections; this one takes the next number.
         conn = StreamConnection(app.connection(self._principal).id, self._principal, pushes_in)
         try:
             try:
