@@ -18,7 +18,7 @@ PLUGINS  := plugins/engram-ollama plugins/engram-openai
 # The benchmarks, the ONNX conformance run and the tiny test models: not part of the product.
 BENCH    := benchmarks
 
-.PHONY: run test bench fuzz test-latest install install-gpu install-test install-bench install-model install-model-mpnet lock upgrade schemas clean
+.PHONY: run test bench fuzz test-latest chromium install install-gpu install-test install-bench install-model install-model-mpnet lock upgrade schemas clean
 
 # The stamp files make re-runs cheap: pip runs again only when a lock or a pyproject.toml changes.
 $(VENV)/.bootstrapped: requirements/build.txt
@@ -34,7 +34,19 @@ $(VENV)/.installed: $(VENV)/.bootstrapped requirements/run.txt pyproject.toml
 $(VENV)/.installed-test: $(VENV)/.installed requirements/test.txt $(PLUGINS:%=%/pyproject.toml) $(BENCH)/pyproject.toml
 	$(LOCKED) -r requirements/test.txt
 	$(EDITABLE) -e . $(PLUGINS:%=-e %) -e $(BENCH)
+	$(MAKE) --no-print-directory chromium
 	touch $@
+
+# The web console's tests (tests/e2e/test_console.py) drive a real headless Chromium: the
+# distribution's package, installed when missing on Debian as root (CI); elsewhere the tests skip
+# and say how to get it.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && grep -qi debian /etc/os-release 2>/dev/null; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else \
+	    echo "chromium is not installed (apt-get install chromium as root): the console's browser tests will skip"; \
+	  fi; }
 
 $(VENV)/.installed-bench: $(VENV)/.installed requirements/bench.txt $(BENCH)/pyproject.toml
 	$(LOCKED) -r requirements/bench.txt

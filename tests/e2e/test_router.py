@@ -252,3 +252,26 @@ def test_generate_route_with_provider_targets(make_daemon):
         forced = local.call("route.run", {"route": "gen", "text": "think harder", "threshold": 1.0})
         assert forced["taken"] == "slow" and forced["escalated"] and forced["agreed"] is None
         assert len(posted(openai)) == 2
+
+
+def test_accuracy_cost_curve_from_recorded_decisions(router):
+    for i in range(10):
+        for route in ("agree", "disagree"):
+            router.call("route.run", {"route": route, "tensor": tensor(1.0 + i / 5, 1.0, 0.5), "threshold": 1.0,
+                                      "use_cache": False})
+    agree = router.call("route.curve", {"route": "agree", "points": 6})
+    assert agree["samples"] == 10 and agree["threshold"] == 0.8
+    assert [p["accuracy"] for p in agree["points"]] == [1.0] * len(agree["points"])  # the sharp model always agrees
+    assert agree["points"][0]["slow_share"] == 0.0 and agree["points"][-1]["slow_share"] == 1.0
+    disagree = router.call("route.curve", {"route": "disagree"})["points"]
+    assert len(disagree) > 2 and all(p["accuracy"] == p["slow_share"] for p in disagree)  # only escalation is right
+    with pytest.raises(NotFound) as info:
+        router.call("route.curve", {"route": "nope"})
+    assert info.value.reason == "unknown_route"
+    with pytest.raises(InvalidParams) as bad:
+        router.call("route.curve", {"route": "agree", "points": 1})
+    assert bad.value.data["field"] == "points"
+    out = subprocess.run([sys.executable, "-m", "engram.cli", "route", "curve", "disagree", "--points", "3",
+                          "--socket", str(router.socket)], check=False, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "disagree: 10 decisions where both targets ran" in out.stdout and "accuracy 100.0%" in out.stdout

@@ -619,6 +619,16 @@ class AsyncRoute(AsyncNamespace):
         """
         return await self._call('route.consolidate', 'RouteConsolidateResult', {'route': route}, timeout)
 
+    async def curve(self, *, route: str, points: int = OMIT, timeout: float | None = None) -> m.RouteCurveResult:
+        """A route's accuracy-cost curve: for cascade thresholds, the slow share and the agreement with the slow target, on its recorded decisions where both targets ran. (``route.curve``)
+
+        Args:
+            route: (required).
+            points: Most thresholds on the curve (default 21).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return await self._call('route.curve', 'RouteCurveResult', {'route': route, 'points': points}, timeout)
+
     async def feedback(self, *, correct: bool, decision: str, timeout: float | None = None) -> m.RouteFeedbackResult:
         """Tell the router whether an answer was right; answers of the fast target teach the assessor. (``route.feedback``)
 
@@ -1482,6 +1492,16 @@ class Route(SyncNamespace):
             timeout: seconds to wait for the answer (default: the client's).
         """
         return self._call('route.consolidate', 'RouteConsolidateResult', {'route': route}, timeout)
+
+    def curve(self, *, route: str, points: int = OMIT, timeout: float | None = None) -> m.RouteCurveResult:
+        """A route's accuracy-cost curve: for cascade thresholds, the slow share and the agreement with the slow target, on its recorded decisions where both targets ran. (``route.curve``)
+
+        Args:
+            route: (required).
+            points: Most thresholds on the curve (default 21).
+            timeout: seconds to wait for the answer (default: the client's).
+        """
+        return self._call('route.curve', 'RouteCurveResult', {'route': route, 'points': points}, timeout)
 
     def feedback(self, *, correct: bool, decision: str, timeout: float | None = None) -> m.RouteFeedbackResult:
         """Tell the router whether an answer was right; answers of the fast target teach the assessor. (``route.feedback``)

@@ -202,6 +202,15 @@ class CostHint(Answer):
     usd_per_1k_output_tokens: float = Field(0.0, description='Price of 1000 generated tokens, USD.')
 
 
+class CurvePointOut(Answer):
+    """CurvePointOut."""
+
+    accuracy: float = Field(description='Share whose final answer would have agreed with the slow target.')
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    slow_share: float = Field(description='Share of the decisions that would have escalated (the cost).')
+    threshold: float = Field(description='The cascade confidence threshold.')
+
+
 class EmbedderStats(Answer):
     """EmbedderStats."""
 
@@ -1093,6 +1102,17 @@ class RouteConsolidateResult(Answer):
 
     audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
     routes: list[str]
+
+
+class RouteCurveResult(Answer):
+    """The answer of route.curve: A route's accuracy-cost curve: for cascade thresholds, the slow share and the agreement with the slow target, on its recorded decisions where both targets ran.
+    """
+
+    audit_seq: int | None = Field(None, description="seq of this request's entry in the signed audit log (prove it with audit.prove).")
+    points: list[CurvePointOut] = Field(description='From the cheapest threshold (0: nothing escalates) to the dearest.')
+    route: str
+    samples: int = Field(description='Recorded decisions where both targets ran (what the curve is measured on).')
+    threshold: float = Field(description="The route's cascade threshold now.")
 
 
 class RouteFeedbackResult(Answer):

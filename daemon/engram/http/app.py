@@ -27,6 +27,8 @@ from starlette.types import Receive, Scope, Send
 from engram.errors import InternalError, InternalSignal, InvalidParams, InvalidRequest, PolicyDenied, RPCError
 from engram.http import openai
 from engram.http.connection import HttpConnection
+from engram.http.console_site import ConsoleSite
+from engram.http.events import event_stream
 from engram.http.ports import HealthStatus, MetricsText, RequestChain
 from engram.http.settings import HttpSettings
 from engram.http.tokens import TokenStore
@@ -99,6 +101,7 @@ class GatewayApp:
         self.requests = requests  # engram_http_requests_total{endpoint, status}
         self.now = now
         self._ids = itertools.count(1)
+        self.console = ConsoleSite()
         # Requests (batch members included) running at once through the chain from HTTP.
         self.running = anyio.CapacityLimiter(settings.max_connections)
         self.large_bodies = anyio.CapacityLimiter(1)  # large bodies parsed at once, in worker threads
@@ -112,6 +115,10 @@ class GatewayApp:
             Route("/v1/chat/completions", self._counted("chat", self.chat), methods=["POST"]),
             Route("/metrics", self._counted("metrics", self.metrics), methods=["GET"]),
             Route("/healthz", self._counted("healthz", self.healthz), methods=["GET"]),
+            Route("/v1/events", self._counted("events", lambda request: event_stream(self, request)), methods=["GET"]),
+            # The web console (docs/console.md): static files only, no token needed to load them.
+            Route("/", self._counted("console", self.console.index), methods=["GET"]),
+            Route("/console/{name:str}", self._counted("console", self.console.asset), methods=["GET"]),
         ]
         return Starlette(routes=routes)
 

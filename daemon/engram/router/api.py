@@ -149,6 +149,24 @@ class RouteCalibrateResult(Result):
     expected_slow_share: float = Field(description="cascade: the share of those decisions that would have escalated.")
 
 
+class RouteCurveParams(Params):
+    route: str
+    points: int = Field(default=21, ge=2, le=201, description="Most thresholds on the curve.")
+
+
+class CurvePointOut(Result):
+    threshold: float = Field(description="The cascade confidence threshold.")
+    slow_share: float = Field(description="Share of the decisions that would have escalated (the cost).")
+    accuracy: float = Field(description="Share whose final answer would have agreed with the slow target.")
+
+
+class RouteCurveResult(Result):
+    route: str
+    samples: int = Field(description="Recorded decisions where both targets ran (what the curve is measured on).")
+    threshold: float = Field(description="The route's cascade threshold now.")
+    points: list[CurvePointOut] = Field(description="From the cheapest threshold (0: nothing escalates) to the dearest.")
+
+
 class RouteConsolidateParams(Params):
     route: str | None = Field(default=None, description="One route (default: all).")
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["MIN_SAMPLES", "Calibration", "calibrate"]
+__all__ = ["MIN_SAMPLES", "Calibration", "CurvePoint", "accuracy_cost_curve", "calibrate"]
 
 MIN_SAMPLES = 20
 
@@ -60,3 +60,38 @@ def calibrate(
         auto = float(p_b[order][k - 1]) if k else 0.0
     share = float(np.mean(confidences < threshold))
     return Calibration(round(min(max(threshold, 0.0), 1.0), 6), round(min(max(auto, 0.0), 1.0), 6), share)
+
+
+@dataclass(frozen=True)
+class CurvePoint:
+    threshold: float
+    slow_share: float
+    accuracy: float
+
+
+def accuracy_cost_curve(confidences: np.ndarray, agreed: np.ndarray, points: int) -> list[CurvePoint]:
+    """What each cascade threshold would have given on the decisions where both targets ran.
+
+    At threshold ``t`` the decisions with a fast confidence below ``t`` escalate (the cost: their
+    share) and take the slow answer, right by definition (the slow target is the reference); the
+    others keep the fast answer, right where it agreed with the slow one. So accuracy is
+    ``(escalated + kept and agreed) / n``: the fast target's agreement rate at ``t = 0``, 1 at
+    ``t = 1`` unless some fast answers were fully confident. Thresholds are 0, the confidences'
+    quantiles and 1, rounded as reported; a threshold that changes nothing from the one before
+    is left out, so the points run from the cheapest to the dearest, at most ``points`` of them.
+    """
+    both = agreed >= 0
+    conf, agree = confidences[both], agreed[both].astype(np.float64)
+    if conf.size == 0:
+        return []
+    inner = np.quantile(conf, np.linspace(0, 1, max(points - 2, 1)))
+    thresholds = np.unique(np.round(np.clip(np.concatenate(([0.0], inner, [1.0])), 0.0, 1.0), 6))
+    out: list[CurvePoint] = []
+    for t in thresholds:
+        escalated = conf < t
+        share = round(float(escalated.mean()), 6)
+        accuracy = round(float((escalated.sum() + agree[~escalated].sum()) / conf.size), 6)
+        if out and (out[-1].slow_share, out[-1].accuracy) == (share, accuracy):
+            continue
+        out.append(CurvePoint(float(t), share, accuracy))
+    return out

@@ -137,6 +137,22 @@ def calibrate(name: str, slow_share: float | None, agreement: float | None, sock
         f"({r['samples']} decisions; {r['expected_slow_share'] * 100:.1f}% would escalate)"))
 
 
+@route.command("curve")
+@click.argument("name")
+@click.option("--points", type=click.IntRange(2, 201), default=21, show_default=True, help="Most thresholds on the curve.")
+@client_command
+def curve(name: str, points: int, socket_path: Path | None, as_json: bool, timeout: float) -> None:
+    """Route NAME's accuracy-cost curve from its recorded decisions where both targets ran."""
+    result = call(socket_path, timeout, "route.curve", {"route": name, "points": points})
+
+    def human(r: dict[str, Any]) -> None:
+        click.echo(f"{r['route']}: {r['samples']} decisions where both targets ran; threshold now {r['threshold']:g}")
+        for p in r["points"]:
+            click.echo(f"  threshold {p['threshold']:<8g} slow share {p['slow_share'] * 100:5.1f}%  accuracy {p['accuracy'] * 100:5.1f}%")
+
+    Output(as_json).emit(result, human)
+
+
 @route.command("consolidate")
 @click.option("--route", "name", help="One route (default: all).")
 @client_command

@@ -53,6 +53,8 @@ from engram.router.api import (
     RouteCalibrateResult,
     RouteConsolidateParams,
     RouteConsolidateResult,
+    RouteCurveParams,
+    RouteCurveResult,
     RouteFeedbackParams,
     RouteFeedbackResult,
     RouteNameParams,
@@ -65,7 +67,7 @@ from engram.router.api import (
 )
 from engram.router.assessor import Assessor, Revert
 from engram.router.cache import CacheHit, PatternCache
-from engram.router.calibrate import calibrate
+from engram.router.calibrate import accuracy_cost_curve, calibrate
 from engram.router.cascade import agreement, confidence, probabilities, score_output
 from engram.router.events import RouteCalibrated, RouteDecided, RouteReset, RouteReverted
 from engram.router.features import (
@@ -631,6 +633,27 @@ class Router(Part):
                 learning_rate=rate, reverts=reverts,
             ))
         return RouteStatsResult(routes=out)
+
+    @rpc("route.curve", summary="A route's accuracy-cost curve: for cascade thresholds, the slow share and the agreement "
+         "with the slow target, on its recorded decisions where both targets ran.", audit=False)
+    async def route_curve(self, ctx: RequestContext, params: RouteCurveParams) -> RouteCurveResult:
+        state = self._route(params.route)
+        assert self._conn is not None
+        conn = self._conn
+
+        def work() -> tuple[np.ndarray, np.ndarray]:
+            rows = conn.execute(
+                "SELECT confidence, agreed FROM router_decisions WHERE route = ? AND confidence IS NOT NULL "
+                "AND agreed IS NOT NULL ORDER BY time DESC LIMIT ?", (params.route, DECISIONS_KEPT),
+            ).fetchall()
+            return np.array([r[0] for r in rows], dtype=np.float64), np.array([r[1] for r in rows], dtype=np.int64)
+
+        conf, agreed = await self._db(work)
+        points = accuracy_cost_curve(conf, agreed, params.points)
+        return RouteCurveResult.model_validate({
+            "route": params.route, "samples": int(conf.size), "threshold": self._threshold(state, "cascade"),
+            "points": [vars(p) for p in points],
+        })
 
     @rpc("route.feedback", summary="Tell the router whether an answer was right; answers of the fast target teach the assessor.")
     async def route_feedback(self, ctx: RequestContext, params: RouteFeedbackParams) -> RouteFeedbackResult:
