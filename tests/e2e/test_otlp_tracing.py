@@ -223,3 +223,34 @@ def test_otlp_endpoint_off_the_machine_needs_the_policy(make_daemon, tmp_path):
     )
     allowed = make_daemon(env={**remote, "ENGRAM_POLICY__FILES": json.dumps([str(grant)])})
     assert any(r.get("event") == "span export allowed" and r.get("rule") == "owner-spans" for r in allowed.records())
+
+
+def test_the_http_gateway_takes_the_traceparent_header_and_the_body_s_meta(make_daemon):
+    import socket
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with OtlpReceiver() as receiver:
+        daemon = make_daemon(env={
+            "ENGRAM_TRACING__EXPORTER": "otlp",
+            "ENGRAM_TRACING__OTLP_ENDPOINT": receiver.url,
+            "ENGRAM_HTTP__LISTEN": f"127.0.0.1:{port}",
+        })
+        token = daemon.call("token.create", {"name": "tracer", "owner": True})["token"]
+        headers = {"authorization": f"Bearer {token}", "traceparent": TRACEPARENT}
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers=headers, timeout=30) as http:
+            assert http.post("/v1/methods/system.status", json={}).status_code == 200
+            assert http.post("/rpc", json={"jsonrpc": "2.0", "id": 1, "method": "system.ping"}).json()["result"]
+            # the body's own _meta wins over the header; its deadline counts from when the body was read
+            other = f"00-{'ab' * 16}-{CLIENT_SPAN}-01"
+            meta = {"traceparent": other, "deadline_ms": 60_000}
+            assert http.post("/v1/methods/system.health", json={"_meta": meta}).status_code == 200
+            assert http.post("/v1/methods/system.health", json={"_meta": {"deadline_ms": -1}}).status_code == 400
+        spans = receiver.wait_for(lambda s: {"system.status", "system.ping"} <= set(_in_trace(s, CLIENT_TRACE))
+                                  and "system.health" in _in_trace(s, "ab" * 16))
+        trace = _in_trace(spans, CLIENT_TRACE)
+        assert trace["system.status"][0]["parent"] == trace["system.ping"][0]["parent"] == CLIENT_SPAN
+        assert _in_trace(spans, "ab" * 16)["system.health"][0]["parent"] == CLIENT_SPAN

@@ -19,6 +19,7 @@ import structlog
 from prometheus_client import Counter
 from pydantic import BaseModel, ValidationError
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.routing import Route
@@ -42,7 +43,9 @@ from engram.server.jsonrpc import (
     error_response,
     parse_frame,
     parse_json,
+    method_request,
     result_response,
+    with_traceparent,
 )
 from engram.server.params import params_error
 
@@ -188,12 +191,13 @@ class GatewayApp:
             return parse_json(body, self.max_json_depth())
         return await anyio.to_thread.run_sync(parse_json, body, self.max_json_depth(), True, limiter=self.large_bodies)
 
-    def connection(self, principal: Principal, chunks: Any = None) -> HttpConnection:
-        return HttpConnection(next(self._ids), principal, chunks)
+    def connection(self, principal: Principal, chunks: Any = None, traceparent: str | None = None) -> HttpConnection:
+        return HttpConnection(next(self._ids), principal, chunks, traceparent)
 
     async def call(self, conn: HttpConnection, method: str, params: Any, large: bool = False) -> Any:
+        request = with_traceparent(method_request(method, params, large), conn.traceparent)
         async with self.running:
-            return await self.chain.dispatch(Request(method=method, params=params, id=None, large=large), conn.principal, conn)
+            return await self.chain.dispatch(request, conn.principal, conn)
 
     # --- engram's own methods -------------------------------------------------------------------
 
@@ -210,13 +214,13 @@ class GatewayApp:
                 )
         except RPCError as error:
             return _json(200, error_response(None, error))
-        conn = self.connection(principal)
+        conn = self.connection(principal, traceparent=request.headers.get("traceparent"))
         responses: list[dict[str, Any] | None] = [None] * len(messages)
 
         async def answer(index: int, message: Request) -> None:
             async with self.running:
                 try:
-                    result = await self.chain.dispatch(message, conn.principal, conn)
+                    result = await self.chain.dispatch(with_traceparent(message, conn.traceparent), conn.principal, conn)
                     response = result_response(message.id, result)
                 except RPCError as error:
                     response = error_response(message.id, error)
@@ -241,7 +245,7 @@ class GatewayApp:
         principal = self.authenticate(request)
         body = await self.body(request)
         name = request.path_params["method"]
-        conn = self.connection(principal)
+        conn = self.connection(principal, traceparent=request.headers.get("traceparent"))
         try:
             params = await self.parse(body) if body.strip() else None
             if params is not None and not isinstance(params, (dict, list)):
@@ -269,7 +273,7 @@ class GatewayApp:
         """engram (the chat chain), the embedding models, the running chat providers and the
         routes: each list the caller may read (one the policy refuses it is left out)."""
         principal = self.authenticate(request)
-        conn = self.connection(principal)
+        conn = self.connection(principal, traceparent=request.headers.get("traceparent"))
 
         async def listed(method: str, key: str) -> list[dict[str, Any]]:
             try:
@@ -298,7 +302,7 @@ class GatewayApp:
 
     async def embeddings(self, request: HttpRequest) -> Response:
         principal = self.authenticate(request)
-        conn = self.connection(principal)
+        conn = self.connection(principal, traceparent=request.headers.get("traceparent"))
         try:
             body = await self.openai_body(request, openai.EmbeddingsBody)
             texts = [body.input] if isinstance(body.input, str) else body.input
@@ -325,7 +329,7 @@ class GatewayApp:
         created = int(self.now().timestamp())
         if body.stream:
             return ChatStream(self, principal, method, params, completion_id, body.model, created)
-        conn = self.connection(principal)
+        conn = self.connection(principal, traceparent=request.headers.get("traceparent"))
         try:
             result = await self.call(conn, method, params)
         except RPCError as error:
@@ -340,7 +344,7 @@ class GatewayApp:
         media = "text/plain; version=0.0.4; charset=utf-8"
         if self.settings.metrics_public:
             return Response(self.metrics_text(), media_type=media)
-        conn = self.connection(self.authenticate(request))
+        conn = self.connection(self.authenticate(request), traceparent=request.headers.get("traceparent"))
         try:
             result = await self.call(conn, "system.metrics", None)  # the policy decides, as for system.metrics
         except RPCError as error:
@@ -381,7 +385,7 @@ class ChatStream(Response):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         app = self._app
         chunks_in, chunks_out = anyio.create_memory_object_stream[dict[str, Any]](app.settings.stream_buffer)
-        conn = app.connection(self._principal, chunks_in)
+        conn = app.connection(self._principal, chunks_in, Headers(scope=scope).get("traceparent"))
         outcome: dict[str, Any] = {}
 
         async def run_call() -> None:

@@ -22,10 +22,15 @@ CHUNK_NOTIFICATION = "infer.chunk"  # engram.providers.api.CHUNK_NOTIFICATION, t
 class HttpConnection:
     subscriptions = 0
 
-    def __init__(self, conn_id: int, principal: Principal, chunks: ObjectSendStream[dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, conn_id: int, principal: Principal, chunks: ObjectSendStream[dict[str, Any]] | None = None,
+        traceparent: str | None = None,
+    ) -> None:
         self.id = conn_id
         self.principal = principal
         self._chunks = chunks
+        # The HTTP request's traceparent header: its calls become children of the client's trace.
+        self.traceparent = traceparent
         self._close_callbacks: list[Callable[[], None]] = []
 
     async def notify(self, method: str, params: dict[str, Any]) -> None:

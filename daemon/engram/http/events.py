@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import structlog
 from anyio.abc import ObjectSendStream
+from starlette.datastructures import Headers
 from starlette.requests import Request as HttpRequest
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
@@ -49,8 +50,11 @@ class StreamConnection(HttpConnection):
     """The connection an HTTP event subscription belongs to: its pushes go to the response, its
     pump runs in the response's task group (it lives as long as the stream)."""
 
-    def __init__(self, conn_id: int, principal: Principal, pushes: ObjectSendStream[tuple[str, dict[str, Any]]]) -> None:
-        super().__init__(conn_id, principal)
+    def __init__(
+        self, conn_id: int, principal: Principal, pushes: ObjectSendStream[tuple[str, dict[str, Any]]],
+        traceparent: str | None = None,
+    ) -> None:
+        super().__init__(conn_id, principal, traceparent=traceparent)
         self._pushes = pushes
         self.pumps: list[Callable[[], Awaitable[None]]] = []
 
@@ -114,7 +118,8 @@ class EventStream(Response):
         app = self._app
         pushes_in, pushes_out = anyio.create_memory_object_stream[tuple[str, dict[str, Any]]](app.settings.stream_buffer)
         # The gateway numbers its connections; this one takes the next number.
-        conn = StreamConnection(app.connection(self._principal).id, self._principal, pushes_in)
+        conn = StreamConnection(app.connection(self._principal).id, self._principal, pushes_in,
+                                Headers(scope=scope).get("traceparent"))
         try:
             try:
                 subscribed = await app.call(conn, "events.subscribe", self._params)

@@ -96,12 +96,24 @@ def _check(obj: Any, large: bool = False, received: float = 0.0) -> Message:
             InvalidRequest(f"unexpected member(s) {sorted(extra)} in request", reason="unexpected_member"),
             reply_id,
         )
-    meta = None
-    if isinstance(params, dict) and META in params:
-        # Request metadata for the daemon, not a parameter of the method (the place MCP gives it).
-        meta = params[META]
-        params = {name: value for name, value in params.items() if name != META}
+    params, meta = split_meta(params)
     return Request(method=method, params=params, id=request_id, large=large, meta=meta, received=received)
+
+
+def split_meta(params: Any) -> tuple[Any, Any]:
+    """``params`` without its ``_meta`` member, and that member (None: absent): request metadata
+    for the daemon, not a parameter of the method (the place MCP gives it)."""
+    if isinstance(params, dict) and META in params:
+        return {name: value for name, value in params.items() if name != META}, params[META]
+    return params, None
+
+
+def method_request(method: str, params: Any, large: bool = False) -> Request:
+    """A request for ``method`` that came without a JSON-RPC envelope (the HTTP gateway's
+    ``/v1/methods/{method}`` and its OpenAI endpoints), read now: its ``_meta`` taken out of the
+    params as from a frame, its deadline counted from this moment."""
+    params, meta = split_meta(params)
+    return Request(method=method, params=params, id=None, large=large, meta=meta, received=time.monotonic())
 
 
 class NonFiniteNumber(InternalSignal, ValueError):
