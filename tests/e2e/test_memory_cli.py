@@ -8,15 +8,15 @@ import subprocess
 import sys
 
 import pytest
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
 NO_MODEL = {"ENGRAM_INFERENCE__AUTO_IMPORT": "false"}
 
 
-def engram(daemon, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGRAM_SOCKET": str(daemon.socket)}
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+def engram(daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env={"ENGRAM_SOCKET": str(daemon.socket)})  # output and status are checked, not the process
 
 
 def test_import_export_is_resumable_and_complete(make_daemon, tmp_path):
