@@ -164,7 +164,7 @@ def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
 
 
 def test_bench_rpc_smoke():
-    out = engram("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json", timeout=120)
+    out = cli("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert [r["concurrency"] for r in report["ratios"]] == [1, 4]
