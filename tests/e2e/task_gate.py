@@ -7,10 +7,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
+from tests.cli_inproc import run_cli
 
 TASK_SITE = Path(__file__).resolve().parents[1] / "fixtures" / "task_site"
 WAIT = 60.0  # seconds any poll waits at most
@@ -56,5 +56,4 @@ def ask(question: str, **extra: Any) -> dict[str, Any]:
 
 
 def engram_cli(daemon: Any, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", "--socket", str(daemon.socket), *args],
-                          capture_output=True, text=True, timeout=120, check=False)
+    return run_cli("--socket", str(daemon.socket), *args)  # output and status are checked, not the process

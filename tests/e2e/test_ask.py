@@ -7,13 +7,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from engram.errors import InvalidParams, NotFound, PolicyDenied
 from engram.inference.bert_onnx import find_minilm_package_dir
+from tests.cli_inproc import run_cli
 
 pytestmark = [
     pytest.mark.e2e,
@@ -130,8 +130,7 @@ def test_streaming_and_cli(asker):
         assert cached_chunks[1]["result"]["cached"]
 
     def engram(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "engram.cli", *args, "--socket", str(asker.socket)],
-                              check=False, capture_output=True, text=True, timeout=60)
+        return run_cli(*args, "--socket", str(asker.socket))  # output and status are checked, not the process
 
     out = engram("ask", "Is the boiler fine?", "--namespace", "ask-s", "--no-remember")
     assert out.returncode == 0, out.stderr

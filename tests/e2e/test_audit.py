@@ -14,7 +14,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import pytest
 from engram.audit.canonical import content_hash
@@ -22,11 +22,23 @@ from engram.audit.merkle import leaf_hash, verify_consistency, verify_inclusion
 from engram.errors import NotFound, RPCError
 from engram.signing import Verifier, open_checkpoint
 
+from tests.cli_inproc import run_cli
+from tests.conftest import DaemonProcess, running_daemon
+
 pytestmark = pytest.mark.e2e
 
 
-def engram(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout)
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    """One daemon for the tests that only append to its log and read back what they appended
+    (each finds its own entries by the seq it was answered); the tests that stop, kill, tamper
+    with or restart a daemon make their own."""
+    with running_daemon() as process:
+        yield process
+
+
+def engram(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args)  # the commands' output and status are checked, not the process
 
 
 def b64d(text: str) -> bytes:

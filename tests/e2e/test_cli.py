@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.cli_inproc import run_cli
 from tests.conftest import DaemonProcess, running_daemon
 
 pytestmark = pytest.mark.e2e
@@ -24,39 +25,45 @@ def daemon() -> Iterator[DaemonProcess]:
 
 
 def engram(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    """A process, for the exit codes and for commands whose whole environment is the test's."""
     return subprocess.run(
         [sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout, env=env
     )
 
 
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """In-process, for the tests that check what a command prints (the same text either way)."""
+    return run_cli(*args)
+
+
 def test_status_ping_health_plugins(daemon):
     sock = ["--socket", str(daemon.socket)]
-    status = engram("status", *sock)
+    status = cli("status", *sock)
     assert status.returncode == 0 and f"socket       {daemon.socket}" in status.stdout
-    as_json = json.loads(engram("status", "--json", *sock).stdout)
+    as_json = json.loads(cli("status", "--json", *sock).stdout)
     assert as_json["pid"] == daemon.proc.pid
-    ping = engram("ping", *sock)
+    ping = cli("ping", *sock)
     assert ping.returncode == 0 and ping.stdout.startswith("pong (")
-    assert json.loads(engram("ping", "--json", *sock).stdout)["pong"] is True
-    health = engram("health", *sock)
+    assert json.loads(cli("ping", "--json", *sock).stdout)["pong"] is True
+    health = cli("health", *sock)
     assert health.returncode == 0 and "status: ok" in health.stdout
-    plugins = engram("plugins", "list", *sock)
+    plugins = cli("plugins", "list", *sock)
     assert plugins.returncode == 0 and "onnx" in plugins.stdout and "breaker closed" in plugins.stdout
-    listed = json.loads(engram("plugins", "list", "--json", *sock).stdout)["plugins"]
+    listed = json.loads(cli("plugins", "list", "--json", *sock).stdout)["plugins"]
     assert [p["name"] for p in listed if p["state"] == "running"] == ["onnx"]  # the built-in provider
-    topics = engram("events", *sock)
+    topics = cli("events", *sock)
     assert "request.completed" in topics.stdout.split()
 
 
 def test_metrics_are_prometheus_text(daemon):
     daemon.call("system.ping")
-    out = engram("metrics", "--socket", str(daemon.socket))
+    out = cli("metrics", "--socket", str(daemon.socket))
     assert out.returncode == 0
     families = {f.name: f for f in text_string_to_metric_families(out.stdout)}
     assert {"engram_requests", "engram_request_duration_seconds", "engram_connections", "engram_bus_queue_depth"} <= set(families)
     pings = [s for s in families["engram_requests"].samples if s.labels.get("method") == "system.ping"]
     assert pings and pings[0].value >= 1
-    structured = json.loads(engram("metrics", "--json", "--socket", str(daemon.socket)).stdout)
+    structured = json.loads(cli("metrics", "--json", "--socket", str(daemon.socket)).stdout)
     assert any(f["name"] == "engram_request_duration_seconds" for f in structured)
 
 
@@ -76,7 +83,7 @@ def test_exit_codes(daemon, state_dir):
 
 
 def test_call_prints_json(daemon):
-    out = engram("call", "system.ping", '{"echo": {"a": [1, 2]}}', "--socket", str(daemon.socket))
+    out = cli("call", "system.ping", '{"echo": {"a": [1, 2]}}', "--socket", str(daemon.socket))
     assert out.returncode == 0 and json.loads(out.stdout) == {"pong": True, "echo": {"a": [1, 2]}}
 
 
@@ -157,7 +164,7 @@ def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
 
 
 def test_bench_rpc_smoke():
-    out = engram("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json", timeout=120)
+    out = cli("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert [r["concurrency"] for r in report["ratios"]] == [1, 4]

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from engram.errors import NotFound
 
+from tests.conftest import DaemonProcess, running_daemon
+
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[DaemonProcess]:
+    """One daemon for the tests that subscribe on their own connections and look only at what
+    their own requests caused; the tests that stop the daemon or need other settings make theirs."""
+    with running_daemon() as process:
+        yield process
 
 
 def test_request_events_follow_every_request(daemon):
@@ -55,7 +66,8 @@ def test_subscriptions_end_with_their_connection(daemon):
     assert not ours & listed()
 
 
-def test_subscriber_learns_the_daemon_is_stopping(daemon):
+def test_subscriber_learns_the_daemon_is_stopping(make_daemon):
+    daemon = make_daemon()  # its own: this test stops it
     with daemon.client() as client:
         events = client.subscribe(["daemon.*"])
         daemon.stop()

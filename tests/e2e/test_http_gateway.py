@@ -26,6 +26,7 @@ from tests.conftest import DaemonProcess, running_daemon
 openai = pytest.importorskip("openai", reason="make test installs the test extra (openai)")
 pytest.importorskip("engram_ollama", reason="make test installs plugins/engram-ollama")
 from engram_ollama.testing import FakeOllama  # noqa: E402
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -232,8 +233,7 @@ def test_missing_bad_and_revoked_tokens_get_401(gateway):
 
 
 def engram_cli(gateway: Gateway, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", "--socket", str(gateway.daemon.socket), *args],
-                          capture_output=True, text=True, timeout=60)
+    return run_cli("--socket", str(gateway.daemon.socket), *args)  # output and status are checked, not the process
 
 
 def test_token_commands_and_expiry(gateway):

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from engram.wire.tensors import WireTensor, decode, encode
 from engram_bench.tiny_bert import TINY_CORPUS, create_tiny_bert
 from engram_bench.toy_models import identity_model, linear_model, sequence_model
 from onnx import TensorProto
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -40,9 +40,8 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
-def engram(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout, check=False,
-                          env={**os.environ, **(env or {})})
+def engram(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env=env)  # the commands' output and status are checked, not the process
 
 
 def direct(path: Path, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -12,15 +12,27 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from engram.errors import DaemonUnreachable
 
+from tests.conftest import DaemonProcess, running_daemon
+
 pytestmark = pytest.mark.e2e
 
 
-def test_socket_is_private_from_the_start(daemon):
+@pytest.fixture(scope="module")
+def running() -> Iterator[DaemonProcess]:
+    """One daemon for the tests that look at a running daemon's files or that a second daemon
+    is refused beside it (it keeps serving); the tests that signal or stop one make their own."""
+    with running_daemon() as process:
+        yield process
+
+
+def test_socket_is_private_from_the_start(running):
+    daemon = running
     info = os.stat(daemon.socket)
     assert stat.S_ISSOCK(info.st_mode)
     assert stat.S_IMODE(info.st_mode) == 0o600
@@ -170,7 +182,8 @@ def test_stale_socket_file_is_replaced(make_daemon, state_dir):
     assert daemon.call("system.ping")["pong"] is True
 
 
-def test_second_daemon_on_same_socket_is_refused(make_daemon, daemon):
+def test_second_daemon_on_same_socket_is_refused(make_daemon, running):
+    daemon = running
     other_state = daemon.state_dir.parent / "other"
     second = make_daemon(start=False, state=other_state)
     second.args = []
@@ -180,7 +193,8 @@ def test_second_daemon_on_same_socket_is_refused(make_daemon, daemon):
     assert daemon.call("system.ping")["pong"] is True  # the first one keeps its socket
 
 
-def test_second_daemon_on_same_state_dir_is_refused(make_daemon, daemon):
+def test_second_daemon_on_same_state_dir_is_refused(make_daemon, running):
+    daemon = running
     second = make_daemon(start=False, state=daemon.state_dir)
     proc = second.spawn([*second.command()[:-2], "--socket", str(daemon.state_dir.parent / "b.sock")])
     assert proc.wait(timeout=30) == 2

@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
 NO_MODEL = {"ENGRAM_INFERENCE__AUTO_IMPORT": "false"}
 
 
-def engram(daemon, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGRAM_SOCKET": str(daemon.socket)}
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout, env=env, check=False)
+def engram(daemon, *args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args, env={"ENGRAM_SOCKET": str(daemon.socket)})  # output and status are checked, not the process
 
 
 def test_import_export_is_resumable_and_complete(make_daemon, tmp_path):
@@ -90,12 +89,8 @@ def test_remember_recall_get_forget_working_graph(make_daemon):
 
 
 def test_bench_memory_smoke(tmp_path):
-    env = {**os.environ, **NO_MODEL}
-    out = subprocess.run(
-        [sys.executable, "-m", "engram.cli", "bench", "memory", "--sizes", "150,300", "--queries", "10", "--forgets", "5",
-         "--embed-sample", "0", "--batch", "50", "--clients", "2", "--json"],
-        capture_output=True, text=True, timeout=120, env=env, check=False,
-    )
+    out = run_cli("bench", "memory", "--sizes", "150,300", "--queries", "10", "--forgets", "5", "--embed-sample", "0",
+                  "--batch", "50", "--clients", "2", "--json", env=NO_MODEL)  # the report is checked, not the process
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     ops = {(r["size"], r["op"], r["target"]) for r in report["rows"]}

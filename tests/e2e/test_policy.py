@@ -13,12 +13,12 @@ import multiprocessing
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -63,8 +63,8 @@ obligations = ["redact"]
 """
 
 
-def engram(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=timeout)
+def engram(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_cli(*args)  # the commands' output and status are checked, not the process
 
 
 def _needs_root() -> None:

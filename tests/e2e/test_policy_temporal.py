@@ -23,6 +23,7 @@ from engram.errors import PolicyDenied
 
 pytest.importorskip("engram_openai", reason="make test installs plugins/engram-openai")
 from engram_openai.testing import FakeOpenAI
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -75,10 +76,8 @@ def vec(*values: float) -> list[float]:
 
 
 def engram(daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engram.cli", *args, "--socket", str(daemon.socket)],
-        capture_output=True, text=True, timeout=60, env=daemon.env,
-    )
+    # In-process, with the daemon's environment: the commands' output is checked, not the process.
+    return run_cli(*args, "--socket", str(daemon.socket), env=daemon.env)
 
 
 def test_no_remote_provider_call_soon_after_a_health_recall(make_daemon, tmp_path):

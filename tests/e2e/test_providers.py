@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 
 import pytest
 
@@ -15,6 +14,7 @@ pytest.importorskip("engram_ollama", reason="make test installs plugins/engram-o
 pytest.importorskip("engram_openai", reason="make test installs plugins/engram-openai")
 from engram_ollama.testing import FakeOllama
 from engram_openai.testing import FakeOpenAI
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -114,7 +114,7 @@ def test_a_configured_proxy_makes_a_loopback_provider_remote(make_daemon):
 
 
 def engram(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=60)
+    return run_cli(*args)  # the commands' output and status are checked, not the process
 
 
 def test_cli_generate_streams_and_chat_answers(make_daemon):

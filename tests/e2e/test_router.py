@@ -14,6 +14,7 @@ import pytest
 from engram.errors import InvalidParams, NotFound, PolicyDenied, Unavailable
 from engram_bench.toy_models import write_model
 from onnx import TensorProto, helper, numpy_helper
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -170,8 +171,7 @@ def test_bad_input(router):
 
 def test_cli(router):
     def engram(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "engram.cli", *args, "--socket", str(router.socket)],
-                              check=False, capture_output=True, text=True, timeout=60)
+        return run_cli(*args, "--socket", str(router.socket))  # output and status are checked, not the process
 
     out = engram("route", "run", "agree", "--tensor", json.dumps(tensor(9.0, 0.0, 0.0)))
     assert out.returncode == 0, out.stderr

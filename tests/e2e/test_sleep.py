@@ -4,10 +4,8 @@ a foreground request, kill -9 during a run and the restart after it, the idle tr
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,6 +14,7 @@ import pytest
 from engram.errors import RPCError
 
 from tests.e2e.sleep_notes import DIM, groups
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -178,9 +177,7 @@ def test_idle_trigger_starts_a_run(make_daemon):
 
 
 def engram_cli(daemon, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "ENGRAM_SOCKET": str(daemon.socket)}
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=120, env=env,
-                          check=False)
+    return run_cli(*args, env={"ENGRAM_SOCKET": str(daemon.socket)})  # output and status are checked, not the process
 
 
 def test_cli_sleep_now_and_status(make_daemon):

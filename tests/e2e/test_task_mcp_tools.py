@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.test_policy import as_nobody
+from tests.cli_inproc import run_cli
 
 pytestmark = pytest.mark.e2e
 
@@ -45,8 +46,7 @@ ONE_PLAN = {"steps": [
 
 
 def _engram(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return run_cli(*args)  # the commands' output and status are checked, not the process
 
 
 def _ended(daemon: Any, task_id: str) -> dict[str, Any]:

@@ -9,14 +9,13 @@ import sys
 
 import pytest
 
+from tests.cli_inproc import run_cli
+
 pytestmark = pytest.mark.e2e
 
 
 def _bench(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "engram.cli", "bench", "tasks", *args],
-        check=False, capture_output=True, text=True, timeout=300,
-    )
+    return run_cli("bench", "tasks", *args)  # the report is checked, not the process
 
 
 def test_bench_tasks_tiny():
@@ -50,7 +49,9 @@ def test_bench_tasks_refuses_more_steps_than_a_plan_may_have():
 
 
 def test_bench_tasks_with_an_mcp_servers_tool():
-    out = _bench("--mcp", "-n", "2", "--steps", "3", "--json")
+    # A process: the bench starts the MCP server with its own stderr, which needs a real file.
+    out = subprocess.run([sys.executable, "-m", "engram.cli", "bench", "tasks", "--mcp", "-n", "2", "--steps", "3", "--json"],
+                         check=False, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert report["tool"] == "mcp:bench.echo" and report["steps"] == 3

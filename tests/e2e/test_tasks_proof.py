@@ -7,13 +7,14 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from engram.inference.bert_onnx import find_minilm_package_dir
+
+from tests.cli_inproc import run_cli
 
 pytestmark = [
     pytest.mark.e2e,
@@ -28,8 +29,7 @@ THREE_STEPS = {"steps": [
 
 
 def _engram(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "engram.cli", *args], capture_output=True, text=True, timeout=120,
-                          check=False)
+    return run_cli(*args)  # the commands' output and status are checked, not the process
 
 
 def _done(daemon: Any, task_id: str) -> dict[str, Any]:
