@@ -128,6 +128,9 @@ def test_console_in_headless_chromium(console):
     with Browser(CHROMIUM) as browser:
         browser.navigate(url + "/")
         browser.wait_for("document.documentElement.dataset.console === 'loaded'")
+        # Every field says what it is by a label of its own (no hint text that vanishes as one types).
+        assert browser.evaluate("[...document.querySelectorAll('input, select')]"
+                                ".filter(e => e.labels.length === 0 || e.placeholder).map(e => e.id)") == []
 
         # A wrong token is refused with the gateway's reason; the right one opens the console.
         browser.evaluate("document.querySelector('#token').value = 'not-a-token';"
