@@ -27,7 +27,6 @@ from engram.observability.metrics import Metrics
 from engram.principal import Principal
 from engram.server.methods import RequestContext
 from engram.signing import Verifier, generate_signer
-from engram.storage import Database
 from engram.tasks.api import TaskGetParams, TaskProveParams, TaskSubmitParams
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
@@ -66,14 +65,6 @@ class Tools:
 
 def _ctx() -> RequestContext:
     return RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "engram.db"
-    async with Database(path):
-        pass
-    return path
 
 
 async def _run(tasks: Tasks, plan: dict[str, Any]) -> str:

@@ -11,12 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from engram.bus import EventBus
 from engram.errors import NotFound, RPCError, Unavailable
 from engram.principal import Principal
 from engram.server.methods import Method, MethodTable, Params, RequestContext
-from engram.storage import Database
 from engram.tasks.api import TaskGetParams, TaskSubmitParams
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
@@ -66,14 +64,6 @@ class Pauses:
 
 def _ctx() -> RequestContext:
     return RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "engram.db"
-    async with Database(path):
-        pass
-    return path
 
 
 async def _run(tasks: Tasks, tool: str) -> Any:

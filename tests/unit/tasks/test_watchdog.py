@@ -7,15 +7,12 @@ returns, the record the watchdog made stands. While a step runs, task.heartbeat 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import anyio
-import pytest
 from engram.bus import EventBus
 from engram.principal import Principal
 from engram.server.methods import RequestContext
-from engram.storage import Database
 from engram.tasks.api import TaskCancelParams, TaskGetParams, TaskGetResult, TaskSubmitParams
 from engram.tasks.events import TASK_EVENTS
 from engram.tasks.service import Tasks
@@ -49,14 +46,6 @@ class StubbornTools:
 
 def _ctx() -> RequestContext:
     return RequestContext(principal=OWNER, connection=None, request=1)  # type: ignore[arg-type]
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> Path:
-    path = tmp_path / "engram.db"
-    async with Database(path):
-        pass
-    return path
 
 
 async def _submit(tasks: Tasks, tool: str, **step: Any) -> str:
