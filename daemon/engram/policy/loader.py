@@ -10,6 +10,7 @@ Files are read with blocking I/O; the daemon calls :func:`load_policy_set` in a 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 import tomllib
@@ -101,7 +102,7 @@ class PolicySet:
     def labels(self) -> list[str]:
         return [f.label for f in self.files]
 
-    @property
+    @functools.cached_property  # asked on every decision; a set's files never change
     def privacy_mode(self) -> bool:
         return any(f.policy.privacy_mode for f in self.files)
 

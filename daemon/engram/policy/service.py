@@ -38,7 +38,7 @@ from engram.bus.bus import OverflowPolicy, Subscription, SubscriptionClosed
 from engram.bus.events import Event
 from engram.errors import Conflict, PolicyDenied, StartupError
 from engram.lifecycle import Health, Part
-from engram.observability.metrics import Metrics
+from engram.observability.metrics import LoopCounter, Metrics
 from engram.observability.tracing import NO_SPANS, Spans
 from engram.policy.api import (
     ExplainParams,
@@ -108,7 +108,9 @@ class Policy(Part):
         self._temporal_sub: Subscription | None = None
         self._watching = False  # the watcher task runs: the subscription may be opened
         r = metrics.registry
-        self._m_decisions = Counter(
+        # Counted on every request, always on the event loop (decisions publish on the bus, which
+        # lives there): the lock-free counter of the request chain's own metrics.
+        self._m_decisions = LoopCounter(
             "engram_policy_decisions", "Policy decisions, by enforcement point and effect.", ["point", "effect"], registry=r
         )
         self._decision_counters = {

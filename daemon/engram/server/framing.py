@@ -124,7 +124,7 @@ class LineReader:
 
     def _draw(self, held: int) -> bool:
         """Hold ``held`` bytes beyond the free allowance; False when the budget cannot cover them."""
-        if self._budget is None:
+        if self._budget is None or (held <= FREE_BYTES and not self._drawn):  # every ordinary frame
             return True
         wanted = max(held - FREE_BYTES, 0)
         if wanted > self._drawn and not self._budget.take(wanted - self._drawn):

@@ -25,6 +25,7 @@ LARGE_FRAME = 256 * 1024
 # as the parser meets it, before a million pairs become a dict that holds the interpreter.
 MAX_OBJECT_MEMBERS = 10_000
 _NO_ID = object()
+_MEMBERS = frozenset({"jsonrpc", "id", "method", "params"})  # of a request object, all it may have
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,19 +71,23 @@ def with_traceparent(request: Request, traceparent: str | None) -> Request:
 def _valid_id(value: Any) -> bool:
     # The spec allows strings, numbers and null; booleans are JSON true/false, not numbers, and
     # 1e400 (valid JSON, read as infinity) is a number no response could echo.
+    kind = type(value)
+    if kind is str or kind is int or value is None:  # nearly every id: no isinstance walk
+        return True
     if isinstance(value, float):
         return math.isfinite(value)
-    return value is None or (isinstance(value, (str, int)) and not isinstance(value, bool))
+    return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
 def _check(obj: Any, large: bool = False, received: float = 0.0) -> Message:
     if not isinstance(obj, dict):
         return Invalid(InvalidRequest("a request must be a JSON object", reason="not_an_object"))
     request_id = obj.get("id", _NO_ID)
-    reply_id = request_id if request_id is not _NO_ID and _valid_id(request_id) else None
+    id_ok = request_id is _NO_ID or _valid_id(request_id)
+    reply_id = request_id if id_ok and request_id is not _NO_ID else None
     if obj.get("jsonrpc") != "2.0":
         return Invalid(InvalidRequest('"jsonrpc" must be exactly "2.0"', reason="bad_version"), reply_id)
-    if request_id is not _NO_ID and not _valid_id(request_id):
+    if not id_ok:
         return Invalid(InvalidRequest('"id" must be a string, a finite number or null', reason="bad_id"))
     method = obj.get("method")
     if not isinstance(method, str) or not method:
@@ -90,12 +95,9 @@ def _check(obj: Any, large: bool = False, received: float = 0.0) -> Message:
     params = obj.get("params")
     if "params" in obj and not isinstance(params, (dict, list)):
         return Invalid(InvalidRequest('"params" must be an object or an array', reason="bad_params"), reply_id)
-    extra = set(obj) - {"jsonrpc", "id", "method", "params"}
-    if extra:
-        return Invalid(
-            InvalidRequest(f"unexpected member(s) {sorted(extra)} in request", reason="unexpected_member"),
-            reply_id,
-        )
+    if not obj.keys() <= _MEMBERS:
+        extra = sorted(obj.keys() - _MEMBERS)
+        return Invalid(InvalidRequest(f"unexpected member(s) {extra} in request", reason="unexpected_member"), reply_id)
     params, meta = split_meta(params)
     return Request(method=method, params=params, id=request_id, large=large, meta=meta, received=received)
 
