@@ -66,10 +66,13 @@ def _levels(text: str, hint: str) -> list[int]:
 @click.option("--loose-ms", type=click.IntRange(min=1), help="With --deadlines: the loose deadline (default: 4 x that median).")
 @click.option("--max-batch", type=click.IntRange(min=1), default=4, show_default=True,
               help="With --deadlines: the daemons' inference.batching.max_batch (one batch runs at a time).")
+@click.option("--pin/--no-pin", default=True, show_default=True,
+              help="Pings: the load generator on one CPU, the servers on another (with two CPUs or more).")
 @json_option
 def bench_rpc(
     requests: int | None, concurrency: str, socket_path: Path | None, deadlines: bool, clients: int, model: str | None,
-    source: Path | None, tight_share: float, tight_ms: int | None, loose_ms: int | None, max_batch: int, as_json: bool,
+    source: Path | None, tight_share: float, tight_ms: int | None, loose_ms: int | None, max_batch: int, pin: bool,
+    as_json: bool,
 ) -> None:
     """Ping throughput and latency through engramd vs a minimal asyncio echo server; with
     --deadlines, deadline miss rates under load with earliest-deadline-first off and on."""
@@ -87,7 +90,7 @@ def bench_rpc(
 
     levels = _levels(concurrency, "--concurrency")
     with errors():
-        ping_report = run_rpc_bench(requests or 20000, levels, socket_path, progress=not as_json)
+        ping_report = run_rpc_bench(requests or 20000, levels, socket_path, progress=not as_json, pin=pin)
     Output(as_json).emit(ping_report.as_dict(), lambda _: click.echo(ping_report.table()))
 
 

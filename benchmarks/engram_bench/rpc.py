@@ -4,6 +4,12 @@ Both servers run as separate processes and are driven by the same load generator
 streams, one connection per client, one request at a time per connection), so the ratio shows
 what engram's protocol handling, limits, telemetry and events cost per request.
 
+On a machine with two or more CPUs the load generator (this process) runs on one and each
+server, every thread of it, on another (``--no-pin`` leaves placement to the scheduler). Unpinned,
+the scheduler tends to wake a client on its server's CPU, so that the two take turns on one core
+while the other idles or runs something else; how often it does moves the figures of one build by
+half from one run to the next. Both servers are pinned alike.
+
 Beside the rates, each row shows the server's CPU time per request (user + system, read from
 ``/proc/<pid>/stat`` of the process on the other end of the socket, found by its peer
 credentials): unlike the rates, it hardly moves when other work shares the machine. Where the
@@ -19,6 +25,8 @@ import socket
 import struct
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,6 +57,45 @@ def cpu_seconds(pid: int | None) -> float | None:
     except OSError:
         return None
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime: fields 14, 15
+
+
+def _threads(pid: int) -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return [pid]
+
+
+@contextmanager
+def cores_apart(pin: bool) -> Iterator[tuple[int, int] | None]:
+    """Run the block with this process on one CPU; yields (its CPU, the servers' CPU), or None where
+    there are not two CPUs to use or the system cannot pin (then nothing is pinned). The servers
+    are pinned with :func:`pin_server`; this process gets its CPUs back at the end."""
+    if not pin or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    mine = os.sched_getaffinity(0)
+    if len(mine) < 2:
+        yield None
+        return
+    client_cpu, server_cpu = sorted(mine)[:2]
+    os.sched_setaffinity(0, {client_cpu})
+    try:
+        yield client_cpu, server_cpu
+    finally:
+        os.sched_setaffinity(0, mine)
+
+
+def pin_server(pid: int | None, cores: tuple[int, int] | None) -> None:
+    """Every thread of the server ``pid`` onto the servers' CPU of ``cores`` (threads it starts
+    later inherit it)."""
+    if pid is None or cores is None:
+        return
+    for tid in _threads(pid):
+        try:
+            os.sched_setaffinity(tid, {cores[1]})
+        except OSError:  # a thread that ended meanwhile
+            pass
 
 
 async def _client(path: Path, count: int, latencies: list[float], errors: list[int]) -> None:
@@ -91,6 +138,7 @@ class RpcReport:
     # Counted in clock ticks (10 ms), so it needs a few thousand requests to mean much.
     cpu_us: dict[tuple[str, int], float | None] = field(default_factory=dict)
     breakdown: LayerBreakdown | None = None
+    cores: tuple[int, int] | None = None  # (load generator's CPU, servers' CPU) when pinned
 
     def pairs(self) -> list[tuple[Measurement, Measurement]]:
         by_key = {(m.target, m.concurrency): m for m in self.rows}
@@ -112,6 +160,7 @@ class RpcReport:
                 for e, b in self.pairs()
             ],
             "layers": self.breakdown.as_dict() if self.breakdown else None,
+            "pinned": {"load_generator_cpu": self.cores[0], "server_cpu": self.cores[1]} if self.cores else None,
         }
 
     def table(self) -> str:
@@ -129,6 +178,10 @@ class RpcReport:
             lines.append(f"{'':>7}  {'ratio':<9} {ratio:>9.2f}x {'':>8} {engram.p99_ms / baseline.p99_ms:>7.2f}x")
         lines.append("ratio = engramd / baseline (throughput: higher is better; p99: lower is better)")
         lines.append("CPU µs/req = the server process's user + system time per request during the level")
+        if self.cores is not None:
+            lines.append(f"pinned: load generator on CPU {self.cores[0]}, each server on CPU {self.cores[1]} (--no-pin: not pinned)")
+        else:
+            lines.append("not pinned: the scheduler placed the servers and the load generator")
         if self.breakdown is not None:
             lines += ["", self.breakdown.table()]
         return "\n".join(lines)
@@ -202,7 +255,9 @@ async def _breakdown(path: Path, requests: int, pid: int | None) -> LayerBreakdo
     return LayerBreakdown(requests, cpu_us, layers)
 
 
-def run_rpc_bench(requests: int, levels: list[int], socket_path: Path | None = None, progress: bool = True) -> RpcReport:
+def run_rpc_bench(
+    requests: int, levels: list[int], socket_path: Path | None = None, progress: bool = True, pin: bool = True
+) -> RpcReport:
     from contextlib import ExitStack
 
     from rich.progress import Progress
@@ -211,10 +266,14 @@ def run_rpc_bench(requests: int, levels: list[int], socket_path: Path | None = N
     with ExitStack() as stack:
         engram_sock = socket_path or stack.enter_context(temporary_daemon())
         baseline_sock = stack.enter_context(echo_server())
+        # A running daemon (--socket) is someone else's: it is measured where it runs.
+        report.cores = cores = stack.enter_context(cores_apart(pin and socket_path is None))
         with Progress(transient=True, disable=not progress) as bar:
             task = bar.add_task("bench rpc", total=len(levels) * 2)
             targets = [("engramd", engram_sock), ("baseline", baseline_sock)]
             pids = {target: server_pid(path) for target, path in targets}
+            for pid in pids.values():
+                pin_server(pid, cores)
             for concurrency in levels:
                 for target, path in targets:
                     bar.update(task, description=f"{target} x{concurrency}")
@@ -225,7 +284,9 @@ def run_rpc_bench(requests: int, levels: list[int], socket_path: Path | None = N
             if socket_path is None:  # a daemon of our own: a second one, timed, for the breakdown
                 bar.update(task, description="engramd per layer")
                 with temporary_daemon({"ENGRAM_SERVER__LAYER_TIMING": "true"}) as timed_sock:
-                    report.breakdown = asyncio.run(_breakdown(timed_sock, requests, server_pid(timed_sock)))
+                    timed_pid = server_pid(timed_sock)
+                    pin_server(timed_pid, cores)
+                    report.breakdown = asyncio.run(_breakdown(timed_sock, requests, timed_pid))
     return report
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tomllib
@@ -164,9 +165,13 @@ def test_default_socket_for_a_user_is_in_the_runtime_dir(tmp_path):
 
 
 def test_bench_rpc_smoke():
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
     out = cli("bench", "rpc", "--requests", "40", "--concurrency", "1,4", "--json")
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
+    if cpus is not None and len(cpus) >= 2:  # the load generator (here, in process) on a CPU of its own, then given its CPUs back
+        assert report["pinned"]["load_generator_cpu"] != report["pinned"]["server_cpu"]
+        assert os.sched_getaffinity(0) == cpus
     assert [r["concurrency"] for r in report["ratios"]] == [1, 4]
     assert all(r["throughput_ratio"] > 0 for r in report["ratios"])
     assert {row["target"] for row in report["rows"]} == {"engramd", "baseline"}
