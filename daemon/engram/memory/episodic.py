@@ -95,6 +95,16 @@ class _Query:
     periods: list[Named]
 
 
+@dataclass(slots=True)
+class _Scored:
+    """Scored candidates of one recall: one element per episode of ``seqs`` in each array."""
+
+    seqs: list[int]
+    parts: dict[str, NDArray[np.float64]]
+    scores: NDArray[np.float64]
+    in_session: set[int]  # the seqs with a session (only they can have session neighbours)
+
+
 @dataclass
 class WriteJob:
     rows: list[NewEpisode]
@@ -522,11 +532,11 @@ class Episodic:
             scored = self._score(conn, namespace, flt, list(candidates), sims, activated, q)
             if scored is None:
                 return []
-            seqs, parts, scores = scored
             if weights.neighbour > 0 or weights.session > 0:
-                seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, q)
+                scored = self._in_context(conn, namespace, flt, scored, k, q)
             else:
-                parts["neighbour"] = parts["session"] = np.zeros(len(seqs), np.float64)
+                scored.parts["neighbour"] = scored.parts["session"] = np.zeros(len(scored.seqs), np.float64)
+            seqs, parts, scores = scored.seqs, scored.parts, scored.scores
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
             winners = [seqs[i] for i in order]
             rows = self.store.hits(conn, namespace, winners)  # whole rows for the winners only
@@ -563,16 +573,14 @@ class Episodic:
         return {got[i]: float(values[i]) for i in np.argsort(-values)[:want]}
 
     def _score(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, candidates: list[int], sims: dict[int, float],
-               activated: dict[int, float], q: _Query,
-               ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]] | None:
-        """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores,
-        as arrays with one element per episode (the parts of the k winners only become dicts);
-        None when none is left."""
+               activated: dict[int, float], q: _Query) -> _Scored | None:
+        """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores
+        (the parts of the k winners only become dicts); None when none is left."""
         facts = self.store.facts(namespace, candidates, flt, vectors_for=[c for c in candidates if c not in sims], conn=conn)
         if not facts:
             return None
         seqs = list(facts)
-        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
+        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector, _) in facts.items()]
         similarity = np.array(
             [
                 sim if sim is not None else (float(vector @ q.vector) if vector is not None and vector.shape == q.vector.shape else 0.0)
@@ -591,16 +599,18 @@ class Episodic:
         }
         stale = self.graph.superseded_episodes(conn, seqs) if q.weights.superseded > 0 else set()
         parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
-        return seqs, parts, combine(parts, q.weights, q.with_keyword, q.activation, bool(q.periods))
+        scores = combine(parts, q.weights, q.with_keyword, q.activation, bool(q.periods))
+        return _Scored(seqs, parts, scores, {seq for seq, (_, _, _, in_session) in facts.items() if in_session})
 
-    def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, seqs: list[int],
-                    parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, q: _Query,
-                    ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]]:
+    def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, scored: _Scored, k: int,
+                    q: _Query) -> _Scored:
         """Scores lifted by conversation context (:mod:`engram.memory.context`): the best
         candidates' session neighbours join them (scored like candidates, without an activation
         part of their own), then every episode placed in a session is lifted."""
+        seqs, parts, scores, in_session = scored.seqs, scored.parts, scored.scores, scored.in_session
         best = [seqs[i] for i in np.argsort(-scores, kind="stable")[: max(2 * k, CONTEXT_OF)].tolist()]
-        near = self.store.session_neighbours(conn, namespace, best)
+        # Only an episode with a session has neighbours: the look-up is left out for the others.
+        near = self.store.session_neighbours(conn, namespace, [seq for seq in best if seq in in_session])
         # The best ones' neighbours are placed too, so that they can be lifted by them; those that
         # were no candidate are scored first.
         beside = list(dict.fromkeys(n for _, before, after in near.values() for n in (before, after)
@@ -610,13 +620,14 @@ class Episodic:
         if extra:
             more = self._score(conn, namespace, flt, extra, {}, {}, q)
             if more is not None:
-                more_seqs, more_parts, more_scores = more
-                seqs = seqs + more_seqs
-                parts = {name: np.concatenate((values, more_parts[name])) for name, values in parts.items()}
-                scores = np.concatenate((scores, more_scores))
+                seqs = seqs + more.seqs
+                parts = {name: np.concatenate((values, more.parts[name])) for name, values in parts.items()}
+                scores = np.concatenate((scores, more.scores))
+                in_session = in_session | more.in_session
         near.update(self.store.session_neighbours(conn, namespace, beside))
         parts["neighbour"], parts["session"] = neighbour_scores(seqs, scores, near)
-        return seqs, parts, lift(scores, parts["neighbour"], parts["session"], q.weights.neighbour, q.weights.session)
+        lifted = lift(scores, parts["neighbour"], parts["session"], q.weights.neighbour, q.weights.session)
+        return _Scored(seqs, parts, lifted, in_session)
 
     # --- forgetting ------------------------------------------------------------------------------------
 
