@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from engram.deadlines import RequestDeadline
 from engram.errors import InvalidParams, NotFound, Overloaded, Unavailable
 from engram.memory import ids as idgen
-from engram.memory.api import EpisodeIn, Filter
+from engram.memory.api import EpisodeIn, Filter, ScoreParts
 from engram.memory.context import CONTEXT_OF, lift, neighbour_scores
 from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
@@ -66,6 +66,8 @@ from engram.storage.locking import begin_immediate
 __all__ = ["Episodic", "WriteJob"]
 
 _INLINE_ITEMS = 32  # larger requests are checked in a worker thread
+# A hit's score parts in ScoreParts' order: memory.recall sends hits as they are built here.
+_PART_NAMES = tuple(ScoreParts.model_fields)
 
 log = structlog.get_logger("engram.memory")
 
@@ -480,8 +482,8 @@ class Episodic:
 
     def recall(self, namespace: str, query: NDArray[np.float32], text: str | None, k: int, flt: SqlFilter,
                weights: Weights, activation: bool) -> list[dict[str, Any]]:
-        """The best ``k`` episodes for the query, best first, as the fields of ``memory.recall``'s
-        hits plus ``seq`` (worker thread)."""
+        """The best ``k`` episodes for the query, best first, as ``memory.recall``'s hits as JSON
+        values (its ``Hit``'s fields in their order) with ``seq`` first (worker thread)."""
         s = self.settings.recall
         now = time.time()
         want = max(k * s.candidate_factor, s.min_candidates)
@@ -546,12 +548,13 @@ class Episodic:
         best = scores[order].tolist()
         hits = []
         for n, seq in enumerate(winners):
-            hit = rows[seq]
-            hit["seq"] = seq
-            hit["score"] = best[n]
-            hit["parts"] = {name: values[n] for name, values in columns.items()}
-            hit["superseded"] = reasons.get(seq, [])
-            hits.append(hit)
+            row = rows[seq]
+            hits.append({
+                "seq": seq, "id": row.pop("id"), "text": row.pop("text"), "score": best[n],
+                "parts": {name: columns[name][n] for name in _PART_NAMES},
+                **row,  # time to pinned, in Hit's order
+                "superseded": reasons.get(seq, []),
+            })
         return hits
 
     def _from_periods(self, namespace: str, query: NDArray[np.float32], flt: SqlFilter, periods: list[Named],

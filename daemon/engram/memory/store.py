@@ -401,9 +401,9 @@ class EpisodeStore:
 
     @staticmethod
     def hits(conn: sqlite3.Connection, namespace: str, seqs: Sequence[int]) -> dict[int, dict[str, Any]]:
-        """The fields of a recall hit (``memory.recall``'s ``Hit``, less score and parts) of
-        ``seqs`` in ``namespace``, read on ``conn`` (the recall's :meth:`snapshot`, which already
-        found them live and passing its filter)."""
+        """The fields of a recall hit (``memory.recall``'s ``Hit``, less score, parts and
+        superseded, in its order) of ``seqs`` in ``namespace``, read on ``conn`` (the recall's
+        :meth:`snapshot`, which already found them live and passing its filter)."""
         out: dict[int, dict[str, Any]] = {}
         for chunk in _chunks(list(seqs)):
             marks = _marks(len(chunk))
