@@ -328,7 +328,7 @@ class MemoryConsolidation:
         for episode_id, seq in seqs.items():
             if seq not in facts:
                 continue  # archived or gone
-            when, importance, stored = facts[seq]
+            when, importance, stored, _ = facts[seq]
             similarity = float(stored @ vector) if stored is not None and stored.shape == vector.shape else 0.0
             parts = {"vector": max(0.0, min(1.0, similarity)), "keyword": 0.0, "recency": recency(when, now, half_life),
                      "importance": importance, "activation": 0.0}

@@ -47,7 +47,7 @@ from numpy.typing import NDArray
 from engram.deadlines import RequestDeadline
 from engram.errors import InvalidParams, NotFound, Overloaded, Unavailable
 from engram.memory import ids as idgen
-from engram.memory.api import EpisodeIn, Filter
+from engram.memory.api import EpisodeIn, Filter, ScoreParts
 from engram.memory.context import CONTEXT_OF, lift, neighbour_scores
 from engram.memory.db import MemoryDB
 from engram.memory.embedding import Embedder, no_embedder
@@ -66,6 +66,8 @@ from engram.storage.locking import begin_immediate
 __all__ = ["Episodic", "WriteJob"]
 
 _INLINE_ITEMS = 32  # larger requests are checked in a worker thread
+# A hit's score parts in ScoreParts' order: memory.recall sends hits as they are built here.
+_PART_NAMES = tuple(ScoreParts.model_fields)
 
 log = structlog.get_logger("engram.memory")
 
@@ -93,6 +95,16 @@ class _Query:
     activation: bool
     keyword: dict[int, float]  # every full-text match's keyword part
     periods: list[Named]
+
+
+@dataclass(slots=True)
+class _Scored:
+    """Scored candidates of one recall: one element per episode of ``seqs`` in each array."""
+
+    seqs: list[int]
+    parts: dict[str, NDArray[np.float64]]
+    scores: NDArray[np.float64]
+    in_session: set[int]  # the seqs with a session (only they can have session neighbours)
 
 
 @dataclass
@@ -470,8 +482,8 @@ class Episodic:
 
     def recall(self, namespace: str, query: NDArray[np.float32], text: str | None, k: int, flt: SqlFilter,
                weights: Weights, activation: bool) -> list[dict[str, Any]]:
-        """The best ``k`` episodes for the query, best first, as the fields of ``memory.recall``'s
-        hits plus ``seq`` (worker thread)."""
+        """The best ``k`` episodes for the query, best first, as ``memory.recall``'s hits as JSON
+        values (its ``Hit``'s fields in their order) with ``seq`` first (worker thread)."""
         s = self.settings.recall
         now = time.time()
         want = max(k * s.candidate_factor, s.min_candidates)
@@ -522,11 +534,11 @@ class Episodic:
             scored = self._score(conn, namespace, flt, list(candidates), sims, activated, q)
             if scored is None:
                 return []
-            seqs, parts, scores = scored
             if weights.neighbour > 0 or weights.session > 0:
-                seqs, parts, scores = self._in_context(conn, namespace, flt, seqs, parts, scores, k, q)
+                scored = self._in_context(conn, namespace, flt, scored, k, q)
             else:
-                parts["neighbour"] = parts["session"] = np.zeros(len(seqs), np.float64)
+                scored.parts["neighbour"] = scored.parts["session"] = np.zeros(len(scored.seqs), np.float64)
+            seqs, parts, scores = scored.seqs, scored.parts, scored.scores
             order = np.lexsort((-np.array(seqs, np.int64), -scores))[:k].tolist()  # best score first, then newest
             winners = [seqs[i] for i in order]
             rows = self.store.hits(conn, namespace, winners)  # whole rows for the winners only
@@ -536,12 +548,13 @@ class Episodic:
         best = scores[order].tolist()
         hits = []
         for n, seq in enumerate(winners):
-            hit = rows[seq]
-            hit["seq"] = seq
-            hit["score"] = best[n]
-            hit["parts"] = {name: values[n] for name, values in columns.items()}
-            hit["superseded"] = reasons.get(seq, [])
-            hits.append(hit)
+            row = rows[seq]
+            hits.append({
+                "seq": seq, "id": row.pop("id"), "text": row.pop("text"), "score": best[n],
+                "parts": {name: columns[name][n] for name in _PART_NAMES},
+                **row,  # time to pinned, in Hit's order
+                "superseded": reasons.get(seq, []),
+            })
         return hits
 
     def _from_periods(self, namespace: str, query: NDArray[np.float32], flt: SqlFilter, periods: list[Named],
@@ -563,16 +576,14 @@ class Episodic:
         return {got[i]: float(values[i]) for i in np.argsort(-values)[:want]}
 
     def _score(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, candidates: list[int], sims: dict[int, float],
-               activated: dict[int, float], q: _Query,
-               ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]] | None:
-        """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores,
-        as arrays with one element per episode (the parts of the k winners only become dicts);
-        None when none is left."""
+               activated: dict[int, float], q: _Query) -> _Scored | None:
+        """The live episodes among ``candidates`` that pass ``flt``, their score parts and scores
+        (the parts of the k winners only become dicts); None when none is left."""
         facts = self.store.facts(namespace, candidates, flt, vectors_for=[c for c in candidates if c not in sims], conn=conn)
         if not facts:
             return None
         seqs = list(facts)
-        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector) in facts.items()]
+        known = [(when, importance, sims.get(seq), vector) for seq, (when, importance, vector, _) in facts.items()]
         similarity = np.array(
             [
                 sim if sim is not None else (float(vector @ q.vector) if vector is not None and vector.shape == q.vector.shape else 0.0)
@@ -591,16 +602,18 @@ class Episodic:
         }
         stale = self.graph.superseded_episodes(conn, seqs) if q.weights.superseded > 0 else set()
         parts["superseded"] = np.array([1.0 if seq in stale else 0.0 for seq in seqs], np.float64)
-        return seqs, parts, combine(parts, q.weights, q.with_keyword, q.activation, bool(q.periods))
+        scores = combine(parts, q.weights, q.with_keyword, q.activation, bool(q.periods))
+        return _Scored(seqs, parts, scores, {seq for seq, (_, _, _, in_session) in facts.items() if in_session})
 
-    def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, seqs: list[int],
-                    parts: dict[str, NDArray[np.float64]], scores: NDArray[np.float64], k: int, q: _Query,
-                    ) -> tuple[list[int], dict[str, NDArray[np.float64]], NDArray[np.float64]]:
+    def _in_context(self, conn: sqlite3.Connection, namespace: str, flt: SqlFilter, scored: _Scored, k: int,
+                    q: _Query) -> _Scored:
         """Scores lifted by conversation context (:mod:`engram.memory.context`): the best
         candidates' session neighbours join them (scored like candidates, without an activation
         part of their own), then every episode placed in a session is lifted."""
+        seqs, parts, scores, in_session = scored.seqs, scored.parts, scored.scores, scored.in_session
         best = [seqs[i] for i in np.argsort(-scores, kind="stable")[: max(2 * k, CONTEXT_OF)].tolist()]
-        near = self.store.session_neighbours(conn, namespace, best)
+        # Only an episode with a session has neighbours: the look-up is left out for the others.
+        near = self.store.session_neighbours(conn, namespace, [seq for seq in best if seq in in_session])
         # The best ones' neighbours are placed too, so that they can be lifted by them; those that
         # were no candidate are scored first.
         beside = list(dict.fromkeys(n for _, before, after in near.values() for n in (before, after)
@@ -610,13 +623,14 @@ class Episodic:
         if extra:
             more = self._score(conn, namespace, flt, extra, {}, {}, q)
             if more is not None:
-                more_seqs, more_parts, more_scores = more
-                seqs = seqs + more_seqs
-                parts = {name: np.concatenate((values, more_parts[name])) for name, values in parts.items()}
-                scores = np.concatenate((scores, more_scores))
+                seqs = seqs + more.seqs
+                parts = {name: np.concatenate((values, more.parts[name])) for name, values in parts.items()}
+                scores = np.concatenate((scores, more.scores))
+                in_session = in_session | more.in_session
         near.update(self.store.session_neighbours(conn, namespace, beside))
         parts["neighbour"], parts["session"] = neighbour_scores(seqs, scores, near)
-        return seqs, parts, lift(scores, parts["neighbour"], parts["session"], q.weights.neighbour, q.weights.session)
+        lifted = lift(scores, parts["neighbour"], parts["session"], q.weights.neighbour, q.weights.session)
+        return _Scored(seqs, parts, lifted, in_session)
 
     # --- forgetting ------------------------------------------------------------------------------------
 

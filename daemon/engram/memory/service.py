@@ -489,7 +489,17 @@ class Memory(Part):
 
     @rpc("memory.recall", summary="The episodes best matching a query text or vector: hybrid score, filters, top k.",
          read_only=True)
+    async def recall_rpc(self, ctx: RequestContext, params: RecallParams) -> RecallResult | dict[str, Any]:
+        # RecallResult as it would dump, sent as it is: validating the hits into models only to
+        # dump them again cost the event loop more than the rest of the handler.
+        return await self._recall(ctx, params)
+
     async def recall(self, ctx: RequestContext, params: RecallParams) -> RecallResult:
+        """memory.recall for callers in the daemon (route.ask, sleep): its result as the model."""
+        return RecallResult.model_validate(await self._recall(ctx, params))
+
+    async def _recall(self, ctx: RequestContext, params: RecallParams) -> dict[str, Any]:
+        """memory.recall's result as JSON values, keys in RecallResult's order."""
         started = time.perf_counter()
         namespace = self._namespace(ctx, params.namespace)
         s = self.settings
@@ -513,11 +523,11 @@ class Memory(Part):
             if self.embedder is None or self.embedder.dim is None:
                 raise no_embedder("the query has no vector and no embedding model is available")
             if dim is None:
-                return RecallResult(hits=[], namespace=namespace)
+                return {"hits": [], "namespace": namespace}
             with self._spans.span("memory.embed", {"engram.memory.namespace": namespace, "engram.memory.items": 1}):
                 query = (await self.episodic.embed([text or ""], namespace, "query", ctx.deadline))[0]
         if dim is None:
-            return RecallResult(hits=[], namespace=namespace)
+            return {"hits": [], "namespace": namespace}
         with self._spans.span("memory.search", {"engram.memory.namespace": namespace, "engram.memory.k": params.k}) as span:
             found = await self._thread(
                 lambda: self.episodic.recall(namespace, query, text, params.k, flt, weights, params.activation)
@@ -532,8 +542,7 @@ class Memory(Part):
                 MemoryRecalled(namespace=namespace, ids=[h["id"] for h in found], tags=sorted({t for h in found for t in h["tags"]}),
                                principal=ctx.principal, task_id=ctx.request)
             )
-        # One validation of the whole result (in pydantic's core) rather than a model per hit.
-        return RecallResult.model_validate({"namespace": namespace, "hits": found})
+        return {"hits": found, "namespace": namespace}
 
     @rpc("memory.get", summary="Episodes by id (unknown ids: -32002 naming them).", read_only=True)
     async def get(self, ctx: RequestContext, params: GetParams) -> GetResult:

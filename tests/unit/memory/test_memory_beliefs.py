@@ -4,10 +4,11 @@ whose facts were all superseded, saying why."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import anyio
-from engram.memory.api import GraphQueryParams, GraphUpsertParams, RecallParams, RememberParams
+from engram.memory.api import GraphQueryParams, GraphUpsertParams, RecallParams, RecallResult, RememberParams
 
 from tests.unit.memory.conftest import ctx
 
@@ -105,3 +106,20 @@ async def test_recall_lowers_episodes_of_superseded_facts_and_says_why(make_memo
         await memory.graph_upsert(ctx(), upsert({"src": "Ada", "type": "likes", "dst": "Paris", "sources": [ids[0]]}))
         again = {h.id: h for h in (await memory.recall(ctx(), question)).hits}
         assert again[ids[0]].parts.superseded == 0.0 and again[ids[0]].superseded == []
+
+
+async def test_the_recall_answer_is_the_result_as_its_model_would_dump(make_memory) -> None:
+    # memory.recall sends the hits as built, without the model: the same JSON, key for key and in order.
+    async with make_memory() as (memory, _):
+        items = [
+            {"text": "Ada lives in Paris.", "time": Y2021, "session": "s1", "tags": ["home", "ada"], "source": "chat",
+             "metadata": {"mood": "calm", "n": 2}, "importance": 0.75},
+            {"text": "Ada moved to Berlin.", "time": Y2024, "session": "s1", "pinned": True},
+            {"text": "Ada likes Paris in the spring.", "time": Y2021},
+        ]
+        ids = (await memory.remember(ctx(), RememberParams.model_validate({"items": items}))).ids
+        await memory.graph_upsert(ctx(), upsert(lives("Paris", Y2021, sources=[ids[0]]), lives("Berlin", Y2024, sources=[ids[1]])))
+        answer = await memory.recall_rpc(ctx(), RecallParams(query="Where does Ada live in Paris", k=3))
+        assert len(answer["hits"]) == 3 and any(h["superseded"] for h in answer["hits"])
+        dumped = RecallResult.model_validate(answer).model_dump(mode="json")
+        assert json.dumps(answer) == json.dumps(dumped)
