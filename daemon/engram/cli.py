@@ -101,12 +101,13 @@ def _run_daemon(state_dir: Path | None, socket_path: Path | None, config_file: P
     except ConfigError as exc:
         fail(EXIT_USAGE, _one_line(str(exc)))
     # Only a configuration that loads pays for importing every part (most of a start's time).
+    from engram.eventloop import backend_options
     from engram.runtime import serve
 
     configure_logging(settings.log)
     log = structlog.get_logger("engram.daemon")
     try:
-        anyio.run(serve, settings, config_file, overrides)
+        anyio.run(serve, settings, config_file, overrides, backend_options=backend_options(settings.event_loop))
     except KeyboardInterrupt:
         pass
     except BaseException as exc:  # noqa: BLE001 - the last line of defence: say why, exit non-zero

@@ -40,6 +40,7 @@ from pydantic_settings import (
 from engram.audit.settings import AuditSettings
 from engram.bus.settings import BusSettings
 from engram.errors import ConfigError
+from engram.eventloop import EventLoop
 from engram.http.settings import HttpSettings
 from engram.inference.settings import InferenceSettings
 from engram.locations import MAX_UNIX_PATH, default_socket, default_socket_candidates, default_state_dir
@@ -72,6 +73,11 @@ class Settings(BaseSettings):
 
     state_dir: Path = Field(default_factory=default_state_dir, description="Where state lives.")
     socket: Path | None = Field(default=None, description="Socket path (default: see the table above).")
+    event_loop: EventLoop = Field(
+        default="auto",
+        description="The event loop: auto (uvloop where installed, else Python's asyncio loop), uvloop, or asyncio. "
+        "Read at start.",
+    )
     server: ServerSettings = Field(default_factory=ServerSettings)
     bus: BusSettings = Field(default_factory=BusSettings)
     log: LogSettings = Field(default_factory=LogSettings)

@@ -42,6 +42,7 @@ from engram.bus.events import CORE_EVENTS, ConfigReloaded, DaemonStarted, Daemon
 from engram.bus.methods import EventMethods
 from engram.config import Settings, load_settings
 from engram.errors import ConfigError, Conflict, StartupError
+from engram.eventloop import running_loop_name
 from engram.http.service import HttpGateway
 from engram.inference.arrays import ArrayModels
 from engram.inference.events import MODEL_EVENTS
@@ -102,6 +103,7 @@ log = structlog.get_logger("engram.daemon")
 RESTART_REQUIRED = (
     "state_dir",
     "socket",
+    "event_loop",
     "server.socket_group",
     "storage",
     "plugins",
@@ -483,6 +485,7 @@ class Daemon:
             state_dir=str(self.settings.state_dir),
             activated=self.server.activated,
             methods=len(self.methods),
+            event_loop=running_loop_name(),
         )
 
     async def _watchdog(self, interval: float) -> None:

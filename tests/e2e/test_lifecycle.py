@@ -141,17 +141,29 @@ def test_sighup_reloads_without_dropping_connections(make_daemon, state_dir):
     daemon = make_daemon(args=["--config", str(config)])
     with daemon.client() as client:
         events = client.subscribe(["config.reloaded"])
-        config.write_text("[server]\nmax_frame_bytes = 2048\n\n[bus]\nsubscriber_queue = 10\n\n[storage]\nbusy_timeout = 9\n")
+        config.write_text(
+            'event_loop = "asyncio"\n\n[server]\nmax_frame_bytes = 2048\n\n[bus]\nsubscriber_queue = 10\n\n'
+            "[storage]\nbusy_timeout = 9\n"
+        )
         daemon.signal(signal.SIGHUP)
         event = events.receive(timeout=10)
         assert event["data"]["ok"] is True
         assert event["data"]["changed"] == ["bus.subscriber_queue", "server.max_frame_bytes"]
-        assert event["data"]["restart_required"] == ["storage.busy_timeout"]
+        assert event["data"]["restart_required"] == ["event_loop", "storage.busy_timeout"]
         # Same connection, new limit in force.
         assert client.call("system.ping")["pong"] is True
     with daemon.raw() as conn:
         reply = conn.request({"jsonrpc": "2.0", "id": 1, "method": "system.ping", "params": {"echo": "x" * 5000}})
         assert reply["error"]["data"]["reason"] == "frame_too_large"
+
+
+def test_the_event_loop_is_uvloop_unless_asyncio_is_asked_for(make_daemon):
+    default, asked = make_daemon(), make_daemon(env={"ENGRAM_EVENT_LOOP": "asyncio"})
+    for daemon, loop in ((default, "uvloop"), (asked, "asyncio")):
+        with daemon.client() as client:
+            assert client.call("system.ping")["pong"] is True
+        ready, = [r for r in daemon.records() if r.get("event") == "ready"]
+        assert ready["event_loop"] == loop
 
 
 def test_broken_config_on_reload_keeps_the_old_one(make_daemon, state_dir):

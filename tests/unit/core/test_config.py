@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
 from engram.config import MAX_UNIX_PATH, REDACTED, load_settings
-from engram.errors import ConfigError
+from engram.errors import ConfigError, StartupError
+from engram.eventloop import backend_options
 
 
 @pytest.fixture(autouse=True)
@@ -120,3 +122,12 @@ base_url = "http://127.0.0.1:11434"
     ]
     assert "sk-live-123" not in str(settings.public_dict()) and "hunter2" not in str(settings.public_dict())
     assert shown["state_dir"] == str(tmp_path / "s") and shown["inference"]["trusted_keys"] == []
+
+
+def test_event_loop_choices_become_anyio_backend_options(monkeypatch):
+    assert backend_options("auto") == backend_options("uvloop") == {"use_uvloop": True}
+    assert backend_options("asyncio") == {}
+    monkeypatch.setitem(sys.modules, "uvloop", None)  # what a platform without uvloop looks like: ImportError
+    assert backend_options("auto") == {}
+    with pytest.raises(StartupError, match="uvloop is not installed"):
+        backend_options("uvloop")
