@@ -183,17 +183,18 @@ class ClientConnection:
 
     # --- requests --------------------------------------------------------------------------
 
-    async def _parse(self, line: bytes) -> tuple[list[Message], bool]:
-        depth = self._server.settings().max_json_depth
-        if len(line) <= LARGE_FRAME:
-            return parse_frame(line, depth)
+    async def _parse_large(self, line: bytes) -> tuple[list[Message], bool]:
         # A large frame takes long to parse: in a worker thread, one at a time for the whole
         # daemon, parsing in a way that lets the event loop run (see parse_frame's yielding).
+        depth = self._server.settings().max_json_depth
         return await anyio.to_thread.run_sync(parse_frame, line, depth, True, limiter=self._server.large_frames)
 
     async def _on_frame(self, line: bytes, requests: TaskGroup) -> None:
         try:
-            messages, is_batch = await self._parse(line)
+            if len(line) <= LARGE_FRAME:
+                messages, is_batch = parse_frame(line, self._server.settings().max_json_depth)
+            else:
+                messages, is_batch = await self._parse_large(line)
         except RPCError as error:
             self._server.metrics.frames_rejected.labels(error.reason).inc()
             log.info("bad frame", connection=self.id, reason=error.reason, error=error.message)

@@ -214,6 +214,31 @@ _FEW_MEMBERS_BELOW = 4 * MAX_OBJECT_MEMBERS
 _SMALL_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 _YIELDING_DECODER = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_object, **_YIELDING_HOOKS)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # ensure_ascii: the default
+# _ENCODER's C encoder, made once: JSONEncoder.encode makes a new one on every call, which costs
+# as much as encoding a response. Without the circular-reference check (markers None): a cycle,
+# which no handler builds, ends in RecursionError, which the connection answers like any value
+# that cannot be encoded. None where the interpreter has no C accelerator.
+_C_ENCODE = (
+    json.encoder.c_make_encoder(
+        None, _ENCODER.default, json.encoder.encode_basestring_ascii, None, ":", ",", False, False, False
+    )
+    if json.encoder.c_make_encoder is not None
+    else None
+)
+_JSON_WHITESPACE = " \t\n\r"
+
+
+def _decode_small(text: str) -> Any:
+    """_SMALL_DECODER.decode(text), without its two regular-expression matches for surrounding
+    whitespace: the scanner reads a frame that opens with its value and ends with it (or with
+    whitespace); anything else goes to decode(), which gives the same value or error as always."""
+    try:
+        value, end = _SMALL_DECODER.scan_once(text, 0)
+    except (StopIteration, ValueError):
+        return _SMALL_DECODER.decode(text)
+    if end != len(text) and text[end:].strip(_JSON_WHITESPACE):
+        return _SMALL_DECODER.decode(text)  # extra data: the error that names it
+    return value
 
 
 def parse_json(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool = False) -> Any:
@@ -227,10 +252,8 @@ def parse_json(data: bytes, max_depth: int = DEFAULT_MAX_DEPTH, yielding: bool =
         raise _too_deep(max_depth)
     try:
         if yielding:
-            decoder = _YIELDING_DECODER
-        else:
-            decoder = _SMALL_DECODER if len(text) < _FEW_MEMBERS_BELOW else _DECODER
-        return decoder.decode(text)
+            return _YIELDING_DECODER.decode(text)
+        return _decode_small(text) if len(text) < _FEW_MEMBERS_BELOW else _DECODER.decode(text)
     except NonFiniteNumber as exc:
         raise ParseError(f"frame is not valid JSON: {exc}", reason="non_finite_number") from None
     except TooManyMembers:
@@ -283,4 +306,5 @@ def notification(method: str, params: dict[str, Any]) -> dict[str, Any]:
 
 def encode(message: Any) -> bytes:
     # ensure_ascii keeps every frame pure ASCII, so no byte inside it can be a newline.
-    return _ENCODER.encode(message).encode() + b"\n"
+    text = "".join(_C_ENCODE(message, 0)) if _C_ENCODE is not None else _ENCODER.encode(message)
+    return text.encode() + b"\n"

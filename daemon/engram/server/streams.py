@@ -22,6 +22,7 @@ class TransportStream:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
         self._writer = writer
+        self._transport = writer.transport  # written to directly: StreamWriter.write only forwards
 
     @classmethod
     async def wrap(cls, sock: socket.socket) -> TransportStream:
@@ -37,10 +38,11 @@ class TransportStream:
 
     def write(self, data: bytes) -> bool:
         """Queue ``data`` whole (frames never interleave); True when the caller must drain()."""
-        if self._writer.is_closing():
+        transport = self._transport
+        if transport.is_closing():
             raise anyio.BrokenResourceError
-        self._writer.write(data)
-        return self._writer.transport.get_write_buffer_size() > WRITE_HIGH_WATER
+        transport.write(data)
+        return transport.get_write_buffer_size() > WRITE_HIGH_WATER
 
     async def drain(self) -> None:
         await self._writer.drain()
