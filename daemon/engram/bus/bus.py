@@ -192,7 +192,7 @@ class EventBus:
         topic the publisher already holds, differing from the next one only in its time), only
         the subscriptions that would admit it count."""
         route = self._route(topic)
-        if like is None:
+        if like is None or not route:
             return bool(route)
         return any(sub.admits is None or sub.admits(like) for sub in route)
 

@@ -390,7 +390,8 @@ class Policy(Part):
 
     def _method_guard(self, principal: Principal, method: Method) -> None:
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
-        if decision.allowed and decision.rule != BUILTIN_REPAIR:
+        # Most policies have no temporal rule: then nothing is built to ask them.
+        if decision.allowed and self.temporal is not None and decision.rule != BUILTIN_REPAIR:
             violation = self._temporal_denial(Guarded("method", principal, method.name))
             if violation is not None:
                 decision = self._violation_decision(violation, "method", decision.privacy_mode)
