@@ -390,8 +390,9 @@ class Policy(Part):
 
     def _method_guard(self, principal: Principal, method: Method) -> None:
         decision = self._engine().authorize_method(principal, method.name, method.owner_only)
-        # Most policies have no temporal rule: then nothing is built to ask them.
-        if decision.allowed and self.temporal is not None and decision.rule != BUILTIN_REPAIR:
+        # Most policies have no temporal rule that denies methods: then nothing is built to ask.
+        rules = self.temporal
+        if decision.allowed and rules is not None and "method" in rules.guarded_points and decision.rule != BUILTIN_REPAIR:
             violation = self._temporal_denial(Guarded("method", principal, method.name))
             if violation is not None:
                 decision = self._violation_decision(violation, "method", decision.privacy_mode)
