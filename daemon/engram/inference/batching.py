@@ -2,10 +2,14 @@
 
 A :class:`Batcher` is a bounded queue and one task. The task takes the first waiting request,
 gathers the others already waiting, and waits up to ``max_queue_delay_us`` for more while it has
-fewer than it expects. It expects as many as the previous batch had plus those that arrived while
-that batch ran: an estimate of how many clients are sending. A lone client never waits; eight
-clients in lock-step are served eight at a time instead of settling into two alternating groups
-of four. It stops at ``max_batch`` rows and runs the batch in a worker thread. The queue holds ``queue_size`` requests; one more is refused at once
+fewer than it expects. It expects as many as were running and waiting when the last batch
+ended: an estimate of how many clients are sending (those whose requests are in a batch running
+now will not come meanwhile). A lone client never waits; eight clients in lock-step are not
+left to settle into two alternating groups of four. While another run slot is free, a batch takes
+only its share of the requests waiting and leaves the rest to a batch of its own that starts at
+once: on two cores, eight requests waiting run as two batches of four side by side, instead of
+one batch of eight in one thread while the other core idles. A batch stops at ``max_batch`` rows
+and runs in a worker thread. The queue holds ``queue_size`` requests; one more is refused at once
 with :class:`~engram.errors.Overloaded` (-32003) instead of waiting without bound.
 
 The queue is served earliest deadline first (:class:`~engram.deadlines.EdfQueue`): a request
@@ -112,6 +116,7 @@ class Batcher(Generic[T, R]):
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._slots = anyio.Semaphore(parallel_runs)
+        self._running = 0  # requests in the batches running now
         self._max_delay = max_delay_s
         self._limiter = limiter
         self._observe = observe
@@ -191,26 +196,31 @@ class Batcher(Generic[T, R]):
             self._fail_leftovers()
 
     async def _execute_and_release(self, batch: list[_Pending[T, R]]) -> None:
+        self._running += len(batch)
         try:
             await self._execute(batch)
         finally:
+            # The requests of the batches running until now (whose clients are likely to send
+            # again at once) and those that arrived meanwhile: an estimate of how many clients
+            # there are, and so of how much company the next batches may wait for.
+            self._expected = self._running + self.depth + (self._carry is not None)
+            self._running -= len(batch)
             self._slots.release()
-        # Requests that arrived while this batch ran, plus the batch's own (whose clients are
-        # likely to send again at once): an estimate of how many clients there are, and so of
-        # how much company the next batch may wait for.
-        self._expected = len(batch) + self.depth + (self._carry is not None)
 
     async def _collect(self, first: _Pending[T, R]) -> tuple[list[_Pending[T, R]], bool]:
         batch, rows = [first], first.rows
         deadline = anyio.current_time() + self._max_delay
         while rows < self._max_batch:
+            free = self._slots.value  # runs that could start besides this one
+            if free and len(batch) * (free + 1) >= len(batch) + self.depth:
+                break  # this batch's share: the rest starts at once in a run of its own
             try:
                 pending = self._queue.get_nowait()
             except anyio.EndOfStream:
                 return batch, True
             except anyio.WouldBlock:
                 remaining = deadline - anyio.current_time()
-                if len(batch) >= self._expected or remaining <= 0:
+                if len(batch) + self._running >= self._expected or remaining <= 0:
                     break
                 waited: _Pending[T, R] | None = None
                 with anyio.move_on_after(remaining):
