@@ -27,9 +27,9 @@ READ_HIGH_WATER = 1 << 20
 
 
 class StreamProtocol(asyncio.Protocol):
-    """What the transport reads, queued for :meth:`receive`; write flow control for
-    :meth:`drained`. One reader and one drainer at a time (the connection's read loop, and its
-    writes, which queue whole frames and drain only past the high-water mark)."""
+    """What the transport reads, queued for :meth:`receive` (one reader: the connection's read
+    loop); write flow control for :meth:`drained` (any number of writers: a connection's
+    responses and notifications queue whole frames and wait only past the high-water mark)."""
 
     def __init__(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -40,7 +40,7 @@ class StreamProtocol(asyncio.Protocol):
         self._ended = False  # end of stream or connection lost: no more chunks will come
         self._waiter: asyncio.Future[None] | None = None  # receive() waiting for a chunk
         self._writing_paused = False
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self._drain_waiters: list[asyncio.Future[None]] = []
         self.closed: asyncio.Future[None] = self._loop.create_future()
 
     # --- the transport's calls ---------------------------------------------------------------
@@ -64,7 +64,7 @@ class StreamProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._ended = True
         self._wake_reader()
-        self._wake_drainer()
+        self._wake_drainers()
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -73,7 +73,7 @@ class StreamProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self._writing_paused = False
-        self._wake_drainer()
+        self._wake_drainers()
 
     # --- the stream's side -------------------------------------------------------------------
 
@@ -104,11 +104,12 @@ class StreamProtocol(asyncio.Protocol):
         while self._writing_paused:
             if self._ended:
                 raise anyio.BrokenResourceError
-            waiter = self._drain_waiter = self._loop.create_future()
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
             try:
                 await waiter
             finally:
-                self._drain_waiter = None
+                self._drain_waiters.remove(waiter)
         if self._ended:
             raise anyio.BrokenResourceError
 
@@ -117,10 +118,10 @@ class StreamProtocol(asyncio.Protocol):
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    def _wake_drainer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def _wake_drainers(self) -> None:
+        for waiter in self._drain_waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class TransportStream:
