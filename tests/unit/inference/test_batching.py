@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -153,6 +154,19 @@ async def test_a_batch_that_fails_as_a_whole_fails_only_its_bad_request() -> Non
     assert b.batches == 1  # they did share a batch
 
 
+def _two_runs(run_batch: Callable[[list[int]], list[int]]) -> tuple[Batcher, dict[int, int], Callable[[int], Awaitable[None]]]:
+    """A batcher of two parallel runs that never waits for company; the results by request, and
+    the function that submits request ``i`` (one row) and records its result."""
+    b = Batcher("m", run_batch, max_batch=32, max_delay_s=0.0, queue_size=64, limiter=anyio.CapacityLimiter(4),
+                parallel_runs=2)
+    results: dict[int, int] = {}
+
+    async def submit(i: int) -> None:
+        results[i] = await b.submit(i, 1)
+
+    return b, results, submit
+
+
 async def test_parallel_runs_overlap_and_the_queue_waits_for_a_free_run() -> None:
     both_running = threading.Barrier(2, timeout=10)  # passes only if two batches run at once
     release = threading.Event()
@@ -165,13 +179,7 @@ async def test_parallel_runs_overlap_and_the_queue_waits_for_a_free_run() -> Non
             release.wait(10)
         return [i * 10 for i in items]
 
-    b = Batcher("m", run_batch, max_batch=32, max_delay_s=0.0, queue_size=64, limiter=anyio.CapacityLimiter(4),
-                parallel_runs=2)
-    results: dict[int, int] = {}
-
-    async def submit(i: int) -> None:
-        results[i] = await b.submit(i, 1)
-
+    b, results, submit = _two_runs(run_batch)
     async with anyio.create_task_group() as tg:
         tg.start_soon(b.run)
         tg.start_soon(submit, 0)
@@ -206,13 +214,7 @@ async def test_requests_waiting_for_free_runs_are_shared_between_them() -> None:
         both_running.wait()
         return [i * 10 for i in items]
 
-    b = Batcher("m", run_batch, max_batch=32, max_delay_s=0.0, queue_size=64, limiter=anyio.CapacityLimiter(4),
-                parallel_runs=2)
-    results: dict[int, int] = {}
-
-    async def submit(i: int) -> None:
-        results[i] = await b.submit(i, 1)
-
+    b, results, submit = _two_runs(run_batch)
     async with anyio.create_task_group() as tg:
         for i in range(8):
             tg.start_soon(submit, i)
