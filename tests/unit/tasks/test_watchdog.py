@@ -112,5 +112,8 @@ async def test_a_running_step_sends_heartbeats(db):
     seen = []
     while (event := beats.receive_nowait()) is not None:
         seen.append(event)
-    assert len(seen) >= 3 and {event.task_id for event in seen} == {task_id} and {event.step for event in seen} == {"s"}
-    assert seen[-1].elapsed > seen[0].elapsed >= 0
+    assert len(seen) >= 3 and {event.task_id for event in seen} == {task_id}
+    # A beat that falls before the step starts or after it ends says so (step None).
+    in_step = [event for event in seen if event.step is not None]
+    assert {event.step for event in in_step} == {"s"} and len(in_step) >= 3
+    assert in_step[-1].elapsed > in_step[0].elapsed >= 0
