@@ -71,6 +71,7 @@ from engram.sleep.ports import Activity, AuditTrail, ConsolidationStore, Journal
 from engram.sleep.settings import SleepSettings
 from engram.sleep.stage import StageContext
 from engram.sleep.stages import ORDER, PER_RUN, REGISTRY
+from engram.sleep.worker import ConsolidationThread
 
 __all__ = ["Sleep"]
 
@@ -120,12 +121,14 @@ class _Run:
 
 
 class _Pacer:
-    """A run's side of StageContext.step(): CPU budget, yielding to foreground, cancellation."""
+    """A run's side of StageContext.step(): CPU budget, yielding to foreground, cancellation;
+    and the thread the run's units run in (``worker``, closed by the run)."""
 
     def __init__(self, sleep: Sleep, run: _Run) -> None:
         self._sleep = sleep
         self._run = run
         self._mark = time.monotonic()
+        self.worker = ConsolidationThread(sleep.settings.priority)
 
     async def step(self) -> None:
         settings = self._sleep.settings
@@ -412,7 +415,7 @@ class Sleep(Part):
         return StageContext(
             run_id=run.id, namespace=namespace, settings=self.settings, store=self.store, db=self.db, router=self.router,
             audit=self.audit, bus=self.bus, clock=self.clock, saved=saved, stage=stage, pacer=pacer,
-            on_progress=progress,
+            worker=pacer.worker, on_progress=progress,
         )
 
     def _load_done(self, run_id: int) -> tuple[dict[tuple[str, str], dict[str, Any]], dict[tuple[str, str], dict[str, Any]]]:
@@ -435,6 +438,12 @@ class Sleep(Part):
 
     async def _stages(self, run: _Run) -> None:
         pacer = _Pacer(self, run)
+        try:
+            await self._stages_paced(run, pacer)
+        finally:
+            await pacer.worker.close()
+
+    async def _stages_paced(self, run: _Run, pacer: _Pacer) -> None:
         namespaces = await anyio.to_thread.run_sync(self._namespaces, run)
         done, cursors = await anyio.to_thread.run_sync(self._load_done, run.id)
         per_ns = [s for s in run.stages if s not in PER_RUN and s in REGISTRY]

@@ -13,6 +13,7 @@ __all__ = [
     "DeduplicationSettings",
     "ForgettingSettings",
     "ImportanceSettings",
+    "Priority",
     "ReplaySettings",
     "SleepSettings",
 ]
@@ -21,6 +22,8 @@ _DAY = 86_400.0
 
 # The stage names, in run order (engram.sleep.stages.ORDER is the same tuple).
 StageName = Literal["importance", "clustering", "deduplication", "forgetting", "compaction", "replay", "recalibration"]
+# The OS priority of consolidation's thread (engram.sleep.worker).
+Priority = Literal["idle", "low", "normal"]
 _HHMM = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 
 
@@ -173,6 +176,13 @@ class SleepSettings(_Section):
         default=0.1, gt=0, le=3600,
         description="Longest single wait for foreground requests; after it one unit of work runs anyway, so that a "
         "steady stream of requests slows consolidation down without starving it.",
+    )
+    priority: Priority = Field(
+        default="idle",
+        description="OS priority of the thread consolidation's work runs in (Linux): idle: SCHED_IDLE, only the time "
+        "nothing else wants, and a request's thread takes its core at once; low: nice + 10; normal: the daemon's. "
+        "While the machine is short of CPU (Linux's CPU pressure at 25% or more, or the lowered thread starved) the "
+        "work runs at the daemon's.",
     )
     stages: list[StageName] = Field(
         default_factory=lambda: ["importance", "clustering", "deduplication", "forgetting", "compaction", "replay",

@@ -12,6 +12,7 @@ journalled change that never happened is harmless.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
@@ -27,16 +28,33 @@ if TYPE_CHECKING:
     from engram.sleep.db import SleepDB
     from engram.sleep.settings import SleepSettings
 
-__all__ = ["FreePacer", "Pacer", "Stage", "StageContext", "one_openmp_thread"]
+__all__ = ["FreePacer", "Pacer", "PoolWorker", "Stage", "StageContext", "Worker", "on_one_openmp_thread"]
 
 T = TypeVar("T")
 
 
-def one_openmp_thread() -> None:
-    """FAISS's OpenMP thread count is per calling thread: consolidation's calls use one."""
+def on_one_openmp_thread(func: Callable[[], T]) -> T:
+    """``func()`` with FAISS on one OpenMP thread, so that foreground recall keeps the other cores.
+    The count is per calling thread, and set before every unit rather than once per thread:
+    memory's index sets it for its own calls (all cores for adds), and that outlives the call."""
     import faiss
 
     faiss.omp_set_num_threads(1)
+    return func()
+
+
+class Worker(Protocol):
+    """Where a stage's blocking units run (the daemon's: :class:`engram.sleep.worker.ConsolidationThread`)."""
+
+    async def run(self, func: Callable[[], T]) -> T: ...
+
+
+class PoolWorker:
+    """Units in anyio's worker threads, FAISS on one OpenMP thread: the default, for a stage run
+    directly (tests); the daemon's runs bring their own thread."""
+
+    async def run(self, func: Callable[[], T]) -> T:
+        return await anyio.to_thread.run_sync(on_one_openmp_thread, func)
 
 
 class Pacer(Protocol):
@@ -78,6 +96,7 @@ class StageContext:
         saved: dict[str, Any] | None = None,
         stage: str = "",
         pacer: Pacer | None = None,
+        worker: Worker | None = None,
         on_progress: Callable[[int, int], None] | None = None,
     ) -> None:
         self.run_id = run_id
@@ -92,6 +111,7 @@ class StageContext:
         self.saved: dict[str, Any] = dict(saved or {})
         self.stage = stage
         self._pacer: Pacer = pacer or FreePacer()
+        self._worker: Worker = worker or PoolWorker()
         self._on_progress = on_progress
 
     @property
@@ -113,19 +133,15 @@ class StageContext:
         return self._pacer.busy()
 
     async def thread(self, func: Callable[..., T], *args: Any) -> T:
-        """Run ``func(*args)`` in a worker thread (blocking SQL, numpy, FAISS), with FAISS on one
-        OpenMP thread so that foreground recall keeps the other cores. When a transaction of
+        """Run ``func(*args)`` in the worker's thread (blocking SQL, numpy, FAISS), with FAISS on
+        one OpenMP thread so that foreground recall keeps the other cores. When a transaction of
         ``func`` gave way to a request (rolled back, having changed nothing), ``func`` runs
         again after it — so a unit that writes must change nothing outside its transaction
         before the commit, and may hold at most one transaction that can give way."""
 
-        def call() -> T:
-            one_openmp_thread()
-            return func(*args)
-
         while True:
             try:
-                return await anyio.to_thread.run_sync(call)
+                return await self._worker.run(functools.partial(func, *args))
             except GaveWay:
                 await self.step()
 

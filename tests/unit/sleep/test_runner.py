@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import sys
+import threading
 import time
 from typing import Any, ClassVar
 
@@ -149,6 +152,38 @@ async def test_worse_replay_rolls_back_importance_and_clustering(tmp_path, monke
         assert len(rolled) == 1 and rolled[0].stages == ["clustering", "importance"]
 
     await with_sleep(tmp_path, {"clustering": {"min_cohesion": -1.0}}, body)
+
+
+class WhereaboutsStage:
+    """Records the thread and scheduling policy its units run with."""
+
+    name: ClassVar[str] = "recalibration"
+    seen: ClassVar[list[tuple[str, int]]] = []
+
+    async def run(self, ctx: StageContext) -> dict[str, Any]:
+        for _ in range(2):
+            self.seen.append(await ctx.thread(
+                lambda: (threading.current_thread().name, os.sched_getscheduler(threading.get_native_id()))))
+        return {}
+
+    async def rollback(self, ctx: StageContext) -> dict[str, Any]:
+        return {}
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="per-thread priorities are Linux's")
+async def test_a_runs_units_go_to_a_thread_of_its_own_at_idle_priority(tmp_path, monkeypatch):
+    monkeypatch.setitem(stage_registry.REGISTRY, "recalibration", WhereaboutsStage)
+
+    async def body(sleep: Sleep, memory, events) -> None:
+        run = await sleep.start("manual", stages=["recalibration"])
+        await run.done.wait()
+        assert sleep.status().last_report.outcome == "completed"
+        # at idle priority, or at the daemon's where a busy machine starved the idle thread
+        assert WhereaboutsStage.seen and set(WhereaboutsStage.seen) <= {
+            ("engram-sleep_0", os.SCHED_IDLE), ("engram-sleep-plain_0", os.sched_getscheduler(0))}
+        assert not any(t.name.startswith("engram-sleep") for t in threading.enumerate())  # ended with the run
+
+    await with_sleep(tmp_path, {}, body)
 
 
 async def test_a_run_cut_short_is_marked_interrupted_and_resumed(tmp_path):
