@@ -246,6 +246,9 @@ def test_rules_test_runs_over_a_stream_recorded_with_engram_events(make_daemon, 
         [sys.executable, "-m", "engram.cli", "events", "--follow", "--json", "memory.*", "policy.decision",
          "--socket", str(daemon.socket)],
         stdout=subprocess.PIPE, text=True, env=daemon.env,
+        # SIGINT ends the recording, as Ctrl-C does; a runner started in the background by a
+        # shell ignores it, and a child would inherit that.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 20
