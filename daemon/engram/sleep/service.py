@@ -128,7 +128,7 @@ class _Pacer:
         self._sleep = sleep
         self._run = run
         self._mark = time.monotonic()
-        self.worker = ConsolidationThread(sleep.settings.priority)
+        self.worker = ConsolidationThread(sleep.settings.priority, count=lambda thread: sleep.m_units.labels(thread).inc())
 
     async def step(self) -> None:
         settings = self._sleep.settings
@@ -207,6 +207,10 @@ class Sleep(Part):
         self.m_stage_seconds = Histogram(
             "engram_sleep_stage_duration_seconds", "Seconds per consolidation stage (per namespace).", ["stage"],
             buckets=(0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600), **kwargs,
+        )
+        self.m_units = Counter(
+            "engram_sleep_units", "Units of consolidation work, by the thread they ran in: lowered (sleep.priority) "
+            "or daemon (the daemon's priority, while the machine is short of CPU).", ["thread"], **kwargs,
         )
         self.m_preemptions = Counter("engram_sleep_preemptions", "Times consolidation yielded to foreground requests.", **kwargs)
         self.m_rollbacks = Counter("engram_sleep_rollbacks", "Namespaces whose consolidation dream replay rolled back.", **kwargs)

@@ -4,11 +4,11 @@ A unit (a batch of SQL, a numpy pass, a few FAISS searches) is blocking work, so
 event loop. Yielding between units keeps consolidation out of a request's way only until a
 request arrives in the middle of one. The unit then runs on beside the request, and on a small
 machine a request's thread that wakes up often waits for the kernel to take a core from it: a
-normal thread, or one of a high nice value, keeps its time slice. ``engram bench sleep``
-measured a nice-19 process doing consolidation-like numpy work add as much to the recall p99
-(6 → 9.7 ms) as consolidation did; the same process under ``SCHED_IDLE`` added nothing
-(5.6 ms). The kernel hands a core to a woken normal thread at once when it runs only idle-policy
-work, and counts such a core as free when it places a woken thread.
+normal thread, or one of a high nice value, keeps its time slice. Under ``engram bench sleep``'s
+recall load, an unrelated nice-19 process doing consolidation-like numpy work at half of one core
+raised the recall p99 from about 6 to 9.7 ms, as much as a consolidation did; the same process
+under ``SCHED_IDLE`` left it at 5.6 ms. The kernel hands a core to a woken normal thread at once
+when it runs only idle-policy work, and counts such a core as free when it places a woken thread.
 
 ``sleep.priority`` chooses:
 
@@ -105,10 +105,12 @@ class ConsolidationThread:
     :data:`STARVED_AFTER` seconds (which also covers kernels that report no pressure)."""
 
     def __init__(self, priority: Priority, clock: Callable[[], float] = time.monotonic,
-                 pressure: Callable[[], float | None] = cpu_pressure) -> None:
+                 pressure: Callable[[], float | None] = cpu_pressure,
+                 count: Callable[[str], None] | None = None) -> None:
         self._priority: Priority = priority
         self._clock = clock
         self._pressure = pressure
+        self._count = count  # called with "lowered" or "daemon" for every unit, by the thread it ran in
         self._lowered: ThreadPoolExecutor | None = None
         self._plain: ThreadPoolExecutor | None = None
         self._plain_until = 0.0  # units go to the plain thread until then (the lowered one starved)
@@ -143,6 +145,8 @@ class ConsolidationThread:
         with anyio.CancelScope(shield=True):
             result, cpu = await asyncio.wrap_future(self._executor(lowered).submit(_timed, func))
         wall = self._clock() - started
+        if self._count is not None:
+            self._count("lowered" if lowered else "daemon")
         if lowered and wall >= STARVED_AFTER and cpu < STARVED_SHARE * wall:
             self._plain_until = self._clock() + RETRY_AFTER
             log.info("consolidation thread starved; at the daemon's priority for a while", priority=self._priority,

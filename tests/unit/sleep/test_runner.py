@@ -182,6 +182,8 @@ async def test_a_runs_units_go_to_a_thread_of_its_own_at_idle_priority(tmp_path,
         assert WhereaboutsStage.seen and set(WhereaboutsStage.seen) <= {
             ("engram-sleep_0", os.SCHED_IDLE), ("engram-sleep-plain_0", os.sched_getscheduler(0))}
         assert not any(t.name.startswith("engram-sleep") for t in threading.enumerate())  # ended with the run
+        units = {s.labels["thread"]: s.value for m in sleep.m_units.collect() for s in m.samples if s.name.endswith("_total")}
+        assert sum(units.values()) == 2 and set(units) <= {"lowered", "daemon"}
 
     await with_sleep(tmp_path, {}, body)
 

@@ -84,7 +84,8 @@ async def test_a_starved_unit_sends_the_next_ones_to_the_daemons_priority_for_a_
 @linux_only
 async def test_units_run_at_the_daemons_priority_while_the_machine_is_short_of_cpu() -> None:
     pressures = [PRESSURE_LIMIT + 5, PRESSURE_LIMIT, PRESSURE_LIMIT - 5, None]
-    worker = ConsolidationThread("idle", pressure=lambda: pressures.pop(0))
+    counted: list[str] = []
+    worker = ConsolidationThread("idle", pressure=lambda: pressures.pop(0), count=counted.append)
     try:
         seen = [(await worker.run(whereabouts))[:2] for _ in range(4)]
     finally:
@@ -92,6 +93,7 @@ async def test_units_run_at_the_daemons_priority_while_the_machine_is_short_of_c
     plain = ("engram-sleep-plain_0", whereabouts()[1])
     idle = ("engram-sleep_0", os.SCHED_IDLE)
     assert seen == [plain, plain, idle, idle]  # None: the kernel reports no pressure
+    assert counted == ["daemon", "daemon", "lowered", "lowered"]
 
 
 def test_cpu_pressure_is_read_from_the_kernel() -> None:
